@@ -1,0 +1,60 @@
+//! `kv-storage`: an embeddable key-value engine.
+//!
+//! A sharded concurrent in-memory map, made durable by an append-only
+//! write-ahead log of checksummed records and by periodic snapshots, and
+//! rebuilt on open by loading the newest valid snapshot and replaying the log
+//! after it. It is the storage layer of `kv-server`, and works on its own in
+//! any program.
+//!
+//! ```
+//! use kv_storage::{Durability, Options, Store};
+//!
+//! # fn main() -> Result<(), kv_storage::Error> {
+//! let dir = std::env::temp_dir().join(format!("kv-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let store = Store::open(Options::new(&dir).durability(Durability::EverySec))?;
+//! store.put(b"user:1", b"ada")?;
+//! store.put(b"user:2", b"grace")?;
+//! store.delete(b"user:2")?;
+//! assert_eq!(store.get(b"user:1").as_deref(), Some(&b"ada"[..]));
+//! store.close()?;
+//!
+//! // Reopening recovers everything that was acknowledged.
+//! let store = Store::open(Options::new(&dir))?;
+//! assert_eq!(store.get(b"user:1").as_deref(), Some(&b"ada"[..]));
+//! assert_eq!(store.get(b"user:2"), None);
+//! println!("{}", store.recovery_report());
+//! # drop(store); std::fs::remove_dir_all(&dir).ok();
+//! # Ok(()) }
+//! ```
+//!
+//! The order of calls: [`Store::open`] with [`Options`] (recovery happens
+//! here), then any mix of [`Store::get`], [`Store::put`], [`Store::delete`],
+//! [`Store::scan_prefix`] from any number of threads, and [`Store::close`]
+//! (or drop). [`Store::flush`] forces durability now; [`Store::snapshot`]
+//! compacts now. The replication layer uses the versioned calls
+//! [`Store::apply`], [`Store::get_versioned`] and [`Store::iter_versioned`].
+//!
+//! Durability: every write that returned survives `kill -9`, because the log
+//! is written through a shared memory map of the segment file. What survives
+//! a power cut depends on [`Durability`]. The file formats are described in
+//! `docs/storage-format.md`.
+
+#![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod error;
+mod fsutil;
+mod map;
+mod options;
+mod recovery;
+mod snapshot;
+mod store;
+mod version;
+mod wal;
+
+pub use error::{Error, Result};
+pub use options::{Durability, Options, RecoveryMode, SnapshotTrigger};
+pub use recovery::{RecoveryReport, Truncation};
+pub use store::{Stats, Store};
+pub use version::{Version, Versioned};

@@ -1,0 +1,245 @@
+//! The sharded concurrent map that holds the data in memory.
+//!
+//! A key's 64-bit xxh3 hash is computed once: bits 32.. pick the shard, and
+//! the whole hash is handed to the shard's `hashbrown::HashTable`, whose
+//! bucket index uses the low bits and whose control bytes use the top seven,
+//! so neither overlaps the shard bits. Each entry keeps key and value in one
+//! allocation.
+
+use hashbrown::HashTable;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::version::{Version, Versioned};
+
+/// High bit of `Entry::key_len`: the entry is a tombstone.
+const TOMBSTONE: u32 = 1 << 31;
+
+/// The largest key the map accepts.
+pub(crate) const MAX_KEY: usize = (TOMBSTONE - 1) as usize;
+
+/// One key's current state.
+pub(crate) struct Entry {
+    /// Key bytes followed by value bytes (no value bytes for a tombstone).
+    data: Box<[u8]>,
+    timestamp: u64,
+    node: u32,
+    /// Length of the key; the high bit marks a tombstone.
+    key_len: u32,
+}
+
+impl Entry {
+    pub(crate) fn new(key: &[u8], value: Option<&[u8]>, version: Version) -> Entry {
+        let mut data = Vec::with_capacity(key.len() + value.map_or(0, <[u8]>::len));
+        data.extend_from_slice(key);
+        let mut key_len = key.len() as u32;
+        match value {
+            Some(v) => data.extend_from_slice(v),
+            None => key_len |= TOMBSTONE,
+        }
+        Entry {
+            data: data.into_boxed_slice(),
+            timestamp: version.timestamp,
+            node: version.node,
+            key_len,
+        }
+    }
+
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.data[..(self.key_len & !TOMBSTONE) as usize]
+    }
+
+    /// The value, or `None` for a tombstone.
+    pub(crate) fn value(&self) -> Option<&[u8]> {
+        if self.is_tombstone() {
+            None
+        } else {
+            Some(&self.data[self.key_len as usize..])
+        }
+    }
+
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.key_len & TOMBSTONE != 0
+    }
+
+    pub(crate) fn version(&self) -> Version {
+        Version::new(self.timestamp, self.node)
+    }
+
+    pub(crate) fn to_versioned(&self) -> Versioned {
+        Versioned {
+            version: self.version(),
+            value: self.value().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// Heap and table bytes this entry costs, roughly.
+    fn footprint(&self) -> usize {
+        self.data.len() + std::mem::size_of::<Entry>() + 1
+    }
+}
+
+/// One shard: a hash table plus counters kept up to date under its lock.
+#[derive(Default)]
+pub(crate) struct Shard {
+    table: HashTable<Entry>,
+    live: usize,
+    bytes: usize,
+    /// The greatest timestamp ever stored in this shard, purged tombstones
+    /// included: new local versions are stamped above it, so a key's versions
+    /// only grow even if the wall clock steps back.
+    pub(crate) clock: u64,
+}
+
+impl Shard {
+    pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+        self.table.find(hash, |e| e.key() == key)
+    }
+
+    /// Stores `entry` (whose key hashes to `hash`), replacing any previous
+    /// state of the key. The caller has already checked versions.
+    pub(crate) fn insert(&mut self, hash: u64, entry: Entry) {
+        use hashbrown::hash_table::Entry as Slot;
+        self.account(&entry, true);
+        self.clock = self.clock.max(entry.timestamp);
+        let slot = self
+            .table
+            .entry(hash, |e| e.key() == entry.key(), |e| hash_key(e.key()));
+        match slot {
+            Slot::Occupied(mut o) => {
+                let old = std::mem::replace(o.get_mut(), entry);
+                self.account(&old, false);
+            }
+            Slot::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
+    }
+
+    /// Inserts `entry` only if it is newer than what the shard holds.
+    /// Returns whether it was stored.
+    pub(crate) fn insert_if_newer(&mut self, hash: u64, entry: Entry) -> bool {
+        if let Some(cur) = self.find(hash, entry.key()) {
+            if cur.version() >= entry.version() {
+                return false;
+            }
+        }
+        self.insert(hash, entry);
+        true
+    }
+
+    /// Removes the key's entry outright (used to purge tombstones).
+    pub(crate) fn remove(&mut self, hash: u64, key: &[u8]) -> Option<Entry> {
+        let found = self.table.find_entry(hash, |e| e.key() == key).ok()?;
+        let (old, _) = found.remove();
+        self.account(&old, false);
+        Some(old)
+    }
+
+    fn account(&mut self, e: &Entry, add: bool) {
+        let live = usize::from(!e.is_tombstone());
+        if add {
+            self.live += live;
+            self.bytes += e.footprint();
+        } else {
+            self.live -= live;
+            self.bytes -= e.footprint();
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.table.iter()
+    }
+
+    /// Number of live (non-tombstone) keys.
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional, |e| hash_key(e.key()));
+    }
+
+    /// The version for a new local write: the wall clock, or just above the
+    /// newest timestamp this shard has seen if the clock lags behind it.
+    pub(crate) fn next_version(&mut self, now_micros: u64, node: u32) -> Version {
+        self.clock = now_micros.max(self.clock + 1);
+        Version::new(self.clock, node)
+    }
+
+    /// Empties the shard, forgetting its clock too.
+    pub(crate) fn clear(&mut self) {
+        *self = Shard::default();
+    }
+
+    /// Moves [`Shard::clock`] up to at least `ts`.
+    pub(crate) fn observe_timestamp(&mut self, ts: u64) {
+        self.clock = self.clock.max(ts);
+    }
+}
+
+/// Keeps each shard on its own cache lines so that locks of neighbouring
+/// shards do not share one.
+#[repr(align(128))]
+struct Padded(RwLock<Shard>);
+
+/// The whole map: a power-of-two number of shards.
+pub(crate) struct ShardedMap {
+    shards: Box<[Padded]>,
+    mask: usize,
+}
+
+/// The hash used for both shard choice and table position.
+#[inline]
+pub(crate) fn hash_key(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+impl ShardedMap {
+    /// A map of `shards` shards (a power of two).
+    pub(crate) fn new(shards: usize) -> Self {
+        debug_assert!(shards.is_power_of_two());
+        ShardedMap {
+            shards: (0..shards)
+                .map(|_| Padded(RwLock::new(Shard::default())))
+                .collect(),
+            mask: shards - 1,
+        }
+    }
+
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    #[inline]
+    pub(crate) fn shard_of(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & self.mask
+    }
+
+    #[inline]
+    pub(crate) fn read(&self, hash: u64) -> RwLockReadGuard<'_, Shard> {
+        self.shards[self.shard_of(hash)].0.read()
+    }
+
+    #[inline]
+    pub(crate) fn write(&self, hash: u64) -> RwLockWriteGuard<'_, Shard> {
+        self.shards[self.shard_of(hash)].0.write()
+    }
+
+    pub(crate) fn read_shard(&self, index: usize) -> RwLockReadGuard<'_, Shard> {
+        self.shards[index].0.read()
+    }
+
+    pub(crate) fn write_shard(&self, index: usize) -> RwLockWriteGuard<'_, Shard> {
+        self.shards[index].0.write()
+    }
+
+    /// Number of live keys.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.read().live()).sum()
+    }
+
+    /// Approximate bytes held by keys, values and table slots.
+    pub(crate) fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.0.read().bytes).sum()
+    }
+}

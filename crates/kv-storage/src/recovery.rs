@@ -1,0 +1,374 @@
+//! Rebuilding the map on open: newest valid snapshot, then the log after it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+use crate::map::{hash_key, Entry, ShardedMap};
+use crate::options::RecoveryMode;
+use crate::snapshot;
+use crate::wal::record::{self, Invalid};
+use crate::wal::segment::{self, SEGMENT_HEADER};
+
+/// A part of the log that recovery cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Offset of the first byte dropped.
+    pub offset: u64,
+    /// How many bytes were dropped from that file.
+    pub bytes_dropped: u64,
+    /// What was wrong at `offset`.
+    pub reason: String,
+    /// `false` for a torn tail (nothing valid followed: a write cut short by
+    /// a crash), `true` for damage followed by valid records, dropped because
+    /// [`RecoveryMode::TruncateAtCorruption`] was chosen.
+    pub corruption: bool,
+}
+
+/// What [`Store::open`](crate::Store::open) found and loaded.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// The snapshot loaded, if any.
+    pub snapshot: Option<PathBuf>,
+    /// Entries (tombstones included) read from the snapshot.
+    pub snapshot_entries: u64,
+    /// Snapshots that could not be used, newest first, with the reason.
+    pub rejected_snapshots: Vec<(PathBuf, String)>,
+    /// Log segments read.
+    pub segments: u64,
+    /// Log records replayed.
+    pub records_replayed: u64,
+    /// Bytes of snapshot and log read.
+    pub bytes_read: u64,
+    /// Live keys after recovery.
+    pub keys: u64,
+    /// Wall time spent.
+    pub elapsed: Duration,
+    /// Parts of the log that were cut off.
+    pub truncations: Vec<Truncation>,
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "recovered {} keys in {:.3}s: {} from snapshot {}, {} log records from {} segments, {} bytes read",
+            self.keys,
+            self.elapsed.as_secs_f64(),
+            self.snapshot_entries,
+            self.snapshot
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map_or("(none)".into(), |n| n.to_string_lossy()),
+            self.records_replayed,
+            self.segments,
+            self.bytes_read,
+        )?;
+        for (p, why) in &self.rejected_snapshots {
+            write!(f, "; skipped snapshot {}: {why}", p.display())?;
+        }
+        for t in &self.truncations {
+            let kind = if t.corruption {
+                "corruption"
+            } else {
+                "torn tail"
+            };
+            write!(
+                f,
+                "; {kind}: dropped {} bytes of {} from offset {} ({})",
+                t.bytes_dropped,
+                t.file.display(),
+                t.offset,
+                t.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of recovery: the report, and where the new log starts.
+pub(crate) struct Recovered {
+    pub(crate) report: RecoveryReport,
+    pub(crate) next_segment: u64,
+    pub(crate) snapshot_bytes: u64,
+}
+
+struct DirListing {
+    segments: BTreeMap<u64, PathBuf>,
+    snapshots: BTreeMap<u64, PathBuf>,
+}
+
+/// Lists segment and snapshot files and removes leftover temporary files.
+fn list(dir: &Path) -> Result<DirListing> {
+    let mut l = DirListing {
+        segments: BTreeMap::new(),
+        snapshots: BTreeMap::new(),
+    };
+    for item in std::fs::read_dir(dir).ctx("read data directory", dir)? {
+        let item = item.ctx("read data directory", dir)?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = segment::parse_segment_name(name) {
+            l.segments.insert(id, item.path());
+        } else if let Some(id) = snapshot::parse_snapshot_name(name) {
+            l.snapshots.insert(id, item.path());
+        } else if name.starts_with("snap-") && name.ends_with(".tmp") && item.path().is_file() {
+            std::fs::remove_file(item.path()).ctx("remove temporary file", &item.path())?;
+        }
+    }
+    Ok(l)
+}
+
+/// Rebuilds `map` from the files in `dir`.
+pub(crate) fn recover(dir: &Path, map: &ShardedMap, mode: RecoveryMode) -> Result<Recovered> {
+    let start = Instant::now();
+    let listing = list(dir)?;
+    let mut report = RecoveryReport::default();
+    let (replay_from, snapshot_bytes) = load_snapshot(dir, &listing, map, &mut report)?;
+    let replay: Vec<(u64, PathBuf)> = listing
+        .segments
+        .range(replay_from..)
+        .map(|(id, p)| (*id, p.clone()))
+        .collect();
+    check_contiguous(dir, replay_from, &replay, &listing)?;
+    replay_segments(&replay, map, mode, &mut report)?;
+    report.keys = map.len() as u64;
+    report.elapsed = start.elapsed();
+    let last = listing.segments.keys().next_back().copied().unwrap_or(0);
+    Ok(Recovered {
+        report,
+        next_segment: last.max(replay_from.saturating_sub(1)) + 1,
+        snapshot_bytes,
+    })
+}
+
+/// Loads the newest snapshot that is whole; returns the first segment to
+/// replay and the snapshot's size.
+fn load_snapshot(
+    dir: &Path,
+    l: &DirListing,
+    map: &ShardedMap,
+    report: &mut RecoveryReport,
+) -> Result<(u64, u64)> {
+    for path in l.snapshots.values().rev() {
+        let loaded = if path.is_file() {
+            snapshot::load(path, map)
+        } else {
+            Err("not a regular file".to_string())
+        };
+        match loaded {
+            Ok(s) => {
+                report.snapshot = Some(s.path);
+                report.snapshot_entries = s.entries;
+                report.bytes_read += s.bytes;
+                for i in 0..map.shard_count() {
+                    map.write_shard(i).observe_timestamp(s.max_timestamp);
+                }
+                return Ok((s.replay_from, s.bytes));
+            }
+            Err(why) => {
+                clear(map);
+                report.rejected_snapshots.push((path.clone(), why));
+            }
+        }
+    }
+    // No snapshot: the log must reach back to the store's first segment.
+    let first = l.segments.keys().next().copied().unwrap_or(1);
+    if first != 1 {
+        if !report.rejected_snapshots.is_empty() {
+            let reason = report
+                .rejected_snapshots
+                .iter()
+                .map(|(p, why)| format!("{}: {why}", p.display()))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Error::NoUsableSnapshot {
+                dir: dir.to_path_buf(),
+                reason,
+            });
+        }
+        return Err(Error::MissingSegment {
+            dir: dir.to_path_buf(),
+            id: 1,
+            found: l.segments.keys().copied().collect(),
+        });
+    }
+    Ok((1, 0))
+}
+
+fn clear(map: &ShardedMap) {
+    for i in 0..map.shard_count() {
+        map.write_shard(i).clear();
+    }
+}
+
+fn check_contiguous(
+    dir: &Path,
+    from: u64,
+    replay: &[(u64, PathBuf)],
+    l: &DirListing,
+) -> Result<()> {
+    let mut expect = from;
+    for (id, _) in replay {
+        if *id != expect {
+            return Err(Error::MissingSegment {
+                dir: dir.to_path_buf(),
+                id: expect,
+                found: l.segments.keys().copied().collect(),
+            });
+        }
+        expect += 1;
+    }
+    Ok(())
+}
+
+/// A segment's bytes, read through a memory map.
+struct SegmentBytes {
+    map: Option<memmap2::Mmap>,
+}
+
+impl SegmentBytes {
+    fn open(path: &Path) -> Result<SegmentBytes> {
+        let file = File::open(path).ctx("open log segment", path)?;
+        let meta = file.metadata().ctx("open log segment", path)?;
+        if !meta.is_file() {
+            return Err(Error::Io {
+                op: "open log segment",
+                path: path.to_path_buf(),
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+        if meta.len() == 0 {
+            return Ok(SegmentBytes { map: None });
+        }
+        // SAFETY: nothing else writes the segment while recovery holds the
+        // directory lock.
+        let map = unsafe { memmap2::Mmap::map(&file) }.ctx("map log segment", path)?;
+        Ok(SegmentBytes { map: Some(map) })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+/// Where a segment's valid records end.
+enum SegmentEnd {
+    /// Records end cleanly (end of file or the zeroed preallocated tail).
+    Clean,
+    /// Damage at this offset.
+    Damaged { offset: usize, reason: String },
+}
+
+fn replay_segments(
+    replay: &[(u64, PathBuf)],
+    map: &ShardedMap,
+    mode: RecoveryMode,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    for (i, (id, path)) in replay.iter().enumerate() {
+        let seg = SegmentBytes::open(path)?;
+        let b = seg.bytes();
+        report.segments += 1;
+        report.bytes_read += b.len() as u64;
+        let end = replay_one(*id, b, map, report);
+        let SegmentEnd::Damaged { offset, reason } = end else {
+            continue;
+        };
+        let later = &replay[i + 1..];
+        let valid_after = record::any_valid_record(&b[(offset + 1).min(b.len())..])
+            || later.iter().any(|(_, p)| segment_has_records(p));
+        if valid_after && mode == RecoveryMode::Strict {
+            return Err(Error::CorruptLog {
+                file: path.clone(),
+                offset: offset as u64,
+                reason,
+                records_before: report.records_replayed,
+            });
+        }
+        report.truncations.push(Truncation {
+            file: path.clone(),
+            offset: offset as u64,
+            bytes_dropped: (b.len() - offset) as u64,
+            reason,
+            corruption: valid_after,
+        });
+        drop(seg);
+        cut(path, offset as u64, later)?;
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Replays one segment's records into the map.
+fn replay_one(id: u64, b: &[u8], map: &ShardedMap, report: &mut RecoveryReport) -> SegmentEnd {
+    match segment::check_header(b) {
+        Ok(found) if found == id => {}
+        Ok(found) => {
+            return SegmentEnd::Damaged {
+                offset: 0,
+                reason: format!("segment header names segment {found}, file name says {id}"),
+            }
+        }
+        // A crash while creating the segment leaves a short or zeroed header.
+        Err(_) if b.iter().all(|&x| x == 0) => return SegmentEnd::Clean,
+        Err(reason) => return SegmentEnd::Damaged { offset: 0, reason },
+    }
+    let mut at = SEGMENT_HEADER;
+    while at < b.len() {
+        match record::decode(&b[at..]) {
+            Ok((rec, n)) => {
+                apply(map, rec.key, rec.value, rec.version);
+                report.records_replayed += 1;
+                at += n;
+            }
+            Err(Invalid::Zeroed) if all_zero_or_invalid(&b[at..]) => return SegmentEnd::Clean,
+            Err(why) => {
+                return SegmentEnd::Damaged {
+                    offset: at,
+                    reason: why.to_string(),
+                }
+            }
+        }
+    }
+    SegmentEnd::Clean
+}
+
+fn all_zero_or_invalid(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0) || !record::any_valid_record(b)
+}
+
+fn apply(map: &ShardedMap, key: &[u8], value: Option<&[u8]>, v: crate::Version) {
+    let h = hash_key(key);
+    let mut shard = map.write(h);
+    shard.insert_if_newer(h, Entry::new(key, value, v));
+}
+
+fn segment_has_records(path: &Path) -> bool {
+    SegmentBytes::open(path).is_ok_and(|s| {
+        let b = s.bytes();
+        b.len() > SEGMENT_HEADER && record::any_valid_record(&b[SEGMENT_HEADER..])
+    })
+}
+
+/// Cuts `path` at `offset` and deletes the segments after it.
+fn cut(path: &Path, offset: u64, later: &[(u64, PathBuf)]) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .ctx("truncate log segment", path)?;
+    f.set_len(offset).ctx("truncate log segment", path)?;
+    f.sync_all().ctx("fsync log segment", path)?;
+    for (_, p) in later {
+        std::fs::remove_file(p).ctx("remove log segment", p)?;
+    }
+    if let Some(dir) = path.parent() {
+        crate::fsutil::sync_dir(dir)?;
+    }
+    Ok(())
+}

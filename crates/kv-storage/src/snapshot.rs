@@ -1,0 +1,344 @@
+//! Snapshot files: a full image of the map, one checksummed section per shard
+//! (see `docs/storage-format.md`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::{IoContext, Result};
+use crate::fsutil;
+use crate::map::{hash_key, Entry, ShardedMap};
+use crate::version::Version;
+use crate::wal::record::u64_at;
+
+const MAGIC: &[u8; 8] = b"KVSNAPSH";
+const FORMAT: u32 = 1;
+const FIXED: usize = 56;
+const SECTION_ROW: usize = 32;
+const ENTRY_HEADER: usize = 20;
+const TOMBSTONE: u32 = 1 << 31;
+
+/// File name of the snapshot whose log replay starts at segment `id`.
+pub(crate) fn snapshot_name(id: u64) -> String {
+    format!("snap-{id:020}.snap")
+}
+
+/// The segment id in a snapshot file name, if `name` is one.
+pub(crate) fn parse_snapshot_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
+    (digits.len() == 20).then(|| digits.parse().ok())?
+}
+
+/// What writing a snapshot produced.
+#[derive(Debug)]
+pub(crate) struct Written {
+    pub(crate) bytes: u64,
+    pub(crate) entries: u64,
+    pub(crate) purged: u64,
+}
+
+/// Writes a snapshot of `map` into `dir`, covering the log before segment
+/// `replay_from`, and makes it durable. Tombstones older than
+/// `purge_before` (a timestamp) are left out and dropped from the map.
+///
+/// Each shard is read-locked only while its entries are copied out.
+pub(crate) fn write(
+    dir: &Path,
+    map: &ShardedMap,
+    replay_from: u64,
+    purge_before: u64,
+) -> Result<Written> {
+    let final_path = dir.join(snapshot_name(replay_from));
+    let tmp = dir.join(format!("{}.tmp", snapshot_name(replay_from)));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .ctx("create snapshot", &tmp)?;
+    let n = map.shard_count();
+    let data_start = (FIXED + n * SECTION_ROW + 8) as u64;
+    file.seek(SeekFrom::Start(data_start))
+        .ctx("write snapshot", &tmp)?;
+    let mut table = Vec::with_capacity(n * SECTION_ROW);
+    let mut buf = Vec::new();
+    let (mut offset, mut entries, mut purged, mut max_ts) = (data_start, 0u64, 0u64, 0u64);
+    for i in 0..n {
+        buf.clear();
+        let (count, clock, dead) = copy_shard(map, i, &mut buf, purge_before);
+        purged += purge(map, i, &dead);
+        file.write_all(&buf).ctx("write snapshot", &tmp)?;
+        let sum = xxhash_rust::xxh3::xxh3_64(&buf);
+        for v in [offset, buf.len() as u64, count, sum] {
+            table.extend_from_slice(&v.to_le_bytes());
+        }
+        offset += buf.len() as u64;
+        entries += count;
+        max_ts = max_ts.max(clock);
+    }
+    let header = header_bytes(n, replay_from, entries, max_ts, &table);
+    file.seek(SeekFrom::Start(0)).ctx("write snapshot", &tmp)?;
+    file.write_all(&header).ctx("write snapshot", &tmp)?;
+    file.sync_all().ctx("fsync snapshot", &tmp)?;
+    drop(file);
+    std::fs::rename(&tmp, &final_path).ctx("rename snapshot", &final_path)?;
+    fsutil::sync_dir(dir)?;
+    Ok(Written {
+        bytes: offset,
+        entries,
+        purged,
+    })
+}
+
+/// Serializes shard `i` into `buf` under its read lock. Returns the entry
+/// count, the shard clock, and the versions of tombstones to purge.
+fn copy_shard(
+    map: &ShardedMap,
+    i: usize,
+    buf: &mut Vec<u8>,
+    purge_before: u64,
+) -> (u64, u64, Vec<(Vec<u8>, Version)>) {
+    let shard = map.read_shard(i);
+    let mut dead = Vec::new();
+    let mut count = 0;
+    for e in shard.iter() {
+        if e.is_tombstone() && e.version().timestamp < purge_before {
+            dead.push((e.key().to_vec(), e.version()));
+            continue;
+        }
+        encode_entry(buf, e);
+        count += 1;
+    }
+    (count, shard.clock, dead)
+}
+
+/// Drops the listed tombstones from shard `i` if nothing replaced them.
+fn purge(map: &ShardedMap, i: usize, dead: &[(Vec<u8>, Version)]) -> u64 {
+    if dead.is_empty() {
+        return 0;
+    }
+    let mut shard = map.write_shard(i);
+    let mut n = 0;
+    for (key, version) in dead {
+        let h = hash_key(key);
+        let same = shard
+            .find(h, key)
+            .is_some_and(|e| e.is_tombstone() && e.version() == *version);
+        if same {
+            shard.remove(h, key);
+            n += 1;
+        }
+    }
+    n
+}
+
+fn encode_entry(buf: &mut Vec<u8>, e: &Entry) {
+    let v = e.version();
+    let key = e.key();
+    let value = e.value();
+    let mut key_len = key.len() as u32;
+    if value.is_none() {
+        key_len |= TOMBSTONE;
+    }
+    buf.extend_from_slice(&v.timestamp.to_le_bytes());
+    buf.extend_from_slice(&v.node.to_le_bytes());
+    buf.extend_from_slice(&key_len.to_le_bytes());
+    buf.extend_from_slice(&(value.map_or(0, <[u8]>::len) as u32).to_le_bytes());
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(value.unwrap_or_default());
+}
+
+fn header_bytes(n: usize, replay_from: u64, entries: u64, max_ts: u64, table: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(FIXED + table.len() + 8);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&FORMAT.to_le_bytes());
+    h.extend_from_slice(&(n as u32).to_le_bytes());
+    h.extend_from_slice(&replay_from.to_le_bytes());
+    h.extend_from_slice(&entries.to_le_bytes());
+    h.extend_from_slice(&max_ts.to_le_bytes());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    h.extend_from_slice(&now_ms.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(table);
+    let sum = xxhash_rust::xxh3::xxh3_64(&h);
+    h.extend_from_slice(&sum.to_le_bytes());
+    h
+}
+
+/// What loading a snapshot produced.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) path: PathBuf,
+    pub(crate) replay_from: u64,
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
+    pub(crate) max_timestamp: u64,
+}
+
+struct Section {
+    offset: usize,
+    len: usize,
+    entries: u64,
+    checksum: u64,
+}
+
+/// Loads the snapshot at `path` into the empty `map`. On error the map may be
+/// partly filled; the caller clears it. The error says what is wrong.
+pub(crate) fn load(path: &Path, map: &ShardedMap) -> Result<Loaded, String> {
+    let file = File::open(path).map_err(|e| format!("open: {e}"))?;
+    let len = file.metadata().map_err(|e| format!("stat: {e}"))?.len();
+    if len < (FIXED + 8) as u64 {
+        return Err(format!(
+            "file is {len} bytes, shorter than a snapshot header"
+        ));
+    }
+    // SAFETY: snapshot files are never modified once renamed into place; a
+    // file truncated by someone else under us could still fault, as with any
+    // memory-mapped reader.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("map: {e}"))?;
+    let b: &[u8] = &mmap;
+    let (replay_from, entries, max_ts, sections) = parse_header(b)?;
+    let next = AtomicUsize::new(0);
+    let same_layout = sections.len() == map.shard_count();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<(), String> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(sec) = sections.get(i) else {
+                            return Ok(());
+                        };
+                        load_section(b, sec, i, map, same_layout)?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| match w.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some("loader thread panicked".to_string()),
+            })
+            .collect()
+    });
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        replay_from,
+        entries,
+        bytes: len,
+        max_timestamp: max_ts,
+    })
+}
+
+fn parse_header(b: &[u8]) -> Result<(u64, u64, u64, Vec<Section>), String> {
+    if &b[..8] != MAGIC {
+        return Err("not a snapshot (bad magic number)".into());
+    }
+    let mut f = [0; 4];
+    f.copy_from_slice(&b[8..12]);
+    let format = u32::from_le_bytes(f);
+    if format != FORMAT {
+        return Err(format!("snapshot format {format} is not supported"));
+    }
+    f.copy_from_slice(&b[12..16]);
+    let n = u32::from_le_bytes(f) as usize;
+    let table_end = FIXED + n * SECTION_ROW;
+    if n == 0 || table_end + 8 > b.len() {
+        return Err(format!(
+            "section table of {n} sections does not fit the file"
+        ));
+    }
+    if xxhash_rust::xxh3::xxh3_64(&b[..table_end]) != u64_at(b, table_end) {
+        return Err("snapshot header checksum mismatch".into());
+    }
+    let mut sections = Vec::with_capacity(n);
+    for i in 0..n {
+        let row = FIXED + i * SECTION_ROW;
+        let (offset, len) = (u64_at(b, row), u64_at(b, row + 8));
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > b.len() as u64)
+        {
+            return Err(format!("section {i} lies outside the file"));
+        }
+        sections.push(Section {
+            offset: offset as usize,
+            len: len as usize,
+            entries: u64_at(b, row + 16),
+            checksum: u64_at(b, row + 24),
+        });
+    }
+    Ok((u64_at(b, 16), u64_at(b, 24), u64_at(b, 32), sections))
+}
+
+fn load_section(
+    b: &[u8],
+    sec: &Section,
+    index: usize,
+    map: &ShardedMap,
+    same_layout: bool,
+) -> Result<(), String> {
+    let bytes = &b[sec.offset..sec.offset + sec.len];
+    if xxhash_rust::xxh3::xxh3_64(bytes) != sec.checksum {
+        return Err(format!(
+            "section {index} checksum mismatch (byte offset {})",
+            sec.offset
+        ));
+    }
+    let entries = parse_entries(bytes, sec.entries)
+        .map_err(|e| format!("section {index} at byte offset {}: {e}", sec.offset))?;
+    if same_layout {
+        let mut shard = map.write_shard(index);
+        shard.reserve(entries.len());
+        for (h, e) in entries {
+            shard.insert(h, e);
+        }
+    } else {
+        for (h, e) in entries {
+            let mut shard = map.write(h);
+            shard.insert(h, e);
+        }
+    }
+    Ok(())
+}
+
+fn parse_entries(mut b: &[u8], expect: u64) -> Result<Vec<(u64, Entry)>, String> {
+    let mut out = Vec::with_capacity(expect.min(b.len() as u64 / ENTRY_HEADER as u64) as usize);
+    while !b.is_empty() {
+        if b.len() < ENTRY_HEADER {
+            return Err("entry header cut short".into());
+        }
+        let version = Version::new(u64_at(b, 0), u32_le(b, 8));
+        let raw_key_len = u32_le(b, 12);
+        let key_len = (raw_key_len & !TOMBSTONE) as usize;
+        let val_len = u32_le(b, 16) as usize;
+        let tombstone = raw_key_len & TOMBSTONE != 0;
+        let end = ENTRY_HEADER + key_len + val_len;
+        if end > b.len() || (tombstone && val_len != 0) {
+            return Err("entry lengths exceed the section".into());
+        }
+        let key = &b[ENTRY_HEADER..ENTRY_HEADER + key_len];
+        let value = (!tombstone).then(|| &b[ENTRY_HEADER + key_len..end]);
+        out.push((hash_key(key), Entry::new(key, value, version)));
+        b = &b[end..];
+    }
+    if out.len() as u64 != expect {
+        return Err(format!("holds {} entries, table says {expect}", out.len()));
+    }
+    Ok(out)
+}
+
+fn u32_le(b: &[u8], at: usize) -> u32 {
+    let mut a = [0; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}

@@ -1,0 +1,537 @@
+//! [`Store`]: the engine's public face.
+
+use std::cell::RefCell;
+use std::collections::BinaryHeap;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, DirLock};
+use crate::map::{hash_key, Entry, Shard, ShardedMap, MAX_KEY};
+use crate::options::{Durability, Options};
+use crate::recovery::{self, RecoveryReport};
+use crate::snapshot;
+use crate::version::{Version, Versioned};
+use crate::wal::record;
+use crate::wal::segment::parse_segment_name;
+use crate::wal::Log;
+
+/// A key-value store: a sharded in-memory map made durable by a write-ahead
+/// log and snapshots. All methods take `&self` and are safe to call from
+/// many threads; share a store with `Arc<Store>`.
+///
+/// Dropping the store stops its background threads and flushes the log, as
+/// [`Store::close`] does, but ignores errors.
+pub struct Store {
+    inner: Arc<Inner>,
+    workers: Vec<JoinHandle<()>>,
+    report: RecoveryReport,
+}
+
+#[derive(Default)]
+struct Background {
+    shutdown: bool,
+    snapshot_wanted: bool,
+    snapshot_running: bool,
+    last_error: Option<String>,
+    snapshots_taken: u64,
+    last_snapshot_entries: u64,
+    tombstones_purged: u64,
+}
+
+struct Inner {
+    map: ShardedMap,
+    log: Option<Log>,
+    durability: Durability,
+    node_id: u32,
+    tombstone_grace: Duration,
+    bg: Mutex<Background>,
+    bg_changed: Condvar,
+    snapshot_lock: Mutex<()>,
+    _lock: Option<DirLock>,
+}
+
+/// Figures describing a store, for monitoring.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Live keys.
+    pub keys: u64,
+    /// Approximate bytes of memory held by keys, values and table slots.
+    pub memory_bytes: u64,
+    /// The durability policy, or `None` for an in-memory store.
+    pub durability: Option<Durability>,
+    /// Bytes appended to the log since open.
+    pub log_bytes: u64,
+    /// Snapshots written since open.
+    pub snapshots_taken: u64,
+    /// Entries (tombstones included) in the last snapshot written.
+    pub last_snapshot_entries: u64,
+    /// Tombstones dropped by snapshots since open.
+    pub tombstones_purged: u64,
+    /// Whether a snapshot is being written now.
+    pub snapshot_running: bool,
+    /// The last error of a background task (snapshot or fsync), if any.
+    pub last_background_error: Option<String>,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+thread_local! {
+    static ENCODE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Store {
+    /// Opens (or creates) a store, recovering whatever its directory holds.
+    ///
+    /// Fails with a clear [`Error`] if the directory is unusable, locked by
+    /// another process, or holds a log damaged in the middle (see
+    /// [`RecoveryMode`](crate::RecoveryMode)). A torn tail is truncated.
+    pub fn open(opts: Options) -> Result<Store> {
+        let map = ShardedMap::new(opts.shards);
+        let (log, lock, report) = match &opts.dir {
+            None => (None, None, RecoveryReport::default()),
+            Some(dir) => {
+                let (log, lock, report) = open_dir(dir, &opts, &map)?;
+                (Some(log), Some(lock), report)
+            }
+        };
+        let inner = Arc::new(Inner {
+            map,
+            log,
+            durability: opts.durability,
+            node_id: opts.node_id,
+            tombstone_grace: opts.tombstone_grace,
+            bg: Mutex::new(Background::default()),
+            bg_changed: Condvar::new(),
+            snapshot_lock: Mutex::new(()),
+            _lock: lock,
+        });
+        let workers = start_workers(&inner, &opts);
+        Ok(Store {
+            inner,
+            workers,
+            report,
+        })
+    }
+
+    /// What recovery found when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The value of `key`, or `None` if it is absent or deleted.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let h = hash_key(key);
+        let shard = self.inner.map.read(h);
+        shard
+            .find(h, key)
+            .and_then(Entry::value)
+            .map(<[u8]>::to_vec)
+    }
+
+    /// Whether `key` holds a value.
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        let h = hash_key(key);
+        let shard = self.inner.map.read(h);
+        shard.find(h, key).is_some_and(|e| !e.is_tombstone())
+    }
+
+    /// Sets `key` to `value`; returns the version given to the write.
+    /// When this returns, the write survives the death of the process (and,
+    /// under [`Durability::Always`], a power cut).
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Version> {
+        let node = self.inner.node_id;
+        let written = self.inner.write(key, Some(value), |shard, _| {
+            Some(shard.next_version(now_micros(), node))
+        })?;
+        written.ok_or(Error::Closed)
+    }
+
+    /// Deletes `key`, leaving a tombstone; returns whether it held a value.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        let node = self.inner.node_id;
+        let written = self.inner.write(key, None, |shard, cur| {
+            cur.filter(|c| c.live)?;
+            Some(shard.next_version(now_micros(), node))
+        })?;
+        Ok(written.is_some())
+    }
+
+    /// Every live key starting with `prefix`, with its value, sorted by key.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.scan_page(prefix, None, usize::MAX)
+    }
+
+    /// One page of a sorted listing: up to `limit` live keys starting with
+    /// `prefix` and greater than `after`, with their values. Pass the last
+    /// key of a page as `after` to get the next one.
+    pub fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut best: BinaryHeap<(Vec<u8>, Vec<u8>)> = BinaryHeap::new();
+        for i in 0..self.inner.map.shard_count() {
+            let shard = self.inner.map.read_shard(i);
+            for e in shard.iter() {
+                let (key, Some(value)) = (e.key(), e.value()) else {
+                    continue;
+                };
+                if !key.starts_with(prefix) || after.is_some_and(|a| key <= a) {
+                    continue;
+                }
+                if best.len() == limit {
+                    match best.peek() {
+                        Some((top, _)) if key < top.as_slice() => {
+                            best.pop();
+                        }
+                        _ => continue,
+                    }
+                }
+                if limit > 0 {
+                    best.push((key.to_vec(), value.to_vec()));
+                }
+            }
+        }
+        best.into_sorted_vec()
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    /// Whether the store holds no live key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes every write so far durable on stable storage, whatever the
+    /// durability policy. A no-op for an in-memory store.
+    pub fn flush(&self) -> Result<()> {
+        match &self.inner.log {
+            Some(log) => log.sync_now(),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a snapshot now and deletes the log it makes unnecessary.
+    /// A no-op for an in-memory store.
+    pub fn snapshot(&self) -> Result<()> {
+        self.inner.snapshot()
+    }
+
+    /// Applies a replicated write if `version` is newer than the key's
+    /// current version (tombstones included). `value` `None` writes a
+    /// tombstone. Returns whether the write was applied.
+    pub fn apply(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
+        let written = self.inner.write(key, value, |_, cur| {
+            let newer = cur.is_none_or(|c| c.version < version);
+            newer.then_some(version)
+        })?;
+        Ok(written.is_some())
+    }
+
+    /// The key's current version and value, tombstones included.
+    pub fn get_versioned(&self, key: &[u8]) -> Option<Versioned> {
+        let h = hash_key(key);
+        let shard = self.inner.map.read(h);
+        shard.find(h, key).map(Entry::to_versioned)
+    }
+
+    /// Every entry with its version, tombstones included, in no particular
+    /// order. Copies one shard at a time, so it holds no lock while the
+    /// caller works and sees each shard as it was when reached.
+    pub fn iter_versioned(&self) -> impl Iterator<Item = (Vec<u8>, Versioned)> + '_ {
+        (0..self.inner.map.shard_count()).flat_map(move |i| {
+            let shard = self.inner.map.read_shard(i);
+            shard
+                .iter()
+                .map(|e| (e.key().to_vec(), e.to_versioned()))
+                .collect::<Vec<_>>()
+        })
+    }
+
+    /// Figures for monitoring.
+    pub fn stats(&self) -> Stats {
+        let bg = self.inner.bg.lock();
+        Stats {
+            keys: self.inner.map.len() as u64,
+            memory_bytes: self.inner.map.bytes() as u64,
+            durability: self.inner.log.as_ref().map(|_| self.inner.durability),
+            log_bytes: self.inner.log.as_ref().map_or(0, Log::position),
+            snapshots_taken: bg.snapshots_taken,
+            last_snapshot_entries: bg.last_snapshot_entries,
+            tombstones_purged: bg.tombstones_purged,
+            snapshot_running: bg.snapshot_running,
+            last_background_error: bg.last_error.clone(),
+        }
+    }
+
+    /// Stops the background threads and flushes the log to stable storage.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.inner.bg.lock().shutdown = true;
+        self.inner.bg_changed.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.flush()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("keys", &self.len())
+            .field("dir", &self.inner.log.as_ref().map(Log::dir))
+            .finish()
+    }
+}
+
+/// Checks the directory, takes its lock, recovers, and starts a new segment.
+fn open_dir(
+    dir: &Path,
+    opts: &Options,
+    map: &ShardedMap,
+) -> Result<(Log, DirLock, RecoveryReport)> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => return Err(Error::NotADirectory(dir.to_path_buf())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.create => {
+            std::fs::create_dir_all(dir).ctx("create data directory", dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fsutil::sync_dir(parent)?;
+            }
+        }
+        Err(e) => return Err(e).ctx("open data directory", dir),
+    }
+    let lock = fsutil::lock_dir(dir)?;
+    let rec = recovery::recover(dir, map, opts.recovery_mode)?;
+    let log = Log::create(
+        dir.to_path_buf(),
+        rec.next_segment,
+        opts.segment_bytes,
+        opts.snapshot_trigger,
+        rec.snapshot_bytes,
+    )?;
+    Ok((log, lock, rec.report))
+}
+
+fn start_workers(inner: &Arc<Inner>, opts: &Options) -> Vec<JoinHandle<()>> {
+    let mut workers = Vec::new();
+    if inner.log.is_none() {
+        return workers;
+    }
+    if opts.durability == Durability::EverySec {
+        let (me, every) = (inner.clone(), opts.fsync_interval);
+        workers.push(spawn("kv-fsync", move || me.fsync_loop(every)));
+    }
+    let me = inner.clone();
+    workers.push(spawn("kv-snapshot", move || me.snapshot_loop()));
+    workers
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
+}
+
+/// What a key holds when a write looks at it.
+#[derive(Clone, Copy)]
+struct Current {
+    version: Version,
+    live: bool,
+}
+
+impl Inner {
+    /// The write path shared by put, delete and apply. `pick` sees the shard
+    /// and the key's current entry and returns the new version, or `None` to
+    /// write nothing.
+    fn write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        pick: impl FnOnce(&mut Shard, Option<Current>) -> Option<Version>,
+    ) -> Result<Option<Version>> {
+        check_size(key, value)?;
+        let h = hash_key(key);
+        let mut shard = self.map.write(h);
+        let cur = shard.find(h, key).map(|e| Current {
+            version: e.version(),
+            live: !e.is_tombstone(),
+        });
+        let Some(version) = pick(&mut shard, cur) else {
+            return Ok(None);
+        };
+        let appended = match &self.log {
+            Some(log) => Some(append(log, key, value, version)?),
+            None => None,
+        };
+        shard.insert(h, Entry::new(key, value, version));
+        drop(shard);
+        if let Some(a) = appended {
+            if a.snapshot_due {
+                self.request_snapshot();
+            }
+            if self.durability == Durability::Always {
+                if let Some(log) = &self.log {
+                    log.wait_durable(a.end)?;
+                }
+            }
+        }
+        Ok(Some(version))
+    }
+
+    fn request_snapshot(&self) {
+        let mut bg = self.bg.lock();
+        if !bg.snapshot_wanted && !bg.snapshot_running {
+            bg.snapshot_wanted = true;
+            self.bg_changed.notify_all();
+        }
+    }
+
+    fn fsync_loop(&self, every: Duration) {
+        let mut bg = self.bg.lock();
+        while !bg.shutdown {
+            self.bg_changed.wait_for(&mut bg, every);
+            if bg.shutdown {
+                break;
+            }
+            drop(bg);
+            let result = self.log.as_ref().map_or(Ok(()), Log::sync_now);
+            bg = self.bg.lock();
+            if let Err(e) = result {
+                bg.last_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn snapshot_loop(&self) {
+        let mut bg = self.bg.lock();
+        loop {
+            while !bg.shutdown && !bg.snapshot_wanted {
+                self.bg_changed.wait(&mut bg);
+            }
+            if bg.shutdown {
+                return;
+            }
+            bg.snapshot_wanted = false;
+            drop(bg);
+            let result = self.snapshot();
+            bg = self.bg.lock();
+            if let Err(e) = result {
+                bg.last_error = Some(format!("snapshot failed: {e}"));
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Result<()> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.snapshot_lock.lock();
+        self.bg.lock().snapshot_running = true;
+        let result = self.write_snapshot(log);
+        let mut bg = self.bg.lock();
+        bg.snapshot_running = false;
+        let written = result?;
+        bg.snapshots_taken += 1;
+        bg.last_snapshot_entries = written.entries;
+        bg.tombstones_purged += written.purged;
+        Ok(())
+    }
+
+    fn write_snapshot(&self, log: &Log) -> Result<snapshot::Written> {
+        let id = log.rotate_for_snapshot()?;
+        let grace = self.tombstone_grace.as_micros() as u64;
+        let purge_before = now_micros().saturating_sub(grace);
+        let written = snapshot::write(log.dir(), &self.map, id, purge_before)?;
+        log.snapshot_written(written.bytes);
+        remove_obsolete(log.dir())?;
+        Ok(written)
+    }
+}
+
+/// Keeps the two newest snapshots and the log segments the older of them
+/// needs (so that a damaged newest snapshot can fall back); deletes the rest.
+fn remove_obsolete(dir: &Path) -> Result<()> {
+    let mut snaps = Vec::new();
+    let mut segs = Vec::new();
+    for item in std::fs::read_dir(dir).ctx("read data directory", dir)? {
+        let item = item.ctx("read data directory", dir)?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = snapshot::parse_snapshot_name(name) {
+            snaps.push((id, item.path()));
+        } else if let Some(id) = parse_segment_name(name) {
+            segs.push((id, item.path()));
+        }
+    }
+    snaps.sort();
+    if snaps.len() < 2 {
+        return Ok(());
+    }
+    let keep_from = snaps[snaps.len() - 2].0;
+    let doomed = snaps[..snaps.len() - 2]
+        .iter()
+        .chain(segs.iter().filter(|(id, _)| *id < keep_from));
+    let mut removed = false;
+    for (_, path) in doomed {
+        std::fs::remove_file(path).ctx("remove obsolete file", path)?;
+        removed = true;
+    }
+    if removed {
+        fsutil::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn check_size(key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    let total = record::encoded_len(key, value);
+    if key.len() > MAX_KEY || total > record::MAX_PAYLOAD {
+        return Err(Error::TooLarge {
+            key_len: key.len(),
+            value_len: value.map_or(0, <[u8]>::len),
+            limit: record::MAX_PAYLOAD,
+        });
+    }
+    Ok(())
+}
+
+fn append(
+    log: &Log,
+    key: &[u8],
+    value: Option<&[u8]>,
+    version: Version,
+) -> Result<crate::wal::Appended> {
+    ENCODE_BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        record::encode(buf, key, value, version);
+        let result = log.append(buf);
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new();
+        }
+        result
+    })
+}

@@ -1,0 +1,216 @@
+//! The write-ahead log: appends, rotation, and group commit.
+//!
+//! Writers copy encoded records into the current segment's memory map under
+//! one short lock; the bytes are then in the page cache and survive the death
+//! of the process. Making them survive a power cut is a separate step,
+//! [`Log::wait_durable`]: the first waiter becomes the syncer and flushes
+//! everything appended so far, the others wait on a condition variable and
+//! are all released by that one flush (group commit).
+
+pub(crate) mod record;
+pub(crate) mod segment;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::options::SnapshotTrigger;
+use segment::{Segment, SEGMENT_HEADER};
+
+/// What an append tells its caller.
+pub(crate) struct Appended {
+    /// Log position after the record; pass it to [`Log::wait_durable`].
+    pub(crate) end: u64,
+    /// Whether the snapshot trigger has fired.
+    pub(crate) snapshot_due: bool,
+}
+
+struct Writer {
+    seg: Arc<Segment>,
+    offset: u64,
+    /// Bytes appended since open: a position that only grows.
+    pos: u64,
+    /// Rotated-out segments not yet fully synced, with their final length.
+    unsynced: Vec<(Arc<Segment>, u64)>,
+    ops_since_snapshot: u64,
+    bytes_since_snapshot: u64,
+    last_snapshot_bytes: u64,
+    poisoned: Option<String>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    synced_pos: u64,
+    syncing: bool,
+}
+
+/// The open log of a store.
+pub(crate) struct Log {
+    dir: PathBuf,
+    segment_bytes: u64,
+    trigger: SnapshotTrigger,
+    writer: Mutex<Writer>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+}
+
+impl Log {
+    /// Starts a fresh segment `id` in `dir` and appends from there.
+    pub(crate) fn create(
+        dir: PathBuf,
+        id: u64,
+        segment_bytes: u64,
+        trigger: SnapshotTrigger,
+        last_snapshot_bytes: u64,
+    ) -> Result<Log> {
+        let seg = Segment::create(&dir, id, segment_bytes)?;
+        Ok(Log {
+            dir,
+            segment_bytes,
+            trigger,
+            writer: Mutex::new(Writer {
+                seg: Arc::new(seg),
+                offset: SEGMENT_HEADER as u64,
+                pos: 0,
+                unsynced: Vec::new(),
+                ops_since_snapshot: 0,
+                bytes_since_snapshot: 0,
+                last_snapshot_bytes,
+                poisoned: None,
+            }),
+            sync: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
+        })
+    }
+
+    /// Appends one encoded record.
+    pub(crate) fn append(&self, rec: &[u8]) -> Result<Appended> {
+        let mut w = self.writer.lock();
+        if let Some(why) = &w.poisoned {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        let len = rec.len() as u64;
+        if !w.seg.fits(w.offset, len) {
+            self.rotate_locked(&mut w, len)?;
+        }
+        w.seg.reserve(w.offset + len)?;
+        w.seg.write_at(w.offset, rec);
+        w.offset += len;
+        w.pos += len;
+        w.ops_since_snapshot += 1;
+        w.bytes_since_snapshot += len;
+        Ok(Appended {
+            end: w.pos,
+            snapshot_due: self.snapshot_due(&w),
+        })
+    }
+
+    fn snapshot_due(&self, w: &Writer) -> bool {
+        match self.trigger {
+            SnapshotTrigger::Operations(n) => w.ops_since_snapshot >= n.max(1),
+            SnapshotTrigger::LogGrowth { percent, min_bytes } => {
+                w.bytes_since_snapshot >= min_bytes
+                    && w.bytes_since_snapshot.saturating_mul(100)
+                        >= w.last_snapshot_bytes.saturating_mul(percent)
+            }
+            SnapshotTrigger::Manual => false,
+        }
+    }
+
+    fn rotate_locked(&self, w: &mut Writer, need: u64) -> Result<()> {
+        let capacity = self.segment_bytes.max(SEGMENT_HEADER as u64 + need);
+        let seg = Segment::create(&self.dir, w.seg.id + 1, capacity)?;
+        let old = std::mem::replace(&mut w.seg, Arc::new(seg));
+        w.unsynced.push((old, w.offset));
+        w.offset = SEGMENT_HEADER as u64;
+        Ok(())
+    }
+
+    /// Starts a new segment for a snapshot and returns its id: every record
+    /// appended from now on lies in it or later ones.
+    pub(crate) fn rotate_for_snapshot(&self) -> Result<u64> {
+        let mut w = self.writer.lock();
+        if let Some(why) = &w.poisoned {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        self.rotate_locked(&mut w, 0)?;
+        w.ops_since_snapshot = 0;
+        w.bytes_since_snapshot = 0;
+        Ok(w.seg.id)
+    }
+
+    /// Records the size of the snapshot just written (for the growth trigger).
+    pub(crate) fn snapshot_written(&self, bytes: u64) {
+        self.writer.lock().last_snapshot_bytes = bytes;
+    }
+
+    /// Current end position of the log.
+    pub(crate) fn position(&self) -> u64 {
+        self.writer.lock().pos
+    }
+
+    /// Blocks until every record up to position `pos` is on stable storage.
+    /// Concurrent callers share one flush.
+    pub(crate) fn wait_durable(&self, pos: u64) -> Result<()> {
+        let mut s = self.sync.lock();
+        loop {
+            if s.synced_pos >= pos {
+                return Ok(());
+            }
+            if !s.syncing {
+                s.syncing = true;
+                drop(s);
+                let flushed = self.flush_appended();
+                s = self.sync.lock();
+                s.syncing = false;
+                self.synced.notify_all();
+                s.synced_pos = s.synced_pos.max(flushed?);
+                continue;
+            }
+            self.synced.wait(&mut s);
+        }
+    }
+
+    /// Flushes everything appended so far; returns the position covered.
+    fn flush_appended(&self) -> Result<u64> {
+        let (old, seg, offset, pos) = {
+            let mut w = self.writer.lock();
+            if let Some(why) = &w.poisoned {
+                return Err(Error::Poisoned(why.clone()));
+            }
+            (
+                std::mem::take(&mut w.unsynced),
+                w.seg.clone(),
+                w.offset,
+                w.pos,
+            )
+        };
+        let result = old
+            .iter()
+            .try_for_each(|(s, end)| s.sync_range(synced_of(s), *end))
+            .and_then(|()| seg.sync_range(synced_of(&seg), offset));
+        if let Err(e) = &result {
+            // After a failed fsync the kernel may have dropped the dirty
+            // pages: we can no longer say what is on disk.
+            self.writer.lock().poisoned = Some(e.to_string());
+        }
+        result.map(|()| pos)
+    }
+
+    /// Flushes everything appended so far and waits for it.
+    pub(crate) fn sync_now(&self) -> Result<()> {
+        let pos = self.position();
+        self.wait_durable(pos)
+    }
+
+    /// The data directory.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+fn synced_of(s: &Segment) -> u64 {
+    s.synced.load(std::sync::atomic::Ordering::Acquire)
+}

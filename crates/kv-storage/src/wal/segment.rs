@@ -1,0 +1,157 @@
+//! Segment files: naming, the 32-byte header, and the writable memory map.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{IoContext, Result};
+use crate::fsutil;
+use crate::wal::record::u64_at;
+
+/// Size of the segment header.
+pub(crate) const SEGMENT_HEADER: usize = 32;
+const MAGIC: &[u8; 8] = b"KVWALSEG";
+const FORMAT: u32 = 1;
+/// First allocation of a new segment file; it doubles as it fills.
+const FIRST_ALLOCATION: u64 = 64 << 10;
+
+/// File name of segment `id`.
+pub(crate) fn segment_name(id: u64) -> String {
+    format!("wal-{id:020}.log")
+}
+
+/// The id in a segment file name, if `name` is one.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("wal-")?.strip_suffix(".log")?;
+    (digits.len() == 20).then(|| digits.parse().ok())?
+}
+
+/// The header bytes of segment `id`.
+pub(crate) fn header_bytes(id: u64) -> [u8; SEGMENT_HEADER] {
+    let mut h = [0u8; SEGMENT_HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+    h[16..24].copy_from_slice(&id.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&h[..24]);
+    h[24..32].copy_from_slice(&sum.to_le_bytes());
+    h
+}
+
+/// Checks a segment header; returns the id it names or why it is bad.
+pub(crate) fn check_header(b: &[u8]) -> Result<u64, String> {
+    if b.len() < SEGMENT_HEADER {
+        return Err(format!("segment header cut short ({} bytes)", b.len()));
+    }
+    if &b[..8] != MAGIC {
+        return Err("not a log segment (bad magic number)".into());
+    }
+    if xxhash_rust::xxh3::xxh3_64(&b[..24]) != u64_at(b, 24) {
+        return Err("segment header checksum mismatch".into());
+    }
+    let mut f = [0; 4];
+    f.copy_from_slice(&b[8..12]);
+    let format = u32::from_le_bytes(f);
+    if format != FORMAT {
+        return Err(format!(
+            "segment format {format} is not supported (this build reads format {FORMAT})"
+        ));
+    }
+    Ok(u64_at(b, 16))
+}
+
+/// A segment open for appending, mapped into memory at its full capacity.
+/// The file itself is allocated in growing steps; bytes are only ever written
+/// below the allocated length.
+pub(crate) struct Segment {
+    pub(crate) id: u64,
+    pub(crate) path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    capacity: u64,
+    allocated: AtomicU64,
+    /// Bytes of this segment known to be on stable storage.
+    pub(crate) synced: AtomicU64,
+}
+
+impl Segment {
+    /// Creates segment `id` in `dir` with room for `capacity` bytes, writes
+    /// its header and makes the new file durable (file and directory fsync).
+    pub(crate) fn create(dir: &Path, id: u64, capacity: u64) -> Result<Segment> {
+        let path = dir.join(segment_name(id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx("create log segment", &path)?;
+        let capacity = capacity.max(FIRST_ALLOCATION);
+        let allocated = FIRST_ALLOCATION.min(capacity);
+        fsutil::allocate(&file, allocated).ctx("allocate log segment", &path)?;
+        // SAFETY: the mapping is private to this process's writer; we only
+        // touch bytes below `allocated`, which the file holds.
+        let map = MmapOptions::new()
+            .len(capacity as usize)
+            .map_raw(&file)
+            .ctx("map log segment", &path)?;
+        let seg = Segment {
+            id,
+            path,
+            file,
+            map,
+            capacity,
+            allocated: AtomicU64::new(allocated),
+            synced: AtomicU64::new(0),
+        };
+        seg.write_at(0, &header_bytes(id));
+        seg.file.sync_all().ctx("fsync log segment", &seg.path)?;
+        fsutil::sync_dir(dir)?;
+        Ok(seg)
+    }
+
+    /// Whether `len` more bytes fit after `offset`.
+    pub(crate) fn fits(&self, offset: u64, len: u64) -> bool {
+        offset + len <= self.capacity
+    }
+
+    /// Makes sure the file holds bytes up to `end`, growing it if needed.
+    /// Only the log's writer calls this, under the log lock.
+    pub(crate) fn reserve(&self, end: u64) -> Result<()> {
+        let allocated = self.allocated.load(Ordering::Acquire);
+        if end <= allocated {
+            return Ok(());
+        }
+        let target = end.max(allocated * 2).min(self.capacity);
+        fsutil::allocate(&self.file, target).ctx("grow log segment", &self.path)?;
+        self.allocated.store(target, Ordering::Release);
+        Ok(())
+    }
+
+    /// Copies `bytes` into the segment at `offset`. The caller has reserved
+    /// the space and is the only writer (it holds the log's lock).
+    pub(crate) fn write_at(&self, offset: u64, bytes: &[u8]) {
+        assert!(offset + bytes.len() as u64 <= self.allocated.load(Ordering::Acquire));
+        // SAFETY: the range lies inside the mapping and inside the file, and
+        // the single writer holds the log lock while writing; readers of the
+        // mapping (msync) do not read the bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(offset as usize),
+                bytes.len(),
+            );
+        }
+    }
+
+    /// Flushes bytes `from..to` of the mapping to stable storage.
+    pub(crate) fn sync_range(&self, from: u64, to: u64) -> Result<()> {
+        if to > from {
+            self.map
+                .flush_range(from as usize, (to - from) as usize)
+                .ctx("fsync log segment", &self.path)?;
+        }
+        let _ = self.synced.fetch_max(to, Ordering::AcqRel);
+        Ok(())
+    }
+}
