@@ -317,7 +317,10 @@ fn snapshots_delete_the_log_they_cover() {
     let oldest_kept = snaps[0].file_name().expect("name").to_string_lossy()[5..25].to_string();
     for seg in segments(dir.path()) {
         let id = &seg.file_name().expect("name").to_string_lossy()[4..24];
-        assert!(id >= oldest_kept.as_str(), "segment {id} should have been deleted");
+        assert!(
+            id >= oldest_kept.as_str(),
+            "segment {id} should have been deleted"
+        );
     }
     drop(store);
     let store = Store::open(opts(dir.path())).expect("reopen");
