@@ -68,6 +68,9 @@ pub struct Stats {
     pub log_bytes: u64,
     /// Snapshots written since open.
     pub snapshots_taken: u64,
+    /// Flushes of the log to stable storage since open (with group commit,
+    /// fewer than durable writes).
+    pub log_flushes: u64,
     /// Entries (tombstones included) in the last snapshot written.
     pub last_snapshot_entries: u64,
     /// Tombstones dropped by snapshots since open.
@@ -270,6 +273,7 @@ impl Store {
             durability: self.inner.log.as_ref().map(|_| self.inner.durability),
             log_bytes: self.inner.log.as_ref().map_or(0, Log::position),
             snapshots_taken: bg.snapshots_taken,
+            log_flushes: self.inner.log.as_ref().map_or(0, Log::flushes),
             last_snapshot_entries: bg.last_snapshot_entries,
             tombstones_purged: bg.tombstones_purged,
             snapshot_running: bg.snapshot_running,
@@ -375,6 +379,28 @@ impl Inner {
         pick: impl FnOnce(&mut Shard, Option<Current>) -> Option<Version>,
     ) -> Result<Option<Version>> {
         check_size(key, value)?;
+        let durable_log = self.log.as_ref().filter(|_| self.durability == Durability::Always);
+        if let Some(log) = durable_log {
+            log.writer_started();
+        }
+        let result = self.write_logged(key, value, pick);
+        if let Some(log) = durable_log {
+            match &result {
+                Ok((Some(_), end)) => log.wait_durable(*end)?,
+                _ => log.writer_gave_up(),
+            }
+        }
+        result.map(|(version, _)| version)
+    }
+
+    /// Checks, logs and applies one write under its shard lock; returns the
+    /// version written (if any) and the log position to wait for.
+    fn write_logged(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        pick: impl FnOnce(&mut Shard, Option<Current>) -> Option<Version>,
+    ) -> Result<(Option<Version>, u64)> {
         let h = hash_key(key);
         let mut shard = self.map.write(h);
         let cur = shard.find(h, key).map(|e| Current {
@@ -382,7 +408,7 @@ impl Inner {
             live: !e.is_tombstone(),
         });
         let Some(version) = pick(&mut shard, cur) else {
-            return Ok(None);
+            return Ok((None, 0));
         };
         let appended = match &self.log {
             Some(log) => Some(append(log, key, value, version)?),
@@ -390,17 +416,14 @@ impl Inner {
         };
         shard.insert(h, Entry::new(key, value, version));
         drop(shard);
+        let mut end = 0;
         if let Some(a) = appended {
             if a.snapshot_due {
                 self.request_snapshot();
             }
-            if self.durability == Durability::Always {
-                if let Some(log) = &self.log {
-                    log.wait_durable(a.end)?;
-                }
-            }
+            end = a.end;
         }
-        Ok(Some(version))
+        Ok((Some(version), end))
     }
 
     fn request_snapshot(&self) {

@@ -11,9 +11,11 @@ pub(crate) mod record;
 pub(crate) mod segment;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::options::SnapshotTrigger;
@@ -42,8 +44,13 @@ struct Writer {
 
 #[derive(Default)]
 struct SyncState {
-    synced_pos: u64,
     syncing: bool,
+    /// Threads parked until a flush covers their position.
+    sleepers: Vec<(u64, std::thread::Thread)>,
+    /// How long the last flush took.
+    last_flush: Duration,
+    /// Flushes done since open.
+    flushes: u64,
 }
 
 /// The open log of a store.
@@ -53,7 +60,10 @@ pub(crate) struct Log {
     trigger: SnapshotTrigger,
     writer: Mutex<Writer>,
     sync: Mutex<SyncState>,
-    synced: Condvar,
+    /// Log position known to be on stable storage.
+    durable: AtomicU64,
+    /// Writers between `writer_started` and the end of `wait_durable`.
+    in_flight: AtomicUsize,
 }
 
 impl Log {
@@ -81,7 +91,8 @@ impl Log {
                 poisoned: None,
             }),
             sync: Mutex::new(SyncState::default()),
-            synced: Condvar::new(),
+            durable: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -151,25 +162,86 @@ impl Log {
         self.writer.lock().pos
     }
 
+    /// Announces a writer that is about to append and then wait for
+    /// durability. A syncer about to flush gives announced writers a moment
+    /// to append, so that they share its flush. Every call is followed by
+    /// exactly one [`Log::wait_durable`] or [`Log::writer_gave_up`].
+    pub(crate) fn writer_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Ends what [`Log::writer_started`] began, for a writer that wrote
+    /// nothing.
+    pub(crate) fn writer_gave_up(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Blocks until every record up to position `pos` is on stable storage.
-    /// Concurrent callers share one flush.
+    /// Concurrent callers share one flush. Ends what
+    /// [`Log::writer_started`] began.
     pub(crate) fn wait_durable(&self, pos: u64) -> Result<()> {
-        let mut s = self.sync.lock();
+        let result = self.wait_for(pos);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    fn wait_for(&self, pos: u64) -> Result<()> {
         loop {
-            if s.synced_pos >= pos {
+            if self.durable.load(Ordering::Acquire) >= pos {
+                return Ok(());
+            }
+            let mut s = self.sync.lock();
+            if self.durable.load(Ordering::Acquire) >= pos {
                 return Ok(());
             }
             if !s.syncing {
                 s.syncing = true;
+                self.gather(&mut s);
                 drop(s);
-                let flushed = self.flush_appended();
-                s = self.sync.lock();
-                s.syncing = false;
-                self.synced.notify_all();
-                s.synced_pos = s.synced_pos.max(flushed?);
+                self.lead_flush()?;
                 continue;
             }
-            self.synced.wait(&mut s);
+            // Sleep until the running flush ends. Woken waiters whose
+            // position is covered return without touching the lock, so a
+            // flush releases its whole group at once.
+            s.sleepers.push((pos, std::thread::current()));
+            drop(s);
+            std::thread::park();
+        }
+    }
+
+    /// Runs one flush as the group's leader and wakes the sleepers.
+    fn lead_flush(&self) -> Result<()> {
+        let started = Instant::now();
+        let flushed = self.flush_appended();
+        let mut s = self.sync.lock();
+        s.syncing = false;
+        s.last_flush = started.elapsed();
+        s.flushes += 1;
+        if let Ok(p) = &flushed {
+            self.durable.fetch_max(*p, Ordering::AcqRel);
+        }
+        let sleepers = std::mem::take(&mut s.sleepers);
+        drop(s);
+        for (_, t) in sleepers {
+            t.unpark();
+        }
+        flushed.map(|_| ())
+    }
+
+    /// Before a flush: until every announced writer waits for a position
+    /// not yet durable (it has appended its record), give them a moment, at
+    /// most the last flush's duration, so that one flush covers them all.
+    fn gather(&self, s: &mut MutexGuard<'_, SyncState>) {
+        let limit = (s.last_flush).min(Duration::from_micros(500));
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let durable = self.durable.load(Ordering::Acquire);
+            let pending = 1 + s.sleepers.iter().filter(|(p, _)| *p > durable).count();
+            if pending >= self.in_flight.load(Ordering::Acquire) {
+                return;
+            }
+            MutexGuard::unlocked(s, std::thread::yield_now);
         }
     }
 
@@ -201,8 +273,14 @@ impl Log {
 
     /// Flushes everything appended so far and waits for it.
     pub(crate) fn sync_now(&self) -> Result<()> {
+        self.writer_started();
         let pos = self.position();
         self.wait_durable(pos)
+    }
+
+    /// Flushes to stable storage since open.
+    pub(crate) fn flushes(&self) -> u64 {
+        self.sync.lock().flushes
     }
 
     /// The data directory.
@@ -212,5 +290,5 @@ impl Log {
 }
 
 fn synced_of(s: &Segment) -> u64 {
-    s.synced.load(std::sync::atomic::Ordering::Acquire)
+    s.synced.load(Ordering::Acquire)
 }
