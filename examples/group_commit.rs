@@ -15,7 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: u64 = args.next().map_or(Ok(3), |s| s.parse())?;
     let dir = args.next().unwrap_or_else(|| "./data-group-commit".into());
     let _ = std::fs::remove_dir_all(&dir);
-    let store = Arc::new(Store::open(Options::new(&dir).durability(Durability::Always))?);
+    let store = Arc::new(Store::open(
+        Options::new(&dir).durability(Durability::Always),
+    )?);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();

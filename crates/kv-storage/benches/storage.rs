@@ -92,12 +92,15 @@ where
     start.elapsed()
 }
 
+/// A store holding keys `0..n`, loaded without fsyncs and then reopened
+/// with the durability under test.
 fn filled_store(dir: &std::path::Path, durability: Durability, n: u64) -> Store {
-    let store = Store::open(Options::new(dir).durability(durability)).expect("open");
+    let store = Store::open(Options::new(dir).durability(Durability::No)).expect("open");
     for i in 0..n {
         store.put(&key(i), &VALUE).expect("put");
     }
-    store
+    store.close().expect("close");
+    Store::open(Options::new(dir).durability(durability)).expect("reopen")
 }
 
 fn get(c: &mut Criterion) {
@@ -192,19 +195,22 @@ fn recovery(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("recovery");
     g.sample_size(10);
-    g.bench_function(BenchmarkId::new("open", format!("{n}keys+{}log", n / 10)), |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                let store = Store::open(opts.clone()).expect("open");
-                spent += start.elapsed();
-                assert_eq!(store.len() as u64, n);
-                drop(store);
-            }
-            spent
-        })
-    });
+    g.bench_function(
+        BenchmarkId::new("open", format!("{n}keys+{}log", n / 10)),
+        |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let store = Store::open(opts.clone()).expect("open");
+                    spent += start.elapsed();
+                    assert_eq!(store.len() as u64, n);
+                    drop(store);
+                }
+                spent
+            })
+        },
+    );
     g.finish();
 }
 

@@ -140,6 +140,62 @@ impl Store {
             .map(<[u8]>::to_vec)
     }
 
+    /// Calls `f` with the value of `key` (`None` if absent or deleted) while
+    /// holding its shard's read lock, so that the value need not be copied.
+    /// Keep `f` short: writers to the shard wait for it.
+    pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let h = hash_key(key);
+        let shard = self.inner.map.read(h);
+        f(shard.find(h, key).and_then(Entry::value))
+    }
+
+    /// One step of a cursor walk over the live keys in the order of their
+    /// hash, as Redis's `SCAN` does: start with cursor 0, pass back the
+    /// cursor returned, stop when it is 0. A key present for the whole walk
+    /// is returned exactly once, whatever is written meanwhile. Returns up
+    /// to `count` keys and the next cursor.
+    pub fn scan_cursor(&self, cursor: u64, count: usize) -> (Vec<Vec<u8>>, u64) {
+        let count = count.max(1);
+        let mut best: BinaryHeap<(u64, Vec<u8>)> = BinaryHeap::new();
+        for i in 0..self.inner.map.shard_count() {
+            let shard = self.inner.map.read_shard(i);
+            for e in shard.iter().filter(|e| !e.is_tombstone()) {
+                let h = hash_key(e.key());
+                let full = best.len() == count;
+                if h < cursor || (full && best.peek().is_some_and(|(top, _)| h >= *top)) {
+                    continue;
+                }
+                if full {
+                    best.pop();
+                }
+                best.push((h, e.key().to_vec()));
+            }
+        }
+        let page = best.into_sorted_vec();
+        let next = match page.last() {
+            Some((h, _)) if page.len() == count => h.checked_add(1).unwrap_or(0),
+            _ => 0,
+        };
+        (page.into_iter().map(|(_, k)| k).collect(), next)
+    }
+
+    /// Deletes every key (each leaves a tombstone); returns how many held a
+    /// value.
+    pub fn delete_all(&self) -> Result<u64> {
+        let mut n = 0;
+        for i in 0..self.inner.map.shard_count() {
+            let keys: Vec<Vec<u8>> = {
+                let shard = self.inner.map.read_shard(i);
+                let live = shard.iter().filter(|e| !e.is_tombstone());
+                live.map(|e| e.key().to_vec()).collect()
+            };
+            for k in keys {
+                n += u64::from(self.delete(&k)?);
+            }
+        }
+        Ok(n)
+    }
+
     /// Whether `key` holds a value.
     pub fn contains_key(&self, key: &[u8]) -> bool {
         let h = hash_key(key);
@@ -379,7 +435,10 @@ impl Inner {
         pick: impl FnOnce(&mut Shard, Option<Current>) -> Option<Version>,
     ) -> Result<Option<Version>> {
         check_size(key, value)?;
-        let durable_log = self.log.as_ref().filter(|_| self.durability == Durability::Always);
+        let durable_log = self
+            .log
+            .as_ref()
+            .filter(|_| self.durability == Durability::Always);
         if let Some(log) = durable_log {
             log.writer_started();
         }

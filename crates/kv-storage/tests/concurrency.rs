@@ -115,3 +115,45 @@ fn versioned_apply_keeps_the_newest_whatever_the_order() {
         .apply(b"k", Some(b"old"), Version::new(5, 0))
         .expect("apply"));
 }
+
+#[test]
+fn scan_cursor_returns_every_stable_key_once_despite_writes() {
+    let store = Store::open(Options::in_memory()).expect("open");
+    for i in 0..1000u32 {
+        store
+            .put(format!("stable{i}").as_bytes(), b"v")
+            .expect("put");
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    let mut cursor = 0;
+    let mut step = 0u32;
+    loop {
+        let (keys, next) = store.scan_cursor(cursor, 37);
+        for k in keys {
+            *seen.entry(k).or_insert(0) += 1;
+        }
+        // Churn while the walk goes on.
+        store
+            .put(format!("churn{step}").as_bytes(), b"x")
+            .expect("put");
+        store
+            .delete(format!("churn{}", step / 2).as_bytes())
+            .expect("delete");
+        step += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    for i in 0..1000u32 {
+        assert_eq!(
+            seen.get(format!("stable{i}").as_bytes()),
+            Some(&1),
+            "stable{i}"
+        );
+    }
+    assert!(seen.values().all(|&n| n == 1), "no key twice");
+    let live = store.len();
+    assert_eq!(store.delete_all().expect("delete all") as usize, live);
+    assert!(store.is_empty());
+}

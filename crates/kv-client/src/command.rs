@@ -1,0 +1,195 @@
+//! The commands of the `kv-client` prompt: parsing a line, running it, and
+//! printing the result.
+
+use kv_proto::resp::split_args;
+
+use crate::{Client, ClientError};
+
+/// One parsed command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// PUT key value
+    Put(Vec<u8>, Vec<u8>),
+    /// GET key
+    Get(Vec<u8>),
+    /// DELETE key
+    Delete(Vec<u8>),
+    /// LIST [prefix]
+    List(Vec<u8>),
+    /// JOIN host:port
+    Join(String),
+    /// LEAVE host:port
+    Leave(String),
+    /// PING
+    Ping,
+    /// INFO
+    Info,
+    /// CLUSTER
+    Cluster,
+    /// AUTH password
+    Auth(String),
+    /// HELP
+    Help,
+    /// QUIT or EXIT
+    Quit,
+}
+
+/// The help text of the prompt.
+pub const HELP: &str = "\
+Commands (names are case-insensitive):
+  PUT key value       set key to value
+  GET key             print the value of key, or (nil)
+  DELETE key          delete key (also DEL); prints 1 if it existed, else 0
+  LIST [prefix]       print every key (starting with prefix), one per line
+  JOIN host:port      ask the node at host:port to join this cluster
+  LEAVE host:port     decommission the node at host:port
+  CLUSTER             show the cluster's nodes
+  PING                check the server answers
+  INFO                server statistics
+  AUTH password       authenticate (or start with -a PASSWORD)
+  HELP                this text
+  QUIT                leave (also EXIT)
+Keys and values with spaces or binary bytes: use double quotes with
+backslash escapes, e.g. PUT \"my key\" \"line 1\\nline 2 \\x00\\xff\".";
+
+/// Parses a line. `Ok(None)` for a blank line; `Err` explains a mistake.
+pub fn parse(line: &str) -> Result<Option<Command>, String> {
+    let args = split_args(line.as_bytes()).map_err(|_| "unbalanced quotes".to_string())?;
+    let Some((name, rest)) = args.split_first() else {
+        return Ok(None);
+    };
+    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
+    let cmd = match (name.as_str(), rest) {
+        ("PUT" | "SET", [k, v]) => Command::Put(k.clone(), v.clone()),
+        ("GET", [k]) => Command::Get(k.clone()),
+        ("DELETE" | "DEL", [k]) => Command::Delete(k.clone()),
+        ("LIST" | "KEYS", []) => Command::List(Vec::new()),
+        ("LIST" | "KEYS", [p]) => Command::List(p.clone()),
+        ("JOIN", [a]) => Command::Join(text(a)),
+        ("LEAVE", [a]) => Command::Leave(text(a)),
+        ("PING", []) => Command::Ping,
+        ("INFO", []) => Command::Info,
+        ("CLUSTER", []) => Command::Cluster,
+        ("AUTH", [p]) => Command::Auth(text(p)),
+        ("HELP" | "?", _) => Command::Help,
+        ("QUIT" | "EXIT", []) => Command::Quit,
+        ("PUT" | "SET", _) => return Err("usage: PUT key value".into()),
+        ("GET", _) => return Err("usage: GET key".into()),
+        ("DELETE" | "DEL", _) => return Err("usage: DELETE key".into()),
+        ("LIST" | "KEYS", _) => return Err("usage: LIST [prefix]".into()),
+        ("JOIN", _) => return Err("usage: JOIN host:port".into()),
+        ("LEAVE", _) => return Err("usage: LEAVE host:port".into()),
+        ("AUTH", _) => return Err("usage: AUTH password".into()),
+        ("PING" | "INFO" | "CLUSTER" | "QUIT" | "EXIT", _) => {
+            return Err(format!("{name} takes no arguments"))
+        }
+        _ => return Err(format!("unknown command {name:?}; type HELP for the list")),
+    };
+    Ok(Some(cmd))
+}
+
+/// Shows bytes as text when they are printable UTF-8, otherwise as a
+/// double-quoted string with escapes that [`parse`] reads back.
+pub fn show(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s)
+            if !s.is_empty()
+                && !s.chars().any(|c| c.is_control() || c == '"')
+                && !s.contains(' ') =>
+        {
+            s.to_string()
+        }
+        _ => {
+            let mut out = String::from("\"");
+            for &c in b {
+                match c {
+                    b'"' => out.push_str("\\\""),
+                    b'\\' => out.push_str("\\\\"),
+                    b'\n' => out.push_str("\\n"),
+                    b'\r' => out.push_str("\\r"),
+                    b'\t' => out.push_str("\\t"),
+                    0x20..=0x7e => out.push(c as char),
+                    _ => out.push_str(&format!("\\x{c:02x}")),
+                }
+            }
+            if let Ok(s) = std::str::from_utf8(b) {
+                // Printable non-ASCII text stays readable.
+                if !s.chars().any(char::is_control) && !s.is_ascii() {
+                    return format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+                }
+            }
+            out.push('"');
+            out
+        }
+    }
+}
+
+/// Runs a command (other than HELP and QUIT) and returns the lines to print.
+pub fn run(client: &mut Client, cmd: &Command) -> Result<Vec<String>, ClientError> {
+    Ok(match cmd {
+        Command::Put(k, v) => {
+            client.put(k, v)?;
+            vec!["OK".into()]
+        }
+        Command::Get(k) => vec![client.get(k)?.map_or("(nil)".into(), |v| show(&v))],
+        Command::Delete(k) => vec![u8::from(client.delete(k)?).to_string()],
+        Command::List(p) => client.list_all(p)?.iter().map(|k| show(k)).collect(),
+        Command::Join(a) => {
+            client.join(a)?;
+            vec!["OK".into()]
+        }
+        Command::Leave(a) => {
+            client.leave(a)?;
+            vec!["OK".into()]
+        }
+        Command::Ping => {
+            client.ping(b"")?;
+            vec!["PONG".into()]
+        }
+        Command::Info => client.info()?.lines().map(str::to_string).collect(),
+        Command::Cluster => client.cluster()?.lines().map(str::to_string).collect(),
+        Command::Auth(p) => {
+            client.auth(p)?;
+            vec!["OK".into()]
+        }
+        Command::Help => HELP.lines().map(str::to_string).collect(),
+        Command::Quit => Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_commands() {
+        assert_eq!(
+            parse("put a b"),
+            Ok(Some(Command::Put(b"a".to_vec(), b"b".to_vec())))
+        );
+        assert_eq!(
+            parse(r#"PUT "my key" "a\x00b\n""#),
+            Ok(Some(Command::Put(b"my key".to_vec(), b"a\x00b\n".to_vec())))
+        );
+        assert_eq!(parse("  "), Ok(None));
+        assert_eq!(parse("LIST"), Ok(Some(Command::List(Vec::new()))));
+        assert!(parse("GET").unwrap_err().contains("usage"));
+        assert!(parse("FROB x").unwrap_err().contains("unknown command"));
+        assert!(parse("PUT \"a b").unwrap_err().contains("quotes"));
+    }
+
+    #[test]
+    fn show_round_trips_through_parse() {
+        for v in [
+            &b"plain"[..],
+            b"with space",
+            b"\x00\xff\"\\\n",
+            b"",
+            "héllo wörld".as_bytes(),
+        ] {
+            let line = format!("GET {}", show(v));
+            assert_eq!(parse(&line), Ok(Some(Command::Get(v.to_vec()))), "{line}");
+        }
+    }
+}

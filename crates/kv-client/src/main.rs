@@ -1,0 +1,171 @@
+//! The `kv-client` binary: an interactive prompt on a terminal, one command
+//! per line from a pipe, or one command with `-c`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use kv_client::command::{self, Command};
+use kv_client::{Client, ClientError};
+
+/// Client for kv servers. Interactive on a terminal (type HELP); reads one
+/// command per line when standard input is a pipe.
+#[derive(Parser)]
+#[command(name = "kv-client", version, about)]
+struct Args {
+    /// Server address.
+    #[arg(default_value = "127.0.0.1")]
+    server_ip: String,
+    /// Server port.
+    #[arg(default_value_t = 8080)]
+    port: u16,
+    /// Password for servers started with --requirepass.
+    #[arg(short = 'a', long = "password")]
+    password: Option<String>,
+    /// Run this one command and exit (for example -c "GET foo").
+    #[arg(short = 'c', long = "command")]
+    command: Option<String>,
+}
+
+/// A connection that is made (again) when needed.
+struct Session {
+    addr: String,
+    password: Option<String>,
+    client: Option<Client>,
+}
+
+impl Session {
+    fn client(&mut self) -> Result<&mut Client, ClientError> {
+        if self.client.is_none() {
+            let mut c = Client::connect(&self.addr)?;
+            if let Some(p) = &self.password {
+                c.auth(p)?;
+            }
+            self.client = Some(c);
+        }
+        self.client.as_mut().ok_or_else(|| ClientError::Protocol {
+            addr: self.addr.clone(),
+            message: "no connection".into(),
+        })
+    }
+
+    /// Runs a command; a broken connection is dropped so that the next
+    /// command reconnects.
+    fn run(&mut self, cmd: &Command) -> Result<Vec<String>, ClientError> {
+        let result = self.client().and_then(|c| command::run(c, cmd));
+        if matches!(&result, Err(e) if e.is_connection_error()) {
+            self.client = None;
+        }
+        result
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let addr = if args.server_ip.contains(':') && !args.server_ip.starts_with('[') {
+        format!("[{}]:{}", args.server_ip, args.port)
+    } else {
+        format!("{}:{}", args.server_ip, args.port)
+    };
+    let mut s = Session {
+        addr,
+        password: args.password,
+        client: None,
+    };
+    if let Some(line) = args.command {
+        return batch(&mut s, std::iter::once(line));
+    }
+    if std::io::stdin().is_terminal() {
+        interactive(&mut s)
+    } else {
+        let lines = std::io::stdin().lock().lines().map_while(Result::ok);
+        batch(&mut s, lines)
+    }
+}
+
+/// One result per line on stdout, errors on stderr; non-zero exit if any
+/// command failed.
+fn batch(s: &mut Session, lines: impl Iterator<Item = String>) -> ExitCode {
+    let mut failed = false;
+    let stdout = std::io::stdout();
+    for line in lines {
+        let cmd = match command::parse(&line) {
+            Ok(Some(Command::Quit)) => break,
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("(error) {e}");
+                failed = true;
+                continue;
+            }
+        };
+        match s.run(&cmd) {
+            Ok(out) => {
+                let mut o = stdout.lock();
+                for l in out {
+                    let _ = writeln!(o, "{l}");
+                }
+            }
+            Err(e) => {
+                eprintln!("(error) {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn history_path() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kv_client_history"))
+}
+
+fn interactive(s: &mut Session) -> ExitCode {
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("kv-client: cannot start line editing ({e}); reading plain lines");
+            let lines = std::io::stdin().lock().lines().map_while(Result::ok);
+            return batch(s, lines);
+        }
+    };
+    let history = history_path();
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    match s.client() {
+        Ok(_) => println!("connected to {}; type HELP for commands", s.addr),
+        Err(e) => println!("{e}; commands will retry the connection"),
+    }
+    loop {
+        let prompt = if s.client.is_some() {
+            format!("kv {}> ", s.addr)
+        } else {
+            format!("kv {} (disconnected)> ", s.addr)
+        };
+        let line = match editor.readline(&prompt) {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(_) => break,
+        };
+        let _ = editor.add_history_entry(line.as_str());
+        match command::parse(&line) {
+            Ok(None) => {}
+            Ok(Some(Command::Quit)) => break,
+            Ok(Some(Command::Help)) => println!("{}", command::HELP),
+            Ok(Some(cmd)) => match s.run(&cmd) {
+                Ok(out) if out.is_empty() => println!("(empty)"),
+                Ok(out) => out.iter().for_each(|l| println!("{l}")),
+                Err(e) => println!("(error) {e}"),
+            },
+            Err(e) => println!("(error) {e}"),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,266 @@
+//! The native protocol: preamble, frames, requests and responses.
+//!
+//! ```text
+//! connection start, both directions: F0 'K' 'V' 'N' | version u16 LE | flags u16 LE (0)
+//! then frames:                        length u32 LE | postcard((id u64, body))
+//! ```
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// First four bytes of every native connection, in both directions.
+pub const MAGIC: [u8; 4] = [0xF0, b'K', b'V', b'N'];
+/// The protocol version this crate speaks.
+pub const VERSION: u16 = 1;
+/// Length of the preamble.
+pub const PREAMBLE_LEN: usize = 8;
+/// Default largest frame a peer accepts (64 MiB of payload).
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Errors of the native codec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    /// The connection did not start with [`MAGIC`].
+    #[error("not a kv native-protocol connection (bad magic {0:02x?})")]
+    BadMagic([u8; 4]),
+    /// The peer speaks a protocol version this side does not.
+    #[error("unsupported protocol version {got} (this side speaks {VERSION})")]
+    UnsupportedVersion {
+        /// The version the peer sent.
+        got: u16,
+    },
+    /// A frame announced more bytes than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The frame's bytes are not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// The preamble this side sends.
+pub fn preamble() -> [u8; PREAMBLE_LEN] {
+    let mut p = [0; PREAMBLE_LEN];
+    p[..4].copy_from_slice(&MAGIC);
+    p[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    p
+}
+
+/// Checks a received preamble: `Ok(None)` if fewer than
+/// [`PREAMBLE_LEN`] bytes have arrived, `Ok(Some(version))` if it is valid.
+pub fn check_preamble(b: &[u8]) -> Result<Option<u16>, ProtoError> {
+    let have = b.len().min(4);
+    if b[..have] != MAGIC[..have] {
+        let mut got = [0; 4];
+        got[..have].copy_from_slice(&b[..have]);
+        return Err(ProtoError::BadMagic(got));
+    }
+    if b.len() < PREAMBLE_LEN {
+        return Ok(None);
+    }
+    let version = u16::from_le_bytes([b[4], b[5]]);
+    if version != VERSION {
+        return Err(ProtoError::UnsupportedVersion { got: version });
+    }
+    Ok(Some(version))
+}
+
+/// A request from a client (or a peer acting as one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness check; the reply echoes `payload`.
+    Ping {
+        /// Echoed back.
+        payload: Vec<u8>,
+    },
+    /// Authenticate with the server's password (`--requirepass`).
+    Auth {
+        /// The password.
+        password: String,
+    },
+    /// Read one key.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Write one key.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete one key.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// One page of the keys, in order: those starting with `prefix` and
+    /// greater than `after`, at most `limit` of them.
+    List {
+        /// Only keys starting with this.
+        prefix: Vec<u8>,
+        /// Only keys after this one (the `next` of the previous page).
+        after: Option<Vec<u8>>,
+        /// Page size; the server may cap it.
+        limit: u32,
+    },
+    /// Server statistics as text.
+    Info,
+    /// Ask the node at `addr` (host:port) to join this node's cluster.
+    Join {
+        /// host:port of the joining node.
+        addr: String,
+    },
+    /// Decommission the node at `addr` (host:port).
+    Leave {
+        /// host:port of the leaving node.
+        addr: String,
+    },
+    /// The cluster view as text.
+    Cluster,
+}
+
+/// What went wrong, for a program to act on; the message is for people.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request could not be decoded or makes no sense.
+    Malformed,
+    /// A key, value or frame exceeds a server limit.
+    TooLarge,
+    /// The server requires AUTH first.
+    AuthRequired,
+    /// Wrong password.
+    AuthFailed,
+    /// The server is over `--maxmemory`; reads still work.
+    OutOfMemory,
+    /// Not enough replicas answered.
+    Unavailable,
+    /// The server does not support this request (yet).
+    Unsupported,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Anything else (an I/O error on the server, say).
+    Internal,
+}
+
+/// A reply to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Success with nothing to return (Put, Auth, Join, Leave).
+    Ok,
+    /// Reply to Ping.
+    Pong {
+        /// What the Ping carried.
+        payload: Vec<u8>,
+    },
+    /// Reply to Get: the value, or `None` if the key is absent.
+    Value {
+        /// The value.
+        value: Option<Vec<u8>>,
+    },
+    /// Reply to Delete.
+    Deleted {
+        /// Whether the key held a value.
+        existed: bool,
+    },
+    /// Reply to List: a page of keys in order.
+    Keys {
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+        /// Pass as `after` to get the next page; `None` when this was the last.
+        next: Option<Vec<u8>>,
+    },
+    /// Reply to Info and Cluster.
+    Text {
+        /// Human-readable text, `field:value` lines for Info.
+        text: String,
+    },
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// What happened, for people.
+        message: String,
+    },
+}
+
+impl Response {
+    /// Shorthand for an error response.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A decoded frame: the request id and the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame<T> {
+    /// Chosen by the client; the response to a request carries the same id.
+    pub id: u64,
+    /// The message.
+    pub body: T,
+}
+
+/// Appends one frame holding `(id, body)` to `out`.
+pub fn encode_frame<T: Serialize>(out: &mut Vec<u8>, id: u64, body: &T) {
+    let start = out.len();
+    out.extend_from_slice(&[0; LENGTH_PREFIX]);
+    // Serializing into a Vec cannot fail for these types.
+    let encoded = postcard::to_extend(&(id, body), std::mem::take(out));
+    *out = encoded.unwrap_or_else(|e| panic!("postcard encoding failed: {e}"));
+    let len = (out.len() - start - LENGTH_PREFIX) as u32;
+    out[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes one frame from the start of `buf`. Returns `Ok(None)` if more
+/// bytes are needed, or the frame and the number of bytes it used. A frame
+/// announcing more than `max` bytes is refused before it is buffered.
+pub fn decode_frame<T: DeserializeOwned>(
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(Frame<T>, usize)>, ProtoError> {
+    let Some(len) = frame_len(buf, max)? else {
+        return Ok(None);
+    };
+    let total = LENGTH_PREFIX + len;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let (msg, rest): ((u64, T), &[u8]) = postcard::take_from_bytes(&buf[LENGTH_PREFIX..total])
+        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ProtoError::Malformed(format!(
+            "{} trailing bytes after the message",
+            rest.len()
+        )));
+    }
+    Ok(Some((
+        Frame {
+            id: msg.0,
+            body: msg.1,
+        },
+        total,
+    )))
+}
+
+/// The payload length announced at the start of `buf`, once its prefix has
+/// arrived; an error if it exceeds `max`.
+pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtoError> {
+    if buf.len() < LENGTH_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(ProtoError::FrameTooLarge { len, max });
+    }
+    Ok(Some(len))
+}

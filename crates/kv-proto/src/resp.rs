@@ -1,0 +1,475 @@
+//! RESP2, the Redis serialization protocol: values, an encoder, an
+//! incremental value parser (for clients) and an incremental command parser
+//! (for servers) that accepts both multibulk and inline commands.
+
+use std::fmt;
+
+/// A RESP2 value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// `+OK\r\n`
+    Simple(String),
+    /// `-ERR message\r\n`
+    Error(String),
+    /// `:42\r\n`
+    Integer(i64),
+    /// `$3\r\nfoo\r\n`
+    Bulk(Vec<u8>),
+    /// `$-1\r\n`, the nil bulk string.
+    Nil,
+    /// `*2\r\n...`
+    Array(Vec<Value>),
+    /// `*-1\r\n`, the nil array.
+    NilArray,
+}
+
+/// Limits that keep a parser's memory bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest bulk string.
+    pub max_bulk: usize,
+    /// Most elements in one array.
+    pub max_array: usize,
+    /// Longest inline command or simple line.
+    pub max_inline: usize,
+    /// Deepest nesting of arrays (values only; commands are flat).
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk: 512 << 20,
+            max_array: 1 << 20,
+            max_inline: 64 << 10,
+            max_depth: 32,
+        }
+    }
+}
+
+/// Malformed RESP input. The messages follow Redis's own, so that clients
+/// see what they would see from Redis.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RespError {
+    /// A `*` count that is not a number or is out of range.
+    #[error("Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    /// A `$` length that is not a number or is out of range.
+    #[error("Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    /// A command element that is not a bulk string.
+    #[error("Protocol error: expected '$', got '{}'", char::from(*.0))]
+    ExpectedBulk(u8),
+    /// An inline command or line longer than the limit without a newline.
+    #[error("Protocol error: too big inline request")]
+    InlineTooLong,
+    /// Unbalanced quotes in an inline command.
+    #[error("Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+    /// A bulk string not followed by CRLF.
+    #[error("Protocol error: bulk string not terminated by CRLF")]
+    MissingCrlf,
+    /// A value of an unknown type byte.
+    #[error("Protocol error: unknown value type '{}'", char::from(*.0))]
+    UnknownType(u8),
+    /// An integer line that is not a number.
+    #[error("Protocol error: invalid integer")]
+    InvalidInteger,
+    /// Arrays nested deeper than the limit.
+    #[error("Protocol error: arrays nested too deeply")]
+    TooDeep,
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Simple(s) => write!(f, "{s}"),
+            Value::Error(e) => write!(f, "(error) {e}"),
+            Value::Integer(n) => write!(f, "(integer) {n}"),
+            Value::Bulk(b) => write!(f, "{:?}", String::from_utf8_lossy(b)),
+            Value::Nil | Value::NilArray => write!(f, "(nil)"),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{}) {item}", i + 1)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Appends the encoding of `v` to `out`.
+pub fn encode(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Simple(s) => line(out, b'+', s.as_bytes()),
+        Value::Error(e) => line(out, b'-', e.as_bytes()),
+        Value::Integer(n) => encode_integer(out, *n),
+        Value::Bulk(b) => encode_bulk(out, b),
+        Value::Nil => out.extend_from_slice(b"$-1\r\n"),
+        Value::NilArray => out.extend_from_slice(b"*-1\r\n"),
+        Value::Array(items) => {
+            encode_array_header(out, items.len());
+            for item in items {
+                encode(item, out);
+            }
+        }
+    }
+}
+
+fn line(out: &mut Vec<u8>, tag: u8, text: &[u8]) {
+    out.push(tag);
+    // CR and LF cannot appear inside a simple line.
+    out.extend(
+        text.iter()
+            .map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `:n\r\n`.
+pub fn encode_integer(out: &mut Vec<u8>, n: i64) {
+    out.push(b':');
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a bulk string.
+pub fn encode_bulk(out: &mut Vec<u8>, b: &[u8]) {
+    out.push(b'$');
+    push_decimal(out, b.len() as i64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `*n\r\n`; the caller then appends `n` values.
+pub fn encode_array_header(out: &mut Vec<u8>, n: usize) {
+    out.push(b'*');
+    push_decimal(out, n as i64);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a command (an array of bulk strings), as clients send it.
+pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
+    encode_array_header(out, args.len());
+    for a in args {
+        encode_bulk(out, a.as_ref());
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, n: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let neg = n < 0;
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if neg {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Finds the end of the line starting at `at`: the index of its `\r\n`.
+/// `Ok(None)` if no CRLF yet; an error if the line exceeds `max`.
+fn find_crlf(buf: &[u8], at: usize, max: usize) -> Result<Option<usize>, RespError> {
+    let window = &buf[at..buf.len().min(at.saturating_add(max).saturating_add(2))];
+    match window.windows(2).position(|w| w == b"\r\n") {
+        Some(i) => Ok(Some(at + i)),
+        None if buf.len() - at > max + 1 => Err(RespError::InlineTooLong),
+        None => Ok(None),
+    }
+}
+
+fn parse_int(b: &[u8]) -> Option<i64> {
+    let (neg, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0i64, |acc, &d| acc * 10 + i64::from(d - b'0'));
+    Some(if neg { -n } else { n })
+}
+
+/// Reads a `<tag><integer>\r\n` header at `at`: the number and the offset
+/// after the line.
+fn header(buf: &[u8], at: usize, bad: RespError) -> Result<Option<(i64, usize)>, RespError> {
+    let Some(end) = find_crlf(buf, at + 1, 32).map_err(|_| bad.clone())? else {
+        return Ok(None);
+    };
+    let n = parse_int(&buf[at + 1..end]).ok_or(bad)?;
+    Ok(Some((n, end + 2)))
+}
+
+/// Reads a bulk string body of `len` bytes at `at`; the range of its bytes
+/// and the offset after its CRLF.
+fn bulk_body(
+    buf: &[u8],
+    at: usize,
+    len: usize,
+) -> Result<Option<(std::ops::Range<usize>, usize)>, RespError> {
+    let end = at + len;
+    if buf.len() < end + 2 {
+        return Ok(None);
+    }
+    if &buf[end..end + 2] != b"\r\n" {
+        return Err(RespError::MissingCrlf);
+    }
+    Ok(Some((at..end, end + 2)))
+}
+
+/// Parses one command from the start of `buf`: either a multibulk array of
+/// bulk strings or an inline line of space-separated words (with Redis's
+/// quoting). Returns the arguments (borrowing `buf`) and the bytes used, or
+/// `Ok(None)` if more bytes are needed. An empty command (a blank line or
+/// `*0`) gives an empty argument list.
+pub fn parse_command<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+) -> Result<Option<(Vec<std::borrow::Cow<'a, [u8]>>, usize)>, RespError> {
+    match buf.first() {
+        None => Ok(None),
+        Some(b'*') => parse_multibulk(buf, limits),
+        Some(_) => parse_inline(buf, limits),
+    }
+}
+
+fn parse_multibulk<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+) -> Result<Option<(Vec<std::borrow::Cow<'a, [u8]>>, usize)>, RespError> {
+    let Some((n, mut at)) = header(buf, 0, RespError::InvalidMultibulkLength)? else {
+        return Ok(None);
+    };
+    if n <= 0 {
+        return Ok(Some((Vec::new(), at)));
+    }
+    if n as usize > limits.max_array {
+        return Err(RespError::InvalidMultibulkLength);
+    }
+    let mut args = Vec::with_capacity((n as usize).min(64));
+    for _ in 0..n {
+        let Some(&tag) = buf.get(at) else {
+            return Ok(None);
+        };
+        if tag != b'$' {
+            return Err(RespError::ExpectedBulk(tag));
+        }
+        let Some((len, body)) = header(buf, at, RespError::InvalidBulkLength)? else {
+            return Ok(None);
+        };
+        if len < 0 || len as usize > limits.max_bulk {
+            return Err(RespError::InvalidBulkLength);
+        }
+        let Some((range, next)) = bulk_body(buf, body, len as usize)? else {
+            return Ok(None);
+        };
+        args.push(std::borrow::Cow::Borrowed(&buf[range]));
+        at = next;
+    }
+    Ok(Some((args, at)))
+}
+
+fn parse_inline<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+) -> Result<Option<(Vec<std::borrow::Cow<'a, [u8]>>, usize)>, RespError> {
+    let window = &buf[..buf.len().min(limits.max_inline + 1)];
+    let Some(nl) = window.iter().position(|&c| c == b'\n') else {
+        if buf.len() > limits.max_inline {
+            return Err(RespError::InlineTooLong);
+        }
+        return Ok(None);
+    };
+    let mut text = &buf[..nl];
+    if text.last() == Some(&b'\r') {
+        text = &text[..text.len() - 1];
+    }
+    let args = split_args(text)?
+        .into_iter()
+        .map(std::borrow::Cow::Owned)
+        .collect();
+    Ok(Some((args, nl + 1)))
+}
+
+/// Splits an inline command into words: spaces separate, `"..."` allows
+/// spaces and `\n \r \t \\ \" \xHH` escapes, `'...'` is literal but for
+/// `\'`. This is what redis-cli and Redis itself accept.
+pub fn split_args(text: &[u8]) -> Result<Vec<Vec<u8>>, RespError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        if text[i].is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let (word, next) = match text[i] {
+            b'"' => double_quoted(text, i + 1)?,
+            b'\'' => single_quoted(text, i + 1)?,
+            _ => {
+                let end = text[i..]
+                    .iter()
+                    .position(u8::is_ascii_whitespace)
+                    .map_or(text.len(), |p| i + p);
+                (text[i..end].to_vec(), end)
+            }
+        };
+        args.push(word);
+        i = next;
+    }
+    Ok(args)
+}
+
+fn double_quoted(t: &[u8], mut i: usize) -> Result<(Vec<u8>, usize), RespError> {
+    let mut w = Vec::new();
+    loop {
+        match t.get(i) {
+            None => return Err(RespError::UnbalancedQuotes),
+            Some(b'"') => return closing(t, i + 1).map(|n| (w, n)),
+            Some(b'\\') => {
+                let (c, used) = escape(&t[i + 1..]);
+                w.push(c);
+                i += 1 + used;
+            }
+            Some(&c) => {
+                w.push(c);
+                i += 1;
+            }
+        }
+    }
+}
+
+fn escape(t: &[u8]) -> (u8, usize) {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    match t {
+        [b'x', a, b, ..] if hex(*a).is_some() && hex(*b).is_some() => {
+            (hex(*a).unwrap_or(0) * 16 + hex(*b).unwrap_or(0), 3)
+        }
+        [b'n', ..] => (b'\n', 1),
+        [b'r', ..] => (b'\r', 1),
+        [b't', ..] => (b'\t', 1),
+        [b'b', ..] => (8, 1),
+        [b'a', ..] => (7, 1),
+        [c, ..] => (*c, 1),
+        [] => (b'\\', 0),
+    }
+}
+
+fn single_quoted(t: &[u8], mut i: usize) -> Result<(Vec<u8>, usize), RespError> {
+    let mut w = Vec::new();
+    loop {
+        match (t.get(i), t.get(i + 1)) {
+            (None, _) => return Err(RespError::UnbalancedQuotes),
+            (Some(b'\\'), Some(b'\'')) => {
+                w.push(b'\'');
+                i += 2;
+            }
+            (Some(b'\''), _) => return closing(t, i + 1).map(|n| (w, n)),
+            (Some(&c), _) => {
+                w.push(c);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// After a closing quote there must be a space or the end.
+fn closing(t: &[u8], i: usize) -> Result<usize, RespError> {
+    match t.get(i) {
+        None => Ok(i),
+        Some(c) if c.is_ascii_whitespace() => Ok(i),
+        Some(_) => Err(RespError::UnbalancedQuotes),
+    }
+}
+
+/// Parses one value from the start of `buf` (as a client reads replies).
+/// `Ok(None)` means more bytes are needed.
+pub fn parse_value(buf: &[u8], limits: &Limits) -> Result<Option<(Value, usize)>, RespError> {
+    parse_value_at(buf, 0, limits, 0)
+}
+
+fn parse_value_at(
+    buf: &[u8],
+    at: usize,
+    limits: &Limits,
+    depth: usize,
+) -> Result<Option<(Value, usize)>, RespError> {
+    let Some(&tag) = buf.get(at) else {
+        return Ok(None);
+    };
+    match tag {
+        b'+' | b'-' => {
+            let Some(end) = find_crlf(buf, at + 1, limits.max_inline)? else {
+                return Ok(None);
+            };
+            let text = String::from_utf8_lossy(&buf[at + 1..end]).into_owned();
+            let v = if tag == b'+' {
+                Value::Simple(text)
+            } else {
+                Value::Error(text)
+            };
+            Ok(Some((v, end + 2)))
+        }
+        b':' => {
+            Ok(header(buf, at, RespError::InvalidInteger)?
+                .map(|(n, next)| (Value::Integer(n), next)))
+        }
+        b'$' => {
+            let Some((len, body)) = header(buf, at, RespError::InvalidBulkLength)? else {
+                return Ok(None);
+            };
+            if len == -1 {
+                return Ok(Some((Value::Nil, body)));
+            }
+            if len < 0 || len as usize > limits.max_bulk {
+                return Err(RespError::InvalidBulkLength);
+            }
+            Ok(bulk_body(buf, body, len as usize)?
+                .map(|(r, next)| (Value::Bulk(buf[r].to_vec()), next)))
+        }
+        b'*' => parse_array(buf, at, limits, depth),
+        other => Err(RespError::UnknownType(other)),
+    }
+}
+
+fn parse_array(
+    buf: &[u8],
+    at: usize,
+    limits: &Limits,
+    depth: usize,
+) -> Result<Option<(Value, usize)>, RespError> {
+    if depth >= limits.max_depth {
+        return Err(RespError::TooDeep);
+    }
+    let Some((n, mut next)) = header(buf, at, RespError::InvalidMultibulkLength)? else {
+        return Ok(None);
+    };
+    if n == -1 {
+        return Ok(Some((Value::NilArray, next)));
+    }
+    if n < 0 || n as usize > limits.max_array {
+        return Err(RespError::InvalidMultibulkLength);
+    }
+    let mut items = Vec::with_capacity((n as usize).min(1024));
+    for _ in 0..n {
+        let Some((v, after)) = parse_value_at(buf, next, limits, depth + 1)? else {
+            return Ok(None);
+        };
+        items.push(v);
+        next = after;
+    }
+    Ok(Some((Value::Array(items), next)))
+}

@@ -1,0 +1,283 @@
+//! Property tests of both codecs: round trips, arbitrary splits of the byte
+//! stream, and arbitrary bytes that must never make a decoder panic.
+
+use std::borrow::Cow;
+
+use kv_proto::native::{self, ErrorKind, Frame, ProtoError, Request, Response};
+use kv_proto::resp::{self, Limits, RespError, Value};
+use proptest::prelude::*;
+
+fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..max)
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        bytes(16).prop_map(|payload| Request::Ping { payload }),
+        ".{0,12}".prop_map(|password| Request::Auth { password }),
+        bytes(32).prop_map(|key| Request::Get { key }),
+        (bytes(32), bytes(300)).prop_map(|(key, value)| Request::Put { key, value }),
+        bytes(32).prop_map(|key| Request::Delete { key }),
+        (bytes(8), proptest::option::of(bytes(8)), any::<u32>()).prop_map(
+            |(prefix, after, limit)| Request::List {
+                prefix,
+                after,
+                limit
+            }
+        ),
+        Just(Request::Info),
+        Just(Request::Cluster),
+        "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Join { addr }),
+        "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Leave { addr }),
+    ]
+}
+
+fn kind() -> impl Strategy<Value = ErrorKind> {
+    prop_oneof![
+        Just(ErrorKind::Malformed),
+        Just(ErrorKind::TooLarge),
+        Just(ErrorKind::AuthRequired),
+        Just(ErrorKind::AuthFailed),
+        Just(ErrorKind::OutOfMemory),
+        Just(ErrorKind::Unavailable),
+        Just(ErrorKind::Unsupported),
+        Just(ErrorKind::ShuttingDown),
+        Just(ErrorKind::Internal),
+    ]
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        Just(Response::Ok),
+        bytes(16).prop_map(|payload| Response::Pong { payload }),
+        proptest::option::of(bytes(300)).prop_map(|value| Response::Value { value }),
+        any::<bool>().prop_map(|existed| Response::Deleted { existed }),
+        (
+            proptest::collection::vec(bytes(12), 0..8),
+            proptest::option::of(bytes(12))
+        )
+            .prop_map(|(keys, next)| Response::Keys { keys, next }),
+        ".{0,40}".prop_map(|text| Response::Text { text }),
+        (kind(), ".{0,40}").prop_map(|(kind, message)| Response::Error { kind, message }),
+    ]
+}
+
+/// Feeds `wire` to the decoder in pieces cut at `cuts`, decoding every
+/// frame as soon as it is whole.
+fn decode_split<T: serde::de::DeserializeOwned>(wire: &[u8], cuts: &[usize]) -> Vec<Frame<T>> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+    cuts.push(wire.len());
+    cuts.sort_unstable();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut fed = 0;
+    for cut in cuts {
+        buf.extend_from_slice(&wire[fed..cut]);
+        fed = cut;
+        while let Some((frame, used)) =
+            native::decode_frame::<T>(&buf, native::DEFAULT_MAX_FRAME).expect("valid stream")
+        {
+            out.push(frame);
+            buf.drain(..used);
+        }
+    }
+    assert!(buf.is_empty(), "bytes left over");
+    out
+}
+
+fn value(depth: u32) -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        "[a-zA-Z0-9 ]{0,20}".prop_map(Value::Simple),
+        "[a-zA-Z0-9 ]{0,20}".prop_map(Value::Error),
+        any::<i64>()
+            .prop_filter("within 18 digits", |n| n.unsigned_abs() < 10u64.pow(18))
+            .prop_map(Value::Integer),
+        bytes(64).prop_map(Value::Bulk),
+        Just(Value::Nil),
+        Just(Value::NilArray),
+    ];
+    leaf.prop_recursive(depth, 32, 6, |inner| {
+        proptest::collection::vec(inner, 0..6).prop_map(Value::Array)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn native_round_trip_any_split(
+        reqs in proptest::collection::vec((any::<u64>(), request()), 1..8),
+        resps in proptest::collection::vec((any::<u64>(), response()), 1..8),
+        cuts in proptest::collection::vec(any::<usize>(), 0..10),
+    ) {
+        let mut wire = Vec::new();
+        for (id, r) in &reqs {
+            native::encode_frame(&mut wire, *id, r);
+        }
+        let got: Vec<Frame<Request>> = decode_split(&wire, &cuts);
+        let want: Vec<Frame<Request>> =
+            reqs.iter().map(|(id, r)| Frame { id: *id, body: r.clone() }).collect();
+        prop_assert_eq!(got, want);
+
+        let mut wire = Vec::new();
+        for (id, r) in &resps {
+            native::encode_frame(&mut wire, *id, r);
+        }
+        let got: Vec<Frame<Response>> = decode_split(&wire, &cuts);
+        let want: Vec<Frame<Response>> =
+            resps.iter().map(|(id, r)| Frame { id: *id, body: r.clone() }).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn native_arbitrary_bytes_never_panic(b in bytes(256), max in 0usize..512) {
+        let _ = native::check_preamble(&b);
+        let _ = native::decode_frame::<Request>(&b, max);
+        let _ = native::decode_frame::<Response>(&b, max);
+    }
+
+    #[test]
+    fn native_oversized_frame_refused_from_its_prefix(len in 1025u32.., rest in bytes(8)) {
+        let mut b = len.to_le_bytes().to_vec();
+        b.extend(rest);
+        prop_assert_eq!(
+            native::decode_frame::<Request>(&b, 1024).unwrap_err(),
+            ProtoError::FrameTooLarge { len: len as usize, max: 1024 }
+        );
+    }
+
+    #[test]
+    fn resp_value_round_trip_any_split(vals in proptest::collection::vec(value(3), 1..6),
+                                       cuts in proptest::collection::vec(any::<usize>(), 0..10)) {
+        let mut wire = Vec::new();
+        for v in &vals {
+            resp::encode(v, &mut wire);
+        }
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let (mut buf, mut got, mut fed) = (Vec::new(), Vec::new(), 0);
+        for cut in cuts {
+            buf.extend_from_slice(&wire[fed..cut]);
+            fed = cut;
+            while let Some((v, used)) = resp::parse_value(&buf, &Limits::default()).expect("valid") {
+                got.push(v);
+                buf.drain(..used);
+            }
+        }
+        prop_assert_eq!(got, vals);
+    }
+
+    #[test]
+    fn resp_command_round_trip_any_split(cmds in proptest::collection::vec(
+                                             proptest::collection::vec(bytes(40), 1..5), 1..6),
+                                         cuts in proptest::collection::vec(any::<usize>(), 0..10)) {
+        let mut wire = Vec::new();
+        for c in &cmds {
+            resp::encode_command(&mut wire, c);
+        }
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let (mut buf, mut got, mut fed) = (Vec::new(), Vec::new(), 0);
+        for cut in cuts {
+            buf.extend_from_slice(&wire[fed..cut]);
+            fed = cut;
+            loop {
+                let Some((args, used)) = resp::parse_command(&buf, &Limits::default()).expect("valid") else {
+                    break;
+                };
+                got.push(args.into_iter().map(Cow::into_owned).collect::<Vec<_>>());
+                buf.drain(..used);
+            }
+        }
+        prop_assert_eq!(got, cmds);
+    }
+
+    #[test]
+    fn resp_inline_words_round_trip(words in proptest::collection::vec("[a-zA-Z0-9:_-]{1,10}", 1..6)) {
+        let line = format!("{}\r\n", words.join(" "));
+        let (args, used) = resp::parse_command(line.as_bytes(), &Limits::default())
+            .expect("valid").expect("whole");
+        prop_assert_eq!(used, line.len());
+        let got: Vec<Vec<u8>> = args.into_iter().map(Cow::into_owned).collect();
+        let want: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn resp_arbitrary_bytes_never_panic(b in bytes(256)) {
+        let limits = Limits { max_bulk: 64, max_array: 16, max_inline: 64, max_depth: 4 };
+        let _ = resp::parse_command(&b, &limits);
+        let _ = resp::parse_value(&b, &limits);
+        let _ = resp::split_args(&b);
+    }
+}
+
+#[test]
+fn preamble_checks() {
+    let p = native::preamble();
+    assert_eq!(native::check_preamble(&p), Ok(Some(native::VERSION)));
+    assert_eq!(native::check_preamble(&p[..3]), Ok(None));
+    assert!(matches!(
+        native::check_preamble(b"GET x\r\n"),
+        Err(ProtoError::BadMagic(_))
+    ));
+    let mut v2 = p;
+    v2[4] = 9;
+    assert_eq!(
+        native::check_preamble(&v2),
+        Err(ProtoError::UnsupportedVersion { got: 9 })
+    );
+}
+
+#[test]
+fn resp_errors_match_redis() {
+    let l = Limits {
+        max_inline: 16,
+        ..Limits::default()
+    };
+    assert_eq!(
+        resp::parse_command(b"*x\r\n", &l),
+        Err(RespError::InvalidMultibulkLength)
+    );
+    assert_eq!(
+        resp::parse_command(b"*1\r\n:5\r\n", &l),
+        Err(RespError::ExpectedBulk(b':'))
+    );
+    assert_eq!(
+        resp::parse_command(b"*1\r\n$-5\r\n", &l),
+        Err(RespError::InvalidBulkLength)
+    );
+    assert_eq!(
+        resp::parse_command(b"*1\r\n$1\r\nab\r\n", &l),
+        Err(RespError::MissingCrlf)
+    );
+    assert_eq!(
+        resp::parse_command(&[b'a'; 40], &l),
+        Err(RespError::InlineTooLong)
+    );
+    assert_eq!(
+        resp::parse_command(b"SET \"a b\r\n", &l),
+        Err(RespError::UnbalancedQuotes)
+    );
+    assert_eq!(
+        RespError::ExpectedBulk(b':').to_string(),
+        "Protocol error: expected '$', got ':'"
+    );
+    let (args, _) = resp::parse_command(b"SET \"a b\" 'c\\'d' \"\\x41\\n\"\n", &Limits::default())
+        .expect("valid")
+        .expect("whole");
+    let args: Vec<Vec<u8>> = args.into_iter().map(Cow::into_owned).collect();
+    assert_eq!(
+        args,
+        vec![
+            b"SET".to_vec(),
+            b"a b".to_vec(),
+            b"c'd".to_vec(),
+            b"A\n".to_vec()
+        ]
+    );
+    // An unterminated line within the limit just waits for more bytes.
+    assert_eq!(resp::parse_command(b"PING", &l), Ok(None));
+}

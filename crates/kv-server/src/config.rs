@@ -1,0 +1,146 @@
+//! Command-line options.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Parser;
+use kv_storage::Durability;
+
+/// A node of the kv store, speaking its native protocol and RESP (Redis)
+/// on one port.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "kv-server", version, about, long_about = None)]
+pub struct Config {
+    /// Port to listen on (same as --port; the original program's form).
+    #[arg(value_name = "PORT", conflicts_with = "port")]
+    pub port_positional: Option<u16>,
+
+    /// Port to listen on. 0 picks a free port (printed at start-up).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to listen on. The default accepts only local clients; use
+    /// 0.0.0.0 to listen on every interface (set --requirepass first).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// Directory holding the write-ahead log and snapshots; created if
+    /// missing.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Keep everything in memory only: no files are read or written.
+    #[arg(long)]
+    pub no_persistence: bool,
+
+    /// When writes reach stable storage: always (before the reply, with
+    /// group commit), everysec (once a second), no (left to the OS). Every
+    /// policy survives a crash of the process.
+    #[arg(long, default_value = "everysec", value_parser = parse_durability)]
+    pub fsync: Durability,
+
+    /// Snapshot after this many writes instead of by log growth (the
+    /// default snapshots when the log outgrows the last snapshot and 64 MiB).
+    #[arg(long, value_name = "N")]
+    pub snapshot_every: Option<u64>,
+
+    /// Event-loop threads (default: the number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Clients must AUTH with this password before anything else.
+    #[arg(long, value_name = "PASSWORD")]
+    pub requirepass: Option<String>,
+
+    /// Most simultaneous client connections; more are refused with an error.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_clients: usize,
+
+    /// Largest value accepted, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_value_bytes: usize,
+
+    /// Largest key accepted, in bytes.
+    #[arg(long, default_value_t = 64 << 10)]
+    pub max_key_bytes: usize,
+
+    /// Memory limit for the data, like 512mb or 2gb (0: none). Over it,
+    /// writes fail with an out-of-memory error; reads go on.
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    pub maxmemory: u64,
+}
+
+impl Config {
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.port_positional.unwrap_or(self.port))
+    }
+
+    /// Event-loop threads to run.
+    pub fn worker_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
+
+    /// Largest frame or RESP request accepted: a maximal key and value plus
+    /// room for framing.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_value_bytes
+            .saturating_add(self.max_key_bytes)
+            .saturating_add(1024)
+    }
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse()
+}
+
+/// Parses sizes like `100`, `64kb`, `512mb`, `2gb` (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 1048576, 512mb, 2gb)"))?;
+    let mult: u64 = match unit {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        "t" | "tb" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use kb, mb, gb)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("512mb"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2GB"), Ok(2 << 30));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5xb").is_err());
+    }
+
+    #[test]
+    fn original_forms_still_parse() {
+        let c = Config::parse_from(["kv-server", "3000"]);
+        assert_eq!(c.listen_addr().port(), 3000);
+        let c = Config::parse_from(["kv-server", "--port", "3000", "--data-dir", "kvdata"]);
+        assert_eq!(c.listen_addr().port(), 3000);
+        assert_eq!(c.data_dir, PathBuf::from("kvdata"));
+        let c = Config::parse_from(["kv-server", "--no-persistence"]);
+        assert!(c.no_persistence);
+        assert_eq!(c.listen_addr().to_string(), "127.0.0.1:8080");
+        assert!(Config::try_parse_from(["kv-server", "--fsync", "sometimes"]).is_err());
+    }
+}

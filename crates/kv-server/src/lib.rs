@@ -1,0 +1,107 @@
+//! `kv-server`: a kv node. mio event loops on a few std threads serve the
+//! native protocol and RESP (Redis) on one port, over a [`kv_storage::Store`].
+//!
+//! The binary is the usual way in (`kv-server --help`); the library exposes
+//! the same pieces so a program can run a node in-process:
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use kv_server::{config::Config, run};
+//!
+//! let config = Config::parse_from(["kv-server", "--port", "0", "--no-persistence"]);
+//! // Blocks until SIGINT or SIGTERM, then shuts down cleanly.
+//! run(config, |addr| println!("listening on {addr}")).expect("server failed");
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod conn;
+pub mod glob;
+pub mod native_cmd;
+pub mod resp_cmd;
+pub mod server;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use kv_storage::{Options, SnapshotTrigger, Store};
+
+use crate::config::Config;
+use crate::server::Server;
+use crate::state::Shared;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory could not be opened or recovered.
+    #[error("cannot open data directory {dir}: {source}")]
+    Storage {
+        /// The directory.
+        dir: String,
+        /// Why.
+        #[source]
+        source: kv_storage::Error,
+    },
+    /// Listening or serving failed.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    /// The log could not be flushed at shutdown.
+    #[error("cannot flush the log at shutdown: {0}")]
+    Close(kv_storage::Error),
+}
+
+/// Store options from the configuration.
+pub fn store_options(c: &Config) -> Options {
+    let base = if c.no_persistence {
+        Options::in_memory()
+    } else {
+        Options::new(&c.data_dir)
+    };
+    let mut opts = base.durability(c.fsync);
+    if let Some(n) = c.snapshot_every {
+        opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
+    }
+    opts
+}
+
+/// Binds, opens the store, calls `on_ready` with the bound address, and
+/// serves until SIGINT or SIGTERM; then flushes the log and returns.
+pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
+    let addr = config.listen_addr();
+    // Bind first: a port in use is reported before a long recovery.
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|source| server::ServerError::Listen { addr, source })?;
+    let store = Store::open(store_options(&config)).map_err(|source| RunError::Storage {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
+    describe_store(&config, &store);
+    let threads = config.worker_threads();
+    let server = Server::from_std(listener, Shared::new(store, config))?;
+    let bound = server.local_addr();
+    println!("kv-server {} listening on {bound} (RESP and native protocol), {threads} event-loop threads", env!("CARGO_PKG_VERSION"));
+    on_ready(bound);
+    let shared = server.run()?;
+    let shared = match Arc::try_unwrap(shared) {
+        Ok(s) => s,
+        Err(_) => return Ok(()), // a worker is still alive: the store flushes when it drops
+    };
+    shared.store.close().map_err(RunError::Close)?;
+    println!("kv-server: log flushed, bye");
+    Ok(())
+}
+
+fn describe_store(config: &Config, store: &Store) {
+    if config.no_persistence {
+        println!("kv-server: persistence disabled (--no-persistence): data lives in memory only");
+    } else {
+        println!(
+            "kv-server: data directory {} (fsync {}): {}",
+            config.data_dir.display(),
+            format!("{:?}", config.fsync).to_ascii_lowercase(),
+            store.recovery_report()
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! Requests of the native protocol.
+
+use kv_proto::native::{ErrorKind, Request, Response};
+
+use crate::resp_cmd::Session;
+use crate::state::Shared;
+
+/// Largest page a LIST returns, whatever the client asks.
+pub const MAX_LIST_PAGE: u32 = 10_000;
+
+/// Runs one request.
+pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
+    shared.count_command();
+    if !s.authenticated && !matches!(req, Request::Auth { .. }) {
+        return Response::error(
+            ErrorKind::AuthRequired,
+            "authentication required: send AUTH first",
+        );
+    }
+    match req {
+        Request::Get { key } => Response::Value {
+            value: shared.store.get(&key),
+        },
+        Request::Put { key, value } => put(shared, &key, &value),
+        Request::Delete { key } => match shared.store.delete(&key) {
+            Ok(existed) => Response::Deleted { existed },
+            Err(e) => storage_error(&e),
+        },
+        Request::List {
+            prefix,
+            after,
+            limit,
+        } => list(shared, &prefix, after.as_deref(), limit),
+        Request::Ping { payload } => Response::Pong { payload },
+        Request::Auth { password } => auth(shared, s, &password),
+        Request::Info => Response::Text {
+            text: shared.info(""),
+        },
+        Request::Join { .. } | Request::Leave { .. } | Request::Cluster => Response::error(
+            ErrorKind::Unsupported,
+            "this node runs stand-alone: cluster membership (JOIN, LEAVE, CLUSTER) is not available in this version",
+        ),
+    }
+}
+
+fn put(shared: &Shared, key: &[u8], value: &[u8]) -> Response {
+    if let Err(msg) = shared.check_sizes(key, Some(value)) {
+        return Response::error(ErrorKind::TooLarge, msg);
+    }
+    if shared.is_over_memory() {
+        shared
+            .counters
+            .oom_rejections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Response::error(
+            ErrorKind::OutOfMemory,
+            format!(
+                "out of memory: the data exceeds --maxmemory ({} bytes); writes are refused, reads still work",
+                shared.config.maxmemory
+            ),
+        );
+    }
+    match shared.store.put(key, value) {
+        Ok(_) => Response::Ok,
+        Err(e) => storage_error(&e),
+    }
+}
+
+fn list(shared: &Shared, prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Response {
+    let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
+    let page = shared.store.scan_page(prefix, after, limit);
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|(k, _)| k.clone()))
+        .flatten();
+    Response::Keys {
+        keys: page.into_iter().map(|(k, _)| k).collect(),
+        next,
+    }
+}
+
+fn auth(shared: &Shared, s: &mut Session, password: &str) -> Response {
+    match &shared.config.requirepass {
+        None => Response::error(
+            ErrorKind::AuthFailed,
+            "no password is configured on this server",
+        ),
+        Some(want) if want == password => {
+            s.authenticated = true;
+            Response::Ok
+        }
+        Some(_) => Response::error(ErrorKind::AuthFailed, "wrong password"),
+    }
+}
+
+fn storage_error(e: &kv_storage::Error) -> Response {
+    Response::error(ErrorKind::Internal, format!("storage failure: {e}"))
+}

@@ -1,0 +1,344 @@
+//! The acceptor and the event loops.
+//!
+//! The main thread owns the listener and the signal pipe in its own mio
+//! `Poll`; it hands each accepted socket to one of `--threads` worker loops
+//! (round robin) over a channel and wakes it. Each worker owns its
+//! connections and serves them to completion. On SIGINT or SIGTERM the
+//! acceptor stops accepting, the workers answer what they have already
+//! read, flush, and close, and the store's log is flushed.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UnixStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use slab::Slab;
+
+use crate::conn::Conn;
+use crate::state::Shared;
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const WAKER: Token = Token(usize::MAX);
+/// How long shutdown waits for slow clients to take their replies.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// How often the acceptor re-checks memory and retries a failed accept.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The event loop failed.
+    #[error("event loop failure: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A handle for a worker loop: where to send sockets, how to wake it.
+struct WorkerHandle {
+    tx: Sender<TcpStream>,
+    waker: Arc<Waker>,
+    thread: JoinHandle<()>,
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds the listening socket.
+    pub fn bind(addr: SocketAddr, shared: Shared) -> Result<Server, ServerError> {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| ServerError::Listen { addr, source })?;
+        Server::from_std(listener, shared)
+    }
+
+    /// Serves on an already bound listener.
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        shared: Shared,
+    ) -> Result<Server, ServerError> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener);
+        let addr = listener.local_addr()?;
+        Ok(Server {
+            listener,
+            shared: Arc::new(shared),
+            addr,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down cleanly and returns
+    /// the shared state (so the caller can close the store).
+    pub fn run(mut self) -> Result<Arc<Shared>, ServerError> {
+        let mut poll = Poll::new()?;
+        let (mut signals, _guards) = signal_pipe()?;
+        poll.registry()
+            .register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let workers = (0..self.shared.config.worker_threads())
+            .map(|i| spawn_worker(i, self.shared.clone()))
+            .collect::<io::Result<Vec<_>>>()?;
+        self.accept_until_signal(&mut poll, &workers)?;
+        drop(self.listener);
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        for w in &workers {
+            let _ = w.waker.wake();
+        }
+        for w in workers {
+            let _ = w.thread.join();
+        }
+        Ok(self.shared)
+    }
+
+    fn accept_until_signal(&mut self, poll: &mut Poll, workers: &[WorkerHandle]) -> io::Result<()> {
+        let mut events = Events::with_capacity(64);
+        let mut next = 0;
+        loop {
+            match poll.poll(&mut events, Some(TICK)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if events.iter().any(|e| e.token() == SIGNALS) {
+                println!("kv-server: signal received, shutting down");
+                return Ok(());
+            }
+            // Also on every tick: an accept that failed for lack of file
+            // descriptors is retried.
+            self.accept_all(workers, &mut next);
+            if self.shared.config.maxmemory > 0 {
+                self.shared.refresh_memory();
+            }
+        }
+    }
+
+    fn accept_all(&mut self, workers: &[WorkerHandle], next: &mut usize) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.hand_over(stream, workers, next),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("kv-server: accept failed: {e} (will retry)");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn hand_over(&self, mut stream: TcpStream, workers: &[WorkerHandle], next: &mut usize) {
+        let c = &self.shared.counters;
+        if c.connected.load(Ordering::Relaxed) >= self.shared.config.max_clients {
+            c.rejected.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.write(b"-ERR max number of clients reached\r\n");
+            return;
+        }
+        c.connected.fetch_add(1, Ordering::Relaxed);
+        c.connections_received.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let w = &workers[*next % workers.len()];
+        *next += 1;
+        if w.tx.send(stream).is_ok() {
+            let _ = w.waker.wake();
+        } else {
+            c.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A pipe that SIGINT and SIGTERM write to, so that the poll wakes up.
+fn signal_pipe() -> io::Result<(UnixStream, Vec<signal_hook::SigId>)> {
+    let (read, write) = StdUnixStream::pair()?;
+    read.set_nonblocking(true)?;
+    let mut ids = Vec::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        ids.push(signal_hook::low_level::pipe::register(
+            sig,
+            write.try_clone()?,
+        )?);
+    }
+    Ok((UnixStream::from_std(read), ids))
+}
+
+fn spawn_worker(i: usize, shared: Arc<Shared>) -> io::Result<WorkerHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("kv-worker-{i}"))
+        .spawn(move || {
+            let mut w = Worker {
+                poll,
+                rx,
+                conns: Slab::new(),
+                shared,
+            };
+            if let Err(e) = w.run() {
+                eprintln!("kv-server: worker {i} failed: {e}");
+            }
+        })?;
+    Ok(WorkerHandle { tx, waker, thread })
+}
+
+/// A connection and the interest it is registered with.
+struct Slot {
+    conn: Conn<TcpStream>,
+    interest: Interest,
+}
+
+struct Worker {
+    poll: Poll,
+    rx: Receiver<TcpStream>,
+    conns: Slab<Slot>,
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !self.shared.shutting_down.load(Ordering::SeqCst) {
+            match self.poll.poll(&mut events, None) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.adopt_new()?,
+                    Token(key) => self.serve(key, event.is_readable()),
+                }
+            }
+        }
+        self.drain(&mut events)
+    }
+
+    fn adopt_new(&mut self) -> io::Result<()> {
+        while let Ok(mut stream) = self.rx.try_recv() {
+            let entry = self.conns.vacant_entry();
+            let interest = Interest::READABLE;
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut stream, Token(entry.key()), interest)
+            {
+                self.shared
+                    .counters
+                    .connected
+                    .fetch_sub(1, Ordering::Relaxed);
+                eprintln!("kv-server: cannot register a connection: {e}");
+                continue;
+            }
+            let authenticated = self.shared.config.requirepass.is_none();
+            entry.insert(Slot {
+                conn: Conn::new(stream, authenticated),
+                interest,
+            });
+        }
+        Ok(())
+    }
+
+    fn serve(&mut self, key: usize, readable: bool) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let result = step(&mut slot.conn, &self.shared, readable);
+        if result.is_err() || slot.conn.is_done() {
+            self.close(key);
+            return;
+        }
+        if let Err(e) = update_interest(self.poll.registry(), key, slot) {
+            eprintln!("kv-server: cannot update a connection: {e}");
+            self.close(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut slot) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut slot.conn.stream);
+            self.shared
+                .counters
+                .connected
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Shutdown: answer what was read, flush, close; give up on clients
+    /// that do not read their replies within the deadline.
+    fn drain(&mut self, events: &mut Events) -> io::Result<()> {
+        self.adopt_new()?;
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.conn.finish(&self.shared);
+            }
+            self.serve(key, false);
+        }
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        while !self.conns.is_empty() && Instant::now() < deadline {
+            self.poll.poll(events, Some(Duration::from_millis(50)))?;
+            for event in events.iter() {
+                if event.token() != WAKER {
+                    self.serve(event.token().0, false);
+                }
+            }
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key);
+        }
+        Ok(())
+    }
+}
+
+/// Reads (if readable), answers, writes; then, if replies drained below the
+/// high-water mark, answers requests that back-pressure held back.
+fn step(conn: &mut Conn<TcpStream>, shared: &Shared, readable: bool) -> io::Result<()> {
+    if readable {
+        conn.on_readable(shared)?;
+    }
+    conn.flush()?;
+    if conn.wants_read() && conn.has_input() {
+        conn.process(shared);
+        conn.flush()?;
+    }
+    Ok(())
+}
+
+fn update_interest(registry: &Registry, key: usize, slot: &mut Slot) -> io::Result<()> {
+    let want = match (slot.conn.wants_read(), slot.conn.wants_write()) {
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        // Nothing to send and not reading (closing with an empty buffer is
+        // handled by the caller): keep watching for the peer to close.
+        (_, false) => Interest::READABLE,
+    };
+    if want != slot.interest {
+        registry.reregister(&mut slot.conn.stream, Token(key), want)?;
+        slot.interest = want;
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! What every event loop shares: the store, the configuration, counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use kv_storage::Store;
+
+use crate::config::Config;
+
+/// Server-wide counters, for INFO.
+#[derive(Default)]
+pub struct Counters {
+    /// Clients connected now.
+    pub connected: AtomicUsize,
+    /// Connections accepted since start.
+    pub connections_received: AtomicU64,
+    /// Connections refused because of --max-clients.
+    pub rejected: AtomicU64,
+    /// Commands and requests processed.
+    pub commands: AtomicU64,
+    /// Requests refused because of --maxmemory.
+    pub oom_rejections: AtomicU64,
+    /// Protocol errors (connections closed for malformed input).
+    pub protocol_errors: AtomicU64,
+}
+
+/// State shared by the acceptor and every event loop.
+pub struct Shared {
+    /// The data.
+    pub store: Store,
+    /// The configuration.
+    pub config: Config,
+    /// Counters for INFO.
+    pub counters: Counters,
+    /// Set once shutdown has begun.
+    pub shutting_down: AtomicBool,
+    /// Whether the data exceeds --maxmemory (refreshed by the acceptor).
+    pub over_memory: AtomicBool,
+    /// When the server started.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Bundles the pieces.
+    pub fn new(store: Store, config: Config) -> Self {
+        Shared {
+            store,
+            config,
+            counters: Counters::default(),
+            shutting_down: AtomicBool::new(false),
+            over_memory: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+
+    /// Re-evaluates the memory limit.
+    pub fn refresh_memory(&self) {
+        let limit = self.config.maxmemory;
+        let over = limit > 0 && self.store.stats().memory_bytes > limit;
+        self.over_memory.store(over, Ordering::Relaxed);
+    }
+
+    /// Whether writes must be refused for lack of memory.
+    pub fn is_over_memory(&self) -> bool {
+        self.over_memory.load(Ordering::Relaxed)
+    }
+
+    /// Counts one processed command.
+    pub fn count_command(&self) {
+        self.counters.commands.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Checks key and value sizes against the limits; the error text names
+    /// the limit.
+    pub fn check_sizes(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        if key.len() > self.config.max_key_bytes {
+            return Err(format!(
+                "key of {} bytes exceeds the limit of {} bytes (--max-key-bytes)",
+                key.len(),
+                self.config.max_key_bytes
+            ));
+        }
+        match value {
+            Some(v) if v.len() > self.config.max_value_bytes => Err(format!(
+                "value of {} bytes exceeds the limit of {} bytes (--max-value-bytes)",
+                v.len(),
+                self.config.max_value_bytes
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The INFO text, Redis style: `# Section` headers and `field:value`
+    /// lines. `section` filters (empty or "all"/"everything" for all).
+    pub fn info(&self, section: &str) -> String {
+        let stats = self.store.stats();
+        let c = &self.counters;
+        let uptime = self.started.elapsed().as_secs();
+        let persistence = match stats.durability {
+            None => "disabled".to_string(),
+            Some(d) => format!("{d:?}").to_ascii_lowercase(),
+        };
+        let sections: [(&str, Vec<(&str, String)>); 6] = [
+            (
+                "Server",
+                vec![
+                    ("kv_version", env!("CARGO_PKG_VERSION").to_string()),
+                    ("redis_version", "7.0.0".to_string()),
+                    ("process_id", std::process::id().to_string()),
+                    ("tcp_port", self.config.listen_addr().port().to_string()),
+                    ("uptime_in_seconds", uptime.to_string()),
+                    ("io_threads", self.config.worker_threads().to_string()),
+                ],
+            ),
+            (
+                "Clients",
+                vec![
+                    ("connected_clients", load(&c.connected).to_string()),
+                    ("maxclients", self.config.max_clients.to_string()),
+                ],
+            ),
+            (
+                "Memory",
+                vec![
+                    ("used_memory", stats.memory_bytes.to_string()),
+                    ("used_memory_rss", rss_bytes().to_string()),
+                    ("maxmemory", self.config.maxmemory.to_string()),
+                    (
+                        "over_maxmemory",
+                        u8::from(self.is_over_memory()).to_string(),
+                    ),
+                ],
+            ),
+            (
+                "Persistence",
+                vec![
+                    ("persistence", persistence),
+                    ("data_dir", self.data_dir_text()),
+                    ("log_bytes", stats.log_bytes.to_string()),
+                    ("log_fsyncs", stats.log_flushes.to_string()),
+                    ("snapshots_taken", stats.snapshots_taken.to_string()),
+                    (
+                        "snapshot_in_progress",
+                        u8::from(stats.snapshot_running).to_string(),
+                    ),
+                    (
+                        "last_snapshot_entries",
+                        stats.last_snapshot_entries.to_string(),
+                    ),
+                    (
+                        "last_background_error",
+                        stats.last_background_error.unwrap_or_default(),
+                    ),
+                ],
+            ),
+            (
+                "Stats",
+                vec![
+                    (
+                        "total_connections_received",
+                        load64(&c.connections_received).to_string(),
+                    ),
+                    ("total_commands_processed", load64(&c.commands).to_string()),
+                    ("rejected_connections", load64(&c.rejected).to_string()),
+                    ("oom_rejections", load64(&c.oom_rejections).to_string()),
+                    ("protocol_errors", load64(&c.protocol_errors).to_string()),
+                ],
+            ),
+            (
+                "Keyspace",
+                vec![("db0", format!("keys={},expires=0,avg_ttl=0", stats.keys))],
+            ),
+        ];
+        let want = section.to_ascii_lowercase();
+        let all = want.is_empty() || want == "all" || want == "everything" || want == "default";
+        let mut out = String::new();
+        for (name, fields) in sections {
+            if !all && name.to_ascii_lowercase() != want {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            out.push_str(&format!("# {name}\r\n"));
+            for (k, v) in fields {
+                out.push_str(&format!("{k}:{v}\r\n"));
+            }
+        }
+        out
+    }
+
+    fn data_dir_text(&self) -> String {
+        if self.config.no_persistence {
+            "(none)".into()
+        } else {
+            self.config.data_dir.display().to_string()
+        }
+    }
+}
+
+fn load(a: &AtomicUsize) -> usize {
+    a.load(Ordering::Relaxed)
+}
+
+fn load64(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Resident set size of this process, from /proc (0 where unavailable).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
