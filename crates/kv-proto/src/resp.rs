@@ -231,15 +231,16 @@ fn bulk_body(
     Ok(Some((at..end, end + 2)))
 }
 
+/// The arguments of a parsed command (borrowing the input where it can)
+/// and the number of input bytes it used.
+pub type Parsed<'a> = (Vec<std::borrow::Cow<'a, [u8]>>, usize);
+
 /// Parses one command from the start of `buf`: either a multibulk array of
 /// bulk strings or an inline line of space-separated words (with Redis's
 /// quoting). Returns the arguments (borrowing `buf`) and the bytes used, or
 /// `Ok(None)` if more bytes are needed. An empty command (a blank line or
 /// `*0`) gives an empty argument list.
-pub fn parse_command<'a>(
-    buf: &'a [u8],
-    limits: &Limits,
-) -> Result<Option<(Vec<std::borrow::Cow<'a, [u8]>>, usize)>, RespError> {
+pub fn parse_command<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Parsed<'a>>, RespError> {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => parse_multibulk(buf, limits),
@@ -247,10 +248,7 @@ pub fn parse_command<'a>(
     }
 }
 
-fn parse_multibulk<'a>(
-    buf: &'a [u8],
-    limits: &Limits,
-) -> Result<Option<(Vec<std::borrow::Cow<'a, [u8]>>, usize)>, RespError> {
+fn parse_multibulk<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Parsed<'a>>, RespError> {
     let Some((n, mut at)) = header(buf, 0, RespError::InvalidMultibulkLength)? else {
         return Ok(None);
     };
@@ -283,10 +281,7 @@ fn parse_multibulk<'a>(
     Ok(Some((args, at)))
 }
 
-fn parse_inline<'a>(
-    buf: &'a [u8],
-    limits: &Limits,
-) -> Result<Option<(Vec<std::borrow::Cow<'a, [u8]>>, usize)>, RespError> {
+fn parse_inline<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Parsed<'a>>, RespError> {
     let window = &buf[..buf.len().min(limits.max_inline + 1)];
     let Some(nl) = window.iter().position(|&c| c == b'\n') else {
         if buf.len() > limits.max_inline {

@@ -183,11 +183,9 @@ proptest! {
         for cut in cuts {
             buf.extend_from_slice(&wire[fed..cut]);
             fed = cut;
-            loop {
-                let Some((args, used)) = resp::parse_command(&buf, &Limits::default()).expect("valid") else {
-                    break;
-                };
-                got.push(args.into_iter().map(Cow::into_owned).collect::<Vec<_>>());
+            while let Some((args, used)) = resp::parse_command(&buf, &Limits::default()).expect("valid") {
+                let args: Vec<Vec<u8>> = args.into_iter().map(Cow::into_owned).collect();
+                got.push(args);
                 buf.drain(..used);
             }
         }

@@ -18,6 +18,22 @@ const READ_CHUNK: usize = 16 << 10;
 /// processing until the client catches up.
 pub const HIGH_WATER: usize = 1 << 20;
 
+/// Most bytes read and thrown away after a connection was told it is
+/// being closed; then it is closed outright.
+const DISCARD_LIMIT: usize = 4 << 20;
+
+/// A stream whose writing half can be closed on its own.
+pub trait HalfClose {
+    /// Closes the writing half (sends FIN).
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl HalfClose for mio::net::TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
 /// Which protocol the connection speaks, known from its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -40,9 +56,13 @@ pub struct Conn<S> {
     closing: bool,
     /// The client closed its side (no more requests will come).
     peer_closed: bool,
+    /// While closing: our side is shut down, input is being discarded so
+    /// that the client reads our last reply instead of a reset.
+    lingering: bool,
+    discarded: usize,
 }
 
-impl<S: Read + Write> Conn<S> {
+impl<S: Read + Write + HalfClose> Conn<S> {
     /// A new connection; `authenticated` is false when a password is required.
     pub fn new(stream: S, authenticated: bool) -> Self {
         Conn {
@@ -54,6 +74,8 @@ impl<S: Read + Write> Conn<S> {
             session: Session { authenticated },
             closing: false,
             peer_closed: false,
+            lingering: false,
+            discarded: 0,
         }
     }
 
@@ -78,7 +100,42 @@ impl<S: Read + Write> Conn<S> {
 
     /// Whether the connection has nothing left to do and can be dropped.
     pub fn is_done(&self) -> bool {
-        (self.closing || self.peer_closed) && self.pending_out() == 0
+        if self.pending_out() > 0 {
+            return false;
+        }
+        self.peer_closed || (self.closing && (!self.lingering || self.discarded > DISCARD_LIMIT))
+    }
+
+    /// Once the last reply of a closing connection is sent: shut our side
+    /// and keep reading (and discarding) until the client closes, so that
+    /// it sees the reply rather than a connection reset.
+    fn linger(&mut self) {
+        if self.closing && !self.lingering && !self.peer_closed && self.pending_out() == 0 {
+            self.lingering = self.stream.shutdown_write().is_ok();
+        }
+    }
+
+    /// Reads and throws away input of a lingering connection.
+    fn discard(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 16 << 10];
+        while self.discarded <= DISCARD_LIMIT {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    return Ok(());
+                }
+                Ok(n) => self.discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the loop should watch for readability while lingering.
+    pub fn wants_discard(&self) -> bool {
+        self.lingering && !self.peer_closed
     }
 
     /// Stops taking requests: what is buffered is answered, then the
@@ -92,6 +149,9 @@ impl<S: Read + Write> Conn<S> {
     /// until it would block or back-pressure says stop. Returns an error
     /// only for a broken socket.
     pub fn on_readable(&mut self, shared: &Shared) -> io::Result<()> {
+        if self.lingering {
+            return self.discard();
+        }
         while self.wants_read() {
             let len = self.rbuf.len();
             self.rbuf.resize(len + READ_CHUNK, 0);
@@ -184,6 +244,7 @@ impl<S: Read + Write> Conn<S> {
             if self.wbuf.capacity() > 4 * HIGH_WATER {
                 self.wbuf.shrink_to(HIGH_WATER);
             }
+            self.linger();
         } else if self.wpos > HIGH_WATER {
             self.wbuf.drain(..self.wpos);
             self.wpos = 0;

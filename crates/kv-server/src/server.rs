@@ -329,7 +329,8 @@ fn step(conn: &mut Conn<TcpStream>, shared: &Shared, readable: bool) -> io::Resu
 }
 
 fn update_interest(registry: &Registry, key: usize, slot: &mut Slot) -> io::Result<()> {
-    let want = match (slot.conn.wants_read(), slot.conn.wants_write()) {
+    let reading = slot.conn.wants_read() || slot.conn.wants_discard();
+    let want = match (reading, slot.conn.wants_write()) {
         (true, true) => Interest::READABLE | Interest::WRITABLE,
         (false, true) => Interest::WRITABLE,
         // Nothing to send and not reading (closing with an empty buffer is

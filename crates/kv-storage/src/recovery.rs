@@ -213,8 +213,7 @@ fn check_contiguous(
     replay: &[(u64, PathBuf)],
     l: &DirListing,
 ) -> Result<()> {
-    let mut expect = from;
-    for (id, _) in replay {
+    for (expect, (id, _)) in (from..).zip(replay) {
         if *id != expect {
             return Err(Error::MissingSegment {
                 dir: dir.to_path_buf(),
@@ -222,7 +221,6 @@ fn check_contiguous(
                 found: l.segments.keys().copied().collect(),
             });
         }
-        expect += 1;
     }
     Ok(())
 }

@@ -1,0 +1,110 @@
+//! The `kv-client` binary against a real server: piped commands, `-c`,
+//! exit codes, and a server that is down.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use kv_testkit::ServerProc;
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_kv-client");
+
+/// `kv-server` sits next to `kv-client` in the target directory
+/// (`cargo test --workspace` builds both).
+fn server_binary() -> PathBuf {
+    let bin = PathBuf::from(CLIENT).with_file_name("kv-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace --release)",
+        bin.display()
+    );
+    bin
+}
+
+fn client(server: &ServerProc, extra: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(CLIENT)
+        .arg(server.addr.ip().to_string())
+        .arg(server.addr.port().to_string())
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kv-client");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("kv-client output")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn piped_commands_print_one_result_per_line() {
+    let server = ServerProc::start(server_binary(), &["--no-persistence"]);
+    let o = client(
+        &server,
+        &[],
+        "PUT a 1\nPUT \"b c\" \"x\\ny\"\nGET a\nGET \"b c\"\nGET missing\nLIST\nDELETE a\nDELETE a\nLIST b\nPING\n",
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        stdout(&o),
+        "OK\nOK\n1\n\"x\\ny\"\n(nil)\na\n\"b c\"\n1\n0\n\"b c\"\nPONG\n"
+    );
+}
+
+#[test]
+fn one_command_with_dash_c_and_failures_exit_non_zero() {
+    let server = ServerProc::start(server_binary(), &["--no-persistence"]);
+    let o = client(&server, &["-c", "PUT k v"], "");
+    assert!(o.status.success(), "{o:?}");
+    let o = client(&server, &["-c", "GET k"], "");
+    assert_eq!(stdout(&o), "v\n");
+    let o = client(&server, &[], "GET k\nFROB\nGET k\n");
+    assert_eq!(o.status.code(), Some(1), "an unknown command fails the run");
+    assert_eq!(stdout(&o), "v\nv\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown command"));
+}
+
+#[test]
+fn password_flag_authenticates() {
+    let server = ServerProc::start(
+        server_binary(),
+        &["--no-persistence", "--requirepass", "pw"],
+    );
+    let o = client(&server, &["-a", "pw", "-c", "PUT k v"], "");
+    assert!(o.status.success(), "{o:?}");
+    let o = client(&server, &["-c", "GET k"], "");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("authentication required"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn a_server_that_is_down_gets_a_one_line_message() {
+    let server = ServerProc::start(server_binary(), &["--no-persistence"]);
+    let addr = server.addr;
+    server.stop();
+    let o = Command::new(CLIENT)
+        .args([
+            addr.ip().to_string(),
+            addr.port().to_string(),
+            "-c".into(),
+            "PING".into(),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("could not connect to"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -1,0 +1,208 @@
+//! Test support for kv: start a real `kv-server` process on a free loopback
+//! port, wait until it listens, stop it by its pid.
+//!
+//! ```no_run
+//! use kv_testkit::ServerProc;
+//! let server = ServerProc::start(env!("CARGO_BIN_EXE_kv-server"), &["--no-persistence"]);
+//! println!("listening on {}", server.addr);
+//! server.stop(); // SIGTERM, then waits for a clean exit
+//! ```
+
+#![deny(missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start or stop before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running `kv-server` child process.
+pub struct ServerProc {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data directory (kept by the test so that a restart finds it).
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    output: Arc<Mutex<Vec<String>>>,
+    binary: PathBuf,
+    args: Vec<String>,
+}
+
+impl ServerProc {
+    /// Starts `binary` with `--port 0` on a fresh temporary data directory
+    /// (leaked into the system temp dir and removed on drop) plus `args`.
+    pub fn start(binary: impl AsRef<Path>, args: &[&str]) -> ServerProc {
+        let dir = tempfile::Builder::new()
+            .prefix("kv-test-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        Self::start_in(binary, &dir, args)
+    }
+
+    /// Starts `binary` on data directory `dir` with `--port 0` plus `args`.
+    pub fn start_in(binary: impl AsRef<Path>, dir: &Path, args: &[&str]) -> ServerProc {
+        let mut s = ServerProc {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.to_path_buf(),
+            child: None,
+            output: Arc::new(Mutex::new(Vec::new())),
+            binary: binary.as_ref().to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        s.launch(0);
+        s
+    }
+
+    fn launch(&mut self, port: u16) {
+        let mut child = Command::new(&self.binary)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = self.output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let addr = addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(addr);
+                }
+                out.lock().expect("output lock").push(line);
+            }
+        });
+        let out = self.output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                out.lock().expect("output lock").push(line);
+            }
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(DEADLINE) {
+            Ok(addr) => self.addr = addr.parse().expect("listen address"),
+            Err(_) => panic!(
+                "server did not report its address within {DEADLINE:?}; output: {:?}",
+                self.output()
+            ),
+        }
+    }
+
+    /// Everything the server printed so far (stdout and stderr lines).
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().expect("output lock").clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit, failing the test after the deadline.
+    pub fn wait(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("server running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = child.kill();
+                panic!("server did not exit within {DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then waits: returns the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// `kill -9`, then reaps the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory (after
+    /// [`ServerProc::kill9`] or a stop); waits until it listens.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+        let port = self.addr.port();
+        let deadline = Instant::now() + DEADLINE;
+        // The port may linger for a moment after the old process died.
+        loop {
+            if std::net::TcpListener::bind(self.addr).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.launch(port);
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the pid of our own child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.data_dir.starts_with(std::env::temp_dir()) {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+/// Waits until `cond` holds, polling; fails the test after `deadline`.
+pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
