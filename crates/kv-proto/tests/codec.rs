@@ -279,3 +279,21 @@ fn resp_errors_match_redis() {
     // An unterminated line within the limit just waits for more bytes.
     assert_eq!(resp::parse_command(b"PING", &l), Ok(None));
 }
+
+/// The byte-level example in docs/protocol.md.
+#[test]
+fn documented_example_bytes() {
+    let mut wire = Vec::new();
+    native::encode_frame(&mut wire, 7, &Request::Get { key: b"k".to_vec() });
+    assert_eq!(wire, [0x04, 0, 0, 0, 0x07, 0x02, 0x01, b'k']);
+    let mut wire = Vec::new();
+    native::encode_frame(
+        &mut wire,
+        7,
+        &Response::Value {
+            value: Some(b"v".to_vec()),
+        },
+    );
+    assert_eq!(wire, [0x05, 0, 0, 0, 0x07, 0x02, 0x01, 0x01, b'v']);
+    assert_eq!(native::preamble(), [0xF0, b'K', b'V', b'N', 1, 0, 0, 0]);
+}

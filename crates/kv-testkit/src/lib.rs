@@ -3,7 +3,8 @@
 //!
 //! ```no_run
 //! use kv_testkit::ServerProc;
-//! let server = ServerProc::start(env!("CARGO_BIN_EXE_kv-server"), &["--no-persistence"]);
+//! // In an integration test of kv-server: env!("CARGO_BIN_EXE_kv-server").
+//! let server = ServerProc::start("target/release/kv-server", &["--no-persistence"]);
 //! println!("listening on {}", server.addr);
 //! server.stop(); // SIGTERM, then waits for a clean exit
 //! ```
