@@ -144,14 +144,36 @@ impl Segment {
         }
     }
 
-    /// Flushes bytes `from..to` of the mapping to stable storage.
+    /// Flushes bytes `from..to` of the mapping to stable storage, then
+    /// releases the whole pages below `to` from this process's mapping: they
+    /// are never written again, recovery reads the file, and the page cache
+    /// keeps them anyway, so the log does not inflate the process's RSS.
     pub(crate) fn sync_range(&self, from: u64, to: u64) -> Result<()> {
         if to > from {
             self.map
                 .flush_range(from as usize, (to - from) as usize)
                 .ctx("fsync log segment", &self.path)?;
+            self.release(from, to);
         }
         let _ = self.synced.fetch_max(to, Ordering::AcqRel);
         Ok(())
+    }
+
+    fn release(&self, from: u64, to: u64) {
+        const PAGE: u64 = 4096;
+        let start = from / PAGE * PAGE;
+        let end = to / PAGE * PAGE;
+        if end > start {
+            // SAFETY: a shared file mapping: dropping its pages loses nothing
+            // (they are synced and stay in the page cache), and no writer
+            // touches bytes below `to`, which are all written already.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start as usize,
+                    (end - start) as usize,
+                )
+            };
+        }
     }
 }
