@@ -238,30 +238,62 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut best: BinaryHeap<(Vec<u8>, Vec<u8>)> = BinaryHeap::new();
+        self.first_keys(prefix, after, limit, |e| e.value().map(<[u8]>::to_vec))
+    }
+
+    /// Like [`Store::scan_page`] but with versions and tombstones included
+    /// (for merging listings from several replicas).
+    pub fn scan_page_versioned(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Versioned)> {
+        self.first_keys(prefix, after, limit, |e| Some(e.to_versioned()))
+    }
+
+    /// The `limit` smallest keys starting with `prefix` and greater than
+    /// `after` for which `pick` gives something, sorted; a bounded heap
+    /// keeps memory at `limit` entries whatever the store's size.
+    fn first_keys<T: Ord>(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        pick: impl Fn(&Entry) -> Option<T>,
+    ) -> Vec<(Vec<u8>, T)> {
+        let mut best: BinaryHeap<(Vec<u8>, T)> = BinaryHeap::new();
+        if limit == 0 {
+            return Vec::new();
+        }
         for i in 0..self.inner.map.shard_count() {
             let shard = self.inner.map.read_shard(i);
             for e in shard.iter() {
-                let (key, Some(value)) = (e.key(), e.value()) else {
-                    continue;
-                };
+                let key = e.key();
                 if !key.starts_with(prefix) || after.is_some_and(|a| key <= a) {
                     continue;
                 }
-                if best.len() == limit {
-                    match best.peek() {
-                        Some((top, _)) if key < top.as_slice() => {
-                            best.pop();
-                        }
-                        _ => continue,
-                    }
+                let full = best.len() == limit;
+                if full && best.peek().is_some_and(|(top, _)| key >= top.as_slice()) {
+                    continue;
                 }
-                if limit > 0 {
-                    best.push((key.to_vec(), value.to_vec()));
+                let Some(item) = pick(e) else { continue };
+                if full {
+                    best.pop();
                 }
+                best.push((key.to_vec(), item));
             }
         }
         best.into_sorted_vec()
+    }
+
+    /// The greatest version timestamp the store has seen (tombstones and
+    /// purged tombstones included).
+    pub fn max_timestamp(&self) -> u64 {
+        (0..self.inner.map.shard_count())
+            .map(|i| self.inner.map.read_shard(i).clock)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Number of live keys.

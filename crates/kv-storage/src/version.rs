@@ -38,7 +38,7 @@ impl fmt::Display for Version {
 }
 
 /// A versioned value as the replication layer sees it: `None` is a tombstone.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Versioned {
     /// The version of the write that produced this state.
     pub version: Version,

@@ -1,0 +1,43 @@
+//! `kv-replication`: the cluster's logic, with no I/O at all.
+//!
+//! A [`Node`] is a state machine. Its inputs are client operations
+//! ([`Node::handle_client`]), messages from peers
+//! ([`Node::handle_message`]) and the passing of time
+//! ([`Node::handle_tick`]), each with the current time as an argument; its
+//! outputs, drained with [`Node::poll_output`], are messages to send,
+//! replies to clients, and state to persist. It applies replicated writes
+//! to the local [`kv_storage::Store`] it is handed, but never opens a
+//! socket, starts a thread, sleeps or reads a clock, and draws randomness
+//! from a seed: the same code runs under `kv-server` and under the
+//! deterministic [`sim`]ulator.
+//!
+//! What it does: membership by gossip with heartbeats and incarnations
+//! ([`membership`]); keys placed on a [`kv_ring::Ring`]; every write
+//! stamped by a hybrid logical clock ([`hlc`]) plus the node's number, so
+//! versions are unique and last-write-wins; writes and reads coordinated
+//! over the key's N replicas with strict quorums W and R.
+//!
+//! ```
+//! use kv_replication::{ClientOp, ClientReply, Config, Node, Output};
+//! use kv_storage::{Options, Store};
+//!
+//! let store = Store::open(Options::in_memory()).unwrap();
+//! let mut node = Node::new(Config::new("127.0.0.1:7001"), 1_000, None, &store, 42);
+//! // A one-node cluster: the node is the only replica.
+//! node.handle_client(1_000, 1, ClientOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }, &store);
+//! let replies: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+//! assert!(replies.iter().any(|o| matches!(o, Output::Reply { id: 1, reply: ClientReply::Written { .. } })));
+//! assert_eq!(store.get(b"k").as_deref(), Some(&b"v"[..]));
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod hlc;
+pub mod membership;
+pub mod msg;
+pub mod node;
+pub mod sim;
+
+pub use membership::MemberState;
+pub use msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Ver};
+pub use node::{Config, MemberInfo, Node, Output, Persisted};

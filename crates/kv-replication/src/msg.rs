@@ -1,0 +1,177 @@
+//! Messages between nodes, client operations and their replies.
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity: the address other nodes and clients reach it at.
+pub type NodeId = String;
+
+/// A version on the wire (timestamp, node number); see
+/// [`kv_storage::Version`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Ver {
+    /// Hybrid-logical-clock timestamp.
+    pub ts: u64,
+    /// Number of the coordinating node.
+    pub node: u32,
+}
+
+impl From<Ver> for kv_storage::Version {
+    fn from(v: Ver) -> Self {
+        kv_storage::Version::new(v.ts, v.node)
+    }
+}
+
+impl From<kv_storage::Version> for Ver {
+    fn from(v: kv_storage::Version) -> Self {
+        Ver {
+            ts: v.timestamp,
+            node: v.node,
+        }
+    }
+}
+
+/// A key's state on one replica: its version and value (`None`: tombstone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamped {
+    /// The version.
+    pub version: Ver,
+    /// The value, or `None` for a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// What one node says of a member in gossip.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// The member.
+    pub id: NodeId,
+    /// Bumped by the member itself to overrule older news about it.
+    pub incarnation: u64,
+    /// Bumped by the member itself on every gossip round while it lives.
+    pub heartbeat: u64,
+    /// Whether it has left the cluster.
+    pub left: bool,
+}
+
+/// Messages between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// Membership news.
+    Gossip {
+        /// What the sender knows of every member.
+        members: Vec<Digest>,
+    },
+    /// Store this write if it is newer than what you hold.
+    Replicate {
+        /// The coordinator's operation number.
+        op: u64,
+        /// The key.
+        key: Vec<u8>,
+        /// The value (`None`: delete).
+        value: Option<Vec<u8>>,
+        /// The write's version.
+        version: Ver,
+    },
+    /// The write is stored (or something newer was).
+    ReplicateAck {
+        /// The operation.
+        op: u64,
+        /// Whether the key held a live value before.
+        existed: bool,
+    },
+    /// Send me your state of this key.
+    Read {
+        /// The operation.
+        op: u64,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// A replica's state of a key.
+    ReadReply {
+        /// The operation.
+        op: u64,
+        /// Its state, `None` if it never heard of the key.
+        state: Option<Stamped>,
+    },
+    /// Send me a page of your keys.
+    ListPage {
+        /// The operation.
+        op: u64,
+        /// Key prefix.
+        prefix: Vec<u8>,
+        /// Keys after this one.
+        after: Option<Vec<u8>>,
+        /// Most entries.
+        limit: u32,
+    },
+    /// A page of a node's keys with versions, tombstones included.
+    ListReply {
+        /// The operation.
+        op: u64,
+        /// Sorted entries.
+        entries: Vec<(Vec<u8>, Stamped)>,
+        /// Whether the node had more entries after these.
+        full: bool,
+    },
+}
+
+/// An operation a client asked a node to coordinate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOp {
+    /// Read a key at quorum.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Write a key at quorum.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete a key at quorum (a tombstone).
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// One page of the cluster's keys.
+    List {
+        /// Key prefix.
+        prefix: Vec<u8>,
+        /// Keys after this one.
+        after: Option<Vec<u8>>,
+        /// Page size.
+        limit: u32,
+    },
+}
+
+/// The outcome of a client operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientReply {
+    /// Get: the newest state among the replies (`None`: no replica knew the
+    /// key). A tombstone means "deleted".
+    Value(Option<Stamped>),
+    /// Put or Delete acknowledged by a write quorum, with its version.
+    Written {
+        /// The write's version.
+        version: Ver,
+        /// Whether any replica that acknowledged held a live value before.
+        existed: bool,
+    },
+    /// List: live keys in order, and the cursor for the next page.
+    Keys {
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+        /// Pass as `after` for the next page; `None` at the end.
+        next: Option<Vec<u8>>,
+    },
+    /// The quorum was not reached before the deadline.
+    Unavailable {
+        /// Replicas that answered.
+        answered: usize,
+        /// Answers needed.
+        needed: usize,
+        /// Replicas asked.
+        replicas: usize,
+    },
+}

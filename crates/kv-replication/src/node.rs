@@ -1,0 +1,693 @@
+//! The per-node state machine: inputs in, outputs out, no I/O.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use kv_ring::Ring;
+use kv_storage::Store;
+
+use crate::hlc::Hlc;
+use crate::membership::{MemberState, Membership};
+use crate::msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Ver};
+
+/// Settings of a node. Times are in milliseconds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id: the address others reach it at.
+    pub id: NodeId,
+    /// Replication factor N (capped by the cluster's size).
+    pub replicas: usize,
+    /// Write quorum W; `None`: a majority of N.
+    pub write_quorum: Option<usize>,
+    /// Read quorum R; `None`: a majority of N.
+    pub read_quorum: Option<usize>,
+    /// Ring tokens per node.
+    pub vnodes: u32,
+    /// How long a client operation may wait for its quorum.
+    pub request_timeout: u64,
+    /// Interval between gossip rounds.
+    pub gossip_interval: u64,
+    /// Silence after which a member is suspect.
+    pub suspect_after: u64,
+    /// Silence after which a member is down.
+    pub down_after: u64,
+}
+
+impl Config {
+    /// Defaults for node `id`: N = 3, majority quorums, 256 tokens,
+    /// 2 s timeout, gossip every 200 ms, suspect after 1 s, down after 3 s.
+    pub fn new(id: &str) -> Config {
+        Config {
+            id: id.to_string(),
+            replicas: 3,
+            write_quorum: None,
+            read_quorum: None,
+            vnodes: kv_ring::DEFAULT_VNODES,
+            request_timeout: 2000,
+            gossip_interval: 200,
+            suspect_after: 1000,
+            down_after: 3000,
+        }
+    }
+}
+
+/// What the driver must do for the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `msg` to node `to`.
+    Send {
+        /// The destination.
+        to: NodeId,
+        /// The message.
+        msg: PeerMsg,
+    },
+    /// Answer the client operation `id`.
+    Reply {
+        /// The id the driver gave the operation.
+        id: u64,
+        /// The answer.
+        reply: ClientReply,
+    },
+    /// Save this (for example in the data directory) and pass it back to
+    /// [`Node::new`] after a restart.
+    Persist(Persisted),
+}
+
+/// What a node must find again after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Persisted {
+    /// The membership table.
+    pub members: Vec<Digest>,
+    /// The clock never issues timestamps at or below this after a restart.
+    pub clock_floor: u64,
+}
+
+/// How far ahead of the clock the persisted floor is set (µs): the floor is
+/// saved once per this much clock progress.
+const FLOOR_LEAD: u64 = 10_000_000;
+
+/// One member in the cluster view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberInfo {
+    /// Its id.
+    pub id: NodeId,
+    /// Its state seen from here.
+    pub state: MemberState,
+    /// Its share of the ring as a primary (0..1).
+    pub share: f64,
+}
+
+/// One node's page of a listing: entries, and whether it had more.
+type Page = (Vec<(Vec<u8>, Stamped)>, bool);
+
+enum Work {
+    Write { version: Ver, existed: bool },
+    Read { best: Option<Stamped> },
+    List { limit: u32, pages: Vec<Page> },
+}
+
+struct Pending {
+    client: u64,
+    deadline: u64,
+    needed: usize,
+    asked: usize,
+    answered: BTreeSet<NodeId>,
+    work: Work,
+}
+
+/// A cluster node's logic. Feed it inputs (`handle_*`), then drain
+/// [`Node::poll_output`].
+pub struct Node {
+    cfg: Config,
+    number: u32,
+    members: Membership,
+    ring: Ring,
+    hlc: Hlc,
+    floor: u64,
+    rng: u64,
+    pending: BTreeMap<u64, Pending>,
+    next_op: u64,
+    last_gossip: u64,
+    out: VecDeque<Output>,
+    /// Members to contact until the cluster answers (see [`Node::join`]).
+    seeds: Vec<NodeId>,
+}
+
+/// The version node number of a node id.
+pub fn node_number(id: &str) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes()) as u32
+}
+
+impl Node {
+    /// A node starting at time `now`. `saved` is what it last persisted
+    /// (`None` the first time); `store` is its local data (its newest
+    /// timestamp bounds the clock); `seed` drives its random choices.
+    pub fn new(cfg: Config, now: u64, saved: Option<Persisted>, store: &Store, seed: u64) -> Node {
+        let mut members = Membership::new(&cfg.id, now, cfg.suspect_after, cfg.down_after);
+        let mut floor = store.max_timestamp();
+        if let Some(s) = &saved {
+            members.restore(&s.members, now);
+            floor = floor.max(s.clock_floor);
+        }
+        let ring = Ring::with_nodes(cfg.vnodes, members.ring_members());
+        let mut n = Node {
+            number: node_number(&cfg.id),
+            cfg,
+            members,
+            ring,
+            hlc: Hlc::starting_above(floor),
+            floor,
+            rng: seed | 1,
+            pending: BTreeMap::new(),
+            next_op: 1,
+            last_gossip: 0,
+            out: VecDeque::new(),
+            seeds: Vec::new(),
+        };
+        n.persist();
+        n
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    /// The next thing the driver must do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn send(&mut self, to: &str, msg: PeerMsg) {
+        self.out.push_back(Output::Send {
+            to: to.to_string(),
+            msg,
+        });
+    }
+
+    fn reply(&mut self, id: u64, reply: ClientReply) {
+        self.out.push_back(Output::Reply { id, reply });
+    }
+
+    fn persist(&mut self) {
+        self.out.push_back(Output::Persist(Persisted {
+            members: self.members.digests(),
+            clock_floor: self.floor,
+        }));
+    }
+
+    fn random(&mut self) -> u64 {
+        // splitmix64
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Effective replication factor and quorums: (N, W, R).
+    pub fn quorums(&self) -> (usize, usize, usize) {
+        let n = self.cfg.replicas.min(self.ring.nodes().len()).max(1);
+        let majority = n / 2 + 1;
+        let w = self.cfg.write_quorum.unwrap_or(majority).clamp(1, n);
+        let r = self.cfg.read_quorum.unwrap_or(majority).clamp(1, n);
+        (n, w, r)
+    }
+
+    /// The replicas of `key`, in preference order.
+    pub fn replicas_for(&self, key: &[u8]) -> Vec<NodeId> {
+        let (n, _, _) = self.quorums();
+        self.ring
+            .preference_list(key, n)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Members with their state and ring share.
+    pub fn view(&self, now: u64) -> Vec<MemberInfo> {
+        let shares = self.ring.shares(1);
+        self.members
+            .all(now)
+            .into_iter()
+            .map(|(id, state)| MemberInfo {
+                share: shares.get(&id).copied().unwrap_or(0.0),
+                id,
+                state,
+            })
+            .collect()
+    }
+
+    /// Whether this node has been removed from the cluster.
+    pub fn has_left(&self, now: u64) -> bool {
+        self.members.state(&self.cfg.id, now) == Some(MemberState::Left)
+    }
+
+    fn stamp(&mut self, now: u64) -> Ver {
+        let ts = self.hlc.tick(now);
+        if ts >= self.floor {
+            self.floor = ts + FLOOR_LEAD;
+            self.persist();
+        }
+        Ver {
+            ts,
+            node: self.number,
+        }
+    }
+
+    /// Contacts `seed` (host:port) to join its cluster, and keeps
+    /// contacting it every gossip round until some member answers. Until
+    /// then the node refuses client operations rather than act as a
+    /// cluster of one.
+    pub fn join(&mut self, now: u64, seed: &str) {
+        if seed != self.cfg.id && !self.seeds.iter().any(|s| s == seed) {
+            self.seeds.push(seed.to_string());
+        }
+        self.contact_seeds(now);
+    }
+
+    fn contact_seeds(&mut self, now: u64) {
+        self.members.beat(now);
+        let members = self.members.digests();
+        for seed in self.seeds.clone() {
+            self.send(
+                &seed,
+                PeerMsg::Gossip {
+                    members: members.clone(),
+                },
+            );
+        }
+    }
+
+    /// Whether the node waits to hear from the cluster it was told to join.
+    pub fn is_joining(&self) -> bool {
+        !self.seeds.is_empty() && self.members.ring_members().len() <= 1
+    }
+
+    /// Decommissions `node`: it is marked as left and leaves the ring.
+    /// Returns false if the node is unknown.
+    pub fn leave(&mut self, now: u64, node: &str) -> bool {
+        if !self.members.mark_left(node) {
+            return false;
+        }
+        self.membership_changed();
+        let members = self.members.digests();
+        for peer in self.members.ring_members() {
+            if peer != self.cfg.id {
+                self.send(
+                    &peer,
+                    PeerMsg::Gossip {
+                        members: members.clone(),
+                    },
+                );
+            }
+        }
+        self.send(node, PeerMsg::Gossip { members });
+        let _ = now;
+        true
+    }
+
+    fn membership_changed(&mut self) {
+        let ring = Ring::with_nodes(self.cfg.vnodes, self.members.ring_members());
+        if ring != self.ring {
+            self.ring = ring;
+        }
+        self.persist();
+    }
+
+    /// A client operation, to be answered with [`Output::Reply`] carrying `id`.
+    pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &Store) {
+        if self.is_joining() {
+            let reply = ClientReply::Unavailable {
+                answered: 0,
+                needed: 1,
+                replicas: 0,
+            };
+            return self.reply(id, reply);
+        }
+        match op {
+            ClientOp::Put { key, value } => self.start_write(now, id, key, Some(value), store),
+            ClientOp::Delete { key } => self.start_write(now, id, key, None, store),
+            ClientOp::Get { key } => self.start_read(now, id, key, store),
+            ClientOp::List {
+                prefix,
+                after,
+                limit,
+            } => self.start_list(now, id, prefix, after, limit, store),
+        }
+    }
+
+    fn new_op(&mut self, now: u64, client: u64, needed: usize, asked: usize, work: Work) -> u64 {
+        let op = self.next_op;
+        self.next_op += 1;
+        self.pending.insert(
+            op,
+            Pending {
+                client,
+                deadline: now + self.cfg.request_timeout,
+                needed,
+                asked,
+                answered: BTreeSet::new(),
+                work,
+            },
+        );
+        op
+    }
+
+    fn start_write(
+        &mut self,
+        now: u64,
+        client: u64,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        store: &Store,
+    ) {
+        let (_, w, _) = self.quorums();
+        let replicas = self.replicas_for(&key);
+        let version = self.stamp(now);
+        let op = self.new_op(
+            now,
+            client,
+            w,
+            replicas.len(),
+            Work::Write {
+                version,
+                existed: false,
+            },
+        );
+        for r in replicas {
+            if r == self.cfg.id {
+                if let Some(existed) = apply_local(store, &key, value.as_deref(), version) {
+                    let me = self.cfg.id.clone();
+                    self.on_write_ack(op, &me, existed);
+                }
+            } else {
+                let msg = PeerMsg::Replicate {
+                    op,
+                    key: key.clone(),
+                    value: value.clone(),
+                    version,
+                };
+                self.send(&r, msg);
+            }
+        }
+    }
+
+    fn start_read(&mut self, now: u64, client: u64, key: Vec<u8>, store: &Store) {
+        let (_, _, r) = self.quorums();
+        let replicas = self.replicas_for(&key);
+        let op = self.new_op(now, client, r, replicas.len(), Work::Read { best: None });
+        for node in replicas {
+            if node == self.cfg.id {
+                let state = read_local(store, &key);
+                let me = self.cfg.id.clone();
+                self.on_read_reply(op, &me, state);
+            } else {
+                self.send(
+                    &node,
+                    PeerMsg::Read {
+                        op,
+                        key: key.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn start_list(
+        &mut self,
+        now: u64,
+        client: u64,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        store: &Store,
+    ) {
+        let limit = limit.clamp(1, 10_000);
+        let nodes: Vec<NodeId> = self
+            .ring
+            .nodes()
+            .iter()
+            .filter(|n| self.members.is_up(n, now))
+            .cloned()
+            .collect();
+        let work = Work::List {
+            limit,
+            pages: Vec::new(),
+        };
+        let op = self.new_op(now, client, nodes.len(), nodes.len(), work);
+        for node in nodes {
+            if node == self.cfg.id {
+                let (entries, full) = list_local(store, &prefix, after.as_deref(), limit);
+                let me = self.cfg.id.clone();
+                self.on_list_reply(op, &me, entries, full);
+            } else {
+                let msg = PeerMsg::ListPage {
+                    op,
+                    prefix: prefix.clone(),
+                    after: after.clone(),
+                    limit,
+                };
+                self.send(&node, msg);
+            }
+        }
+    }
+
+    /// A message from node `from`.
+    pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
+        match msg {
+            PeerMsg::Gossip { members } => self.on_gossip(now, from, &members),
+            PeerMsg::Replicate {
+                op,
+                key,
+                value,
+                version,
+            } => {
+                self.hlc.observe(version.ts);
+                if let Some(existed) = apply_local(store, &key, value.as_deref(), version) {
+                    self.send(from, PeerMsg::ReplicateAck { op, existed });
+                }
+            }
+            PeerMsg::ReplicateAck { op, existed } => self.on_write_ack(op, from, existed),
+            PeerMsg::Read { op, key } => {
+                let state = read_local(store, &key);
+                self.send(from, PeerMsg::ReadReply { op, state });
+            }
+            PeerMsg::ReadReply { op, state } => {
+                if let Some(s) = &state {
+                    self.hlc.observe(s.version.ts);
+                }
+                self.on_read_reply(op, from, state);
+            }
+            PeerMsg::ListPage {
+                op,
+                prefix,
+                after,
+                limit,
+            } => {
+                let (entries, full) =
+                    list_local(store, &prefix, after.as_deref(), limit.min(10_000));
+                self.send(from, PeerMsg::ListReply { op, entries, full });
+            }
+            PeerMsg::ListReply { op, entries, full } => self.on_list_reply(op, from, entries, full),
+        }
+    }
+
+    fn on_gossip(&mut self, now: u64, from: &str, digests: &[Digest]) {
+        let before = self.members.ring_members();
+        let (changed, behind) = self.members.merge(digests, now);
+        if changed && self.members.ring_members() != before {
+            self.membership_changed();
+        } else if changed {
+            // Heartbeats only: nothing worth saving every round.
+        }
+        if behind && from != self.cfg.id {
+            self.members.beat(now);
+            let members = self.members.digests();
+            self.send(from, PeerMsg::Gossip { members });
+        }
+    }
+
+    /// Registers an answer from `from`; false if it is late or a duplicate.
+    fn answer(&mut self, op: u64, from: &str) -> Option<&mut Pending> {
+        let p = self.pending.get_mut(&op)?;
+        if !p.answered.insert(from.to_string()) {
+            return None;
+        }
+        Some(p)
+    }
+
+    fn on_write_ack(&mut self, op: u64, from: &str, was_live: bool) {
+        let Some(p) = self.answer(op, from) else {
+            return;
+        };
+        if let Work::Write { existed, .. } = &mut p.work {
+            *existed |= was_live;
+        }
+        if p.answered.len() >= p.needed {
+            self.finish(op);
+        }
+    }
+
+    fn on_read_reply(&mut self, op: u64, from: &str, state: Option<Stamped>) {
+        let Some(p) = self.answer(op, from) else {
+            return;
+        };
+        if let Work::Read { best } = &mut p.work {
+            if let Some(s) = state {
+                if best.as_ref().is_none_or(|b| s.version > b.version) {
+                    *best = Some(s);
+                }
+            }
+        }
+        if p.answered.len() >= p.needed {
+            self.finish(op);
+        }
+    }
+
+    fn on_list_reply(&mut self, op: u64, from: &str, entries: Vec<(Vec<u8>, Stamped)>, full: bool) {
+        let Some(p) = self.answer(op, from) else {
+            return;
+        };
+        if let Work::List { pages, .. } = &mut p.work {
+            pages.push((entries, full));
+        }
+        if p.answered.len() >= p.needed {
+            self.finish(op);
+        }
+    }
+
+    fn finish(&mut self, op: u64) {
+        let Some(p) = self.pending.remove(&op) else {
+            return;
+        };
+        let reply = match p.work {
+            Work::Write { version, existed } => ClientReply::Written { version, existed },
+            Work::Read { best } => ClientReply::Value(best),
+            Work::List { limit, pages } => merge_pages(pages, limit),
+        };
+        self.reply(p.client, reply);
+    }
+
+    /// Time passes: gossip, failure detection, deadlines.
+    pub fn handle_tick(&mut self, now: u64, _store: &Store) {
+        if now >= self.last_gossip + self.cfg.gossip_interval {
+            self.last_gossip = now;
+            self.gossip_round(now);
+        }
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(op, _)| *op)
+            .collect();
+        for op in expired {
+            if let Some(p) = self.pending.remove(&op) {
+                let reply = ClientReply::Unavailable {
+                    answered: p.answered.len(),
+                    needed: p.needed,
+                    replicas: p.asked,
+                };
+                self.reply(p.client, reply);
+            }
+        }
+    }
+
+    fn gossip_round(&mut self, now: u64) {
+        self.members.beat(now);
+        let others: Vec<NodeId> = self
+            .members
+            .all(now)
+            .into_iter()
+            .filter(|(id, s)| *id != self.cfg.id && *s != MemberState::Left)
+            .map(|(id, _)| id)
+            .collect();
+        if others.is_empty() {
+            return self.contact_seeds(now);
+        }
+        let members = self.members.digests();
+        let fanout = others.len().min(2);
+        let first = (self.random() % others.len() as u64) as usize;
+        for k in 0..fanout {
+            let to = others[(first + k) % others.len()].clone();
+            self.send(
+                &to,
+                PeerMsg::Gossip {
+                    members: members.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// Applies a replicated write locally: `Some(was_live)` once stored (or
+/// superseded by something newer), `None` if the store failed.
+fn apply_local(store: &Store, key: &[u8], value: Option<&[u8]>, version: Ver) -> Option<bool> {
+    let was_live = store.contains_key(key);
+    store.apply(key, value, version.into()).ok()?;
+    Some(was_live)
+}
+
+fn read_local(store: &Store, key: &[u8]) -> Option<Stamped> {
+    store.get_versioned(key).map(|v| Stamped {
+        version: v.version.into(),
+        value: v.value,
+    })
+}
+
+fn list_local(store: &Store, prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Page {
+    let mut page = store.scan_page_versioned(prefix, after, limit as usize + 1);
+    let full = page.len() > limit as usize;
+    page.truncate(limit as usize);
+    let entries = page
+        .into_iter()
+        .map(|(k, v)| {
+            let s = Stamped {
+                version: v.version.into(),
+                value: v.value,
+            };
+            (k, s)
+        })
+        .collect();
+    (entries, full)
+}
+
+/// Merges the nodes' pages: every key once, its newest state, tombstones
+/// hidden. A node whose page was full may hold keys beyond its last one,
+/// so the merged page stops at the smallest such last key.
+fn merge_pages(pages: Vec<Page>, limit: u32) -> ClientReply {
+    let cut: Option<Vec<u8>> = pages
+        .iter()
+        .filter(|(_, full)| *full)
+        .filter_map(|(e, _)| e.last().map(|(k, _)| k.clone()))
+        .min();
+    let mut newest: BTreeMap<Vec<u8>, Stamped> = BTreeMap::new();
+    for (entries, _) in pages {
+        for (k, s) in entries {
+            if cut.as_ref().is_some_and(|c| &k > c) {
+                continue;
+            }
+            match newest.get(&k) {
+                Some(cur) if cur.version >= s.version => {}
+                _ => {
+                    newest.insert(k, s);
+                }
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    let mut last_seen = None;
+    for (k, s) in newest {
+        if keys.len() == limit as usize {
+            break;
+        }
+        last_seen = Some(k.clone());
+        if s.value.is_some() {
+            keys.push(k);
+        }
+    }
+    let more = cut.is_some() || keys.len() == limit as usize;
+    ClientReply::Keys {
+        keys,
+        next: if more { last_seen } else { None },
+    }
+}

@@ -1,0 +1,594 @@
+//! A deterministic simulator: several [`Node`]s with real in-memory
+//! [`Store`]s, wired by a simulated network and clock that a seeded
+//! generator drives. The network delays, reorders, duplicates and drops
+//! messages and partitions nodes; nodes crash (losing everything but their
+//! store and persisted state) and restart. A client workload records every
+//! acknowledged write and every read, and the run is checked against
+//! DESIGN.md's invariants:
+//!
+//! 1. an acknowledged write is never lost (checked at the end, after
+//!    healing: a quorum read of every key sees its newest acknowledged write
+//!    or a newer one);
+//! 2. a quorum read that starts after a write was acknowledged sees that
+//!    write or a newer one;
+//! 5. the same seed replays the same run (the trace hash).
+//!
+//! ```
+//! use kv_replication::sim::{run, SimConfig};
+//! let report = run(7, &SimConfig::default());
+//! assert!(report.violations.is_empty(), "{:?}", report.violations);
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use kv_storage::{Options, Store};
+
+use crate::msg::{ClientOp, ClientReply, PeerMsg, Ver};
+use crate::node::{Config, Node, Output, Persisted};
+
+/// What a simulated run does.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Replication factor N.
+    pub replicas: usize,
+    /// Write quorum (None: majority).
+    pub write_quorum: Option<usize>,
+    /// Read quorum (None: majority).
+    pub read_quorum: Option<usize>,
+    /// Client operations to issue.
+    pub ops: usize,
+    /// Distinct keys.
+    pub keys: usize,
+    /// Chance that a message is dropped, per million.
+    pub drop_ppm: u64,
+    /// Chance that a message is delivered twice, per million.
+    pub dup_ppm: u64,
+    /// Largest message delay in ms (delays are uniform in 1..=this).
+    pub max_delay: u64,
+    /// Whether to partition the network now and then.
+    pub partitions: bool,
+    /// Whether to crash and restart nodes now and then.
+    pub crashes: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 5,
+            replicas: 3,
+            write_quorum: None,
+            read_quorum: None,
+            ops: 400,
+            keys: 8,
+            drop_ppm: 20_000,
+            dup_ppm: 20_000,
+            max_delay: 30,
+            partitions: true,
+            crashes: true,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Writes acknowledged by a quorum.
+    pub acked_writes: usize,
+    /// Reads that reached their quorum.
+    pub reads: usize,
+    /// Operations that failed for lack of a quorum.
+    pub unavailable: usize,
+    /// Invariant violations, described.
+    pub violations: Vec<String>,
+    /// Hash of everything the nodes output, in order: equal seeds, equal hashes.
+    pub trace: u64,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, ppm: u64) -> bool {
+        self.below(1_000_000) < ppm
+    }
+}
+
+struct SimNode {
+    id: String,
+    node: Option<Node>,
+    store: Store,
+    saved: Option<Persisted>,
+    down_until: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Write { key: usize, value: Option<Vec<u8>> },
+    Read { key: usize },
+}
+
+#[derive(Clone, Debug)]
+struct Done {
+    key: usize,
+    start: u64,
+    end: u64,
+    /// The write's version, or the version a read saw (None: nothing).
+    version: Option<Ver>,
+    value: Option<Vec<u8>>,
+    write: bool,
+}
+
+struct Message {
+    from: usize,
+    to: usize,
+    msg: PeerMsg,
+}
+
+/// The simulation state.
+struct Sim {
+    rng: Rng,
+    now: u64,
+    cfg: SimConfig,
+    nodes: Vec<SimNode>,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    in_flight: BTreeMap<usize, Message>,
+    seq: u64,
+    /// Blocked directed links.
+    cut: Vec<Vec<bool>>,
+    heal_at: u64,
+    clients: BTreeMap<(usize, u64), (Kind, u64)>,
+    next_client: u64,
+    done: Vec<Done>,
+    /// Every value a client asked to write, with its key (values are unique).
+    written: BTreeMap<Vec<u8>, usize>,
+    report: Report,
+}
+
+const TICK: u64 = 10;
+
+fn key_name(k: usize) -> Vec<u8> {
+    format!("key{k}").into_bytes()
+}
+
+impl Sim {
+    fn new(seed: u64, cfg: &SimConfig) -> Sim {
+        let nodes = (0..cfg.nodes)
+            .map(|i| SimNode {
+                id: format!("n{i}:7000"),
+                node: None,
+                store: Store::open(Options::in_memory())
+                    .unwrap_or_else(|e| panic!("in-memory store: {e}")),
+                saved: None,
+                down_until: 0,
+            })
+            .collect();
+        Sim {
+            rng: Rng(seed),
+            now: 1_000_000,
+            cfg: cfg.clone(),
+            nodes,
+            queue: BinaryHeap::new(),
+            in_flight: BTreeMap::new(),
+            seq: 0,
+            cut: vec![vec![false; cfg.nodes]; cfg.nodes],
+            heal_at: 0,
+            clients: BTreeMap::new(),
+            next_client: 1,
+            done: Vec::new(),
+            written: BTreeMap::new(),
+            report: Report::default(),
+        }
+    }
+
+    fn node_config(&self, i: usize) -> Config {
+        let mut c = Config::new(&self.nodes[i].id);
+        c.replicas = self.cfg.replicas;
+        c.write_quorum = self.cfg.write_quorum;
+        c.read_quorum = self.cfg.read_quorum;
+        c.vnodes = 16;
+        c.request_timeout = 500;
+        c.gossip_interval = 50;
+        c.suspect_after = 300;
+        c.down_after = 800;
+        c
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let seed = self.rng.next();
+        let cfg = self.node_config(i);
+        let n = &mut self.nodes[i];
+        n.node = Some(Node::new(cfg, self.now, n.saved.clone(), &n.store, seed));
+    }
+
+    fn index_of(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// Drains a node's outputs into the network, the client records and
+    /// its persisted state.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let Some(out) = self.nodes[i].node.as_mut().and_then(Node::poll_output) else {
+                return;
+            };
+            match out {
+                Output::Send { to, msg } => {
+                    let bytes = postcard::to_allocvec(&msg).unwrap_or_default();
+                    self.report.trace = mix(self.report.trace, &bytes);
+                    self.report.trace = mix(self.report.trace, to.as_bytes());
+                    if let Some(j) = self.index_of(&to) {
+                        self.transmit(i, j, msg);
+                    }
+                }
+                Output::Reply { id, reply } => {
+                    self.report.trace =
+                        mix(self.report.trace, format!("{i} {id} {reply:?}").as_bytes());
+                    self.client_reply(i, id, reply)
+                }
+                Output::Persist(p) => self.nodes[i].saved = Some(p),
+            }
+        }
+    }
+
+    fn transmit(&mut self, from: usize, to: usize, msg: PeerMsg) {
+        if self.rng.chance(self.cfg.drop_ppm) {
+            return;
+        }
+        let copies = if self.rng.chance(self.cfg.dup_ppm) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let at = self.now + 1 + self.rng.below(self.cfg.max_delay);
+            self.seq += 1;
+            let key = self.seq as usize;
+            self.in_flight.insert(
+                key,
+                Message {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+            self.queue.push(Reverse((at, self.seq, key)));
+        }
+    }
+
+    fn client_reply(&mut self, i: usize, id: u64, reply: ClientReply) {
+        let Some((kind, start)) = self.clients.remove(&(i, id)) else {
+            return;
+        };
+        match (kind, reply) {
+            (Kind::Write { key, value }, ClientReply::Written { version, .. }) => {
+                self.report.acked_writes += 1;
+                self.done.push(Done {
+                    key,
+                    start,
+                    end: self.now,
+                    version: Some(version),
+                    value,
+                    write: true,
+                });
+            }
+            (Kind::Read { key }, ClientReply::Value(state)) => {
+                self.report.reads += 1;
+                let (version, value) = match state {
+                    Some(s) => (Some(s.version), s.value),
+                    None => (None, None),
+                };
+                self.done.push(Done {
+                    key,
+                    start,
+                    end: self.now,
+                    version,
+                    value,
+                    write: false,
+                });
+            }
+            (_, ClientReply::Unavailable { .. }) => self.report.unavailable += 1,
+            (kind, reply) => self
+                .report
+                .violations
+                .push(format!("mismatched reply {reply:?} to {kind:?}")),
+        }
+    }
+
+    fn issue(&mut self, i: usize, kind: Kind) {
+        let id = self.next_client;
+        self.next_client += 1;
+        let op = match &kind {
+            Kind::Write {
+                key,
+                value: Some(v),
+            } => ClientOp::Put {
+                key: key_name(*key),
+                value: v.clone(),
+            },
+            Kind::Write { key, value: None } => ClientOp::Delete {
+                key: key_name(*key),
+            },
+            Kind::Read { key } => ClientOp::Get {
+                key: key_name(*key),
+            },
+        };
+        if let Kind::Write {
+            key,
+            value: Some(v),
+        } = &kind
+        {
+            self.written.insert(v.clone(), *key);
+        }
+        self.clients.insert((i, id), (kind, self.now));
+        let n = &mut self.nodes[i];
+        if let Some(node) = n.node.as_mut() {
+            node.handle_client(self.now, id, op, &n.store);
+        }
+        self.drain(i);
+    }
+
+    fn random_op(&mut self) -> Kind {
+        let key = self.rng.below(self.cfg.keys as u64) as usize;
+        match self.rng.below(10) {
+            0..=3 => {
+                let v = format!("v{}", self.rng.next()).into_bytes();
+                Kind::Write {
+                    key,
+                    value: Some(v),
+                }
+            }
+            4 => Kind::Write { key, value: None },
+            _ => Kind::Read { key },
+        }
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].node.is_some())
+            .collect()
+    }
+
+    /// Advances time by one millisecond.
+    fn step(&mut self, faults: bool) {
+        self.now += 1;
+        while let Some(Reverse((at, _, key))) = self.queue.peek().copied() {
+            if at > self.now {
+                break;
+            }
+            self.queue.pop();
+            let Some(m) = self.in_flight.remove(&key) else {
+                continue;
+            };
+            self.deliver(m);
+        }
+        if self.now % TICK == 0 {
+            for i in 0..self.nodes.len() {
+                let n = &mut self.nodes[i];
+                if let Some(node) = n.node.as_mut() {
+                    node.handle_tick(self.now, &n.store);
+                }
+                self.drain(i);
+            }
+        }
+        if faults {
+            self.faults();
+        }
+    }
+
+    fn deliver(&mut self, m: Message) {
+        if self.cut[m.from][m.to] {
+            return;
+        }
+        let from = self.nodes[m.from].id.clone();
+        let n = &mut self.nodes[m.to];
+        let Some(node) = n.node.as_mut() else { return };
+        node.handle_message(self.now, &from, m.msg, &n.store);
+        self.drain(m.to);
+    }
+
+    fn faults(&mut self) {
+        if self.cfg.partitions && self.heal_at == 0 && self.rng.chance(1_000) {
+            // Cut a random minority off from the rest for a while.
+            let victim = self.rng.below(self.nodes.len() as u64) as usize;
+            for j in 0..self.nodes.len() {
+                if j != victim {
+                    self.cut[victim][j] = true;
+                    self.cut[j][victim] = true;
+                }
+            }
+            self.heal_at = self.now + 200 + self.rng.below(1500);
+        }
+        if self.heal_at != 0 && self.now >= self.heal_at {
+            self.heal();
+        }
+        if self.cfg.crashes && self.rng.chance(500) {
+            let live = self.live();
+            if live.len() > 1 {
+                let i = live[self.rng.below(live.len() as u64) as usize];
+                self.nodes[i].node = None;
+                // Its clients never hear back: their outcome is unknown.
+                self.clients.retain(|(node, _), _| *node != i);
+                self.nodes[i].down_until = self.now + 100 + self.rng.below(2000);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].node.is_none()
+                && self.nodes[i].down_until <= self.now
+                && self.nodes[i].saved.is_some()
+            {
+                self.start_node(i);
+                self.drain(i);
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        for row in &mut self.cut {
+            row.iter_mut().for_each(|c| *c = false);
+        }
+        self.heal_at = 0;
+    }
+
+    fn run(&mut self) {
+        // Node 0 starts alone; the others join through it.
+        self.start_node(0);
+        self.drain(0);
+        for i in 1..self.nodes.len() {
+            self.start_node(i);
+            let seed = self.nodes[0].id.clone();
+            if let Some(n) = self.nodes[i].node.as_mut() {
+                n.join(self.now, &seed);
+            }
+            self.drain(i);
+        }
+        for _ in 0..2000 {
+            self.step(false);
+        }
+        if std::env::var_os("KV_SIM_DEBUG").is_some() {
+            for n in &self.nodes {
+                if let Some(node) = &n.node {
+                    let view: Vec<String> = node
+                        .view(self.now)
+                        .iter()
+                        .map(|m| format!("{}={:?}", m.id, m.state))
+                        .collect();
+                    eprintln!("{} sees {}", n.id, view.join(" "));
+                }
+            }
+        }
+        let mut issued = 0;
+        while issued < self.cfg.ops {
+            self.step(true);
+            if self.rng.chance(150_000) {
+                let live = self.live();
+                if let Some(&i) = live.get(self.rng.below(live.len() as u64) as usize) {
+                    let kind = self.random_op();
+                    self.issue(i, kind);
+                    issued += 1;
+                }
+            }
+        }
+        // Heal everything, restart everyone, let the stragglers finish.
+        self.heal();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].node.is_none() {
+                self.start_node(i);
+                self.drain(i);
+            }
+        }
+        for _ in 0..3000 {
+            self.step(false);
+        }
+        self.check_reads();
+        self.final_reads();
+    }
+
+    /// Invariant 2, and that every value read is the one written with
+    /// its version.
+    fn check_reads(&mut self) {
+        let mut newest_acked: BTreeMap<usize, Vec<(u64, Ver)>> = BTreeMap::new();
+        for d in self.done.iter().filter(|d| d.write) {
+            if let Some(v) = d.version {
+                newest_acked.entry(d.key).or_default().push((d.end, v));
+            }
+        }
+        for r in self.done.iter().filter(|d| !d.write) {
+            let floor = newest_acked
+                .get(&r.key)
+                .into_iter()
+                .flatten()
+                .filter(|(end, _)| *end < r.start)
+                .map(|(_, v)| *v)
+                .max();
+            if let Some(w) = floor {
+                if r.version.is_none_or(|v| v < w) {
+                    self.report.violations.push(format!(
+                        "stale read of key{} at {}: saw {:?}, but {:?} was acknowledged before the read began",
+                        r.key, r.start, r.version, w
+                    ));
+                }
+            }
+            if let Some(v) = &r.value {
+                if self.written.get(v) != Some(&r.key) {
+                    self.report.violations.push(format!(
+                        "read of key{} returned {:?}, which no client wrote to it",
+                        r.key,
+                        String::from_utf8_lossy(v)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Invariant 1: after healing, a quorum read of every key returns at
+    /// least its newest acknowledged write. Like a real client, each read
+    /// is retried a few times if a dropped message cost it its quorum.
+    fn final_reads(&mut self) {
+        let mut pending: Vec<usize> = (0..self.cfg.keys).collect();
+        let mut finals = Vec::new();
+        for _attempt in 0..5 {
+            self.clients.clear();
+            let start = self.done.len();
+            for &key in &pending {
+                let i = key % self.nodes.len();
+                self.issue(i, Kind::Read { key });
+            }
+            for _ in 0..2000 {
+                self.step(false);
+                if self.clients.is_empty() {
+                    break;
+                }
+            }
+            let got: Vec<Done> = self.done[start..].to_vec();
+            pending.retain(|k| !got.iter().any(|d| d.key == *k));
+            finals.extend(got);
+            if pending.is_empty() {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            self.report.violations.push(format!(
+                "final reads of keys {pending:?} failed five times after healing"
+            ));
+        }
+        for r in finals {
+            let newest = self
+                .done
+                .iter()
+                .filter(|d| d.write && d.key == r.key)
+                .filter_map(|d| d.version)
+                .max();
+            if let Some(w) = newest {
+                if r.version.is_none_or(|v| v < w) {
+                    self.report.violations.push(format!(
+                        "acknowledged write {w:?} of key{} lost: final read saw {:?}",
+                        r.key, r.version
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn mix(h: u64, bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(bytes, h)
+}
+
+/// Runs one simulation from `seed`.
+pub fn run(seed: u64, cfg: &SimConfig) -> Report {
+    let mut sim = Sim::new(seed, cfg);
+    sim.run();
+    sim.report
+}
