@@ -125,6 +125,35 @@ pub enum Request {
     },
     /// The cluster view as text.
     Cluster,
+    /// First frame of a connection from another node: who it is, and proof
+    /// that it knows the cluster secret (see [`peer_proof`]).
+    PeerHello {
+        /// The sending node's id (its advertised host:port).
+        from: String,
+        /// A fresh random number.
+        nonce: u64,
+        /// `peer_proof(secret, nonce, "dialer")`.
+        proof: u64,
+    },
+    /// A message between nodes (encoded by the replication layer). Not
+    /// answered.
+    Peer {
+        /// The encoded message.
+        payload: Vec<u8>,
+    },
+}
+
+/// Proof of knowing the cluster secret, bound to a nonce and a role, so
+/// that neither side sends the secret itself. xxh3 is fast, not a
+/// cryptographic MAC: the secret keeps misconfigured or foreign nodes out
+/// of a cluster; it does not protect against an attacker on the network.
+pub fn peer_proof(secret: &str, nonce: u64, role: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(secret.len() + role.len() + 9);
+    bytes.extend_from_slice(role.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&nonce.to_le_bytes());
+    bytes.extend_from_slice(secret.as_bytes());
+    xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, nonce)
 }
 
 /// What went wrong, for a program to act on; the message is for people.
@@ -188,6 +217,14 @@ pub enum Response {
         kind: ErrorKind,
         /// What happened, for people.
         message: String,
+    },
+    /// Reply to PeerHello: the answering node and its own proof
+    /// (`peer_proof(secret, nonce, "listener")`).
+    PeerWelcome {
+        /// The answering node's id.
+        id: String,
+        /// Its proof.
+        proof: u64,
     },
 }
 

@@ -29,6 +29,9 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Cluster),
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Join { addr }),
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Leave { addr }),
+        ("[a-z0-9.:]{0,21}", any::<u64>(), any::<u64>())
+            .prop_map(|(from, nonce, proof)| Request::PeerHello { from, nonce, proof }),
+        bytes(64).prop_map(|payload| Request::Peer { payload }),
     ]
 }
 
@@ -59,6 +62,8 @@ fn response() -> impl Strategy<Value = Response> {
             .prop_map(|(keys, next)| Response::Keys { keys, next }),
         ".{0,40}".prop_map(|text| Response::Text { text }),
         (kind(), ".{0,40}").prop_map(|(kind, message)| Response::Error { kind, message }),
+        ("[a-z0-9.:]{0,21}", any::<u64>())
+            .prop_map(|(id, proof)| Response::PeerWelcome { id, proof }),
     ]
 }
 

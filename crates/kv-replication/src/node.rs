@@ -30,6 +30,9 @@ pub struct Config {
     pub suspect_after: u64,
     /// Silence after which a member is down.
     pub down_after: u64,
+    /// Number stamped into versions (`None`: derived from `id`). Must
+    /// differ between nodes.
+    pub number: Option<u32>,
 }
 
 impl Config {
@@ -46,6 +49,7 @@ impl Config {
             gossip_interval: 200,
             suspect_after: 1000,
             down_after: 3000,
+            number: None,
         }
     }
 }
@@ -150,7 +154,7 @@ impl Node {
         }
         let ring = Ring::with_nodes(cfg.vnodes, members.ring_members());
         let mut n = Node {
-            number: node_number(&cfg.id),
+            number: cfg.number.unwrap_or_else(|| node_number(&cfg.id)),
             cfg,
             members,
             ring,

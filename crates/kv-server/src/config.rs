@@ -68,6 +68,43 @@ pub struct Config {
     /// writes fail with an out-of-memory error; reads go on.
     #[arg(long, default_value = "0", value_parser = parse_bytes)]
     pub maxmemory: u64,
+
+    /// Join the cluster of the node at host:port at start (repeat for
+    /// several seeds; any member will do).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Vec<String>,
+
+    /// The host:port other nodes and clients reach this node at (default:
+    /// the listening address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+
+    /// Number stamped into the versions of writes this node coordinates
+    /// (default: derived from the advertised address). Must differ between
+    /// nodes.
+    #[arg(long)]
+    pub node_id: Option<u32>,
+
+    /// Copies of each key in a cluster, N (capped by the number of nodes).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+
+    /// Replicas that must acknowledge a write, W (default: a majority of N).
+    #[arg(long)]
+    pub write_quorum: Option<usize>,
+
+    /// Replicas that must answer a read, R (default: a majority of N).
+    /// Keep R + W > N for reads that always see the last write.
+    #[arg(long)]
+    pub read_quorum: Option<usize>,
+
+    /// Shared secret of the cluster's nodes: peers must prove they know it.
+    #[arg(long, value_name = "SECRET")]
+    pub cluster_secret: Option<String>,
+
+    /// How long a request waits for its quorum, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub request_timeout_ms: u64,
 }
 
 impl Config {

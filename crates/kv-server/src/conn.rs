@@ -1,13 +1,18 @@
 //! One client connection: buffers, protocol detection, request processing,
+//! replies kept in request order (some are answered later by the cluster),
 //! back-pressure. Knows nothing of mio beyond the stream it reads and
 //! writes.
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 
 use kv_proto::native::{self, ErrorKind, ProtoError, Request, Response};
 use kv_proto::resp::{self, Limits};
+use kv_replication::{ClientOp, PeerMsg};
 
+use crate::cluster::{NativeKind, ReplyTo, Route, ToCluster};
 use crate::native_cmd;
 use crate::resp_cmd::{self, After, Session};
 use crate::state::Shared;
@@ -17,7 +22,8 @@ const READ_CHUNK: usize = 16 << 10;
 /// Above this many unsent reply bytes, the connection stops reading and
 /// processing until the client catches up.
 pub const HIGH_WATER: usize = 1 << 20;
-
+/// Most requests of one connection waiting for the cluster at once.
+const MAX_IN_FLIGHT: usize = 1024;
 /// Most bytes read and thrown away after a connection was told it is
 /// being closed; then it is closed outright.
 const DISCARD_LIMIT: usize = 4 << 20;
@@ -43,15 +49,74 @@ enum Proto {
     Native,
 }
 
+/// Replies in request order: those ready go straight to the write buffer
+/// unless an earlier one is still awaited from the cluster.
+#[derive(Default)]
+struct Outbox {
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// Replies queued behind one still awaited: (sequence, bytes if ready).
+    slots: VecDeque<(u64, Option<Vec<u8>>)>,
+    next_seq: u64,
+}
+
+impl Outbox {
+    fn pending(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Where to write a reply available now.
+    fn now(&mut self) -> &mut Vec<u8> {
+        if self.slots.is_empty() {
+            return &mut self.wbuf;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.slots.push_back((seq, Some(Vec::new())));
+        match self.slots.back_mut() {
+            Some((_, Some(v))) => v,
+            _ => &mut self.wbuf,
+        }
+    }
+
+    /// Keeps a place for a reply that comes later; returns its sequence.
+    fn later(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.slots.push_back((seq, None));
+        seq
+    }
+
+    /// Fills the place `seq` and moves every ready reply at the front to
+    /// the write buffer.
+    fn complete(&mut self, seq: u64, bytes: Vec<u8>) {
+        if let Some(slot) = self.slots.iter_mut().find(|(s, _)| *s == seq) {
+            slot.1 = Some(bytes);
+        }
+        while let Some((_, Some(_))) = self.slots.front() {
+            if let Some((_, Some(b))) = self.slots.pop_front() {
+                self.wbuf.extend_from_slice(&b);
+            }
+        }
+    }
+
+    fn awaiting(&self) -> usize {
+        self.slots.len()
+    }
+}
+
 /// A client connection's state.
 pub struct Conn<S> {
     /// The socket.
     pub stream: S,
+    /// Where cluster replies for this connection are sent.
+    route: Route,
     rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
-    wpos: usize,
+    out: Outbox,
     proto: Proto,
     session: Session,
+    /// The node at the other end, once it proved it is a peer.
+    peer: Option<String>,
     /// Finish sending what is buffered, then close.
     closing: bool,
     /// The client closed its side (no more requests will come).
@@ -63,15 +128,18 @@ pub struct Conn<S> {
 }
 
 impl<S: Read + Write + HalfClose> Conn<S> {
-    /// A new connection; `authenticated` is false when a password is required.
-    pub fn new(stream: S, authenticated: bool) -> Self {
+    /// A new connection; `authenticated` is false when a password is
+    /// required. `route` says where cluster replies must be sent (its
+    /// `seq` is ignored).
+    pub fn new(stream: S, authenticated: bool, route: Route) -> Self {
         Conn {
             stream,
+            route,
             rbuf: Vec::new(),
-            wbuf: Vec::new(),
-            wpos: 0,
+            out: Outbox::default(),
             proto: Proto::Unknown,
             session: Session { authenticated },
+            peer: None,
             closing: false,
             peer_closed: false,
             lingering: false,
@@ -79,18 +147,22 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         }
     }
 
-    fn pending_out(&self) -> usize {
-        self.wbuf.len() - self.wpos
+    /// This connection's unique id.
+    pub fn id(&self) -> u64 {
+        self.route.conn
     }
 
     /// Whether the loop should watch for readability.
     pub fn wants_read(&self) -> bool {
-        !self.closing && !self.peer_closed && self.pending_out() < HIGH_WATER
+        !self.closing
+            && !self.peer_closed
+            && self.out.pending() < HIGH_WATER
+            && self.out.awaiting() < MAX_IN_FLIGHT
     }
 
     /// Whether the loop should watch for writability.
     pub fn wants_write(&self) -> bool {
-        self.pending_out() > 0
+        self.out.pending() > 0
     }
 
     /// Whether requests (or parts of one) are buffered.
@@ -100,17 +172,28 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Whether the connection has nothing left to do and can be dropped.
     pub fn is_done(&self) -> bool {
-        if self.pending_out() > 0 {
+        if self.out.pending() > 0 {
             return false;
         }
-        self.peer_closed || (self.closing && (!self.lingering || self.discarded > DISCARD_LIMIT))
+        if self.peer_closed {
+            return true;
+        }
+        self.closing
+            && self.out.awaiting() == 0
+            && (!self.lingering || self.discarded > DISCARD_LIMIT)
+    }
+
+    /// A reply from the cluster for request `seq`.
+    pub fn complete(&mut self, seq: u64, bytes: Vec<u8>) {
+        self.out.complete(seq, bytes);
     }
 
     /// Once the last reply of a closing connection is sent: shut our side
     /// and keep reading (and discarding) until the client closes, so that
     /// it sees the reply rather than a connection reset.
     fn linger(&mut self) {
-        if self.closing && !self.lingering && !self.peer_closed && self.pending_out() == 0 {
+        let idle = self.out.pending() == 0 && self.out.awaiting() == 0;
+        if self.closing && !self.lingering && !self.peer_closed && idle {
             self.lingering = self.stream.shutdown_write().is_ok();
         }
     }
@@ -183,38 +266,19 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// under the high-water mark.
     pub fn process(&mut self, shared: &Shared) {
         let mut used = 0;
-        while !self.closing && self.pending_out() < HIGH_WATER && used < self.rbuf.len() {
-            let input = &self.rbuf[used..];
+        while self.wants_read_or_closing_input() && used < self.rbuf.len() {
             let step = match self.proto {
                 Proto::Unknown => {
-                    self.proto = if input[0] == native::MAGIC[0] {
+                    self.proto = if self.rbuf[used] == native::MAGIC[0] {
                         Proto::NativeAwaitingPreamble
                     } else {
                         Proto::Resp
                     };
                     Some(0)
                 }
-                Proto::Resp => resp_step(
-                    shared,
-                    &mut self.session,
-                    input,
-                    &mut self.wbuf,
-                    &mut self.closing,
-                ),
-                Proto::NativeAwaitingPreamble => {
-                    let (step, ok) = preamble_step(input, &mut self.wbuf, &mut self.closing);
-                    if ok {
-                        self.proto = Proto::Native;
-                    }
-                    step
-                }
-                Proto::Native => native_step(
-                    shared,
-                    &mut self.session,
-                    input,
-                    &mut self.wbuf,
-                    &mut self.closing,
-                ),
+                Proto::Resp => self.resp_step(shared, used),
+                Proto::NativeAwaitingPreamble => self.preamble_step(used),
+                Proto::Native => self.native_step(shared, used),
             };
             match step {
                 Some(n) => used += n,
@@ -227,114 +291,299 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         }
     }
 
+    /// Whether more buffered requests may be taken now.
+    fn wants_read_or_closing_input(&self) -> bool {
+        !self.closing && self.out.pending() < HIGH_WATER && self.out.awaiting() < MAX_IN_FLIGHT
+    }
+
     /// Writes buffered replies until done or the socket would block.
     pub fn flush(&mut self) -> io::Result<()> {
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
+        let o = &mut self.out;
+        while o.wpos < o.wbuf.len() {
+            match self.stream.write(&o.wbuf[o.wpos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wpos += n,
+                Ok(n) => o.wpos += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-            if self.wbuf.capacity() > 4 * HIGH_WATER {
-                self.wbuf.shrink_to(HIGH_WATER);
+        if o.wpos == o.wbuf.len() {
+            o.wbuf.clear();
+            o.wpos = 0;
+            if o.wbuf.capacity() > 4 * HIGH_WATER {
+                o.wbuf.shrink_to(HIGH_WATER);
             }
             self.linger();
-        } else if self.wpos > HIGH_WATER {
-            self.wbuf.drain(..self.wpos);
-            self.wpos = 0;
+        } else if o.wpos > HIGH_WATER {
+            o.wbuf.drain(..o.wpos);
+            o.wpos = 0;
         }
         Ok(())
     }
-}
 
-fn protocol_error(shared: &Shared) {
-    shared
-        .counters
-        .protocol_errors
-        .fetch_add(1, Ordering::Relaxed);
-}
+    fn protocol_error(&mut self, shared: &Shared) {
+        shared
+            .counters
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.closing = true;
+    }
 
-/// One RESP command: `Some(bytes used)`, or `None` if incomplete.
-fn resp_step(
-    shared: &Shared,
-    session: &mut Session,
-    input: &[u8],
-    out: &mut Vec<u8>,
-    closing: &mut bool,
-) -> Option<usize> {
-    let limits = Limits {
-        max_bulk: shared.config.max_request_bytes(),
-        ..Limits::default()
-    };
-    match resp::parse_command(input, &limits) {
-        Ok(None) => None,
-        Ok(Some((args, used))) => {
-            if resp_cmd::execute(shared, session, &args, out) == After::Close {
-                *closing = true;
+    /// Hands a client operation to the cluster; its reply comes later.
+    fn forward(&mut self, shared: &Shared, op: ClientOp, reply: ReplyTo) {
+        let Some(cluster) = shared.cluster.get() else {
+            return;
+        };
+        shared.count_command();
+        let seq = self.out.later();
+        let route = Route { seq, ..self.route };
+        cluster.send(ToCluster::Client { route, op, reply });
+    }
+
+    /// One RESP command at `rbuf[at..]`: `Some(bytes used)`, or `None` if
+    /// incomplete or fatal.
+    fn resp_step(&mut self, shared: &Shared, at: usize) -> Option<usize> {
+        let limits = Limits {
+            max_bulk: shared.config.max_request_bytes(),
+            ..Limits::default()
+        };
+        let rbuf = std::mem::take(&mut self.rbuf);
+        let result = match resp::parse_command(&rbuf[at..], &limits) {
+            Ok(None) => None,
+            Ok(Some((args, used))) => {
+                self.resp_command(shared, &args);
+                Some(used)
             }
-            Some(used)
+            Err(e) => {
+                resp_cmd::error(self.out.now(), &format!("ERR {e}"));
+                self.protocol_error(shared);
+                None
+            }
+        };
+        self.rbuf = rbuf;
+        result
+    }
+
+    fn resp_command(&mut self, shared: &Shared, args: &[Cow<'_, [u8]>]) {
+        let clustered = shared.cluster.get().is_some_and(|c| c.is_clustered());
+        if clustered && self.session.authenticated {
+            if let Some((op, reply)) = resp_cluster_op(shared, args, self.out.now()) {
+                return self.forward(shared, op, reply);
+            }
+            if resp_refused_in_cluster(args, self.out.now()) {
+                return;
+            }
         }
-        Err(e) => {
-            protocol_error(shared);
-            resp_cmd::error(out, &format!("ERR {e}"));
-            *closing = true;
-            None
+        if resp_cmd::execute(shared, &mut self.session, args, self.out.now()) == After::Close {
+            self.closing = true;
+        }
+    }
+
+    /// The native preamble.
+    fn preamble_step(&mut self, at: usize) -> Option<usize> {
+        match native::check_preamble(&self.rbuf[at..]) {
+            Ok(None) => None,
+            Ok(Some(_)) => {
+                self.out.now().extend_from_slice(&native::preamble());
+                self.proto = Proto::Native;
+                Some(native::PREAMBLE_LEN)
+            }
+            Err(e) => {
+                let out = self.out.now();
+                out.extend_from_slice(&native::preamble());
+                let kind = match e {
+                    ProtoError::UnsupportedVersion { .. } => ErrorKind::Unsupported,
+                    _ => ErrorKind::Malformed,
+                };
+                native::encode_frame(out, 0, &Response::error(kind, e.to_string()));
+                self.closing = true;
+                None
+            }
+        }
+    }
+
+    /// One native request frame.
+    fn native_step(&mut self, shared: &Shared, at: usize) -> Option<usize> {
+        let decoded =
+            native::decode_frame::<Request>(&self.rbuf[at..], shared.config.max_request_bytes());
+        match decoded {
+            Ok(None) => None,
+            Ok(Some((frame, used))) => {
+                self.native_request(shared, frame.id, frame.body);
+                Some(used)
+            }
+            Err(e) => {
+                let kind = match e {
+                    ProtoError::FrameTooLarge { .. } => ErrorKind::TooLarge,
+                    _ => ErrorKind::Malformed,
+                };
+                let msg = format!("{e}; closing the connection");
+                native::encode_frame(self.out.now(), 0, &Response::error(kind, msg));
+                self.protocol_error(shared);
+                None
+            }
+        }
+    }
+
+    fn native_request(&mut self, shared: &Shared, id: u64, req: Request) {
+        match req {
+            Request::PeerHello { from, nonce, proof } => {
+                self.peer_hello(shared, id, from, nonce, proof)
+            }
+            Request::Peer { payload } => self.peer_message(shared, &payload),
+            req => {
+                let clustered = shared.cluster.get().is_some_and(|c| c.is_clustered());
+                if clustered && self.session.authenticated {
+                    match native_cluster_op(shared, id, &req) {
+                        Some(Ok((op, reply))) => return self.forward(shared, op, reply),
+                        Some(Err(refusal)) => {
+                            return native::encode_frame(self.out.now(), id, &refusal)
+                        }
+                        None => {}
+                    }
+                }
+                let reply = native_cmd::execute(shared, &mut self.session, req);
+                native::encode_frame(self.out.now(), id, &reply);
+            }
+        }
+    }
+
+    fn peer_hello(&mut self, shared: &Shared, id: u64, from: String, nonce: u64, proof: u64) {
+        let secret = shared.config.cluster_secret.as_deref().unwrap_or_default();
+        if proof != native::peer_proof(secret, nonce, "dialer") {
+            eprintln!("kv-server: refused peer {from}: wrong cluster secret");
+            let r = Response::error(ErrorKind::AuthFailed, "wrong cluster secret");
+            native::encode_frame(self.out.now(), id, &r);
+            self.closing = true;
+            return;
+        }
+        let me = shared
+            .cluster
+            .get()
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        let welcome = Response::PeerWelcome {
+            id: me,
+            proof: native::peer_proof(secret, nonce, "listener"),
+        };
+        native::encode_frame(self.out.now(), id, &welcome);
+        self.peer = Some(from);
+    }
+
+    fn peer_message(&mut self, shared: &Shared, payload: &[u8]) {
+        let (Some(from), Some(cluster)) = (self.peer.clone(), shared.cluster.get()) else {
+            let r = Response::error(
+                ErrorKind::AuthRequired,
+                "peer messages need a PeerHello first",
+            );
+            native::encode_frame(self.out.now(), 0, &r);
+            return self.protocol_error(shared);
+        };
+        match postcard::from_bytes::<PeerMsg>(payload) {
+            Ok(msg) => cluster.send(ToCluster::Peer { from, msg }),
+            Err(e) => {
+                eprintln!("kv-server: malformed message from peer {from}: {e}");
+                self.protocol_error(shared);
+            }
         }
     }
 }
 
-/// The native preamble: `(Some(used) or None, accepted)`.
-fn preamble_step(input: &[u8], out: &mut Vec<u8>, closing: &mut bool) -> (Option<usize>, bool) {
-    match native::check_preamble(input) {
-        Ok(None) => (None, false),
-        Ok(Some(_)) => {
-            out.extend_from_slice(&native::preamble());
-            (Some(native::PREAMBLE_LEN), true)
-        }
-        Err(e) => {
-            out.extend_from_slice(&native::preamble());
-            let kind = match e {
-                ProtoError::UnsupportedVersion { .. } => ErrorKind::Unsupported,
-                _ => ErrorKind::Malformed,
-            };
-            native::encode_frame(out, 0, &Response::error(kind, e.to_string()));
-            *closing = true;
-            (None, false)
-        }
-    }
-}
-
-/// One native request frame.
-fn native_step(
+/// The cluster operation for a RESP data command, if it is one the
+/// cluster coordinates; size and memory refusals are written to `out`.
+fn resp_cluster_op(
     shared: &Shared,
-    session: &mut Session,
-    input: &[u8],
+    args: &[Cow<'_, [u8]>],
     out: &mut Vec<u8>,
-    closing: &mut bool,
-) -> Option<usize> {
-    match native::decode_frame::<Request>(input, shared.config.max_request_bytes()) {
-        Ok(None) => None,
-        Ok(Some((frame, used))) => {
-            let reply = native_cmd::execute(shared, session, frame.body);
-            native::encode_frame(out, frame.id, &reply);
-            Some(used)
+) -> Option<(ClientOp, ReplyTo)> {
+    let name = args.first()?.to_ascii_lowercase();
+    match (name.as_slice(), &args[1..]) {
+        (b"get", [k]) => Some((ClientOp::Get { key: k.to_vec() }, ReplyTo::RespGet)),
+        (b"set", [k, v]) => {
+            if resp_cmd::refuse_write(shared, k, Some(v), out) {
+                return None;
+            }
+            Some((
+                ClientOp::Put {
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                },
+                ReplyTo::RespSet,
+            ))
         }
-        Err(e) => {
-            protocol_error(shared);
-            let kind = match e {
-                ProtoError::FrameTooLarge { .. } => ErrorKind::TooLarge,
-                _ => ErrorKind::Malformed,
-            };
-            let msg = format!("{e}; closing the connection");
-            native::encode_frame(out, 0, &Response::error(kind, msg));
-            *closing = true;
-            None
-        }
+        (b"del" | b"unlink", [k]) => Some((ClientOp::Delete { key: k.to_vec() }, ReplyTo::RespDel)),
+        _ => None,
     }
+}
+
+/// Commands whose local answer would be wrong in a cluster: refused with a
+/// clear error (written to `out`). Returns whether it refused.
+fn resp_refused_in_cluster(args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> bool {
+    let Some(name) = args
+        .first()
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+    else {
+        return false;
+    };
+    let refused = matches!(
+        name.as_str(),
+        "mget"
+            | "mset"
+            | "del"
+            | "unlink"
+            | "exists"
+            | "keys"
+            | "scan"
+            | "dbsize"
+            | "flushall"
+            | "flushdb"
+    );
+    if refused {
+        resp_cmd::error(
+            out,
+            &format!("ERR '{name}' with these arguments is not supported on a cluster yet; use GET, SET, DEL key (or LIST from kv-client)"),
+        );
+    }
+    refused
+}
+
+/// The cluster operation for a native data request (`None` for requests
+/// answered locally), or the refusal to send now.
+fn native_cluster_op(
+    shared: &Shared,
+    id: u64,
+    req: &Request,
+) -> Option<Result<(ClientOp, ReplyTo), Response>> {
+    let native = |kind| ReplyTo::Native(id, kind);
+    Some(match req {
+        Request::Get { key } => Ok((ClientOp::Get { key: key.clone() }, native(NativeKind::Get))),
+        Request::Put { key, value } => match native_cmd::refuse_write(shared, key, value) {
+            Some(refusal) => Err(refusal),
+            None => Ok((
+                ClientOp::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                native(NativeKind::Put),
+            )),
+        },
+        Request::Delete { key } => Ok((
+            ClientOp::Delete { key: key.clone() },
+            native(NativeKind::Delete),
+        )),
+        Request::List {
+            prefix,
+            after,
+            limit,
+        } => {
+            let op = ClientOp::List {
+                prefix: prefix.clone(),
+                after: after.clone(),
+                limit: (*limit).clamp(1, native_cmd::MAX_LIST_PAGE),
+            };
+            Ok((op, native(NativeKind::List)))
+        }
+        _ => return None,
+    })
 }

@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod glob;

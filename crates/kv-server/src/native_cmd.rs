@@ -2,6 +2,7 @@
 
 use kv_proto::native::{ErrorKind, Request, Response};
 
+use crate::cluster::ToCluster;
 use crate::resp_cmd::Session;
 use crate::state::Shared;
 
@@ -36,29 +37,55 @@ pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
         Request::Info => Response::Text {
             text: shared.info(""),
         },
-        Request::Join { .. } | Request::Leave { .. } | Request::Cluster => Response::error(
-            ErrorKind::Unsupported,
-            "this node runs stand-alone: cluster membership (JOIN, LEAVE, CLUSTER) is not available in this version",
+        Request::Join { addr } => cluster_command(shared, ToCluster::Invite(addr)),
+        Request::Leave { addr } => cluster_command(shared, ToCluster::Leave(addr)),
+        Request::Cluster => match shared.cluster.get() {
+            Some(c) => Response::Text {
+                text: c.view.lock().clone(),
+            },
+            None => Response::error(ErrorKind::Unsupported, "cluster support is not running"),
+        },
+        Request::PeerHello { .. } | Request::Peer { .. } => Response::error(
+            ErrorKind::Malformed,
+            "peer requests are handled by the connection",
         ),
     }
 }
 
-fn put(shared: &Shared, key: &[u8], value: &[u8]) -> Response {
+fn cluster_command(shared: &Shared, m: ToCluster) -> Response {
+    match shared.cluster.get() {
+        Some(c) => {
+            c.send(m);
+            Response::Ok
+        }
+        None => Response::error(ErrorKind::Unsupported, "cluster support is not running"),
+    }
+}
+
+/// The refusal for a write that breaks a size or memory limit, if any.
+pub fn refuse_write(shared: &Shared, key: &[u8], value: &[u8]) -> Option<Response> {
     if let Err(msg) = shared.check_sizes(key, Some(value)) {
-        return Response::error(ErrorKind::TooLarge, msg);
+        return Some(Response::error(ErrorKind::TooLarge, msg));
     }
     if shared.is_over_memory() {
         shared
             .counters
             .oom_rejections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Response::error(
+        return Some(Response::error(
             ErrorKind::OutOfMemory,
             format!(
                 "out of memory: the data exceeds --maxmemory ({} bytes); writes are refused, reads still work",
                 shared.config.maxmemory
             ),
-        );
+        ));
+    }
+    None
+}
+
+fn put(shared: &Shared, key: &[u8], value: &[u8]) -> Response {
+    if let Some(refusal) = refuse_write(shared, key, value) {
+        return refusal;
     }
     match shared.store.put(key, value) {
         Ok(_) => Response::Ok,

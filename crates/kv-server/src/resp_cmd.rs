@@ -91,6 +91,7 @@ pub fn execute(
         "command" => command(rest, out),
         "client" => client(rest, out),
         "flushall" | "flushdb" => flushall(shared, out),
+        "cluster" => cluster(shared, rest, out),
         "quit" => {
             ok(out);
             return After::Close;
@@ -129,8 +130,9 @@ fn get(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     });
 }
 
-/// Refuses a write that breaks a limit; true if refused.
-fn refuse_write(shared: &Shared, key: &[u8], value: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
+/// Refuses a write that breaks a limit (the error goes to `out`); true if
+/// refused.
+pub fn refuse_write(shared: &Shared, key: &[u8], value: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
     if let Err(msg) = shared.check_sizes(key, value) {
         error(out, &format!("ERR {msg}"));
         return true;
@@ -391,7 +393,22 @@ fn command(rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
 pub const COMMANDS: &[&str] = &[
     "get", "set", "ping", "del", "unlink", "exists", "mget", "mset", "keys", "scan", "dbsize",
     "echo", "info", "auth", "select", "config", "command", "client", "flushall", "flushdb", "quit",
+    "cluster",
 ];
+
+fn cluster(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let sub = rest
+        .first()
+        .map(|s| s.to_ascii_lowercase())
+        .unwrap_or_default();
+    let Some(c) = shared.cluster.get() else {
+        return error(out, "ERR cluster support is not running");
+    };
+    match sub.as_slice() {
+        b"nodes" | b"info" | b"" => encode_bulk(out, c.view.lock().as_bytes()),
+        _ => error(out, "ERR unknown CLUSTER subcommand (try CLUSTER NODES)"),
+    }
+}
 
 fn client(rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     match rest.first().map(|s| s.to_ascii_lowercase()).as_deref() {

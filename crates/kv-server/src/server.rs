@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use crate::cluster::{self, Route, ToWorker, WorkerMailbox};
 use crate::conn::Conn;
 use crate::state::Shared;
 
@@ -48,10 +49,9 @@ pub enum ServerError {
     Io(#[from] io::Error),
 }
 
-/// A handle for a worker loop: where to send sockets, how to wake it.
+/// A worker loop: its mailbox and thread.
 struct WorkerHandle {
-    tx: Sender<TcpStream>,
-    waker: Arc<Waker>,
+    mailbox: WorkerMailbox,
     thread: JoinHandle<()>,
 }
 
@@ -99,18 +99,33 @@ impl Server {
             .register(&mut self.listener, LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let workers = (0..self.shared.config.worker_threads())
-            .map(|i| spawn_worker(i, self.shared.clone()))
+        let loops = (0..self.shared.config.worker_threads())
+            .map(|_| WorkerLoop::new())
+            .collect::<io::Result<Vec<_>>>()?;
+        let mailboxes: Vec<WorkerMailbox> = loops.iter().map(|l| l.mailbox.clone()).collect();
+        let id = self
+            .shared
+            .config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.addr.to_string());
+        let (cluster, cluster_thread) = cluster::start(self.shared.clone(), id, mailboxes)?;
+        let _ = self.shared.cluster.set(cluster);
+        let workers = loops
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| l.spawn(i, self.shared.clone()))
             .collect::<io::Result<Vec<_>>>()?;
         self.accept_until_signal(&mut poll, &workers)?;
         drop(self.listener);
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         for w in &workers {
-            let _ = w.waker.wake();
+            let _ = w.mailbox.waker.wake();
         }
         for w in workers {
             let _ = w.thread.join();
         }
+        let _ = cluster_thread.join();
         Ok(self.shared)
     }
 
@@ -162,11 +177,7 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let w = &workers[*next % workers.len()];
         *next += 1;
-        if w.tx.send(stream).is_ok() {
-            let _ = w.waker.wake();
-        } else {
-            c.connected.fetch_sub(1, Ordering::Relaxed);
-        }
+        w.mailbox.deliver(ToWorker::NewConn(stream));
     }
 }
 
@@ -184,24 +195,44 @@ fn signal_pipe() -> io::Result<(UnixStream, Vec<signal_hook::SigId>)> {
     Ok((UnixStream::from_std(read), ids))
 }
 
-fn spawn_worker(i: usize, shared: Arc<Shared>) -> io::Result<WorkerHandle> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name(format!("kv-worker-{i}"))
-        .spawn(move || {
-            let mut w = Worker {
-                poll,
-                rx,
-                conns: Slab::new(),
-                shared,
-            };
-            if let Err(e) = w.run() {
-                eprintln!("kv-server: worker {i} failed: {e}");
-            }
-        })?;
-    Ok(WorkerHandle { tx, waker, thread })
+/// A worker loop made but not yet started.
+struct WorkerLoop {
+    poll: Poll,
+    rx: Receiver<ToWorker>,
+    mailbox: WorkerMailbox,
+}
+
+impl WorkerLoop {
+    fn new() -> io::Result<WorkerLoop> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        Ok(WorkerLoop {
+            poll,
+            rx,
+            mailbox: WorkerMailbox { tx, waker },
+        })
+    }
+
+    fn spawn(self, i: usize, shared: Arc<Shared>) -> io::Result<WorkerHandle> {
+        let mailbox = self.mailbox.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("kv-worker-{i}"))
+            .spawn(move || {
+                let mut w = Worker {
+                    index: i,
+                    poll: self.poll,
+                    rx: self.rx,
+                    conns: Slab::new(),
+                    shared,
+                    next_conn: 0,
+                };
+                if let Err(e) = w.run() {
+                    eprintln!("kv-server: worker {i} failed: {e}");
+                }
+            })?;
+        Ok(WorkerHandle { mailbox, thread })
+    }
 }
 
 /// A connection and the interest it is registered with.
@@ -211,10 +242,12 @@ struct Slot {
 }
 
 struct Worker {
+    index: usize,
     poll: Poll,
-    rx: Receiver<TcpStream>,
+    rx: Receiver<ToWorker>,
     conns: Slab<Slot>,
     shared: Arc<Shared>,
+    next_conn: u64,
 }
 
 impl Worker {
@@ -232,33 +265,63 @@ impl Worker {
                     Token(key) => self.serve(key, event.is_readable()),
                 }
             }
+            if let Some(c) = self.shared.cluster.get() {
+                c.flush();
+            }
         }
         self.drain(&mut events)
     }
 
     fn adopt_new(&mut self) -> io::Result<()> {
-        while let Ok(mut stream) = self.rx.try_recv() {
-            let entry = self.conns.vacant_entry();
-            let interest = Interest::READABLE;
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut stream, Token(entry.key()), interest)
-            {
-                self.shared
-                    .counters
-                    .connected
-                    .fetch_sub(1, Ordering::Relaxed);
-                eprintln!("kv-server: cannot register a connection: {e}");
-                continue;
+        while let Ok(m) = self.rx.try_recv() {
+            match m {
+                ToWorker::NewConn(stream) => self.adopt(stream),
+                ToWorker::Reply {
+                    token,
+                    conn,
+                    seq,
+                    bytes,
+                } => {
+                    let Some(slot) = self.conns.get_mut(token) else {
+                        continue;
+                    };
+                    if slot.conn.id() == conn {
+                        slot.conn.complete(seq, bytes);
+                        self.serve(token, false);
+                    }
+                }
             }
-            let authenticated = self.shared.config.requirepass.is_none();
-            entry.insert(Slot {
-                conn: Conn::new(stream, authenticated),
-                interest,
-            });
         }
         Ok(())
+    }
+
+    fn adopt(&mut self, mut stream: TcpStream) {
+        let entry = self.conns.vacant_entry();
+        let interest = Interest::READABLE;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(entry.key()), interest)
+        {
+            self.shared
+                .counters
+                .connected
+                .fetch_sub(1, Ordering::Relaxed);
+            eprintln!("kv-server: cannot register a connection: {e}");
+            return;
+        }
+        self.next_conn += 1;
+        let route = Route {
+            worker: self.index,
+            token: entry.key(),
+            conn: (self.index as u64) << 48 | self.next_conn,
+            seq: 0,
+        };
+        let authenticated = self.shared.config.requirepass.is_none();
+        entry.insert(Slot {
+            conn: Conn::new(stream, authenticated, route),
+            interest,
+        });
     }
 
     fn serve(&mut self, key: usize, readable: bool) {

@@ -38,6 +38,8 @@ pub struct Shared {
     pub over_memory: AtomicBool,
     /// When the server started.
     pub started: Instant,
+    /// The cluster thread's handle, once it runs.
+    pub cluster: std::sync::OnceLock<std::sync::Arc<crate::cluster::ClusterHandle>>,
 }
 
 impl Shared {
@@ -50,6 +52,7 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             over_memory: AtomicBool::new(false),
             started: Instant::now(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 

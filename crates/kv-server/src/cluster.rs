@@ -1,0 +1,668 @@
+//! The cluster thread: drives the replication state machine
+//! ([`kv_replication::Node`]) with real time, real peers and the event
+//! loops' client requests.
+//!
+//! Workers hand it client operations (with a route back to the connection)
+//! and messages that arrived from peers; it feeds them to the node, sends
+//! the node's messages over outbound peer connections it keeps (one per
+//! peer), returns replies to the workers, and saves the node's persistent
+//! state in the data directory.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kv_proto::native::{self, ErrorKind, Request, Response};
+use kv_replication::{ClientOp, ClientReply, Node, Output, PeerMsg, Persisted};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+
+use crate::state::Shared;
+
+const WAKER: Token = Token(usize::MAX);
+const TICK: Duration = Duration::from_millis(20);
+/// Most bytes queued for a peer; beyond, messages are dropped (the
+/// protocol tolerates lost messages: requests time out).
+const MAX_PEER_QUEUE: usize = 64 << 20;
+const RECONNECT_AFTER_MS: u64 = 200;
+
+/// How a reply must be encoded for the client waiting for it.
+#[derive(Clone, Copy, Debug)]
+pub enum ReplyTo {
+    /// RESP GET.
+    RespGet,
+    /// RESP SET.
+    RespSet,
+    /// RESP DEL of one key.
+    RespDel,
+    /// Native request `id` of this kind.
+    Native(u64, NativeKind),
+}
+
+/// Native requests the cluster coordinates.
+#[derive(Clone, Copy, Debug)]
+pub enum NativeKind {
+    /// Get.
+    Get,
+    /// Put.
+    Put,
+    /// Delete.
+    Delete,
+    /// List.
+    List,
+}
+
+/// Where a reply goes: worker, connection slot, connection id, sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    /// Worker index.
+    pub worker: usize,
+    /// Slab token of the connection in that worker.
+    pub token: usize,
+    /// Unique id of the connection (tokens are reused).
+    pub conn: u64,
+    /// The request's place in the connection's reply order.
+    pub seq: u64,
+}
+
+/// Work for the cluster thread.
+pub enum ToCluster {
+    /// A client operation to coordinate.
+    Client {
+        /// Where the reply goes.
+        route: Route,
+        /// The operation.
+        op: ClientOp,
+        /// How to encode the reply.
+        reply: ReplyTo,
+    },
+    /// A message from a peer.
+    Peer {
+        /// The sender.
+        from: String,
+        /// The message.
+        msg: PeerMsg,
+    },
+    /// Ask the node at this address to join our cluster.
+    Invite(String),
+    /// Decommission the node at this address.
+    Leave(String),
+}
+
+/// Work for an event loop.
+pub enum ToWorker {
+    /// A new client connection.
+    NewConn(TcpStream),
+    /// An encoded reply for a connection.
+    Reply {
+        /// The connection's slab token.
+        token: usize,
+        /// The connection's unique id.
+        conn: u64,
+        /// The request's sequence number.
+        seq: u64,
+        /// The encoded reply.
+        bytes: Vec<u8>,
+    },
+}
+
+/// A worker's mailbox.
+#[derive(Clone)]
+pub struct WorkerMailbox {
+    /// Where to send.
+    pub tx: Sender<ToWorker>,
+    /// How to wake it.
+    pub waker: Arc<Waker>,
+}
+
+impl WorkerMailbox {
+    /// Delivers a message and wakes the worker.
+    pub fn deliver(&self, m: ToWorker) {
+        if self.tx.send(m).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Delivers several messages with one wake-up.
+    pub fn deliver_all(&self, ms: Vec<ToWorker>) {
+        if ms.is_empty() {
+            return;
+        }
+        for m in ms {
+            let _ = self.tx.send(m);
+        }
+        let _ = self.waker.wake();
+    }
+}
+
+/// What workers use to reach the cluster thread.
+pub struct ClusterHandle {
+    tx: Mutex<Sender<ToCluster>>,
+    waker: Arc<Waker>,
+    /// Whether client data operations must go through the cluster (this
+    /// node has peers, or is joining some).
+    pub clustered: AtomicBool,
+    /// The cluster view, refreshed by the cluster thread.
+    pub view: Mutex<String>,
+    /// This node's id.
+    pub id: String,
+}
+
+thread_local! {
+    /// Work an event loop has collected for the cluster thread during one
+    /// pass; sent with a single wake-up by [`ClusterHandle::flush`].
+    static BATCH: std::cell::RefCell<Vec<ToCluster>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl ClusterHandle {
+    /// Queues work for the cluster thread; it is sent at the next
+    /// [`ClusterHandle::flush`] from this thread.
+    pub fn send(&self, m: ToCluster) {
+        BATCH.with_borrow_mut(|b| b.push(m));
+    }
+
+    /// Sends what this thread queued and wakes the cluster thread once.
+    pub fn flush(&self) {
+        let batch = BATCH.with_borrow_mut(std::mem::take);
+        if batch.is_empty() {
+            return;
+        }
+        let tx = self.tx.lock();
+        for m in batch {
+            let _ = tx.send(m);
+        }
+        let _ = self.waker.wake();
+    }
+
+    /// Whether data operations go through the cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.clustered.load(Ordering::Acquire)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where the node's persistent state lives (None without persistence).
+fn state_path(shared: &Shared) -> Option<PathBuf> {
+    (!shared.config.no_persistence).then(|| shared.config.data_dir.join("cluster.state"))
+}
+
+fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
+    let bytes = std::fs::read(path?).ok()?;
+    match postcard::from_bytes(&bytes) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("kv-server: ignoring unreadable cluster state: {e}");
+            None
+        }
+    }
+}
+
+fn save_state(path: &PathBuf, p: &Persisted) {
+    let Ok(bytes) = postcard::to_allocvec(p) else {
+        return;
+    };
+    let tmp = path.with_extension("tmp");
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        eprintln!(
+            "kv-server: cannot save cluster state {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// Starts the cluster thread. `id` is this node's advertised address.
+pub fn start(
+    shared: Arc<Shared>,
+    id: String,
+    workers: Vec<WorkerMailbox>,
+) -> io::Result<(Arc<ClusterHandle>, std::thread::JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    let handle = Arc::new(ClusterHandle {
+        tx: Mutex::new(tx),
+        waker,
+        clustered: AtomicBool::new(!shared.config.join.is_empty()),
+        view: Mutex::new(String::new()),
+        id: id.clone(),
+    });
+    let c = shared.config.clone();
+    let mut cfg = kv_replication::Config::new(&id);
+    cfg.replicas = c.replicas.max(1);
+    cfg.write_quorum = c.write_quorum;
+    cfg.read_quorum = c.read_quorum;
+    cfg.request_timeout = c.request_timeout_ms.max(1);
+    cfg.number = c.node_id;
+    let path = state_path(&shared);
+    let saved = load_state(path.as_ref());
+    let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
+    let mut node = Node::new(cfg, now_ms(), saved, &shared.store, seed);
+    for j in &c.join {
+        node.join(now_ms(), j);
+    }
+    let h = handle.clone();
+    let thread = std::thread::Builder::new()
+        .name("kv-cluster".into())
+        .spawn(move || {
+            let mut t = ClusterThread {
+                poll,
+                rx,
+                node,
+                shared,
+                handle: h,
+                workers,
+                routes: BTreeMap::new(),
+                next_client: 1,
+                replies: Vec::new(),
+                peers: BTreeMap::new(),
+                tokens: BTreeMap::new(),
+                next_token: 0,
+                state_path: path,
+                last_tick: 0,
+            };
+            if let Err(e) = t.run() {
+                eprintln!("kv-server: cluster thread failed: {e}");
+            }
+        })?;
+    Ok((handle, thread))
+}
+
+enum LinkState {
+    /// Connecting; preamble and hello are queued.
+    Connecting,
+    /// Waiting for the peer's preamble and welcome.
+    AwaitWelcome,
+    /// Handshake done.
+    Ready,
+}
+
+struct PeerLink {
+    stream: TcpStream,
+    token: Token,
+    state: LinkState,
+    nonce: u64,
+    out: Vec<u8>,
+    rbuf: Vec<u8>,
+}
+
+struct ClusterThread {
+    poll: Poll,
+    rx: Receiver<ToCluster>,
+    node: Node,
+    shared: Arc<Shared>,
+    handle: Arc<ClusterHandle>,
+    workers: Vec<WorkerMailbox>,
+    routes: BTreeMap<u64, (Route, ReplyTo)>,
+    next_client: u64,
+    /// Replies collected per worker during one pass.
+    replies: Vec<Vec<ToWorker>>,
+    peers: BTreeMap<String, PeerLink>,
+    tokens: BTreeMap<Token, String>,
+    next_token: usize,
+    state_path: Option<PathBuf>,
+    last_tick: u64,
+}
+
+impl ClusterThread {
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        let mut down_until: BTreeMap<String, u64> = BTreeMap::new();
+        while !self.shared.shutting_down.load(Ordering::SeqCst) {
+            match self.poll.poll(&mut events, Some(TICK)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = now_ms();
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    continue;
+                }
+                if let Some(peer) = self.tokens.get(&ev.token()).cloned() {
+                    if self.service_link(&peer).is_err() {
+                        self.drop_link(&peer);
+                        down_until.insert(peer, now + RECONNECT_AFTER_MS);
+                    }
+                }
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                self.take(now, m);
+            }
+            if now >= self.last_tick + TICK.as_millis() as u64 {
+                self.last_tick = now;
+                self.node.handle_tick(now, &self.shared.store);
+                self.publish(now);
+            }
+            self.drain_outputs(now, &mut down_until);
+            self.flush_all(now, &mut down_until);
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, now: u64, m: ToCluster) {
+        let store = &self.shared.store;
+        match m {
+            ToCluster::Client { route, op, reply } => {
+                let id = self.next_client;
+                self.next_client += 1;
+                self.routes.insert(id, (route, reply));
+                self.node.handle_client(now, id, op, store);
+            }
+            ToCluster::Peer { from, msg } => self.node.handle_message(now, &from, msg, store),
+            ToCluster::Invite(addr) => {
+                println!("kv-server: inviting {addr} to join the cluster");
+                self.node.join(now, &addr);
+            }
+            ToCluster::Leave(addr) => {
+                if self.node.leave(now, &addr) {
+                    println!("kv-server: {addr} marked as left; it leaves the ring");
+                } else {
+                    println!("kv-server: LEAVE {addr}: no such member");
+                }
+            }
+        }
+    }
+
+    fn publish(&self, now: u64) {
+        let view = self.node.view(now);
+        let clustered = view.len() > 1 || self.node.is_joining();
+        self.handle.clustered.store(clustered, Ordering::Release);
+        let (n, w, r) = self.node.quorums();
+        let mut text = format!(
+            "# cluster: {} members, N={n} W={w} R={r}, this node {}\n",
+            view.len(),
+            self.handle.id
+        );
+        for m in view {
+            let me = if m.id == self.handle.id {
+                " myself"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "{} {} ring-share={:.1}%{me}\n",
+                m.id,
+                m.state.name(),
+                m.share * 100.0
+            ));
+        }
+        *self.handle.view.lock() = text;
+    }
+
+    fn drain_outputs(&mut self, now: u64, down_until: &mut BTreeMap<String, u64>) {
+        while let Some(out) = self.node.poll_output() {
+            match out {
+                Output::Send { to, msg } => {
+                    if down_until.get(&to).is_some_and(|t| *t > now) {
+                        continue; // recently unreachable: the message is lost
+                    }
+                    if self.send_peer(&to, &msg).is_err() {
+                        self.drop_link(&to);
+                        down_until.insert(to, now + RECONNECT_AFTER_MS);
+                    }
+                }
+                Output::Reply { id, reply } => self.reply(id, reply),
+                Output::Persist(p) => {
+                    if let Some(path) = &self.state_path {
+                        save_state(path, &p);
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, id: u64, reply: ClientReply) {
+        let Some((route, to)) = self.routes.remove(&id) else {
+            return;
+        };
+        let bytes = encode_reply(to, reply);
+        if self.replies.len() < self.workers.len() {
+            self.replies.resize_with(self.workers.len(), Vec::new);
+        }
+        if let Some(batch) = self.replies.get_mut(route.worker) {
+            batch.push(ToWorker::Reply {
+                token: route.token,
+                conn: route.conn,
+                seq: route.seq,
+                bytes,
+            });
+        }
+    }
+
+    /// Hands each worker its replies and each peer link its queued bytes.
+    fn flush_all(&mut self, now: u64, down_until: &mut BTreeMap<String, u64>) {
+        for (w, batch) in self.workers.iter().zip(self.replies.iter_mut()) {
+            w.deliver_all(std::mem::take(batch));
+        }
+        let broken: Vec<String> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, l)| {
+                matches!(l.state, LinkState::Ready | LinkState::AwaitWelcome) && !l.out.is_empty()
+            })
+            .filter_map(|(id, l)| flush_link(l).err().map(|_| id.clone()))
+            .collect();
+        for peer in broken {
+            self.drop_link(&peer);
+            down_until.insert(peer, now + RECONNECT_AFTER_MS);
+        }
+    }
+
+    fn send_peer(&mut self, to: &str, msg: &PeerMsg) -> io::Result<()> {
+        if !self.peers.contains_key(to) {
+            self.connect(to)?;
+        }
+        let payload = postcard::to_allocvec(msg).map_err(|e| io::Error::other(e.to_string()))?;
+        let Some(link) = self.peers.get_mut(to) else {
+            return Ok(());
+        };
+        if link.out.len() > MAX_PEER_QUEUE {
+            return Ok(()); // drop: the peer is not keeping up
+        }
+        native::encode_frame(&mut link.out, 0, &Request::Peer { payload });
+        Ok(())
+    }
+
+    fn connect(&mut self, to: &str) -> io::Result<()> {
+        let addr = to.to_socket_addrs()?.next().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
+        })?;
+        let mut stream = TcpStream::connect(addr)?;
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let nonce =
+            now_ms().rotate_left(17) ^ self.next_token as u64 ^ u64::from(std::process::id());
+        let secret = self
+            .shared
+            .config
+            .cluster_secret
+            .clone()
+            .unwrap_or_default();
+        let mut out = native::preamble().to_vec();
+        let hello = Request::PeerHello {
+            from: self.handle.id.clone(),
+            nonce,
+            proof: native::peer_proof(&secret, nonce, "dialer"),
+        };
+        native::encode_frame(&mut out, 0, &hello);
+        self.tokens.insert(token, to.to_string());
+        self.peers.insert(
+            to.to_string(),
+            PeerLink {
+                stream,
+                token,
+                state: LinkState::Connecting,
+                nonce,
+                out,
+                rbuf: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn drop_link(&mut self, peer: &str) {
+        if let Some(mut link) = self.peers.remove(peer) {
+            let _ = self.poll.registry().deregister(&mut link.stream);
+            self.tokens.remove(&link.token);
+        }
+    }
+
+    /// Handles readiness on a link: completes the connection, reads the
+    /// welcome, writes what is queued.
+    fn service_link(&mut self, peer: &str) -> io::Result<()> {
+        let secret = self
+            .shared
+            .config
+            .cluster_secret
+            .clone()
+            .unwrap_or_default();
+        let Some(link) = self.peers.get_mut(peer) else {
+            return Ok(());
+        };
+        if let LinkState::Connecting = link.state {
+            if let Some(e) = link.stream.take_error()? {
+                return Err(e);
+            }
+            match link.stream.peer_addr() {
+                Ok(_) => link.state = LinkState::AwaitWelcome,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        flush_link(link)?;
+        read_link(link)?;
+        if let LinkState::AwaitWelcome = link.state {
+            if link.rbuf.len() >= native::PREAMBLE_LEN {
+                native::check_preamble(&link.rbuf).map_err(|e| io::Error::other(e.to_string()))?;
+                let body = &link.rbuf[native::PREAMBLE_LEN..];
+                if let Some((frame, _)) = native::decode_frame::<Response>(body, 1 << 20)
+                    .map_err(|e| io::Error::other(e.to_string()))?
+                {
+                    match frame.body {
+                        Response::PeerWelcome { proof, .. }
+                            if proof == native::peer_proof(&secret, link.nonce, "listener") =>
+                        {
+                            link.state = LinkState::Ready;
+                            link.rbuf.clear();
+                        }
+                        Response::Error { message, .. } => {
+                            eprintln!("kv-server: peer {peer} refused us: {message}");
+                            return Err(io::Error::other("refused"));
+                        }
+                        _ => {
+                            eprintln!("kv-server: peer {peer} failed the cluster-secret check; not talking to it");
+                            return Err(io::Error::other("bad proof"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn flush_link(link: &mut PeerLink) -> io::Result<()> {
+    while !link.out.is_empty() {
+        match link.stream.write(&link.out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                link.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn read_link(link: &mut PeerLink) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match link.stream.read(&mut buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => link.rbuf.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn unavailable_text(answered: usize, needed: usize, replicas: usize) -> String {
+    format!(
+        "unavailable: only {answered} of {replicas} replicas answered in time (needed {needed})"
+    )
+}
+
+/// Encodes a cluster reply for the client that waits for it.
+pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let ClientReply::Unavailable {
+        answered,
+        needed,
+        replicas,
+    } = reply
+    {
+        let text = unavailable_text(answered, needed, replicas);
+        match to {
+            ReplyTo::Native(id, _) => {
+                native::encode_frame(&mut out, id, &Response::error(ErrorKind::Unavailable, text))
+            }
+            _ => crate::resp_cmd::error(&mut out, &format!("ERR {text}")),
+        }
+        return out;
+    }
+    match (to, reply) {
+        (ReplyTo::RespGet, ClientReply::Value(Some(s))) if s.value.is_some() => {
+            kv_proto::resp::encode_bulk(&mut out, s.value.as_deref().unwrap_or_default())
+        }
+        (ReplyTo::RespGet, _) => out.extend_from_slice(b"$-1\r\n"),
+        (ReplyTo::RespSet, _) => out.extend_from_slice(b"+OK\r\n"),
+        (ReplyTo::RespDel, ClientReply::Written { existed, .. }) => {
+            kv_proto::resp::encode_integer(&mut out, i64::from(existed))
+        }
+        (ReplyTo::RespDel, _) => kv_proto::resp::encode_integer(&mut out, 0),
+        (ReplyTo::Native(id, kind), reply) => {
+            let r = match (kind, reply) {
+                (NativeKind::Get, ClientReply::Value(s)) => Response::Value {
+                    value: s.and_then(|s| s.value),
+                },
+                (NativeKind::Put, _) => Response::Ok,
+                (NativeKind::Delete, ClientReply::Written { existed, .. }) => {
+                    Response::Deleted { existed }
+                }
+                (NativeKind::List, ClientReply::Keys { keys, next }) => {
+                    Response::Keys { keys, next }
+                }
+                (_, other) => Response::error(
+                    ErrorKind::Internal,
+                    format!("unexpected cluster reply {other:?}"),
+                ),
+            };
+            native::encode_frame(&mut out, id, &r);
+        }
+    }
+    out
+}
