@@ -438,7 +438,12 @@ impl Node {
             limit,
             pages: Vec::new(),
         };
-        let op = self.new_op(now, client, nodes.len(), nodes.len(), work);
+        // Each key's replicas among the nodes that answer must overlap its
+        // last write quorum: with at most W - 1 nodes silent, at least
+        // N - W + 1 of its replicas answer, and that overlaps W.
+        let (_, w, _) = self.quorums();
+        let needed = nodes.len().saturating_sub(w - 1).max(1);
+        let op = self.new_op(now, client, needed, nodes.len(), work);
         for node in nodes {
             if node == self.cfg.id {
                 let (entries, full) = list_local(store, &prefix, after.as_deref(), limit);
