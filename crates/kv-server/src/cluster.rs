@@ -482,6 +482,8 @@ impl ClusterThread {
             io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
         })?;
         let mut stream = TcpStream::connect(addr)?;
+        // Small messages must not wait for Nagle's algorithm (40 ms stalls).
+        stream.set_nodelay(true)?;
         let token = Token(self.next_token);
         self.next_token += 1;
         self.poll.registry().register(

@@ -19,10 +19,14 @@ fn client(s: &ServerProc) -> Client {
 /// Waits until `s` sees `n` members, all alive.
 fn wait_members(s: &ServerProc, n: usize) {
     let mut c = client(s);
-    wait_for(&format!("{n} alive members seen by {}", s.addr), SETTLE, || {
-        let view = c.cluster().expect("cluster view");
-        view.contains(&format!("{n} members")) && view.matches(" alive ").count() == n
-    });
+    wait_for(
+        &format!("{n} alive members seen by {}", s.addr),
+        SETTLE,
+        || {
+            let view = c.cluster().expect("cluster view");
+            view.contains(&format!("{n} members")) && view.matches(" alive ").count() == n
+        },
+    );
 }
 
 fn start_three(extra: &[&str]) -> (ServerProc, ServerProc, ServerProc) {
@@ -116,13 +120,21 @@ fn redis_clients_work_against_any_node() {
     assert_eq!(n, 1);
     let v: Option<String> = ra.get("greeting").expect("GET via A");
     assert_eq!(v, None);
-    let view: String = redis::cmd("CLUSTER").arg("NODES").query(&mut ra).expect("CLUSTER NODES");
+    let view: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query(&mut ra)
+        .expect("CLUSTER NODES");
     for s in [&a, &b, &c] {
         assert!(view.contains(&s.addr.to_string()), "{view}");
     }
     // Commands that would give a node-local answer are refused clearly.
-    let err = redis::cmd("DBSIZE").query::<i64>(&mut ra).expect_err("refused");
-    assert!(err.to_string().contains("not supported on a cluster"), "{err}");
+    let err = redis::cmd("DBSIZE")
+        .query::<i64>(&mut ra)
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("not supported on a cluster"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -134,11 +146,16 @@ fn client_join_and_leave_change_the_membership() {
     wait_members(&a, 2);
     wait_members(&b, 2);
     ca.put(b"k", b"v").expect("put in a two-node cluster");
-    assert_eq!(client(&b).get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
+    assert_eq!(
+        client(&b).get(b"k").expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
     ca.leave(&b.addr.to_string()).expect("LEAVE");
     let mut cb = client(&b);
     wait_for("b to see itself as left", SETTLE, || {
-        cb.cluster().expect("view").contains(&format!("{} left", b.addr))
+        cb.cluster()
+            .expect("view")
+            .contains(&format!("{} left", b.addr))
     });
 }
 
@@ -148,12 +165,17 @@ fn a_wrong_cluster_secret_is_refused_and_logged() {
     let seed = a.addr.to_string();
     let b = ServerProc::start(BIN, &["--cluster-secret", "wrong", "--join", &seed]);
     wait_for("a to log the refusal", SETTLE, || {
-        a.output().iter().any(|l| l.contains("wrong cluster secret"))
+        a.output()
+            .iter()
+            .any(|l| l.contains("wrong cluster secret"))
     });
     assert!(client(&a).cluster().expect("view").contains("1 members"));
     // B, still joining, refuses client writes rather than act alone.
     match client(&b).put(b"k", b"v") {
-        Err(ClientError::Server { kind: ErrorKind::Unavailable, .. }) => {}
+        Err(ClientError::Server {
+            kind: ErrorKind::Unavailable,
+            ..
+        }) => {}
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }

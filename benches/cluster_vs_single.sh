@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# redis-benchmark against one kv-server, then against a 3-node cluster
+# (N=3, W=2, R=2) on the same machine, all on loopback.
+#
+#   bash benches/cluster_vs_single.sh [REQUESTS]
+#
+# Needs redis-benchmark (apt-get install redis-tools) and a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-100000}
+bin=$PWD/target/release/kv-server
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 100); do redis-cli -p "$1" PING >/dev/null 2>&1 && return; sleep 0.1; done; echo "port $1 did not answer" >&2; exit 1; }
+bench() {
+  for p in 1 16; do
+    redis-benchmark -p "$1" -t set,get -n "$n" -c 50 -r 100000 -d 100 -P "$p" --csv 2>/dev/null \
+      | awk -F, -v label="$2" -v p="$p" 'NR>1 {gsub(/"/,""); printf "%-8s %-4s P=%-3s %10.0f rps  p50 %s ms  p99 %s ms\n", label, $1, p, $2, $5, $7}'
+  done
+}
+
+"$bin" --port 7201 --data-dir "$work/single" >"$work/single.log" 2>&1 & pids+=($!)
+wait_port 7201
+bench 7201 single
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
+
+"$bin" --port 7211 --data-dir "$work/n1" >"$work/n1.log" 2>&1 & pids+=($!)
+wait_port 7211
+"$bin" --port 7212 --data-dir "$work/n2" --join 127.0.0.1:7211 >"$work/n2.log" 2>&1 & pids+=($!)
+"$bin" --port 7213 --data-dir "$work/n3" --join 127.0.0.1:7211 >"$work/n3.log" 2>&1 & pids+=($!)
+wait_port 7212; wait_port 7213
+for _ in $(seq 100); do
+  target/release/kv-client 127.0.0.1 7211 -c CLUSTER | grep -q "3 members" && break; sleep 0.1
+done
+sleep 1
+bench 7211 cluster
