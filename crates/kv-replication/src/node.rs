@@ -33,6 +33,9 @@ pub struct Config {
     /// Number stamped into versions (`None`: derived from `id`). Must
     /// differ between nodes.
     pub number: Option<u32>,
+    /// Whether reads repair stale replicas (on by default; off only to
+    /// show, in the simulator, what goes wrong without it).
+    pub read_repair: bool,
 }
 
 impl Config {
@@ -50,6 +53,7 @@ impl Config {
             suspect_after: 1000,
             down_after: 3000,
             number: None,
+            read_repair: true,
         }
     }
 }
@@ -104,9 +108,22 @@ pub struct MemberInfo {
 type Page = (Vec<(Vec<u8>, Stamped)>, bool);
 
 enum Work {
-    Write { version: Ver, existed: bool },
-    Read { best: Option<Stamped> },
-    List { limit: u32, pages: Vec<Page> },
+    Write {
+        version: Ver,
+        existed: bool,
+    },
+    Read {
+        key: Vec<u8>,
+        best: Option<Stamped>,
+        /// Each answering replica's version.
+        seen: Vec<(NodeId, Option<Ver>)>,
+        /// While repairing: the replicas known to hold `best`.
+        holders: Option<BTreeSet<NodeId>>,
+    },
+    List {
+        limit: u32,
+        pages: Vec<Page>,
+    },
 }
 
 struct Pending {
@@ -399,12 +416,18 @@ impl Node {
     fn start_read(&mut self, now: u64, client: u64, key: Vec<u8>, store: &Store) {
         let (_, _, r) = self.quorums();
         let replicas = self.replicas_for(&key);
-        let op = self.new_op(now, client, r, replicas.len(), Work::Read { best: None });
+        let work = Work::Read {
+            key: key.clone(),
+            best: None,
+            seen: Vec::new(),
+            holders: None,
+        };
+        let op = self.new_op(now, client, r, replicas.len(), work);
         for node in replicas {
             if node == self.cfg.id {
                 let state = read_local(store, &key);
                 let me = self.cfg.id.clone();
-                self.on_read_reply(op, &me, state);
+                self.on_read_reply(op, &me, state, store);
             } else {
                 self.send(
                     &node,
@@ -485,7 +508,7 @@ impl Node {
                 if let Some(s) = &state {
                     self.hlc.observe(s.version.ts);
                 }
-                self.on_read_reply(op, from, state);
+                self.on_read_reply(op, from, state, store);
             }
             PeerMsg::ListPage {
                 op,
@@ -526,22 +549,50 @@ impl Node {
     }
 
     fn on_write_ack(&mut self, op: u64, from: &str, was_live: bool) {
-        let Some(p) = self.answer(op, from) else {
+        let (_, w, _) = self.quorums();
+        let Some(p) = self.pending.get_mut(&op) else {
             return;
         };
-        if let Work::Write { existed, .. } = &mut p.work {
-            *existed |= was_live;
-        }
-        if p.answered.len() >= p.needed {
-            self.finish(op);
+        match &mut p.work {
+            Work::Write { existed, .. } => {
+                if !p.answered.insert(from.to_string()) {
+                    return;
+                }
+                *existed |= was_live;
+                if p.answered.len() >= p.needed {
+                    self.finish(op);
+                }
+            }
+            // A read repair's write landed.
+            Work::Read {
+                holders: Some(holders),
+                ..
+            } => {
+                if holders.insert(from.to_string()) && holders.len() >= w {
+                    self.finish(op);
+                }
+            }
+            _ => {}
         }
     }
 
-    fn on_read_reply(&mut self, op: u64, from: &str, state: Option<Stamped>) {
+    fn on_read_reply(&mut self, op: u64, from: &str, state: Option<Stamped>, store: &Store) {
         let Some(p) = self.answer(op, from) else {
             return;
         };
-        if let Work::Read { best } = &mut p.work {
+        if let Work::Read {
+            best,
+            seen,
+            holders,
+            ..
+        } = &mut p.work
+        {
+            if holders.is_some() {
+                // Repair of `best` has begun: a later answer must not
+                // change what this read returns.
+                return;
+            }
+            seen.push((from.to_string(), state.as_ref().map(|s| s.version)));
             if let Some(s) = state {
                 if best.as_ref().is_none_or(|b| s.version > b.version) {
                     *best = Some(s);
@@ -549,7 +600,72 @@ impl Node {
             }
         }
         if p.answered.len() >= p.needed {
+            self.conclude_read(op, store);
+        }
+    }
+
+    /// A read has its quorum. If fewer than W of the replicas that answered
+    /// hold the newest version, write it back to the stale ones and answer
+    /// only once W hold it (blocking read repair: two quorum reads in a row
+    /// never go backwards). Otherwise answer now and repair stale replicas
+    /// in the background.
+    fn conclude_read(&mut self, op: u64, store: &Store) {
+        let (_, w, _) = self.quorums();
+        let Some(p) = self.pending.get_mut(&op) else {
+            return;
+        };
+        let Work::Read {
+            key,
+            best,
+            seen,
+            holders,
+        } = &mut p.work
+        else {
+            return;
+        };
+        if holders.is_some() {
+            return; // already repairing
+        }
+        let Some(newest) = best.clone() else {
+            return self.finish(op);
+        };
+        if !self.cfg.read_repair {
+            return self.finish(op);
+        }
+        let (fresh, stale): (Vec<_>, Vec<_>) = seen
+            .iter()
+            .cloned()
+            .partition(|(_, v)| *v == Some(newest.version));
+        let key = key.clone();
+        let blocking = fresh.len() < w;
+        if blocking {
+            *holders = Some(fresh.into_iter().map(|(n, _)| n).collect());
+        }
+        let repair_op = if blocking { op } else { 0 };
+        for (node, _) in stale {
+            self.repair(repair_op, &node, &key, &newest, store);
+        }
+        if !blocking {
             self.finish(op);
+        }
+    }
+
+    /// Writes `newest` to a stale replica (acks count toward `op`, 0: none).
+    fn repair(&mut self, op: u64, node: &str, key: &[u8], newest: &Stamped, store: &Store) {
+        if node == self.cfg.id {
+            if let Some(was_live) = apply_local(store, key, newest.value.as_deref(), newest.version)
+            {
+                let me = self.cfg.id.clone();
+                self.on_write_ack(op, &me, was_live);
+            }
+        } else {
+            let msg = PeerMsg::Replicate {
+                op,
+                key: key.to_vec(),
+                value: newest.value.clone(),
+                version: newest.version,
+            };
+            self.send(node, msg);
         }
     }
 
@@ -571,7 +687,7 @@ impl Node {
         };
         let reply = match p.work {
             Work::Write { version, existed } => ClientReply::Written { version, existed },
-            Work::Read { best } => ClientReply::Value(best),
+            Work::Read { best, .. } => ClientReply::Value(best),
             Work::List { limit, pages } => merge_pages(pages, limit),
         };
         self.reply(p.client, reply);

@@ -10,7 +10,8 @@
 //!    healing: a quorum read of every key sees its newest acknowledged write
 //!    or a newer one);
 //! 2. a quorum read that starts after a write was acknowledged sees that
-//!    write or a newer one;
+//!    write or a newer one, and after another quorum read ended sees what
+//!    that read saw or something newer (reads never go backwards);
 //! 5. the same seed replays the same run (the trace hash).
 //!
 //! ```
@@ -52,6 +53,8 @@ pub struct SimConfig {
     pub partitions: bool,
     /// Whether to crash and restart nodes now and then.
     pub crashes: bool,
+    /// Whether reads repair stale replicas.
+    pub read_repair: bool,
 }
 
 impl Default for SimConfig {
@@ -68,6 +71,7 @@ impl Default for SimConfig {
             max_delay: 30,
             partitions: true,
             crashes: true,
+            read_repair: true,
         }
     }
 }
@@ -202,6 +206,7 @@ impl Sim {
         c.gossip_interval = 50;
         c.suspect_after = 300;
         c.down_after = 800;
+        c.read_repair = self.cfg.read_repair;
         c
     }
 
@@ -517,6 +522,20 @@ impl Sim {
                     self.report.violations.push(format!(
                         "stale read of key{} at {}: saw {:?}, but {:?} was acknowledged before the read began",
                         r.key, r.start, r.version, w
+                    ));
+                }
+            }
+            // Quorum reads never go backwards (this needs read repair).
+            let earlier = self
+                .done
+                .iter()
+                .filter(|e| !e.write && e.key == r.key && e.end < r.start)
+                .max_by_key(|e| e.version);
+            if let Some(e) = earlier {
+                if r.version < e.version {
+                    self.report.violations.push(format!(
+                        "read of key{} went backwards: saw {:?} at {} after a read saw {:?} at {}",
+                        r.key, r.version, r.start, e.version, e.end
                     ));
                 }
             }
