@@ -567,11 +567,7 @@ impl Node {
             Work::Read {
                 holders: Some(holders),
                 ..
-            } => {
-                if holders.insert(from.to_string()) && holders.len() >= w {
-                    self.finish(op);
-                }
-            }
+            } if holders.insert(from.to_string()) && holders.len() >= w => self.finish(op),
             _ => {}
         }
     }
