@@ -567,7 +567,12 @@ impl Node {
             Work::Read {
                 holders: Some(holders),
                 ..
-            } if holders.insert(from.to_string()) && holders.len() >= w => self.finish(op),
+            } => {
+                let done = holders.insert(from.to_string()) && holders.len() >= w;
+                if done {
+                    self.finish(op);
+                }
+            }
             _ => {}
         }
     }
