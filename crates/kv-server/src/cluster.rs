@@ -93,6 +93,8 @@ pub enum ToCluster {
     Invite(String),
     /// Decommission the node at this address.
     Leave(String),
+    /// A peer connected to us (it is up again: stop backing off from it).
+    PeerUp(String),
 }
 
 /// Work for an event loop.
@@ -320,6 +322,8 @@ struct ClusterThread {
 impl ClusterThread {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
+        // Peers whose link just failed, and until when messages to them are
+        // dropped instead of reconnecting at once.
         let mut down_until: BTreeMap<String, u64> = BTreeMap::new();
         while !self.shared.shutting_down.load(Ordering::SeqCst) {
             match self.poll.poll(&mut events, Some(TICK)) {
@@ -340,6 +344,10 @@ impl ClusterThread {
                 }
             }
             while let Ok(m) = self.rx.try_recv() {
+                if let ToCluster::PeerUp(peer) = &m {
+                    down_until.remove(peer);
+                    continue;
+                }
                 self.take(now, m);
             }
             if now >= self.last_tick + TICK.as_millis() as u64 {
@@ -367,6 +375,7 @@ impl ClusterThread {
                 println!("kv-server: inviting {addr} to join the cluster");
                 self.node.join(now, &addr);
             }
+            ToCluster::PeerUp(_) => {}
             ToCluster::Leave(addr) => {
                 if self.node.leave(now, &addr) {
                     println!("kv-server: {addr} marked as left; it leaves the ring");

@@ -468,6 +468,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             proof: native::peer_proof(secret, nonce, "listener"),
         };
         native::encode_frame(self.out.now(), id, &welcome);
+        if let Some(c) = shared.cluster.get() {
+            // Before any of its messages: answers to it must not be dropped.
+            c.send(ToCluster::PeerUp(from.clone()));
+        }
         self.peer = Some(from);
     }
 
