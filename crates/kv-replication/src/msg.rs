@@ -103,6 +103,26 @@ pub enum PeerMsg {
         /// Most entries.
         limit: u32,
     },
+    /// Anti-entropy, step 1: the sender's hash of each bucket of the keys
+    /// both nodes replicate.
+    AeDigest {
+        /// One order-independent hash per bucket.
+        hashes: Vec<u64>,
+    },
+    /// Anti-entropy, step 2: the receiver's keys and versions in the
+    /// buckets that differ.
+    AeKeys {
+        /// The differing buckets.
+        buckets: Vec<u32>,
+        /// Its (key, version) pairs in those buckets, tombstones included.
+        entries: Vec<(Vec<u8>, Ver)>,
+    },
+    /// Anti-entropy, step 3: send me your state of these keys (you have
+    /// newer versions).
+    AePull {
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+    },
     /// A page of a node's keys with versions, tombstones included.
     ListReply {
         /// The operation.

@@ -36,6 +36,9 @@ pub struct Config {
     /// Whether reads repair stale replicas (on by default; off only to
     /// show, in the simulator, what goes wrong without it).
     pub read_repair: bool,
+    /// Interval between anti-entropy rounds with a random peer (0: off).
+    /// Each round scans the local store, so keep it long on large stores.
+    pub anti_entropy_interval: u64,
 }
 
 impl Config {
@@ -54,6 +57,7 @@ impl Config {
             down_after: 3000,
             number: None,
             read_repair: true,
+            anti_entropy_interval: 10_000,
         }
     }
 }
@@ -91,7 +95,7 @@ pub struct Persisted {
 
 /// How far ahead of the clock the persisted floor is set (µs): the floor is
 /// saved once per this much clock progress.
-const FLOOR_LEAD: u64 = 10_000_000;
+const FLOOR_LEAD: u64 = 2_000_000;
 
 /// One member in the cluster view.
 #[derive(Clone, Debug, PartialEq)]
@@ -148,6 +152,7 @@ pub struct Node {
     pending: BTreeMap<u64, Pending>,
     next_op: u64,
     last_gossip: u64,
+    last_anti_entropy: u64,
     out: VecDeque<Output>,
     /// Members to contact until the cluster answers (see [`Node::join`]).
     seeds: Vec<NodeId>,
@@ -181,6 +186,7 @@ impl Node {
             pending: BTreeMap::new(),
             next_op: 1,
             last_gossip: 0,
+            last_anti_entropy: now,
             out: VecDeque::new(),
             seeds: Vec::new(),
         };
@@ -521,6 +527,15 @@ impl Node {
                 self.send(from, PeerMsg::ListReply { op, entries, full });
             }
             PeerMsg::ListReply { op, entries, full } => self.on_list_reply(op, from, entries, full),
+            PeerMsg::AeDigest { hashes } => self.on_ae_digest(from, &hashes, store),
+            PeerMsg::AeKeys { buckets, entries } => self.on_ae_keys(from, &buckets, entries, store),
+            PeerMsg::AePull { keys } => {
+                for key in keys {
+                    if let Some(s) = read_local(store, &key) {
+                        self.repair(0, from, &key, &s, store);
+                    }
+                }
+            }
         }
     }
 
@@ -694,11 +709,16 @@ impl Node {
         self.reply(p.client, reply);
     }
 
-    /// Time passes: gossip, failure detection, deadlines.
-    pub fn handle_tick(&mut self, now: u64, _store: &Store) {
+    /// Time passes: gossip, failure detection, anti-entropy, deadlines.
+    pub fn handle_tick(&mut self, now: u64, store: &Store) {
         if now >= self.last_gossip + self.cfg.gossip_interval {
             self.last_gossip = now;
             self.gossip_round(now);
+        }
+        let ae = self.cfg.anti_entropy_interval;
+        if ae > 0 && now >= self.last_anti_entropy + ae {
+            self.last_anti_entropy = now;
+            self.anti_entropy_round(now, store);
         }
         let expired: Vec<u64> = self
             .pending
@@ -715,6 +735,102 @@ impl Node {
                 };
                 self.reply(p.client, reply);
             }
+        }
+    }
+
+    /// Starts an anti-entropy exchange with a random live peer: send it
+    /// the hashes of the buckets of keys we both replicate.
+    fn anti_entropy_round(&mut self, now: u64, store: &Store) {
+        let peers: Vec<NodeId> = self
+            .ring
+            .nodes()
+            .iter()
+            .filter(|n| {
+                **n != self.cfg.id && self.members.state(n, now) == Some(MemberState::Alive)
+            })
+            .cloned()
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let peer = peers[(self.random() % peers.len() as u64) as usize].clone();
+        let hashes = self.ae_hashes(&peer, store);
+        self.send(&peer, PeerMsg::AeDigest { hashes });
+    }
+
+    /// The keys this node and `peer` both replicate, with versions, by
+    /// bucket.
+    fn shared_entries(&self, peer: &str, store: &Store) -> Vec<(u32, Vec<u8>, Ver)> {
+        let (n, _, _) = self.quorums();
+        store
+            .iter_versioned()
+            .filter_map(|(key, v)| {
+                let replicas = self.ring.preference_list(&key, n);
+                let both = replicas.contains(&peer) && replicas.contains(&self.cfg.id.as_str());
+                both.then(|| (ae_bucket(&key), key, Ver::from(v.version)))
+            })
+            .collect()
+    }
+
+    fn ae_hashes(&self, peer: &str, store: &Store) -> Vec<u64> {
+        let mut hashes = vec![0u64; AE_BUCKETS];
+        for (b, key, v) in self.shared_entries(peer, store) {
+            hashes[b as usize] ^= ae_entry_hash(&key, v);
+        }
+        hashes
+    }
+
+    fn on_ae_digest(&mut self, from: &str, theirs: &[u64], store: &Store) {
+        let mine = self.ae_hashes(from, store);
+        let buckets: Vec<u32> = (0..AE_BUCKETS as u32)
+            .filter(|&b| theirs.get(b as usize) != mine.get(b as usize))
+            .collect();
+        if buckets.is_empty() {
+            return;
+        }
+        let entries = self
+            .shared_entries(from, store)
+            .into_iter()
+            .filter(|(b, _, _)| buckets.contains(b))
+            .map(|(_, k, v)| (k, v))
+            .collect();
+        self.send(from, PeerMsg::AeKeys { buckets, entries });
+    }
+
+    /// Compares the peer's entries with ours in the differing buckets:
+    /// push what we have newer, pull what it has newer.
+    fn on_ae_keys(
+        &mut self,
+        from: &str,
+        buckets: &[u32],
+        theirs: Vec<(Vec<u8>, Ver)>,
+        store: &Store,
+    ) {
+        let mut mine: BTreeMap<Vec<u8>, Ver> = self
+            .shared_entries(from, store)
+            .into_iter()
+            .filter(|(b, _, _)| buckets.contains(b))
+            .map(|(_, k, v)| (k, v))
+            .collect();
+        let mut pull = Vec::new();
+        for (key, v) in theirs {
+            match mine.remove(&key) {
+                Some(m) if m > v => self.push_key(from, &key, store),
+                Some(m) if m == v => {}
+                _ => pull.push(key),
+            }
+        }
+        for key in mine.into_keys() {
+            self.push_key(from, &key, store);
+        }
+        if !pull.is_empty() {
+            self.send(from, PeerMsg::AePull { keys: pull });
+        }
+    }
+
+    fn push_key(&mut self, to: &str, key: &[u8], store: &Store) {
+        if let Some(s) = read_local(store, key) {
+            self.repair(0, to, key, &s, store);
         }
     }
 
@@ -743,6 +859,18 @@ impl Node {
             );
         }
     }
+}
+
+/// Anti-entropy buckets per pair of nodes.
+const AE_BUCKETS: usize = 64;
+
+fn ae_bucket(key: &[u8]) -> u32 {
+    (kv_ring::key_position(key) >> 58) as u32
+}
+
+fn ae_entry_hash(key: &[u8], v: Ver) -> u64 {
+    let h = xxhash_rust::xxh3::xxh3_64(key);
+    xxhash_rust::xxh3::xxh3_64_with_seed(&v.ts.to_le_bytes(), h ^ u64::from(v.node))
 }
 
 /// Applies a replicated write locally: `Some(was_live)` once stored (or

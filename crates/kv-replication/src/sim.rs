@@ -12,6 +12,8 @@
 //! 2. a quorum read that starts after a write was acknowledged sees that
 //!    write or a newer one, and after another quorum read ended sees what
 //!    that read saw or something newer (reads never go backwards);
+//! 3. once the network heals, anti-entropy makes every replica of every
+//!    key hold the same version;
 //! 5. the same seed replays the same run (the trace hash).
 //!
 //! ```
@@ -55,6 +57,8 @@ pub struct SimConfig {
     pub crashes: bool,
     /// Whether reads repair stale replicas.
     pub read_repair: bool,
+    /// Whether nodes run anti-entropy.
+    pub anti_entropy: bool,
 }
 
 impl Default for SimConfig {
@@ -72,6 +76,7 @@ impl Default for SimConfig {
             partitions: true,
             crashes: true,
             read_repair: true,
+            anti_entropy: true,
         }
     }
 }
@@ -207,6 +212,7 @@ impl Sim {
         c.suspect_after = 300;
         c.down_after = 800;
         c.read_repair = self.cfg.read_repair;
+        c.anti_entropy_interval = if self.cfg.anti_entropy { 100 } else { 0 };
         c
     }
 
@@ -497,6 +503,7 @@ impl Sim {
             self.step(false);
         }
         self.check_reads();
+        self.check_converged();
         self.final_reads();
     }
 
@@ -549,6 +556,32 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Invariant 3: after healing and some rounds of repair, every
+    /// replica of every key holds the same version.
+    fn check_converged(&mut self) {
+        let Some(view) = self.nodes.iter().find_map(|n| n.node.as_ref()) else {
+            return;
+        };
+        let mut problems = Vec::new();
+        for key in 0..self.cfg.keys {
+            let name = key_name(key);
+            let versions: Vec<(String, Option<Ver>)> = view
+                .replicas_for(&name)
+                .into_iter()
+                .filter_map(|id| {
+                    let n = self.nodes.iter().find(|n| n.id == id)?;
+                    Some((id, n.store.get_versioned(&name).map(|v| v.version.into())))
+                })
+                .collect();
+            if versions.windows(2).any(|w| w[0].1 != w[1].1) {
+                problems.push(format!(
+                    "replicas of key{key} disagree after healing: {versions:?}"
+                ));
+            }
+        }
+        self.report.violations.extend(problems);
     }
 
     /// Invariant 1: after healing, a quorum read of every key returns at

@@ -103,3 +103,22 @@ fn reads_go_backwards_without_read_repair() {
         found.expect("without read repair some seed must show a read going backwards");
     println!("missing read repair caught at seed {seed}: {what}");
 }
+
+/// Without anti-entropy, replicas that missed writes (crashes, partitions,
+/// drops) stay stale after healing: the convergence check must notice.
+#[test]
+fn replicas_diverge_without_anti_entropy() {
+    let cfg = SimConfig {
+        anti_entropy: false,
+        ..SimConfig::default()
+    };
+    let found = seeds().into_iter().find_map(|seed| {
+        let r = run(seed, &cfg);
+        r.violations
+            .iter()
+            .find(|v| v.contains("disagree after healing"))
+            .map(|v| (seed, v.clone()))
+    });
+    let (seed, what) = found.expect("without anti-entropy some seed must leave replicas diverged");
+    println!("missing anti-entropy caught at seed {seed}: {what}");
+}

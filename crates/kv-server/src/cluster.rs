@@ -249,6 +249,7 @@ pub fn start(
     cfg.read_quorum = c.read_quorum;
     cfg.request_timeout = c.request_timeout_ms.max(1);
     cfg.number = c.node_id;
+    cfg.anti_entropy_interval = c.anti_entropy_ms;
     let path = state_path(&shared);
     let saved = load_state(path.as_ref());
     let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);

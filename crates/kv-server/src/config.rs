@@ -105,6 +105,11 @@ pub struct Config {
     /// How long a request waits for its quorum, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub request_timeout_ms: u64,
+
+    /// Interval between anti-entropy rounds with a random peer, in
+    /// milliseconds (0: off). Each round scans this node's data.
+    #[arg(long, default_value_t = 10_000)]
+    pub anti_entropy_ms: u64,
 }
 
 impl Config {

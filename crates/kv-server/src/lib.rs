@@ -53,6 +53,10 @@ pub enum RunError {
     Close(kv_storage::Error),
 }
 
+/// How long deleted keys keep their tombstone (longer than the hint
+/// window of 3 hours that hinted handoff will use).
+pub const TOMBSTONE_GRACE: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+
 /// Store options from the configuration.
 pub fn store_options(c: &Config) -> Options {
     let base = if c.no_persistence {
@@ -60,7 +64,9 @@ pub fn store_options(c: &Config) -> Options {
     } else {
         Options::new(&c.data_dir)
     };
-    let mut opts = base.durability(c.fsync);
+    // Tombstones outlive any replica that may still hold the deleted value
+    // (repair and anti-entropy must see the delete, or it comes back).
+    let mut opts = base.durability(c.fsync).tombstone_grace(TOMBSTONE_GRACE);
     if let Some(n) = c.snapshot_every {
         opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
     }

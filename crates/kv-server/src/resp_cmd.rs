@@ -92,6 +92,7 @@ pub fn execute(
         "client" => client(rest, out),
         "flushall" | "flushdb" => flushall(shared, out),
         "cluster" => cluster(shared, rest, out),
+        "localget" => localget(shared, rest, out),
         "quit" => {
             ok(out);
             return After::Close;
@@ -393,8 +394,27 @@ fn command(rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
 pub const COMMANDS: &[&str] = &[
     "get", "set", "ping", "del", "unlink", "exists", "mget", "mset", "keys", "scan", "dbsize",
     "echo", "info", "auth", "select", "config", "command", "client", "flushall", "flushdb", "quit",
-    "cluster",
+    "cluster", "localget",
 ];
+
+/// LOCALGET key: this node's own copy of a key with its version, without
+/// coordination (a debugging aid for clusters): `[value or nil, version]`.
+fn localget(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let [key] = rest else {
+        return wrong_arity(out, "localget");
+    };
+    match shared.store.get_versioned(key) {
+        None => nil(out),
+        Some(v) => {
+            encode_array_header(out, 2);
+            match &v.value {
+                Some(val) => encode_bulk(out, val),
+                None => nil(out),
+            }
+            encode_bulk(out, v.version.to_string().as_bytes());
+        }
+    }
+}
 
 fn cluster(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     let sub = rest

@@ -179,3 +179,42 @@ fn a_wrong_cluster_secret_is_refused_and_logged() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+/// This node's own copy of `key` (LOCALGET), as (value, version).
+fn local_copy(s: &ServerProc, key: &str) -> Option<(Option<String>, String)> {
+    let mut r = redis::Client::open(format!("redis://{}/", s.addr))
+        .expect("url")
+        .get_connection()
+        .expect("connect");
+    redis::cmd("LOCALGET")
+        .arg(key)
+        .query(&mut r)
+        .expect("LOCALGET")
+}
+
+#[test]
+fn anti_entropy_gives_a_restarted_node_what_it_missed() {
+    let (a, b, mut c) = start_three(&["--anti-entropy-ms", "200"]);
+    c.kill9();
+    let mut ca = client(&a);
+    for i in 0..200 {
+        ca.put(format!("missed{i:03}").as_bytes(), b"while c was down")
+            .expect("put");
+    }
+    c.restart();
+    wait_members(&a, 3);
+    // Nobody reads these keys: only anti-entropy can bring them to C.
+    wait_for("c to hold all 200 keys it missed", SETTLE, || {
+        (0..200).all(|i| local_copy(&c, &format!("missed{i:03}")).is_some())
+    });
+    for i in (0..200).step_by(37) {
+        let key = format!("missed{i:03}");
+        let (want, got_a, got_b) = (
+            local_copy(&c, &key),
+            local_copy(&a, &key),
+            local_copy(&b, &key),
+        );
+        assert_eq!(want, got_a, "{key}: C and A hold the same version");
+        assert_eq!(want, got_b, "{key}: C and B hold the same version");
+    }
+}
