@@ -39,6 +39,8 @@ pub struct Config {
     /// Interval between anti-entropy rounds with a random peer (0: off).
     /// Each round scans the local store, so keep it long on large stores.
     pub anti_entropy_interval: u64,
+    /// How long a hint for a down replica is kept before it is dropped.
+    pub hint_window: u64,
 }
 
 impl Config {
@@ -58,6 +60,7 @@ impl Config {
             number: None,
             read_repair: true,
             anti_entropy_interval: 10_000,
+            hint_window: 3 * 3600 * 1000,
         }
     }
 }
@@ -82,6 +85,34 @@ pub enum Output {
     /// Save this (for example in the data directory) and pass it back to
     /// [`Node::new`] after a restart.
     Persist(Persisted),
+    /// Keep this hint durably (replacing any for the same target and key)
+    /// and pass it back to [`Node::restore_hints`] after a restart.
+    StoreHint(Hint),
+    /// The hint for this target and key is delivered (or expired): forget it.
+    DropHint {
+        /// The replica it was for.
+        target: NodeId,
+        /// The key.
+        key: Vec<u8>,
+        /// Whether it expired undelivered (worth a line in the log).
+        expired: bool,
+    },
+}
+
+/// A write held for a replica that was down (hinted handoff). It never
+/// counts toward a write quorum; it is delivered when the replica is back.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hint {
+    /// The replica the write is for.
+    pub target: NodeId,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value (`None`: a delete).
+    pub value: Option<Vec<u8>>,
+    /// The write's version.
+    pub version: Ver,
+    /// When the hint was made (ms).
+    pub created: u64,
 }
 
 /// What a node must find again after a restart.
@@ -156,6 +187,12 @@ pub struct Node {
     out: VecDeque<Output>,
     /// Members to contact until the cluster answers (see [`Node::join`]).
     seeds: Vec<NodeId>,
+    /// Hints by (target, key).
+    hints: BTreeMap<(NodeId, Vec<u8>), Hint>,
+    /// Hint deliveries in flight, by the op number their ack carries.
+    hint_ops: BTreeMap<u64, (NodeId, Vec<u8>, Ver)>,
+    /// Op numbers for hint deliveries count down from the top, never reused.
+    next_hint_op: u64,
 }
 
 /// The version node number of a node id.
@@ -189,6 +226,9 @@ impl Node {
             last_anti_entropy: now,
             out: VecDeque::new(),
             seeds: Vec::new(),
+            hints: BTreeMap::new(),
+            hint_ops: BTreeMap::new(),
+            next_hint_op: u64::MAX,
         };
         n.persist();
         n
@@ -402,6 +442,10 @@ impl Node {
             },
         );
         for r in replicas {
+            if r != self.cfg.id && self.members.state(&r, now) == Some(MemberState::Down) {
+                self.add_hint(now, r, &key, value.clone(), version);
+                continue;
+            }
             if r == self.cfg.id {
                 if let Some(existed) = apply_local(store, &key, value.as_deref(), version) {
                     let me = self.cfg.id.clone();
@@ -564,6 +608,12 @@ impl Node {
     }
 
     fn on_write_ack(&mut self, op: u64, from: &str, was_live: bool) {
+        if let Some((target, key, version)) = self.hint_ops.remove(&op) {
+            if target == from {
+                self.hint_delivered(target, key, version);
+            }
+            return;
+        }
         let (_, w, _) = self.quorums();
         let Some(p) = self.pending.get_mut(&op) else {
             return;
@@ -715,6 +765,9 @@ impl Node {
             self.last_gossip = now;
             self.gossip_round(now);
         }
+        if now == self.last_gossip {
+            self.deliver_hints(now);
+        }
         let ae = self.cfg.anti_entropy_interval;
         if ae > 0 && now >= self.last_anti_entropy + ae {
             self.last_anti_entropy = now;
@@ -735,6 +788,102 @@ impl Node {
                 };
                 self.reply(p.client, reply);
             }
+        }
+    }
+
+    /// Hands back the hints saved from [`Output::StoreHint`] before a restart.
+    pub fn restore_hints(&mut self, hints: impl IntoIterator<Item = Hint>) {
+        for h in hints {
+            self.hints.insert((h.target.clone(), h.key.clone()), h);
+        }
+    }
+
+    /// Hints held now.
+    pub fn hint_count(&self) -> usize {
+        self.hints.len()
+    }
+
+    fn add_hint(
+        &mut self,
+        now: u64,
+        target: NodeId,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        version: Ver,
+    ) {
+        let slot = (target.clone(), key.to_vec());
+        if self.hints.get(&slot).is_some_and(|h| h.version >= version) {
+            return;
+        }
+        let hint = Hint {
+            target,
+            key: key.to_vec(),
+            value,
+            version,
+            created: now,
+        };
+        self.hints.insert(slot, hint.clone());
+        self.out.push_back(Output::StoreHint(hint));
+    }
+
+    /// Each gossip round: drop expired hints, send the others (a batch per
+    /// target) to replicas that are alive again.
+    fn deliver_hints(&mut self, now: u64) {
+        const BATCH: usize = 256;
+        let window = self.cfg.hint_window;
+        let expired: Vec<(NodeId, Vec<u8>)> = self
+            .hints
+            .iter()
+            .filter(|(_, h)| h.created + window <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (target, key) in expired {
+            self.hints.remove(&(target.clone(), key.clone()));
+            self.out.push_back(Output::DropHint {
+                target,
+                key,
+                expired: true,
+            });
+        }
+        let mut sent: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let ready: Vec<Hint> = self
+            .hints
+            .values()
+            .filter(|h| self.members.state(&h.target, now) == Some(MemberState::Alive))
+            .filter(|h| {
+                let n = sent.entry(h.target.clone()).or_default();
+                *n += 1;
+                *n <= BATCH
+            })
+            .cloned()
+            .collect();
+        // Unanswered deliveries of the last round are simply sent again.
+        self.hint_ops.clear();
+        for h in ready {
+            let op = self.next_hint_op;
+            self.next_hint_op -= 1;
+            self.hint_ops
+                .insert(op, (h.target.clone(), h.key.clone(), h.version));
+            let msg = PeerMsg::Replicate {
+                op,
+                key: h.key,
+                value: h.value,
+                version: h.version,
+            };
+            self.send(&h.target, msg);
+        }
+    }
+
+    fn hint_delivered(&mut self, target: NodeId, key: Vec<u8>, version: Ver) {
+        let slot = (target, key);
+        if self.hints.get(&slot).is_some_and(|h| h.version == version) {
+            self.hints.remove(&slot);
+            let (target, key) = slot;
+            self.out.push_back(Output::DropHint {
+                target,
+                key,
+                expired: false,
+            });
         }
     }
 

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use kv_storage::{Options, Store};
 
 use crate::msg::{ClientOp, ClientReply, PeerMsg, Ver};
-use crate::node::{Config, Node, Output, Persisted};
+use crate::node::{Config, Hint, Node, Output, Persisted};
 
 /// What a simulated run does.
 #[derive(Clone, Debug)]
@@ -94,6 +94,8 @@ pub struct Report {
     pub violations: Vec<String>,
     /// Hash of everything the nodes output, in order: equal seeds, equal hashes.
     pub trace: u64,
+    /// Hints delivered to replicas that came back.
+    pub hints_delivered: usize,
 }
 
 struct Rng(u64);
@@ -119,6 +121,8 @@ struct SimNode {
     node: Option<Node>,
     store: Store,
     saved: Option<Persisted>,
+    /// Its durable hints.
+    hints: BTreeMap<(String, Vec<u8>), Hint>,
     down_until: u64,
 }
 
@@ -180,6 +184,7 @@ impl Sim {
                 store: Store::open(Options::in_memory())
                     .unwrap_or_else(|e| panic!("in-memory store: {e}")),
                 saved: None,
+                hints: BTreeMap::new(),
                 down_until: 0,
             })
             .collect();
@@ -220,7 +225,9 @@ impl Sim {
         let seed = self.rng.next();
         let cfg = self.node_config(i);
         let n = &mut self.nodes[i];
-        n.node = Some(Node::new(cfg, self.now, n.saved.clone(), &n.store, seed));
+        let mut node = Node::new(cfg, self.now, n.saved.clone(), &n.store, seed);
+        node.restore_hints(n.hints.values().cloned());
+        n.node = Some(node);
     }
 
     fn index_of(&self, id: &str) -> Option<usize> {
@@ -249,6 +256,19 @@ impl Sim {
                     self.client_reply(i, id, reply)
                 }
                 Output::Persist(p) => self.nodes[i].saved = Some(p),
+                Output::StoreHint(h) => {
+                    self.nodes[i]
+                        .hints
+                        .insert((h.target.clone(), h.key.clone()), h);
+                }
+                Output::DropHint {
+                    target,
+                    key,
+                    expired,
+                } => {
+                    self.report.hints_delivered += usize::from(!expired);
+                    self.nodes[i].hints.remove(&(target, key));
+                }
             }
         }
     }

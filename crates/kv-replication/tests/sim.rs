@@ -81,6 +81,12 @@ fn stats() {
         r.acked_writes, r.reads, r.unavailable, r.trace
     );
     assert!(r.acked_writes > 50 && r.reads > 50, "{r:?}");
+    // Crashes make nodes down long enough for hinted handoff to happen.
+    let delivered: usize = (1..=20)
+        .map(|seed| run(seed, &SimConfig::default()).hints_delivered)
+        .sum();
+    println!("hints delivered over seeds 1..=20: {delivered}");
+    assert!(delivered > 0);
 }
 
 /// Without read repair, a read that found an incomplete write on one

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kv_proto::native::{self, ErrorKind, Request, Response};
-use kv_replication::{ClientOp, ClientReply, Node, Output, PeerMsg, Persisted};
+use kv_replication::{ClientOp, ClientReply, Hint, Node, Output, PeerMsg, Persisted};
+use kv_storage::{Options, Store};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
@@ -226,6 +227,20 @@ fn save_state(path: &PathBuf, p: &Persisted) {
     }
 }
 
+/// Opens the hint store: `data_dir/hints`, or in memory without persistence.
+fn open_hints(shared: &Shared) -> io::Result<Store> {
+    let opts = if shared.config.no_persistence {
+        Options::in_memory()
+    } else {
+        Options::new(shared.config.data_dir.join("hints")).durability(shared.config.fsync)
+    };
+    Store::open(opts).map_err(|e| io::Error::other(format!("cannot open the hint store: {e}")))
+}
+
+fn hint_key(target: &str, key: &[u8]) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(&(target, key))
+}
+
 /// Starts the cluster thread. `id` is this node's advertised address.
 pub fn start(
     shared: Arc<Shared>,
@@ -250,10 +265,17 @@ pub fn start(
     cfg.request_timeout = c.request_timeout_ms.max(1);
     cfg.number = c.node_id;
     cfg.anti_entropy_interval = c.anti_entropy_ms;
+    cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     let path = state_path(&shared);
     let saved = load_state(path.as_ref());
     let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
+    let hints = open_hints(&shared)?;
     let mut node = Node::new(cfg, now_ms(), saved, &shared.store, seed);
+    node.restore_hints(
+        hints
+            .iter_versioned()
+            .filter_map(|(_, v)| postcard::from_bytes::<Hint>(&v.value?).ok()),
+    );
     for j in &c.join {
         node.join(now_ms(), j);
     }
@@ -276,6 +298,7 @@ pub fn start(
                 next_token: 0,
                 state_path: path,
                 last_tick: 0,
+                hints,
             };
             if let Err(e) = t.run() {
                 eprintln!("kv-server: cluster thread failed: {e}");
@@ -318,6 +341,8 @@ struct ClusterThread {
     next_token: usize,
     state_path: Option<PathBuf>,
     last_tick: u64,
+    /// Durable hints for replicas that were down, in `data_dir/hints`.
+    hints: Store,
 }
 
 impl ClusterThread {
@@ -429,6 +454,30 @@ impl ClusterThread {
                 Output::Persist(p) => {
                     if let Some(path) = &self.state_path {
                         save_state(path, &p);
+                    }
+                }
+                Output::StoreHint(h) => {
+                    let (Ok(k), Ok(v)) = (hint_key(&h.target, &h.key), postcard::to_allocvec(&h))
+                    else {
+                        continue;
+                    };
+                    if let Err(e) = self.hints.put(&k, &v) {
+                        eprintln!("kv-server: cannot store a hint for {}: {e}", h.target);
+                    }
+                }
+                Output::DropHint {
+                    target,
+                    key,
+                    expired,
+                } => {
+                    if expired {
+                        println!(
+                            "kv-server: hint for {target} (key {:?}) expired after the hint window; anti-entropy will repair that replica",
+                            String::from_utf8_lossy(&key)
+                        );
+                    }
+                    if let Ok(k) = hint_key(&target, &key) {
+                        let _ = self.hints.delete(&k);
                     }
                 }
             }

@@ -110,6 +110,11 @@ pub struct Config {
     /// milliseconds (0: off). Each round scans this node's data.
     #[arg(long, default_value_t = 10_000)]
     pub anti_entropy_ms: u64,
+
+    /// How long a write held for a down replica (a hint) is kept before it
+    /// is dropped, in seconds (anti-entropy repairs what expired hints miss).
+    #[arg(long, default_value_t = 3 * 3600)]
+    pub hint_window_secs: u64,
 }
 
 impl Config {

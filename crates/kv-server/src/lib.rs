@@ -53,8 +53,9 @@ pub enum RunError {
     Close(kv_storage::Error),
 }
 
-/// How long deleted keys keep their tombstone (longer than the hint
-/// window of 3 hours that hinted handoff will use).
+/// How long deleted keys keep their tombstone at least (and always an hour
+/// more than the hint window): longer than any hint or repair may still
+/// carry the value they deleted.
 pub const TOMBSTONE_GRACE: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 
 /// Store options from the configuration.
@@ -66,7 +67,8 @@ pub fn store_options(c: &Config) -> Options {
     };
     // Tombstones outlive any replica that may still hold the deleted value
     // (repair and anti-entropy must see the delete, or it comes back).
-    let mut opts = base.durability(c.fsync).tombstone_grace(TOMBSTONE_GRACE);
+    let grace = TOMBSTONE_GRACE.max(std::time::Duration::from_secs(c.hint_window_secs + 3600));
+    let mut opts = base.durability(c.fsync).tombstone_grace(grace);
     if let Some(n) = c.snapshot_every {
         opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
     }

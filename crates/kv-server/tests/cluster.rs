@@ -218,3 +218,26 @@ fn anti_entropy_gives_a_restarted_node_what_it_missed() {
         assert_eq!(want, got_b, "{key}: C and B hold the same version");
     }
 }
+
+#[test]
+fn hinted_handoff_delivers_writes_a_down_node_missed() {
+    // Anti-entropy off: only hints can bring the writes to C.
+    let (a, _b, mut c) = start_three(&["--anti-entropy-ms", "0"]);
+    let c_addr = c.addr.to_string();
+    c.kill9();
+    let mut ca = client(&a);
+    wait_for("a to see c down", SETTLE, || {
+        ca.cluster()
+            .expect("view")
+            .contains(&format!("{c_addr} down"))
+    });
+    for i in 0..100 {
+        ca.put(format!("hinted{i:03}").as_bytes(), b"held for c")
+            .expect("put");
+    }
+    assert!(local_copy(&a, "hinted000").is_some());
+    c.restart();
+    wait_for("c to receive the 100 hinted writes", SETTLE, || {
+        (0..100).all(|i| local_copy(&c, &format!("hinted{i:03}")).is_some())
+    });
+}
