@@ -52,6 +52,17 @@ fn the_same_seed_replays_the_same_run() {
     assert_ne!(run(1, &cfg).trace, run(2, &cfg).trace);
 }
 
+/// The first seed whose run reports a violation containing `what`, with
+/// that violation; fails the test (saying `expect`) if no seed does.
+fn caught(cfg: &SimConfig, what: &str, expect: &str) -> (u64, String) {
+    let found = seeds().into_iter().find_map(|seed| {
+        let r = run(seed, cfg);
+        let v = r.violations.into_iter().find(|v| v.contains(what))?;
+        Some((seed, v))
+    });
+    found.unwrap_or_else(|| panic!("{expect}"))
+}
+
 /// The planted bug: with W = R = 1 and N = 3 a read need not overlap the
 /// last write, and the simulator must notice.
 #[test]
@@ -61,15 +72,45 @@ fn weak_quorums_are_caught_serving_stale_reads() {
         read_quorum: Some(1),
         ..SimConfig::default()
     };
-    let found = seeds().into_iter().find_map(|seed| {
-        let r = run(seed, &cfg);
-        r.violations
-            .iter()
-            .find(|v| v.starts_with("stale read"))
-            .map(|v| (seed, v.clone()))
-    });
-    let (seed, what) = found.expect("W=1, R=1 must produce a stale read within the seeds run");
+    let (seed, what) = caught(
+        &cfg,
+        "stale read",
+        "W=1, R=1 must produce a stale read within the seeds run",
+    );
     println!("planted bug caught at seed {seed}: {what}");
+}
+
+/// Without read repair, a read that found an incomplete write on one
+/// replica can be followed by a read that misses it: the simulator must
+/// catch reads going backwards.
+#[test]
+fn reads_go_backwards_without_read_repair() {
+    let cfg = SimConfig {
+        read_repair: false,
+        ..SimConfig::default()
+    };
+    let (seed, what) = caught(
+        &cfg,
+        "went backwards",
+        "without read repair some seed must show a read going backwards",
+    );
+    println!("missing read repair caught at seed {seed}: {what}");
+}
+
+/// Without anti-entropy, replicas that missed writes (crashes, partitions,
+/// drops) stay stale after healing: the convergence check must notice.
+#[test]
+fn replicas_diverge_without_anti_entropy() {
+    let cfg = SimConfig {
+        anti_entropy: false,
+        ..SimConfig::default()
+    };
+    let (seed, what) = caught(
+        &cfg,
+        "disagree after healing",
+        "without anti-entropy some seed must leave replicas diverged",
+    );
+    println!("missing anti-entropy caught at seed {seed}: {what}");
 }
 
 /// Prints one run's figures: `cargo test --release -p kv-replication --test sim stats -- --nocapture`.
@@ -87,44 +128,4 @@ fn stats() {
         .sum();
     println!("hints delivered over seeds 1..=20: {delivered}");
     assert!(delivered > 0);
-}
-
-/// Without read repair, a read that found an incomplete write on one
-/// replica can be followed by a read that misses it: the simulator must
-/// catch reads going backwards.
-#[test]
-fn reads_go_backwards_without_read_repair() {
-    let cfg = SimConfig {
-        read_repair: false,
-        ..SimConfig::default()
-    };
-    let found = seeds().into_iter().find_map(|seed| {
-        let r = run(seed, &cfg);
-        r.violations
-            .iter()
-            .find(|v| v.contains("went backwards"))
-            .map(|v| (seed, v.clone()))
-    });
-    let (seed, what) =
-        found.expect("without read repair some seed must show a read going backwards");
-    println!("missing read repair caught at seed {seed}: {what}");
-}
-
-/// Without anti-entropy, replicas that missed writes (crashes, partitions,
-/// drops) stay stale after healing: the convergence check must notice.
-#[test]
-fn replicas_diverge_without_anti_entropy() {
-    let cfg = SimConfig {
-        anti_entropy: false,
-        ..SimConfig::default()
-    };
-    let found = seeds().into_iter().find_map(|seed| {
-        let r = run(seed, &cfg);
-        r.violations
-            .iter()
-            .find(|v| v.contains("disagree after healing"))
-            .map(|v| (seed, v.clone()))
-    });
-    let (seed, what) = found.expect("without anti-entropy some seed must leave replicas diverged");
-    println!("missing anti-entropy caught at seed {seed}: {what}");
 }
