@@ -40,4 +40,4 @@ pub mod sim;
 
 pub use membership::MemberState;
 pub use msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Ver};
-pub use node::{Config, Hint, MemberInfo, Node, Output, Persisted};
+pub use node::{serve_replica, Config, Hint, MemberInfo, Node, Output, Persisted};

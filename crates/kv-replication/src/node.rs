@@ -539,41 +539,31 @@ impl Node {
         }
     }
 
+    /// Takes note of a version timestamp seen elsewhere (for example by a
+    /// driver that answered a replica request with [`serve_replica`]), so
+    /// that later writes this node coordinates are newer.
+    pub fn observe_timestamp(&mut self, ts: u64) {
+        self.hlc.observe(ts);
+    }
+
     /// A message from node `from`.
     pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
+        if let PeerMsg::Replicate { version, .. } = &msg {
+            self.hlc.observe(version.ts);
+        }
+        if let Some(reply) = serve_replica(store, &msg) {
+            return self.send(from, reply);
+        }
         match msg {
             PeerMsg::Gossip { members } => self.on_gossip(now, from, &members),
-            PeerMsg::Replicate {
-                op,
-                key,
-                value,
-                version,
-            } => {
-                self.hlc.observe(version.ts);
-                if let Some(existed) = apply_local(store, &key, value.as_deref(), version) {
-                    self.send(from, PeerMsg::ReplicateAck { op, existed });
-                }
-            }
+            // Answered by serve_replica above (a store failure: no answer).
+            PeerMsg::Replicate { .. } | PeerMsg::Read { .. } | PeerMsg::ListPage { .. } => {}
             PeerMsg::ReplicateAck { op, existed } => self.on_write_ack(op, from, existed),
-            PeerMsg::Read { op, key } => {
-                let state = read_local(store, &key);
-                self.send(from, PeerMsg::ReadReply { op, state });
-            }
             PeerMsg::ReadReply { op, state } => {
                 if let Some(s) = &state {
                     self.hlc.observe(s.version.ts);
                 }
                 self.on_read_reply(op, from, state, store);
-            }
-            PeerMsg::ListPage {
-                op,
-                prefix,
-                after,
-                limit,
-            } => {
-                let (entries, full) =
-                    list_local(store, &prefix, after.as_deref(), limit.min(10_000));
-                self.send(from, PeerMsg::ListReply { op, entries, full });
             }
             PeerMsg::ListReply { op, entries, full } => self.on_list_reply(op, from, entries, full),
             PeerMsg::AeDigest { hashes } => self.on_ae_digest(from, &hashes, store),
@@ -1012,6 +1002,42 @@ impl Node {
                 },
             );
         }
+    }
+}
+
+/// Answers the requests a replica serves from its store alone —
+/// `Replicate`, `Read` and `ListPage` — so that a driver can answer them
+/// where they arrive, without going through the node. `None` for any other
+/// message (and for a write the store failed to apply: no ack).
+pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
+    match msg {
+        PeerMsg::Replicate {
+            op,
+            key,
+            value,
+            version,
+        } => {
+            let existed = apply_local(store, key, value.as_deref(), *version)?;
+            Some(PeerMsg::ReplicateAck { op: *op, existed })
+        }
+        PeerMsg::Read { op, key } => Some(PeerMsg::ReadReply {
+            op: *op,
+            state: read_local(store, key),
+        }),
+        PeerMsg::ListPage {
+            op,
+            prefix,
+            after,
+            limit,
+        } => {
+            let (entries, full) = list_local(store, prefix, after.as_deref(), (*limit).min(10_000));
+            Some(PeerMsg::ListReply {
+                op: *op,
+                entries,
+                full,
+            })
+        }
+        _ => None,
     }
 }
 

@@ -155,6 +155,9 @@ pub struct ClusterHandle {
     pub view: Mutex<String>,
     /// This node's id.
     pub id: String,
+    /// The newest version timestamp the event loops saw in replicated
+    /// writes they applied themselves; the node's clock stays above it.
+    pub observed: std::sync::atomic::AtomicU64,
 }
 
 thread_local! {
@@ -256,6 +259,7 @@ pub fn start(
         clustered: AtomicBool::new(!shared.config.join.is_empty()),
         view: Mutex::new(String::new()),
         id: id.clone(),
+        observed: std::sync::atomic::AtomicU64::new(0),
     });
     let c = shared.config.clone();
     let mut cfg = kv_replication::Config::new(&id);
@@ -363,12 +367,22 @@ impl ClusterThread {
                     continue;
                 }
                 if let Some(peer) = self.tokens.get(&ev.token()).cloned() {
-                    if self.service_link(&peer).is_err() {
-                        self.drop_link(&peer);
-                        down_until.insert(peer, now + RECONNECT_AFTER_MS);
+                    match self.service_link(&peer) {
+                        Ok(msgs) => {
+                            for msg in msgs {
+                                self.node
+                                    .handle_message(now, &peer, msg, &self.shared.store);
+                            }
+                        }
+                        Err(_) => {
+                            self.drop_link(&peer);
+                            down_until.insert(peer, now + RECONNECT_AFTER_MS);
+                        }
                     }
                 }
             }
+            self.node
+                .observe_timestamp(self.handle.observed.load(Ordering::Acquire));
             while let Ok(m) = self.rx.try_recv() {
                 if let ToCluster::PeerUp(peer) = &m {
                     down_until.remove(peer);
@@ -587,9 +601,10 @@ impl ClusterThread {
         }
     }
 
-    /// Handles readiness on a link: completes the connection, reads the
-    /// welcome, writes what is queued.
-    fn service_link(&mut self, peer: &str) -> io::Result<()> {
+    /// Handles readiness on a link: completes the connection, checks the
+    /// welcome, writes what is queued, and returns the answers the peer
+    /// sent back over it.
+    fn service_link(&mut self, peer: &str) -> io::Result<Vec<PeerMsg>> {
         let secret = self
             .shared
             .config
@@ -597,7 +612,7 @@ impl ClusterThread {
             .clone()
             .unwrap_or_default();
         let Some(link) = self.peers.get_mut(peer) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if let LinkState::Connecting = link.state {
             if let Some(e) = link.stream.take_error()? {
@@ -605,40 +620,69 @@ impl ClusterThread {
             }
             match link.stream.peer_addr() {
                 Ok(_) => link.state = LinkState::AwaitWelcome,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(Vec::new()),
                 Err(e) => return Err(e),
             }
         }
         flush_link(link)?;
         read_link(link)?;
         if let LinkState::AwaitWelcome = link.state {
-            if link.rbuf.len() >= native::PREAMBLE_LEN {
-                native::check_preamble(&link.rbuf).map_err(|e| io::Error::other(e.to_string()))?;
-                let body = &link.rbuf[native::PREAMBLE_LEN..];
-                if let Some((frame, _)) = native::decode_frame::<Response>(body, 1 << 20)
-                    .map_err(|e| io::Error::other(e.to_string()))?
-                {
-                    match frame.body {
-                        Response::PeerWelcome { proof, .. }
-                            if proof == native::peer_proof(&secret, link.nonce, "listener") =>
-                        {
-                            link.state = LinkState::Ready;
-                            link.rbuf.clear();
-                        }
-                        Response::Error { message, .. } => {
-                            eprintln!("kv-server: peer {peer} refused us: {message}");
-                            return Err(io::Error::other("refused"));
-                        }
-                        _ => {
-                            eprintln!("kv-server: peer {peer} failed the cluster-secret check; not talking to it");
-                            return Err(io::Error::other("bad proof"));
-                        }
-                    }
-                }
+            if !check_welcome(link, peer, &secret)? {
+                return Ok(Vec::new());
             }
         }
-        Ok(())
+        take_answers(link)
     }
+}
+
+/// Checks the peer's preamble and welcome once they arrived: `Ok(true)`
+/// when the link is ready, `Ok(false)` when more bytes are needed.
+fn check_welcome(link: &mut PeerLink, peer: &str, secret: &str) -> io::Result<bool> {
+    if link.rbuf.len() < native::PREAMBLE_LEN {
+        return Ok(false);
+    }
+    native::check_preamble(&link.rbuf).map_err(|e| io::Error::other(e.to_string()))?;
+    let body = &link.rbuf[native::PREAMBLE_LEN..];
+    let Some((frame, used)) = native::decode_frame::<Response>(body, 1 << 20)
+        .map_err(|e| io::Error::other(e.to_string()))?
+    else {
+        return Ok(false);
+    };
+    match frame.body {
+        Response::PeerWelcome { proof, .. }
+            if proof == native::peer_proof(secret, link.nonce, "listener") =>
+        {
+            link.state = LinkState::Ready;
+            link.rbuf.drain(..native::PREAMBLE_LEN + used);
+            Ok(true)
+        }
+        Response::Error { message, .. } => {
+            eprintln!("kv-server: peer {peer} refused us: {message}");
+            Err(io::Error::other("refused"))
+        }
+        _ => {
+            eprintln!("kv-server: peer {peer} failed the cluster-secret check; not talking to it");
+            Err(io::Error::other("bad proof"))
+        }
+    }
+}
+
+/// Decodes the peer messages (answers to our requests) that arrived on a
+/// ready link.
+fn take_answers(link: &mut PeerLink) -> io::Result<Vec<PeerMsg>> {
+    let mut msgs = Vec::new();
+    let mut used = 0;
+    while let Some((frame, n)) = native::decode_frame::<Request>(&link.rbuf[used..], MAX_PEER_QUEUE)
+        .map_err(|e| io::Error::other(e.to_string()))?
+    {
+        used += n;
+        let Request::Peer { payload } = frame.body else {
+            return Err(io::Error::other("unexpected frame from a peer"));
+        };
+        msgs.push(postcard::from_bytes(&payload).map_err(|e| io::Error::other(e.to_string()))?);
+    }
+    link.rbuf.drain(..used);
+    Ok(msgs)
 }
 
 fn flush_link(link: &mut PeerLink) -> io::Result<()> {

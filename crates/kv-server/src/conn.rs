@@ -485,7 +485,22 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             return self.protocol_error(shared);
         };
         match postcard::from_bytes::<PeerMsg>(payload) {
-            Ok(msg) => cluster.send(ToCluster::Peer { from, msg }),
+            Ok(msg) => {
+                if let PeerMsg::Replicate { version, .. } = &msg {
+                    cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
+                }
+                // Replica requests are answered here, on this connection;
+                // only coordination goes through the cluster thread.
+                match kv_replication::serve_replica(&shared.store, &msg) {
+                    Some(reply) => match postcard::to_allocvec(&reply) {
+                        Ok(payload) => {
+                            native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
+                        }
+                        Err(e) => eprintln!("kv-server: cannot encode a reply to {from}: {e}"),
+                    },
+                    None => cluster.send(ToCluster::Peer { from, msg }),
+                }
+            }
             Err(e) => {
                 eprintln!("kv-server: malformed message from peer {from}: {e}");
                 self.protocol_error(shared);
