@@ -59,6 +59,8 @@ pub struct SimConfig {
     pub read_repair: bool,
     /// Whether nodes run anti-entropy.
     pub anti_entropy: bool,
+    /// Extra nodes that join the cluster in the middle of the workload.
+    pub joiners: usize,
 }
 
 impl Default for SimConfig {
@@ -77,6 +79,7 @@ impl Default for SimConfig {
             crashes: true,
             read_repair: true,
             anti_entropy: true,
+            joiners: 0,
         }
     }
 }
@@ -173,7 +176,7 @@ fn key_name(k: usize) -> Vec<u8> {
 
 impl Sim {
     fn new(seed: u64, cfg: &SimConfig) -> Sim {
-        let nodes = (0..cfg.nodes)
+        let nodes = (0..cfg.nodes + cfg.joiners)
             .map(|i| SimNode {
                 id: format!("n{i}:7000"),
                 node: None,
@@ -192,7 +195,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             in_flight: BTreeMap::new(),
             seq: 0,
-            cut: vec![vec![false; cfg.nodes]; cfg.nodes],
+            cut: vec![vec![false; cfg.nodes + cfg.joiners]; cfg.nodes + cfg.joiners],
             heal_at: 0,
             clients: BTreeMap::new(),
             next_client: 1,
@@ -224,6 +227,16 @@ impl Sim {
         let mut node = Node::new(cfg, self.now, n.saved.clone(), &n.store, seed);
         node.restore_hints(n.hints.values().cloned());
         n.node = Some(node);
+    }
+
+    /// Starts node `i` and has it join through node 0.
+    fn start_and_join(&mut self, i: usize) {
+        self.start_node(i);
+        let seed = self.nodes[0].id.clone();
+        if let Some(n) = self.nodes[i].node.as_mut() {
+            n.join(self.now, &seed);
+        }
+        self.drain(i);
     }
 
     fn index_of(&self, id: &str) -> Option<usize> {
@@ -472,13 +485,8 @@ impl Sim {
         // Node 0 starts alone; the others join through it.
         self.start_node(0);
         self.drain(0);
-        for i in 1..self.nodes.len() {
-            self.start_node(i);
-            let seed = self.nodes[0].id.clone();
-            if let Some(n) = self.nodes[i].node.as_mut() {
-                n.join(self.now, &seed);
-            }
-            self.drain(i);
+        for i in 1..self.cfg.nodes {
+            self.start_and_join(i);
         }
         for _ in 0..2000 {
             self.step(false);
@@ -496,7 +504,15 @@ impl Sim {
             }
         }
         let mut issued = 0;
+        let mut joined = self.cfg.nodes;
         while issued < self.cfg.ops {
+            // Joiners arrive spread over the workload.
+            if joined < self.nodes.len()
+                && issued * (self.cfg.joiners + 1) >= self.cfg.ops * (joined - self.cfg.nodes + 1)
+            {
+                self.start_and_join(joined);
+                joined += 1;
+            }
             self.step(true);
             if self.rng.chance(150_000) {
                 let live = self.live();
@@ -510,7 +526,9 @@ impl Sim {
         // Heal everything, restart everyone, let the stragglers finish.
         self.heal();
         for i in 0..self.nodes.len() {
-            if self.nodes[i].node.is_none() {
+            if self.nodes[i].node.is_none() && self.nodes[i].saved.is_none() {
+                self.start_and_join(i);
+            } else if self.nodes[i].node.is_none() {
                 self.start_node(i);
                 self.drain(i);
             }
