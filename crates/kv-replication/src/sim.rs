@@ -61,6 +61,9 @@ pub struct SimConfig {
     pub anti_entropy: bool,
     /// Extra nodes that join the cluster in the middle of the workload.
     pub joiners: usize,
+    /// Drop tombstones from every store as soon as they are this old (ms);
+    /// `None` keeps them, as a real grace period longer than any run does.
+    pub purge_tombstones_after: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -80,6 +83,7 @@ impl Default for SimConfig {
             read_repair: true,
             anti_entropy: true,
             joiners: 0,
+            purge_tombstones_after: None,
         }
     }
 }
@@ -414,6 +418,12 @@ impl Sim {
             self.deliver(m);
         }
         if self.now % TICK == 0 {
+            if let Some(after) = self.cfg.purge_tombstones_after {
+                let before = self.now.saturating_sub(after).saturating_mul(1000);
+                for n in &self.nodes {
+                    n.store.purge_tombstones(before);
+                }
+            }
             for i in 0..self.nodes.len() {
                 let n = &mut self.nodes[i];
                 if let Some(node) = n.node.as_mut() {
@@ -563,6 +573,22 @@ impl Sim {
                     self.report.violations.push(format!(
                         "stale read of key{} at {}: saw {:?}, but {:?} was acknowledged before the read began",
                         r.key, r.start, r.version, w
+                    ));
+                }
+            }
+            // A deleted value never comes back to life.
+            if r.value.is_some() {
+                let resurrected = self.done.iter().any(|d| {
+                    d.write
+                        && d.value.is_none()
+                        && d.key == r.key
+                        && d.end < r.start
+                        && d.version > r.version
+                });
+                if resurrected {
+                    self.report.violations.push(format!(
+                        "delete of key{} came back to life: a read at {} saw {:?}, older than an acknowledged delete",
+                        r.key, r.start, r.version
                     ));
                 }
             }

@@ -113,6 +113,23 @@ fn replicas_diverge_without_anti_entropy() {
     println!("missing anti-entropy caught at seed {seed}: {what}");
 }
 
+/// Purging tombstones at once (instead of after a grace period longer than
+/// any repair can take) lets a stale replica bring a deleted value back:
+/// the simulator must catch the resurrection.
+#[test]
+fn deletes_come_back_if_tombstones_are_purged_at_once() {
+    let cfg = SimConfig {
+        purge_tombstones_after: Some(0),
+        ..SimConfig::default()
+    };
+    let (seed, what) = caught(
+        &cfg,
+        "came back to life",
+        "purging tombstones at once must let some delete come back",
+    );
+    println!("immediate tombstone purge caught at seed {seed}: {what}");
+}
+
 /// Prints one run's figures: `cargo test --release -p kv-replication --test sim stats -- --nocapture`.
 #[test]
 fn stats() {

@@ -179,6 +179,26 @@ impl Store {
         (page.into_iter().map(|(_, k)| k).collect(), next)
     }
 
+    /// Drops, from memory, every tombstone whose version timestamp is below
+    /// `before` (the snapshot path does the same under
+    /// [`Options::tombstone_grace`]). Returns how many were dropped. Only
+    /// safe once no replica can still hold the values they deleted.
+    pub fn purge_tombstones(&self, before: u64) -> usize {
+        let mut n = 0;
+        for i in 0..self.inner.map.shard_count() {
+            let mut shard = self.inner.map.write_shard(i);
+            let dead: Vec<(u64, Vec<u8>)> = shard
+                .iter()
+                .filter(|e| e.is_tombstone() && e.version().timestamp < before)
+                .map(|e| (hash_key(e.key()), e.key().to_vec()))
+                .collect();
+            for (h, key) in dead {
+                n += usize::from(shard.remove(h, &key).is_some());
+            }
+        }
+        n
+    }
+
     /// Deletes every key (each leaves a tombstone); returns how many held a
     /// value.
     pub fn delete_all(&self) -> Result<u64> {
