@@ -176,7 +176,8 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             return false;
         }
         if self.peer_closed {
-            return true;
+            // A client that only half-closed still gets its answers.
+            return self.out.awaiting() == 0;
         }
         self.closing
             && self.out.awaiting() == 0

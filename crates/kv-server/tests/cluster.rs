@@ -135,6 +135,13 @@ fn redis_clients_work_against_any_node() {
         err.to_string().contains("not supported on a cluster"),
         "{err}"
     );
+    // A client that sends and then half-closes still gets every answer.
+    let mut raw = std::net::TcpStream::connect(c.addr).expect("connect");
+    std::io::Write::write_all(&mut raw, b"SET half closed\r\nGET half\r\n").expect("write");
+    raw.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut reply = Vec::new();
+    std::io::Read::read_to_end(&mut raw, &mut reply).expect("read");
+    assert_eq!(reply, b"+OK\r\n$6\r\nclosed\r\n");
 }
 
 #[test]
