@@ -90,6 +90,27 @@ fn decode_split<T: serde::de::DeserializeOwned>(wire: &[u8], cuts: &[usize]) -> 
     out
 }
 
+/// Encodes the messages as frames, then decodes them from arbitrary splits.
+fn round_trip<T>(msgs: &[(u64, T)], cuts: &[usize]) -> Vec<Frame<T>>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut wire = Vec::new();
+    for (id, m) in msgs {
+        native::encode_frame(&mut wire, *id, m);
+    }
+    decode_split(&wire, cuts)
+}
+
+fn frames<T: Clone>(msgs: &[(u64, T)]) -> Vec<Frame<T>> {
+    msgs.iter()
+        .map(|(id, m)| Frame {
+            id: *id,
+            body: m.clone(),
+        })
+        .collect()
+}
+
 fn value(depth: u32) -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         "[a-zA-Z0-9 ]{0,20}".prop_map(Value::Simple),
@@ -115,23 +136,8 @@ proptest! {
         resps in proptest::collection::vec((any::<u64>(), response()), 1..8),
         cuts in proptest::collection::vec(any::<usize>(), 0..10),
     ) {
-        let mut wire = Vec::new();
-        for (id, r) in &reqs {
-            native::encode_frame(&mut wire, *id, r);
-        }
-        let got: Vec<Frame<Request>> = decode_split(&wire, &cuts);
-        let want: Vec<Frame<Request>> =
-            reqs.iter().map(|(id, r)| Frame { id: *id, body: r.clone() }).collect();
-        prop_assert_eq!(got, want);
-
-        let mut wire = Vec::new();
-        for (id, r) in &resps {
-            native::encode_frame(&mut wire, *id, r);
-        }
-        let got: Vec<Frame<Response>> = decode_split(&wire, &cuts);
-        let want: Vec<Frame<Response>> =
-            resps.iter().map(|(id, r)| Frame { id: *id, body: r.clone() }).collect();
-        prop_assert_eq!(got, want);
+        prop_assert_eq!(round_trip(&reqs, &cuts), frames(&reqs));
+        prop_assert_eq!(round_trip(&resps, &cuts), frames(&resps));
     }
 
     #[test]

@@ -566,12 +566,7 @@ impl ClusterThread {
         )?;
         let nonce =
             now_ms().rotate_left(17) ^ self.next_token as u64 ^ u64::from(std::process::id());
-        let secret = self
-            .shared
-            .config
-            .cluster_secret
-            .clone()
-            .unwrap_or_default();
+        let secret = self.secret();
         let mut out = native::preamble().to_vec();
         let hello = Request::PeerHello {
             from: self.handle.id.clone(),
@@ -594,6 +589,15 @@ impl ClusterThread {
         Ok(())
     }
 
+    /// The cluster secret (empty when none is set).
+    fn secret(&self) -> String {
+        self.shared
+            .config
+            .cluster_secret
+            .clone()
+            .unwrap_or_default()
+    }
+
     fn drop_link(&mut self, peer: &str) {
         if let Some(mut link) = self.peers.remove(peer) {
             let _ = self.poll.registry().deregister(&mut link.stream);
@@ -605,12 +609,7 @@ impl ClusterThread {
     /// welcome, writes what is queued, and returns the answers the peer
     /// sent back over it.
     fn service_link(&mut self, peer: &str) -> io::Result<Vec<PeerMsg>> {
-        let secret = self
-            .shared
-            .config
-            .cluster_secret
-            .clone()
-            .unwrap_or_default();
+        let secret = self.secret();
         let Some(link) = self.peers.get_mut(peer) else {
             return Ok(Vec::new());
         };
