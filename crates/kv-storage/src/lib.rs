@@ -56,5 +56,5 @@ mod wal;
 pub use error::{Error, Result};
 pub use options::{Durability, Options, RecoveryMode, SnapshotTrigger};
 pub use recovery::{RecoveryReport, Truncation};
-pub use store::{Stats, Store};
+pub use store::{Stats, Store, StreamCursor};
 pub use version::{Version, Versioned};

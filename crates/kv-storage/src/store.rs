@@ -55,6 +55,16 @@ struct Inner {
     _lock: Option<DirLock>,
 }
 
+/// Where a walk with [`Store::stream_page`] stands: a shard and the
+/// smallest key hash still to visit in it. Start at `StreamCursor::default()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamCursor {
+    /// The shard.
+    pub shard: u32,
+    /// The smallest key hash still to visit in it.
+    pub hash: u64,
+}
+
 /// Figures describing a store, for monitoring.
 #[derive(Clone, Debug)]
 pub struct Stats {
@@ -370,6 +380,61 @@ impl Store {
                 .map(|e| (e.key().to_vec(), e.to_versioned()))
                 .collect::<Vec<_>>()
         })
+    }
+
+    /// One page of a resumable walk over the store (tombstones included),
+    /// for streaming a part of it to another node: the entries at or after
+    /// `from` whose key `want` accepts, at least one and about `max_bytes`
+    /// of keys and values, and the cursor to continue from (`None`: the
+    /// walk is over). The walk goes shard by shard in key-hash order, so a
+    /// cursor stays valid across writes and restarts: keys written after
+    /// the walk passed them are not sent (the caller replicates those
+    /// itself), every other key is sent once.
+    pub fn stream_page(
+        &self,
+        from: StreamCursor,
+        max_bytes: usize,
+        want: impl Fn(&[u8]) -> bool,
+    ) -> (Vec<(Vec<u8>, Versioned)>, Option<StreamCursor>) {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let shards = self.inner.map.shard_count();
+        let mut cursor = from;
+        while (cursor.shard as usize) < shards {
+            let mut found: Vec<(u64, &Entry)> = Vec::new();
+            let shard = self.inner.map.read_shard(cursor.shard as usize);
+            for e in shard.iter() {
+                let h = hash_key(e.key());
+                if h >= cursor.hash && want(e.key()) {
+                    found.push((h, e));
+                }
+            }
+            found.sort_unstable_by_key(|(h, _)| *h);
+            let mut last = None;
+            for (h, e) in found {
+                // Entries of one hash go together so the cursor never
+                // splits them.
+                if bytes >= max_bytes && last != Some(h) {
+                    let next = StreamCursor {
+                        shard: cursor.shard,
+                        hash: h,
+                    };
+                    return (out, Some(next));
+                }
+                bytes += e.key().len() + e.value().map_or(0, <[u8]>::len) + 16;
+                out.push((e.key().to_vec(), e.to_versioned()));
+                last = Some(h);
+            }
+            drop(shard);
+            cursor = StreamCursor {
+                shard: cursor.shard + 1,
+                hash: 0,
+            };
+            if bytes >= max_bytes && (cursor.shard as usize) < shards {
+                return (out, Some(cursor));
+            }
+        }
+        (out, None)
     }
 
     /// Figures for monitoring.

@@ -1,0 +1,67 @@
+//! `Store::stream_page`: a resumable walk that sends every key present at
+//! the start exactly once, whatever is written between pages.
+
+use std::collections::BTreeMap;
+
+use kv_storage::{Options, Store, StreamCursor};
+use proptest::prelude::*;
+
+fn store() -> Store {
+    Store::open(Options::in_memory().shards(8)).expect("in-memory store")
+}
+
+proptest! {
+    #[test]
+    fn every_wanted_key_present_at_the_start_comes_once(
+        keys in proptest::collection::btree_set(0u32..5000, 0..300),
+        deleted in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+        writes in proptest::collection::vec((0u32..10_000, any::<bool>()), 0..200),
+        max_bytes in 1usize..3000,
+    ) {
+        let s = store();
+        let keys: Vec<u32> = keys.into_iter().collect();
+        for k in &keys {
+            s.put(format!("k{k}").as_bytes(), &[7u8; 20]).expect("put");
+        }
+        if !keys.is_empty() {
+            for d in deleted {
+                s.delete(format!("k{}", keys[d.index(keys.len())]).as_bytes()).expect("delete");
+            }
+        }
+        let want = |k: &[u8]| k.last().is_some_and(|b| b % 3 != 0);
+        let mut seen: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        let mut cursor = Some(StreamCursor::default());
+        let mut writes = writes.into_iter();
+        let mut pages = 0;
+        while let Some(c) = cursor {
+            let (page, next) = s.stream_page(c, max_bytes, want);
+            prop_assert!(!page.is_empty() || next.is_none(), "an empty page ends the walk");
+            for (k, _) in page {
+                prop_assert!(want(&k), "unwanted key {:?}", k);
+                *seen.entry(k).or_default() += 1;
+            }
+            // Writes between pages: updates, deletes and new keys.
+            for (k, del) in writes.by_ref().take(3) {
+                let key = format!("k{k}");
+                if del {
+                    s.delete(key.as_bytes()).expect("delete");
+                } else {
+                    s.put(key.as_bytes(), b"new").expect("put");
+                }
+            }
+            if let Some(n) = next {
+                prop_assert!(n > c, "the cursor moves forward");
+            }
+            cursor = next;
+            pages += 1;
+            prop_assert!(pages < 100_000);
+        }
+        for k in &keys {
+            let key = format!("k{k}").into_bytes();
+            if want(&key) {
+                prop_assert_eq!(seen.get(&key).copied(), Some(1), "key {:?}", key);
+            }
+        }
+        prop_assert!(seen.values().all(|&n| n == 1));
+    }
+}
