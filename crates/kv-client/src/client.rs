@@ -325,24 +325,28 @@ impl Client {
         }
     }
 
-    /// Asks the node at `addr` to join this server's cluster.
-    pub fn join(&mut self, addr: &str) -> Result<(), ClientError> {
-        self.expect_ok(&Request::Join {
+    /// Asks the node at `addr` to join this server's cluster. Returns
+    /// what the server says happened.
+    pub fn join(&mut self, addr: &str) -> Result<String, ClientError> {
+        self.text(&Request::Join {
             addr: addr.to_string(),
         })
     }
 
-    /// Decommissions the node at `addr`.
-    pub fn leave(&mut self, addr: &str) -> Result<(), ClientError> {
-        self.expect_ok(&Request::Leave {
+    /// Decommissions the live node at `addr`: its ranges stream to their
+    /// new owners, then it leaves. Refused while another node joins or
+    /// leaves.
+    pub fn leave(&mut self, addr: &str) -> Result<String, ClientError> {
+        self.text(&Request::Leave {
             addr: addr.to_string(),
         })
     }
 
-    fn expect_ok(&mut self, req: &Request) -> Result<(), ClientError> {
-        match self.request(req)? {
-            Response::Ok => Ok(()),
-            r => Err(self.unexpected(r)),
-        }
+    /// Removes the dead node at `addr` for good: its ranges are rebuilt
+    /// from the surviving replicas.
+    pub fn remove(&mut self, addr: &str) -> Result<String, ClientError> {
+        self.text(&Request::Remove {
+            addr: addr.to_string(),
+        })
     }
 }

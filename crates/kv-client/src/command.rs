@@ -20,6 +20,8 @@ pub enum Command {
     Join(String),
     /// LEAVE host:port
     Leave(String),
+    /// REMOVE host:port
+    Remove(String),
     /// PING
     Ping,
     /// INFO
@@ -41,9 +43,10 @@ Commands (names are case-insensitive):
   GET key             print the value of key, or (nil)
   DELETE key          delete key (also DEL); prints 1 if it existed, else 0
   LIST [prefix]       print every key (starting with prefix), one per line
-  JOIN host:port      ask the node at host:port to join this cluster
-  LEAVE host:port     decommission the node at host:port
-  CLUSTER             show the cluster's nodes
+  JOIN host:port      ask the (new, empty) node at host:port to join this cluster
+  LEAVE host:port     decommission the live node at host:port (its data moves first)
+  REMOVE host:port    drop the dead node at host:port for good (data rebuilt from replicas)
+  CLUSTER             show the cluster's nodes and any rebalance's progress
   PING                check the server answers
   INFO                server statistics
   AUTH password       authenticate (or start with -a PASSWORD)
@@ -68,6 +71,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         ("LIST" | "KEYS", [p]) => Command::List(p.clone()),
         ("JOIN", [a]) => Command::Join(text(a)),
         ("LEAVE", [a]) => Command::Leave(text(a)),
+        ("REMOVE", [a]) => Command::Remove(text(a)),
         ("PING", []) => Command::Ping,
         ("INFO", []) => Command::Info,
         ("CLUSTER", []) => Command::Cluster,
@@ -135,14 +139,9 @@ pub fn run(client: &mut Client, cmd: &Command) -> Result<Vec<String>, ClientErro
         Command::Get(k) => vec![client.get(k)?.map_or("(nil)".into(), |v| show(&v))],
         Command::Delete(k) => vec![u8::from(client.delete(k)?).to_string()],
         Command::List(p) => client.list_all(p)?.iter().map(|k| show(k)).collect(),
-        Command::Join(a) => {
-            client.join(a)?;
-            vec!["OK".into()]
-        }
-        Command::Leave(a) => {
-            client.leave(a)?;
-            vec!["OK".into()]
-        }
+        Command::Join(a) => vec![client.join(a)?],
+        Command::Leave(a) => vec![client.leave(a)?],
+        Command::Remove(a) => vec![client.remove(a)?],
         Command::Ping => {
             client.ping(b"")?;
             vec!["PONG".into()]

@@ -141,6 +141,12 @@ pub enum Request {
         /// The encoded message.
         payload: Vec<u8>,
     },
+    /// Remove the node at `addr` (host:port), which is down, for good: its
+    /// ranges are rebuilt from the other replicas.
+    Remove {
+        /// host:port of the dead node.
+        addr: String,
+    },
 }
 
 /// Proof of knowing the cluster secret, bound to a nonce and a role, so
@@ -177,6 +183,9 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Anything else (an I/O error on the server, say).
     Internal,
+    /// The cluster refused an operator command (JOIN, LEAVE, REMOVE); the
+    /// message says why.
+    Refused,
 }
 
 /// A reply to a [`Request`].

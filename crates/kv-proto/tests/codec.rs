@@ -29,6 +29,7 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Cluster),
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Join { addr }),
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Leave { addr }),
+        "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Remove { addr }),
         ("[a-z0-9.:]{0,21}", any::<u64>(), any::<u64>())
             .prop_map(|(from, nonce, proof)| Request::PeerHello { from, nonce, proof }),
         bytes(64).prop_map(|payload| Request::Peer { payload }),
@@ -46,6 +47,7 @@ fn kind() -> impl Strategy<Value = ErrorKind> {
         Just(ErrorKind::Unsupported),
         Just(ErrorKind::ShuttingDown),
         Just(ErrorKind::Internal),
+        Just(ErrorKind::Refused),
     ]
 }
 

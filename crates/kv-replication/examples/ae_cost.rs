@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use kv_replication::{Config, Digest, Node, Persisted};
+use kv_replication::{Config, Digest, Node, Persisted, Status};
 use kv_storage::{Options, Store, Version};
 
 fn main() {
@@ -23,16 +23,12 @@ fn main() {
     }
     let members = ["n0:1", "n1:1", "n2:1"]
         .iter()
-        .map(|id| Digest {
-            id: id.to_string(),
-            incarnation: 0,
-            heartbeat: 1,
-            left: false,
-        })
+        .map(|id| Digest::new(id, Status::Normal))
         .collect();
     let saved = Persisted {
         members,
         clock_floor: 0,
+        stream: None,
     };
     let mut cfg = Config::new("n0:1");
     cfg.anti_entropy_interval = 1;

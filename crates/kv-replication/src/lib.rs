@@ -36,8 +36,10 @@ pub mod hlc;
 pub mod membership;
 pub mod msg;
 pub mod node;
+pub mod rebalance;
 pub mod sim;
 
 pub use membership::MemberState;
-pub use msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Ver};
+pub use msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
 pub use node::{serve_replica, Config, Hint, MemberInfo, Node, Output, Persisted};
+pub use rebalance::{Progress, StreamSave};

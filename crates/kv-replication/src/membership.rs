@@ -1,14 +1,17 @@
-//! Membership by gossip: who is in the cluster, and who seems alive.
+//! Membership by gossip: who is in the cluster, what part each member
+//! plays in the ring, and who seems alive.
 //!
 //! Each member bumps its own heartbeat every gossip round and sends what it
 //! knows of everyone to a few others. A member whose heartbeat has not
 //! moved for `suspect_after` is suspect, after `down_after` down. Those two
-//! are local judgements, never gossiped; "left" is gossiped and sticky
-//! until the member comes back with a higher incarnation.
+//! are local judgements, never gossiped. A member's [`Status`] only moves
+//! forward (waiting, joining, normal, leaving, left), so gossip merges it by
+//! taking the later one; a new generation (the address started again on an
+//! empty data directory) starts over.
 
 use std::collections::BTreeMap;
 
-use crate::msg::{Digest, NodeId};
+use crate::msg::{Digest, NodeId, Status};
 
 /// How a member looks from here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -19,8 +22,6 @@ pub enum MemberState {
     Suspect,
     /// Not heard from for long: not asked.
     Down,
-    /// Announced it is leaving (decommissioning).
-    Leaving,
     /// Gone from the cluster and from the ring.
     Left,
 }
@@ -32,7 +33,6 @@ impl MemberState {
             MemberState::Alive => "alive",
             MemberState::Suspect => "suspect",
             MemberState::Down => "down",
-            MemberState::Leaving => "leaving",
             MemberState::Left => "left",
         }
     }
@@ -40,9 +40,7 @@ impl MemberState {
 
 #[derive(Clone, Debug)]
 struct Member {
-    incarnation: u64,
-    heartbeat: u64,
-    left: bool,
+    d: Digest,
     /// Local time the heartbeat last moved.
     heard: u64,
 }
@@ -57,18 +55,28 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// A table holding only `me`.
-    pub fn new(me: &str, now: u64, suspect_after: u64, down_after: u64) -> Self {
+    /// A table holding only `me`, with `status`, in its first generation
+    /// `generation` (any number that grows between starts on an empty
+    /// data directory, such as the time).
+    pub fn new(
+        me: &str,
+        now: u64,
+        status: Status,
+        generation: u64,
+        suspect_after: u64,
+        down_after: u64,
+    ) -> Self {
         let mut members = BTreeMap::new();
-        members.insert(
-            me.to_string(),
-            Member {
-                incarnation: 0,
-                heartbeat: 0,
-                left: false,
-                heard: now,
-            },
-        );
+        let d = Digest {
+            id: me.to_string(),
+            generation,
+            incarnation: 0,
+            heartbeat: 0,
+            status,
+            view: 0,
+            synced: 0,
+        };
+        members.insert(me.to_string(), Member { d, heard: now });
         Membership {
             me: me.to_string(),
             members,
@@ -78,26 +86,21 @@ impl Membership {
     }
 
     /// Restores a table saved with [`Membership::digests`]. Others count
-    /// as just heard from; `me` comes back with a higher incarnation (and
-    /// rejoins if the table said it had left).
+    /// as just heard from; `me` comes back with a higher incarnation and
+    /// the status it had (a node that left stays out).
     pub fn restore(&mut self, digests: &[Digest], now: u64) {
         for d in digests {
-            let m = Member {
-                incarnation: d.incarnation,
-                heartbeat: d.heartbeat,
-                left: d.left,
-                heard: now,
-            };
-            self.members.insert(d.id.clone(), m);
+            self.members.insert(
+                d.id.clone(),
+                Member {
+                    d: d.clone(),
+                    heard: now,
+                },
+            );
         }
-        let me = self.members.entry(self.me.clone()).or_insert(Member {
-            incarnation: 0,
-            heartbeat: 0,
-            left: false,
-            heard: now,
-        });
-        me.incarnation += 1;
-        me.left = false;
+        if let Some(me) = self.members.get_mut(&self.me) {
+            me.d.incarnation += 1;
+        }
     }
 
     /// This node's id.
@@ -105,25 +108,40 @@ impl Membership {
         &self.me
     }
 
+    fn my(&mut self) -> &mut Digest {
+        let me = self.me.clone();
+        &mut self
+            .members
+            .get_mut(&me)
+            .unwrap_or_else(|| unreachable!("a table always holds its own node"))
+            .d
+    }
+
     /// Bumps this node's heartbeat (once per gossip round).
     pub fn beat(&mut self, now: u64) {
-        if let Some(m) = self.members.get_mut(&self.me) {
-            m.heartbeat += 1;
+        let me = self.me.clone();
+        if let Some(m) = self.members.get_mut(&me) {
+            m.d.heartbeat += 1;
             m.heard = now;
         }
     }
 
+    /// Publishes this node's view of the ring and the rebalance it has
+    /// finished receiving (carried by the next gossip).
+    pub fn set_mine(&mut self, view: u64, synced: u64) {
+        let my = self.my();
+        my.view = view;
+        my.synced = synced;
+    }
+
     /// What this node knows, for gossip.
     pub fn digests(&self) -> Vec<Digest> {
-        self.members
-            .iter()
-            .map(|(id, m)| Digest {
-                id: id.clone(),
-                incarnation: m.incarnation,
-                heartbeat: m.heartbeat,
-                left: m.left,
-            })
-            .collect()
+        self.members.values().map(|m| m.d.clone()).collect()
+    }
+
+    /// What this node knows of `id`.
+    pub fn digest(&self, id: &str) -> Option<&Digest> {
+        self.members.get(id).map(|m| &m.d)
     }
 
     /// Merges gossip. Returns whether anything changed, and whether the
@@ -135,70 +153,76 @@ impl Membership {
         }
         // Heartbeats spread by the regular rounds; answer only news about
         // who is a member (someone unknown to the sender, a newer
-        // incarnation, a departure).
-        let theirs: BTreeMap<&str, (u64, bool)> = digests
+        // generation or incarnation, a later status).
+        let theirs: BTreeMap<&str, (u64, u64, Status)> = digests
             .iter()
-            .map(|d| (d.id.as_str(), (d.incarnation, d.left)))
+            .map(|d| (d.id.as_str(), (d.generation, d.incarnation, d.status)))
             .collect();
         let behind = self.members.iter().any(|(id, m)| {
-            theirs
-                .get(id.as_str())
-                .is_none_or(|&(inc, left)| (inc, left) < (m.incarnation, m.left))
+            theirs.get(id.as_str()).is_none_or(|&(g, inc, st)| {
+                (g, inc) < (m.d.generation, m.d.incarnation)
+                    || (g == m.d.generation && st < m.d.status)
+            })
         });
         (changed, behind)
     }
 
     fn merge_one(&mut self, d: &Digest, now: u64) -> bool {
-        match self.members.get_mut(&d.id) {
-            None => {
-                self.members.insert(
-                    d.id.clone(),
-                    Member {
-                        incarnation: d.incarnation,
-                        heartbeat: d.heartbeat,
-                        left: d.left,
-                        heard: now,
-                    },
-                );
+        let Some(m) = self.members.get_mut(&d.id) else {
+            let m = Member {
+                d: d.clone(),
+                heard: now,
+            };
+            self.members.insert(d.id.clone(), m);
+            return true;
+        };
+        if d.generation != m.d.generation {
+            if d.generation < m.d.generation || d.id == self.me {
+                return false;
+            }
+            m.d = d.clone();
+            m.heard = now;
+            return true;
+        }
+        let mut changed = false;
+        if (d.incarnation, d.heartbeat) > (m.d.incarnation, m.d.heartbeat) {
+            if d.id != self.me {
+                m.heard = now;
+                m.d.view = d.view;
+                m.d.synced = d.synced;
+            }
+            m.d.incarnation = m.d.incarnation.max(d.incarnation);
+            m.d.heartbeat = m.d.heartbeat.max(d.heartbeat);
+            changed = true;
+        }
+        if d.status > m.d.status {
+            m.d.status = d.status;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Moves `id` forward to `status`. Returns false if it is unknown or
+    /// already there or beyond.
+    pub fn set_status(&mut self, id: &str, status: Status) -> bool {
+        match self.members.get_mut(id) {
+            Some(m) if m.d.status < status => {
+                m.d.status = status;
                 true
             }
-            Some(m) => {
-                let newer = (d.incarnation, d.heartbeat) > (m.incarnation, m.heartbeat);
-                let left_news = d.left && !m.left && d.incarnation >= m.incarnation;
-                if !newer && !left_news {
-                    return false;
-                }
-                if newer && d.id != self.me {
-                    m.heard = now;
-                }
-                if d.incarnation > m.incarnation {
-                    m.left = d.left;
-                } else {
-                    m.left |= d.left;
-                }
-                m.incarnation = m.incarnation.max(d.incarnation);
-                m.heartbeat = m.heartbeat.max(d.heartbeat);
-                true
-            }
+            _ => false,
         }
     }
 
-    /// Marks `id` as having left (decommissioned). Returns false if unknown.
-    pub fn mark_left(&mut self, id: &str) -> bool {
-        match self.members.get_mut(id) {
-            Some(m) => {
-                m.incarnation += 1;
-                m.left = true;
-                true
-            }
-            None => false,
-        }
+    /// The status of `id`, if it is known.
+    pub fn status(&self, id: &str) -> Option<Status> {
+        self.members.get(id).map(|m| m.d.status)
     }
 
     /// The state of `id` at time `now`, if it is known.
     pub fn state(&self, id: &str, now: u64) -> Option<MemberState> {
         let m = self.members.get(id)?;
-        Some(if m.left {
+        Some(if m.d.status == Status::Left {
             MemberState::Left
         } else if id == self.me {
             MemberState::Alive
@@ -222,11 +246,20 @@ impl Membership {
         )
     }
 
-    /// Members that have not left, sorted: the ring's nodes.
-    pub fn ring_members(&self) -> Vec<NodeId> {
+    /// Members with one of these statuses, sorted.
+    pub fn with_status(&self, statuses: &[Status]) -> Vec<NodeId> {
         self.members
             .iter()
-            .filter(|(_, m)| !m.left)
+            .filter(|(_, m)| statuses.contains(&m.d.status))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Members that have not left, sorted.
+    pub fn current(&self) -> Vec<NodeId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.d.status != Status::Left)
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -244,14 +277,19 @@ impl Membership {
 mod tests {
     use super::*;
 
+    fn table(me: &str, status: Status) -> Membership {
+        Membership::new(me, 0, status, 1, 100, 300)
+    }
+
     #[test]
     fn gossip_spreads_and_silence_means_down() {
-        let mut a = Membership::new("a", 0, 100, 300);
-        let mut b = Membership::new("b", 0, 100, 300);
+        let mut a = table("a", Status::Normal);
+        let mut b = table("b", Status::Waiting);
         b.beat(10);
         let (changed, behind) = a.merge(&b.digests(), 10);
         assert!(changed && behind, "a learns b and b lacks a");
-        assert_eq!(a.ring_members(), ["a", "b"]);
+        assert_eq!(a.current(), ["a", "b"]);
+        assert_eq!(a.status("b"), Some(Status::Waiting));
         assert_eq!(a.state("b", 50), Some(MemberState::Alive));
         assert_eq!(a.state("b", 200), Some(MemberState::Suspect));
         assert_eq!(a.state("b", 500), Some(MemberState::Down));
@@ -261,19 +299,30 @@ mod tests {
     }
 
     #[test]
-    fn left_is_sticky_until_a_new_incarnation() {
-        let mut a = Membership::new("a", 0, 100, 300);
-        let mut b = Membership::new("b", 0, 100, 300);
+    fn status_only_moves_forward_and_left_is_sticky() {
+        let mut a = table("a", Status::Normal);
+        let mut b = table("b", Status::Normal);
         a.merge(&b.digests(), 0);
         b.merge(&a.digests(), 0);
-        assert!(a.mark_left("b"));
+        assert!(a.set_status("b", Status::Leaving));
+        assert!(!a.set_status("b", Status::Normal), "no way back");
         b.merge(&a.digests(), 1);
-        assert_eq!(b.state("b", 1), Some(MemberState::Left));
-        assert_eq!(b.ring_members(), ["a"]);
-        // b restarts and rejoins with a higher incarnation.
-        let mut b2 = Membership::new("b", 2, 100, 300);
-        b2.restore(&b.digests(), 2);
+        assert_eq!(b.status("b"), Some(Status::Leaving));
+        assert!(a.set_status("b", Status::Left));
+        b.merge(&a.digests(), 2);
+        assert_eq!(b.state("b", 2), Some(MemberState::Left));
+        assert_eq!(b.current(), ["a"]);
+        // b restarts from its saved table, with a higher incarnation: it
+        // stays out.
+        let mut b2 = table("b", Status::Normal);
+        b2.restore(&b.digests(), 3);
         a.merge(&b2.digests(), 3);
-        assert_eq!(a.state("b", 3), Some(MemberState::Alive));
+        assert_eq!(a.state("b", 3), Some(MemberState::Left));
+        // Started again on an empty data directory: a new generation.
+        let mut b3 = Membership::new("b", 4, Status::Waiting, 2, 100, 300);
+        b3.beat(4);
+        a.merge(&b3.digests(), 4);
+        assert_eq!(a.status("b"), Some(Status::Waiting));
+        assert_eq!(a.current(), ["a", "b"]);
     }
 }

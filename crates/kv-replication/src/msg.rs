@@ -39,17 +39,75 @@ pub struct Stamped {
     pub value: Option<Vec<u8>>,
 }
 
+/// A member's part in the ring. A member only ever moves forward through
+/// these, so gossip merges them by taking the later one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Status {
+    /// Known to the cluster, waiting for its turn to join (one node joins
+    /// or leaves at a time).
+    Waiting,
+    /// Receiving its ranges: it gets every write, but reads do not rely on
+    /// it yet.
+    Joining,
+    /// A full member: holds its ranges.
+    Normal,
+    /// Decommissioning: still holds its ranges while the new owners copy
+    /// them; gets no new writes.
+    Leaving,
+    /// Gone from the ring for good.
+    Left,
+}
+
+impl Status {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Waiting => "waiting",
+            Status::Joining => "joining",
+            Status::Normal => "normal",
+            Status::Leaving => "leaving",
+            Status::Left => "left",
+        }
+    }
+}
+
 /// What one node says of a member in gossip.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digest {
     /// The member.
     pub id: NodeId,
+    /// Set once when the member is first started on an empty data
+    /// directory: a higher generation is a new life of the same address
+    /// and replaces everything known of the old one.
+    pub generation: u64,
     /// Bumped by the member itself to overrule older news about it.
     pub incarnation: u64,
     /// Bumped by the member itself on every gossip round while it lives.
     pub heartbeat: u64,
-    /// Whether it has left the cluster.
-    pub left: bool,
+    /// Its part in the ring.
+    pub status: Status,
+    /// The member's own view of the ring (0: no rebalance under way,
+    /// otherwise the rebalance's hash), so that others can tell when the
+    /// whole cluster knows of a rebalance.
+    pub view: u64,
+    /// The rebalance whose ranges the member has finished receiving.
+    pub synced: u64,
+}
+
+impl Digest {
+    /// A member with `status`, heard of for the first time (generation 1,
+    /// no heartbeats yet): for tests and tools that build a membership.
+    pub fn new(id: &str, status: Status) -> Digest {
+        Digest {
+            id: id.to_string(),
+            generation: 1,
+            incarnation: 0,
+            heartbeat: 0,
+            status,
+            view: 0,
+            synced: 0,
+        }
+    }
 }
 
 /// Messages between nodes.
@@ -123,6 +181,33 @@ pub enum PeerMsg {
         /// The keys.
         keys: Vec<Vec<u8>>,
     },
+    /// Rebalancing: send me a page of your keys in these ranges of the
+    /// ring, from this point of your store on.
+    StreamReq {
+        /// The rebalance this is for.
+        transition: u64,
+        /// Ranges of positions, as inclusive `(low, high)` pairs, sorted.
+        ranges: Vec<(u64, u64)>,
+        /// Where to continue: (shard, key hash).
+        cursor: (u32, u64),
+        /// About how many bytes to send.
+        max_bytes: u32,
+    },
+    /// A page of a rebalancing stream.
+    StreamPage {
+        /// The rebalance, echoed.
+        transition: u64,
+        /// The cursor of the request, echoed.
+        cursor: (u32, u64),
+        /// Entries, tombstones included.
+        entries: Vec<(Vec<u8>, Stamped)>,
+        /// Where to continue; `None`: the stream is complete.
+        next: Option<(u32, u64)>,
+        /// How far through its store the sender is, in millionths.
+        progress: u32,
+    },
+    /// Join my cluster (sent by the node an operator told to invite you).
+    Invite,
     /// A page of a node's keys with versions, tombstones included.
     ListReply {
         /// The operation.

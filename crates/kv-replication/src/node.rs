@@ -7,7 +7,8 @@ use kv_storage::Store;
 
 use crate::hlc::Hlc;
 use crate::membership::{MemberState, Membership};
-use crate::msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Ver};
+use crate::msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
+use crate::rebalance::{self, Progress, Stream, StreamSave};
 
 /// Settings of a node. Times are in milliseconds.
 #[derive(Clone, Debug)]
@@ -41,6 +42,15 @@ pub struct Config {
     pub anti_entropy_interval: u64,
     /// How long a hint for a down replica is kept before it is dropped.
     pub hint_window: u64,
+    /// Most bytes per second a node receives while rebalancing (0: no
+    /// limit).
+    pub stream_rate: u64,
+    /// About how many bytes one page of a rebalancing stream carries.
+    pub stream_page: u32,
+    /// Whether a node copies the ranges it gains before the rebalance
+    /// ends (on by default; off only to show, in the simulator, what goes
+    /// wrong without it).
+    pub stream_ranges: bool,
 }
 
 impl Config {
@@ -61,6 +71,9 @@ impl Config {
             read_repair: true,
             anti_entropy_interval: 10_000,
             hint_window: 3 * 3600 * 1000,
+            stream_rate: 0,
+            stream_page: 1 << 20,
+            stream_ranges: true,
         }
     }
 }
@@ -88,6 +101,9 @@ pub enum Output {
     /// Keep this hint durably (replacing any for the same target and key)
     /// and pass it back to [`Node::restore_hints`] after a restart.
     StoreHint(Hint),
+    /// Something worth a line in the log (rebalance progress, members
+    /// joining and leaving).
+    Log(String),
     /// The hint for this target and key is delivered (or expired): forget it.
     DropHint {
         /// The replica it was for.
@@ -122,6 +138,8 @@ pub struct Persisted {
     pub members: Vec<Digest>,
     /// The clock never issues timestamps at or below this after a restart.
     pub clock_floor: u64,
+    /// How far the node got with receiving a rebalance's ranges.
+    pub stream: Option<StreamSave>,
 }
 
 /// How far ahead of the clock the persisted floor is set (µs): the floor is
@@ -135,6 +153,8 @@ pub struct MemberInfo {
     pub id: NodeId,
     /// Its state seen from here.
     pub state: MemberState,
+    /// Its part in the ring.
+    pub status: Status,
     /// Its share of the ring as a primary (0..1).
     pub share: f64,
 }
@@ -161,13 +181,52 @@ enum Work {
     },
 }
 
+/// The replica sets an operation must reach, each with the answers it
+/// needs from it: one set, or two during a rebalance (read ring and write
+/// ring).
+type Groups = Vec<(Vec<NodeId>, usize)>;
+
 struct Pending {
     client: u64,
     deadline: u64,
-    needed: usize,
-    asked: usize,
+    groups: Groups,
     answered: BTreeSet<NodeId>,
     work: Work,
+}
+
+/// Whether `have` holds enough members of every group.
+fn met(groups: &Groups, have: &BTreeSet<NodeId>) -> bool {
+    groups
+        .iter()
+        .all(|(g, need)| g.iter().filter(|n| have.contains(*n)).count() >= *need)
+}
+
+/// The quorum of a replica set of `n`: `configured`, or a majority.
+fn quorum_of(configured: Option<usize>, n: usize) -> usize {
+    let n = n.max(1);
+    configured.unwrap_or(n / 2 + 1).clamp(1, n)
+}
+
+/// The same replica groups with write quorums as their needs (what a read
+/// repair must reach).
+fn write_groups(write_quorum: Option<usize>, groups: &Groups) -> Groups {
+    groups
+        .iter()
+        .map(|(g, _)| (g.clone(), quorum_of(write_quorum, g.len())))
+        .collect()
+}
+
+/// Every node of the groups, once, in order.
+fn union(groups: &Groups) -> Vec<NodeId> {
+    let mut out: Vec<NodeId> = Vec::new();
+    for (g, _) in groups {
+        for n in g {
+            if !out.contains(n) {
+                out.push(n.clone());
+            }
+        }
+    }
+    out
 }
 
 /// A cluster node's logic. Feed it inputs (`handle_*`), then drain
@@ -176,7 +235,25 @@ pub struct Node {
     cfg: Config,
     number: u32,
     members: Membership,
-    ring: Ring,
+    /// Members that hold their ranges (normal, leaving).
+    read_ring: Ring,
+    /// Members that will hold them (joining, normal).
+    write_ring: Ring,
+    /// 0, or the hash of the rebalance under way (the two rings).
+    transition: u64,
+    /// What the rebalance under way moves.
+    plan: rebalance::Plan,
+    /// Receiving this node's new ranges.
+    stream: Option<Stream>,
+    /// A saved stream to resume, from before a restart.
+    resume: Option<StreamSave>,
+    /// The rebalance whose ranges this node has all.
+    synced: u64,
+    /// Since when every live member knows the rebalance under way.
+    converged_since: Option<u64>,
+    /// Whether a peer has been heard from since the start (a restarted
+    /// member waits for news before coordinating).
+    heard_peer: bool,
     hlc: Hlc,
     floor: u64,
     rng: u64,
@@ -214,19 +291,33 @@ impl Node {
     /// A node starting at time `now`. `saved` is what it last persisted
     /// (`None` the first time); `store` is its local data (its newest
     /// timestamp bounds the clock); `seed` drives its random choices.
+    ///
+    /// A node started for the first time is a cluster of one (status
+    /// normal) until [`Node::join`] makes it wait for its turn to join.
     pub fn new(cfg: Config, now: u64, saved: Option<Persisted>, store: &Store, seed: u64) -> Node {
-        let mut members = Membership::new(&cfg.id, now, cfg.suspect_after, cfg.down_after);
+        let (suspect, down) = (cfg.suspect_after, cfg.down_after);
+        let mut members = Membership::new(&cfg.id, now, Status::Normal, now, suspect, down);
         let mut floor = store.max_timestamp();
+        let mut resume = None;
         if let Some(s) = &saved {
             members.restore(&s.members, now);
             floor = floor.max(s.clock_floor);
+            resume = s.stream.clone();
         }
-        let ring = Ring::with_nodes(cfg.vnodes, members.ring_members());
+        let heard_peer = members.current().len() <= 1;
         let mut n = Node {
             number: cfg.number.unwrap_or_else(|| node_number(&cfg.id)),
+            read_ring: Ring::new(cfg.vnodes),
+            write_ring: Ring::new(cfg.vnodes),
             cfg,
             members,
-            ring,
+            transition: 0,
+            plan: rebalance::Plan::default(),
+            stream: None,
+            resume,
+            synced: 0,
+            converged_since: None,
+            heard_peer,
             hlc: Hlc::starting_above(floor),
             floor,
             rng: seed | 1,
@@ -240,6 +331,10 @@ impl Node {
             hint_ops: BTreeMap::new(),
             next_hint_op: u64::MAX,
         };
+        if let Some(d) = n.members.digest(&n.cfg.id) {
+            n.synced = d.synced;
+        }
+        n.recompute_rings();
         n.persist();
         n
     }
@@ -266,43 +361,96 @@ impl Node {
     }
 
     fn persist(&mut self) {
+        let stream = self
+            .stream
+            .as_ref()
+            .map(Stream::save)
+            .or_else(|| self.resume.clone());
         self.out.push_back(Output::Persist(Persisted {
             members: self.members.digests(),
             clock_floor: self.floor,
+            stream,
         }));
+    }
+
+    fn log(&mut self, line: String) {
+        self.out.push_back(Output::Log(line));
     }
 
     fn random(&mut self) -> u64 {
         splitmix64(&mut self.rng)
     }
 
-    /// Effective replication factor and quorums: (N, W, R).
-    pub fn quorums(&self) -> (usize, usize, usize) {
-        let n = self.cfg.replicas.min(self.ring.nodes().len()).max(1);
-        let majority = n / 2 + 1;
-        let w = self.cfg.write_quorum.unwrap_or(majority).clamp(1, n);
-        let r = self.cfg.read_quorum.unwrap_or(majority).clamp(1, n);
-        (n, w, r)
+    /// Replication factor of a ring (N capped by its size).
+    fn n_of(&self, ring: &Ring) -> usize {
+        self.cfg.replicas.min(ring.nodes().len()).max(1)
     }
 
-    /// The replicas of `key`, in preference order.
-    pub fn replicas_for(&self, key: &[u8]) -> Vec<NodeId> {
-        let (n, _, _) = self.quorums();
-        self.ring
-            .preference_list(key, n)
+    fn write_need(&self, replicas: usize) -> usize {
+        quorum_of(self.cfg.write_quorum, replicas)
+    }
+
+    fn read_need(&self, replicas: usize) -> usize {
+        quorum_of(self.cfg.read_quorum, replicas)
+    }
+
+    /// Effective replication factor and quorums of the read ring: (N, W, R).
+    pub fn quorums(&self) -> (usize, usize, usize) {
+        let n = self.n_of(&self.read_ring);
+        (n, self.write_need(n), self.read_need(n))
+    }
+
+    fn prefs(&self, ring: &Ring, key: &[u8]) -> Vec<NodeId> {
+        let n = self.n_of(ring);
+        ring.preference_list(key, n)
             .into_iter()
             .map(str::to_string)
             .collect()
     }
 
-    /// Members with their state and ring share.
+    /// The replicas of `key` that hold it (in the read ring), in
+    /// preference order.
+    pub fn replicas_for(&self, key: &[u8]) -> Vec<NodeId> {
+        self.prefs(&self.read_ring, key)
+    }
+
+    /// The replica groups of `key`, each with the answers it needs:
+    /// during a rebalance its replicas in the read ring and in the write
+    /// ring.
+    fn groups(&self, key: &[u8], write: bool) -> Groups {
+        let need = |n: usize| {
+            if write {
+                self.write_need(n)
+            } else {
+                self.read_need(n)
+            }
+        };
+        let read = self.prefs(&self.read_ring, key);
+        let mut groups = vec![(read.clone(), need(read.len()))];
+        if self.transition != 0 {
+            let next = self.prefs(&self.write_ring, key);
+            if next != read {
+                groups.push((next.clone(), need(next.len())));
+            }
+        }
+        groups
+    }
+
+    /// The replica sets a read or write of `key` must reach a quorum of:
+    /// one, or two during a rebalance.
+    pub fn replica_groups(&self, key: &[u8]) -> Vec<Vec<NodeId>> {
+        self.groups(key, true).into_iter().map(|(g, _)| g).collect()
+    }
+
+    /// Members with their state, status and ring share.
     pub fn view(&self, now: u64) -> Vec<MemberInfo> {
-        let shares = self.ring.shares(1);
+        let shares = self.read_ring.shares(1);
         self.members
             .all(now)
             .into_iter()
             .map(|(id, state)| MemberInfo {
                 share: shares.get(&id).copied().unwrap_or(0.0),
+                status: self.members.status(&id).unwrap_or(Status::Left),
                 id,
                 state,
             })
@@ -312,6 +460,82 @@ impl Node {
     /// Whether this node has been removed from the cluster.
     pub fn has_left(&self, now: u64) -> bool {
         self.members.state(&self.cfg.id, now) == Some(MemberState::Left)
+    }
+
+    /// This node's status.
+    pub fn status(&self) -> Status {
+        self.members.status(&self.cfg.id).unwrap_or(Status::Left)
+    }
+
+    /// Whether a rebalance is under way (as far as this node knows).
+    pub fn rebalancing(&self) -> bool {
+        self.transition != 0
+    }
+
+    /// The rebalance under way, seen from this node, if any.
+    pub fn progress(&self, now: u64) -> Option<Progress> {
+        if self.transition == 0 {
+            return None;
+        }
+        let mut p = Progress {
+            joining: self.members.with_status(&[Status::Joining]),
+            leaving: self.members.with_status(&[Status::Leaving]),
+            ranges: (0, 0),
+            bytes: 0,
+            keys: 0,
+            rate: 0.0,
+            fraction: 1.0,
+            eta_secs: None,
+            waiting_for: self.waiting_for(now),
+        };
+        if let Some(st) = &self.stream {
+            p.ranges = (st.plan.gains.len(), st.ranges_done());
+            p.bytes = st.bytes;
+            p.keys = st.keys;
+            p.fraction = st.progress();
+            if st.started > 0 && now > st.started {
+                let secs = (now - st.started) as f64 / 1000.0;
+                p.rate = st.bytes as f64 / secs;
+                if p.fraction > 0.01 && p.fraction < 1.0 {
+                    p.eta_secs = Some(secs * (1.0 - p.fraction) / p.fraction);
+                }
+            }
+        }
+        Some(p)
+    }
+
+    /// What the rebalance under way waits for, described.
+    fn waiting_for(&self, now: u64) -> Option<String> {
+        let lagging = self.lagging(now);
+        if !lagging.is_empty() {
+            return Some(format!("{} to learn of it", lagging.join(",")));
+        }
+        let unsynced: Vec<NodeId> = self
+            .plan
+            .gainers
+            .iter()
+            .filter(|g| {
+                self.members
+                    .digest(g)
+                    .is_none_or(|d| d.synced != self.transition)
+            })
+            .cloned()
+            .collect();
+        (!unsynced.is_empty()).then(|| format!("{} to receive ranges", unsynced.join(",")))
+    }
+
+    /// Live members whose view of the ring differs from this node's.
+    fn lagging(&self, now: u64) -> Vec<NodeId> {
+        self.members
+            .with_status(&[Status::Joining, Status::Normal, Status::Leaving])
+            .into_iter()
+            .filter(|id| id != &self.cfg.id && self.members.is_up(id, now))
+            .filter(|id| {
+                self.members
+                    .digest(id)
+                    .is_none_or(|d| d.view != self.transition)
+            })
+            .collect()
     }
 
     fn stamp(&mut self, now: u64) -> Ver {
@@ -329,9 +553,27 @@ impl Node {
     /// Contacts `seed` (host:port) to join its cluster, and keeps
     /// contacting it every gossip round until some member answers. Until
     /// then the node refuses client operations rather than act as a
-    /// cluster of one.
+    /// cluster of one. A node that is alone becomes a member waiting for
+    /// its turn to receive its ranges; one already in a cluster only uses
+    /// `seed` to find it again.
     pub fn join(&mut self, now: u64, seed: &str) {
-        if seed != self.cfg.id && !self.seeds.iter().any(|s| s == seed) {
+        if seed == self.cfg.id {
+            return;
+        }
+        if self.members.current().len() <= 1 && self.status() == Status::Normal {
+            self.members = Membership::new(
+                &self.cfg.id,
+                now,
+                Status::Waiting,
+                now,
+                self.cfg.suspect_after,
+                self.cfg.down_after,
+            );
+            self.heard_peer = true;
+            self.recompute_rings();
+            self.persist();
+        }
+        if !self.seeds.iter().any(|s| s == seed) {
             self.seeds.push(seed.to_string());
         }
         self.contact_seeds(now);
@@ -350,45 +592,158 @@ impl Node {
         }
     }
 
-    /// Whether the node waits to hear from the cluster it was told to join.
+    /// Whether the node waits to hear from the cluster it was told to join
+    /// (or, restarted, from any peer, so that it does not coordinate with
+    /// an outdated view of the ring).
     pub fn is_joining(&self) -> bool {
-        !self.seeds.is_empty() && self.members.ring_members().len() <= 1
+        let alone = self.members.current().len() <= 1;
+        let newcomer = matches!(self.status(), Status::Waiting | Status::Joining);
+        (alone && (newcomer || !self.seeds.is_empty())) || !self.heard_peer
     }
 
-    /// Decommissions `node`: it is marked as left and leaves the ring.
-    /// Returns false if the node is unknown.
-    pub fn leave(&mut self, now: u64, node: &str) -> bool {
-        if !self.members.mark_left(node) {
-            return false;
+    /// Decommissions `node`, which must be up: it stops taking new writes,
+    /// its ranges stream to their new owners, and it leaves the ring once
+    /// they hold them. Refused while another node joins or leaves.
+    /// Returns what happened, or why not.
+    pub fn leave(&mut self, now: u64, node: &str) -> Result<String, String> {
+        let status = self.check_member(node)?;
+        if !self.members.is_up(node, now) {
+            return Err(format!(
+                "{node} is down: REMOVE it instead, to rebuild its ranges from the other replicas"
+            ));
         }
-        self.membership_changed();
+        if status != Status::Normal {
+            return Err(format!("{node} is {}, not a normal member", status.name()));
+        }
+        if let Some(busy) = self.busy() {
+            return Err(busy);
+        }
+        if self.read_ring.nodes().len() <= 1 {
+            return Err(format!("{node} is the only member holding data"));
+        }
+        self.change_status(node, Status::Leaving);
+        Ok(format!(
+            "{node} is leaving: its ranges stream to their new owners (CLUSTER shows progress)"
+        ))
+    }
+
+    /// Removes `node`, which must be down, for good: its ranges are
+    /// rebuilt on their new owners from the surviving replicas. Allowed
+    /// during another rebalance (a dead node may be what holds it up).
+    pub fn remove(&mut self, now: u64, node: &str) -> Result<String, String> {
+        let status = self.check_member(node)?;
+        if node == self.cfg.id || self.members.is_up(node, now) {
+            return Err(format!(
+                "{node} is up: use LEAVE to decommission a live node"
+            ));
+        }
+        match status {
+            // It holds no range yet: it simply goes.
+            Status::Waiting | Status::Joining => {
+                self.change_status(node, Status::Left);
+                Ok(format!("{node} removed (it held no ranges yet)"))
+            }
+            Status::Normal => {
+                if self.read_ring.nodes().len() <= 1 {
+                    return Err(format!("{node} is the only member holding data"));
+                }
+                self.change_status(node, Status::Leaving);
+                Ok(format!(
+                    "{node} is being removed: its ranges are rebuilt from the other replicas (CLUSTER shows progress)"
+                ))
+            }
+            Status::Leaving | Status::Left => Ok(format!("{node} is already {}", status.name())),
+        }
+    }
+
+    fn check_member(&self, node: &str) -> Result<Status, String> {
+        match self.members.status(node) {
+            None => Err(format!("{node} is not a member of this cluster")),
+            Some(Status::Left) => Err(format!("{node} has already left")),
+            Some(s) => Ok(s),
+        }
+    }
+
+    /// Why another join or leave cannot start now, if it cannot.
+    fn busy(&self) -> Option<String> {
+        let moving = self
+            .members
+            .with_status(&[Status::Joining, Status::Leaving]);
+        (self.transition != 0 || !moving.is_empty()).then(|| {
+            format!(
+                "a rebalance is under way ({}); one node joins or leaves at a time, retry when CLUSTER shows it done",
+                moving.join(", ")
+            )
+        })
+    }
+
+    fn change_status(&mut self, node: &str, status: Status) {
+        if self.members.set_status(node, status) {
+            self.log(format!("{node} is now {}", status.name()));
+            self.recompute_rings();
+            self.persist();
+            self.tell_everyone();
+        }
+    }
+
+    /// Gossips to every member at once (news that should not wait for the
+    /// random rounds).
+    fn tell_everyone(&mut self) {
         let members = self.members.digests();
-        for peer in self.members.ring_members() {
+        for peer in self.members.current() {
             if peer != self.cfg.id {
-                self.send(
-                    &peer,
-                    PeerMsg::Gossip {
-                        members: members.clone(),
-                    },
-                );
+                let msg = PeerMsg::Gossip {
+                    members: members.clone(),
+                };
+                self.send(&peer, msg);
             }
         }
-        self.send(node, PeerMsg::Gossip { members });
-        let _ = now;
-        true
     }
 
-    fn membership_changed(&mut self) {
-        let ring = Ring::with_nodes(self.cfg.vnodes, self.members.ring_members());
-        if ring != self.ring {
-            self.ring = ring;
+    /// Rebuilds the rings from the members' statuses; a new rebalance
+    /// gets its plan.
+    fn recompute_rings(&mut self) {
+        let read = self.members.with_status(&[Status::Normal, Status::Leaving]);
+        let write = self.members.with_status(&[Status::Joining, Status::Normal]);
+        let transition = if read == write {
+            0
+        } else {
+            let text = format!("{read:?}{write:?}");
+            xxhash_rust::xxh3::xxh3_64(text.as_bytes()) | 1
+        };
+        if self.read_ring.nodes() != read.as_slice() {
+            self.read_ring = Ring::with_nodes(self.cfg.vnodes, &read);
         }
-        self.persist();
+        if self.write_ring.nodes() != write.as_slice() {
+            self.write_ring = Ring::with_nodes(self.cfg.vnodes, &write);
+        }
+        if transition != self.transition {
+            self.transition = transition;
+            self.converged_since = None;
+            self.stream = None;
+            self.plan = rebalance::Plan::default();
+            if transition != 0 {
+                let (nr, nw) = (self.n_of(&self.read_ring), self.n_of(&self.write_ring));
+                let r = self.cfg.read_quorum;
+                self.plan = rebalance::plan(
+                    &self.cfg.id,
+                    &self.read_ring,
+                    nr,
+                    &self.write_ring,
+                    nw,
+                    |n| quorum_of(r, n),
+                );
+                if self.plan.gains.is_empty() || !self.cfg.stream_ranges {
+                    self.synced = transition;
+                }
+            }
+        }
+        self.members.set_mine(self.transition, self.synced);
     }
 
     /// A client operation, to be answered with [`Output::Reply`] carrying `id`.
     pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &Store) {
-        if self.is_joining() {
+        if self.is_joining() || self.status() == Status::Left || self.read_ring.nodes().is_empty() {
             let reply = ClientReply::Unavailable {
                 answered: 0,
                 needed: 1,
@@ -408,7 +763,7 @@ impl Node {
         }
     }
 
-    fn new_op(&mut self, now: u64, client: u64, needed: usize, asked: usize, work: Work) -> u64 {
+    fn new_op(&mut self, now: u64, client: u64, groups: Groups, work: Work) -> u64 {
         let op = self.next_op;
         self.next_op += 1;
         self.pending.insert(
@@ -416,8 +771,7 @@ impl Node {
             Pending {
                 client,
                 deadline: now + self.cfg.request_timeout,
-                needed,
-                asked,
+                groups,
                 answered: BTreeSet::new(),
                 work,
             },
@@ -433,19 +787,14 @@ impl Node {
         value: Option<Vec<u8>>,
         store: &Store,
     ) {
-        let (_, w, _) = self.quorums();
-        let replicas = self.replicas_for(&key);
+        let groups = self.groups(&key, true);
+        let replicas = union(&groups);
         let version = self.stamp(now);
-        let op = self.new_op(
-            now,
-            client,
-            w,
-            replicas.len(),
-            Work::Write {
-                version,
-                existed: false,
-            },
-        );
+        let work = Work::Write {
+            version,
+            existed: false,
+        };
+        let op = self.new_op(now, client, groups, work);
         for r in replicas {
             if r != self.cfg.id && self.members.state(&r, now) == Some(MemberState::Down) {
                 self.add_hint(now, r, &key, value.clone(), version);
@@ -469,15 +818,15 @@ impl Node {
     }
 
     fn start_read(&mut self, now: u64, client: u64, key: Vec<u8>, store: &Store) {
-        let (_, _, r) = self.quorums();
-        let replicas = self.replicas_for(&key);
+        let groups = self.groups(&key, false);
+        let replicas = union(&groups);
         let work = Work::Read {
             key: key.clone(),
             best: None,
             seen: Vec::new(),
             holders: None,
         };
-        let op = self.new_op(now, client, r, replicas.len(), work);
+        let op = self.new_op(now, client, groups, work);
         for node in replicas {
             if node == self.cfg.id {
                 let state = read_local(store, &key);
@@ -505,13 +854,13 @@ impl Node {
         store: &Store,
     ) {
         let limit = limit.clamp(1, 10_000);
-        let nodes: Vec<NodeId> = self
-            .ring
-            .nodes()
-            .iter()
-            .filter(|n| self.members.is_up(n, now))
-            .cloned()
-            .collect();
+        let mut nodes: Vec<NodeId> = self.read_ring.nodes().to_vec();
+        for n in self.write_ring.nodes() {
+            if !nodes.contains(n) {
+                nodes.push(n.clone());
+            }
+        }
+        nodes.retain(|n| self.members.is_up(n, now));
         let work = Work::List {
             limit,
             pages: Vec::new(),
@@ -521,7 +870,7 @@ impl Node {
         // N - W + 1 of its replicas answer, and that overlaps W.
         let (_, w, _) = self.quorums();
         let needed = nodes.len().saturating_sub(w - 1).max(1);
-        let op = self.new_op(now, client, needed, nodes.len(), work);
+        let op = self.new_op(now, client, vec![(nodes.clone(), needed)], work);
         for node in nodes {
             if node == self.cfg.id {
                 let (entries, full) = list_local(store, &prefix, after.as_deref(), limit);
@@ -557,7 +906,20 @@ impl Node {
         match msg {
             PeerMsg::Gossip { members } => self.on_gossip(now, from, &members),
             // Answered by serve_replica above (a store failure: no answer).
-            PeerMsg::Replicate { .. } | PeerMsg::Read { .. } | PeerMsg::ListPage { .. } => {}
+            PeerMsg::Replicate { .. }
+            | PeerMsg::Read { .. }
+            | PeerMsg::ListPage { .. }
+            | PeerMsg::StreamReq { .. } => {}
+            PeerMsg::StreamPage {
+                transition,
+                cursor,
+                entries,
+                next,
+                progress,
+            } => self.on_stream_page(
+                now, from, transition, cursor, entries, next, progress, store,
+            ),
+            PeerMsg::Invite => self.on_invite(now, from),
             PeerMsg::ReplicateAck { op, existed } => self.on_write_ack(op, from, existed),
             PeerMsg::ReadReply { op, state } => {
                 if let Some(s) = &state {
@@ -578,13 +940,40 @@ impl Node {
         }
     }
 
+    fn on_invite(&mut self, now: u64, from: &str) {
+        if self.members.current().len() <= 1 && self.status() == Status::Normal {
+            self.log(format!("invited by {from}: joining its cluster"));
+            self.join(now, from);
+        } else {
+            self.log(format!(
+                "invitation from {from} ignored: this node is already in a cluster"
+            ));
+        }
+    }
+
+    /// Asks the node at `addr` to join this node's cluster (it does if it
+    /// is alone).
+    pub fn invite(&mut self, addr: &str) {
+        if addr != self.cfg.id {
+            self.send(addr, PeerMsg::Invite);
+        }
+    }
+
     fn on_gossip(&mut self, now: u64, from: &str, digests: &[Digest]) {
-        let before = self.members.ring_members();
+        let statuses = |m: &Membership| {
+            m.digests()
+                .into_iter()
+                .map(|d| (d.id, d.status))
+                .collect::<Vec<_>>()
+        };
+        let before = statuses(&self.members);
         let (changed, behind) = self.members.merge(digests, now);
-        if changed && self.members.ring_members() != before {
-            self.membership_changed();
-        } else if changed {
-            // Heartbeats only: nothing worth saving every round.
+        if from != self.cfg.id {
+            self.heard_peer = true;
+        }
+        if changed && statuses(&self.members) != before {
+            self.recompute_rings();
+            self.persist();
         }
         if behind && from != self.cfg.id {
             self.members.beat(now);
@@ -609,7 +998,6 @@ impl Node {
             }
             return;
         }
-        let (_, w, _) = self.quorums();
         let Some(p) = self.pending.get_mut(&op) else {
             return;
         };
@@ -619,7 +1007,7 @@ impl Node {
                     return;
                 }
                 *existed |= was_live;
-                if p.answered.len() >= p.needed {
+                if met(&p.groups, &p.answered) {
                     self.finish(op);
                 }
             }
@@ -628,8 +1016,8 @@ impl Node {
                 holders: Some(holders),
                 ..
             } => {
-                let done = holders.insert(from.to_string()) && holders.len() >= w;
-                if done {
+                let fresh = holders.insert(from.to_string());
+                if fresh && met(&write_groups(self.cfg.write_quorum, &p.groups), holders) {
                     self.finish(op);
                 }
             }
@@ -660,7 +1048,7 @@ impl Node {
                 }
             }
         }
-        if p.answered.len() >= p.needed {
+        if met(&p.groups, &p.answered) {
             self.conclude_read(op, store);
         }
     }
@@ -671,7 +1059,10 @@ impl Node {
     /// never go backwards). Otherwise answer now and repair stale replicas
     /// in the background.
     fn conclude_read(&mut self, op: u64, store: &Store) {
-        let (_, w, _) = self.quorums();
+        let Some(p) = self.pending.get(&op) else {
+            return;
+        };
+        let need_w = write_groups(self.cfg.write_quorum, &p.groups);
         let Some(p) = self.pending.get_mut(&op) else {
             return;
         };
@@ -698,9 +1089,10 @@ impl Node {
             .cloned()
             .partition(|(_, v)| *v == Some(newest.version));
         let key = key.clone();
-        let blocking = fresh.len() < w;
+        let fresh: BTreeSet<NodeId> = fresh.into_iter().map(|(n, _)| n).collect();
+        let blocking = !met(&need_w, &fresh);
         if blocking {
-            *holders = Some(fresh.into_iter().map(|(n, _)| n).collect());
+            *holders = Some(fresh);
         }
         let repair_op = if blocking { op } else { 0 };
         for (node, _) in stale {
@@ -737,7 +1129,7 @@ impl Node {
         if let Work::List { pages, .. } = &mut p.work {
             pages.push((entries, full));
         }
-        if p.answered.len() >= p.needed {
+        if met(&p.groups, &p.answered) {
             self.finish(op);
         }
     }
@@ -763,6 +1155,7 @@ impl Node {
         if now == self.last_gossip {
             self.deliver_hints(now);
         }
+        self.rebalance_tick(now, store);
         let ae = self.cfg.anti_entropy_interval;
         if ae > 0 && now >= self.last_anti_entropy + ae {
             self.last_anti_entropy = now;
@@ -778,12 +1171,219 @@ impl Node {
             if let Some(p) = self.pending.remove(&op) {
                 let reply = ClientReply::Unavailable {
                     answered: p.answered.len(),
-                    needed: p.needed,
-                    replicas: p.asked,
+                    needed: p.groups.iter().map(|(_, n)| *n).max().unwrap_or(1),
+                    replicas: union(&p.groups).len(),
                 };
                 self.reply(p.client, reply);
             }
         }
+    }
+
+    /// Rebalancing, each tick: a waiting node takes its turn, a node that
+    /// gains ranges receives them once the whole cluster knows of the
+    /// rebalance, and the rebalance ends once every gainer has its ranges.
+    fn rebalance_tick(&mut self, now: u64, store: &Store) {
+        if self.status() == Status::Waiting && !self.is_joining() && self.busy().is_none() {
+            let me = self.cfg.id.clone();
+            let first = self
+                .members
+                .with_status(&[Status::Waiting])
+                .into_iter()
+                .find(|id| *id == me || self.members.is_up(id, now));
+            if first.as_deref() == Some(me.as_str()) {
+                self.change_status(&me, Status::Joining);
+            }
+        }
+        if self.transition == 0 {
+            return;
+        }
+        if !self.lagging(now).is_empty() {
+            self.converged_since = None;
+        } else if self.converged_since.is_none() {
+            self.converged_since = Some(now);
+        }
+        if self.synced != self.transition {
+            self.receive_ranges(now, store);
+        }
+        if self.waiting_for(now).is_none() {
+            self.finish_rebalance();
+        }
+    }
+
+    /// Every gainer has its ranges: joining members become normal and
+    /// leaving members leave. Any member may do this; all reach the same
+    /// statuses.
+    fn finish_rebalance(&mut self) {
+        let joining = self.members.with_status(&[Status::Joining]);
+        let leaving = self.members.with_status(&[Status::Leaving]);
+        let mut changed = false;
+        for id in &joining {
+            changed |= self.members.set_status(id, Status::Normal);
+        }
+        for id in &leaving {
+            changed |= self.members.set_status(id, Status::Left);
+        }
+        if changed {
+            self.log(format!(
+                "rebalance done: joined [{}], left [{}]",
+                joining.join(", "),
+                leaving.join(", ")
+            ));
+            self.recompute_rings();
+            self.persist();
+            self.tell_everyone();
+        }
+    }
+
+    /// Pulls this node's new ranges, a page at a time from each source,
+    /// within the rate limit. Starts only once every live member has known
+    /// of the rebalance for a request timeout, so that every write
+    /// acknowledged under the old ring has landed before the copy starts
+    /// (later ones reach this node directly).
+    fn receive_ranges(&mut self, now: u64, store: &Store) {
+        let Some(since) = self.converged_since else {
+            return;
+        };
+        if now < since + self.cfg.request_timeout {
+            return;
+        }
+        if self.stream.is_none() {
+            let st = Stream::new(self.transition, self.plan.clone(), self.resume.as_ref());
+            self.log(format!(
+                "rebalance: receiving {} ranges from {} nodes",
+                st.plan.gains.len(),
+                st.sources.len()
+            ));
+            self.stream = Some(st);
+        }
+        let page = self.cfg.stream_page.max(1);
+        let rate = self.cfg.stream_rate;
+        let retry = self.cfg.request_timeout * 5;
+        let mut asks = Vec::new();
+        {
+            let Some(st) = self.stream.as_mut() else {
+                return;
+            };
+            if st.started == 0 {
+                st.started = now;
+            }
+            let allowance = rate.saturating_mul(now - st.started) / 1000 + u64::from(page);
+            let mut budget = if rate == 0 {
+                u64::MAX
+            } else {
+                allowance.saturating_sub(st.bytes)
+            };
+            for (id, src) in st.sources.iter_mut() {
+                let Some(cursor) = src.cursor else { continue };
+                if src.asked_at.is_some_and(|t| now < t + retry) || budget < u64::from(page) {
+                    continue;
+                }
+                if !self.members.is_up(id, now) {
+                    continue;
+                }
+                budget = budget.saturating_sub(u64::from(page));
+                src.asked_at = Some(now);
+                let ranges = st.plan.asks.get(id).cloned().unwrap_or_default();
+                asks.push((id.clone(), ranges, cursor));
+            }
+        }
+        for (id, ranges, cursor) in asks {
+            let msg = PeerMsg::StreamReq {
+                transition: self.transition,
+                ranges,
+                cursor,
+                max_bytes: page,
+            };
+            self.send(&id, msg);
+        }
+        self.check_stream_done(now, store);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_stream_page(
+        &mut self,
+        now: u64,
+        from: &str,
+        transition: u64,
+        cursor: (u32, u64),
+        entries: Vec<(Vec<u8>, Stamped)>,
+        next: Option<(u32, u64)>,
+        progress: u32,
+        store: &Store,
+    ) {
+        let Some(st) = self.stream.as_mut() else {
+            return;
+        };
+        if st.transition != transition {
+            return;
+        }
+        let Some(src) = st.sources.get_mut(from) else {
+            return;
+        };
+        if src.cursor != Some(cursor) {
+            return; // a duplicate or a late answer to an earlier request
+        }
+        let mut bytes = 0u64;
+        for (key, s) in &entries {
+            self.hlc.observe(s.version.ts);
+            if store
+                .apply(key, s.value.as_deref(), s.version.into())
+                .is_err()
+            {
+                return; // asked again after the retry interval
+            }
+            bytes += (key.len() + s.value.as_ref().map_or(0, Vec::len) + 16) as u64;
+        }
+        // The cursor is saved only once what it covers is durable.
+        if store.flush().is_err() {
+            return;
+        }
+        src.cursor = next;
+        src.asked_at = None;
+        src.progress = if next.is_none() {
+            1.0
+        } else {
+            progress as f32 / 1e6
+        };
+        st.bytes += bytes;
+        st.keys += entries.len() as u64;
+        self.persist();
+        self.receive_ranges(now, store);
+    }
+
+    /// Logs progress now and then, and marks the rebalance synced once
+    /// every range is complete.
+    fn check_stream_done(&mut self, now: u64, store: &Store) {
+        let Some(st) = self.stream.as_ref() else {
+            return;
+        };
+        if !st.complete() {
+            if now >= st.last_log + 5000 {
+                if let Some(p) = self.progress(now) {
+                    self.log(p.line());
+                }
+                if let Some(st) = self.stream.as_mut() {
+                    st.last_log = now;
+                }
+            }
+            return;
+        }
+        let secs = now.saturating_sub(st.started).max(1) as f64 / 1000.0;
+        let line = format!(
+            "rebalance: received all {} ranges: {} keys, {:.1} MB in {:.1} s ({:.1} MB/s)",
+            st.plan.gains.len(),
+            st.keys,
+            st.bytes as f64 / 1e6,
+            secs,
+            st.bytes as f64 / 1e6 / secs
+        );
+        self.log(line);
+        let _ = store;
+        self.synced = self.transition;
+        self.resume = None;
+        self.members.set_mine(self.transition, self.synced);
+        self.persist();
+        self.tell_everyone();
     }
 
     /// Hands back the hints saved from [`Output::StoreHint`] before a restart.
@@ -886,7 +1486,7 @@ impl Node {
     /// the hashes of the buckets of keys we both replicate.
     fn anti_entropy_round(&mut self, now: u64, store: &Store) {
         let peers: Vec<NodeId> = self
-            .ring
+            .read_ring
             .nodes()
             .iter()
             .filter(|n| {
@@ -909,7 +1509,7 @@ impl Node {
         store
             .iter_versioned()
             .filter_map(|(key, v)| {
-                let replicas = self.ring.preference_list(&key, n);
+                let replicas = self.read_ring.preference_list(&key, n);
                 let both = replicas.contains(&peer) && replicas.contains(&self.cfg.id.as_str());
                 both.then(|| (ae_bucket(&key), key, Ver::from(v.version)))
             })
@@ -985,6 +1585,7 @@ impl Node {
             .all(now)
             .into_iter()
             .filter(|(id, s)| *id != self.cfg.id && *s != MemberState::Left)
+            .filter(|(id, _)| self.members.status(id) != Some(Status::Left))
             .map(|(id, _)| id)
             .collect();
         if others.is_empty() {
@@ -1035,6 +1636,41 @@ pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
                 op: *op,
                 entries,
                 full,
+            })
+        }
+        PeerMsg::StreamReq {
+            transition,
+            ranges,
+            cursor,
+            max_bytes,
+        } => {
+            let from = kv_storage::StreamCursor {
+                shard: cursor.0,
+                hash: cursor.1,
+            };
+            let max = (*max_bytes).clamp(1, 16 << 20) as usize;
+            let (page, next) =
+                store.stream_page(from, max, |k| rebalance::key_in_ranges(ranges, k));
+            let progress = next.map_or(1_000_000, |c| {
+                let within = c.hash as f64 / 2f64.powi(64);
+                ((f64::from(c.shard) + within) / store.shard_count() as f64 * 1e6) as u32
+            });
+            let entries = page
+                .into_iter()
+                .map(|(k, v)| {
+                    let s = Stamped {
+                        version: v.version.into(),
+                        value: v.value,
+                    };
+                    (k, s)
+                })
+                .collect();
+            Some(PeerMsg::StreamPage {
+                transition: *transition,
+                cursor: *cursor,
+                entries,
+                next: next.map(|c| (c.shard, c.hash)),
+                progress,
             })
         }
         _ => None,
@@ -1156,14 +1792,10 @@ mod tests {
             cfg.read_quorum = r;
             let saved = Persisted {
                 members: (0..members)
-                    .map(|i| Digest {
-                        id: format!("n{i}"),
-                        incarnation: 0,
-                        heartbeat: 0,
-                        left: false,
-                    })
+                    .map(|i| Digest::new(&format!("n{i}"), Status::Normal))
                     .collect(),
                 clock_floor: 0,
+                stream: None,
             };
             let node = Node::new(cfg, 0, Some(saved), &s, 1);
             assert_eq!(

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use kv_storage::{Options, Store};
 
-use crate::msg::{ClientOp, ClientReply, PeerMsg, Ver};
+use crate::msg::{ClientOp, ClientReply, PeerMsg, Status, Ver};
 use crate::node::{Config, Hint, Node, Output, Persisted};
 
 /// What a simulated run does.
@@ -61,6 +61,11 @@ pub struct SimConfig {
     pub anti_entropy: bool,
     /// Extra nodes that join the cluster in the middle of the workload.
     pub joiners: usize,
+    /// Nodes decommissioned (LEAVE) in the middle of the workload.
+    pub leavers: usize,
+    /// Whether nodes that gain ranges in a rebalance copy them before
+    /// serving them (off only to show what goes wrong without it).
+    pub stream_ranges: bool,
     /// Drop tombstones from every store as soon as they are this old (ms);
     /// `None` keeps them, as a real grace period longer than any run does.
     pub purge_tombstones_after: Option<u64>,
@@ -83,6 +88,8 @@ impl Default for SimConfig {
             read_repair: true,
             anti_entropy: true,
             joiners: 0,
+            leavers: 0,
+            stream_ranges: true,
             purge_tombstones_after: None,
         }
     }
@@ -103,6 +110,11 @@ pub struct Report {
     pub trace: u64,
     /// Hints delivered to replicas that came back.
     pub hints_delivered: usize,
+    /// Rebalances that finished (members joined or left), as logged by
+    /// the node that finished each.
+    pub rebalances: usize,
+    /// Nodes that left the cluster.
+    pub left: usize,
 }
 
 struct Rng(u64);
@@ -221,6 +233,8 @@ impl Sim {
         c.down_after = 800;
         c.read_repair = self.cfg.read_repair;
         c.anti_entropy_interval = if self.cfg.anti_entropy { 100 } else { 0 };
+        c.stream_ranges = self.cfg.stream_ranges;
+        c.stream_page = 256;
         c
     }
 
@@ -231,6 +245,19 @@ impl Sim {
         let mut node = Node::new(cfg, self.now, n.saved.clone(), &n.store, seed);
         node.restore_hints(n.hints.values().cloned());
         n.node = Some(node);
+    }
+
+    /// Restarts node `i` from its saved state, with the seed it was
+    /// started with (as a server keeps its `--join` flags).
+    fn restart(&mut self, i: usize) {
+        self.start_node(i);
+        if i > 0 {
+            let seed = self.nodes[0].id.clone();
+            if let Some(n) = self.nodes[i].node.as_mut() {
+                n.join(self.now, &seed);
+            }
+        }
+        self.drain(i);
     }
 
     /// Starts node `i` and has it join through node 0.
@@ -264,11 +291,22 @@ impl Sim {
                     }
                 }
                 Output::Reply { id, reply } => {
+                    if std::env::var_os("KV_SIM_DEBUG").is_some() {
+                        eprintln!("{} {} reply {id} {reply:?}", self.now, self.nodes[i].id);
+                    }
                     self.report.trace =
                         mix(self.report.trace, format!("{i} {id} {reply:?}").as_bytes());
                     self.client_reply(i, id, reply)
                 }
                 Output::Persist(p) => self.nodes[i].saved = Some(p),
+                Output::Log(line) => {
+                    if line.starts_with("rebalance done") {
+                        self.report.rebalances += 1;
+                    }
+                    if std::env::var_os("KV_SIM_DEBUG").is_some() {
+                        eprintln!("{} {}: {line}", self.now, self.nodes[i].id);
+                    }
+                }
                 Output::StoreHint(h) => {
                     self.nodes[i]
                         .hints
@@ -375,6 +413,19 @@ impl Sim {
         {
             self.written.insert(v.clone(), *key);
         }
+        if std::env::var_os("KV_SIM_DEBUG").is_some() {
+            if let Some(node) = &self.nodes[i].node {
+                let key = match &kind {
+                    Kind::Write { key, .. } | Kind::Read { key } => *key,
+                };
+                eprintln!(
+                    "{} {} op {id} {kind:?} groups {:?}",
+                    self.now,
+                    self.nodes[i].id,
+                    node.replica_groups(&key_name(key))
+                );
+            }
+        }
         self.clients.insert((i, id), (kind, self.now));
         let n = &mut self.nodes[i];
         if let Some(node) = n.node.as_mut() {
@@ -478,10 +529,52 @@ impl Sim {
                 && self.nodes[i].down_until <= self.now
                 && self.nodes[i].saved.is_some()
             {
-                self.start_node(i);
-                self.drain(i);
+                self.restart(i);
             }
         }
+    }
+
+    /// The operator decommissions a random normal member through a random
+    /// live node. False if it was refused (another rebalance runs).
+    fn try_leave(&mut self) -> bool {
+        let members: Vec<usize> = self
+            .live()
+            .into_iter()
+            .filter(|&i| {
+                self.nodes[i]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.status() == Status::Normal && !n.rebalancing())
+            })
+            .collect();
+        if members.len() < 3 {
+            return false;
+        }
+        let victim = members[self.rng.below(members.len() as u64) as usize];
+        let via = members[self.rng.below(members.len() as u64) as usize];
+        let id = self.nodes[victim].id.clone();
+        let Some(node) = self.nodes[via].node.as_mut() else {
+            return false;
+        };
+        let ok = node.leave(self.now, &id).is_ok();
+        self.drain(via);
+        ok
+    }
+
+    /// A live node that holds data (a normal member), to ask for views and
+    /// final reads.
+    fn member(&self, k: usize) -> Option<usize> {
+        let members: Vec<usize> = self
+            .live()
+            .into_iter()
+            .filter(|&i| {
+                self.nodes[i]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.status() == Status::Normal)
+            })
+            .collect();
+        (!members.is_empty()).then(|| members[k % members.len()])
     }
 
     fn heal(&mut self) {
@@ -515,6 +608,7 @@ impl Sim {
         }
         let mut issued = 0;
         let mut joined = self.cfg.nodes;
+        let mut leaves = 0;
         while issued < self.cfg.ops {
             // Joiners arrive spread over the workload.
             if joined < self.nodes.len()
@@ -522,6 +616,14 @@ impl Sim {
             {
                 self.start_and_join(joined);
                 joined += 1;
+            }
+            // So do decommissions, retried while another rebalance runs.
+            if leaves < self.cfg.leavers
+                && issued * (self.cfg.leavers + 1) >= self.cfg.ops * (leaves + 1)
+                && self.now % 100 == 0
+                && self.try_leave()
+            {
+                leaves += 1;
             }
             self.step(true);
             if self.rng.chance(150_000) {
@@ -539,13 +641,42 @@ impl Sim {
             if self.nodes[i].node.is_none() && self.nodes[i].saved.is_none() {
                 self.start_and_join(i);
             } else if self.nodes[i].node.is_none() {
-                self.start_node(i);
-                self.drain(i);
+                self.restart(i);
             }
         }
         for _ in 0..3000 {
             self.step(false);
         }
+        // Let rebalances under way finish.
+        for _ in 0..30_000 {
+            if !self.live().iter().any(|&i| {
+                self.nodes[i].node.as_ref().is_some_and(|n| {
+                    n.status() != Status::Left && (n.rebalancing() || n.status() == Status::Waiting)
+                })
+            }) {
+                break;
+            }
+            self.step(false);
+        }
+        for i in self.live() {
+            if let Some(n) = &self.nodes[i].node {
+                if n.status() != Status::Left && (n.rebalancing() || n.status() == Status::Waiting)
+                {
+                    let what = n.progress(self.now).map(|p| p.line()).unwrap_or_default();
+                    self.report.violations.push(format!(
+                        "{} still {} 30 s after healing: {what}",
+                        self.nodes[i].id,
+                        n.status().name()
+                    ));
+                }
+            }
+        }
+        self.report.left = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .filter(|n| n.status() == Status::Left)
+            .count();
         self.check_reads();
         self.check_converged();
         self.final_reads();
@@ -621,7 +752,7 @@ impl Sim {
     /// Invariant 3: after healing and some rounds of repair, every
     /// replica of every key holds the same version.
     fn check_converged(&mut self) {
-        let Some(view) = self.nodes.iter().find_map(|n| n.node.as_ref()) else {
+        let Some(view) = self.member(0).and_then(|i| self.nodes[i].node.as_ref()) else {
             return;
         };
         let mut problems = Vec::new();
@@ -654,8 +785,9 @@ impl Sim {
             self.clients.clear();
             let start = self.done.len();
             for &key in &pending {
-                let i = key % self.nodes.len();
-                self.issue(i, Kind::Read { key });
+                if let Some(i) = self.member(key) {
+                    self.issue(i, Kind::Read { key });
+                }
             }
             for _ in 0..2000 {
                 self.step(false);

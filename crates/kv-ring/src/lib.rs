@@ -204,6 +204,13 @@ impl Ring {
     /// The ranges whose replicas (the first `n` nodes) differ between
     /// `self` and `other`, adjacent equal changes merged.
     pub fn diff(&self, other: &Ring, n: usize) -> Vec<RangeChange> {
+        self.diff_sized(other, n, n)
+    }
+
+    /// Like [`Ring::diff`], with `n` replicas per key in `self` and
+    /// `n_other` in `other` (the replication factor is capped by a ring's
+    /// size, so it can change when a cluster grows from one or two nodes).
+    pub fn diff_sized(&self, other: &Ring, n: usize, n_other: usize) -> Vec<RangeChange> {
         let mut bounds: Vec<u64> = self
             .tokens
             .iter()
@@ -220,7 +227,7 @@ impl Ring {
                 bounds[k - 1]
             };
             let before = owned(self.preference_list_at(end, n));
-            let after = owned(other.preference_list_at(end, n));
+            let after = owned(other.preference_list_at(end, n_other));
             if before == after {
                 continue;
             }

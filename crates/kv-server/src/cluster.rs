@@ -90,12 +90,29 @@ pub enum ToCluster {
         /// The message.
         msg: PeerMsg,
     },
-    /// Ask the node at this address to join our cluster.
-    Invite(String),
-    /// Decommission the node at this address.
-    Leave(String),
+    /// An operator command (JOIN, LEAVE, REMOVE), answered as native
+    /// request `id` on `route`.
+    Admin {
+        /// Where the reply goes.
+        route: Route,
+        /// The native request id.
+        id: u64,
+        /// The command.
+        cmd: Admin,
+    },
     /// A peer connected to us (it is up again: stop backing off from it).
     PeerUp(String),
+}
+
+/// An operator command for the cluster.
+#[derive(Clone, Debug)]
+pub enum Admin {
+    /// Ask the node at this address to join our cluster.
+    Invite(String),
+    /// Decommission the live node at this address.
+    Leave(String),
+    /// Remove the dead node at this address for good.
+    Remove(String),
 }
 
 /// Work for an event loop.
@@ -270,6 +287,7 @@ pub fn start(
     cfg.number = c.node_id;
     cfg.anti_entropy_interval = c.anti_entropy_ms;
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
+    cfg.stream_rate = c.rebalance_rate;
     let path = state_path(&shared);
     let saved = load_state(path.as_ref());
     let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
@@ -411,18 +429,30 @@ impl ClusterThread {
                 self.node.handle_client(now, id, op, store);
             }
             ToCluster::Peer { from, msg } => self.node.handle_message(now, &from, msg, store),
-            ToCluster::Invite(addr) => {
-                println!("kv-server: inviting {addr} to join the cluster");
-                self.node.join(now, &addr);
+            ToCluster::Admin { route, id, cmd } => {
+                let result = match &cmd {
+                    Admin::Invite(addr) => {
+                        self.node.invite(addr);
+                        Ok(format!(
+                            "invited {addr}: if it is alone it joins, one node at a time (CLUSTER shows progress)"
+                        ))
+                    }
+                    Admin::Leave(addr) => self.node.leave(now, addr),
+                    Admin::Remove(addr) => self.node.remove(now, addr),
+                };
+                match &result {
+                    Ok(text) => println!("kv-server: {cmd:?}: {text}"),
+                    Err(why) => println!("kv-server: {cmd:?} refused: {why}"),
+                }
+                let response = match result {
+                    Ok(text) => Response::Text { text },
+                    Err(why) => Response::error(ErrorKind::Refused, why),
+                };
+                let mut bytes = Vec::new();
+                native::encode_frame(&mut bytes, id, &response);
+                self.deliver(route, bytes);
             }
             ToCluster::PeerUp(_) => {}
-            ToCluster::Leave(addr) => {
-                if self.node.leave(now, &addr) {
-                    println!("kv-server: {addr} marked as left; it leaves the ring");
-                } else {
-                    println!("kv-server: LEAVE {addr}: no such member");
-                }
-            }
         }
     }
 
@@ -436,6 +466,9 @@ impl ClusterThread {
             view.len(),
             self.handle.id
         );
+        if let Some(p) = self.node.progress(now) {
+            text.push_str(&format!("# {}\n", p.line()));
+        }
         for m in view {
             let me = if m.id == self.handle.id {
                 " myself"
@@ -443,9 +476,10 @@ impl ClusterThread {
                 ""
             };
             text.push_str(&format!(
-                "{} {} ring-share={:.1}%{me}\n",
+                "{} {} {} ring-share={:.1}%{me}\n",
                 m.id,
                 m.state.name(),
+                m.status.name(),
                 m.share * 100.0
             ));
         }
@@ -465,6 +499,7 @@ impl ClusterThread {
                     }
                 }
                 Output::Reply { id, reply } => self.reply(id, reply),
+                Output::Log(line) => println!("kv-server: {line}"),
                 Output::Persist(p) => {
                     if let Some(path) = &self.state_path {
                         save_state(path, &p);
@@ -503,6 +538,10 @@ impl ClusterThread {
             return;
         };
         let bytes = encode_reply(to, reply);
+        self.deliver(route, bytes);
+    }
+
+    fn deliver(&mut self, route: Route, bytes: Vec<u8>) {
         if self.replies.len() < self.workers.len() {
             self.replies.resize_with(self.workers.len(), Vec::new);
         }

@@ -116,6 +116,11 @@ pub struct Config {
     /// is dropped, in seconds (anti-entropy repairs what expired hints miss).
     #[arg(long, default_value_t = 3 * 3600)]
     pub hint_window_secs: u64,
+
+    /// Most bytes per second this node receives while copying ranges
+    /// during a rebalance (join, leave, remove), e.g. 50mb (0: no limit).
+    #[arg(long, default_value = "128mb", value_parser = parse_bytes)]
+    pub rebalance_rate: u64,
 }
 
 impl Config {

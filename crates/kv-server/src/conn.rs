@@ -12,7 +12,7 @@ use kv_proto::native::{self, ErrorKind, ProtoError, Request, Response};
 use kv_proto::resp::{self, Limits};
 use kv_replication::{ClientOp, PeerMsg};
 
-use crate::cluster::{NativeKind, ReplyTo, Route, ToCluster};
+use crate::cluster::{Admin, NativeKind, ReplyTo, Route, ToCluster};
 use crate::native_cmd;
 use crate::resp_cmd::{self, After, Session};
 use crate::state::Shared;
@@ -331,6 +331,27 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         self.closing = true;
     }
 
+    /// Hands an operator command to the cluster; its reply comes later.
+    fn admin(&mut self, shared: &Shared, id: u64, cmd: Admin) {
+        let refusal = if !self.session.authenticated {
+            Some(Response::error(ErrorKind::AuthRequired, "authenticate first (AUTH password)"))
+        } else if shared.cluster.get().is_none() {
+            Some(Response::error(ErrorKind::Unsupported, "cluster support is not running"))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            return native::encode_frame(self.out.now(), id, &r);
+        }
+        let Some(cluster) = shared.cluster.get() else {
+            return;
+        };
+        shared.count_command();
+        let seq = self.out.later();
+        let route = Route { seq, ..self.route };
+        cluster.send(ToCluster::Admin { route, id, cmd });
+    }
+
     /// Hands a client operation to the cluster; its reply comes later.
     fn forward(&mut self, shared: &Shared, op: ClientOp, reply: ReplyTo) {
         let Some(cluster) = shared.cluster.get() else {
@@ -433,6 +454,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 self.peer_hello(shared, id, from, nonce, proof)
             }
             Request::Peer { payload } => self.peer_message(shared, &payload),
+            Request::Join { addr } => self.admin(shared, id, Admin::Invite(addr)),
+            Request::Leave { addr } => self.admin(shared, id, Admin::Leave(addr)),
+            Request::Remove { addr } => self.admin(shared, id, Admin::Remove(addr)),
             req => {
                 let clustered = shared.cluster.get().is_some_and(|c| c.is_clustered());
                 if clustered && self.session.authenticated {

@@ -2,7 +2,6 @@
 
 use kv_proto::native::{ErrorKind, Request, Response};
 
-use crate::cluster::ToCluster;
 use crate::resp_cmd::Session;
 use crate::state::Shared;
 
@@ -37,28 +36,20 @@ pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
         Request::Info => Response::Text {
             text: shared.info(""),
         },
-        Request::Join { addr } => cluster_command(shared, ToCluster::Invite(addr)),
-        Request::Leave { addr } => cluster_command(shared, ToCluster::Leave(addr)),
         Request::Cluster => match shared.cluster.get() {
             Some(c) => Response::Text {
                 text: c.view.lock().clone(),
             },
             None => Response::error(ErrorKind::Unsupported, "cluster support is not running"),
         },
-        Request::PeerHello { .. } | Request::Peer { .. } => Response::error(
+        Request::PeerHello { .. }
+        | Request::Peer { .. }
+        | Request::Join { .. }
+        | Request::Leave { .. }
+        | Request::Remove { .. } => Response::error(
             ErrorKind::Malformed,
-            "peer requests are handled by the connection",
+            "peer and cluster commands are handled by the connection",
         ),
-    }
-}
-
-fn cluster_command(shared: &Shared, m: ToCluster) -> Response {
-    match shared.cluster.get() {
-        Some(c) => {
-            c.send(m);
-            Response::Ok
-        }
-        None => Response::error(ErrorKind::Unsupported, "cluster support is not running"),
     }
 }
 

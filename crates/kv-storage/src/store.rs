@@ -326,6 +326,11 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// Number of shards of the in-memory map.
+    pub fn shard_count(&self) -> usize {
+        self.inner.map.shard_count()
+    }
+
     /// Number of live keys.
     pub fn len(&self) -> usize {
         self.inner.map.len()

@@ -1,0 +1,324 @@
+//! Rebalancing: which ranges of the ring a node must receive when members
+//! join or leave, and how far it is with receiving them.
+//!
+//! During a rebalance two rings coexist: the *read ring* (members that hold
+//! their ranges: normal and leaving) and the *write ring* (members that
+//! will hold them: joining and normal). Writes go to the replicas of both
+//! and need a write quorum in each; reads need a read quorum in each. A
+//! node that is a replica of a range in the write ring but not in the read
+//! ring pulls that range from the range's replicas in the read ring — from
+//! a read quorum of them, so that it gets every acknowledged write even if
+//! one replica missed some. Once every such node has the ranges, the
+//! joining members become normal and the leaving ones leave.
+
+use std::collections::BTreeMap;
+
+use kv_ring::{key_position, Ring};
+use serde::{Deserialize, Serialize};
+
+use crate::msg::NodeId;
+
+/// A range this node gains, and the replicas it can copy it from.
+#[derive(Clone, Debug)]
+pub(crate) struct Gain {
+    /// The range's replicas in the read ring.
+    pub sources: Vec<NodeId>,
+    /// How many of them must have sent it all.
+    pub need: usize,
+}
+
+/// The ranges a rebalance moves, seen from one node.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Plan {
+    /// Ranges this node gains.
+    pub gains: Vec<Gain>,
+    /// What to ask each source for: inclusive position intervals, sorted.
+    pub asks: BTreeMap<NodeId, Vec<(u64, u64)>>,
+    /// Every node that gains some range.
+    pub gainers: Vec<NodeId>,
+}
+
+/// Works out what moves from `read` (replication factor `n_read`) to
+/// `write` (`n_write`), for node `me`; `quorum(len)` is the read quorum of
+/// a range with `len` replicas.
+pub(crate) fn plan(
+    me: &str,
+    read: &Ring,
+    n_read: usize,
+    write: &Ring,
+    n_write: usize,
+    quorum: impl Fn(usize) -> usize,
+) -> Plan {
+    let mut p = Plan::default();
+    for change in read.diff_sized(write, n_read, n_write) {
+        for node in &change.after {
+            if !change.before.contains(node) && !p.gainers.contains(node) {
+                p.gainers.push(node.clone());
+            }
+        }
+        let gains = change.after.iter().any(|n| n == me) && !change.before.iter().any(|n| n == me);
+        if !gains || change.before.is_empty() {
+            continue;
+        }
+        for src in &change.before {
+            let asks = p.asks.entry(src.clone()).or_default();
+            asks.extend(intervals(change.start, change.end));
+        }
+        p.gains.push(Gain {
+            need: quorum(change.before.len()),
+            sources: change.before,
+        });
+    }
+    for asks in p.asks.values_mut() {
+        asks.sort_unstable();
+    }
+    p.gainers.sort();
+    p
+}
+
+/// The ring range `(start, end]` (wrapping when `start >= end`) as
+/// inclusive intervals.
+fn intervals(start: u64, end: u64) -> Vec<(u64, u64)> {
+    if start < end {
+        vec![(start + 1, end)]
+    } else {
+        let mut v = vec![(0, end)];
+        if start < u64::MAX {
+            v.push((start + 1, u64::MAX));
+        }
+        v
+    }
+}
+
+/// Whether `key` lies in one of the sorted inclusive `ranges`.
+pub fn key_in_ranges(ranges: &[(u64, u64)], key: &[u8]) -> bool {
+    let p = key_position(key);
+    let i = ranges.partition_point(|&(lo, _)| lo <= p);
+    i > 0 && ranges[i - 1].1 >= p
+}
+
+/// One source of a stream.
+#[derive(Clone, Debug)]
+pub(crate) struct Source {
+    /// Where to continue; `None`: it has sent everything.
+    pub cursor: Option<(u32, u64)>,
+    /// When the outstanding request was sent.
+    pub asked_at: Option<u64>,
+    /// How far through its store it is (0..1).
+    pub progress: f32,
+}
+
+/// Receiving the ranges of one rebalance.
+#[derive(Clone, Debug)]
+pub(crate) struct Stream {
+    pub transition: u64,
+    pub plan: Plan,
+    pub sources: BTreeMap<NodeId, Source>,
+    /// When receiving began (ms); 0 until it does.
+    pub started: u64,
+    pub bytes: u64,
+    pub keys: u64,
+    pub last_log: u64,
+}
+
+impl Stream {
+    /// A stream for `plan`, resuming from `saved` if it is for the same
+    /// rebalance.
+    pub fn new(transition: u64, plan: Plan, saved: Option<&StreamSave>) -> Stream {
+        let saved = saved.filter(|s| s.transition == transition);
+        let sources = plan
+            .asks
+            .keys()
+            .map(|id| {
+                let cursor = saved
+                    .and_then(|s| s.cursors.iter().find(|(n, _)| n == id))
+                    .map_or(Some((0, 0)), |(_, c)| *c);
+                let progress = if cursor.is_none() { 1.0 } else { 0.0 };
+                let src = Source {
+                    cursor,
+                    asked_at: None,
+                    progress,
+                };
+                (id.clone(), src)
+            })
+            .collect();
+        Stream {
+            transition,
+            plan,
+            sources,
+            started: 0,
+            bytes: saved.map_or(0, |s| s.bytes),
+            keys: saved.map_or(0, |s| s.keys),
+            last_log: 0,
+        }
+    }
+
+    fn done(&self, id: &str) -> bool {
+        self.sources.get(id).is_some_and(|s| s.cursor.is_none())
+    }
+
+    /// Ranges complete: enough of their sources have sent everything.
+    pub fn ranges_done(&self) -> usize {
+        self.plan
+            .gains
+            .iter()
+            .filter(|g| g.sources.iter().filter(|s| self.done(s)).count() >= g.need)
+            .count()
+    }
+
+    /// Whether every range is complete.
+    pub fn complete(&self) -> bool {
+        self.ranges_done() == self.plan.gains.len()
+    }
+
+    /// Overall progress (0..1): the sources' progress, each range counted
+    /// by its best `need` sources.
+    pub fn progress(&self) -> f64 {
+        if self.plan.gains.is_empty() {
+            return 1.0;
+        }
+        let mut sum = 0.0;
+        for g in &self.plan.gains {
+            let mut p: Vec<f64> = g
+                .sources
+                .iter()
+                .map(|s| self.sources.get(s).map_or(0.0, |x| f64::from(x.progress)))
+                .collect();
+            p.sort_by(|a, b| b.total_cmp(a));
+            let need = g.need.max(1);
+            sum += p.iter().take(need).sum::<f64>() / need as f64;
+        }
+        sum / self.plan.gains.len() as f64
+    }
+
+    /// What to persist to resume after a restart.
+    pub fn save(&self) -> StreamSave {
+        StreamSave {
+            transition: self.transition,
+            cursors: self
+                .sources
+                .iter()
+                .map(|(id, s)| (id.clone(), s.cursor))
+                .collect(),
+            bytes: self.bytes,
+            keys: self.keys,
+        }
+    }
+}
+
+/// How far a node got with receiving a rebalance's ranges, saved so that
+/// it resumes there after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSave {
+    /// The rebalance.
+    pub transition: u64,
+    /// Each source's cursor (`None`: finished).
+    pub cursors: Vec<(NodeId, Option<(u32, u64)>)>,
+    /// Bytes received so far.
+    pub bytes: u64,
+    /// Entries received so far.
+    pub keys: u64,
+}
+
+/// A node's view of the rebalance under way, for the CLUSTER view and the
+/// log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// Members joining.
+    pub joining: Vec<NodeId>,
+    /// Members leaving.
+    pub leaving: Vec<NodeId>,
+    /// Ranges this node receives, and how many are complete.
+    pub ranges: (usize, usize),
+    /// Bytes and entries received so far.
+    pub bytes: u64,
+    /// Entries received so far.
+    pub keys: u64,
+    /// Bytes per second since receiving began.
+    pub rate: f64,
+    /// Fraction done (0..1).
+    pub fraction: f64,
+    /// Estimated seconds left, once there is a rate to go by.
+    pub eta_secs: Option<f64>,
+    /// What the rebalance waits for, if anything.
+    pub waiting_for: Option<String>,
+}
+
+impl Progress {
+    /// One line for humans.
+    pub fn line(&self) -> String {
+        let mut s = String::from("rebalance:");
+        if !self.joining.is_empty() {
+            s.push_str(&format!(" joining {}", self.joining.join(",")));
+        }
+        if !self.leaving.is_empty() {
+            s.push_str(&format!(" leaving {}", self.leaving.join(",")));
+        }
+        s.push_str(&format!(
+            "; this node: {}/{} ranges, {:.1} MB, {} keys, {:.1} MB/s, {:.0}%",
+            self.ranges.1,
+            self.ranges.0,
+            self.bytes as f64 / 1e6,
+            self.keys,
+            self.rate / 1e6,
+            self.fraction * 100.0
+        ));
+        if let Some(eta) = self.eta_secs {
+            s.push_str(&format!(", {eta:.0} s left"));
+        }
+        if let Some(w) = &self.waiting_for {
+            s.push_str(&format!("; waiting for {w}"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn majority(n: usize) -> usize {
+        n / 2 + 1
+    }
+
+    proptest! {
+        /// A joining node's ranges, as it asks for them, cover exactly the
+        /// keys whose write-ring replicas include it and read-ring
+        /// replicas do not; each is asked of all its read-ring replicas.
+        #[test]
+        fn a_joiners_asks_cover_exactly_its_new_keys(
+            nodes in 1usize..6,
+            keys in proptest::collection::vec(any::<u64>(), 1..200),
+        ) {
+            let old: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
+            let read = Ring::with_nodes(16, &old);
+            let mut write = read.clone();
+            write.add("new");
+            let n_read = 3.min(nodes);
+            let n_write = 3.min(nodes + 1);
+            let p = plan("new", &read, n_read, &write, n_write, majority);
+            prop_assert_eq!(&p.gainers, &vec!["new".to_string()]);
+            for k in keys {
+                let key = k.to_le_bytes();
+                let gains = write.preference_list(&key, n_write).contains(&"new");
+                let olds = read.preference_list(&key, n_read);
+                for src in &old {
+                    let asked = p.asks.get(src).is_some_and(|r| key_in_ranges(r, &key));
+                    prop_assert_eq!(asked, gains && olds.contains(&src.as_str()), "{}", src);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_wrap_around_zero() {
+        let r = {
+            let mut v = intervals(u64::MAX - 10, 5);
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(r, vec![(0, 5), (u64::MAX - 9, u64::MAX)]);
+        assert_eq!(intervals(3, 9), vec![(4, 9)]);
+    }
+}
