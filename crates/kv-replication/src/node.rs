@@ -1247,8 +1247,21 @@ impl Node {
         if now < since + self.cfg.request_timeout {
             return;
         }
+        // A source that went down holds the stream up: ask others instead
+        // (sources still asked for the same ranges keep their place).
+        let stalled = self.stream.as_ref().is_some_and(|st| {
+            let down = st.sources.iter().any(|(id, s)| {
+                s.cursor.is_some() && self.members.state(id, now) == Some(MemberState::Down)
+            });
+            down && rebalance::asks(&st.plan, |id| self.members.is_up(id, now)) != st.asks
+        });
+        if stalled {
+            self.resume = self.stream.take().map(|st| st.save());
+        }
         if self.stream.is_none() {
-            let st = Stream::new(self.transition, self.plan.clone(), self.resume.as_ref());
+            let members = &self.members;
+            let up = |id: &str| members.is_up(id, now);
+            let st = Stream::new(self.transition, self.plan.clone(), self.resume.as_ref(), up);
             self.log(format!(
                 "rebalance: receiving {} ranges from {} nodes",
                 st.plan.gains.len(),
@@ -1258,7 +1271,7 @@ impl Node {
         }
         let page = self.cfg.stream_page.max(1);
         let rate = self.cfg.stream_rate;
-        let retry = self.cfg.request_timeout * 5;
+        let retry = self.cfg.request_timeout * 2;
         let mut asks = Vec::new();
         {
             let Some(st) = self.stream.as_mut() else {
@@ -1283,7 +1296,7 @@ impl Node {
                 }
                 budget = budget.saturating_sub(u64::from(page));
                 src.asked_at = Some(now);
-                let ranges = st.plan.asks.get(id).cloned().unwrap_or_default();
+                let ranges = st.asks.get(id).cloned().unwrap_or_default();
                 asks.push((id.clone(), ranges, cursor));
             }
         }

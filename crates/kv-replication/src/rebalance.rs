@@ -21,6 +21,8 @@ use crate::msg::NodeId;
 /// A range this node gains, and the replicas it can copy it from.
 #[derive(Clone, Debug)]
 pub(crate) struct Gain {
+    /// The range, as inclusive position intervals.
+    pub ranges: Vec<(u64, u64)>,
     /// The range's replicas in the read ring.
     pub sources: Vec<NodeId>,
     /// How many of them must have sent it all.
@@ -32,8 +34,6 @@ pub(crate) struct Gain {
 pub(crate) struct Plan {
     /// Ranges this node gains.
     pub gains: Vec<Gain>,
-    /// What to ask each source for: inclusive position intervals, sorted.
-    pub asks: BTreeMap<NodeId, Vec<(u64, u64)>>,
     /// Every node that gains some range.
     pub gainers: Vec<NodeId>,
 }
@@ -60,20 +60,49 @@ pub(crate) fn plan(
         if !gains || change.before.is_empty() {
             continue;
         }
-        for src in &change.before {
-            let asks = p.asks.entry(src.clone()).or_default();
-            asks.extend(intervals(change.start, change.end));
-        }
         p.gains.push(Gain {
+            ranges: intervals(change.start, change.end),
             need: quorum(change.before.len()),
             sources: change.before,
         });
     }
-    for asks in p.asks.values_mut() {
-        asks.sort_unstable();
-    }
     p.gainers.sort();
     p
+}
+
+/// What to ask each source for (inclusive position intervals, sorted):
+/// each range from the first `need` of its sources that `up` accepts
+/// (a read quorum of its old replicas, not all of them).
+pub(crate) fn asks(plan: &Plan, up: impl Fn(&str) -> bool) -> BTreeMap<NodeId, Vec<(u64, u64)>> {
+    let mut asks: BTreeMap<NodeId, Vec<(u64, u64)>> = BTreeMap::new();
+    for g in &plan.gains {
+        let mut chosen: Vec<&NodeId> = g.sources.iter().filter(|s| up(s)).take(g.need).collect();
+        for s in &g.sources {
+            if chosen.len() >= g.need {
+                break;
+            }
+            if !chosen.contains(&s) {
+                chosen.push(s);
+            }
+        }
+        for s in chosen {
+            asks.entry(s.clone())
+                .or_default()
+                .extend(g.ranges.iter().copied());
+        }
+    }
+    for a in asks.values_mut() {
+        a.sort_unstable();
+    }
+    asks
+}
+
+fn asks_hash(ranges: &[(u64, u64)]) -> u64 {
+    let bytes: Vec<u8> = ranges
+        .iter()
+        .flat_map(|(a, b)| a.to_le_bytes().into_iter().chain(b.to_le_bytes()))
+        .collect();
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
 /// The ring range `(start, end]` (wrapping when `start >= end`) as
@@ -113,6 +142,8 @@ pub(crate) struct Source {
 pub(crate) struct Stream {
     pub transition: u64,
     pub plan: Plan,
+    /// What each source is asked for.
+    pub asks: BTreeMap<NodeId, Vec<(u64, u64)>>,
     pub sources: BTreeMap<NodeId, Source>,
     /// When receiving began (ms); 0 until it does.
     pub started: u64,
@@ -122,17 +153,24 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    /// A stream for `plan`, resuming from `saved` if it is for the same
+    /// A stream for `plan`, asking sources `up` accepts, resuming from
+    /// `saved` where it asked a source for the same ranges of the same
     /// rebalance.
-    pub fn new(transition: u64, plan: Plan, saved: Option<&StreamSave>) -> Stream {
+    pub fn new(
+        transition: u64,
+        plan: Plan,
+        saved: Option<&StreamSave>,
+        up: impl Fn(&str) -> bool,
+    ) -> Stream {
         let saved = saved.filter(|s| s.transition == transition);
-        let sources = plan
-            .asks
-            .keys()
-            .map(|id| {
+        let asks = asks(&plan, up);
+        let sources = asks
+            .iter()
+            .map(|(id, ranges)| {
+                let h = asks_hash(ranges);
                 let cursor = saved
-                    .and_then(|s| s.cursors.iter().find(|(n, _)| n == id))
-                    .map_or(Some((0, 0)), |(_, c)| *c);
+                    .and_then(|s| s.cursors.iter().find(|(n, ah, _)| n == id && *ah == h))
+                    .map_or(Some((0, 0)), |(_, _, c)| *c);
                 let progress = if cursor.is_none() { 1.0 } else { 0.0 };
                 let src = Source {
                     cursor,
@@ -145,6 +183,7 @@ impl Stream {
         Stream {
             transition,
             plan,
+            asks,
             sources,
             started: 0,
             bytes: saved.map_or(0, |s| s.bytes),
@@ -198,7 +237,10 @@ impl Stream {
             cursors: self
                 .sources
                 .iter()
-                .map(|(id, s)| (id.clone(), s.cursor))
+                .map(|(id, s)| {
+                    let h = self.asks.get(id).map_or(0, |a| asks_hash(a));
+                    (id.clone(), h, s.cursor)
+                })
                 .collect(),
             bytes: self.bytes,
             keys: self.keys,
@@ -212,8 +254,9 @@ impl Stream {
 pub struct StreamSave {
     /// The rebalance.
     pub transition: u64,
-    /// Each source's cursor (`None`: finished).
-    pub cursors: Vec<(NodeId, Option<(u32, u64)>)>,
+    /// Each source, the hash of the ranges it was asked for, and its
+    /// cursor (`None`: finished).
+    pub cursors: Vec<(NodeId, u64, Option<(u32, u64)>)>,
     /// Bytes received so far.
     pub bytes: u64,
     /// Entries received so far.
@@ -299,14 +342,20 @@ mod tests {
             let n_write = 3.min(nodes + 1);
             let p = plan("new", &read, n_read, &write, n_write, majority);
             prop_assert_eq!(&p.gainers, &vec!["new".to_string()]);
+            let all = asks(&p, |_| true);
             for k in keys {
                 let key = k.to_le_bytes();
                 let gains = write.preference_list(&key, n_write).contains(&"new");
                 let olds = read.preference_list(&key, n_read);
-                for src in &old {
-                    let asked = p.asks.get(src).is_some_and(|r| key_in_ranges(r, &key));
-                    prop_assert_eq!(asked, gains && olds.contains(&src.as_str()), "{}", src);
-                }
+                let asked: Vec<&String> = old
+                    .iter()
+                    .filter(|src| all.get(*src).is_some_and(|r| key_in_ranges(r, &key)))
+                    .collect();
+                // Asked of a read quorum of the key's old replicas, only
+                // if the new node gains it.
+                let want = if gains { majority(olds.len()) } else { 0 };
+                prop_assert_eq!(asked.len(), want);
+                prop_assert!(asked.iter().all(|s| olds.contains(&s.as_str())));
             }
         }
     }

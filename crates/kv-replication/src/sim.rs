@@ -534,6 +534,18 @@ impl Sim {
         }
     }
 
+    /// Live members that see a rebalance under way or wait to join.
+    fn rebalancing(&self) -> Vec<usize> {
+        self.live()
+            .into_iter()
+            .filter(|&i| {
+                self.nodes[i].node.as_ref().is_some_and(|n| {
+                    n.status() != Status::Left && (n.rebalancing() || n.status() == Status::Waiting)
+                })
+            })
+            .collect()
+    }
+
     /// The operator decommissions a random normal member through a random
     /// live node. False if it was refused (another rebalance runs).
     fn try_leave(&mut self) -> bool {
@@ -647,28 +659,27 @@ impl Sim {
         for _ in 0..3000 {
             self.step(false);
         }
-        // Let rebalances under way finish.
+        // Let rebalances under way finish, then anti-entropy run a while.
+        let mut settled = 0;
         for _ in 0..30_000 {
-            if !self.live().iter().any(|&i| {
-                self.nodes[i].node.as_ref().is_some_and(|n| {
-                    n.status() != Status::Left && (n.rebalancing() || n.status() == Status::Waiting)
-                })
-            }) {
+            if settled >= 2000 {
                 break;
             }
+            settled = if self.rebalancing().is_empty() {
+                settled + 1
+            } else {
+                0
+            };
             self.step(false);
         }
-        for i in self.live() {
+        for i in self.rebalancing() {
             if let Some(n) = &self.nodes[i].node {
-                if n.status() != Status::Left && (n.rebalancing() || n.status() == Status::Waiting)
-                {
-                    let what = n.progress(self.now).map(|p| p.line()).unwrap_or_default();
-                    self.report.violations.push(format!(
-                        "{} still {} 30 s after healing: {what}",
-                        self.nodes[i].id,
-                        n.status().name()
-                    ));
-                }
+                let what = n.progress(self.now).map(|p| p.line()).unwrap_or_default();
+                self.report.violations.push(format!(
+                    "{} still {} 30 s after healing: {what}",
+                    self.nodes[i].id,
+                    n.status().name()
+                ));
             }
         }
         self.report.left = self

@@ -466,6 +466,11 @@ impl ClusterThread {
             view.len(),
             self.handle.id
         );
+        if self.node.is_joining() {
+            text.push_str("# this node is not serving yet: it waits to hear from its cluster\n");
+        } else if self.node.has_left(now) {
+            text.push_str("# this node has left the cluster and serves nothing; stop it\n");
+        }
         if let Some(p) = self.node.progress(now) {
             text.push_str(&format!("# {}\n", p.line()));
         }
@@ -754,6 +759,9 @@ fn read_link(link: &mut PeerLink) -> io::Result<()> {
 }
 
 fn unavailable_text(answered: usize, needed: usize, replicas: usize) -> String {
+    if replicas == 0 {
+        return "unavailable: this node is not serving: it waits to hear from its cluster, or has left it (see CLUSTER)".to_string();
+    }
     format!(
         "unavailable: only {answered} of {replicas} replicas answered in time (needed {needed})"
     )

@@ -334,9 +334,15 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// Hands an operator command to the cluster; its reply comes later.
     fn admin(&mut self, shared: &Shared, id: u64, cmd: Admin) {
         let refusal = if !self.session.authenticated {
-            Some(Response::error(ErrorKind::AuthRequired, "authenticate first (AUTH password)"))
+            Some(Response::error(
+                ErrorKind::AuthRequired,
+                "authenticate first (AUTH password)",
+            ))
         } else if shared.cluster.get().is_none() {
-            Some(Response::error(ErrorKind::Unsupported, "cluster support is not running"))
+            Some(Response::error(
+                ErrorKind::Unsupported,
+                "cluster support is not running",
+            ))
         } else {
             None
         };

@@ -16,15 +16,18 @@ fn client(s: &ServerProc) -> Client {
     Client::connect(&s.addr.to_string()).expect("connect")
 }
 
-/// Waits until `s` sees `n` members, all alive.
+/// Waits until `s` sees `n` members, all alive and normal (no rebalance
+/// under way), and serves.
 fn wait_members(s: &ServerProc, n: usize) {
     let mut c = client(s);
     wait_for(
-        &format!("{n} alive members seen by {}", s.addr),
+        &format!("{n} alive normal members seen by {}", s.addr),
         SETTLE,
         || {
             let view = c.cluster().expect("cluster view");
-            view.contains(&format!("{n} members")) && view.matches(" alive ").count() == n
+            view.contains(&format!("{n} members"))
+                && view.matches(" alive normal ").count() == n
+                && !view.contains("not serving")
         },
     );
 }
