@@ -480,7 +480,7 @@ impl Node {
         let mut p = Progress {
             joining: self.members.with_status(&[Status::Joining]),
             leaving: self.members.with_status(&[Status::Leaving]),
-            ranges: (0, 0),
+            ranges: (self.plan.gains.len(), 0),
             bytes: 0,
             keys: 0,
             rate: 0.0,
@@ -488,6 +488,15 @@ impl Node {
             eta_secs: None,
             waiting_for: self.waiting_for(now),
         };
+        if let Some(saved) = self.resume.as_ref().filter(|_| self.stream.is_none()) {
+            // Resuming after a restart: what was received before counts.
+            if saved.transition == self.transition {
+                p.bytes = saved.bytes;
+                p.keys = saved.keys;
+                p.ranges = (self.plan.gains.len(), 0);
+                p.fraction = 0.0;
+            }
+        }
         if let Some(st) = &self.stream {
             p.ranges = (st.plan.gains.len(), st.ranges_done());
             p.bytes = st.bytes;
@@ -1262,8 +1271,17 @@ impl Node {
             let members = &self.members;
             let up = |id: &str| members.is_up(id, now);
             let st = Stream::new(self.transition, self.plan.clone(), self.resume.as_ref(), up);
+            let resumed = st.resumed();
+            let note = if resumed > 0 {
+                format!(
+                    ", resuming {resumed} of them where they stopped ({:.1} MB received before)",
+                    st.bytes as f64 / 1e6
+                )
+            } else {
+                String::new()
+            };
             self.log(format!(
-                "rebalance: receiving {} ranges from {} nodes",
+                "rebalance: receiving {} ranges from {} nodes{note}",
                 st.plan.gains.len(),
                 st.sources.len()
             ));
@@ -1383,7 +1401,7 @@ impl Node {
         }
         let secs = now.saturating_sub(st.started).max(1) as f64 / 1000.0;
         let line = format!(
-            "rebalance: received all {} ranges: {} keys, {:.1} MB in {:.1} s ({:.1} MB/s)",
+            "rebalance: received all {} ranges: {} keys, {:.2} MB in {:.1} s ({:.1} MB/s)",
             st.plan.gains.len(),
             st.keys,
             st.bytes as f64 / 1e6,

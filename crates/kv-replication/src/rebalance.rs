@@ -126,6 +126,9 @@ pub fn key_in_ranges(ranges: &[(u64, u64)], key: &[u8]) -> bool {
     i > 0 && ranges[i - 1].1 >= p
 }
 
+/// A place in a source's store walk: (shard, key hash).
+pub type Cursor = (u32, u64);
+
 /// One source of a stream.
 #[derive(Clone, Debug)]
 pub(crate) struct Source {
@@ -210,6 +213,14 @@ impl Stream {
         self.ranges_done() == self.plan.gains.len()
     }
 
+    /// Sources resumed from a saved cursor (not from the start).
+    pub fn resumed(&self) -> usize {
+        self.sources
+            .values()
+            .filter(|s| s.cursor != Some((0, 0)))
+            .count()
+    }
+
     /// Overall progress (0..1): the sources' progress, each range counted
     /// by its best `need` sources.
     pub fn progress(&self) -> f64 {
@@ -256,7 +267,7 @@ pub struct StreamSave {
     pub transition: u64,
     /// Each source, the hash of the ranges it was asked for, and its
     /// cursor (`None`: finished).
-    pub cursors: Vec<(NodeId, u64, Option<(u32, u64)>)>,
+    pub cursors: Vec<(NodeId, u64, Option<Cursor>)>,
     /// Bytes received so far.
     pub bytes: u64,
     /// Entries received so far.
