@@ -6,6 +6,8 @@
 //! so neither overlaps the shard bits. Each entry keeps key and value in one
 //! allocation.
 
+use std::sync::Arc;
+
 use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -88,6 +90,35 @@ pub(crate) struct Shard {
     /// included: new local versions are stamped above it, so a key's versions
     /// only grow even if the wall clock steps back.
     pub(crate) clock: u64,
+    /// Upper bounds of the tracked ranges of key hashes (see
+    /// [`crate::Store::track_ranges`]); empty: none tracked.
+    bounds: Arc<[u64]>,
+    /// Per tracked range, the XOR of [`entry_hash`] over this shard's
+    /// entries in it.
+    range_hashes: Vec<u64>,
+}
+
+/// The hash of one entry (key hash and version) that range hashes XOR
+/// together: equal sets of (key, version) give equal range hashes.
+pub(crate) fn entry_hash(key_hash: u64, version: Version) -> u64 {
+    let mut z = key_hash
+        ^ version.timestamp.rotate_left(17)
+        ^ u64::from(version.node).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The tracked range holding key hash `h`: range `i` is
+/// `(bounds[i-1], bounds[i]]`, range 0 also takes what lies above the last
+/// bound (the ranges wrap around, like a ring).
+pub(crate) fn range_of(bounds: &[u64], h: u64) -> usize {
+    let i = bounds.partition_point(|&b| b < h);
+    if i == bounds.len() {
+        0
+    } else {
+        i
+    }
 }
 
 impl Shard {
@@ -99,7 +130,7 @@ impl Shard {
     /// state of the key. The caller has already checked versions.
     pub(crate) fn insert(&mut self, hash: u64, entry: Entry) {
         use hashbrown::hash_table::Entry as Slot;
-        self.account(&entry, true);
+        self.account(hash, &entry, true);
         self.clock = self.clock.max(entry.timestamp);
         let slot = self
             .table
@@ -107,7 +138,7 @@ impl Shard {
         match slot {
             Slot::Occupied(mut o) => {
                 let old = std::mem::replace(o.get_mut(), entry);
-                self.account(&old, false);
+                self.account(hash, &old, false);
             }
             Slot::Vacant(v) => {
                 v.insert(entry);
@@ -131,11 +162,15 @@ impl Shard {
     pub(crate) fn remove(&mut self, hash: u64, key: &[u8]) -> Option<Entry> {
         let found = self.table.find_entry(hash, |e| e.key() == key).ok()?;
         let (old, _) = found.remove();
-        self.account(&old, false);
+        self.account(hash, &old, false);
         Some(old)
     }
 
-    fn account(&mut self, e: &Entry, add: bool) {
+    fn account(&mut self, hash: u64, e: &Entry, add: bool) {
+        if !self.bounds.is_empty() {
+            let r = range_of(&self.bounds, hash);
+            self.range_hashes[r] ^= entry_hash(hash, e.version());
+        }
         let live = usize::from(!e.is_tombstone());
         if add {
             self.live += live;
@@ -166,9 +201,30 @@ impl Shard {
         Version::new(self.clock, node)
     }
 
-    /// Empties the shard, forgetting its clock too.
+    /// Empties the shard, forgetting its clock too (tracked ranges stay
+    /// tracked).
     pub(crate) fn clear(&mut self) {
+        let bounds = std::mem::take(&mut self.bounds);
         *self = Shard::default();
+        self.track(bounds);
+    }
+
+    /// Tracks hashes of these ranges from now on, computing them afresh.
+    pub(crate) fn track(&mut self, bounds: Arc<[u64]>) {
+        let mut hashes = vec![0u64; bounds.len()];
+        if !bounds.is_empty() {
+            for e in self.table.iter() {
+                let h = hash_key(e.key());
+                hashes[range_of(&bounds, h)] ^= entry_hash(h, e.version());
+            }
+        }
+        self.bounds = bounds;
+        self.range_hashes = hashes;
+    }
+
+    /// The tracked ranges' hashes over this shard.
+    pub(crate) fn range_hashes(&self) -> &[u64] {
+        &self.range_hashes
     }
 
     /// Moves [`Shard::clock`] up to at least `ts`.

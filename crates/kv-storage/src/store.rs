@@ -326,6 +326,44 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// Starts keeping, up to date on every write, an order-independent hash
+    /// of each range of key hashes (xxh3-64 of the key, which is also the
+    /// key's position on a `kv-ring` ring): range `i` is
+    /// `(bounds[i-1], bounds[i]]`, range 0 also takes everything above the
+    /// last bound. `bounds` must be sorted. Replaces any earlier ranges and
+    /// computes the hashes afresh (one pass over the data); empty `bounds`
+    /// stops tracking. Anti-entropy compares these hashes between replicas
+    /// without reading the data.
+    pub fn track_ranges(&self, bounds: &[u64]) {
+        let bounds: Arc<[u64]> = bounds.into();
+        for i in 0..self.inner.map.shard_count() {
+            self.inner.map.write_shard(i).track(bounds.clone());
+        }
+    }
+
+    /// The hash of each tracked range (see [`Store::track_ranges`]): the
+    /// XOR over its keys, tombstones included, of a hash of the key and
+    /// its version.
+    pub fn range_hashes(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        for i in 0..self.inner.map.shard_count() {
+            let shard = self.inner.map.read_shard(i);
+            let h = shard.range_hashes();
+            if out.len() < h.len() {
+                out.resize(h.len(), 0);
+            }
+            for (o, x) in out.iter_mut().zip(h) {
+                *o ^= x;
+            }
+        }
+        out
+    }
+
+    /// The tracked range holding a key (see [`Store::track_ranges`]).
+    pub fn range_of_key(bounds: &[u64], key: &[u8]) -> usize {
+        crate::map::range_of(bounds, hash_key(key))
+    }
+
     /// Number of shards of the in-memory map.
     pub fn shard_count(&self) -> usize {
         self.inner.map.shard_count()

@@ -1,9 +1,11 @@
 //! `Store::stream_page`: a resumable walk that sends every key present at
-//! the start exactly once, whatever is written between pages.
+//! the start exactly once, whatever is written between pages; and
+//! `Store::track_ranges`: range hashes kept up to date by every write equal
+//! hashes computed afresh.
 
 use std::collections::BTreeMap;
 
-use kv_storage::{Options, Store, StreamCursor};
+use kv_storage::{Options, Store, StreamCursor, Version};
 use proptest::prelude::*;
 
 fn store() -> Store {
@@ -63,5 +65,33 @@ proptest! {
             }
         }
         prop_assert!(seen.values().all(|&n| n == 1));
+    }
+
+    #[test]
+    fn range_hashes_kept_up_to_date_equal_fresh_ones(
+        bounds in proptest::collection::btree_set(any::<u64>(), 0..20),
+        ops in proptest::collection::vec((0u8..5, 0u32..60, 1u64..1000), 0..300),
+    ) {
+        let s = store();
+        let bounds: Vec<u64> = bounds.into_iter().collect();
+        s.track_ranges(&bounds);
+        for (op, k, ts) in ops {
+            let key = format!("k{k}");
+            match op {
+                0 => { s.put(key.as_bytes(), b"v").expect("put"); }
+                1 => { s.delete(key.as_bytes()).expect("delete"); }
+                2 => { s.apply(key.as_bytes(), Some(b"r"), Version::new(ts, 7)).expect("apply"); }
+                3 => { s.apply(key.as_bytes(), None, Version::new(ts, 7)).expect("apply"); }
+                _ => { s.purge_tombstones(ts); }
+            }
+        }
+        let kept = s.range_hashes();
+        let fresh = store();
+        for (k, v) in s.iter_versioned() {
+            fresh.apply(&k, v.value.as_deref(), v.version).expect("copy");
+        }
+        fresh.track_ranges(&bounds);
+        prop_assert_eq!(kept.len(), bounds.len());
+        prop_assert_eq!(kept, fresh.range_hashes());
     }
 }
