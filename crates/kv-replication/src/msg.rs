@@ -161,18 +161,20 @@ pub enum PeerMsg {
         /// Most entries.
         limit: u32,
     },
-    /// Anti-entropy, step 1: the sender's hash of each bucket of the keys
-    /// both nodes replicate.
+    /// Anti-entropy, step 1: the sender's hash of each range of its read
+    /// ring (the ranges between tokens) that both nodes replicate.
     AeDigest {
-        /// One order-independent hash per bucket.
-        hashes: Vec<u64>,
+        /// Which ring the ranges are of (compared only if both agree).
+        ring: u64,
+        /// (range index, order-independent hash of its keys and versions).
+        arcs: Vec<(u32, u64)>,
     },
     /// Anti-entropy, step 2: the receiver's keys and versions in the
-    /// buckets that differ.
+    /// ranges that differ.
     AeKeys {
-        /// The differing buckets.
+        /// The differing ranges.
         buckets: Vec<u32>,
-        /// Its (key, version) pairs in those buckets, tombstones included.
+        /// Its (key, version) pairs in those ranges, tombstones included.
         entries: Vec<(Vec<u8>, Ver)>,
     },
     /// Anti-entropy, step 3: send me your state of these keys (you have

@@ -261,6 +261,10 @@ pub struct Node {
     next_op: u64,
     last_gossip: u64,
     last_anti_entropy: u64,
+    /// Which read ring the store's range hashes follow (0: none yet).
+    ae_ring: u64,
+    /// That ring's token positions: the upper bounds of its ranges.
+    ae_bounds: Vec<u64>,
     out: VecDeque<Output>,
     /// Members to contact until the cluster answers (see [`Node::join`]).
     seeds: Vec<NodeId>,
@@ -325,6 +329,8 @@ impl Node {
             next_op: 1,
             last_gossip: 0,
             last_anti_entropy: now,
+            ae_ring: 0,
+            ae_bounds: Vec::new(),
             out: VecDeque::new(),
             seeds: Vec::new(),
             hints: BTreeMap::new(),
@@ -937,7 +943,7 @@ impl Node {
                 self.on_read_reply(op, from, state, store);
             }
             PeerMsg::ListReply { op, entries, full } => self.on_list_reply(op, from, entries, full),
-            PeerMsg::AeDigest { hashes } => self.on_ae_digest(from, &hashes, store),
+            PeerMsg::AeDigest { ring, arcs } => self.on_ae_digest(from, ring, &arcs, store),
             PeerMsg::AeKeys { buckets, entries } => self.on_ae_keys(from, &buckets, entries, store),
             PeerMsg::AePull { keys } => {
                 for key in keys {
@@ -1529,66 +1535,95 @@ impl Node {
             return;
         }
         let peer = peers[(self.random() % peers.len() as u64) as usize].clone();
-        let hashes = self.ae_hashes(&peer, store);
-        self.send(&peer, PeerMsg::AeDigest { hashes });
+        self.track_ranges(store);
+        let mine = store.range_hashes();
+        let arcs = self
+            .shared_arcs(&peer)
+            .into_iter()
+            .filter_map(|i| Some((i, *mine.get(i as usize)?)))
+            .collect();
+        let ring = self.ae_ring;
+        self.send(&peer, PeerMsg::AeDigest { ring, arcs });
     }
 
-    /// The keys this node and `peer` both replicate, with versions, by
-    /// bucket.
-    fn shared_entries(&self, peer: &str, store: &Store) -> Vec<(u32, Vec<u8>, Ver)> {
+    /// Has the store keep a hash per range of the read ring (each range
+    /// between two tokens has one replica set), recomputed only when the
+    /// read ring changes; every write keeps them up to date.
+    fn track_ranges(&mut self, store: &Store) {
+        let id = {
+            let text = format!("{}{:?}", self.read_ring.vnodes(), self.read_ring.nodes());
+            xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+        };
+        if id != self.ae_ring {
+            self.ae_bounds = self.read_ring.token_positions();
+            store.track_ranges(&self.ae_bounds);
+            self.ae_ring = id;
+        }
+    }
+
+    /// The read ring's ranges that both this node and `peer` replicate.
+    fn shared_arcs(&self, peer: &str) -> Vec<u32> {
         let (n, _, _) = self.quorums();
-        store
-            .iter_versioned()
-            .filter_map(|(key, v)| {
-                let replicas = self.read_ring.preference_list(&key, n);
-                let both = replicas.contains(&peer) && replicas.contains(&self.cfg.id.as_str());
-                both.then(|| (ae_bucket(&key), key, Ver::from(v.version)))
+        (0..self.ae_bounds.len() as u32)
+            .filter(|&i| {
+                let replicas = self
+                    .read_ring
+                    .preference_list_at(self.ae_bounds[i as usize], n);
+                replicas.contains(&peer) && replicas.contains(&self.cfg.id.as_str())
             })
             .collect()
     }
 
-    fn ae_hashes(&self, peer: &str, store: &Store) -> Vec<u64> {
-        let mut hashes = vec![0u64; AE_BUCKETS];
-        for (b, key, v) in self.shared_entries(peer, store) {
-            hashes[b as usize] ^= ae_entry_hash(&key, v);
-        }
-        hashes
+    /// Our keys, with versions, in these ranges of the read ring (one
+    /// pass over the store: done only for ranges that differ).
+    fn entries_in(&self, arcs: &[u32], store: &Store) -> BTreeMap<Vec<u8>, Ver> {
+        let wanted: BTreeSet<u32> = arcs.iter().copied().collect();
+        store
+            .iter_versioned()
+            .filter(|(key, _)| wanted.contains(&(Store::range_of_key(&self.ae_bounds, key) as u32)))
+            .map(|(key, v)| (key, Ver::from(v.version)))
+            .collect()
     }
 
-    fn on_ae_digest(&mut self, from: &str, theirs: &[u64], store: &Store) {
-        let mine = self.ae_hashes(from, store);
-        let buckets: Vec<u32> = (0..AE_BUCKETS as u32)
-            .filter(|&b| theirs.get(b as usize) != mine.get(b as usize))
+    fn on_ae_digest(&mut self, from: &str, ring: u64, theirs: &[(u32, u64)], store: &Store) {
+        self.track_ranges(store);
+        if ring != self.ae_ring {
+            return; // different views of the ring: next round
+        }
+        let shared: BTreeSet<u32> = self.shared_arcs(from).into_iter().collect();
+        let mine = store.range_hashes();
+        let arcs: Vec<u32> = theirs
+            .iter()
+            .filter(|(i, h)| shared.contains(i) && mine.get(*i as usize) != Some(h))
+            .map(|(i, _)| *i)
             .collect();
-        if buckets.is_empty() {
+        if arcs.is_empty() {
             return;
         }
-        let entries = self
-            .shared_entries(from, store)
-            .into_iter()
-            .filter(|(b, _, _)| buckets.contains(b))
-            .map(|(_, k, v)| (k, v))
-            .collect();
-        self.send(from, PeerMsg::AeKeys { buckets, entries });
+        let entries = self.entries_in(&arcs, store).into_iter().collect();
+        self.send(
+            from,
+            PeerMsg::AeKeys {
+                buckets: arcs,
+                entries,
+            },
+        );
     }
 
-    /// Compares the peer's entries with ours in the differing buckets:
+    /// Compares the peer's entries with ours in the differing ranges:
     /// push what we have newer, pull what it has newer.
-    fn on_ae_keys(
-        &mut self,
-        from: &str,
-        buckets: &[u32],
-        theirs: Vec<(Vec<u8>, Ver)>,
-        store: &Store,
-    ) {
-        let mut mine: BTreeMap<Vec<u8>, Ver> = self
-            .shared_entries(from, store)
-            .into_iter()
-            .filter(|(b, _, _)| buckets.contains(b))
-            .map(|(_, k, v)| (k, v))
-            .collect();
+    fn on_ae_keys(&mut self, from: &str, arcs: &[u32], theirs: Vec<(Vec<u8>, Ver)>, store: &Store) {
+        self.track_ranges(store);
+        let shared: Vec<u32> = {
+            let s: BTreeSet<u32> = self.shared_arcs(from).into_iter().collect();
+            arcs.iter().copied().filter(|a| s.contains(a)).collect()
+        };
+        let mut mine = self.entries_in(&shared, store);
         let mut pull = Vec::new();
         for (key, v) in theirs {
+            if !shared.contains(&(Store::range_of_key(&self.ae_bounds, &key) as u32)) {
+                continue;
+            }
             match mine.remove(&key) {
                 Some(m) if m > v => self.push_key(from, &key, store),
                 Some(m) if m == v => {}
@@ -1706,18 +1741,6 @@ pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
         }
         _ => None,
     }
-}
-
-/// Anti-entropy buckets per pair of nodes.
-const AE_BUCKETS: usize = 64;
-
-fn ae_bucket(key: &[u8]) -> u32 {
-    (kv_ring::key_position(key) >> 58) as u32
-}
-
-fn ae_entry_hash(key: &[u8], v: Ver) -> u64 {
-    let h = xxhash_rust::xxh3::xxh3_64(key);
-    xxhash_rust::xxh3::xxh3_64_with_seed(&v.ts.to_le_bytes(), h ^ u64::from(v.node))
 }
 
 /// Applies a replicated write locally: `Some(was_live)` once stored (or

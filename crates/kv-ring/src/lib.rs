@@ -110,6 +110,14 @@ impl Ring {
         &self.nodes
     }
 
+    /// Every token's position, sorted, without repeats: the upper bounds of
+    /// the ring's ranges (range `i` is `(p[i-1], p[i]]`, range 0 wraps).
+    pub fn token_positions(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.tokens.iter().map(|&(t, _)| t).collect();
+        v.dedup();
+        v
+    }
+
     /// Whether `node` is a member.
     pub fn contains(&self, node: &str) -> bool {
         self.nodes
