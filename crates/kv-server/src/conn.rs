@@ -125,6 +125,10 @@ pub struct Conn<S> {
     /// that the client reads our last reply instead of a reset.
     lingering: bool,
     discarded: usize,
+    /// Reading stopped for back-pressure, not because the socket was
+    /// drained: readiness is edge-triggered, so no event will say there is
+    /// more, and reading must resume once replies drain.
+    read_paused: bool,
 }
 
 impl<S: Read + Write + HalfClose> Conn<S> {
@@ -144,6 +148,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             peer_closed: false,
             lingering: false,
             discarded: 0,
+            read_paused: false,
         }
     }
 
@@ -236,6 +241,8 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         if self.lingering {
             return self.discard();
         }
+        self.read_paused = false;
+        let mut drained = false;
         while self.wants_read() {
             let len = self.rbuf.len();
             self.rbuf.resize(len + READ_CHUNK, 0);
@@ -252,6 +259,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 Err(e) => {
                     self.rbuf.truncate(len);
                     if e.kind() == io::ErrorKind::WouldBlock {
+                        drained = true;
                         break;
                     }
                     return Err(e);
@@ -259,8 +267,15 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             }
             self.process(shared);
         }
+        self.read_paused = !drained && !self.peer_closed && !self.closing;
         self.process(shared);
         Ok(())
+    }
+
+    /// Whether reading stopped for back-pressure with the socket perhaps
+    /// still holding requests, and may resume now.
+    pub fn should_resume_reading(&self) -> bool {
+        self.read_paused && self.wants_read()
     }
 
     /// Answers every whole request buffered, in order, while replies fit

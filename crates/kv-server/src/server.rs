@@ -388,6 +388,12 @@ fn step(conn: &mut Conn<TcpStream>, shared: &Shared, readable: bool) -> io::Resu
         conn.process(shared);
         conn.flush()?;
     }
+    // Back-pressure is over: read what the socket kept meanwhile (no new
+    // readiness event would announce it).
+    if conn.should_resume_reading() {
+        conn.on_readable(shared)?;
+        conn.flush()?;
+    }
     Ok(())
 }
 

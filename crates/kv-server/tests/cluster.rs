@@ -679,3 +679,12 @@ fn check_many_values(c: &mut Client, n: u32, value: &[u8]) {
         }
     }
 }
+
+/// More pipelined requests than a connection may have waiting for the
+/// cluster at once: all are answered (the connection resumes reading).
+#[test]
+fn a_flood_of_pipelined_requests_to_a_cluster_is_answered_in_full() {
+    let (a, _b, _c) = start_three(&[]);
+    let n = 20_000;
+    assert_eq!(kv_testkit::resp_flood(a.addr, n, 100), n);
+}

@@ -360,3 +360,13 @@ fn redis_info_and_config_answer_real_figures() {
         .expect("QUIT closes the connection");
     assert_eq!(reply, b"+OK\r\n");
 }
+
+/// A client that pipelines far more than the server buffers (replies above
+/// the high-water mark) gets every reply: reading resumes after
+/// back-pressure even though no new readiness event comes.
+#[test]
+fn a_flood_of_pipelined_requests_is_answered_in_full() {
+    let s = ServerProc::start(BIN, &["--no-persistence"]);
+    let n = 200_000;
+    assert_eq!(kv_testkit::resp_flood(s.addr, n, 10), n);
+}

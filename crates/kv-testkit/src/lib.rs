@@ -207,3 +207,54 @@ pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Sends `n` RESP `SET` commands (values of `value_len` bytes) down one
+/// connection as fast as the socket takes them, from a second thread,
+/// while this thread reads the replies; returns how many `+OK` came back
+/// before the replies stopped for 30 s. A server that stops reading for
+/// back-pressure and never resumes answers fewer than `n`.
+pub fn resp_flood(addr: std::net::SocketAddr, n: usize, value_len: usize) -> usize {
+    use std::io::{Read, Write};
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let value = vec![b'x'; value_len];
+    let sender = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        for i in 0..n {
+            let key = format!("flood{i:08}");
+            buf.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n${}\r\n", key.len()).as_bytes());
+            buf.extend_from_slice(key.as_bytes());
+            buf.extend_from_slice(format!("\r\n${}\r\n", value.len()).as_bytes());
+            buf.extend_from_slice(&value);
+            buf.extend_from_slice(b"\r\n");
+            if buf.len() > 64 << 10 {
+                if writer.write_all(&buf).is_err() {
+                    return;
+                }
+                buf.clear();
+            }
+        }
+        let _ = writer.write_all(&buf);
+    });
+    let mut reader = stream;
+    let mut got = 0usize;
+    let mut tail = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    while got < n {
+        match reader.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                tail.extend_from_slice(&chunk[..k]);
+                let whole = tail.len() / 5 * 5;
+                got += tail[..whole].chunks(5).filter(|c| *c == b"+OK\r\n").count();
+                tail.drain(..whole);
+            }
+        }
+    }
+    drop(reader);
+    let _ = sender.join();
+    got
+}
