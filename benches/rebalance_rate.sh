@@ -16,7 +16,7 @@ bin=$PWD/target/release/kv-server
 cli=$PWD/target/release/kv-client
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$KEEP_LOGS"/; fi; rm -rf "$work"; }
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 100); do redis-cli -p "$1" PING >/dev/null 2>&1 && return; sleep 0.1; done; echo "port $1 did not answer" >&2; exit 1; }
@@ -57,7 +57,8 @@ t0=$(date +%s.%N)
 start 7304 --join 127.0.0.1:7301
 wait_normal 7301 4
 t1=$(date +%s.%N)
-echo "JOIN: $(grep 'rebalance: received all' "$work/7304.log" | sed 's/^kv-server: //')"
+grep rebalance "$work/7304.log" | sed "s/^kv-server: /  7304: /"
+echo "JOIN: $(grep "rebalance: received all" "$work/7304.log" | sed "s/^kv-server: //")"
 printf "JOIN: start to all-normal %.1f s (includes the wait for every node to learn of the join, one request timeout)\n" "$(echo "$t1 - $t0" | bc)"
 
 t0=$(date +%s.%N)

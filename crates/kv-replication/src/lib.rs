@@ -41,5 +41,5 @@ pub mod sim;
 
 pub use membership::MemberState;
 pub use msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
-pub use node::{serve_replica, Config, Hint, MemberInfo, Node, Output, Persisted};
+pub use node::{apply_entries, serve_replica, Config, Hint, MemberInfo, Node, Output, Persisted};
 pub use rebalance::{Progress, StreamSave};

@@ -201,8 +201,14 @@ pub enum PeerMsg {
         transition: u64,
         /// The cursor of the request, echoed.
         cursor: (u32, u64),
-        /// Entries, tombstones included.
+        /// Entries, tombstones included. A driver may apply them itself
+        /// (with [`crate::node::apply_entries`]) and hand the node the page
+        /// without them; `keys` and `bytes` still count them.
         entries: Vec<(Vec<u8>, Stamped)>,
+        /// How many entries the page carried.
+        keys: u64,
+        /// Their key, value and version bytes.
+        bytes: u64,
         /// Where to continue; `None`: the stream is complete.
         next: Option<(u32, u64)>,
         /// How far through its store the sender is, in millionths.

@@ -72,7 +72,7 @@ impl Config {
             anti_entropy_interval: 10_000,
             hint_window: 3 * 3600 * 1000,
             stream_rate: 0,
-            stream_page: 1 << 20,
+            stream_page: 2 << 20,
             stream_ranges: true,
         }
     }
@@ -157,6 +157,16 @@ pub struct MemberInfo {
     pub status: Status,
     /// Its share of the ring as a primary (0..1).
     pub share: f64,
+}
+
+/// A rebalancing page's particulars, apart from its entries.
+struct StreamPageInfo {
+    transition: u64,
+    cursor: (u32, u64),
+    keys: u64,
+    bytes: u64,
+    next: Option<(u32, u64)>,
+    progress: u32,
 }
 
 /// One node's page of a listing: entries, and whether it had more.
@@ -929,11 +939,21 @@ impl Node {
                 transition,
                 cursor,
                 entries,
+                keys,
+                bytes,
                 next,
                 progress,
-            } => self.on_stream_page(
-                now, from, transition, cursor, entries, next, progress, store,
-            ),
+            } => {
+                let page = StreamPageInfo {
+                    transition,
+                    cursor,
+                    keys,
+                    bytes,
+                    next,
+                    progress,
+                };
+                self.on_stream_page(now, from, page, &entries, store)
+            }
             PeerMsg::Invite => self.on_invite(now, from),
             PeerMsg::ReplicateAck { op, existed } => self.on_write_ack(op, from, existed),
             PeerMsg::ReadReply { op, state } => {
@@ -1256,6 +1276,9 @@ impl Node {
     /// acknowledged under the old ring has landed before the copy starts
     /// (later ones reach this node directly).
     fn receive_ranges(&mut self, now: u64, store: &Store) {
+        if self.synced == self.transition {
+            return;
+        }
         let Some(since) = self.converged_since else {
             return;
         };
@@ -1264,9 +1287,12 @@ impl Node {
         }
         // A source that went down holds the stream up: ask others instead
         // (sources still asked for the same ranges keep their place).
+        let retry = self.cfg.request_timeout * 2;
         let stalled = self.stream.as_ref().is_some_and(|st| {
             let down = st.sources.iter().any(|(id, s)| {
-                s.cursor.is_some() && self.members.state(id, now) == Some(MemberState::Down)
+                s.cursor.is_some()
+                    && s.asked_at.is_none_or(|t| now >= t + retry)
+                    && self.members.state(id, now) == Some(MemberState::Down)
             });
             down && rebalance::asks(&st.plan, |id| self.members.is_up(id, now)) != st.asks
         });
@@ -1293,9 +1319,14 @@ impl Node {
             ));
             self.stream = Some(st);
         }
-        let page = self.cfg.stream_page.max(1);
         let rate = self.cfg.stream_rate;
-        let retry = self.cfg.request_timeout * 2;
+        // Under a rate limit, pages of a quarter second's worth keep the
+        // flow smooth.
+        let page = match rate {
+            0 => self.cfg.stream_page,
+            r => self.cfg.stream_page.min((r / 4).max(16 << 10) as u32),
+        }
+        .max(1);
         let mut asks = Vec::new();
         {
             let Some(st) = self.stream.as_mut() else {
@@ -1336,61 +1367,58 @@ impl Node {
         self.check_stream_done(now, store);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_stream_page(
         &mut self,
         now: u64,
         from: &str,
-        transition: u64,
-        cursor: (u32, u64),
-        entries: Vec<(Vec<u8>, Stamped)>,
-        next: Option<(u32, u64)>,
-        progress: u32,
+        page: StreamPageInfo,
+        entries: &[(Vec<u8>, Stamped)],
         store: &Store,
     ) {
         let Some(st) = self.stream.as_mut() else {
             return;
         };
-        if st.transition != transition {
+        if st.transition != page.transition {
             return;
         }
         let Some(src) = st.sources.get_mut(from) else {
             return;
         };
-        if src.cursor != Some(cursor) {
+        if src.cursor != Some(page.cursor) {
             return; // a duplicate or a late answer to an earlier request
         }
-        let mut bytes = 0u64;
-        for (key, s) in &entries {
-            self.hlc.observe(s.version.ts);
-            if store
-                .apply(key, s.value.as_deref(), s.version.into())
-                .is_err()
-            {
-                return; // asked again after the retry interval
-            }
-            bytes += (key.len() + s.value.as_ref().map_or(0, Vec::len) + 16) as u64;
-        }
-        // The cursor is saved only once what it covers is durable.
-        if store.flush().is_err() {
-            return;
-        }
-        src.cursor = next;
+        let Some(max_ts) = apply_entries(store, entries) else {
+            return; // asked again after the retry interval
+        };
+        self.hlc.observe(max_ts);
+        src.cursor = page.next;
         src.asked_at = None;
-        src.progress = if next.is_none() {
+        src.progress = if page.next.is_none() {
             1.0
         } else {
-            progress as f32 / 1e6
+            page.progress as f32 / 1e6
         };
-        st.bytes += bytes;
-        st.keys += entries.len() as u64;
-        self.persist();
+        st.bytes += page.bytes;
+        st.keys += page.keys;
+        // The cursors are saved now and then, and only once what they
+        // cover is durable (a restart re-asks at most that much).
+        let done = st.sources.values().all(|s| s.cursor.is_none());
+        if done || now >= st.last_save + 1000 {
+            st.last_save = now;
+            if store.flush().is_err() {
+                return;
+            }
+            self.persist();
+        }
         self.receive_ranges(now, store);
     }
 
     /// Logs progress now and then, and marks the rebalance synced once
     /// every range is complete.
     fn check_stream_done(&mut self, now: u64, store: &Store) {
+        if self.synced == self.transition {
+            return;
+        }
         let Some(st) = self.stream.as_ref() else {
             return;
         };
@@ -1721,7 +1749,7 @@ pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
                 let within = c.hash as f64 / 2f64.powi(64);
                 ((f64::from(c.shard) + within) / store.shard_count() as f64 * 1e6) as u32
             });
-            let entries = page
+            let entries: Vec<(Vec<u8>, Stamped)> = page
                 .into_iter()
                 .map(|(k, v)| {
                     let s = Stamped {
@@ -1734,6 +1762,8 @@ pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
             Some(PeerMsg::StreamPage {
                 transition: *transition,
                 cursor: *cursor,
+                keys: entries.len() as u64,
+                bytes: entries.iter().map(|(k, s)| entry_bytes(k, s)).sum(),
                 entries,
                 next: next.map(|c| (c.shard, c.hash)),
                 progress,
@@ -1741,6 +1771,25 @@ pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
         }
         _ => None,
     }
+}
+
+/// Bytes an entry counts for in rebalancing figures.
+fn entry_bytes(key: &[u8], s: &Stamped) -> u64 {
+    (key.len() + s.value.as_ref().map_or(0, Vec::len) + 16) as u64
+}
+
+/// Applies streamed entries to the store (each only if newer than what it
+/// holds). Returns the greatest version timestamp among them, or `None`
+/// if the store failed (the page will be asked for again).
+pub fn apply_entries(store: &Store, entries: &[(Vec<u8>, Stamped)]) -> Option<u64> {
+    let mut max_ts = 0;
+    for (key, s) in entries {
+        store
+            .apply(key, s.value.as_deref(), s.version.into())
+            .ok()?;
+        max_ts = max_ts.max(s.version.ts);
+    }
+    Some(max_ts)
 }
 
 /// Applies a replicated write locally: `Some(was_live)` once stored (or

@@ -153,6 +153,8 @@ pub(crate) struct Stream {
     pub bytes: u64,
     pub keys: u64,
     pub last_log: u64,
+    /// When the cursors were last saved.
+    pub last_save: u64,
 }
 
 impl Stream {
@@ -192,6 +194,7 @@ impl Stream {
             bytes: saved.map_or(0, |s| s.bytes),
             keys: saved.map_or(0, |s| s.keys),
             last_log: 0,
+            last_save: 0,
         }
     }
 

@@ -301,6 +301,7 @@ pub fn start(
     for j in &c.join {
         node.join(now_ms(), j);
     }
+    let appliers = start_appliers(&shared, &handle)?;
     let h = handle.clone();
     let thread = std::thread::Builder::new()
         .name("kv-cluster".into())
@@ -321,6 +322,7 @@ pub fn start(
                 state_path: path,
                 last_tick: 0,
                 hints,
+                appliers,
             };
             if let Err(e) = t.run() {
                 eprintln!("kv-server: cluster thread failed: {e}");
@@ -365,6 +367,41 @@ struct ClusterThread {
     last_tick: u64,
     /// Durable hints for replicas that were down, in `data_dir/hints`.
     hints: Store,
+    /// Rebalancing pages to apply off this thread.
+    appliers: Sender<(String, PeerMsg)>,
+}
+
+/// Threads that apply the entries of rebalancing pages to the store, then
+/// hand the pages (now without entries) to the cluster thread for its
+/// bookkeeping: copying ranges in is the heaviest work of a rebalance and
+/// would otherwise stall coordination. Pages of one source come one at a
+/// time, so their order is kept.
+fn start_appliers(
+    shared: &Arc<Shared>,
+    handle: &Arc<ClusterHandle>,
+) -> io::Result<Sender<(String, PeerMsg)>> {
+    let (tx, rx) = mpsc::channel::<(String, PeerMsg)>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..2 {
+        let (rx, shared, handle) = (rx.clone(), shared.clone(), handle.clone());
+        std::thread::Builder::new()
+            .name(format!("kv-rebalance-{i}"))
+            .spawn(move || loop {
+                let Ok((from, mut msg)) = rx.lock().recv() else {
+                    return;
+                };
+                if let PeerMsg::StreamPage { entries, .. } = &mut msg {
+                    let Some(ts) = kv_replication::apply_entries(&shared.store, entries) else {
+                        continue; // the node asks for the page again
+                    };
+                    handle.observed.fetch_max(ts, Ordering::AcqRel);
+                    *entries = Vec::new();
+                }
+                handle.send(ToCluster::Peer { from, msg });
+                handle.flush();
+            })?;
+    }
+    Ok(tx)
 }
 
 impl ClusterThread {
@@ -388,8 +425,19 @@ impl ClusterThread {
                     match self.service_link(&peer) {
                         Ok(msgs) => {
                             for msg in msgs {
-                                self.node
-                                    .handle_message(now, &peer, msg, &self.shared.store);
+                                match msg {
+                                    PeerMsg::StreamPage { ref entries, .. }
+                                        if !entries.is_empty() =>
+                                    {
+                                        let _ = self.appliers.send((peer.clone(), msg));
+                                    }
+                                    msg => self.node.handle_message(
+                                        now,
+                                        &peer,
+                                        msg,
+                                        &self.shared.store,
+                                    ),
+                                }
                             }
                         }
                         Err(_) => {
@@ -745,11 +793,15 @@ fn flush_link(link: &mut PeerLink) -> io::Result<()> {
 }
 
 fn read_link(link: &mut PeerLink) -> io::Result<()> {
-    let mut buf = [0u8; 4096];
+    const CHUNK: usize = 256 << 10;
     loop {
-        match link.stream.read(&mut buf) {
+        let len = link.rbuf.len();
+        link.rbuf.resize(len + CHUNK, 0);
+        let got = link.stream.read(&mut link.rbuf[len..]);
+        link.rbuf.truncate(len + *got.as_ref().unwrap_or(&0));
+        match got {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => link.rbuf.extend_from_slice(&buf[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),

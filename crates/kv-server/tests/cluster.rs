@@ -566,7 +566,7 @@ fn a_node_restarted_in_the_middle_of_a_rebalance_resumes_it() {
     let fast = ["--request-timeout-ms", "1000"];
     let (a, b, c) = start_three(&fast);
     // 20,000 keys of 100 bytes: about 2.5 MB; the new node gets ~3/4 of
-    // them from two sources each, at 400 kB/s: several seconds.
+    // them from two sources each, at 800 kB/s: several seconds.
     let value = vec![b'x'; 100];
     let mut ca = client(&a);
     for chunk in (0..20_000u32).collect::<Vec<_>>().chunks(500) {
@@ -588,7 +588,7 @@ fn a_node_restarted_in_the_middle_of_a_rebalance_resumes_it() {
             "--join",
             &seed,
             "--rebalance-rate",
-            "400kb",
+            "800kb",
             "--request-timeout-ms",
             "1000",
         ],
