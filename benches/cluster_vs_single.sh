@@ -32,8 +32,9 @@ wait_port 7211
 "$bin" --port 7212 --data-dir "$work/n2" --join 127.0.0.1:7211 >"$work/n2.log" 2>&1 & pids+=($!)
 "$bin" --port 7213 --data-dir "$work/n3" --join 127.0.0.1:7211 >"$work/n3.log" 2>&1 & pids+=($!)
 wait_port 7212; wait_port 7213
-for _ in $(seq 100); do
-  target/release/kv-client 127.0.0.1 7211 -c CLUSTER | grep -q "3 members" && break; sleep 0.1
+# Wait until all three are members holding their ranges (joins go one at a
+# time, each copying its ranges first).
+for _ in $(seq 300); do
+  [ "$(target/release/kv-client 127.0.0.1 7211 -c CLUSTER | grep -c ' alive normal ')" = 3 ] && break; sleep 0.1
 done
-sleep 1
 bench 7211 cluster
