@@ -1749,16 +1749,8 @@ pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
                 let within = c.hash as f64 / 2f64.powi(64);
                 ((f64::from(c.shard) + within) / store.shard_count() as f64 * 1e6) as u32
             });
-            let entries: Vec<(Vec<u8>, Stamped)> = page
-                .into_iter()
-                .map(|(k, v)| {
-                    let s = Stamped {
-                        version: v.version.into(),
-                        value: v.value,
-                    };
-                    (k, s)
-                })
-                .collect();
+            let entries: Vec<(Vec<u8>, Stamped)> =
+                page.into_iter().map(|(k, v)| (k, stamped(v))).collect();
             Some(PeerMsg::StreamPage {
                 transition: *transition,
                 cursor: *cursor,
@@ -1800,27 +1792,22 @@ fn apply_local(store: &Store, key: &[u8], value: Option<&[u8]>, version: Ver) ->
     Some(was_live)
 }
 
-fn read_local(store: &Store, key: &[u8]) -> Option<Stamped> {
-    store.get_versioned(key).map(|v| Stamped {
+fn stamped(v: kv_storage::Versioned) -> Stamped {
+    Stamped {
         version: v.version.into(),
         value: v.value,
-    })
+    }
+}
+
+fn read_local(store: &Store, key: &[u8]) -> Option<Stamped> {
+    store.get_versioned(key).map(stamped)
 }
 
 fn list_local(store: &Store, prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Page {
     let mut page = store.scan_page_versioned(prefix, after, limit as usize + 1);
     let full = page.len() > limit as usize;
     page.truncate(limit as usize);
-    let entries = page
-        .into_iter()
-        .map(|(k, v)| {
-            let s = Stamped {
-                version: v.version.into(),
-                value: v.value,
-            };
-            (k, s)
-        })
-        .collect();
+    let entries = page.into_iter().map(|(k, v)| (k, stamped(v))).collect();
     (entries, full)
 }
 

@@ -536,29 +536,15 @@ impl Sim {
 
     /// Live members that see a rebalance under way or wait to join.
     fn rebalancing(&self) -> Vec<usize> {
-        self.live()
-            .into_iter()
-            .filter(|&i| {
-                self.nodes[i].node.as_ref().is_some_and(|n| {
-                    n.status() != Status::Left && (n.rebalancing() || n.status() == Status::Waiting)
-                })
-            })
-            .collect()
+        self.live_where(|n| {
+            n.status() != Status::Left && (n.rebalancing() || n.status() == Status::Waiting)
+        })
     }
 
     /// The operator decommissions a random normal member through a random
     /// live node. False if it was refused (another rebalance runs).
     fn try_leave(&mut self) -> bool {
-        let members: Vec<usize> = self
-            .live()
-            .into_iter()
-            .filter(|&i| {
-                self.nodes[i]
-                    .node
-                    .as_ref()
-                    .is_some_and(|n| n.status() == Status::Normal && !n.rebalancing())
-            })
-            .collect();
+        let members = self.live_where(|n| n.status() == Status::Normal && !n.rebalancing());
         if members.len() < 3 {
             return false;
         }
@@ -576,17 +562,16 @@ impl Sim {
     /// A live node that holds data (a normal member), to ask for views and
     /// final reads.
     fn member(&self, k: usize) -> Option<usize> {
-        let members: Vec<usize> = self
-            .live()
-            .into_iter()
-            .filter(|&i| {
-                self.nodes[i]
-                    .node
-                    .as_ref()
-                    .is_some_and(|n| n.status() == Status::Normal)
-            })
-            .collect();
+        let members = self.live_where(|n| n.status() == Status::Normal);
         (!members.is_empty()).then(|| members[k % members.len()])
+    }
+
+    /// Live nodes for which `pred` holds.
+    fn live_where(&self, pred: impl Fn(&Node) -> bool) -> Vec<usize> {
+        self.live()
+            .into_iter()
+            .filter(|&i| self.nodes[i].node.as_ref().is_some_and(&pred))
+            .collect()
     }
 
     fn heal(&mut self) {
