@@ -5,6 +5,7 @@
 #   bash benches/cluster_vs_single.sh [REQUESTS]
 #
 # Needs redis-benchmark (apt-get install redis-tools) and a release build.
+# KV_CLUSTER_ARGS adds flags to the cluster nodes (e.g. "--anti-entropy-ms 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100000}
@@ -27,10 +28,10 @@ wait_port 7201
 bench 7201 single
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
 
-"$bin" --port 7211 --data-dir "$work/n1" >"$work/n1.log" 2>&1 & pids+=($!)
+"$bin" --port 7211 --data-dir "$work/n1" ${KV_CLUSTER_ARGS:-} >"$work/n1.log" 2>&1 & pids+=($!)
 wait_port 7211
-"$bin" --port 7212 --data-dir "$work/n2" --join 127.0.0.1:7211 >"$work/n2.log" 2>&1 & pids+=($!)
-"$bin" --port 7213 --data-dir "$work/n3" --join 127.0.0.1:7211 >"$work/n3.log" 2>&1 & pids+=($!)
+"$bin" --port 7212 --data-dir "$work/n2" --join 127.0.0.1:7211 ${KV_CLUSTER_ARGS:-} >"$work/n2.log" 2>&1 & pids+=($!)
+"$bin" --port 7213 --data-dir "$work/n3" --join 127.0.0.1:7211 ${KV_CLUSTER_ARGS:-} >"$work/n3.log" 2>&1 & pids+=($!)
 wait_port 7212; wait_port 7213
 # Wait until all three are members holding their ranges (joins go one at a
 # time, each copying its ranges first).

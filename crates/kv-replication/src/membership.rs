@@ -264,6 +264,14 @@ impl Membership {
             .collect()
     }
 
+    /// How many members have not left.
+    pub fn current_count(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.d.status != Status::Left)
+            .count()
+    }
+
     /// Every known member with its state.
     pub fn all(&self, now: u64) -> Vec<(NodeId, MemberState)> {
         self.members

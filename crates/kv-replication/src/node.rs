@@ -204,11 +204,27 @@ struct Pending {
     work: Work,
 }
 
-/// Whether `have` holds enough members of every group.
+/// Whether `have` holds enough members of every group. With one group,
+/// `have` only ever holds members of it (answers come from the replicas
+/// asked), so counting is enough.
 fn met(groups: &Groups, have: &BTreeSet<NodeId>) -> bool {
+    if let [(_, need)] = groups.as_slice() {
+        return have.len() >= *need;
+    }
     groups
         .iter()
         .all(|(g, need)| g.iter().filter(|n| have.contains(*n)).count() >= *need)
+}
+
+/// Whether `have` holds a write quorum of every group (what a read repair
+/// must reach).
+fn met_write(groups: &Groups, have: &BTreeSet<NodeId>, write_quorum: Option<usize>) -> bool {
+    if let [(g, _)] = groups.as_slice() {
+        return have.len() >= quorum_of(write_quorum, g.len());
+    }
+    groups.iter().all(|(g, _)| {
+        g.iter().filter(|n| have.contains(*n)).count() >= quorum_of(write_quorum, g.len())
+    })
 }
 
 /// The quorum of a replica set of `n`: `configured`, or a majority.
@@ -217,17 +233,11 @@ fn quorum_of(configured: Option<usize>, n: usize) -> usize {
     configured.unwrap_or(n / 2 + 1).clamp(1, n)
 }
 
-/// The same replica groups with write quorums as their needs (what a read
-/// repair must reach).
-fn write_groups(write_quorum: Option<usize>, groups: &Groups) -> Groups {
-    groups
-        .iter()
-        .map(|(g, _)| (g.clone(), quorum_of(write_quorum, g.len())))
-        .collect()
-}
-
 /// Every node of the groups, once, in order.
 fn union(groups: &Groups) -> Vec<NodeId> {
+    if let [(only, _)] = groups.as_slice() {
+        return only.clone();
+    }
     let mut out: Vec<NodeId> = Vec::new();
     for (g, _) in groups {
         for n in g {
@@ -442,14 +452,15 @@ impl Node {
             }
         };
         let read = self.prefs(&self.read_ring, key);
-        let mut groups = vec![(read.clone(), need(read.len()))];
+        let read_need = need(read.len());
         if self.transition != 0 {
             let next = self.prefs(&self.write_ring, key);
             if next != read {
-                groups.push((next.clone(), need(next.len())));
+                let next_need = need(next.len());
+                return vec![(read, read_need), (next, next_need)];
             }
         }
-        groups
+        vec![(read, read_need)]
     }
 
     /// The replica sets a read or write of `key` must reach a quorum of:
@@ -621,7 +632,7 @@ impl Node {
     /// (or, restarted, from any peer, so that it does not coordinate with
     /// an outdated view of the ring).
     pub fn is_joining(&self) -> bool {
-        let alone = self.members.current().len() <= 1;
+        let alone = self.members.current_count() <= 1;
         let newcomer = matches!(self.status(), Status::Waiting | Status::Joining);
         (alone && (newcomer || !self.seeds.is_empty())) || !self.heard_peer
     }
@@ -1046,13 +1057,16 @@ impl Node {
                     self.finish(op);
                 }
             }
-            // A read repair's write landed.
+            // A read repair's write landed: done once a write quorum, or
+            // every replica that answered, holds the newest version.
             Work::Read {
                 holders: Some(holders),
+                seen,
                 ..
             } => {
                 let fresh = holders.insert(from.to_string());
-                if fresh && met(&write_groups(self.cfg.write_quorum, &p.groups), holders) {
+                let everyone = seen.iter().all(|(n, _)| holders.contains(n));
+                if fresh && (everyone || met_write(&p.groups, holders, self.cfg.write_quorum)) {
                     self.finish(op);
                 }
             }
@@ -1094,10 +1108,7 @@ impl Node {
     /// never go backwards). Otherwise answer now and repair stale replicas
     /// in the background.
     fn conclude_read(&mut self, op: u64, store: &Store) {
-        let Some(p) = self.pending.get(&op) else {
-            return;
-        };
-        let need_w = write_groups(self.cfg.write_quorum, &p.groups);
+        let (wq, read_repair) = (self.cfg.write_quorum, self.cfg.read_repair);
         let Some(p) = self.pending.get_mut(&op) else {
             return;
         };
@@ -1113,24 +1124,33 @@ impl Node {
         if holders.is_some() {
             return; // already repairing
         }
-        let Some(newest) = best.clone() else {
+        let Some(newest_version) = best.as_ref().map(|b| b.version) else {
             return self.finish(op);
         };
-        if !self.cfg.read_repair {
+        let is_fresh = |v: &Option<Ver>| *v == Some(newest_version);
+        if !read_repair || seen.iter().all(|(_, v)| is_fresh(v)) {
             return self.finish(op);
         }
-        let (fresh, stale): (Vec<_>, Vec<_>) = seen
+        let stale: Vec<NodeId> = seen
             .iter()
-            .cloned()
-            .partition(|(_, v)| *v == Some(newest.version));
-        let key = key.clone();
-        let fresh: BTreeSet<NodeId> = fresh.into_iter().map(|(n, _)| n).collect();
-        let blocking = !met(&need_w, &fresh);
+            .filter(|(_, v)| !is_fresh(v))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let fresh: BTreeSet<NodeId> = seen
+            .iter()
+            .filter(|(_, v)| is_fresh(v))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let blocking = !met_write(&p.groups, &fresh, wq);
         if blocking {
             *holders = Some(fresh);
         }
+        let key = key.clone();
+        let Some(newest) = best.clone() else {
+            return self.finish(op);
+        };
         let repair_op = if blocking { op } else { 0 };
-        for (node, _) in stale {
+        for node in stale {
             self.repair(repair_op, &node, &key, &newest, store);
         }
         if !blocking {

@@ -323,6 +323,7 @@ pub fn start(
                 last_tick: 0,
                 hints,
                 appliers,
+                scratch: vec![0; 256 << 10],
             };
             if let Err(e) = t.run() {
                 eprintln!("kv-server: cluster thread failed: {e}");
@@ -369,6 +370,8 @@ struct ClusterThread {
     hints: Store,
     /// Rebalancing pages to apply off this thread.
     appliers: Sender<(String, PeerMsg)>,
+    /// Buffer for reading peer links.
+    scratch: Vec<u8>,
 }
 
 /// Threads that apply the entries of rebalancing pages to the store, then
@@ -716,7 +719,7 @@ impl ClusterThread {
             }
         }
         flush_link(link)?;
-        read_link(link)?;
+        read_link(link, &mut self.scratch)?;
         if let LinkState::AwaitWelcome = link.state {
             if !check_welcome(link, peer, &secret)? {
                 return Ok(Vec::new());
@@ -792,16 +795,14 @@ fn flush_link(link: &mut PeerLink) -> io::Result<()> {
     Ok(())
 }
 
-fn read_link(link: &mut PeerLink) -> io::Result<()> {
-    const CHUNK: usize = 256 << 10;
+/// Reads what the link has into its buffer, through `scratch` (reused, so
+/// that small reads cost no more than their bytes and large pages need
+/// few calls).
+fn read_link(link: &mut PeerLink, scratch: &mut [u8]) -> io::Result<()> {
     loop {
-        let len = link.rbuf.len();
-        link.rbuf.resize(len + CHUNK, 0);
-        let got = link.stream.read(&mut link.rbuf[len..]);
-        link.rbuf.truncate(len + *got.as_ref().unwrap_or(&0));
-        match got {
+        match link.stream.read(scratch) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
+            Ok(n) => link.rbuf.extend_from_slice(&scratch[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
