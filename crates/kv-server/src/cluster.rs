@@ -301,7 +301,7 @@ pub fn start(
     for j in &c.join {
         node.join(now_ms(), j);
     }
-    let appliers = start_appliers(&shared, &handle)?;
+    let (appliers, applier_threads) = start_appliers(&shared, &handle)?;
     let h = handle.clone();
     let thread = std::thread::Builder::new()
         .name("kv-cluster".into())
@@ -327,6 +327,12 @@ pub fn start(
             };
             if let Err(e) = t.run() {
                 eprintln!("kv-server: cluster thread failed: {e}");
+            }
+            // The appliers hold the store: they must be gone before the
+            // server closes it.
+            drop(t);
+            for a in applier_threads {
+                let _ = a.join();
             }
         })?;
     Ok((handle, thread))
@@ -374,20 +380,21 @@ struct ClusterThread {
     scratch: Vec<u8>,
 }
 
+/// Where rebalancing pages go to be applied, and the threads applying them.
+type Appliers = (Sender<(String, PeerMsg)>, Vec<std::thread::JoinHandle<()>>);
+
 /// Threads that apply the entries of rebalancing pages to the store, then
 /// hand the pages (now without entries) to the cluster thread for its
 /// bookkeeping: copying ranges in is the heaviest work of a rebalance and
 /// would otherwise stall coordination. Pages of one source come one at a
-/// time, so their order is kept.
-fn start_appliers(
-    shared: &Arc<Shared>,
-    handle: &Arc<ClusterHandle>,
-) -> io::Result<Sender<(String, PeerMsg)>> {
+/// time, so their order is kept. They stop once the sender is dropped.
+fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Result<Appliers> {
     let (tx, rx) = mpsc::channel::<(String, PeerMsg)>();
     let rx = Arc::new(Mutex::new(rx));
+    let mut threads = Vec::new();
     for i in 0..2 {
         let (rx, shared, handle) = (rx.clone(), shared.clone(), handle.clone());
-        std::thread::Builder::new()
+        let t = std::thread::Builder::new()
             .name(format!("kv-rebalance-{i}"))
             .spawn(move || loop {
                 let Ok((from, mut msg)) = rx.lock().recv() else {
@@ -403,8 +410,9 @@ fn start_appliers(
                 handle.send(ToCluster::Peer { from, msg });
                 handle.flush();
             })?;
+        threads.push(t);
     }
-    Ok(tx)
+    Ok((tx, threads))
 }
 
 impl ClusterThread {

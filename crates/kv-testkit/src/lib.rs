@@ -29,6 +29,9 @@ pub struct ServerProc {
     pub data_dir: PathBuf,
     child: Option<Child>,
     output: Arc<Mutex<Vec<String>>>,
+    /// Threads copying the child's stdout and stderr into `output`; they
+    /// end when the child's pipes close.
+    readers: Vec<std::thread::JoinHandle<()>>,
     binary: PathBuf,
     args: Vec<String>,
 }
@@ -52,6 +55,7 @@ impl ServerProc {
             data_dir: dir.to_path_buf(),
             child: None,
             output: Arc::new(Mutex::new(Vec::new())),
+            readers: Vec::new(),
             binary: binary.as_ref().to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
         };
@@ -75,7 +79,7 @@ impl ServerProc {
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         let out = self.output.clone();
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let addr = addr
@@ -89,11 +93,12 @@ impl ServerProc {
             }
         });
         let out = self.output.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 out.lock().expect("output lock").push(line);
             }
         });
+        self.readers = vec![stdout_reader, stderr_reader];
         self.child = Some(child);
         match rx.recv_timeout(DEADLINE) {
             Ok(addr) => self.addr = addr.parse().expect("listen address"),
@@ -129,6 +134,7 @@ impl ServerProc {
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 self.child = None;
+                self.collect_output();
                 return status;
             }
             if start.elapsed() > DEADLINE {
@@ -154,6 +160,15 @@ impl ServerProc {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        self.collect_output();
+    }
+
+    /// After the process exited: waits until everything it printed is in
+    /// [`ServerProc::output`] (its pipes are closed, so the readers end).
+    fn collect_output(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
         }
     }
 
