@@ -1210,7 +1210,7 @@ impl Node {
         if now == self.last_gossip {
             self.deliver_hints(now);
         }
-        self.rebalance_tick(now, store);
+        self.rebalance_tick(now);
         let ae = self.cfg.anti_entropy_interval;
         if ae > 0 && now >= self.last_anti_entropy + ae {
             self.last_anti_entropy = now;
@@ -1237,7 +1237,7 @@ impl Node {
     /// Rebalancing, each tick: a waiting node takes its turn, a node that
     /// gains ranges receives them once the whole cluster knows of the
     /// rebalance, and the rebalance ends once every gainer has its ranges.
-    fn rebalance_tick(&mut self, now: u64, store: &Store) {
+    fn rebalance_tick(&mut self, now: u64) {
         if self.status() == Status::Waiting && !self.is_joining() && self.busy().is_none() {
             let me = self.cfg.id.clone();
             let first = self
@@ -1258,7 +1258,7 @@ impl Node {
             self.converged_since = Some(now);
         }
         if self.synced != self.transition {
-            self.receive_ranges(now, store);
+            self.receive_ranges(now);
         }
         if self.waiting_for(now).is_none() {
             self.finish_rebalance();
@@ -1295,7 +1295,7 @@ impl Node {
     /// of the rebalance for a request timeout, so that every write
     /// acknowledged under the old ring has landed before the copy starts
     /// (later ones reach this node directly).
-    fn receive_ranges(&mut self, now: u64, store: &Store) {
+    fn receive_ranges(&mut self, now: u64) {
         if self.synced == self.transition {
             return;
         }
@@ -1384,7 +1384,7 @@ impl Node {
             };
             self.send(&id, msg);
         }
-        self.check_stream_done(now, store);
+        self.check_stream_done(now);
     }
 
     fn on_stream_page(
@@ -1430,12 +1430,12 @@ impl Node {
             }
             self.persist();
         }
-        self.receive_ranges(now, store);
+        self.receive_ranges(now);
     }
 
     /// Logs progress now and then, and marks the rebalance synced once
     /// every range is complete.
-    fn check_stream_done(&mut self, now: u64, store: &Store) {
+    fn check_stream_done(&mut self, now: u64) {
         if self.synced == self.transition {
             return;
         }
@@ -1463,7 +1463,6 @@ impl Node {
             st.bytes as f64 / 1e6 / secs
         );
         self.log(line);
-        let _ = store;
         self.synced = self.transition;
         self.resume = None;
         self.members.set_mine(self.transition, self.synced);

@@ -364,24 +364,23 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         if let Some(r) = refusal {
             return native::encode_frame(self.out.now(), id, &r);
         }
-        let Some(cluster) = shared.cluster.get() else {
-            return;
-        };
-        shared.count_command();
-        let seq = self.out.later();
-        let route = Route { seq, ..self.route };
-        cluster.send(ToCluster::Admin { route, id, cmd });
+        self.send_to_cluster(shared, |route| ToCluster::Admin { route, id, cmd });
     }
 
     /// Hands a client operation to the cluster; its reply comes later.
     fn forward(&mut self, shared: &Shared, op: ClientOp, reply: ReplyTo) {
+        self.send_to_cluster(shared, |route| ToCluster::Client { route, op, reply });
+    }
+
+    /// Sends the cluster thread work whose reply takes the next place in
+    /// this connection's reply order.
+    fn send_to_cluster(&mut self, shared: &Shared, work: impl FnOnce(Route) -> ToCluster) {
         let Some(cluster) = shared.cluster.get() else {
             return;
         };
         shared.count_command();
         let seq = self.out.later();
-        let route = Route { seq, ..self.route };
-        cluster.send(ToCluster::Client { route, op, reply });
+        cluster.send(work(Route { seq, ..self.route }));
     }
 
     /// One RESP command at `rbuf[at..]`: `Some(bytes used)`, or `None` if

@@ -45,14 +45,20 @@ fn start_three(extra: &[&str]) -> (ServerProc, ServerProc, ServerProc) {
     (a, b, c)
 }
 
-fn put_many(c: &mut Client, range: std::ops::Range<u32>) {
+/// Writes `key(i)` = `value(i)` for every `i` in `range`, pipelined.
+fn put_values(
+    c: &mut Client,
+    range: std::ops::Range<u32>,
+    key: impl Fn(u32) -> String,
+    value: impl Fn(u32) -> Vec<u8>,
+) {
     let keys: Vec<u32> = range.collect();
     for chunk in keys.chunks(500) {
         let reqs: Vec<Request> = chunk
             .iter()
-            .map(|i| Request::Put {
-                key: format!("key{i:05}").into_bytes(),
-                value: format!("value{i}").into_bytes(),
+            .map(|&i| Request::Put {
+                key: key(i).into_bytes(),
+                value: value(i),
             })
             .collect();
         for r in c.pipeline(&reqs).expect("pipelined puts") {
@@ -61,23 +67,46 @@ fn put_many(c: &mut Client, range: std::ops::Range<u32>) {
     }
 }
 
-fn check_many(c: &mut Client, range: std::ops::Range<u32>) {
+/// Reads `key(i)` for every `i` in `range`, pipelined, and checks that it
+/// holds `value(i)`.
+fn check_values(
+    c: &mut Client,
+    range: std::ops::Range<u32>,
+    key: impl Fn(u32) -> String,
+    value: impl Fn(u32) -> Vec<u8>,
+) {
     let keys: Vec<u32> = range.collect();
     for chunk in keys.chunks(500) {
         let reqs: Vec<Request> = chunk
             .iter()
-            .map(|i| Request::Get {
-                key: format!("key{i:05}").into_bytes(),
+            .map(|&i| Request::Get {
+                key: key(i).into_bytes(),
             })
             .collect();
         let replies = c.pipeline(&reqs).expect("pipelined gets");
-        for (i, r) in chunk.iter().zip(replies) {
+        for (&i, r) in chunk.iter().zip(replies) {
             let want = Response::Value {
-                value: Some(format!("value{i}").into_bytes()),
+                value: Some(value(i)),
             };
-            assert_eq!(r, want, "key{i:05}");
+            assert_eq!(r, want, "{}", key(i));
         }
     }
+}
+
+fn key_name(i: u32) -> String {
+    format!("key{i:05}")
+}
+
+fn value_name(i: u32) -> Vec<u8> {
+    format!("value{i}").into_bytes()
+}
+
+fn put_many(c: &mut Client, range: std::ops::Range<u32>) {
+    put_values(c, range, key_name, value_name);
+}
+
+fn check_many(c: &mut Client, range: std::ops::Range<u32>) {
+    check_values(c, range, key_name, value_name);
 }
 
 #[test]
@@ -468,25 +497,13 @@ fn a_fourth_node_joins_under_load_and_every_key_stays_readable() {
 }
 
 fn check_load(s: &ServerProc, written: u64) {
-    let mut c = client(s);
-    let reqs: Vec<Request> = (0..written)
-        .map(|i| Request::Get {
-            key: format!("load{i:06}").into_bytes(),
-        })
-        .collect();
-    for (chunk_start, chunk) in reqs.chunks(500).enumerate() {
-        for (j, r) in c.pipeline(chunk).expect("gets").into_iter().enumerate() {
-            let i = chunk_start * 500 + j;
-            assert_eq!(
-                r,
-                Response::Value {
-                    value: Some(format!("v{i}").into_bytes())
-                },
-                "load{i:06} through {}",
-                s.addr
-            );
-        }
-    }
+    let n = u32::try_from(written).expect("load size");
+    check_values(
+        &mut client(s),
+        0..n,
+        |i| format!("load{i:06}"),
+        |i| format!("v{i}").into_bytes(),
+    );
 }
 
 #[test]
@@ -568,19 +585,7 @@ fn a_node_restarted_in_the_middle_of_a_rebalance_resumes_it() {
     // 20,000 keys of 100 bytes: about 2.5 MB; the new node gets ~3/4 of
     // them from two sources each, at 800 kB/s: several seconds.
     let value = vec![b'x'; 100];
-    let mut ca = client(&a);
-    for chunk in (0..20_000u32).collect::<Vec<_>>().chunks(500) {
-        let reqs: Vec<Request> = chunk
-            .iter()
-            .map(|i| Request::Put {
-                key: format!("key{i:05}").into_bytes(),
-                value: value.clone(),
-            })
-            .collect();
-        for r in ca.pipeline(&reqs).expect("puts") {
-            assert_eq!(r, Response::Ok);
-        }
-    }
+    put_values(&mut client(&a), 0..20_000, key_name, |_| value.clone());
     let seed = a.addr.to_string();
     let mut d = ServerProc::start(
         BIN,
@@ -659,28 +664,7 @@ fn a_node_restarted_in_the_middle_of_a_rebalance_resumes_it() {
         0,
         "keys under 3 copies"
     );
-    check_many_values(&mut client(&d), 20_000, &value);
-}
-
-fn check_many_values(c: &mut Client, n: u32, value: &[u8]) {
-    let keys: Vec<u32> = (0..n).collect();
-    for chunk in keys.chunks(500) {
-        let reqs: Vec<Request> = chunk
-            .iter()
-            .map(|i| Request::Get {
-                key: format!("key{i:05}").into_bytes(),
-            })
-            .collect();
-        for (i, r) in chunk.iter().zip(c.pipeline(&reqs).expect("gets")) {
-            assert_eq!(
-                r,
-                Response::Value {
-                    value: Some(value.to_vec())
-                },
-                "key{i:05}"
-            );
-        }
-    }
+    check_values(&mut client(&d), 0..20_000, key_name, |_| value.clone());
 }
 
 /// More pipelined requests than a connection may have waiting for the
