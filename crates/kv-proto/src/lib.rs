@@ -8,7 +8,7 @@
 //!   frames of postcard-encoded [`native::Request`]s and
 //!   [`native::Response`]s, each carrying a request id so that a client can
 //!   pipeline. Specified byte by byte in `docs/protocol.md`.
-//! - [`resp`]: RESP2, so that `redis-cli`, `redis-benchmark` and Redis client
+//! - [`resp`]: RESP2 and RESP3, so that `redis-cli`, `redis-benchmark` and Redis client
 //!   libraries can talk to a node.
 //!
 //! Both decoders are incremental: hand them whatever bytes have arrived;

@@ -1,11 +1,36 @@
-//! RESP2, the Redis serialization protocol: values, an encoder, an
-//! incremental value parser (for clients) and an incremental command parser
-//! (for servers) that accepts both multibulk and inline commands.
+//! RESP2 and RESP3, the Redis serialization protocol: values, an encoder,
+//! an incremental value parser (for clients) and an incremental command
+//! parser (for servers) that accepts both multibulk and inline commands.
+//!
+//! A server speaks RESP2 until a client sends `HELLO 3`; the encoding
+//! helpers that differ between the two ([`encode_null`],
+//! [`encode_map_header`], [`encode_verbatim`], [`encode_double`],
+//! [`encode_bool`]) take the connection's [`Protocol`].
 
 use std::fmt;
 
-/// A RESP2 value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The RESP version a connection speaks: RESP2 until `HELLO 3`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// RESP2: nulls are `$-1`, maps are flat arrays.
+    #[default]
+    Resp2,
+    /// RESP3: typed nulls, maps, doubles, booleans, verbatim strings.
+    Resp3,
+}
+
+impl Protocol {
+    /// The number `HELLO` reports (`2` or `3`).
+    pub fn number(self) -> i64 {
+        match self {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        }
+    }
+}
+
+/// A RESP2 or RESP3 value.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// `+OK\r\n`
     Simple(String),
@@ -21,6 +46,23 @@ pub enum Value {
     Array(Vec<Value>),
     /// `*-1\r\n`, the nil array.
     NilArray,
+    /// RESP3 `_\r\n`, the one null of RESP3.
+    Null,
+    /// RESP3 `#t\r\n` or `#f\r\n`.
+    Boolean(bool),
+    /// RESP3 `,3.14\r\n` (also `inf`, `-inf`, `nan`).
+    Double(f64),
+    /// RESP3 `%2\r\n` followed by key, value, key, value.
+    Map(Vec<(Value, Value)>),
+    /// RESP3 `~2\r\n...`, an unordered collection.
+    Set(Vec<Value>),
+    /// RESP3 `=15\r\ntxt:Some string\r\n`: a three-letter format, then text.
+    Verbatim {
+        /// The format, such as `txt` or `mkd`.
+        format: [u8; 3],
+        /// The text.
+        text: Vec<u8>,
+    },
 }
 
 /// Limits that keep a parser's memory bounded.
@@ -78,6 +120,9 @@ pub enum RespError {
     /// Arrays nested deeper than the limit.
     #[error("Protocol error: arrays nested too deeply")]
     TooDeep,
+    /// A RESP3 double, boolean or verbatim string that is malformed.
+    #[error("Protocol error: invalid RESP3 value")]
+    InvalidResp3,
 }
 
 impl fmt::Display for Value {
@@ -87,8 +132,20 @@ impl fmt::Display for Value {
             Value::Error(e) => write!(f, "(error) {e}"),
             Value::Integer(n) => write!(f, "(integer) {n}"),
             Value::Bulk(b) => write!(f, "{:?}", String::from_utf8_lossy(b)),
-            Value::Nil | Value::NilArray => write!(f, "(nil)"),
-            Value::Array(items) => {
+            Value::Nil | Value::NilArray | Value::Null => write!(f, "(nil)"),
+            Value::Boolean(b) => write!(f, "({b})"),
+            Value::Double(d) => write!(f, "(double) {d}"),
+            Value::Verbatim { text, .. } => write!(f, "{}", String::from_utf8_lossy(text)),
+            Value::Map(pairs) => {
+                for (i, (k, v)) in pairs.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{}# {k} => {v}", i + 1)?;
+                }
+                Ok(())
+            }
+            Value::Array(items) | Value::Set(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         writeln!(f)?;
@@ -116,6 +173,106 @@ pub fn encode(v: &Value, out: &mut Vec<u8>) {
                 encode(item, out);
             }
         }
+        Value::Null => encode_null(out, Protocol::Resp3),
+        Value::Boolean(b) => encode_bool(out, *b, Protocol::Resp3),
+        Value::Double(d) => encode_double(out, *d, Protocol::Resp3),
+        Value::Map(pairs) => {
+            encode_map_header(out, pairs.len(), Protocol::Resp3);
+            for (k, v) in pairs {
+                encode(k, out);
+                encode(v, out);
+            }
+        }
+        Value::Set(items) => {
+            out.push(b'~');
+            push_decimal(out, items.len() as i64);
+            out.extend_from_slice(b"\r\n");
+            for item in items {
+                encode(item, out);
+            }
+        }
+        Value::Verbatim { format, text } => {
+            let format = std::str::from_utf8(format).unwrap_or("txt");
+            encode_verbatim(out, format, text, Protocol::Resp3);
+        }
+    }
+}
+
+/// Appends the null reply: `$-1` in RESP2, `_` in RESP3.
+pub fn encode_null(out: &mut Vec<u8>, proto: Protocol) {
+    out.extend_from_slice(match proto {
+        Protocol::Resp2 => b"$-1\r\n",
+        Protocol::Resp3 => b"_\r\n",
+    });
+}
+
+/// Appends the null array (WATCH conflicts, timeouts): `*-1` in RESP2,
+/// `_` in RESP3.
+pub fn encode_null_array(out: &mut Vec<u8>, proto: Protocol) {
+    out.extend_from_slice(match proto {
+        Protocol::Resp2 => b"*-1\r\n",
+        Protocol::Resp3 => b"_\r\n",
+    });
+}
+
+/// Appends the header of a map of `pairs` entries: `%pairs` in RESP3, a
+/// flat array of `2 * pairs` elements in RESP2. The caller then appends
+/// key, value, key, value.
+pub fn encode_map_header(out: &mut Vec<u8>, pairs: usize, proto: Protocol) {
+    match proto {
+        Protocol::Resp2 => encode_array_header(out, pairs * 2),
+        Protocol::Resp3 => {
+            out.push(b'%');
+            push_decimal(out, pairs as i64);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Appends a verbatim string (`=len\r\nfmt:text` in RESP3, a bulk string
+/// of the text in RESP2). `format` must be three bytes, such as `txt`.
+pub fn encode_verbatim(out: &mut Vec<u8>, format: &str, text: &[u8], proto: Protocol) {
+    match proto {
+        Protocol::Resp2 => encode_bulk(out, text),
+        Protocol::Resp3 => {
+            out.push(b'=');
+            push_decimal(out, (text.len() + 4) as i64);
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(format.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Appends a double: `,d` in RESP3, a bulk string of its text in RESP2,
+/// written as Redis writes it (`inf`, `-inf`, `nan`, shortest round-trip
+/// decimal otherwise).
+pub fn encode_double(out: &mut Vec<u8>, d: f64, proto: Protocol) {
+    let text = format_double(d);
+    match proto {
+        Protocol::Resp2 => encode_bulk(out, text.as_bytes()),
+        Protocol::Resp3 => line(out, b',', text.as_bytes()),
+    }
+}
+
+/// The text of a double as Redis prints it.
+pub fn format_double(d: f64) -> String {
+    if d.is_nan() {
+        "nan".into()
+    } else if d.is_infinite() {
+        if d > 0.0 { "inf" } else { "-inf" }.into()
+    } else {
+        format!("{d}")
+    }
+}
+
+/// Appends a boolean: `#t`/`#f` in RESP3, `:1`/`:0` in RESP2.
+pub fn encode_bool(out: &mut Vec<u8>, b: bool, proto: Protocol) {
+    match proto {
+        Protocol::Resp2 => encode_integer(out, i64::from(b)),
+        Protocol::Resp3 => out.extend_from_slice(if b { b"#t\r\n" } else { b"#f\r\n" }),
     }
 }
 
@@ -435,7 +592,47 @@ fn parse_value_at(
             Ok(bulk_body(buf, body, len as usize)?
                 .map(|(r, next)| (Value::Bulk(buf[r].to_vec()), next)))
         }
-        b'*' => parse_array(buf, at, limits, depth),
+        b'*' | b'~' => parse_array(buf, at, limits, depth),
+        b'%' => parse_map(buf, at, limits, depth),
+        b'_' => {
+            let Some(end) = find_crlf(buf, at + 1, 0)? else {
+                return Ok(None);
+            };
+            Ok(Some((Value::Null, end + 2)))
+        }
+        b'#' | b',' => {
+            let Some(end) = find_crlf(buf, at + 1, limits.max_inline)? else {
+                return Ok(None);
+            };
+            let text = &buf[at + 1..end];
+            let v = match (tag, text) {
+                (b'#', b"t") => Value::Boolean(true),
+                (b'#', b"f") => Value::Boolean(false),
+                (b',', t) => Value::Double(parse_double(t).ok_or(RespError::InvalidResp3)?),
+                _ => return Err(RespError::InvalidResp3),
+            };
+            Ok(Some((v, end + 2)))
+        }
+        b'=' => {
+            let Some((len, body)) = header(buf, at, RespError::InvalidBulkLength)? else {
+                return Ok(None);
+            };
+            if len < 4 || len as usize > limits.max_bulk {
+                return Err(RespError::InvalidBulkLength);
+            }
+            let Some((r, next)) = bulk_body(buf, body, len as usize)? else {
+                return Ok(None);
+            };
+            let b = &buf[r];
+            if b[3] != b':' {
+                return Err(RespError::InvalidResp3);
+            }
+            let v = Value::Verbatim {
+                format: [b[0], b[1], b[2]],
+                text: b[4..].to_vec(),
+            };
+            Ok(Some((v, next)))
+        }
         other => Err(RespError::UnknownType(other)),
     }
 }
@@ -452,7 +649,8 @@ fn parse_array(
     let Some((n, mut next)) = header(buf, at, RespError::InvalidMultibulkLength)? else {
         return Ok(None);
     };
-    if n == -1 {
+    let set = buf[at] == b'~';
+    if n == -1 && !set {
         return Ok(Some((Value::NilArray, next)));
     }
     if n < 0 || n as usize > limits.max_array {
@@ -466,5 +664,50 @@ fn parse_array(
         items.push(v);
         next = after;
     }
-    Ok(Some((Value::Array(items), next)))
+    Ok(Some((
+        if set {
+            Value::Set(items)
+        } else {
+            Value::Array(items)
+        },
+        next,
+    )))
+}
+
+fn parse_map(
+    buf: &[u8],
+    at: usize,
+    limits: &Limits,
+    depth: usize,
+) -> Result<Option<(Value, usize)>, RespError> {
+    if depth >= limits.max_depth {
+        return Err(RespError::TooDeep);
+    }
+    let Some((n, mut next)) = header(buf, at, RespError::InvalidMultibulkLength)? else {
+        return Ok(None);
+    };
+    if n < 0 || n as usize > limits.max_array / 2 {
+        return Err(RespError::InvalidMultibulkLength);
+    }
+    let mut pairs = Vec::with_capacity((n as usize).min(512));
+    for _ in 0..n {
+        let Some((k, after)) = parse_value_at(buf, next, limits, depth + 1)? else {
+            return Ok(None);
+        };
+        let Some((v, after)) = parse_value_at(buf, after, limits, depth + 1)? else {
+            return Ok(None);
+        };
+        pairs.push((k, v));
+        next = after;
+    }
+    Ok(Some((Value::Map(pairs), next)))
+}
+
+fn parse_double(t: &[u8]) -> Option<f64> {
+    match t {
+        b"inf" | b"+inf" => Some(f64::INFINITY),
+        b"-inf" => Some(f64::NEG_INFINITY),
+        b"nan" => Some(f64::NAN),
+        _ => std::str::from_utf8(t).ok()?.parse().ok(),
+    }
 }

@@ -123,9 +123,25 @@ fn value(depth: u32) -> impl Strategy<Value = Value> {
         bytes(64).prop_map(Value::Bulk),
         Just(Value::Nil),
         Just(Value::NilArray),
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Boolean),
+        prop_oneof![
+            any::<f64>().prop_filter("not nan", |d| !d.is_nan()),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+        ]
+        .prop_map(Value::Double),
+        ("[a-z]{3}", bytes(64)).prop_map(|(f, text)| Value::Verbatim {
+            format: f.as_bytes().try_into().expect("three letters"),
+            text,
+        }),
     ];
     leaf.prop_recursive(depth, 32, 6, |inner| {
-        proptest::collection::vec(inner, 0..6).prop_map(Value::Array)
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Set),
+            proptest::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+        ]
     })
 }
 
@@ -291,6 +307,53 @@ fn resp_errors_match_redis() {
     );
     // An unterminated line within the limit just waits for more bytes.
     assert_eq!(resp::parse_command(b"PING", &l), Ok(None));
+}
+
+#[test]
+fn resp3_encodings_match_redis() {
+    use resp::Protocol::{Resp2, Resp3};
+    let enc = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = Vec::new();
+        f(&mut v);
+        v
+    };
+    assert_eq!(enc(&|o| resp::encode_null(o, Resp2)), b"$-1\r\n");
+    assert_eq!(enc(&|o| resp::encode_null(o, Resp3)), b"_\r\n");
+    assert_eq!(enc(&|o| resp::encode_null_array(o, Resp2)), b"*-1\r\n");
+    assert_eq!(enc(&|o| resp::encode_map_header(o, 2, Resp2)), b"*4\r\n");
+    assert_eq!(enc(&|o| resp::encode_map_header(o, 2, Resp3)), b"%2\r\n");
+    assert_eq!(
+        enc(&|o| resp::encode_verbatim(o, "txt", b"Some string", Resp3)),
+        b"=15\r\ntxt:Some string\r\n"
+    );
+    assert_eq!(
+        enc(&|o| resp::encode_verbatim(o, "txt", b"abc", Resp2)),
+        b"$3\r\nabc\r\n"
+    );
+    assert_eq!(enc(&|o| resp::encode_double(o, 1.5, Resp3)), b",1.5\r\n");
+    assert_eq!(enc(&|o| resp::encode_double(o, 3.0, Resp2)), b"$1\r\n3\r\n");
+    assert_eq!(
+        enc(&|o| resp::encode_double(o, f64::NEG_INFINITY, Resp3)),
+        b",-inf\r\n"
+    );
+    assert_eq!(enc(&|o| resp::encode_bool(o, true, Resp3)), b"#t\r\n");
+    assert_eq!(enc(&|o| resp::encode_bool(o, false, Resp2)), b":0\r\n");
+    // Malformed RESP3 values are typed errors, not panics.
+    for bad in [
+        &b"#x\r\n"[..],
+        b",abc\r\n",
+        b"=3\r\ntxt\r\n",
+        b"=5\r\ntxtab\r\n",
+    ] {
+        assert!(
+            resp::parse_value(bad, &Limits::default()).is_err(),
+            "{bad:?}"
+        );
+    }
+    let (v, _) = resp::parse_value(b"%1\r\n+a\r\n,nan\r\n", &Limits::default())
+        .expect("valid")
+        .expect("whole");
+    assert!(matches!(&v, Value::Map(p) if matches!(p[0].1, Value::Double(d) if d.is_nan())));
 }
 
 /// The byte-level example in docs/protocol.md.

@@ -36,8 +36,8 @@ const RECONNECT_AFTER_MS: u64 = 200;
 /// How a reply must be encoded for the client waiting for it.
 #[derive(Clone, Copy, Debug)]
 pub enum ReplyTo {
-    /// RESP GET.
-    RespGet,
+    /// RESP GET, on a connection speaking this protocol.
+    RespGet(kv_proto::resp::Protocol),
     /// RESP SET.
     RespSet,
     /// RESP DEL of one key.
@@ -847,10 +847,10 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
         return out;
     }
     match (to, reply) {
-        (ReplyTo::RespGet, ClientReply::Value(Some(s))) if s.value.is_some() => {
+        (ReplyTo::RespGet(_), ClientReply::Value(Some(s))) if s.value.is_some() => {
             kv_proto::resp::encode_bulk(&mut out, s.value.as_deref().unwrap_or_default())
         }
-        (ReplyTo::RespGet, _) => out.extend_from_slice(b"$-1\r\n"),
+        (ReplyTo::RespGet(p), _) => kv_proto::resp::encode_null(&mut out, p),
         (ReplyTo::RespSet, _) => out.extend_from_slice(b"+OK\r\n"),
         (ReplyTo::RespDel, ClientReply::Written { existed, .. }) => {
             kv_proto::resp::encode_integer(&mut out, i64::from(existed))

@@ -142,7 +142,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             rbuf: Vec::new(),
             out: Outbox::default(),
             proto: Proto::Unknown,
-            session: Session { authenticated },
+            session: Session::new(authenticated, route.conn),
             peer: None,
             closing: false,
             peer_closed: false,
@@ -410,7 +410,8 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     fn resp_command(&mut self, shared: &Shared, args: &[Cow<'_, [u8]>]) {
         let clustered = shared.cluster.get().is_some_and(|c| c.is_clustered());
         if clustered && self.session.authenticated {
-            if let Some((op, reply)) = resp_cluster_op(shared, args, self.out.now()) {
+            let proto = self.session.proto;
+            if let Some((op, reply)) = resp_cluster_op(shared, proto, args, self.out.now()) {
                 return self.forward(shared, op, reply);
             }
             if resp_refused_in_cluster(args, self.out.now()) {
@@ -558,12 +559,13 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 /// cluster coordinates; size and memory refusals are written to `out`.
 fn resp_cluster_op(
     shared: &Shared,
+    proto: resp::Protocol,
     args: &[Cow<'_, [u8]>],
     out: &mut Vec<u8>,
 ) -> Option<(ClientOp, ReplyTo)> {
     let name = args.first()?.to_ascii_lowercase();
     match (name.as_slice(), &args[1..]) {
-        (b"get", [k]) => Some((ClientOp::Get { key: k.to_vec() }, ReplyTo::RespGet)),
+        (b"get", [k]) => Some((ClientOp::Get { key: k.to_vec() }, ReplyTo::RespGet(proto))),
         (b"set", [k, v]) => {
             if resp_cmd::refuse_write(shared, k, Some(v), out) {
                 return None;

@@ -102,7 +102,7 @@ fn auth(shared: &Shared, s: &mut Session, password: &str) -> Response {
             ErrorKind::AuthFailed,
             "no password is configured on this server",
         ),
-        Some(want) if want == password => {
+        Some(want) if crate::state::same_secret(want.as_bytes(), password.as_bytes()) => {
             s.authenticated = true;
             Response::Ok
         }

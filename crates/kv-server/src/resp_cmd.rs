@@ -3,7 +3,10 @@
 
 use std::borrow::Cow;
 
-use kv_proto::resp::{encode_array_header, encode_bulk, encode_integer};
+use kv_proto::resp::{
+    encode_array_header, encode_bulk, encode_integer, encode_map_header, encode_null,
+    encode_verbatim, Protocol,
+};
 
 use crate::glob;
 use crate::state::Shared;
@@ -22,6 +25,31 @@ pub enum After {
 pub struct Session {
     /// Whether AUTH succeeded (or no password is required).
     pub authenticated: bool,
+    /// RESP2 until the client sends `HELLO 3`.
+    pub proto: Protocol,
+    /// This client's id (CLIENT ID), unique in this server's lifetime.
+    pub id: u64,
+    /// The name set by CLIENT SETNAME or HELLO SETNAME.
+    pub name: Option<Vec<u8>>,
+    /// CLIENT SETINFO LIB-NAME.
+    pub lib_name: Option<Vec<u8>>,
+    /// CLIENT SETINFO LIB-VER.
+    pub lib_ver: Option<Vec<u8>>,
+    /// When the connection was accepted.
+    pub since: Option<std::time::Instant>,
+}
+
+impl Session {
+    /// A new client's session; `authenticated` is false when a password is
+    /// required.
+    pub fn new(authenticated: bool, id: u64) -> Session {
+        Session {
+            authenticated,
+            id,
+            since: Some(std::time::Instant::now()),
+            ..Session::default()
+        }
+    }
 }
 
 fn simple(out: &mut Vec<u8>, s: &str) {
@@ -44,8 +72,8 @@ pub fn error(out: &mut Vec<u8>, msg: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn nil(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"$-1\r\n");
+fn nil(out: &mut Vec<u8>, p: Protocol) {
+    encode_null(out, p);
 }
 
 fn wrong_arity(out: &mut Vec<u8>, name: &str) {
@@ -72,32 +100,34 @@ pub fn execute(
         error(out, "NOAUTH Authentication required.");
         return After::Continue;
     }
+    let p = s.proto;
     match name.as_str() {
-        "get" => get(shared, rest, out),
+        "get" => get(shared, p, rest, out),
         "set" => set(shared, rest, out),
         "ping" => ping(rest, out),
         "del" | "unlink" => del(shared, &name, rest, out),
         "exists" => exists(shared, rest, out),
-        "mget" => mget(shared, rest, out),
+        "mget" => mget(shared, p, rest, out),
         "mset" => mset(shared, rest, out),
         "keys" => keys(shared, rest, out),
         "scan" => scan(shared, rest, out),
         "dbsize" => integer(out, shared.store.len() as i64),
         "echo" => echo(rest, out),
-        "info" => info(shared, rest, out),
+        "info" => info(shared, p, rest, out),
         "auth" => auth(shared, s, rest, out),
+        "hello" => hello(shared, s, rest, out),
         "select" => select(rest, out),
-        "config" => config(shared, rest, out),
+        "config" => config(shared, p, rest, out),
         "command" => command(rest, out),
-        "client" => client(rest, out),
+        "client" => client(s, rest, out),
         "flushall" | "flushdb" => flushall(shared, out),
         "cluster" => cluster(shared, rest, out),
-        "localget" => localget(shared, rest, out),
+        "localget" => localget(shared, p, rest, out),
         "quit" => {
             ok(out);
             return After::Close;
         }
-        _ => unknown(&name, rest, out),
+        _ => unknown(first, rest, out),
     }
     After::Continue
 }
@@ -106,28 +136,37 @@ fn integer(out: &mut Vec<u8>, n: i64) {
     encode_integer(out, n);
 }
 
-fn unknown(name: &str, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
-    let shown: Vec<String> = rest
-        .iter()
-        .take(5)
-        .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
-        .collect();
+/// Redis's unknown-command error: the name as sent, then up to 128
+/// characters of arguments, each quoted and followed by a space. Nothing
+/// from an `AUTH` argument on is shown, so that a password sent to a
+/// command this server does not know never comes back in an error (or a
+/// log that records errors).
+fn unknown(name: &[u8], rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let mut shown = String::new();
+    for a in rest {
+        if shown.len() >= 128 || a.eq_ignore_ascii_case(b"auth") {
+            break;
+        }
+        let room = 128 - shown.len();
+        let text = String::from_utf8_lossy(a);
+        let cut: String = text.chars().take(room).collect();
+        shown.push_str(&format!("'{cut}' "));
+    }
+    let name = String::from_utf8_lossy(name);
+    let name: String = name.chars().take(128).collect();
     error(
         out,
-        &format!(
-            "ERR unknown command '{name}', with args beginning with: {}",
-            shown.join(" ")
-        ),
+        &format!("ERR unknown command '{name}', with args beginning with: {shown}"),
     );
 }
 
-fn get(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+fn get(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     let [key] = rest else {
         return wrong_arity(out, "get");
     };
     shared.store.get_with(key, |v| match v {
         Some(v) => encode_bulk(out, v),
-        None => nil(out),
+        None => nil(out, p),
     });
 }
 
@@ -208,7 +247,7 @@ fn exists(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     integer(out, n as i64);
 }
 
-fn mget(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+fn mget(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     if rest.is_empty() {
         return wrong_arity(out, "mget");
     }
@@ -216,7 +255,7 @@ fn mget(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     for key in rest {
         shared.store.get_with(key, |v| match v {
             Some(v) => encode_bulk(out, v),
-            None => nil(out),
+            None => nil(out, p),
         });
     }
 }
@@ -300,31 +339,147 @@ fn scan(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     }
 }
 
-fn info(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+fn info(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     let section = rest
         .first()
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .unwrap_or_default();
-    encode_bulk(out, shared.info(&section).as_bytes());
+    encode_verbatim(out, "txt", shared.info(&section).as_bytes(), p);
 }
 
 fn auth(shared: &Shared, s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
-    // AUTH password, or AUTH username password (the user is ignored).
-    let password = match rest {
-        [p] | [_, p] => p,
+    // AUTH password, or AUTH username password.
+    let (user, password) = match rest {
+        [p] => (None, p),
+        [u, p] => (Some(u.as_ref()), p),
         _ => return wrong_arity(out, "auth"),
     };
-    match &shared.config.requirepass {
-        None => error(
+    if shared.config.requirepass.is_none() && user.is_none() {
+        return error(
             out,
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        ),
-        Some(want) if want.as_bytes() == password.as_ref() => {
-            s.authenticated = true;
-            ok(out);
-        }
-        Some(_) => error(out, "WRONGPASS invalid username-password pair or user is disabled."),
+        );
     }
+    if check_password(shared, user, password) {
+        s.authenticated = true;
+        ok(out);
+    } else {
+        wrongpass(out);
+    }
+}
+
+fn wrongpass(out: &mut Vec<u8>) {
+    error(
+        out,
+        "WRONGPASS invalid username-password pair or user is disabled.",
+    );
+}
+
+/// Whether `user` (Redis's `default` when absent) and `password` are
+/// accepted: the only user is `default`; with no `--requirepass` it takes
+/// any password, as Redis's default user (`nopass`) does.
+fn check_password(shared: &Shared, user: Option<&[u8]>, password: &[u8]) -> bool {
+    let user_ok = user.is_none_or(|u| u == b"default");
+    let pass_ok = match &shared.config.requirepass {
+        None => true,
+        Some(want) => crate::state::same_secret(want.as_bytes(), password),
+    };
+    user_ok && pass_ok
+}
+
+/// HELLO [protover [AUTH username password] [SETNAME clientname]], as
+/// Redis 7: switches the protocol, authenticates and names the client in
+/// one step, and answers with the server's properties as a map.
+fn hello(shared: &Shared, s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let mut proto = None;
+    let mut opts = rest;
+    if let Some((ver, more)) = rest.split_first() {
+        match std::str::from_utf8(ver)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            Some(2) => proto = Some(Protocol::Resp2),
+            Some(3) => proto = Some(Protocol::Resp3),
+            Some(_) => return error(out, "NOPROTO unsupported protocol version"),
+            None => {
+                return error(
+                    out,
+                    "ERR Protocol version is not an integer or out of range",
+                )
+            }
+        }
+        opts = more;
+    }
+    let mut credentials = None;
+    let mut name = None;
+    let mut i = 0;
+    while i < opts.len() {
+        let more = opts.len() - 1 - i;
+        let opt = &opts[i];
+        if opt.eq_ignore_ascii_case(b"auth") && more >= 2 {
+            credentials = Some((&opts[i + 1], &opts[i + 2]));
+            i += 3;
+        } else if opt.eq_ignore_ascii_case(b"setname") && more >= 1 {
+            name = Some(&opts[i + 1]);
+            i += 2;
+        } else {
+            let opt: String = String::from_utf8_lossy(opt).chars().take(128).collect();
+            return error(out, &format!("ERR Syntax error in HELLO option '{opt}'"));
+        }
+    }
+    if let Some((user, password)) = credentials {
+        if !check_password(shared, Some(user), password) {
+            return wrongpass(out);
+        }
+        s.authenticated = true;
+    }
+    if !s.authenticated {
+        return error(
+            out,
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+        );
+    }
+    if let Some(name) = name {
+        if !valid_client_name(name) {
+            return bad_client_name(out);
+        }
+        s.name = (!name.is_empty()).then(|| name.to_vec());
+    }
+    if let Some(p) = proto {
+        s.proto = p;
+    }
+    let p = s.proto;
+    encode_map_header(out, 7, p);
+    encode_bulk(out, b"server");
+    encode_bulk(out, b"redis");
+    encode_bulk(out, b"version");
+    encode_bulk(out, REDIS_VERSION.as_bytes());
+    encode_bulk(out, b"proto");
+    integer(out, p.number());
+    encode_bulk(out, b"id");
+    integer(out, s.id as i64);
+    encode_bulk(out, b"mode");
+    encode_bulk(out, b"standalone");
+    encode_bulk(out, b"role");
+    encode_bulk(out, b"master");
+    encode_bulk(out, b"modules");
+    encode_array_header(out, 0);
+}
+
+/// The Redis version this server answers as in HELLO and INFO: the
+/// release whose commands and replies it follows.
+pub const REDIS_VERSION: &str = "7.2.0";
+
+/// Redis's rule for client names: printable ASCII without spaces.
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&c| (b'!'..=b'~').contains(&c))
+}
+
+fn bad_client_name(out: &mut Vec<u8>) {
+    error(
+        out,
+        "ERR Client names cannot contain spaces, newlines or special characters.",
+    );
 }
 
 fn select(rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
@@ -335,12 +490,12 @@ fn select(rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     }
 }
 
-fn config(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+fn config(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     let Some(sub) = rest.first() else {
         return wrong_arity(out, "config");
     };
     match sub.to_ascii_lowercase().as_slice() {
-        b"get" if rest.len() >= 2 => config_get(shared, &rest[1..], out),
+        b"get" if rest.len() >= 2 => config_get(shared, p, &rest[1..], out),
         b"get" => wrong_arity(out, "config|get"),
         b"set" => error(
             out,
@@ -351,7 +506,7 @@ fn config(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     }
 }
 
-fn config_get(shared: &Shared, patterns: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+fn config_get(shared: &Shared, p: Protocol, patterns: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     let c = &shared.config;
     let persistent = !c.no_persistence;
     let fsync = format!("{:?}", c.fsync).to_ascii_lowercase();
@@ -375,7 +530,7 @@ fn config_get(shared: &Shared, patterns: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
                 .any(|p| glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
         })
         .collect();
-    encode_array_header(out, found.len() * 2);
+    encode_map_header(out, found.len(), p);
     for (name, value) in found {
         encode_bulk(out, name.as_bytes());
         encode_bulk(out, value.as_bytes());
@@ -394,22 +549,22 @@ fn command(rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
 pub const COMMANDS: &[&str] = &[
     "get", "set", "ping", "del", "unlink", "exists", "mget", "mset", "keys", "scan", "dbsize",
     "echo", "info", "auth", "select", "config", "command", "client", "flushall", "flushdb", "quit",
-    "cluster", "localget",
+    "cluster", "localget", "hello",
 ];
 
 /// LOCALGET key: this node's own copy of a key with its version, without
 /// coordination (a debugging aid for clusters): `[value or nil, version]`.
-fn localget(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+fn localget(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     let [key] = rest else {
         return wrong_arity(out, "localget");
     };
     match shared.store.get_versioned(key) {
-        None => nil(out),
+        None => nil(out, p),
         Some(v) => {
             encode_array_header(out, 2);
             match &v.value {
                 Some(val) => encode_bulk(out, val),
-                None => nil(out),
+                None => nil(out, p),
             }
             encode_bulk(out, v.version.to_string().as_bytes());
         }
@@ -430,13 +585,70 @@ fn cluster(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     }
 }
 
-fn client(rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
-    match rest.first().map(|s| s.to_ascii_lowercase()).as_deref() {
-        Some(b"setname" | b"setinfo") => ok(out),
-        Some(b"getname") => nil(out),
-        Some(b"id") => integer(out, 1),
-        _ => error(out, "ERR unknown CLIENT subcommand"),
+fn client(s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let sub = rest.first().map(|a| a.to_ascii_lowercase());
+    match (sub.as_deref(), &rest[1.min(rest.len())..]) {
+        (Some(b"setname"), [name]) => {
+            if !valid_client_name(name) {
+                return bad_client_name(out);
+            }
+            s.name = (!name.is_empty()).then(|| name.to_vec());
+            ok(out)
+        }
+        (Some(b"setname"), _) => wrong_arity(out, "client|setname"),
+        (Some(b"getname"), []) => match &s.name {
+            Some(n) => encode_bulk(out, n),
+            None => nil(out, s.proto),
+        },
+        (Some(b"setinfo"), [attr, value]) => {
+            if !valid_client_name(value) && !value.is_empty() {
+                return error(
+                    out,
+                    "ERR lib-name and lib-ver cannot contain spaces, newlines or special characters.",
+                );
+            }
+            let value = (!value.is_empty()).then(|| value.to_vec());
+            match attr.to_ascii_lowercase().as_slice() {
+                b"lib-name" => s.lib_name = value,
+                b"lib-ver" => s.lib_ver = value,
+                _ => {
+                    let attr = String::from_utf8_lossy(attr);
+                    return error(out, &format!("ERR Unrecognized option '{attr}'"));
+                }
+            }
+            ok(out)
+        }
+        (Some(b"setinfo"), _) => wrong_arity(out, "client|setinfo"),
+        (Some(b"id"), []) => integer(out, s.id as i64),
+        (Some(b"info"), []) => {
+            let line = client_line(s);
+            encode_verbatim(out, "txt", line.as_bytes(), s.proto)
+        }
+        _ => {
+            let sub = String::from_utf8_lossy(rest.first().map_or(&b""[..], |a| a));
+            error(
+                out,
+                &format!("ERR unknown subcommand '{sub}'. Try CLIENT HELP."),
+            )
+        }
     }
+}
+
+/// One line of CLIENT INFO / CLIENT LIST in Redis's field names.
+fn client_line(s: &Session) -> String {
+    let text = |v: &Option<Vec<u8>>| {
+        String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned()
+    };
+    let age = s.since.map_or(0, |t| t.elapsed().as_secs());
+    format!(
+        "id={} name={} age={age} db=0 multi=-1 user=default resp={} lib-name={} lib-ver={}
+",
+        s.id,
+        text(&s.name),
+        s.proto.number(),
+        text(&s.lib_name),
+        text(&s.lib_ver),
+    )
 }
 
 fn flushall(shared: &Shared, out: &mut Vec<u8>) {

@@ -201,6 +201,16 @@ impl Shared {
     }
 }
 
+/// Compares a secret with what a client sent in time that depends only on
+/// their lengths, not on where they first differ.
+pub fn same_secret(want: &[u8], got: &[u8]) -> bool {
+    let mut diff = want.len() ^ got.len();
+    for (i, &w) in want.iter().enumerate() {
+        diff |= usize::from(w ^ got.get(i).copied().unwrap_or(!w));
+    }
+    diff == 0
+}
+
 fn load(a: &AtomicUsize) -> usize {
     a.load(Ordering::Relaxed)
 }

@@ -141,7 +141,8 @@ fn redis_clients_work_against_any_node() {
         .expect("url")
         .get_connection()
         .expect("connect");
-    let mut rb = redis::Client::open(format!("redis://{}/", b.addr))
+    // B's client speaks RESP3 (HELLO 3), A's RESP2.
+    let mut rb = redis::Client::open(format!("redis://{}/?protocol=resp3", b.addr))
         .expect("url")
         .get_connection()
         .expect("connect");
@@ -151,6 +152,8 @@ fn redis_clients_work_against_any_node() {
     let n: i64 = rb.del("greeting").expect("DEL via B");
     assert_eq!(n, 1);
     let v: Option<String> = ra.get("greeting").expect("GET via A");
+    assert_eq!(v, None);
+    let v: Option<String> = rb.get("greeting").expect("GET via B, RESP3 null");
     assert_eq!(v, None);
     let view: String = redis::cmd("CLUSTER")
         .arg("NODES")

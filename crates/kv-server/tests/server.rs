@@ -348,7 +348,7 @@ fn redis_info_and_config_answer_real_figures() {
         .arg("x")
         .query::<()>(&mut r)
         .expect_err("unknown");
-    assert!(err.to_string().contains("unknown command 'frob'"), "{err}");
+    assert!(err.to_string().contains("unknown command 'FROB'"), "{err}");
     let _: () = redis::cmd("SELECT").arg(0).query(&mut r).expect("SELECT 0");
     let _: () = redis::cmd("FLUSHALL").query(&mut r).expect("FLUSHALL");
     let size: i64 = redis::cmd("DBSIZE").query(&mut r).expect("DBSIZE");
