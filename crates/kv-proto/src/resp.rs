@@ -70,7 +70,7 @@ pub enum Value {
 pub struct Limits {
     /// Largest bulk string.
     pub max_bulk: usize,
-    /// Most elements in one array.
+    /// Most elements in one array (or pairs in one map).
     pub max_array: usize,
     /// Longest inline command or simple line.
     pub max_inline: usize,
@@ -82,7 +82,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_bulk: 512 << 20,
-            max_array: 1 << 20,
+            // As Redis: any count a signed 32-bit integer holds; what bounds
+            // a command is the bytes it takes (the query buffer limit).
+            max_array: i32::MAX as usize,
             max_inline: 64 << 10,
             max_depth: 32,
         }
@@ -347,12 +349,22 @@ fn find_crlf(buf: &[u8], at: usize, max: usize) -> Result<Option<usize>, RespErr
     }
 }
 
+/// Parses an integer as Redis's `string2ll` does: `0`, or an optional `-`
+/// then a digit 1-9 and more digits. Leading zeros, `-0`, `+` and spaces
+/// are refused, so `*01` and `$04` are malformed as they are for Redis.
 fn parse_int(b: &[u8]) -> Option<i64> {
+    if b == b"0" {
+        return Some(0);
+    }
     let (neg, digits) = match b.first() {
         Some(b'-') => (true, &b[1..]),
         _ => (false, b),
     };
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty()
+        || digits.len() > 18
+        || !digits.iter().all(u8::is_ascii_digit)
+        || digits[0] == b'0'
+    {
         return None;
     }
     let n = digits
@@ -397,64 +409,179 @@ pub type Parsed<'a> = (Vec<std::borrow::Cow<'a, [u8]>>, usize);
 /// quoting). Returns the arguments (borrowing `buf`) and the bytes used, or
 /// `Ok(None)` if more bytes are needed. An empty command (a blank line or
 /// `*0`) gives an empty argument list.
+///
+/// Each call starts from the first byte; a server that receives a command
+/// in many reads should keep a [`CommandParser`] instead, which resumes.
 pub fn parse_command<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Parsed<'a>>, RespError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_multibulk(buf, limits),
-        Some(_) => parse_inline(buf, limits),
-    }
+    CommandParser::default().parse(buf, limits)
 }
 
-fn parse_multibulk<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Parsed<'a>>, RespError> {
-    let Some((n, mut at)) = header(buf, 0, RespError::InvalidMultibulkLength)? else {
-        return Ok(None);
-    };
-    if n <= 0 {
-        return Ok(Some((Vec::new(), at)));
-    }
-    if n as usize > limits.max_array {
-        return Err(RespError::InvalidMultibulkLength);
-    }
-    let mut args = Vec::with_capacity((n as usize).min(64));
-    for _ in 0..n {
-        let Some(&tag) = buf.get(at) else {
-            return Ok(None);
-        };
-        if tag != b'$' {
-            return Err(RespError::ExpectedBulk(tag));
-        }
-        let Some((len, body)) = header(buf, at, RespError::InvalidBulkLength)? else {
-            return Ok(None);
-        };
-        if len < 0 || len as usize > limits.max_bulk {
-            return Err(RespError::InvalidBulkLength);
-        }
-        let Some((range, next)) = bulk_body(buf, body, len as usize)? else {
-            return Ok(None);
-        };
-        args.push(std::borrow::Cow::Borrowed(&buf[range]));
-        at = next;
-    }
-    Ok(Some((args, at)))
+/// An incremental command parser that remembers how far it got, so that a
+/// command arriving in many small reads costs time linear in its bytes,
+/// not quadratic: a `*1000000` command sent a few bytes at a time is never
+/// re-parsed from its first byte.
+///
+/// Call [`CommandParser::parse`] with a buffer that starts at the command
+/// being parsed; until it returns a command or an error, every later call
+/// must pass a buffer that starts at the same byte and extends the earlier
+/// one (more bytes appended, none changed).
+///
+/// ```
+/// use kv_proto::resp::{CommandParser, Limits};
+///
+/// let wire = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+/// let mut p = CommandParser::default();
+/// assert!(p.parse(&wire[..9], &Limits::default()).unwrap().is_none());
+/// let (args, used) = p.parse(wire, &Limits::default()).unwrap().unwrap();
+/// assert_eq!((args.len(), used), (2, wire.len()));
+/// ```
+#[derive(Debug, Default)]
+pub struct CommandParser {
+    partial: Option<Partial>,
+    examined: u64,
 }
 
-fn parse_inline<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Parsed<'a>>, RespError> {
-    let window = &buf[..buf.len().min(limits.max_inline + 1)];
-    let Some(nl) = window.iter().position(|&c| c == b'\n') else {
-        if buf.len() > limits.max_inline {
-            return Err(RespError::InlineTooLong);
+#[derive(Debug)]
+enum Partial {
+    /// A multibulk of `n` elements: the ranges of those parsed so far, and
+    /// where the next one starts.
+    Multibulk {
+        n: usize,
+        args: Vec<std::ops::Range<usize>>,
+        at: usize,
+    },
+    /// An inline command with no newline in its first `scanned` bytes.
+    Inline { scanned: usize },
+}
+
+impl CommandParser {
+    /// Parses (or goes on parsing) the command at the start of `buf`; see
+    /// [`parse_command`] for what it returns. After an error the parser
+    /// starts afresh.
+    pub fn parse<'a>(
+        &mut self,
+        buf: &'a [u8],
+        limits: &Limits,
+    ) -> Result<Option<Parsed<'a>>, RespError> {
+        let partial = self.partial.take();
+        let result = match (partial, buf.first()) {
+            (partial, None) => {
+                self.partial = partial;
+                Ok(None)
+            }
+            (Some(Partial::Multibulk { n, args, at }), _) => {
+                self.multibulk(buf, limits, n, args, at)
+            }
+            (Some(Partial::Inline { scanned }), _) => self.inline(buf, limits, scanned),
+            (None, Some(b'*')) => self.multibulk_start(buf, limits),
+            (None, Some(_)) => self.inline(buf, limits, 0),
+        };
+        if result.is_err() {
+            self.partial = None;
         }
-        return Ok(None);
-    };
-    let mut text = &buf[..nl];
-    if text.last() == Some(&b'\r') {
-        text = &text[..text.len() - 1];
+        result
     }
-    let args = split_args(text)?
-        .into_iter()
-        .map(std::borrow::Cow::Owned)
-        .collect();
-    Ok(Some((args, nl + 1)))
+
+    /// Forgets a command in progress (the connection dropped its bytes).
+    pub fn reset(&mut self) {
+        self.partial = None;
+    }
+
+    /// Bytes looked at so far, over every call: stays within a small
+    /// multiple of the bytes received however they are split.
+    pub fn bytes_examined(&self) -> u64 {
+        self.examined
+    }
+
+    fn multibulk_start<'a>(
+        &mut self,
+        buf: &'a [u8],
+        limits: &Limits,
+    ) -> Result<Option<Parsed<'a>>, RespError> {
+        let Some((n, at)) = header(buf, 0, RespError::InvalidMultibulkLength)? else {
+            self.examined += buf.len().min(34) as u64;
+            return Ok(None);
+        };
+        self.examined += at as u64;
+        if n <= 0 {
+            return Ok(Some((Vec::new(), at)));
+        }
+        if n as u64 > limits.max_array as u64 {
+            return Err(RespError::InvalidMultibulkLength);
+        }
+        let args = Vec::with_capacity((n as usize).min(64));
+        self.multibulk(buf, limits, n as usize, args, at)
+    }
+
+    fn multibulk<'a>(
+        &mut self,
+        buf: &'a [u8],
+        limits: &Limits,
+        n: usize,
+        mut args: Vec<std::ops::Range<usize>>,
+        mut at: usize,
+    ) -> Result<Option<Parsed<'a>>, RespError> {
+        while args.len() < n {
+            let Some(&tag) = buf.get(at) else {
+                break;
+            };
+            if tag != b'$' {
+                return Err(RespError::ExpectedBulk(tag));
+            }
+            let Some((len, body)) = header(buf, at, RespError::InvalidBulkLength)? else {
+                self.examined += (buf.len() - at).min(34) as u64;
+                break;
+            };
+            if len < 0 || len as u64 > limits.max_bulk as u64 {
+                return Err(RespError::InvalidBulkLength);
+            }
+            let Some((range, next)) = bulk_body(buf, body, len as usize)? else {
+                self.examined += (body - at) as u64;
+                break;
+            };
+            self.examined += (next - at) as u64;
+            args.push(range);
+            at = next;
+        }
+        if args.len() < n {
+            self.partial = Some(Partial::Multibulk { n, args, at });
+            return Ok(None);
+        }
+        let args = args
+            .into_iter()
+            .map(|r| std::borrow::Cow::Borrowed(&buf[r]))
+            .collect();
+        Ok(Some((args, at)))
+    }
+
+    fn inline<'a>(
+        &mut self,
+        buf: &'a [u8],
+        limits: &Limits,
+        scanned: usize,
+    ) -> Result<Option<Parsed<'a>>, RespError> {
+        let hi = buf.len().min(limits.max_inline + 1);
+        let window = &buf[scanned.min(hi)..hi];
+        let from = scanned.min(hi);
+        let Some(nl) = window.iter().position(|&c| c == b'\n').map(|i| from + i) else {
+            self.examined += window.len() as u64;
+            if buf.len() > limits.max_inline {
+                return Err(RespError::InlineTooLong);
+            }
+            self.partial = Some(Partial::Inline { scanned: buf.len() });
+            return Ok(None);
+        };
+        self.examined += (nl + 1 - from) as u64;
+        let mut text = &buf[..nl];
+        if text.last() == Some(&b'\r') {
+            text = &text[..text.len() - 1];
+        }
+        let args = split_args(text)?
+            .into_iter()
+            .map(std::borrow::Cow::Owned)
+            .collect();
+        Ok(Some((args, nl + 1)))
+    }
 }
 
 /// Splits an inline command into words: spaces separate, `"..."` allows

@@ -222,6 +222,51 @@ proptest! {
     }
 
     #[test]
+    fn resp_resumable_parser_matches_one_shot_and_stays_linear(
+        cmds in proptest::collection::vec(proptest::collection::vec(bytes(40), 0..5), 1..6),
+        inline in any::<bool>(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..20),
+    ) {
+        let mut wire = Vec::new();
+        for c in &cmds {
+            if inline {
+                let words: Vec<String> = c.iter().map(|w| format!("{:02x?}", w).replace([' ', ',', '[', ']'], "")).collect();
+                wire.extend_from_slice(format!("x{}\r\n", words.join(" x")).as_bytes());
+            } else {
+                resp::encode_command(&mut wire, c);
+            }
+        }
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let mut want = Vec::new();
+        let mut at = 0;
+        while let Some((args, used)) = resp::parse_command(&wire[at..], &Limits::default()).expect("valid") {
+            want.push(args.into_iter().map(Cow::into_owned).collect::<Vec<_>>());
+            at += used;
+        }
+        let mut parser = resp::CommandParser::default();
+        let (mut buf, mut got, mut fed, mut calls) = (Vec::new(), Vec::new(), 0, 0u64);
+        for cut in cuts {
+            buf.extend_from_slice(&wire[fed..cut]);
+            fed = cut;
+            loop {
+                calls += 1;
+                match parser.parse(&buf, &Limits::default()).expect("valid") {
+                    Some((args, used)) => {
+                        got.push(args.into_iter().map(Cow::into_owned).collect::<Vec<_>>());
+                        buf.drain(..used);
+                    }
+                    None => break,
+                }
+            }
+        }
+        prop_assert_eq!(got, want);
+        prop_assert!(parser.bytes_examined() <= wire.len() as u64 + 34 * calls,
+            "examined {} of {} bytes in {} calls", parser.bytes_examined(), wire.len(), calls);
+    }
+
+    #[test]
     fn resp_inline_words_round_trip(words in proptest::collection::vec("[a-zA-Z0-9:_-]{1,10}", 1..6)) {
         let line = format!("{}\r\n", words.join(" "));
         let (args, used) = resp::parse_command(line.as_bytes(), &Limits::default())
@@ -307,6 +352,75 @@ fn resp_errors_match_redis() {
     );
     // An unterminated line within the limit just waits for more bytes.
     assert_eq!(resp::parse_command(b"PING", &l), Ok(None));
+}
+
+/// A million-element command sent a few bytes at a time is parsed in time
+/// linear in its bytes: nothing is re-read from the first byte.
+#[test]
+fn resp_slow_huge_multibulk_is_parsed_linearly() {
+    let n = 1_000_000;
+    let mut wire = format!("*{n}\r\n").into_bytes();
+    for _ in 0..n {
+        wire.extend_from_slice(b"$1\r\na\r\n");
+    }
+    let mut parser = resp::CommandParser::default();
+    let mut calls = 0u64;
+    let mut done = None;
+    for end in (0..=wire.len()).step_by(5).chain([wire.len()]) {
+        calls += 1;
+        if let Some((args, used)) = parser
+            .parse(&wire[..end], &Limits::default())
+            .expect("valid")
+        {
+            done = Some((args.len(), used));
+            break;
+        }
+    }
+    assert_eq!(done, Some((n, wire.len())));
+    let examined = parser.bytes_examined();
+    assert!(
+        examined <= wire.len() as u64 * 3 + 34 * calls,
+        "examined {examined} bytes for {} in {calls} calls",
+        wire.len()
+    );
+}
+
+#[test]
+fn resp_integers_are_as_strict_as_redis() {
+    let l = Limits::default();
+    for bad in [
+        &b"*01\r\n$1\r\na\r\n"[..],
+        b"*-0\r\n",
+        b"*+1\r\n",
+        b"* 1\r\n",
+    ] {
+        assert_eq!(
+            resp::parse_command(bad, &l),
+            Err(RespError::InvalidMultibulkLength),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        resp::parse_command(b"*1\r\n$04\r\nPING\r\n", &l),
+        Err(RespError::InvalidBulkLength)
+    );
+    assert_eq!(
+        resp::parse_command(b"*1\r\n$-0\r\n", &l),
+        Err(RespError::InvalidBulkLength)
+    );
+    // Redis ignores `*0` and `*-1` (an empty command) and accepts counts
+    // far above a million; what bounds them is the bytes they take.
+    assert_eq!(resp::parse_command(b"*0\r\n", &l), Ok(Some((vec![], 4))));
+    assert_eq!(resp::parse_command(b"*-1\r\n", &l), Ok(Some((vec![], 5))));
+    assert_eq!(resp::parse_command(b"*2000000\r\n$1\r\n", &l), Ok(None));
+    assert_eq!(
+        resp::parse_command(b"*2147483648\r\n", &l),
+        Err(RespError::InvalidMultibulkLength)
+    );
+    assert_eq!(
+        resp::parse_value(b":0\r\n", &l),
+        Ok(Some((Value::Integer(0), 4)))
+    );
 }
 
 #[test]

@@ -64,6 +64,12 @@ pub struct Config {
     #[arg(long, default_value_t = 64 << 10)]
     pub max_key_bytes: usize,
 
+    /// Most bytes one client's unfinished command may take in the server's
+    /// buffer, like Redis's client-query-buffer-limit (never above
+    /// --maxmemory when that is set); a client past it is disconnected.
+    #[arg(long, default_value = "1gb", value_parser = parse_bytes)]
+    pub client_query_buffer_limit: u64,
+
     /// Memory limit for the data, like 512mb or 2gb (0: none). Over it,
     /// writes fail with an out-of-memory error; reads go on.
     #[arg(long, default_value = "0", value_parser = parse_bytes)]
@@ -135,6 +141,15 @@ impl Config {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1)
+    }
+
+    /// The query buffer limit in force: the flag, capped by --maxmemory.
+    pub fn query_buffer_limit(&self) -> usize {
+        let limit = match self.maxmemory {
+            0 => self.client_query_buffer_limit,
+            m => self.client_query_buffer_limit.min(m),
+        };
+        usize::try_from(limit).unwrap_or(usize::MAX)
     }
 
     /// Largest frame or RESP request accepted: a maximal key and value plus

@@ -24,6 +24,10 @@ const READ_CHUNK: usize = 16 << 10;
 pub const HIGH_WATER: usize = 1 << 20;
 /// Most requests of one connection waiting for the cluster at once.
 const MAX_IN_FLIGHT: usize = 1024;
+/// Most arguments of a RESP command before AUTH (Redis's limit too).
+const UNAUTHENTICATED_MAX_ARGS: usize = 10;
+/// Largest RESP bulk string or inline command before AUTH (Redis's too).
+const UNAUTHENTICATED_MAX_BULK: usize = 16 << 10;
 /// Most bytes read and thrown away after a connection was told it is
 /// being closed; then it is closed outright.
 const DISCARD_LIMIT: usize = 4 << 20;
@@ -114,6 +118,9 @@ pub struct Conn<S> {
     rbuf: Vec<u8>,
     out: Outbox,
     proto: Proto,
+    /// Where the RESP command in `rbuf` stopped parsing (resumed on the
+    /// next read, never re-parsed from its first byte).
+    parser: resp::CommandParser,
     session: Session,
     /// The node at the other end, once it proved it is a peer.
     peer: Option<String>,
@@ -142,6 +149,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             rbuf: Vec::new(),
             out: Outbox::default(),
             proto: Proto::Unknown,
+            parser: resp::CommandParser::default(),
             session: Session::new(authenticated, route.conn),
             peer: None,
             closing: false,
@@ -304,6 +312,25 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         self.rbuf.drain(..used);
         if self.closing {
             self.rbuf.clear();
+            self.parser.reset();
+        } else if self.rbuf.len() > shared.config.query_buffer_limit() {
+            let limit = shared.config.query_buffer_limit();
+            eprintln!(
+                "kv-server: closing a client whose unfinished command passed the query buffer limit ({limit} bytes)"
+            );
+            let msg =
+                format!("query buffer limit of {limit} bytes reached; closing the connection");
+            match self.proto {
+                Proto::Native => native::encode_frame(
+                    self.out.now(),
+                    0,
+                    &Response::error(ErrorKind::TooLarge, msg),
+                ),
+                _ => resp_cmd::error(self.out.now(), &format!("ERR {msg}")),
+            }
+            self.protocol_error(shared);
+            self.rbuf = Vec::new();
+            self.parser.reset();
         }
     }
 
@@ -386,12 +413,23 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// One RESP command at `rbuf[at..]`: `Some(bytes used)`, or `None` if
     /// incomplete or fatal.
     fn resp_step(&mut self, shared: &Shared, at: usize) -> Option<usize> {
-        let limits = Limits {
-            max_bulk: shared.config.max_request_bytes(),
-            ..Limits::default()
+        let limits = if self.session.authenticated {
+            Limits {
+                max_bulk: shared.config.max_request_bytes(),
+                ..Limits::default()
+            }
+        } else {
+            // As Redis: before AUTH, a command is small (AUTH, HELLO, QUIT),
+            // so a stranger cannot make the server buffer much.
+            Limits {
+                max_bulk: UNAUTHENTICATED_MAX_BULK,
+                max_array: UNAUTHENTICATED_MAX_ARGS,
+                max_inline: UNAUTHENTICATED_MAX_BULK,
+                ..Limits::default()
+            }
         };
         let rbuf = std::mem::take(&mut self.rbuf);
-        let result = match resp::parse_command(&rbuf[at..], &limits) {
+        let result = match self.parser.parse(&rbuf[at..], &limits) {
             Ok(None) => None,
             Ok(Some((args, used))) => {
                 self.resp_command(shared, &args);

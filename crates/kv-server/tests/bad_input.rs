@@ -243,3 +243,76 @@ fn a_client_that_does_not_read_gets_back_pressure_not_the_server_memory() {
     let rss_ok = good.info().expect("info");
     assert!(rss_ok.contains("connected_clients:"), "{rss_ok}");
 }
+
+#[test]
+fn resp_lengths_are_as_strict_as_redis() {
+    let (server, mut good) = start();
+    for bad in [&b"*01\r\n$4\r\nPING\r\n"[..], b"*-0\r\n"] {
+        let mut s = raw(&server);
+        s.write_all(bad).expect("write");
+        let reply = String::from_utf8_lossy(&read_all(s)).into_owned();
+        assert_eq!(reply, "-ERR Protocol error: invalid multibulk length\r\n");
+    }
+    let mut s = raw(&server);
+    s.write_all(b"*1\r\n$04\r\nPING\r\n").expect("write");
+    let reply = String::from_utf8_lossy(&read_all(s)).into_owned();
+    assert_eq!(reply, "-ERR Protocol error: invalid bulk length\r\n");
+    still_served(&mut good);
+}
+
+/// Before AUTH a stranger can send only small commands (as with Redis: ten
+/// arguments, 16 KiB each), so it cannot make the server buffer much.
+#[test]
+fn unauthenticated_commands_are_small() {
+    let server = ServerProc::start(BIN, &["--no-persistence", "--requirepass", "pw"]);
+    let mut s = raw(&server);
+    s.write_all(b"*11\r\n").expect("write");
+    let reply = String::from_utf8_lossy(&read_all(s)).into_owned();
+    assert_eq!(reply, "-ERR Protocol error: invalid multibulk length\r\n");
+    let mut s = raw(&server);
+    s.write_all(b"*2\r\n$4\r\nAUTH\r\n$20000\r\n")
+        .expect("write");
+    let reply = String::from_utf8_lossy(&read_all(s)).into_owned();
+    assert_eq!(reply, "-ERR Protocol error: invalid bulk length\r\n");
+    // After AUTH the usual limits apply on the same connection.
+    let mut s = raw(&server);
+    s.write_all(b"AUTH pw\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20000\r\n")
+        .expect("write");
+    s.write_all(&[b'v'; 20000]).expect("write");
+    s.write_all(b"\r\nEXISTS k\r\nQUIT\r\n").expect("write");
+    let reply = String::from_utf8_lossy(&read_all(s)).into_owned();
+    assert_eq!(reply, "+OK\r\n+OK\r\n:1\r\n+OK\r\n");
+}
+
+/// One client's unfinished command cannot grow past the query buffer
+/// limit, which --maxmemory caps.
+#[test]
+fn the_query_buffer_limit_cuts_off_a_huge_command() {
+    for flags in [
+        &["--client-query-buffer-limit", "1mb"][..],
+        &["--maxmemory", "1mb"],
+    ] {
+        let mut args = vec!["--no-persistence"];
+        args.extend_from_slice(flags);
+        let server = ServerProc::start(BIN, &args);
+        let mut good = Client::connect(&server.addr.to_string()).expect("connect");
+        let mut s = raw(&server);
+        // Many mid-sized arguments: each under the value limit, together
+        // over the buffer limit.
+        let mut wire = b"*100\r\n$4\r\nMSET\r\n".to_vec();
+        for _ in 0..99 {
+            wire.extend_from_slice(b"$30000\r\n");
+            wire.extend_from_slice(&[b'x'; 30000]);
+            wire.extend_from_slice(b"\r\n");
+        }
+        // The server may close before reading everything.
+        let _ = s.write_all(&wire);
+        let reply = String::from_utf8_lossy(&read_all(s)).into_owned();
+        assert!(
+            reply.starts_with("-ERR query buffer limit of 1048576 bytes reached"),
+            "{flags:?}: {reply}"
+        );
+        good.put(b"canary", b"alive").expect("put");
+        still_served(&mut good);
+    }
+}
