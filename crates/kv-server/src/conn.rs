@@ -15,6 +15,7 @@ use kv_replication::{ClientOp, PeerMsg};
 use crate::cluster::{Admin, NativeKind, ReplyTo, Route, ToCluster};
 use crate::native_cmd;
 use crate::resp_cmd::{self, After, Session};
+use crate::resp_tx;
 use crate::state::Shared;
 
 /// Bytes read per `read` call.
@@ -447,12 +448,18 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     fn resp_command(&mut self, shared: &Shared, args: &[Cow<'_, [u8]>]) {
         let clustered = shared.cluster.get().is_some_and(|c| c.is_clustered());
-        if clustered && self.session.authenticated {
+        // A transaction begun before this node joined a cluster goes on
+        // queueing; EXEC then refuses it.
+        if clustered && self.session.authenticated && self.session.tx.is_none() {
             let proto = self.session.proto;
             if let Some((op, reply)) = resp_cluster_op(shared, proto, args, self.out.now()) {
                 return self.forward(shared, op, reply);
             }
             if resp_refused_in_cluster(args, self.out.now()) {
+                if args[0].eq_ignore_ascii_case(b"multi") {
+                    // What the client pipelined after MULTI must not run.
+                    self.session.tx = Some(resp_tx::Queued::refused_on_cluster());
+                }
                 return;
             }
         }
@@ -630,26 +637,19 @@ fn resp_refused_in_cluster(args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> bool {
     else {
         return false;
     };
-    let refused = matches!(
-        name.as_str(),
-        "mget"
-            | "mset"
-            | "del"
-            | "unlink"
-            | "exists"
-            | "keys"
-            | "scan"
-            | "dbsize"
-            | "flushall"
-            | "flushdb"
-    );
-    if refused {
-        resp_cmd::error(
-            out,
-            &format!("ERR '{name}' with these arguments is not supported on a cluster yet; use GET, SET, DEL key (or LIST from kv-client)"),
-        );
-    }
-    refused
+    let why = match name.as_str() {
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => {
+            "MULTI/EXEC transactions are not supported on a cluster: they would need atomic operations across replicas"
+        }
+        "mget" | "mset" | "del" | "unlink" | "exists" | "touch" | "keys" | "scan" | "dbsize"
+        | "flushall" | "flushdb" | "randomkey" | "strlen" | "getrange" | "substr" | "type"
+        | "object" | "memory" => {
+            "with these arguments is not supported on a cluster yet; use GET, SET, DEL key (or LIST from kv-client)"
+        }
+        _ => return false,
+    };
+    resp_cmd::error(out, &format!("ERR '{name}' {why}"));
+    true
 }
 
 /// The cluster operation for a native data request (`None` for requests

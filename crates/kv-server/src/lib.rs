@@ -16,11 +16,14 @@
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod command_table;
 pub mod config;
 pub mod conn;
 pub mod glob;
 pub mod native_cmd;
 pub mod resp_cmd;
+pub mod resp_keys;
+pub mod resp_tx;
 pub mod server;
 pub mod state;
 

@@ -17,6 +17,8 @@ pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
             "authentication required: send AUTH first",
         );
     }
+    // EXEC holds this exclusively while it runs a transaction.
+    let _gate = shared.exec_gate.read();
     match req {
         Request::Get { key } => Response::Value {
             value: shared.store.get(&key),

@@ -8,8 +8,8 @@ use kv_proto::resp::{
     encode_verbatim, Protocol,
 };
 
-use crate::glob;
 use crate::state::Shared;
+use crate::{command_table, glob, resp_tx};
 
 /// What the connection does after a command.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,6 +37,10 @@ pub struct Session {
     pub lib_ver: Option<Vec<u8>>,
     /// When the connection was accepted.
     pub since: Option<std::time::Instant>,
+    /// The transaction being queued, between MULTI and EXEC.
+    pub tx: Option<resp_tx::Queued>,
+    /// Keys watched for the next EXEC.
+    pub watched: resp_tx::Watched,
 }
 
 impl Session {
@@ -90,23 +94,61 @@ pub fn execute(
     args: &[Cow<'_, [u8]>],
     out: &mut Vec<u8>,
 ) -> After {
-    let Some(first) = args.first() else {
+    if args.is_empty() {
         return After::Continue;
-    };
+    }
     shared.count_command();
-    let name = String::from_utf8_lossy(first).to_ascii_lowercase();
-    let rest = &args[1..];
-    if !s.authenticated && !matches!(name.as_str(), "auth" | "quit" | "hello") {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    if !s.authenticated && !matches!(name.as_str(), "auth" | "quit" | "hello" | "reset") {
         error(out, "NOAUTH Authentication required.");
         return After::Continue;
     }
+    let in_tx = s.tx.is_some();
+    let handled = match name.as_str() {
+        "multi" => resp_tx::multi(s, out),
+        "exec" => return resp_tx::exec(shared, s, out),
+        "discard" => resp_tx::discard(s, out),
+        "watch" if in_tx => resp_tx::refuse_watch(s, out),
+        "quit" | "reset" => false,
+        _ if in_tx => resp_tx::queue(s, &name, args, out),
+        _ => false,
+    };
+    if handled {
+        return After::Continue;
+    }
+    // EXEC holds this exclusively while it runs a transaction.
+    let _gate = shared.exec_gate.read();
+    run(shared, s, &name, args, out)
+}
+
+/// Runs command `name` (lower case) with `args` (the name first); what
+/// EXEC calls for each queued command.
+pub fn run(
+    shared: &Shared,
+    s: &mut Session,
+    name: &str,
+    args: &[Cow<'_, [u8]>],
+    out: &mut Vec<u8>,
+) -> After {
+    let rest = &args[1..];
+    match command_table::find(name) {
+        None => {
+            unknown(&args[0], rest, out);
+            return After::Continue;
+        }
+        Some(spec) if !spec.arity_ok(args.len()) => {
+            wrong_arity(out, name);
+            return After::Continue;
+        }
+        Some(_) => {}
+    }
     let p = s.proto;
-    match name.as_str() {
+    match name {
         "get" => get(shared, p, rest, out),
         "set" => set(shared, rest, out),
         "ping" => ping(rest, out),
-        "del" | "unlink" => del(shared, &name, rest, out),
-        "exists" => exists(shared, rest, out),
+        "del" | "unlink" => del(shared, name, rest, out),
+        "exists" | "touch" => exists(shared, rest, out),
         "mget" => mget(shared, p, rest, out),
         "mset" => mset(shared, rest, out),
         "keys" => keys(shared, rest, out),
@@ -118,18 +160,29 @@ pub fn execute(
         "hello" => hello(shared, s, rest, out),
         "select" => select(rest, out),
         "config" => config(shared, p, rest, out),
-        "command" => command(rest, out),
+        "command" => crate::resp_keys::command(p, rest, out),
         "client" => client(s, rest, out),
         "flushall" | "flushdb" => flushall(shared, out),
         "cluster" => cluster(shared, rest, out),
         "localget" => localget(shared, p, rest, out),
+        "watch" => resp_tx::watch(shared, s, rest, out),
+        "unwatch" => resp_tx::unwatch(s, out),
+        "reset" => reset(shared, s, out),
         "quit" => {
             ok(out);
             return After::Close;
         }
-        _ => unknown(first, rest, out),
+        other => crate::resp_keys::run(shared, p, other, rest, out),
     }
     After::Continue
+}
+
+/// RESET: the connection as new (RESP2, no name, no transaction, no
+/// watched keys, and unauthenticated when a password is required).
+fn reset(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) {
+    let authenticated = shared.config.requirepass.is_none();
+    *s = Session::new(authenticated, s.id);
+    simple(out, "RESET");
 }
 
 fn integer(out: &mut Vec<u8>, n: i64) {
@@ -141,7 +194,14 @@ fn integer(out: &mut Vec<u8>, n: i64) {
 /// from an `AUTH` argument on is shown, so that a password sent to a
 /// command this server does not know never comes back in an error (or a
 /// log that records errors).
-fn unknown(name: &[u8], rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+pub fn unknown(name: &[u8], rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+    if let Some(kind) = command_table::unsupported_type(&lower) {
+        return error(
+            out,
+            &format!("ERR '{lower}' is not supported: kv stores strings only, and {kind} are not one of its types"),
+        );
+    }
     let mut shown = String::new();
     for a in rest {
         if shown.len() >= 128 || a.eq_ignore_ascii_case(b"auth") {
@@ -536,21 +596,6 @@ fn config_get(shared: &Shared, p: Protocol, patterns: &[Cow<'_, [u8]>], out: &mu
         encode_bulk(out, value.as_bytes());
     }
 }
-
-fn command(rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
-    match rest.first().map(|s| s.to_ascii_lowercase()) {
-        Some(sub) if sub == b"count" => integer(out, COMMANDS.len() as i64),
-        // redis-cli asks for COMMAND DOCS for its hints; an empty answer is fine.
-        _ => encode_array_header(out, 0),
-    }
-}
-
-/// The commands this server understands.
-pub const COMMANDS: &[&str] = &[
-    "get", "set", "ping", "del", "unlink", "exists", "mget", "mset", "keys", "scan", "dbsize",
-    "echo", "info", "auth", "select", "config", "command", "client", "flushall", "flushdb", "quit",
-    "cluster", "localget", "hello",
-];
 
 /// LOCALGET key: this node's own copy of a key with its version, without
 /// coordination (a debugging aid for clusters): `[value or nil, version]`.

@@ -40,6 +40,10 @@ pub struct Shared {
     pub started: Instant,
     /// The cluster thread's handle, once it runs.
     pub cluster: std::sync::OnceLock<std::sync::Arc<crate::cluster::ClusterHandle>>,
+    /// Every command runs holding this shared; EXEC holds it exclusively,
+    /// so that no other client's command runs in the middle of a
+    /// transaction.
+    pub exec_gate: parking_lot::RwLock<()>,
 }
 
 impl Shared {
@@ -53,7 +57,14 @@ impl Shared {
             over_memory: AtomicBool::new(false),
             started: Instant::now(),
             cluster: std::sync::OnceLock::new(),
+            exec_gate: parking_lot::RwLock::new(()),
         }
+    }
+
+    /// Whether this node is part of a cluster now (its data commands are
+    /// then coordinated by the cluster).
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.get().is_some_and(|c| c.is_clustered())
     }
 
     /// Re-evaluates the memory limit.
@@ -209,6 +220,15 @@ pub fn same_secret(want: &[u8], got: &[u8]) -> bool {
         diff |= usize::from(w ^ got.get(i).copied().unwrap_or(!w));
     }
     diff == 0
+}
+
+/// A random number for choices that need no cryptographic strength
+/// (RANDOMKEY's starting point).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
 }
 
 fn load(a: &AtomicUsize) -> usize {
