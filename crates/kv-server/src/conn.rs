@@ -151,7 +151,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             out: Outbox::default(),
             proto: Proto::Unknown,
             parser: resp::CommandParser::default(),
-            session: Session::new(authenticated, route.conn),
+            session: Session::new(authenticated, route.conn, route.worker),
             peer: None,
             closing: false,
             peer_closed: false,

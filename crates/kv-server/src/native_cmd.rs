@@ -18,7 +18,7 @@ pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
         );
     }
     // EXEC holds this exclusively while it runs a transaction.
-    let _gate = shared.exec_gate.read();
+    let _gate = shared.command_gate(s.worker);
     match req {
         Request::Get { key } => Response::Value {
             value: shared.store.get(&key),

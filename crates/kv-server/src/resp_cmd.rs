@@ -29,6 +29,8 @@ pub struct Session {
     pub proto: Protocol,
     /// This client's id (CLIENT ID), unique in this server's lifetime.
     pub id: u64,
+    /// The event loop serving this client.
+    pub worker: usize,
     /// The name set by CLIENT SETNAME or HELLO SETNAME.
     pub name: Option<Vec<u8>>,
     /// CLIENT SETINFO LIB-NAME.
@@ -46,10 +48,11 @@ pub struct Session {
 impl Session {
     /// A new client's session; `authenticated` is false when a password is
     /// required.
-    pub fn new(authenticated: bool, id: u64) -> Session {
+    pub fn new(authenticated: bool, id: u64, worker: usize) -> Session {
         Session {
             authenticated,
             id,
+            worker,
             since: Some(std::time::Instant::now()),
             ..Session::default()
         }
@@ -117,7 +120,7 @@ pub fn execute(
         return After::Continue;
     }
     // EXEC holds this exclusively while it runs a transaction.
-    let _gate = shared.exec_gate.read();
+    let _gate = shared.command_gate(s.worker);
     run(shared, s, &name, args, out)
 }
 
@@ -181,7 +184,7 @@ pub fn run(
 /// watched keys, and unauthenticated when a password is required).
 fn reset(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) {
     let authenticated = shared.config.requirepass.is_none();
-    *s = Session::new(authenticated, s.id);
+    *s = Session::new(authenticated, s.id, s.worker);
     simple(out, "RESET");
 }
 

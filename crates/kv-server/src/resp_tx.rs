@@ -151,7 +151,7 @@ pub fn exec(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> After {
         return After::Continue;
     }
     // No other command runs until the queue has.
-    let _exclusive = shared.exec_gate.write();
+    let _exclusive = shared.exclusive_gate();
     if watched.iter().any(|(k, v)| version_of(shared, k) != *v) {
         encode_null_array(out, s.proto);
         return After::Continue;

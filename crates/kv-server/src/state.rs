@@ -40,15 +40,37 @@ pub struct Shared {
     pub started: Instant,
     /// The cluster thread's handle, once it runs.
     pub cluster: std::sync::OnceLock<std::sync::Arc<crate::cluster::ClusterHandle>>,
-    /// Every command runs holding this shared; EXEC holds it exclusively,
-    /// so that no other client's command runs in the middle of a
-    /// transaction.
-    pub exec_gate: parking_lot::RwLock<()>,
+    /// Every command runs holding its event loop's gate shared; EXEC holds
+    /// every gate exclusively, so that no other client's command runs in
+    /// the middle of a transaction. One gate per loop, each on its own
+    /// cache line, so that loops do not contend for one lock word.
+    pub exec_gates: Box<[ExecGate]>,
+}
+
+/// One event loop's share of the transaction gate (see
+/// [`Shared::exec_gates`]).
+#[repr(align(128))]
+#[derive(Default)]
+pub struct ExecGate(parking_lot::RwLock<()>);
+
+impl Shared {
+    /// Holds event loop `worker`'s gate shared while one command runs.
+    pub fn command_gate(&self, worker: usize) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.exec_gates[worker % self.exec_gates.len()].0.read()
+    }
+
+    /// Holds every gate exclusively while a transaction runs.
+    pub fn exclusive_gate(&self) -> Vec<parking_lot::RwLockWriteGuard<'_, ()>> {
+        self.exec_gates.iter().map(|g| g.0.write()).collect()
+    }
 }
 
 impl Shared {
     /// Bundles the pieces.
     pub fn new(store: Store, config: Config) -> Self {
+        let exec_gates = (0..config.worker_threads())
+            .map(|_| ExecGate::default())
+            .collect();
         Shared {
             store,
             config,
@@ -57,7 +79,7 @@ impl Shared {
             over_memory: AtomicBool::new(false),
             started: Instant::now(),
             cluster: std::sync::OnceLock::new(),
-            exec_gate: parking_lot::RwLock::new(()),
+            exec_gates,
         }
     }
 
