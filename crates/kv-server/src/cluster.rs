@@ -215,6 +215,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether client data operations must go through the cluster: the node
+/// has other members (even if it has not heard from them yet), or waits
+/// to join some.
+fn is_clustered(node: &Node, now: u64) -> bool {
+    node.view(now).len() > 1 || node.is_joining()
+}
+
 /// Where the node's persistent state lives (None without persistence).
 fn state_path(shared: &Shared) -> Option<PathBuf> {
     (!shared.config.no_persistence).then(|| shared.config.data_dir.join("cluster.state"))
@@ -270,14 +277,6 @@ pub fn start(
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel();
-    let handle = Arc::new(ClusterHandle {
-        tx: Mutex::new(tx),
-        waker,
-        clustered: AtomicBool::new(!shared.config.join.is_empty()),
-        view: Mutex::new(String::new()),
-        id: id.clone(),
-        observed: std::sync::atomic::AtomicU64::new(0),
-    });
     let c = shared.config.clone();
     let mut cfg = kv_replication::Config::new(&id);
     cfg.replicas = c.replicas.max(1);
@@ -301,6 +300,18 @@ pub fn start(
     for j in &c.join {
         node.join(now_ms(), j);
     }
+    // Decided before any client is served: a node restarted with a saved
+    // membership goes through the cluster from its first request (which
+    // refuses until a peer is heard from), never through its store alone.
+    let clustered = is_clustered(&node, now_ms());
+    let handle = Arc::new(ClusterHandle {
+        tx: Mutex::new(tx),
+        waker,
+        clustered: AtomicBool::new(clustered),
+        view: Mutex::new(String::new()),
+        id: id.clone(),
+        observed: std::sync::atomic::AtomicU64::new(0),
+    });
     let (appliers, applier_threads) = start_appliers(&shared, &handle)?;
     let h = handle.clone();
     let thread = std::thread::Builder::new()
@@ -325,6 +336,7 @@ pub fn start(
                 appliers,
                 scratch: vec![0; 256 << 10],
             };
+            t.publish(now_ms());
             if let Err(e) = t.run() {
                 eprintln!("kv-server: cluster thread failed: {e}");
             }
@@ -516,9 +528,10 @@ impl ClusterThread {
     }
 
     fn publish(&self, now: u64) {
+        self.handle
+            .clustered
+            .store(is_clustered(&self.node, now), Ordering::Release);
         let view = self.node.view(now);
-        let clustered = view.len() > 1 || self.node.is_joining();
-        self.handle.clustered.store(clustered, Ordering::Release);
         let (n, w, r) = self.node.quorums();
         let mut text = format!(
             "# cluster: {} members, N={n} W={w} R={r}, this node {}\n",
@@ -601,7 +614,16 @@ impl ClusterThread {
         let Some((route, to)) = self.routes.remove(&id) else {
             return;
         };
-        let bytes = encode_reply(to, reply);
+        let bytes = match reply {
+            // Refused before any replica was asked, because it left.
+            ClientReply::Unavailable { replicas: 0, .. }
+                if self.node.status() == kv_replication::Status::Left
+                    || self.node.has_left(now_ms()) =>
+            {
+                encode_not_serving(to, true)
+            }
+            reply => encode_reply(to, reply),
+        };
         self.deliver(route, bytes);
     }
 
@@ -819,25 +841,62 @@ fn read_link(link: &mut PeerLink, scratch: &mut [u8]) -> io::Result<()> {
     }
 }
 
-fn unavailable_text(answered: usize, needed: usize, replicas: usize) -> String {
-    if replicas == 0 {
-        return "unavailable: this node is not serving: it waits to hear from its cluster, or has left it (see CLUSTER)".to_string();
-    }
-    format!(
+/// The text of a request that did not reach its quorum in time. A write
+/// may still have been stored by the replicas that were slow or whose
+/// acknowledgement was lost: its outcome is unknown, not failed.
+fn unavailable_text(to: ReplyTo, answered: usize, needed: usize, replicas: usize) -> String {
+    let write = matches!(
+        to,
+        ReplyTo::RespSet
+            | ReplyTo::RespDel
+            | ReplyTo::Native(_, NativeKind::Put | NativeKind::Delete)
+    );
+    let mut text = format!(
         "unavailable: only {answered} of {replicas} replicas answered in time (needed {needed})"
-    )
+    );
+    if write {
+        text.push_str(
+            "; the outcome is unknown: some replicas may have stored the write, and later reads may return it",
+        );
+    }
+    text
+}
+
+/// The refusal of a node that serves nothing: `left` if it has left the
+/// cluster, otherwise it has not heard from its cluster yet (restarted, or
+/// joining). The latter is temporary: over RESP it is `LOADING`, which
+/// Redis clients treat as "retry shortly" (redis-rs, go-redis and
+/// redis-py retry it); natively it is `Unavailable`. Nothing was stored.
+pub fn encode_not_serving(to: ReplyTo, left: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let text = if left {
+        "unavailable: this node is not serving: it has left the cluster (see CLUSTER)"
+    } else {
+        "this node is not serving yet: it waits to hear from its cluster (it restarted, or is joining); nothing was stored, retry shortly"
+    };
+    match to {
+        ReplyTo::Native(id, _) => {
+            native::encode_frame(&mut out, id, &Response::error(ErrorKind::Unavailable, text))
+        }
+        _ if left => crate::resp_cmd::error(&mut out, &format!("ERR {text}")),
+        _ => crate::resp_cmd::error(&mut out, &format!("LOADING {text}")),
+    }
+    out
 }
 
 /// Encodes a cluster reply for the client that waits for it.
 pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
     let mut out = Vec::new();
+    if let ClientReply::Unavailable { replicas: 0, .. } = reply {
+        return encode_not_serving(to, false);
+    }
     if let ClientReply::Unavailable {
         answered,
         needed,
         replicas,
     } = reply
     {
-        let text = unavailable_text(answered, needed, replicas);
+        let text = unavailable_text(to, answered, needed, replicas);
         match to {
             ReplyTo::Native(id, _) => {
                 native::encode_frame(&mut out, id, &Response::error(ErrorKind::Unavailable, text))
