@@ -976,3 +976,79 @@ fn a_restarted_node_whose_peers_are_down_refuses_with_a_retryable_error() {
     );
     cb.put(b"back", b"y").expect("put once a peer is back");
 }
+
+/// Bug 9: a cluster node whose `cluster.state` is lost or damaged must not
+/// start as a new cluster of one (acknowledging writes with W=1): it
+/// refuses, says what to do, and with --rejoin-fresh --join it rejoins as
+/// a new generation.
+#[test]
+fn a_cluster_node_without_its_cluster_state_refuses_to_start_until_told_to_rejoin_fresh() {
+    let (a, mut b, c) = start_three(&[]);
+    put_many(&mut client(&a), 0..300);
+    b.kill9();
+    let state = b.data_dir.join("cluster.state");
+    let seed = a.addr.to_string();
+
+    std::fs::remove_file(&state).expect("remove cluster.state");
+    for args in [&[][..], &["--join", seed.as_str()][..]] {
+        let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, args);
+        let said = out.join("\n");
+        assert!(!status.success(), "{args:?}: {status}: {said}");
+        assert!(
+            said.contains("cluster.state") && said.contains("missing"),
+            "{args:?}: {said}"
+        );
+        assert!(said.contains("--rejoin-fresh --join"), "{args:?}: {said}");
+    }
+
+    std::fs::write(&state, b"\xff\xff\xff\xff not a cluster state").expect("damage");
+    let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, &[]);
+    let said = out.join("\n");
+    assert!(!status.success(), "{status}: {said}");
+    assert!(
+        said.contains("cluster.state") && said.contains("damaged"),
+        "{said}"
+    );
+    assert!(said.contains("--rejoin-fresh --join"), "{said}");
+
+    // Told to, it sets its old data aside and joins as a new generation.
+    b.restart_with(&["--rejoin-fresh", "--join", &seed]);
+    for s in [&a, &b, &c] {
+        wait_members(s, 3);
+    }
+    check_many(&mut client(&b), 0..300);
+    let set_aside = std::fs::read_dir(&b.data_dir)
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("before-rejoin-")
+        });
+    assert!(set_aside, "the old data is kept aside, not deleted");
+    assert!(
+        b.output().iter().any(|l| l.contains("before-rejoin-")),
+        "{:?}",
+        b.output()
+    );
+}
+
+/// A plain single server (never in a cluster) starts on its data as
+/// before, with or without a `cluster.state`, and never marks itself as a
+/// cluster member.
+#[test]
+fn a_single_server_starts_on_its_data_without_a_cluster_state() {
+    let mut s = ServerProc::start(BIN, &[]);
+    client(&s).put(b"k", b"v").expect("put");
+    s.kill9();
+    let _ = std::fs::remove_file(s.data_dir.join("cluster.state"));
+    s.restart();
+    assert_eq!(
+        client(&s).get(b"k").expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+    client(&s)
+        .put(b"k2", b"v2")
+        .expect("put alone, as a single server");
+    assert!(!s.data_dir.join("cluster.member").exists());
+}
