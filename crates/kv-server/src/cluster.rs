@@ -312,10 +312,11 @@ fn ensure_marker(dir: &Path) -> io::Result<()> {
 /// afresh. A directory with neither file (a plain single server, or a new
 /// node) starts as it is.
 pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
-    if config.no_persistence {
+    let dir = &config.data_dir;
+    if config.no_persistence || !dir.is_dir() {
+        // A new directory, or one the store will report as unusable.
         return Ok(None);
     }
-    let dir = &config.data_dir;
     let path = dir.join(STATE_FILE);
     let marker = dir.join(MEMBER_MARKER);
     let problem = match std::fs::read(&path) {
@@ -1158,6 +1159,11 @@ mod tests {
         let d = dir.path();
         // Nothing there, or a single server's files only: start as is.
         assert_eq!(check_saved_state(&config(d, &[])), Ok(None));
+        // Not a directory at all: left to the store to report.
+        let file = d.join("plain-file");
+        std::fs::write(&file, b"").expect("write");
+        assert_eq!(check_saved_state(&config(&file, &[])), Ok(None));
+        std::fs::remove_file(&file).expect("remove");
         std::fs::write(d.join("data.log"), b"records").expect("write");
         assert_eq!(check_saved_state(&config(d, &[])), Ok(None));
 
