@@ -1052,3 +1052,36 @@ fn a_single_server_starts_on_its_data_without_a_cluster_state() {
         .expect("put alone, as a single server");
     assert!(!s.data_dir.join("cluster.member").exists());
 }
+
+/// A write that misses its quorum may still have been stored by some
+/// replicas: the error says its outcome is unknown (a read's does not).
+#[test]
+fn a_write_without_its_quorum_says_its_outcome_is_unknown() {
+    let (a, mut b, mut c) = start_three(&["--request-timeout-ms", "300"]);
+    b.kill9();
+    c.kill9();
+    let mut ca = client(&a);
+    match ca.put(b"k", b"v") {
+        Err(ClientError::Server {
+            kind: ErrorKind::Unavailable,
+            message,
+        }) => assert!(
+            message.contains("only 1 of 3 replicas") && message.contains("outcome is unknown"),
+            "{message}"
+        ),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    let mut r = redis::Client::open(format!("redis://{}/", a.addr))
+        .expect("url")
+        .get_connection()
+        .expect("connect");
+    let err = r.set::<_, _, ()>("k", "v").expect_err("SET without quorum");
+    assert!(err.to_string().contains("outcome is unknown"), "{err}");
+    match ca.get(b"k") {
+        Err(ClientError::Server {
+            kind: ErrorKind::Unavailable,
+            message,
+        }) => assert!(!message.contains("outcome"), "{message}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
