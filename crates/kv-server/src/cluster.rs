@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::ToSocketAddrs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 
+use crate::config::Config;
 use crate::state::Shared;
 
 const WAKER: Token = Token(usize::MAX);
@@ -215,9 +216,29 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether client data operations must go through the cluster: the node
+/// has other members (even if it has not heard from them yet), or waits
+/// to join some.
+fn is_clustered(node: &Node, now: u64) -> bool {
+    node.view(now).len() > 1 || node.is_joining()
+}
+
+/// The file, in the data directory, holding the node's membership and
+/// clock floor ([`Persisted`]).
+pub const STATE_FILE: &str = "cluster.state";
+
+/// A file written once, durably, when the node first has other members:
+/// at a later start it tells a lost `cluster.state` from one that was never
+/// written (a plain single server).
+pub const MEMBER_MARKER: &str = "cluster.member";
+
+/// Where the subdirectories holding data set aside by `--rejoin-fresh`
+/// begin their names.
+pub const SET_ASIDE_PREFIX: &str = "before-rejoin-";
+
 /// Where the node's persistent state lives (None without persistence).
 fn state_path(shared: &Shared) -> Option<PathBuf> {
-    (!shared.config.no_persistence).then(|| shared.config.data_dir.join("cluster.state"))
+    (!shared.config.no_persistence).then(|| shared.config.data_dir.join(STATE_FILE))
 }
 
 fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
@@ -231,20 +252,175 @@ fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
     }
 }
 
-fn save_state(path: &PathBuf, p: &Persisted) {
-    let Ok(bytes) = postcard::to_allocvec(p) else {
-        return;
+/// Replaces `path` with `bytes` so that a crash at any point leaves the
+/// old or the new contents, both durable: a temporary file written and
+/// fsynced, renamed over `path`, then the directory fsynced (the rename
+/// itself is only durable once the directory is).
+fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Fsyncs a directory, so that the names created or renamed in it last.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
     };
-    let tmp = path.with_extension("tmp");
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn save_state(path: &Path, p: &Persisted) {
+    let result = postcard::to_allocvec(p)
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|bytes| write_durably(path, &bytes));
     if let Err(e) = result {
         eprintln!(
             "kv-server: cannot save cluster state {}: {e}",
             path.display()
         );
     }
+}
+
+/// Writes the member marker in `dir` unless it is there.
+fn ensure_marker(dir: &Path) -> io::Result<()> {
+    let path = dir.join(MEMBER_MARKER);
+    if path.exists() {
+        return Ok(());
+    }
+    write_durably(
+        &path,
+        b"This data directory belongs to a member of a kv cluster: kv-server refuses to start \
+          on it without its cluster.state (see docs/cluster.md, --rejoin-fresh).\n",
+    )
+}
+
+/// Checks, before the store opens, that a node that was in a cluster
+/// still knows it. A `cluster.state` that is missing while the member
+/// marker says the node was in a cluster, or that cannot be read, would
+/// make the node a new cluster of its own that acknowledges writes nobody
+/// else holds: that is refused with what to do, unless `--rejoin-fresh`
+/// says to set the old data aside (returned: where it went) and join
+/// afresh. A directory with neither file (a plain single server, or a new
+/// node) starts as it is.
+pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
+    let dir = &config.data_dir;
+    if config.no_persistence || !dir.is_dir() {
+        // A new directory, or one the store will report as unusable.
+        return Ok(None);
+    }
+    let path = dir.join(STATE_FILE);
+    let marker = dir.join(MEMBER_MARKER);
+    let problem = match std::fs::read(&path) {
+        Ok(bytes) => match postcard::from_bytes::<Persisted>(&bytes) {
+            Ok(p) => {
+                if p.members.len() > 1 {
+                    // Written by a version without the marker: add it.
+                    ensure_marker(dir)
+                        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+                }
+                if config.rejoin_fresh {
+                    println!(
+                        "kv-server: --rejoin-fresh has no effect: {} is intact",
+                        path.display()
+                    );
+                }
+                return Ok(None);
+            }
+            Err(e) => {
+                // Without the marker it may be a single server's file (or
+                // one from a version that wrote no marker).
+                let hint = if marker.exists() {
+                    ""
+                } else {
+                    " (if it was never in a cluster, remove the file and start again)"
+                };
+                format!(
+                    "{} is damaged ({e}): this node does not know its cluster any more{hint}",
+                    path.display()
+                )
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if !marker.exists() {
+                return Ok(None);
+            }
+            format!(
+                "{} is missing, but {} says this data directory belongs to a cluster member",
+                path.display(),
+                marker.display()
+            )
+        }
+        Err(e) => format!("cannot read {}: {e}", path.display()),
+    };
+    if !config.rejoin_fresh {
+        return Err(format!(
+            "{problem}. Started without it, this node would be a cluster of its own and \
+             acknowledge writes no other node holds, so it refuses to start. If {STATE_FILE} can \
+             be restored (from a backup of this directory), restore it and start again. \
+             Otherwise rejoin the cluster as a new member: start with --rejoin-fresh --join \
+             HOST:PORT (any live member); the data here is moved aside into a \
+             {SET_ASIDE_PREFIX}* subdirectory and the node receives its share from the others."
+        ));
+    }
+    println!("kv-server: --rejoin-fresh: {problem}");
+    set_aside(dir).map(Some).map_err(|e| {
+        format!(
+            "--rejoin-fresh: cannot move the old data of {} aside: {e}",
+            dir.display()
+        )
+    })
+}
+
+/// Moves everything in `dir` (but the lock file and earlier set-aside
+/// directories) into a new `before-rejoin-TIME` subdirectory, durably,
+/// while holding the directory's lock; returns the subdirectory.
+fn set_aside(dir: &Path) -> io::Result<PathBuf> {
+    let _lock = lock_dir(dir)?;
+    let aside = dir.join(format!("{SET_ASIDE_PREFIX}{}", now_ms()));
+    std::fs::create_dir(&aside)?;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let text = name.to_string_lossy();
+        if text == "LOCK" || text.starts_with(SET_ASIDE_PREFIX) {
+            continue;
+        }
+        std::fs::rename(dir.join(&name), aside.join(&name))?;
+    }
+    sync_dir(&aside)?;
+    sync_dir(dir)?;
+    Ok(aside)
+}
+
+/// Takes the data directory's lock (the one the store takes), so that
+/// nothing is moved under a server running on it.
+fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    // SAFETY: plain system call on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(io::Error::other(
+                "another process is using this data directory",
+            ));
+        }
+        return Err(e);
+    }
+    Ok(file)
 }
 
 /// Opens the hint store: `data_dir/hints`, or in memory without persistence.
@@ -270,14 +446,6 @@ pub fn start(
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel();
-    let handle = Arc::new(ClusterHandle {
-        tx: Mutex::new(tx),
-        waker,
-        clustered: AtomicBool::new(!shared.config.join.is_empty()),
-        view: Mutex::new(String::new()),
-        id: id.clone(),
-        observed: std::sync::atomic::AtomicU64::new(0),
-    });
     let c = shared.config.clone();
     let mut cfg = kv_replication::Config::new(&id);
     cfg.replicas = c.replicas.max(1);
@@ -301,6 +469,18 @@ pub fn start(
     for j in &c.join {
         node.join(now_ms(), j);
     }
+    // Decided before any client is served: a node restarted with a saved
+    // membership goes through the cluster from its first request (which
+    // refuses until a peer is heard from), never through its store alone.
+    let clustered = is_clustered(&node, now_ms());
+    let handle = Arc::new(ClusterHandle {
+        tx: Mutex::new(tx),
+        waker,
+        clustered: AtomicBool::new(clustered),
+        view: Mutex::new(String::new()),
+        id: id.clone(),
+        observed: std::sync::atomic::AtomicU64::new(0),
+    });
     let (appliers, applier_threads) = start_appliers(&shared, &handle)?;
     let h = handle.clone();
     let thread = std::thread::Builder::new()
@@ -319,12 +499,14 @@ pub fn start(
                 peers: BTreeMap::new(),
                 tokens: BTreeMap::new(),
                 next_token: 0,
+                marked: false,
                 state_path: path,
                 last_tick: 0,
                 hints,
                 appliers,
                 scratch: vec![0; 256 << 10],
             };
+            t.publish(now_ms());
             if let Err(e) = t.run() {
                 eprintln!("kv-server: cluster thread failed: {e}");
             }
@@ -371,6 +553,8 @@ struct ClusterThread {
     tokens: BTreeMap<Token, String>,
     next_token: usize,
     state_path: Option<PathBuf>,
+    /// Whether the member marker is known to be written.
+    marked: bool,
     last_tick: u64,
     /// Durable hints for replicas that were down, in `data_dir/hints`.
     hints: Store,
@@ -516,9 +700,10 @@ impl ClusterThread {
     }
 
     fn publish(&self, now: u64) {
+        self.handle
+            .clustered
+            .store(is_clustered(&self.node, now), Ordering::Release);
         let view = self.node.view(now);
-        let clustered = view.len() > 1 || self.node.is_joining();
-        self.handle.clustered.store(clustered, Ordering::Release);
         let (n, w, r) = self.node.quorums();
         let mut text = format!(
             "# cluster: {} members, N={n} W={w} R={r}, this node {}\n",
@@ -566,6 +751,17 @@ impl ClusterThread {
                 Output::Log(line) => println!("kv-server: {line}"),
                 Output::Persist(p) => {
                     if let Some(path) = &self.state_path {
+                        if !self.marked && p.members.len() > 1 {
+                            // Before the state that names other members.
+                            let dir = path.parent().unwrap_or(Path::new("."));
+                            match ensure_marker(dir) {
+                                Ok(()) => self.marked = true,
+                                Err(e) => eprintln!(
+                                    "kv-server: cannot write {}: {e}",
+                                    dir.join(MEMBER_MARKER).display()
+                                ),
+                            }
+                        }
                         save_state(path, &p);
                     }
                 }
@@ -601,7 +797,16 @@ impl ClusterThread {
         let Some((route, to)) = self.routes.remove(&id) else {
             return;
         };
-        let bytes = encode_reply(to, reply);
+        let bytes = match reply {
+            // Refused before any replica was asked, because it left.
+            ClientReply::Unavailable { replicas: 0, .. }
+                if self.node.status() == kv_replication::Status::Left
+                    || self.node.has_left(now_ms()) =>
+            {
+                encode_not_serving(to, true)
+            }
+            reply => encode_reply(to, reply),
+        };
         self.deliver(route, bytes);
     }
 
@@ -819,25 +1024,62 @@ fn read_link(link: &mut PeerLink, scratch: &mut [u8]) -> io::Result<()> {
     }
 }
 
-fn unavailable_text(answered: usize, needed: usize, replicas: usize) -> String {
-    if replicas == 0 {
-        return "unavailable: this node is not serving: it waits to hear from its cluster, or has left it (see CLUSTER)".to_string();
-    }
-    format!(
+/// The text of a request that did not reach its quorum in time. A write
+/// may still have been stored by the replicas that were slow or whose
+/// acknowledgement was lost: its outcome is unknown, not failed.
+fn unavailable_text(to: ReplyTo, answered: usize, needed: usize, replicas: usize) -> String {
+    let write = matches!(
+        to,
+        ReplyTo::RespSet
+            | ReplyTo::RespDel
+            | ReplyTo::Native(_, NativeKind::Put | NativeKind::Delete)
+    );
+    let mut text = format!(
         "unavailable: only {answered} of {replicas} replicas answered in time (needed {needed})"
-    )
+    );
+    if write {
+        text.push_str(
+            "; the outcome is unknown: some replicas may have stored the write, and later reads may return it",
+        );
+    }
+    text
+}
+
+/// The refusal of a node that serves nothing: `left` if it has left the
+/// cluster, otherwise it has not heard from its cluster yet (restarted, or
+/// joining). The latter is temporary: over RESP it is `LOADING`, which
+/// Redis clients treat as "retry shortly" (redis-rs, go-redis and
+/// redis-py retry it); natively it is `Unavailable`. Nothing was stored.
+pub fn encode_not_serving(to: ReplyTo, left: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let text = if left {
+        "unavailable: this node is not serving: it has left the cluster (see CLUSTER)"
+    } else {
+        "this node is not serving yet: it waits to hear from its cluster (it restarted, or is joining); nothing was stored, retry shortly"
+    };
+    match to {
+        ReplyTo::Native(id, _) => {
+            native::encode_frame(&mut out, id, &Response::error(ErrorKind::Unavailable, text))
+        }
+        _ if left => crate::resp_cmd::error(&mut out, &format!("ERR {text}")),
+        _ => crate::resp_cmd::error(&mut out, &format!("LOADING {text}")),
+    }
+    out
 }
 
 /// Encodes a cluster reply for the client that waits for it.
 pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
     let mut out = Vec::new();
+    if let ClientReply::Unavailable { replicas: 0, .. } = reply {
+        return encode_not_serving(to, false);
+    }
     if let ClientReply::Unavailable {
         answered,
         needed,
         replicas,
     } = reply
     {
-        let text = unavailable_text(answered, needed, replicas);
+        let text = unavailable_text(to, answered, needed, replicas);
         match to {
             ReplyTo::Native(id, _) => {
                 native::encode_frame(&mut out, id, &Response::error(ErrorKind::Unavailable, text))
@@ -877,4 +1119,77 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(dir: &Path, extra: &[&str]) -> Config {
+        let dir = dir.to_str().expect("utf-8 path");
+        let mut args = vec!["kv-server", "--data-dir", dir];
+        args.extend_from_slice(extra);
+        Config::parse_from(args)
+    }
+
+    #[test]
+    fn the_state_is_replaced_whole_and_no_temporary_file_stays() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(STATE_FILE);
+        for floor in [5, 6] {
+            let p = Persisted {
+                members: Vec::new(),
+                clock_floor: floor,
+                stream: None,
+            };
+            save_state(&path, &p);
+            assert_eq!(load_state(Some(&path)), Some(p));
+        }
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [STATE_FILE]);
+    }
+
+    #[test]
+    fn a_lost_or_damaged_state_is_refused_unless_told_to_rejoin_fresh() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        // Nothing there, or a single server's files only: start as is.
+        assert_eq!(check_saved_state(&config(d, &[])), Ok(None));
+        // Not a directory at all: left to the store to report.
+        let file = d.join("plain-file");
+        std::fs::write(&file, b"").expect("write");
+        assert_eq!(check_saved_state(&config(&file, &[])), Ok(None));
+        std::fs::remove_file(&file).expect("remove");
+        std::fs::write(d.join("data.log"), b"records").expect("write");
+        assert_eq!(check_saved_state(&config(d, &[])), Ok(None));
+
+        std::fs::write(d.join(STATE_FILE), b"\xff\xff\xff").expect("write");
+        let why = check_saved_state(&config(d, &[])).expect_err("damaged");
+        assert!(
+            why.contains("damaged") && why.contains("never in a cluster"),
+            "{why}"
+        );
+
+        std::fs::remove_file(d.join(STATE_FILE)).expect("remove");
+        ensure_marker(d).expect("marker");
+        let why = check_saved_state(&config(d, &["--join", "127.0.0.1:1"])).expect_err("lost");
+        assert!(
+            why.contains("missing") && why.contains("--rejoin-fresh --join"),
+            "{why}"
+        );
+
+        let rejoin = config(d, &["--rejoin-fresh", "--join", "127.0.0.1:1"]);
+        let aside = check_saved_state(&rejoin)
+            .expect("rejoin fresh")
+            .expect("set aside");
+        assert!(aside.join("data.log").exists() && aside.join(MEMBER_MARKER).exists());
+        assert!(!d.join("data.log").exists() && !d.join(MEMBER_MARKER).exists());
+        // Now a new node: it starts, and the flag does nothing more.
+        assert_eq!(check_saved_state(&rejoin), Ok(None));
+        assert!(aside.join("data.log").exists());
+    }
 }

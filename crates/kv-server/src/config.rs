@@ -80,6 +80,15 @@ pub struct Config {
     #[arg(long, value_name = "HOST:PORT")]
     pub join: Vec<String>,
 
+    /// Recovery for a cluster node whose saved membership (cluster.state in
+    /// the data directory) is missing or damaged, which it refuses to start
+    /// with: move the old data aside (into a before-rejoin-TIME
+    /// subdirectory, kept, not deleted) and join the cluster of --join as a
+    /// new generation of this address, receiving its share of the data
+    /// from the others. Has no effect while cluster.state is intact.
+    #[arg(long, requires = "join")]
+    pub rejoin_fresh: bool,
+
     /// The host:port other nodes and clients reach this node at (default:
     /// the listening address).
     #[arg(long, value_name = "HOST:PORT")]

@@ -51,6 +51,10 @@ pub enum RunError {
     /// Listening or serving failed.
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    /// The saved cluster state says this node must not start as it is
+    /// (the message says why and what to do).
+    #[error("{0}")]
+    ClusterState(String),
     /// The log could not be flushed at shutdown.
     #[error("cannot flush the log at shutdown: {0}")]
     Close(kv_storage::Error),
@@ -85,6 +89,13 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     // Bind first: a port in use is reported before a long recovery.
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|source| server::ServerError::Listen { addr, source })?;
+    // Before the store opens: --rejoin-fresh may move the old data aside.
+    if let Some(aside) = cluster::check_saved_state(&config).map_err(RunError::ClusterState)? {
+        println!(
+            "kv-server: --rejoin-fresh: the old data is kept in {} (remove it once this node has its ranges again); joining as a new member",
+            aside.display()
+        );
+    }
     let store = Store::open(store_options(&config)).map_err(|source| RunError::Storage {
         dir: config.data_dir.display().to_string(),
         source,

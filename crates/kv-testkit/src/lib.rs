@@ -172,6 +172,14 @@ impl ServerProc {
         }
     }
 
+    /// Starts the server again like [`ServerProc::restart`], with `args`
+    /// in place of the arguments it was started with (`--port` and
+    /// `--data-dir` stay the same).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
     /// Starts the server again on the same port and data directory (after
     /// [`ServerProc::kill9`] or a stop); waits until it listens.
     pub fn restart(&mut self) {
@@ -212,6 +220,72 @@ impl Drop for ServerProc {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
+}
+
+/// Runs `binary` on data directory `dir` with `--port 0` plus `args`
+/// when it is expected to refuse to start: waits until it exits and
+/// returns its exit status and everything it printed. If it starts
+/// listening instead, it is stopped (by its pid) and the test fails; so
+/// does a process still running after [`DEADLINE`].
+pub fn start_refused(
+    binary: impl AsRef<Path>,
+    dir: &Path,
+    args: &[&str],
+) -> (ExitStatus, Vec<String>) {
+    let binary = binary.as_ref();
+    let mut child = Command::new(binary)
+        .args(["--port", "0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ]
+    .into_iter()
+    .map(|pipe| {
+        let out = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                out.lock().expect("output lock").push(line);
+            }
+        })
+    })
+    .collect();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        let listening = output
+            .lock()
+            .expect("output lock")
+            .iter()
+            .any(|l| l.contains("listening on"));
+        if listening || start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            for r in readers {
+                let _ = r.join();
+            }
+            let said = output.lock().expect("output lock").clone();
+            panic!(
+                "{} did not refuse to start (listening: {listening}); output: {said:?}",
+                binary.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    for r in readers {
+        let _ = r.join();
+    }
+    let said = output.lock().expect("output lock").clone();
+    (status, said)
 }
 
 /// Waits until `cond` holds, polling; fails the test after `deadline`.
