@@ -136,10 +136,12 @@ pub(crate) fn recover(dir: &Path, map: &ShardedMap, mode: RecoveryMode) -> Resul
         .map(|(id, p)| (*id, p.clone()))
         .collect();
     check_contiguous(dir, replay_from, &replay, &listing)?;
-    replay_segments(&replay, map, mode, &mut report)?;
+    let cut_at = replay_segments(&replay, map, mode, &mut report)?;
     report.keys = map.len() as u64;
     report.elapsed = start.elapsed();
-    let last = listing.segments.keys().next_back().copied().unwrap_or(0);
+    // A truncation deletes the segments after the damaged one: the new log
+    // continues right after it, so that the ids stay contiguous.
+    let last = cut_at.unwrap_or_else(|| listing.segments.keys().next_back().copied().unwrap_or(0));
     Ok(Recovered {
         report,
         next_segment: last.max(replay_from.saturating_sub(1)) + 1,
@@ -263,12 +265,14 @@ enum SegmentEnd {
     Damaged { offset: usize, reason: String },
 }
 
+/// Replays the segments in order; returns the id of the segment cut at
+/// damage, if any (the segments after it are deleted).
 fn replay_segments(
     replay: &[(u64, PathBuf)],
     map: &ShardedMap,
     mode: RecoveryMode,
     report: &mut RecoveryReport,
-) -> Result<()> {
+) -> Result<Option<u64>> {
     for (i, (id, path)) in replay.iter().enumerate() {
         let seg = SegmentBytes::open(path)?;
         let b = seg.bytes();
@@ -298,9 +302,9 @@ fn replay_segments(
         });
         drop(seg);
         cut(path, offset as u64, later)?;
-        return Ok(());
+        return Ok(Some(*id));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Replays one segment's records into the map.
