@@ -39,6 +39,10 @@ pub struct RecoveryReport {
     pub snapshot_entries: u64,
     /// Snapshots that could not be used, newest first, with the reason.
     pub rejected_snapshots: Vec<(PathBuf, String)>,
+    /// Where the rejected snapshots were moved (`snap-….snap.bad`), so
+    /// that no later open or compaction counts them as a generation. They
+    /// are kept for inspection and may be deleted.
+    pub set_aside: Vec<PathBuf>,
     /// Log segments read.
     pub segments: u64,
     /// Log records replayed.
@@ -71,6 +75,9 @@ impl fmt::Display for RecoveryReport {
         )?;
         for (p, why) in &self.rejected_snapshots {
             write!(f, "; skipped snapshot {}: {why}", p.display())?;
+        }
+        for p in &self.set_aside {
+            write!(f, "; kept damaged snapshot as {}", p.display())?;
         }
         for t in &self.truncations {
             let kind = if t.corruption {
@@ -137,6 +144,7 @@ pub(crate) fn recover(dir: &Path, map: &ShardedMap, mode: RecoveryMode) -> Resul
         .collect();
     check_contiguous(dir, replay_from, &replay, &listing)?;
     let cut_at = replay_segments(&replay, map, mode, &mut report)?;
+    set_aside_rejected(dir, &mut report)?;
     report.keys = map.len() as u64;
     report.elapsed = start.elapsed();
     // A truncation deletes the segments after the damaged one: the new log
@@ -201,6 +209,21 @@ fn load_snapshot(
         });
     }
     Ok((1, 0))
+}
+
+/// Once recovery has succeeded without them, moves the rejected snapshots
+/// out of the way: a later compaction must never keep one of them as the
+/// fallback generation instead of a good snapshot or the log.
+fn set_aside_rejected(dir: &Path, report: &mut RecoveryReport) -> Result<()> {
+    for (path, _) in &report.rejected_snapshots {
+        if std::fs::symlink_metadata(path).is_ok() {
+            report.set_aside.push(snapshot::set_aside(path)?);
+        }
+    }
+    if !report.set_aside.is_empty() {
+        crate::fsutil::sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 fn clear(map: &ShardedMap) {

@@ -30,6 +30,48 @@ pub(crate) fn parse_snapshot_name(name: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok())?
 }
 
+/// Where a snapshot found damaged is kept for the operator: its name with
+/// `.bad` appended, which no listing takes for a snapshot.
+pub(crate) fn bad_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".bad");
+    PathBuf::from(name)
+}
+
+/// Renames a damaged snapshot out of the way (see [`bad_path`]) so that it
+/// never again counts as a generation; returns its new path. The caller
+/// fsyncs the directory.
+pub(crate) fn set_aside(path: &Path) -> Result<PathBuf> {
+    let bad = bad_path(path);
+    std::fs::rename(path, &bad).ctx("set aside damaged snapshot", path)?;
+    Ok(bad)
+}
+
+/// Checks a snapshot's header and section checksums without loading it.
+pub(crate) fn verify(path: &Path) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("open: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("stat: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() < (FIXED + 8) as u64 {
+        return Err(format!(
+            "file is {} bytes, shorter than a snapshot header",
+            meta.len()
+        ));
+    }
+    // SAFETY: as in `load`.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("map: {e}"))?;
+    let (_, _, _, sections) = parse_header(&mmap)?;
+    for (i, sec) in sections.iter().enumerate() {
+        let bytes = &mmap[sec.offset..sec.offset + sec.len];
+        if xxhash_rust::xxh3::xxh3_64(bytes) != sec.checksum {
+            return Err(format!("section {i} checksum mismatch"));
+        }
+    }
+    Ok(())
+}
+
 /// What writing a snapshot produced.
 #[derive(Debug)]
 pub(crate) struct Written {

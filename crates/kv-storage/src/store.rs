@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::BinaryHeap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -710,14 +710,47 @@ impl Inner {
         let purge_before = now_micros().saturating_sub(grace);
         let written = snapshot::write(log.dir(), &self.map, id, purge_before)?;
         log.snapshot_written(written.bytes);
-        remove_obsolete(log.dir())?;
+        remove_obsolete(log.dir(), id)?;
         Ok(written)
     }
 }
 
-/// Keeps the two newest snapshots and the log segments the older of them
-/// needs (so that a damaged newest snapshot can fall back); deletes the rest.
-fn remove_obsolete(dir: &Path) -> Result<()> {
+/// Keeps the snapshot `newest` just written, a fallback for it and the log
+/// segments that fallback needs; deletes the rest. The fallback is the newest
+/// older snapshot that passes its checksums now: one found damaged is set
+/// aside (`.bad`) instead, and if none passes, every segment is kept. So
+/// that damage to any one snapshot file never leaves the store without a
+/// complete history.
+fn remove_obsolete(dir: &Path, newest: u64) -> Result<()> {
+    let (snaps, segs) = list_files(dir)?;
+    let mut changed = false;
+    let mut fallback = None;
+    for (id, path) in snaps.iter().rev().filter(|(id, _)| *id < newest) {
+        if snapshot::verify(path).is_ok() {
+            fallback = Some(*id);
+            break;
+        }
+        snapshot::set_aside(path)?;
+        changed = true;
+    }
+    if let Some(keep_from) = fallback {
+        let doomed = snaps.iter().chain(&segs).filter(|(id, _)| *id < keep_from);
+        for (_, path) in doomed {
+            std::fs::remove_file(path).ctx("remove obsolete file", path)?;
+            changed = true;
+        }
+    }
+    if changed {
+        fsutil::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Files of one kind with their ids, sorted by id.
+type IdFiles = Vec<(u64, PathBuf)>;
+
+/// Snapshot files and log segments in `dir`.
+fn list_files(dir: &Path) -> Result<(IdFiles, IdFiles)> {
     let mut snaps = Vec::new();
     let mut segs = Vec::new();
     for item in std::fs::read_dir(dir).ctx("read data directory", dir)? {
@@ -731,22 +764,8 @@ fn remove_obsolete(dir: &Path) -> Result<()> {
         }
     }
     snaps.sort();
-    if snaps.len() < 2 {
-        return Ok(());
-    }
-    let keep_from = snaps[snaps.len() - 2].0;
-    let doomed = snaps[..snaps.len() - 2]
-        .iter()
-        .chain(segs.iter().filter(|(id, _)| *id < keep_from));
-    let mut removed = false;
-    for (_, path) in doomed {
-        std::fs::remove_file(path).ctx("remove obsolete file", path)?;
-        removed = true;
-    }
-    if removed {
-        fsutil::sync_dir(dir)?;
-    }
-    Ok(())
+    segs.sort();
+    Ok((snaps, segs))
 }
 
 fn check_size(key: &[u8], value: Option<&[u8]>) -> Result<()> {
