@@ -47,6 +47,9 @@ pub struct RecoveryReport {
     pub segments: u64,
     /// Log records replayed.
     pub records_replayed: u64,
+    /// Bytes of the log records replayed (the log written since the
+    /// snapshot, which counts toward the next snapshot's trigger).
+    pub log_bytes_replayed: u64,
     /// Bytes of snapshot and log read.
     pub bytes_read: u64,
     /// Live keys after recovery.
@@ -350,6 +353,7 @@ fn replay_one(id: u64, b: &[u8], map: &ShardedMap, report: &mut RecoveryReport) 
             Ok((rec, n)) => {
                 apply(map, rec.key, rec.value, rec.version);
                 report.records_replayed += 1;
+                report.log_bytes_replayed += n as u64;
                 at += n;
             }
             Err(Invalid::Zeroed) if all_zero_or_invalid(&b[at..]) => return SegmentEnd::Clean,

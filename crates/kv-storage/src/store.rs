@@ -37,6 +37,8 @@ struct Background {
     shutdown: bool,
     snapshot_wanted: bool,
     snapshot_running: bool,
+    /// The snapshot thread is between taking a request and finishing it.
+    snapshot_loop_busy: bool,
     last_error: Option<String>,
     snapshots_taken: u64,
     last_snapshot_entries: u64,
@@ -51,6 +53,8 @@ struct Inner {
     tombstone_grace: Duration,
     bg: Mutex<Background>,
     bg_changed: Condvar,
+    /// Signalled when the snapshot thread finishes a snapshot.
+    bg_idle: Condvar,
     snapshot_lock: Mutex<()>,
     _lock: Option<DirLock>,
 }
@@ -124,10 +128,16 @@ impl Store {
             tombstone_grace: opts.tombstone_grace,
             bg: Mutex::new(Background::default()),
             bg_changed: Condvar::new(),
+            bg_idle: Condvar::new(),
             snapshot_lock: Mutex::new(()),
             _lock: lock,
         });
         let workers = start_workers(&inner, &opts);
+        // A log replayed past the trigger is compacted now, in the
+        // background, rather than after yet more writes.
+        if inner.log.as_ref().is_some_and(Log::snapshot_due_now) {
+            inner.request_snapshot();
+        }
         Ok(Store {
             inner,
             workers,
@@ -497,6 +507,16 @@ impl Store {
         }
     }
 
+    /// Blocks until no background snapshot is requested or running (for
+    /// tests that must see the files a snapshot leaves).
+    #[doc(hidden)]
+    pub fn wait_background_idle(&self) {
+        let mut bg = self.inner.bg.lock();
+        while !bg.shutdown && (bg.snapshot_wanted || bg.snapshot_loop_busy) {
+            self.inner.bg_idle.wait(&mut bg);
+        }
+    }
+
     /// Stops the background threads and flushes the log to stable storage.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
@@ -505,6 +525,7 @@ impl Store {
     fn shutdown(&mut self) -> Result<()> {
         self.inner.bg.lock().shutdown = true;
         self.inner.bg_changed.notify_all();
+        self.inner.bg_idle.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -552,6 +573,7 @@ fn open_dir(
         opts.segment_bytes,
         opts.snapshot_trigger,
         rec.snapshot_bytes,
+        (rec.report.records_replayed, rec.report.log_bytes_replayed),
     )?;
     Ok((log, lock, rec.report))
 }
@@ -679,12 +701,15 @@ impl Inner {
                 return;
             }
             bg.snapshot_wanted = false;
+            bg.snapshot_loop_busy = true;
             drop(bg);
             let result = self.snapshot();
             bg = self.bg.lock();
+            bg.snapshot_loop_busy = false;
             if let Err(e) = result {
                 bg.last_error = Some(format!("snapshot failed: {e}"));
             }
+            self.bg_idle.notify_all();
         }
     }
 

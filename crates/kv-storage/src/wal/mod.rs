@@ -68,12 +68,16 @@ pub(crate) struct Log {
 
 impl Log {
     /// Starts a fresh segment `id` in `dir` and appends from there.
+    /// `since_snapshot` is the records and bytes of log that recovery
+    /// replayed: they count toward the snapshot trigger, so that restarts do
+    /// not postpone compaction forever.
     pub(crate) fn create(
         dir: PathBuf,
         id: u64,
         segment_bytes: u64,
         trigger: SnapshotTrigger,
         last_snapshot_bytes: u64,
+        since_snapshot: (u64, u64),
     ) -> Result<Log> {
         let seg = Segment::create(&dir, id, segment_bytes)?;
         Ok(Log {
@@ -85,8 +89,8 @@ impl Log {
                 offset: SEGMENT_HEADER as u64,
                 pos: 0,
                 unsynced: Vec::new(),
-                ops_since_snapshot: 0,
-                bytes_since_snapshot: 0,
+                ops_since_snapshot: since_snapshot.0,
+                bytes_since_snapshot: since_snapshot.1,
                 last_snapshot_bytes,
                 poisoned: None,
             }),
@@ -116,6 +120,12 @@ impl Log {
             end: w.pos,
             snapshot_due: self.snapshot_due(&w),
         })
+    }
+
+    /// Whether the snapshot trigger has fired (for instance by the log
+    /// replayed at open).
+    pub(crate) fn snapshot_due_now(&self) -> bool {
+        self.snapshot_due(&self.writer.lock())
     }
 
     fn snapshot_due(&self, w: &Writer) -> bool {
