@@ -2,7 +2,11 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::testing::{PlantedBug, SimFs};
+use crate::vfs::{RealFs, SharedVfs};
 
 /// When a write is made durable. In every policy, a write that returned
 /// survives `kill -9` of the process: the log lives in a shared memory map of
@@ -92,6 +96,8 @@ pub enum RecoveryMode {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Options {
+    pub(crate) vfs: SharedVfs,
+    pub(crate) planted: Option<PlantedBug>,
     pub(crate) dir: Option<PathBuf>,
     pub(crate) durability: Durability,
     pub(crate) snapshot_trigger: SnapshotTrigger,
@@ -117,6 +123,8 @@ impl Options {
     /// A store with no files at all: nothing survives the process.
     pub fn in_memory() -> Self {
         Options {
+            vfs: Arc::new(RealFs),
+            planted: None,
             dir: None,
             durability: Durability::EverySec,
             snapshot_trigger: SnapshotTrigger::default(),
@@ -191,6 +199,20 @@ impl Options {
     /// true). With `false`, a missing directory is an error.
     pub fn create_if_missing(mut self, create: bool) -> Self {
         self.create = create;
+        self
+    }
+
+    /// Puts the store on a simulated file system (for crash tests).
+    #[doc(hidden)]
+    pub fn file_system(mut self, fs: &SimFs) -> Self {
+        self.vfs = Arc::new(fs.clone());
+        self
+    }
+
+    /// Plants a bug in the engine (for tests that must catch it).
+    #[doc(hidden)]
+    pub fn planted_bug(mut self, bug: PlantedBug) -> Self {
+        self.planted = Some(bug);
         self
     }
 

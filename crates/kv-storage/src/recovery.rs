@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::map::{hash_key, Entry, ShardedMap};
 use crate::options::RecoveryMode;
 use crate::snapshot;
+use crate::vfs::{self, FileBytes, Kind, Vfs};
 use crate::wal::record::{self, Invalid};
 use crate::wal::segment::{self, SEGMENT_HEADER};
 
@@ -114,40 +114,43 @@ struct DirListing {
 }
 
 /// Lists segment and snapshot files and removes leftover temporary files.
-fn list(dir: &Path) -> Result<DirListing> {
+fn list(vfs: &dyn Vfs, dir: &Path) -> Result<DirListing> {
     let mut l = DirListing {
         segments: BTreeMap::new(),
         snapshots: BTreeMap::new(),
     };
-    for item in std::fs::read_dir(dir).ctx("read data directory", dir)? {
-        let item = item.ctx("read data directory", dir)?;
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(id) = segment::parse_segment_name(name) {
-            l.segments.insert(id, item.path());
-        } else if let Some(id) = snapshot::parse_snapshot_name(name) {
-            l.snapshots.insert(id, item.path());
-        } else if name.starts_with("snap-") && name.ends_with(".tmp") && item.path().is_file() {
-            std::fs::remove_file(item.path()).ctx("remove temporary file", &item.path())?;
+    for (name, kind) in vfs.list(dir).ctx("read data directory", dir)? {
+        let path = dir.join(&name);
+        if let Some(id) = segment::parse_segment_name(&name) {
+            l.segments.insert(id, path);
+        } else if let Some(id) = snapshot::parse_snapshot_name(&name) {
+            l.snapshots.insert(id, path);
+        } else if name.starts_with("snap-") && name.ends_with(".tmp") && kind == Kind::File {
+            vfs.remove(&path).ctx("remove temporary file", &path)?;
         }
     }
     Ok(l)
 }
 
 /// Rebuilds `map` from the files in `dir`.
-pub(crate) fn recover(dir: &Path, map: &ShardedMap, mode: RecoveryMode) -> Result<Recovered> {
+pub(crate) fn recover(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    map: &ShardedMap,
+    mode: RecoveryMode,
+) -> Result<Recovered> {
     let start = Instant::now();
-    let listing = list(dir)?;
+    let listing = list(vfs, dir)?;
     let mut report = RecoveryReport::default();
-    let (replay_from, snapshot_bytes) = load_snapshot(dir, &listing, map, &mut report)?;
+    let (replay_from, snapshot_bytes) = load_snapshot(vfs, dir, &listing, map, &mut report)?;
     let replay: Vec<(u64, PathBuf)> = listing
         .segments
         .range(replay_from..)
         .map(|(id, p)| (*id, p.clone()))
         .collect();
     check_contiguous(dir, replay_from, &replay, &listing)?;
-    let cut_at = replay_segments(&replay, map, mode, &mut report)?;
-    set_aside_rejected(dir, &mut report)?;
+    let cut_at = replay_segments(vfs, &replay, map, mode, &mut report)?;
+    set_aside_rejected(vfs, dir, &mut report)?;
     report.keys = map.len() as u64;
     report.elapsed = start.elapsed();
     // A truncation deletes the segments after the damaged one: the new log
@@ -163,18 +166,14 @@ pub(crate) fn recover(dir: &Path, map: &ShardedMap, mode: RecoveryMode) -> Resul
 /// Loads the newest snapshot that is whole; returns the first segment to
 /// replay and the snapshot's size.
 fn load_snapshot(
+    vfs: &dyn Vfs,
     dir: &Path,
     l: &DirListing,
     map: &ShardedMap,
     report: &mut RecoveryReport,
 ) -> Result<(u64, u64)> {
     for path in l.snapshots.values().rev() {
-        let loaded = if path.is_file() {
-            snapshot::load(path, map)
-        } else {
-            Err("not a regular file".to_string())
-        };
-        match loaded {
+        match snapshot::load(vfs, path, map) {
             Ok(s) => {
                 report.snapshot = Some(s.path);
                 report.snapshot_entries = s.entries;
@@ -217,14 +216,14 @@ fn load_snapshot(
 /// Once recovery has succeeded without them, moves the rejected snapshots
 /// out of the way: a later compaction must never keep one of them as the
 /// fallback generation instead of a good snapshot or the log.
-fn set_aside_rejected(dir: &Path, report: &mut RecoveryReport) -> Result<()> {
+fn set_aside_rejected(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Result<()> {
     for (path, _) in &report.rejected_snapshots {
-        if std::fs::symlink_metadata(path).is_ok() {
-            report.set_aside.push(snapshot::set_aside(path)?);
+        if vfs.kind(path).is_ok() {
+            report.set_aside.push(snapshot::set_aside(vfs, path)?);
         }
     }
     if !report.set_aside.is_empty() {
-        crate::fsutil::sync_dir(dir)?;
+        vfs::sync_dir(vfs, dir)?;
     }
     Ok(())
 }
@@ -253,34 +252,9 @@ fn check_contiguous(
     Ok(())
 }
 
-/// A segment's bytes, read through a memory map.
-struct SegmentBytes {
-    map: Option<memmap2::Mmap>,
-}
-
-impl SegmentBytes {
-    fn open(path: &Path) -> Result<SegmentBytes> {
-        let file = File::open(path).ctx("open log segment", path)?;
-        let meta = file.metadata().ctx("open log segment", path)?;
-        if !meta.is_file() {
-            return Err(Error::Io {
-                op: "open log segment",
-                path: path.to_path_buf(),
-                source: std::io::Error::other("not a regular file"),
-            });
-        }
-        if meta.len() == 0 {
-            return Ok(SegmentBytes { map: None });
-        }
-        // SAFETY: nothing else writes the segment while recovery holds the
-        // directory lock.
-        let map = unsafe { memmap2::Mmap::map(&file) }.ctx("map log segment", path)?;
-        Ok(SegmentBytes { map: Some(map) })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
-    }
+/// A segment's bytes.
+fn read_segment(vfs: &dyn Vfs, path: &Path) -> Result<FileBytes> {
+    vfs.read(path).ctx("read log segment", path)
 }
 
 /// Where a segment's valid records end.
@@ -294,14 +268,15 @@ enum SegmentEnd {
 /// Replays the segments in order; returns the id of the segment cut at
 /// damage, if any (the segments after it are deleted).
 fn replay_segments(
+    vfs: &dyn Vfs,
     replay: &[(u64, PathBuf)],
     map: &ShardedMap,
     mode: RecoveryMode,
     report: &mut RecoveryReport,
 ) -> Result<Option<u64>> {
     for (i, (id, path)) in replay.iter().enumerate() {
-        let seg = SegmentBytes::open(path)?;
-        let b = seg.bytes();
+        let seg = read_segment(vfs, path)?;
+        let b: &[u8] = &seg;
         report.segments += 1;
         report.bytes_read += b.len() as u64;
         let end = replay_one(*id, b, map, report);
@@ -310,7 +285,7 @@ fn replay_segments(
         };
         let later = &replay[i + 1..];
         let valid_after = record::any_valid_record(&b[(offset + 1).min(b.len())..])
-            || later.iter().any(|(_, p)| segment_has_records(p));
+            || later.iter().any(|(_, p)| segment_has_records(vfs, p));
         if valid_after && mode == RecoveryMode::Strict {
             return Err(Error::CorruptLog {
                 file: path.clone(),
@@ -327,7 +302,7 @@ fn replay_segments(
             corruption: valid_after,
         });
         drop(seg);
-        cut(path, offset as u64, later)?;
+        cut(vfs, path, offset as u64, later)?;
         return Ok(Some(*id));
     }
     Ok(None)
@@ -378,26 +353,17 @@ fn apply(map: &ShardedMap, key: &[u8], value: Option<&[u8]>, v: crate::Version) 
     shard.insert_if_newer(h, Entry::new(key, value, v));
 }
 
-fn segment_has_records(path: &Path) -> bool {
-    SegmentBytes::open(path).is_ok_and(|s| {
-        let b = s.bytes();
-        b.len() > SEGMENT_HEADER && record::any_valid_record(&b[SEGMENT_HEADER..])
-    })
+fn segment_has_records(vfs: &dyn Vfs, path: &Path) -> bool {
+    read_segment(vfs, path)
+        .is_ok_and(|b| b.len() > SEGMENT_HEADER && record::any_valid_record(&b[SEGMENT_HEADER..]))
 }
 
 /// Cuts `path` at `offset` and deletes the segments after it.
-fn cut(path: &Path, offset: u64, later: &[(u64, PathBuf)]) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
+fn cut(vfs: &dyn Vfs, path: &Path, offset: u64, later: &[(u64, PathBuf)]) -> Result<()> {
+    vfs.truncate(path, offset)
         .ctx("truncate log segment", path)?;
-    f.set_len(offset).ctx("truncate log segment", path)?;
-    f.sync_all().ctx("fsync log segment", path)?;
     for (_, p) in later {
-        std::fs::remove_file(p).ctx("remove log segment", p)?;
+        vfs.remove(p).ctx("remove log segment", p)?;
     }
-    if let Some(dir) = path.parent() {
-        crate::fsutil::sync_dir(dir)?;
-    }
-    Ok(())
+    vfs::sync_dir(vfs, &vfs::parent(path))
 }

@@ -10,12 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, DirLock};
 use crate::map::{hash_key, Entry, Shard, ShardedMap, MAX_KEY};
 use crate::options::{Durability, Options};
 use crate::recovery::{self, RecoveryReport};
 use crate::snapshot;
+use crate::testing::PlantedBug;
 use crate::version::{Version, Versioned};
+use crate::vfs::{self, DirLock, Kind, NoDirSync, SharedVfs, Vfs};
 use crate::wal::record;
 use crate::wal::segment::parse_segment_name;
 use crate::wal::Log;
@@ -49,6 +50,7 @@ struct Inner {
     map: ShardedMap,
     log: Option<Log>,
     durability: Durability,
+    planted: Option<PlantedBug>,
     node_id: u32,
     tombstone_grace: Duration,
     bg: Mutex<Background>,
@@ -124,6 +126,7 @@ impl Store {
             map,
             log,
             durability: opts.durability,
+            planted: opts.planted,
             node_id: opts.node_id,
             tombstone_grace: opts.tombstone_grace,
             bg: Mutex::new(Background::default()),
@@ -507,6 +510,13 @@ impl Store {
         }
     }
 
+    /// Runs one round of the `everysec` flush now, as if its interval had
+    /// passed (for tests that control time).
+    #[doc(hidden)]
+    pub fn fsync_tick(&self) -> Result<()> {
+        self.inner.fsync_round()
+    }
+
     /// Blocks until no background snapshot is requested or running (for
     /// tests that must see the files a snapshot leaves).
     #[doc(hidden)]
@@ -554,20 +564,25 @@ fn open_dir(
     opts: &Options,
     map: &ShardedMap,
 ) -> Result<(Log, DirLock, RecoveryReport)> {
-    match std::fs::metadata(dir) {
-        Ok(m) if !m.is_dir() => return Err(Error::NotADirectory(dir.to_path_buf())),
-        Ok(_) => {}
+    let vfs: SharedVfs = match opts.planted {
+        Some(PlantedBug::SkipDirSync) => Arc::new(NoDirSync(opts.vfs.clone())),
+        _ => opts.vfs.clone(),
+    };
+    match vfs.kind(dir) {
+        Ok(Kind::Dir) => {}
+        Ok(Kind::File) => return Err(Error::NotADirectory(dir.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.create => {
-            std::fs::create_dir_all(dir).ctx("create data directory", dir)?;
+            vfs.create_dir_all(dir).ctx("create data directory", dir)?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fsutil::sync_dir(parent)?;
+                vfs::sync_dir(&*vfs, parent)?;
             }
         }
         Err(e) => return Err(e).ctx("open data directory", dir),
     }
-    let lock = fsutil::lock_dir(dir)?;
-    let rec = recovery::recover(dir, map, opts.recovery_mode)?;
+    let lock = vfs::lock_dir(&*vfs, dir)?;
+    let rec = recovery::recover(&*vfs, dir, map, opts.recovery_mode)?;
     let log = Log::create(
+        vfs,
         dir.to_path_buf(),
         rec.next_segment,
         opts.segment_bytes,
@@ -620,7 +635,8 @@ impl Inner {
         let durable_log = self
             .log
             .as_ref()
-            .filter(|_| self.durability == Durability::Always);
+            .filter(|_| self.durability == Durability::Always)
+            .filter(|_| self.planted != Some(PlantedBug::NoFsyncAlways));
         if let Some(log) = durable_log {
             log.writer_started();
         }
@@ -683,12 +699,20 @@ impl Inner {
                 break;
             }
             drop(bg);
-            let result = self.log.as_ref().map_or(Ok(()), Log::sync_now);
+            let result = self.fsync_round();
             bg = self.bg.lock();
             if let Err(e) = result {
                 bg.last_error = Some(e.to_string());
             }
         }
+    }
+
+    /// What the `everysec` thread does once per interval.
+    fn fsync_round(&self) -> Result<()> {
+        if self.planted == Some(PlantedBug::NoFsyncEverySec) {
+            return Ok(());
+        }
+        self.log.as_ref().map_or(Ok(()), Log::sync_now)
     }
 
     fn snapshot_loop(&self) {
@@ -733,9 +757,9 @@ impl Inner {
         let id = log.rotate_for_snapshot()?;
         let grace = self.tombstone_grace.as_micros() as u64;
         let purge_before = now_micros().saturating_sub(grace);
-        let written = snapshot::write(log.dir(), &self.map, id, purge_before)?;
+        let written = snapshot::write(log.vfs(), log.dir(), &self.map, id, purge_before)?;
         log.snapshot_written(written.bytes);
-        remove_obsolete(log.dir(), id)?;
+        remove_obsolete(log.vfs(), log.dir(), id)?;
         Ok(written)
     }
 }
@@ -746,27 +770,27 @@ impl Inner {
 /// aside (`.bad`) instead, and if none passes, every segment is kept. So
 /// that damage to any one snapshot file never leaves the store without a
 /// complete history.
-fn remove_obsolete(dir: &Path, newest: u64) -> Result<()> {
-    let (snaps, segs) = list_files(dir)?;
+fn remove_obsolete(vfs: &dyn Vfs, dir: &Path, newest: u64) -> Result<()> {
+    let (snaps, segs) = list_files(vfs, dir)?;
     let mut changed = false;
     let mut fallback = None;
     for (id, path) in snaps.iter().rev().filter(|(id, _)| *id < newest) {
-        if snapshot::verify(path).is_ok() {
+        if snapshot::verify(vfs, path).is_ok() {
             fallback = Some(*id);
             break;
         }
-        snapshot::set_aside(path)?;
+        snapshot::set_aside(vfs, path)?;
         changed = true;
     }
     if let Some(keep_from) = fallback {
         let doomed = snaps.iter().chain(&segs).filter(|(id, _)| *id < keep_from);
         for (_, path) in doomed {
-            std::fs::remove_file(path).ctx("remove obsolete file", path)?;
+            vfs.remove(path).ctx("remove obsolete file", path)?;
             changed = true;
         }
     }
     if changed {
-        fsutil::sync_dir(dir)?;
+        vfs::sync_dir(vfs, dir)?;
     }
     Ok(())
 }
@@ -775,17 +799,14 @@ fn remove_obsolete(dir: &Path, newest: u64) -> Result<()> {
 type IdFiles = Vec<(u64, PathBuf)>;
 
 /// Snapshot files and log segments in `dir`.
-fn list_files(dir: &Path) -> Result<(IdFiles, IdFiles)> {
+fn list_files(vfs: &dyn Vfs, dir: &Path) -> Result<(IdFiles, IdFiles)> {
     let mut snaps = Vec::new();
     let mut segs = Vec::new();
-    for item in std::fs::read_dir(dir).ctx("read data directory", dir)? {
-        let item = item.ctx("read data directory", dir)?;
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(id) = snapshot::parse_snapshot_name(name) {
-            snaps.push((id, item.path()));
-        } else if let Some(id) = parse_segment_name(name) {
-            segs.push((id, item.path()));
+    for (name, _) in vfs.list(dir).ctx("read data directory", dir)? {
+        if let Some(id) = snapshot::parse_snapshot_name(&name) {
+            snaps.push((id, dir.join(name)));
+        } else if let Some(id) = parse_segment_name(&name) {
+            segs.push((id, dir.join(name)));
         }
     }
     snaps.sort();

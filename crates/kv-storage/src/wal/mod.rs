@@ -19,6 +19,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::options::SnapshotTrigger;
+use crate::vfs::{SharedVfs, Vfs};
 use segment::{Segment, SEGMENT_HEADER};
 
 /// What an append tells its caller.
@@ -55,6 +56,7 @@ struct SyncState {
 
 /// The open log of a store.
 pub(crate) struct Log {
+    vfs: SharedVfs,
     dir: PathBuf,
     segment_bytes: u64,
     trigger: SnapshotTrigger,
@@ -72,6 +74,7 @@ impl Log {
     /// replayed: they count toward the snapshot trigger, so that restarts do
     /// not postpone compaction forever.
     pub(crate) fn create(
+        vfs: SharedVfs,
         dir: PathBuf,
         id: u64,
         segment_bytes: u64,
@@ -79,8 +82,9 @@ impl Log {
         last_snapshot_bytes: u64,
         since_snapshot: (u64, u64),
     ) -> Result<Log> {
-        let seg = Segment::create(&dir, id, segment_bytes)?;
+        let seg = Segment::create(&*vfs, &dir, id, segment_bytes)?;
         Ok(Log {
+            vfs,
             dir,
             segment_bytes,
             trigger,
@@ -142,7 +146,7 @@ impl Log {
 
     fn rotate_locked(&self, w: &mut Writer, need: u64) -> Result<()> {
         let capacity = self.segment_bytes.max(SEGMENT_HEADER as u64 + need);
-        let seg = Segment::create(&self.dir, w.seg.id + 1, capacity)?;
+        let seg = Segment::create(&*self.vfs, &self.dir, w.seg.id + 1, capacity)?;
         let old = std::mem::replace(&mut w.seg, Arc::new(seg));
         w.unsynced.push((old, w.offset));
         w.offset = SEGMENT_HEADER as u64;
@@ -296,6 +300,11 @@ impl Log {
     /// The data directory.
     pub(crate) fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+
+    /// The file system the log lives on.
+    pub(crate) fn vfs(&self) -> &dyn Vfs {
+        &*self.vfs
     }
 }
 

@@ -1,13 +1,10 @@
-//! Segment files: naming, the 32-byte header, and the writable memory map.
+//! Segment files: naming, the 32-byte header, and the file written in place.
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memmap2::{MmapOptions, MmapRaw};
-
 use crate::error::{IoContext, Result};
-use crate::fsutil;
+use crate::vfs::{self, LogFile, Vfs};
 use crate::wal::record::u64_at;
 
 /// Size of the segment header.
@@ -61,14 +58,12 @@ pub(crate) fn check_header(b: &[u8]) -> Result<u64, String> {
     Ok(u64_at(b, 16))
 }
 
-/// A segment open for appending, mapped into memory at its full capacity.
-/// The file itself is allocated in growing steps; bytes are only ever written
-/// below the allocated length.
+/// A segment open for appending. The file is allocated in growing steps up
+/// to its capacity; bytes are only ever written below the allocated length.
 pub(crate) struct Segment {
     pub(crate) id: u64,
     pub(crate) path: PathBuf,
-    file: File,
-    map: MmapRaw,
+    file: Box<dyn LogFile>,
     capacity: u64,
     allocated: AtomicU64,
     /// Bytes of this segment known to be on stable storage.
@@ -78,35 +73,26 @@ pub(crate) struct Segment {
 impl Segment {
     /// Creates segment `id` in `dir` with room for `capacity` bytes, writes
     /// its header and makes the new file durable (file and directory fsync).
-    pub(crate) fn create(dir: &Path, id: u64, capacity: u64) -> Result<Segment> {
+    pub(crate) fn create(vfs: &dyn Vfs, dir: &Path, id: u64, capacity: u64) -> Result<Segment> {
         let path = dir.join(segment_name(id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .ctx("create log segment", &path)?;
         let capacity = capacity.max(FIRST_ALLOCATION);
+        let file = vfs
+            .create_log(&path, capacity)
+            .ctx("create log segment", &path)?;
         let allocated = FIRST_ALLOCATION.min(capacity);
-        fsutil::allocate(&file, allocated).ctx("allocate log segment", &path)?;
-        // SAFETY: the mapping is private to this process's writer; we only
-        // touch bytes below `allocated`, which the file holds.
-        let map = MmapOptions::new()
-            .len(capacity as usize)
-            .map_raw(&file)
-            .ctx("map log segment", &path)?;
+        file.allocate(allocated)
+            .ctx("allocate log segment", &path)?;
         let seg = Segment {
             id,
             path,
             file,
-            map,
             capacity,
             allocated: AtomicU64::new(allocated),
             synced: AtomicU64::new(0),
         };
         seg.write_at(0, &header_bytes(id));
         seg.file.sync_all().ctx("fsync log segment", &seg.path)?;
-        fsutil::sync_dir(dir)?;
+        vfs::sync_dir(vfs, dir)?;
         Ok(seg)
     }
 
@@ -123,7 +109,9 @@ impl Segment {
             return Ok(());
         }
         let target = end.max(allocated * 2).min(self.capacity);
-        fsutil::allocate(&self.file, target).ctx("grow log segment", &self.path)?;
+        self.file
+            .allocate(target)
+            .ctx("grow log segment", &self.path)?;
         self.allocated.store(target, Ordering::Release);
         Ok(())
     }
@@ -132,48 +120,17 @@ impl Segment {
     /// the space and is the only writer (it holds the log's lock).
     pub(crate) fn write_at(&self, offset: u64, bytes: &[u8]) {
         assert!(offset + bytes.len() as u64 <= self.allocated.load(Ordering::Acquire));
-        // SAFETY: the range lies inside the mapping and inside the file, and
-        // the single writer holds the log lock while writing; readers of the
-        // mapping (msync) do not read the bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.map.as_mut_ptr().add(offset as usize),
-                bytes.len(),
-            );
-        }
+        self.file.write_at(offset, bytes);
     }
 
-    /// Flushes bytes `from..to` of the mapping to stable storage, then
-    /// releases the whole pages below `to` from this process's mapping: they
-    /// are never written again, recovery reads the file, and the page cache
-    /// keeps them anyway, so the log does not inflate the process's RSS.
+    /// Makes bytes `from..to` durable.
     pub(crate) fn sync_range(&self, from: u64, to: u64) -> Result<()> {
         if to > from {
-            self.map
-                .flush_range(from as usize, (to - from) as usize)
+            self.file
+                .sync_range(from, to)
                 .ctx("fsync log segment", &self.path)?;
-            self.release(from, to);
         }
         let _ = self.synced.fetch_max(to, Ordering::AcqRel);
         Ok(())
-    }
-
-    fn release(&self, from: u64, to: u64) {
-        const PAGE: u64 = 4096;
-        let start = from / PAGE * PAGE;
-        let end = to / PAGE * PAGE;
-        if end > start {
-            // SAFETY: a shared file mapping: dropping its pages loses nothing
-            // (they are synced and stay in the page cache), and no writer
-            // touches bytes below `to`, which are all written already.
-            let _ = unsafe {
-                self.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start as usize,
-                    (end - start) as usize,
-                )
-            };
-        }
     }
 }
