@@ -409,7 +409,10 @@ impl Store {
 
     /// Applies a replicated write if `version` is newer than the key's
     /// current version (tombstones included). `value` `None` writes a
-    /// tombstone. Returns whether the write was applied.
+    /// tombstone. Returns whether the write was applied. Under
+    /// [`Durability::Always`] either answer is given only once the version
+    /// the key then holds is durable, so `Ok(false)` ("a newer version is
+    /// here") is as safe to report as `Ok(true)`.
     pub fn apply(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
         let written = self.inner.write(key, value, |_, cur| {
             let newer = cur.is_none_or(|c| c.version < version);
@@ -642,8 +645,11 @@ impl Inner {
         }
         let result = self.write_logged(key, value, pick);
         if let Some(log) = durable_log {
+            // A write that found the key already holding a version answers
+            // from that version, so it waits for that version's durability
+            // as a write waits for its own.
             match &result {
-                Ok((Some(_), end)) => log.wait_durable(*end)?,
+                Ok((_, end)) if *end > 0 => log.wait_durable(*end)?,
                 _ => log.writer_gave_up(),
             }
         }
@@ -651,7 +657,9 @@ impl Inner {
     }
 
     /// Checks, logs and applies one write under its shard lock; returns the
-    /// version written (if any) and the log position to wait for.
+    /// version written (if any) and the log position to wait for: the end
+    /// of the new record, or, when nothing is written but the key holds a
+    /// version, the end of the log (which covers that version's record).
     fn write_logged(
         &self,
         key: &[u8],
@@ -665,7 +673,11 @@ impl Inner {
             live: !e.is_tombstone(),
         });
         let Some(version) = pick(&mut shard, cur) else {
-            return Ok((None, 0));
+            let held = match (&self.log, cur) {
+                (Some(log), Some(_)) => log.position(),
+                _ => 0,
+            };
+            return Ok((None, held));
         };
         let appended = match &self.log {
             Some(log) => Some(append(log, key, value, version)?),
