@@ -73,27 +73,45 @@ pub(crate) struct Segment {
 impl Segment {
     /// Creates segment `id` in `dir` with room for `capacity` bytes, writes
     /// its header and makes the new file durable (file and directory fsync).
+    /// If any step fails the file is removed again, so that a later attempt
+    /// (once the disk has room, say) can create it afresh.
     pub(crate) fn create(vfs: &dyn Vfs, dir: &Path, id: u64, capacity: u64) -> Result<Segment> {
         let path = dir.join(segment_name(id));
         let capacity = capacity.max(FIRST_ALLOCATION);
         let file = vfs
             .create_log(&path, capacity)
             .ctx("create log segment", &path)?;
-        let allocated = FIRST_ALLOCATION.min(capacity);
-        file.allocate(allocated)
-            .ctx("allocate log segment", &path)?;
         let seg = Segment {
             id,
             path,
             file,
             capacity,
-            allocated: AtomicU64::new(allocated),
+            allocated: AtomicU64::new(0),
             synced: AtomicU64::new(0),
         };
-        seg.write_at(0, &header_bytes(id));
-        seg.file.sync_all().ctx("fsync log segment", &seg.path)?;
-        vfs::sync_dir(vfs, dir)?;
-        Ok(seg)
+        match seg.initialize(vfs, dir) {
+            Ok(()) => Ok(seg),
+            Err(e) => {
+                // Best effort: if even this fails, recovery treats a file
+                // with no valid header and nothing after it as empty.
+                let _ = vfs.remove(&seg.path);
+                let _ = vfs.sync_dir(dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Allocates the first step, writes the header, and syncs the file and
+    /// the directory.
+    fn initialize(&self, vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+        let first = FIRST_ALLOCATION.min(self.capacity);
+        self.file
+            .allocate(first)
+            .ctx("allocate log segment", &self.path)?;
+        self.allocated.store(first, Ordering::Release);
+        self.write_at(0, &header_bytes(self.id));
+        self.file.sync_all().ctx("fsync log segment", &self.path)?;
+        vfs::sync_dir(vfs, dir)
     }
 
     /// Whether `len` more bytes fit after `offset`.
