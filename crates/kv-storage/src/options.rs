@@ -72,8 +72,11 @@ impl Default for SnapshotTrigger {
 }
 
 /// What recovery does when it meets a damaged log record that is followed by
-/// valid ones (damage at the very end of the log is always a torn write and
-/// is truncated silently, since no acknowledged write can lie beyond it).
+/// valid ones in the part of the log known to have been synced. Damage at
+/// the very end of the log, or beyond the last synced position (where a
+/// power cut can leave holes in what was written), is a torn tail and is
+/// truncated and reported, since no write acknowledged as durable lies
+/// beyond it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecoveryMode {
     /// Refuse to open, with [`Error::CorruptLog`](crate::Error::CorruptLog)

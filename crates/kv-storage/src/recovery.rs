@@ -11,7 +11,7 @@ use crate::options::RecoveryMode;
 use crate::snapshot;
 use crate::vfs::{self, FileBytes, Kind, Vfs};
 use crate::wal::record::{self, Invalid};
-use crate::wal::segment::{self, SEGMENT_HEADER};
+use crate::wal::segment;
 
 /// A part of the log that recovery cut off.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,9 +24,11 @@ pub struct Truncation {
     pub bytes_dropped: u64,
     /// What was wrong at `offset`.
     pub reason: String,
-    /// `false` for a torn tail (nothing valid followed: a write cut short by
-    /// a crash), `true` for damage followed by valid records, dropped because
-    /// [`RecoveryMode::TruncateAtCorruption`] was chosen.
+    /// `false` for a torn tail: nothing valid followed (a write cut short by
+    /// a crash), or the damage lay beyond the last position the log had
+    /// synced (a power cut may leave unsynced bytes with holes in them).
+    /// `true` for damage in synced data followed by valid records, dropped
+    /// because [`RecoveryMode::TruncateAtCorruption`] was chosen.
     pub corruption: bool,
 }
 
@@ -286,7 +288,10 @@ fn replay_segments(
         let later = &replay[i + 1..];
         let valid_after = record::any_valid_record(&b[(offset + 1).min(b.len())..])
             || later.iter().any(|(_, p)| segment_has_records(vfs, p));
-        if valid_after && mode == RecoveryMode::Strict {
+        let synced = synced_mark(vfs, b, later);
+        let unsynced = format_2(b) && (*id, offset as u64) >= synced;
+        let corruption = valid_after && !unsynced;
+        if corruption && mode == RecoveryMode::Strict {
             return Err(Error::CorruptLog {
                 file: path.clone(),
                 offset: offset as u64,
@@ -294,12 +299,21 @@ fn replay_segments(
                 records_before: report.records_replayed,
             });
         }
+        let reason = if valid_after && unsynced {
+            format!(
+                "{reason}; the log was synced only up to offset {} of segment {}, so this \
+                 is the torn end of unsynced writes",
+                synced.1, synced.0
+            )
+        } else {
+            reason
+        };
         report.truncations.push(Truncation {
             file: path.clone(),
             offset: offset as u64,
             bytes_dropped: (b.len() - offset) as u64,
             reason,
-            corruption: valid_after,
+            corruption,
         });
         drop(seg);
         cut(vfs, path, offset as u64, later)?;
@@ -310,19 +324,18 @@ fn replay_segments(
 
 /// Replays one segment's records into the map.
 fn replay_one(id: u64, b: &[u8], map: &ShardedMap, report: &mut RecoveryReport) -> SegmentEnd {
-    match segment::check_header(b) {
-        Ok(found) if found == id => {}
-        Ok(found) => {
+    let mut at = match segment::check_header(b) {
+        Ok(h) if h.id == id => h.records_start,
+        Ok(h) => {
             return SegmentEnd::Damaged {
                 offset: 0,
-                reason: format!("segment header names segment {found}, file name says {id}"),
+                reason: format!("segment header names segment {}, file name says {id}", h.id),
             }
         }
         // A crash while creating the segment leaves a short or zeroed header.
         Err(_) if b.iter().all(|&x| x == 0) => return SegmentEnd::Clean,
         Err(reason) => return SegmentEnd::Damaged { offset: 0, reason },
-    }
-    let mut at = SEGMENT_HEADER;
+    };
     while at < b.len() {
         match record::decode(&b[at..]) {
             Ok((rec, n)) => {
@@ -354,8 +367,26 @@ fn apply(map: &ShardedMap, key: &[u8], value: Option<&[u8]>, v: crate::Version) 
 }
 
 fn segment_has_records(vfs: &dyn Vfs, path: &Path) -> bool {
-    read_segment(vfs, path)
-        .is_ok_and(|b| b.len() > SEGMENT_HEADER && record::any_valid_record(&b[SEGMENT_HEADER..]))
+    read_segment(vfs, path).is_ok_and(|b| {
+        let start = segment::records_start(&b);
+        b.len() > start && record::any_valid_record(&b[start..])
+    })
+}
+
+/// Whether `b` is a segment of format 2 or later (one that carries a
+/// synced mark).
+fn format_2(b: &[u8]) -> bool {
+    segment::check_header(b).is_ok_and(|h| h.records_start == segment::SEGMENT_HEADER)
+}
+
+/// The newest synced mark in segment `b` and the `later` ones: the log was
+/// durable up to that segment and offset. `(0, 0)` if there is none.
+fn synced_mark(vfs: &dyn Vfs, b: &[u8], later: &[(u64, PathBuf)]) -> (u64, u64) {
+    let mark = |b: &[u8]| segment::check_header(b).ok().and_then(|h| h.synced);
+    let later = later
+        .iter()
+        .filter_map(|(_, p)| read_segment(vfs, p).ok().and_then(|b| mark(&b)));
+    mark(b).into_iter().chain(later).max().unwrap_or((0, 0))
 }
 
 /// Cuts `path` at `offset` and deletes the segments after it.

@@ -277,6 +277,9 @@ impl Log {
             .iter()
             .try_for_each(|(s, end)| s.sync_range(synced_of(s), *end))
             .and_then(|()| seg.sync_range(synced_of(&seg), offset));
+        if result.is_ok() {
+            seg.write_synced_mark(offset);
+        }
         if let Err(e) = &result {
             // After a failed fsync the kernel may have dropped the dirty
             // pages: we can no longer say what is on disk.

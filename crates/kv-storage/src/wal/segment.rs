@@ -1,4 +1,5 @@
-//! Segment files: naming, the 32-byte header, and the file written in place.
+//! Segment files: naming, the 64-byte header with its synced mark, and the
+//! file written in place.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,10 +8,15 @@ use crate::error::{IoContext, Result};
 use crate::vfs::{self, LogFile, Vfs};
 use crate::wal::record::u64_at;
 
-/// Size of the segment header.
-pub(crate) const SEGMENT_HEADER: usize = 32;
+/// Size of the header of the segments this build writes (format 2).
+pub(crate) const SEGMENT_HEADER: usize = 64;
+/// Size of a format-1 segment's header (no synced mark).
+const HEADER_V1: usize = 32;
 const MAGIC: &[u8; 8] = b"KVWALSEG";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// Where format 2 keeps the synced mark: segment id, offset, checksum.
+const MARK: usize = 32;
+const MARK_LEN: usize = 24;
 /// First allocation of a new segment file; it doubles as it fills.
 const FIRST_ALLOCATION: u64 = 64 << 10;
 
@@ -25,7 +31,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok())?
 }
 
-/// The header bytes of segment `id`.
+/// The header bytes of segment `id` (the synced mark left empty).
 pub(crate) fn header_bytes(id: u64) -> [u8; SEGMENT_HEADER] {
     let mut h = [0u8; SEGMENT_HEADER];
     h[..8].copy_from_slice(MAGIC);
@@ -36,9 +42,20 @@ pub(crate) fn header_bytes(id: u64) -> [u8; SEGMENT_HEADER] {
     h
 }
 
-/// Checks a segment header; returns the id it names or why it is bad.
-pub(crate) fn check_header(b: &[u8]) -> Result<u64, String> {
-    if b.len() < SEGMENT_HEADER {
+/// A segment header that passed its checks.
+pub(crate) struct Header {
+    /// The segment id it names.
+    pub(crate) id: u64,
+    /// Where the records start.
+    pub(crate) records_start: usize,
+    /// The synced mark (format 2): the log was durable up to this segment
+    /// and offset when the mark was written.
+    pub(crate) synced: Option<(u64, u64)>,
+}
+
+/// Checks a segment header; returns what it says or why it is bad.
+pub(crate) fn check_header(b: &[u8]) -> Result<Header, String> {
+    if b.len() < HEADER_V1 {
         return Err(format!("segment header cut short ({} bytes)", b.len()));
     }
     if &b[..8] != MAGIC {
@@ -49,13 +66,46 @@ pub(crate) fn check_header(b: &[u8]) -> Result<u64, String> {
     }
     let mut f = [0; 4];
     f.copy_from_slice(&b[8..12]);
-    let format = u32::from_le_bytes(f);
-    if format != FORMAT {
-        return Err(format!(
-            "segment format {format} is not supported (this build reads format {FORMAT})"
-        ));
+    let id = u64_at(b, 16);
+    match u32::from_le_bytes(f) {
+        1 => Ok(Header {
+            id,
+            records_start: HEADER_V1,
+            synced: None,
+        }),
+        2 if b.len() < SEGMENT_HEADER => {
+            Err(format!("segment header cut short ({} bytes)", b.len()))
+        }
+        2 => Ok(Header {
+            id,
+            records_start: SEGMENT_HEADER,
+            synced: read_mark(&b[MARK..MARK + MARK_LEN]),
+        }),
+        format => Err(format!(
+            "segment format {format} is not supported (this build reads formats 1 and {FORMAT})"
+        )),
     }
-    Ok(u64_at(b, 16))
+}
+
+/// Where the records of a segment start, judging by its format field.
+pub(crate) fn records_start(b: &[u8]) -> usize {
+    match b.get(8..12) {
+        Some([1, 0, 0, 0]) => HEADER_V1,
+        _ => SEGMENT_HEADER,
+    }
+}
+
+fn mark_bytes(id: u64, offset: u64) -> [u8; MARK_LEN] {
+    let mut m = [0u8; MARK_LEN];
+    m[..8].copy_from_slice(&id.to_le_bytes());
+    m[8..16].copy_from_slice(&offset.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&m[..16]);
+    m[16..].copy_from_slice(&sum.to_le_bytes());
+    m
+}
+
+fn read_mark(m: &[u8]) -> Option<(u64, u64)> {
+    (xxhash_rust::xxh3::xxh3_64(&m[..16]) == u64_at(m, 16)).then(|| (u64_at(m, 0), u64_at(m, 8)))
 }
 
 /// A segment open for appending. The file is allocated in growing steps up
@@ -114,6 +164,16 @@ impl Segment {
         vfs::sync_dir(vfs, dir)
     }
 
+    /// Records in the header that the log is durable up to `offset` of this
+    /// segment. Called after a flush that covered it; the mark itself
+    /// becomes durable with the next flush (until then an older mark, or
+    /// none, understates what is durable, which is safe). Only the flush
+    /// leader calls this, and appends never touch the header.
+    pub(crate) fn write_synced_mark(&self, offset: u64) {
+        self.file
+            .write_at(MARK as u64, &mark_bytes(self.id, offset));
+    }
+
     /// Whether `len` more bytes fit after `offset`.
     pub(crate) fn fits(&self, offset: u64, len: u64) -> bool {
         offset + len <= self.capacity
@@ -141,11 +201,12 @@ impl Segment {
         self.file.write_at(offset, bytes);
     }
 
-    /// Makes bytes `from..to` durable.
+    /// Makes bytes `from..to` durable, and the header with them (so that
+    /// the synced mark written after the previous flush becomes durable).
     pub(crate) fn sync_range(&self, from: u64, to: u64) -> Result<()> {
         if to > from {
             self.file
-                .sync_range(from, to)
+                .sync_range(0, to)
                 .ctx("fsync log segment", &self.path)?;
         }
         let _ = self.synced.fetch_max(to, Ordering::AcqRel);
