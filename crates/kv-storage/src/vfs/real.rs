@@ -56,8 +56,15 @@ impl Vfs for RealFs {
             .write(true)
             .create_new(true)
             .open(path)?;
-        let map = MmapOptions::new().len(capacity as usize).map_raw(&file)?;
-        Ok(Box::new(MappedLog { file, map }))
+        match MmapOptions::new().len(capacity as usize).map_raw(&file) {
+            Ok(map) => Ok(Box::new(MappedLog { file, map })),
+            Err(e) => {
+                // Leave no file behind, so that a later attempt can create
+                // it (see `Segment::create`).
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {

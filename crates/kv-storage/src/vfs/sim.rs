@@ -500,3 +500,97 @@ impl WriteFile for SimLog {
         self.sync(0, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (SimFs, PathBuf) {
+        let fs = SimFs::new();
+        let dir = PathBuf::from("/d");
+        fs.create_dir_all(&dir).expect("mkdir");
+        (fs, dir)
+    }
+
+    #[test]
+    fn unsynced_bytes_are_lost_and_synced_ones_kept() {
+        let (fs, dir) = setup();
+        let f = fs.create_log(&dir.join("a"), 4096).expect("create");
+        f.allocate(2048).expect("allocate");
+        f.write_at(0, &[1; 1024]);
+        f.sync_range(0, 1024).expect("sync");
+        fs.sync_dir(&dir).expect("sync dir");
+        f.write_at(1024, &[2; 1024]);
+        let after = fs.crash(&Crash::DropUnsynced);
+        let b = after.contents(&dir.join("a")).expect("file survives");
+        assert_eq!(&b[..1024], &[1; 1024][..]);
+        assert!(b[1024..].iter().all(|&x| x == 0));
+        assert_eq!(fs.unsynced_range(&dir.join("a")), Some((1024, 2048)));
+    }
+
+    #[test]
+    fn names_need_a_directory_sync() {
+        let (fs, dir) = setup();
+        let mut f = fs.create(&dir.join("tmp")).expect("create");
+        f.write_all_at(0, b"x").expect("write");
+        WriteFile::sync_all(&mut *f).expect("sync");
+        let lost = fs.crash(&Crash::DropUnsynced);
+        assert_eq!(lost.file_names(&dir), Vec::<String>::new());
+        fs.sync_dir(&dir).expect("sync dir");
+        fs.rename(&dir.join("tmp"), &dir.join("final"))
+            .expect("rename");
+        // The rename is undone by a power cut until the directory is synced.
+        assert_eq!(fs.crash(&Crash::DropUnsynced).file_names(&dir), ["tmp"]);
+        fs.sync_dir(&dir).expect("sync dir");
+        let kept = fs.crash(&Crash::DropUnsynced);
+        assert_eq!(kept.file_names(&dir), ["final"]);
+        assert_eq!(
+            kept.contents(&dir.join("final")).as_deref(),
+            Some(&b"x"[..])
+        );
+    }
+
+    #[test]
+    fn torn_images_mix_whole_sectors() {
+        let (fs, dir) = setup();
+        let f = fs.create_log(&dir.join("a"), 1 << 16).expect("create");
+        f.allocate(8 * SECTOR as u64).expect("allocate");
+        f.sync_all().expect("sync");
+        fs.sync_dir(&dir).expect("sync dir");
+        f.write_at(0, &[9; 8 * SECTOR]);
+        let mut seen_old = false;
+        let mut seen_new = false;
+        for seed in 0..32 {
+            let b = fs
+                .crash(&Crash::Torn(seed))
+                .contents(&dir.join("a"))
+                .expect("file");
+            for sector in b.chunks(SECTOR) {
+                assert!(sector.iter().all(|&x| x == sector[0]), "a sector was split");
+                seen_old |= sector[0] == 0;
+                seen_new |= sector[0] == 9;
+            }
+        }
+        assert!(seen_old && seen_new);
+    }
+
+    #[test]
+    fn faults_fail_the_calls_they_name() {
+        let (fs, dir) = setup();
+        let f = fs.create_log(&dir.join("a"), 4096).expect("create");
+        fs.set_no_space(true);
+        let e = f.allocate(4096).expect_err("no space");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        fs.set_no_space(false);
+        f.allocate(4096).expect("space again");
+        fs.set_fail_sync(true);
+        assert_eq!(
+            f.sync_all().expect_err("eio").raw_os_error(),
+            Some(libc::EIO)
+        );
+        assert!(
+            fs.create_log(&dir.join("a"), 4096).is_err(),
+            "create_new of an existing file"
+        );
+    }
+}
