@@ -44,13 +44,15 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod error;
-mod fsutil;
 mod map;
 mod options;
 mod recovery;
 mod snapshot;
 mod store;
+#[doc(hidden)]
+pub mod testing;
 mod version;
+mod vfs;
 mod wal;
 
 pub use error::{Error, Result};

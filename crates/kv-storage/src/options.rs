@@ -2,7 +2,11 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::testing::{PlantedBug, SimFs};
+use crate::vfs::{RealFs, SharedVfs};
 
 /// When a write is made durable. In every policy, a write that returned
 /// survives `kill -9` of the process: the log lives in a shared memory map of
@@ -68,8 +72,11 @@ impl Default for SnapshotTrigger {
 }
 
 /// What recovery does when it meets a damaged log record that is followed by
-/// valid ones (damage at the very end of the log is always a torn write and
-/// is truncated silently, since no acknowledged write can lie beyond it).
+/// valid ones in the part of the log known to have been synced. Damage at
+/// the very end of the log, or beyond the last synced position (where a
+/// power cut can leave holes in what was written), is a torn tail and is
+/// truncated and reported, since no write acknowledged as durable lies
+/// beyond it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecoveryMode {
     /// Refuse to open, with [`Error::CorruptLog`](crate::Error::CorruptLog)
@@ -92,6 +99,8 @@ pub enum RecoveryMode {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Options {
+    pub(crate) vfs: SharedVfs,
+    pub(crate) planted: Option<PlantedBug>,
     pub(crate) dir: Option<PathBuf>,
     pub(crate) durability: Durability,
     pub(crate) snapshot_trigger: SnapshotTrigger,
@@ -117,6 +126,8 @@ impl Options {
     /// A store with no files at all: nothing survives the process.
     pub fn in_memory() -> Self {
         Options {
+            vfs: Arc::new(RealFs),
+            planted: None,
             dir: None,
             durability: Durability::EverySec,
             snapshot_trigger: SnapshotTrigger::default(),
@@ -191,6 +202,20 @@ impl Options {
     /// true). With `false`, a missing directory is an error.
     pub fn create_if_missing(mut self, create: bool) -> Self {
         self.create = create;
+        self
+    }
+
+    /// Puts the store on a simulated file system (for crash tests).
+    #[doc(hidden)]
+    pub fn file_system(mut self, fs: &SimFs) -> Self {
+        self.vfs = Arc::new(fs.clone());
+        self
+    }
+
+    /// Plants a bug in the engine (for tests that must catch it).
+    #[doc(hidden)]
+    pub fn planted_bug(mut self, bug: PlantedBug) -> Self {
+        self.planted = Some(bug);
         self
     }
 

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,8 +9,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::map::{hash_key, Entry, ShardedMap};
 use crate::options::RecoveryMode;
 use crate::snapshot;
+use crate::vfs::{self, FileBytes, Kind, Vfs};
 use crate::wal::record::{self, Invalid};
-use crate::wal::segment::{self, SEGMENT_HEADER};
+use crate::wal::segment;
 
 /// A part of the log that recovery cut off.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,9 +24,11 @@ pub struct Truncation {
     pub bytes_dropped: u64,
     /// What was wrong at `offset`.
     pub reason: String,
-    /// `false` for a torn tail (nothing valid followed: a write cut short by
-    /// a crash), `true` for damage followed by valid records, dropped because
-    /// [`RecoveryMode::TruncateAtCorruption`] was chosen.
+    /// `false` for a torn tail: nothing valid followed (a write cut short by
+    /// a crash), or the damage lay beyond the last position the log had
+    /// synced (a power cut may leave unsynced bytes with holes in them).
+    /// `true` for damage in synced data followed by valid records, dropped
+    /// because [`RecoveryMode::TruncateAtCorruption`] was chosen.
     pub corruption: bool,
 }
 
@@ -39,10 +41,17 @@ pub struct RecoveryReport {
     pub snapshot_entries: u64,
     /// Snapshots that could not be used, newest first, with the reason.
     pub rejected_snapshots: Vec<(PathBuf, String)>,
+    /// Where the rejected snapshots were moved (`snap-….snap.bad`), so
+    /// that no later open or compaction counts them as a generation. They
+    /// are kept for inspection and may be deleted.
+    pub set_aside: Vec<PathBuf>,
     /// Log segments read.
     pub segments: u64,
     /// Log records replayed.
     pub records_replayed: u64,
+    /// Bytes of the log records replayed (the log written since the
+    /// snapshot, which counts toward the next snapshot's trigger).
+    pub log_bytes_replayed: u64,
     /// Bytes of snapshot and log read.
     pub bytes_read: u64,
     /// Live keys after recovery.
@@ -71,6 +80,9 @@ impl fmt::Display for RecoveryReport {
         )?;
         for (p, why) in &self.rejected_snapshots {
             write!(f, "; skipped snapshot {}: {why}", p.display())?;
+        }
+        for p in &self.set_aside {
+            write!(f, "; kept damaged snapshot as {}", p.display())?;
         }
         for t in &self.truncations {
             let kind = if t.corruption {
@@ -104,42 +116,48 @@ struct DirListing {
 }
 
 /// Lists segment and snapshot files and removes leftover temporary files.
-fn list(dir: &Path) -> Result<DirListing> {
+fn list(vfs: &dyn Vfs, dir: &Path) -> Result<DirListing> {
     let mut l = DirListing {
         segments: BTreeMap::new(),
         snapshots: BTreeMap::new(),
     };
-    for item in std::fs::read_dir(dir).ctx("read data directory", dir)? {
-        let item = item.ctx("read data directory", dir)?;
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(id) = segment::parse_segment_name(name) {
-            l.segments.insert(id, item.path());
-        } else if let Some(id) = snapshot::parse_snapshot_name(name) {
-            l.snapshots.insert(id, item.path());
-        } else if name.starts_with("snap-") && name.ends_with(".tmp") && item.path().is_file() {
-            std::fs::remove_file(item.path()).ctx("remove temporary file", &item.path())?;
+    for (name, kind) in vfs.list(dir).ctx("read data directory", dir)? {
+        let path = dir.join(&name);
+        if let Some(id) = segment::parse_segment_name(&name) {
+            l.segments.insert(id, path);
+        } else if let Some(id) = snapshot::parse_snapshot_name(&name) {
+            l.snapshots.insert(id, path);
+        } else if name.starts_with("snap-") && name.ends_with(".tmp") && kind == Kind::File {
+            vfs.remove(&path).ctx("remove temporary file", &path)?;
         }
     }
     Ok(l)
 }
 
 /// Rebuilds `map` from the files in `dir`.
-pub(crate) fn recover(dir: &Path, map: &ShardedMap, mode: RecoveryMode) -> Result<Recovered> {
+pub(crate) fn recover(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    map: &ShardedMap,
+    mode: RecoveryMode,
+) -> Result<Recovered> {
     let start = Instant::now();
-    let listing = list(dir)?;
+    let listing = list(vfs, dir)?;
     let mut report = RecoveryReport::default();
-    let (replay_from, snapshot_bytes) = load_snapshot(dir, &listing, map, &mut report)?;
+    let (replay_from, snapshot_bytes) = load_snapshot(vfs, dir, &listing, map, &mut report)?;
     let replay: Vec<(u64, PathBuf)> = listing
         .segments
         .range(replay_from..)
         .map(|(id, p)| (*id, p.clone()))
         .collect();
     check_contiguous(dir, replay_from, &replay, &listing)?;
-    replay_segments(&replay, map, mode, &mut report)?;
+    let cut_at = replay_segments(vfs, &replay, map, mode, &mut report)?;
+    set_aside_rejected(vfs, dir, &mut report)?;
     report.keys = map.len() as u64;
     report.elapsed = start.elapsed();
-    let last = listing.segments.keys().next_back().copied().unwrap_or(0);
+    // A truncation deletes the segments after the damaged one: the new log
+    // continues right after it, so that the ids stay contiguous.
+    let last = cut_at.unwrap_or_else(|| listing.segments.keys().next_back().copied().unwrap_or(0));
     Ok(Recovered {
         report,
         next_segment: last.max(replay_from.saturating_sub(1)) + 1,
@@ -150,18 +168,14 @@ pub(crate) fn recover(dir: &Path, map: &ShardedMap, mode: RecoveryMode) -> Resul
 /// Loads the newest snapshot that is whole; returns the first segment to
 /// replay and the snapshot's size.
 fn load_snapshot(
+    vfs: &dyn Vfs,
     dir: &Path,
     l: &DirListing,
     map: &ShardedMap,
     report: &mut RecoveryReport,
 ) -> Result<(u64, u64)> {
     for path in l.snapshots.values().rev() {
-        let loaded = if path.is_file() {
-            snapshot::load(path, map)
-        } else {
-            Err("not a regular file".to_string())
-        };
-        match loaded {
+        match snapshot::load(vfs, path, map) {
             Ok(s) => {
                 report.snapshot = Some(s.path);
                 report.snapshot_entries = s.entries;
@@ -201,6 +215,21 @@ fn load_snapshot(
     Ok((1, 0))
 }
 
+/// Once recovery has succeeded without them, moves the rejected snapshots
+/// out of the way: a later compaction must never keep one of them as the
+/// fallback generation instead of a good snapshot or the log.
+fn set_aside_rejected(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Result<()> {
+    for (path, _) in &report.rejected_snapshots {
+        if vfs.kind(path).is_ok() {
+            report.set_aside.push(snapshot::set_aside(vfs, path)?);
+        }
+    }
+    if !report.set_aside.is_empty() {
+        vfs::sync_dir(vfs, dir)?;
+    }
+    Ok(())
+}
+
 fn clear(map: &ShardedMap) {
     for i in 0..map.shard_count() {
         map.write_shard(i).clear();
@@ -225,34 +254,9 @@ fn check_contiguous(
     Ok(())
 }
 
-/// A segment's bytes, read through a memory map.
-struct SegmentBytes {
-    map: Option<memmap2::Mmap>,
-}
-
-impl SegmentBytes {
-    fn open(path: &Path) -> Result<SegmentBytes> {
-        let file = File::open(path).ctx("open log segment", path)?;
-        let meta = file.metadata().ctx("open log segment", path)?;
-        if !meta.is_file() {
-            return Err(Error::Io {
-                op: "open log segment",
-                path: path.to_path_buf(),
-                source: std::io::Error::other("not a regular file"),
-            });
-        }
-        if meta.len() == 0 {
-            return Ok(SegmentBytes { map: None });
-        }
-        // SAFETY: nothing else writes the segment while recovery holds the
-        // directory lock.
-        let map = unsafe { memmap2::Mmap::map(&file) }.ctx("map log segment", path)?;
-        Ok(SegmentBytes { map: Some(map) })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
-    }
+/// A segment's bytes.
+fn read_segment(vfs: &dyn Vfs, path: &Path) -> Result<FileBytes> {
+    vfs.read(path).ctx("read log segment", path)
 }
 
 /// Where a segment's valid records end.
@@ -263,15 +267,18 @@ enum SegmentEnd {
     Damaged { offset: usize, reason: String },
 }
 
+/// Replays the segments in order; returns the id of the segment cut at
+/// damage, if any (the segments after it are deleted).
 fn replay_segments(
+    vfs: &dyn Vfs,
     replay: &[(u64, PathBuf)],
     map: &ShardedMap,
     mode: RecoveryMode,
     report: &mut RecoveryReport,
-) -> Result<()> {
+) -> Result<Option<u64>> {
     for (i, (id, path)) in replay.iter().enumerate() {
-        let seg = SegmentBytes::open(path)?;
-        let b = seg.bytes();
+        let seg = read_segment(vfs, path)?;
+        let b: &[u8] = &seg;
         report.segments += 1;
         report.bytes_read += b.len() as u64;
         let end = replay_one(*id, b, map, report);
@@ -280,8 +287,11 @@ fn replay_segments(
         };
         let later = &replay[i + 1..];
         let valid_after = record::any_valid_record(&b[(offset + 1).min(b.len())..])
-            || later.iter().any(|(_, p)| segment_has_records(p));
-        if valid_after && mode == RecoveryMode::Strict {
+            || later.iter().any(|(_, p)| segment_has_records(vfs, p));
+        let synced = synced_mark(vfs, b, later);
+        let unsynced = format_2(b) && (*id, offset as u64) >= synced;
+        let corruption = valid_after && !unsynced;
+        if corruption && mode == RecoveryMode::Strict {
             return Err(Error::CorruptLog {
                 file: path.clone(),
                 offset: offset as u64,
@@ -289,40 +299,49 @@ fn replay_segments(
                 records_before: report.records_replayed,
             });
         }
+        let reason = if valid_after && unsynced {
+            format!(
+                "{reason}; the log was synced only up to offset {} of segment {}, so this \
+                 is the torn end of unsynced writes",
+                synced.1, synced.0
+            )
+        } else {
+            reason
+        };
         report.truncations.push(Truncation {
             file: path.clone(),
             offset: offset as u64,
             bytes_dropped: (b.len() - offset) as u64,
             reason,
-            corruption: valid_after,
+            corruption,
         });
         drop(seg);
-        cut(path, offset as u64, later)?;
-        return Ok(());
+        cut(vfs, path, offset as u64, later)?;
+        return Ok(Some(*id));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Replays one segment's records into the map.
 fn replay_one(id: u64, b: &[u8], map: &ShardedMap, report: &mut RecoveryReport) -> SegmentEnd {
-    match segment::check_header(b) {
-        Ok(found) if found == id => {}
-        Ok(found) => {
+    let mut at = match segment::check_header(b) {
+        Ok(h) if h.id == id => h.records_start,
+        Ok(h) => {
             return SegmentEnd::Damaged {
                 offset: 0,
-                reason: format!("segment header names segment {found}, file name says {id}"),
+                reason: format!("segment header names segment {}, file name says {id}", h.id),
             }
         }
         // A crash while creating the segment leaves a short or zeroed header.
         Err(_) if b.iter().all(|&x| x == 0) => return SegmentEnd::Clean,
         Err(reason) => return SegmentEnd::Damaged { offset: 0, reason },
-    }
-    let mut at = SEGMENT_HEADER;
+    };
     while at < b.len() {
         match record::decode(&b[at..]) {
             Ok((rec, n)) => {
                 apply(map, rec.key, rec.value, rec.version);
                 report.records_replayed += 1;
+                report.log_bytes_replayed += n as u64;
                 at += n;
             }
             Err(Invalid::Zeroed) if all_zero_or_invalid(&b[at..]) => return SegmentEnd::Clean,
@@ -347,26 +366,35 @@ fn apply(map: &ShardedMap, key: &[u8], value: Option<&[u8]>, v: crate::Version) 
     shard.insert_if_newer(h, Entry::new(key, value, v));
 }
 
-fn segment_has_records(path: &Path) -> bool {
-    SegmentBytes::open(path).is_ok_and(|s| {
-        let b = s.bytes();
-        b.len() > SEGMENT_HEADER && record::any_valid_record(&b[SEGMENT_HEADER..])
+fn segment_has_records(vfs: &dyn Vfs, path: &Path) -> bool {
+    read_segment(vfs, path).is_ok_and(|b| {
+        let start = segment::records_start(&b);
+        b.len() > start && record::any_valid_record(&b[start..])
     })
 }
 
+/// Whether `b` is a segment of format 2 or later (one that carries a
+/// synced mark).
+fn format_2(b: &[u8]) -> bool {
+    segment::check_header(b).is_ok_and(|h| h.records_start == segment::SEGMENT_HEADER)
+}
+
+/// The newest synced mark in segment `b` and the `later` ones: the log was
+/// durable up to that segment and offset. `(0, 0)` if there is none.
+fn synced_mark(vfs: &dyn Vfs, b: &[u8], later: &[(u64, PathBuf)]) -> (u64, u64) {
+    let mark = |b: &[u8]| segment::check_header(b).ok().and_then(|h| h.synced);
+    let later = later
+        .iter()
+        .filter_map(|(_, p)| read_segment(vfs, p).ok().and_then(|b| mark(&b)));
+    mark(b).into_iter().chain(later).max().unwrap_or((0, 0))
+}
+
 /// Cuts `path` at `offset` and deletes the segments after it.
-fn cut(path: &Path, offset: u64, later: &[(u64, PathBuf)]) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
+fn cut(vfs: &dyn Vfs, path: &Path, offset: u64, later: &[(u64, PathBuf)]) -> Result<()> {
+    vfs.truncate(path, offset)
         .ctx("truncate log segment", path)?;
-    f.set_len(offset).ctx("truncate log segment", path)?;
-    f.sync_all().ctx("fsync log segment", path)?;
     for (_, p) in later {
-        std::fs::remove_file(p).ctx("remove log segment", p)?;
+        vfs.remove(p).ctx("remove log segment", p)?;
     }
-    if let Some(dir) = path.parent() {
-        crate::fsutil::sync_dir(dir)?;
-    }
-    Ok(())
+    vfs::sync_dir(vfs, &vfs::parent(path))
 }

@@ -1,15 +1,13 @@
 //! Snapshot files: a full image of the map, one checksummed section per shard
 //! (see `docs/storage-format.md`).
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{IoContext, Result};
-use crate::fsutil;
 use crate::map::{hash_key, Entry, ShardedMap};
 use crate::version::Version;
+use crate::vfs::{self, FileBytes, Vfs};
 use crate::wal::record::u64_at;
 
 const MAGIC: &[u8; 8] = b"KVSNAPSH";
@@ -30,6 +28,37 @@ pub(crate) fn parse_snapshot_name(name: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok())?
 }
 
+/// Where a snapshot found damaged is kept for the operator: its name with
+/// `.bad` appended, which no listing takes for a snapshot.
+pub(crate) fn bad_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".bad");
+    PathBuf::from(name)
+}
+
+/// Renames a damaged snapshot out of the way (see [`bad_path`]) so that it
+/// never again counts as a generation; returns its new path. The caller
+/// fsyncs the directory.
+pub(crate) fn set_aside(vfs: &dyn Vfs, path: &Path) -> Result<PathBuf> {
+    let bad = bad_path(path);
+    vfs.rename(path, &bad)
+        .ctx("set aside damaged snapshot", path)?;
+    Ok(bad)
+}
+
+/// Checks a snapshot's header and section checksums without loading it.
+pub(crate) fn verify(vfs: &dyn Vfs, path: &Path) -> Result<(), String> {
+    let b = read(vfs, path)?;
+    let (_, _, _, sections) = parse_header(&b)?;
+    for (i, sec) in sections.iter().enumerate() {
+        let bytes = &b[sec.offset..sec.offset + sec.len];
+        if xxhash_rust::xxh3::xxh3_64(bytes) != sec.checksum {
+            return Err(format!("section {i} checksum mismatch"));
+        }
+    }
+    Ok(())
+}
+
 /// What writing a snapshot produced.
 #[derive(Debug)]
 pub(crate) struct Written {
@@ -44,6 +73,7 @@ pub(crate) struct Written {
 ///
 /// Each shard is read-locked only while its entries are copied out.
 pub(crate) fn write(
+    vfs: &dyn Vfs,
     dir: &Path,
     map: &ShardedMap,
     replay_from: u64,
@@ -51,16 +81,9 @@ pub(crate) fn write(
 ) -> Result<Written> {
     let final_path = dir.join(snapshot_name(replay_from));
     let tmp = dir.join(format!("{}.tmp", snapshot_name(replay_from)));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .ctx("create snapshot", &tmp)?;
+    let mut file = vfs.create(&tmp).ctx("create snapshot", &tmp)?;
     let n = map.shard_count();
     let data_start = (FIXED + n * SECTION_ROW + 8) as u64;
-    file.seek(SeekFrom::Start(data_start))
-        .ctx("write snapshot", &tmp)?;
     let mut table = Vec::with_capacity(n * SECTION_ROW);
     let mut buf = Vec::new();
     let (mut offset, mut entries, mut purged, mut max_ts) = (data_start, 0u64, 0u64, 0u64);
@@ -68,7 +91,8 @@ pub(crate) fn write(
         buf.clear();
         let (count, clock, dead) = copy_shard(map, i, &mut buf, purge_before);
         purged += purge(map, i, &dead);
-        file.write_all(&buf).ctx("write snapshot", &tmp)?;
+        file.write_all_at(offset, &buf)
+            .ctx("write snapshot", &tmp)?;
         let sum = xxhash_rust::xxh3::xxh3_64(&buf);
         for v in [offset, buf.len() as u64, count, sum] {
             table.extend_from_slice(&v.to_le_bytes());
@@ -78,12 +102,12 @@ pub(crate) fn write(
         max_ts = max_ts.max(clock);
     }
     let header = header_bytes(n, replay_from, entries, max_ts, &table);
-    file.seek(SeekFrom::Start(0)).ctx("write snapshot", &tmp)?;
-    file.write_all(&header).ctx("write snapshot", &tmp)?;
+    file.write_all_at(0, &header).ctx("write snapshot", &tmp)?;
     file.sync_all().ctx("fsync snapshot", &tmp)?;
     drop(file);
-    std::fs::rename(&tmp, &final_path).ctx("rename snapshot", &final_path)?;
-    fsutil::sync_dir(dir)?;
+    vfs.rename(&tmp, &final_path)
+        .ctx("rename snapshot", &final_path)?;
+    vfs::sync_dir(vfs, dir)?;
     Ok(Written {
         bytes: offset,
         entries,
@@ -187,19 +211,10 @@ struct Section {
 
 /// Loads the snapshot at `path` into the empty `map`. On error the map may be
 /// partly filled; the caller clears it. The error says what is wrong.
-pub(crate) fn load(path: &Path, map: &ShardedMap) -> Result<Loaded, String> {
-    let file = File::open(path).map_err(|e| format!("open: {e}"))?;
-    let len = file.metadata().map_err(|e| format!("stat: {e}"))?.len();
-    if len < (FIXED + 8) as u64 {
-        return Err(format!(
-            "file is {len} bytes, shorter than a snapshot header"
-        ));
-    }
-    // SAFETY: snapshot files are never modified once renamed into place; a
-    // file truncated by someone else under us could still fault, as with any
-    // memory-mapped reader.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("map: {e}"))?;
-    let b: &[u8] = &mmap;
+pub(crate) fn load(vfs: &dyn Vfs, path: &Path, map: &ShardedMap) -> Result<Loaded, String> {
+    let bytes = read(vfs, path)?;
+    let b: &[u8] = &bytes;
+    let len = b.len() as u64;
     let (replay_from, entries, max_ts, sections) = parse_header(b)?;
     let next = AtomicUsize::new(0);
     let same_layout = sections.len() == map.shard_count();
@@ -237,6 +252,19 @@ pub(crate) fn load(path: &Path, map: &ShardedMap) -> Result<Loaded, String> {
         bytes: len,
         max_timestamp: max_ts,
     })
+}
+
+/// A snapshot file's bytes (memory-mapped on the real file system), at
+/// least as long as the fixed header.
+fn read(vfs: &dyn Vfs, path: &Path) -> Result<FileBytes, String> {
+    let b = vfs.read(path).map_err(|e| format!("open: {e}"))?;
+    if b.len() < FIXED + 8 {
+        return Err(format!(
+            "file is {} bytes, shorter than a snapshot header",
+            b.len()
+        ));
+    }
+    Ok(b)
 }
 
 fn parse_header(b: &[u8]) -> Result<(u64, u64, u64, Vec<Section>), String> {

@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::BinaryHeap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,12 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, DirLock};
 use crate::map::{hash_key, Entry, Shard, ShardedMap, MAX_KEY};
 use crate::options::{Durability, Options};
 use crate::recovery::{self, RecoveryReport};
 use crate::snapshot;
+use crate::testing::PlantedBug;
 use crate::version::{Version, Versioned};
+use crate::vfs::{self, DirLock, Kind, NoDirSync, SharedVfs, Vfs};
 use crate::wal::record;
 use crate::wal::segment::parse_segment_name;
 use crate::wal::Log;
@@ -37,6 +38,8 @@ struct Background {
     shutdown: bool,
     snapshot_wanted: bool,
     snapshot_running: bool,
+    /// The snapshot thread is between taking a request and finishing it.
+    snapshot_loop_busy: bool,
     last_error: Option<String>,
     snapshots_taken: u64,
     last_snapshot_entries: u64,
@@ -47,10 +50,13 @@ struct Inner {
     map: ShardedMap,
     log: Option<Log>,
     durability: Durability,
+    planted: Option<PlantedBug>,
     node_id: u32,
     tombstone_grace: Duration,
     bg: Mutex<Background>,
     bg_changed: Condvar,
+    /// Signalled when the snapshot thread finishes a snapshot.
+    bg_idle: Condvar,
     snapshot_lock: Mutex<()>,
     _lock: Option<DirLock>,
 }
@@ -120,14 +126,21 @@ impl Store {
             map,
             log,
             durability: opts.durability,
+            planted: opts.planted,
             node_id: opts.node_id,
             tombstone_grace: opts.tombstone_grace,
             bg: Mutex::new(Background::default()),
             bg_changed: Condvar::new(),
+            bg_idle: Condvar::new(),
             snapshot_lock: Mutex::new(()),
             _lock: lock,
         });
         let workers = start_workers(&inner, &opts);
+        // A log replayed past the trigger is compacted now, in the
+        // background, rather than after yet more writes.
+        if inner.log.as_ref().is_some_and(Log::snapshot_due_now) {
+            inner.request_snapshot();
+        }
         Ok(Store {
             inner,
             workers,
@@ -396,7 +409,10 @@ impl Store {
 
     /// Applies a replicated write if `version` is newer than the key's
     /// current version (tombstones included). `value` `None` writes a
-    /// tombstone. Returns whether the write was applied.
+    /// tombstone. Returns whether the write was applied. Under
+    /// [`Durability::Always`] either answer is given only once the version
+    /// the key then holds is durable, so `Ok(false)` ("a newer version is
+    /// here") is as safe to report as `Ok(true)`.
     pub fn apply(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
         let written = self.inner.write(key, value, |_, cur| {
             let newer = cur.is_none_or(|c| c.version < version);
@@ -497,6 +513,23 @@ impl Store {
         }
     }
 
+    /// Runs one round of the `everysec` flush now, as if its interval had
+    /// passed (for tests that control time).
+    #[doc(hidden)]
+    pub fn fsync_tick(&self) -> Result<()> {
+        self.inner.fsync_round()
+    }
+
+    /// Blocks until no background snapshot is requested or running (for
+    /// tests that must see the files a snapshot leaves).
+    #[doc(hidden)]
+    pub fn wait_background_idle(&self) {
+        let mut bg = self.inner.bg.lock();
+        while !bg.shutdown && (bg.snapshot_wanted || bg.snapshot_loop_busy) {
+            self.inner.bg_idle.wait(&mut bg);
+        }
+    }
+
     /// Stops the background threads and flushes the log to stable storage.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
@@ -505,6 +538,7 @@ impl Store {
     fn shutdown(&mut self) -> Result<()> {
         self.inner.bg.lock().shutdown = true;
         self.inner.bg_changed.notify_all();
+        self.inner.bg_idle.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -533,25 +567,31 @@ fn open_dir(
     opts: &Options,
     map: &ShardedMap,
 ) -> Result<(Log, DirLock, RecoveryReport)> {
-    match std::fs::metadata(dir) {
-        Ok(m) if !m.is_dir() => return Err(Error::NotADirectory(dir.to_path_buf())),
-        Ok(_) => {}
+    let vfs: SharedVfs = match opts.planted {
+        Some(PlantedBug::SkipDirSync) => Arc::new(NoDirSync(opts.vfs.clone())),
+        _ => opts.vfs.clone(),
+    };
+    match vfs.kind(dir) {
+        Ok(Kind::Dir) => {}
+        Ok(Kind::File) => return Err(Error::NotADirectory(dir.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.create => {
-            std::fs::create_dir_all(dir).ctx("create data directory", dir)?;
+            vfs.create_dir_all(dir).ctx("create data directory", dir)?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fsutil::sync_dir(parent)?;
+                vfs::sync_dir(&*vfs, parent)?;
             }
         }
         Err(e) => return Err(e).ctx("open data directory", dir),
     }
-    let lock = fsutil::lock_dir(dir)?;
-    let rec = recovery::recover(dir, map, opts.recovery_mode)?;
+    let lock = vfs::lock_dir(&*vfs, dir)?;
+    let rec = recovery::recover(&*vfs, dir, map, opts.recovery_mode)?;
     let log = Log::create(
+        vfs,
         dir.to_path_buf(),
         rec.next_segment,
         opts.segment_bytes,
         opts.snapshot_trigger,
         rec.snapshot_bytes,
+        (rec.report.records_replayed, rec.report.log_bytes_replayed),
     )?;
     Ok((log, lock, rec.report))
 }
@@ -598,14 +638,18 @@ impl Inner {
         let durable_log = self
             .log
             .as_ref()
-            .filter(|_| self.durability == Durability::Always);
+            .filter(|_| self.durability == Durability::Always)
+            .filter(|_| self.planted != Some(PlantedBug::NoFsyncAlways));
         if let Some(log) = durable_log {
             log.writer_started();
         }
         let result = self.write_logged(key, value, pick);
         if let Some(log) = durable_log {
+            // A write that found the key already holding a version answers
+            // from that version, so it waits for that version's durability
+            // as a write waits for its own.
             match &result {
-                Ok((Some(_), end)) => log.wait_durable(*end)?,
+                Ok((_, end)) if *end > 0 => log.wait_durable(*end)?,
                 _ => log.writer_gave_up(),
             }
         }
@@ -613,7 +657,9 @@ impl Inner {
     }
 
     /// Checks, logs and applies one write under its shard lock; returns the
-    /// version written (if any) and the log position to wait for.
+    /// version written (if any) and the log position to wait for: the end
+    /// of the new record, or, when nothing is written but the key holds a
+    /// version, the end of the log (which covers that version's record).
     fn write_logged(
         &self,
         key: &[u8],
@@ -627,7 +673,11 @@ impl Inner {
             live: !e.is_tombstone(),
         });
         let Some(version) = pick(&mut shard, cur) else {
-            return Ok((None, 0));
+            let held = match (&self.log, cur) {
+                (Some(log), Some(_)) => log.position(),
+                _ => 0,
+            };
+            return Ok((None, held));
         };
         let appended = match &self.log {
             Some(log) => Some(append(log, key, value, version)?),
@@ -661,12 +711,20 @@ impl Inner {
                 break;
             }
             drop(bg);
-            let result = self.log.as_ref().map_or(Ok(()), Log::sync_now);
+            let result = self.fsync_round();
             bg = self.bg.lock();
             if let Err(e) = result {
                 bg.last_error = Some(e.to_string());
             }
         }
+    }
+
+    /// What the `everysec` thread does once per interval.
+    fn fsync_round(&self) -> Result<()> {
+        if self.planted == Some(PlantedBug::NoFsyncEverySec) {
+            return Ok(());
+        }
+        self.log.as_ref().map_or(Ok(()), Log::sync_now)
     }
 
     fn snapshot_loop(&self) {
@@ -679,12 +737,15 @@ impl Inner {
                 return;
             }
             bg.snapshot_wanted = false;
+            bg.snapshot_loop_busy = true;
             drop(bg);
             let result = self.snapshot();
             bg = self.bg.lock();
+            bg.snapshot_loop_busy = false;
             if let Err(e) = result {
                 bg.last_error = Some(format!("snapshot failed: {e}"));
             }
+            self.bg_idle.notify_all();
         }
     }
 
@@ -708,45 +769,61 @@ impl Inner {
         let id = log.rotate_for_snapshot()?;
         let grace = self.tombstone_grace.as_micros() as u64;
         let purge_before = now_micros().saturating_sub(grace);
-        let written = snapshot::write(log.dir(), &self.map, id, purge_before)?;
+        let written = snapshot::write(log.vfs(), log.dir(), &self.map, id, purge_before)?;
         log.snapshot_written(written.bytes);
-        remove_obsolete(log.dir())?;
+        remove_obsolete(log.vfs(), log.dir(), id)?;
         Ok(written)
     }
 }
 
-/// Keeps the two newest snapshots and the log segments the older of them
-/// needs (so that a damaged newest snapshot can fall back); deletes the rest.
-fn remove_obsolete(dir: &Path) -> Result<()> {
+/// Keeps the snapshot `newest` just written, a fallback for it and the log
+/// segments that fallback needs; deletes the rest. The fallback is the newest
+/// older snapshot that passes its checksums now: one found damaged is set
+/// aside (`.bad`) instead, and if none passes, every segment is kept. So
+/// that damage to any one snapshot file never leaves the store without a
+/// complete history.
+fn remove_obsolete(vfs: &dyn Vfs, dir: &Path, newest: u64) -> Result<()> {
+    let (snaps, segs) = list_files(vfs, dir)?;
+    let mut changed = false;
+    let mut fallback = None;
+    for (id, path) in snaps.iter().rev().filter(|(id, _)| *id < newest) {
+        if snapshot::verify(vfs, path).is_ok() {
+            fallback = Some(*id);
+            break;
+        }
+        snapshot::set_aside(vfs, path)?;
+        changed = true;
+    }
+    if let Some(keep_from) = fallback {
+        let doomed = snaps.iter().chain(&segs).filter(|(id, _)| *id < keep_from);
+        for (_, path) in doomed {
+            vfs.remove(path).ctx("remove obsolete file", path)?;
+            changed = true;
+        }
+    }
+    if changed {
+        vfs::sync_dir(vfs, dir)?;
+    }
+    Ok(())
+}
+
+/// Files of one kind with their ids, sorted by id.
+type IdFiles = Vec<(u64, PathBuf)>;
+
+/// Snapshot files and log segments in `dir`.
+fn list_files(vfs: &dyn Vfs, dir: &Path) -> Result<(IdFiles, IdFiles)> {
     let mut snaps = Vec::new();
     let mut segs = Vec::new();
-    for item in std::fs::read_dir(dir).ctx("read data directory", dir)? {
-        let item = item.ctx("read data directory", dir)?;
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(id) = snapshot::parse_snapshot_name(name) {
-            snaps.push((id, item.path()));
-        } else if let Some(id) = parse_segment_name(name) {
-            segs.push((id, item.path()));
+    for (name, _) in vfs.list(dir).ctx("read data directory", dir)? {
+        if let Some(id) = snapshot::parse_snapshot_name(&name) {
+            snaps.push((id, dir.join(name)));
+        } else if let Some(id) = parse_segment_name(&name) {
+            segs.push((id, dir.join(name)));
         }
     }
     snaps.sort();
-    if snaps.len() < 2 {
-        return Ok(());
-    }
-    let keep_from = snaps[snaps.len() - 2].0;
-    let doomed = snaps[..snaps.len() - 2]
-        .iter()
-        .chain(segs.iter().filter(|(id, _)| *id < keep_from));
-    let mut removed = false;
-    for (_, path) in doomed {
-        std::fs::remove_file(path).ctx("remove obsolete file", path)?;
-        removed = true;
-    }
-    if removed {
-        fsutil::sync_dir(dir)?;
-    }
-    Ok(())
+    segs.sort();
+    Ok((snaps, segs))
 }
 
 fn check_size(key: &[u8], value: Option<&[u8]>) -> Result<()> {

@@ -19,6 +19,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::options::SnapshotTrigger;
+use crate::vfs::{SharedVfs, Vfs};
 use segment::{Segment, SEGMENT_HEADER};
 
 /// What an append tells its caller.
@@ -55,6 +56,7 @@ struct SyncState {
 
 /// The open log of a store.
 pub(crate) struct Log {
+    vfs: SharedVfs,
     dir: PathBuf,
     segment_bytes: u64,
     trigger: SnapshotTrigger,
@@ -68,15 +70,21 @@ pub(crate) struct Log {
 
 impl Log {
     /// Starts a fresh segment `id` in `dir` and appends from there.
+    /// `since_snapshot` is the records and bytes of log that recovery
+    /// replayed: they count toward the snapshot trigger, so that restarts do
+    /// not postpone compaction forever.
     pub(crate) fn create(
+        vfs: SharedVfs,
         dir: PathBuf,
         id: u64,
         segment_bytes: u64,
         trigger: SnapshotTrigger,
         last_snapshot_bytes: u64,
+        since_snapshot: (u64, u64),
     ) -> Result<Log> {
-        let seg = Segment::create(&dir, id, segment_bytes)?;
+        let seg = Segment::create(&*vfs, &dir, id, segment_bytes)?;
         Ok(Log {
+            vfs,
             dir,
             segment_bytes,
             trigger,
@@ -85,8 +93,8 @@ impl Log {
                 offset: SEGMENT_HEADER as u64,
                 pos: 0,
                 unsynced: Vec::new(),
-                ops_since_snapshot: 0,
-                bytes_since_snapshot: 0,
+                ops_since_snapshot: since_snapshot.0,
+                bytes_since_snapshot: since_snapshot.1,
                 last_snapshot_bytes,
                 poisoned: None,
             }),
@@ -118,6 +126,12 @@ impl Log {
         })
     }
 
+    /// Whether the snapshot trigger has fired (for instance by the log
+    /// replayed at open).
+    pub(crate) fn snapshot_due_now(&self) -> bool {
+        self.snapshot_due(&self.writer.lock())
+    }
+
     fn snapshot_due(&self, w: &Writer) -> bool {
         match self.trigger {
             SnapshotTrigger::Operations(n) => w.ops_since_snapshot >= n.max(1),
@@ -132,7 +146,7 @@ impl Log {
 
     fn rotate_locked(&self, w: &mut Writer, need: u64) -> Result<()> {
         let capacity = self.segment_bytes.max(SEGMENT_HEADER as u64 + need);
-        let seg = Segment::create(&self.dir, w.seg.id + 1, capacity)?;
+        let seg = Segment::create(&*self.vfs, &self.dir, w.seg.id + 1, capacity)?;
         let old = std::mem::replace(&mut w.seg, Arc::new(seg));
         w.unsynced.push((old, w.offset));
         w.offset = SEGMENT_HEADER as u64;
@@ -263,6 +277,9 @@ impl Log {
             .iter()
             .try_for_each(|(s, end)| s.sync_range(synced_of(s), *end))
             .and_then(|()| seg.sync_range(synced_of(&seg), offset));
+        if result.is_ok() {
+            seg.write_synced_mark(offset);
+        }
         if let Err(e) = &result {
             // After a failed fsync the kernel may have dropped the dirty
             // pages: we can no longer say what is on disk.
@@ -286,6 +303,11 @@ impl Log {
     /// The data directory.
     pub(crate) fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+
+    /// The file system the log lives on.
+    pub(crate) fn vfs(&self) -> &dyn Vfs {
+        &*self.vfs
     }
 }
 
