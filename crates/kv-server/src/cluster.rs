@@ -307,10 +307,13 @@ fn ensure_marker(dir: &Path) -> io::Result<()> {
 /// still knows it. A `cluster.state` that is missing while the member
 /// marker says the node was in a cluster, or that cannot be read, would
 /// make the node a new cluster of its own that acknowledges writes nobody
-/// else holds: that is refused with what to do, unless `--rejoin-fresh`
-/// says to set the old data aside (returned: where it went) and join
-/// afresh. A directory with neither file (a plain single server, or a new
-/// node) starts as it is.
+/// else holds. Data without a `cluster.state` on a node told to `--join`
+/// is a lost state too (every server writes one as it starts; the marker
+/// may predate this check), and joining with that old data could bring
+/// back values deleted since. Each is refused with what to do, unless
+/// `--rejoin-fresh` says to set the old data aside (returned: where it
+/// went) and join afresh. Otherwise (a plain single server, a new node)
+/// the node starts as it is.
 pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
     let dir = &config.data_dir;
     if config.no_persistence || !dir.is_dir() {
@@ -350,14 +353,24 @@ pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
             }
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if !marker.exists() {
+            if marker.exists() {
+                format!(
+                    "{} is missing, but {} says this data directory belongs to a cluster member",
+                    path.display(),
+                    marker.display()
+                )
+            } else if !config.join.is_empty() && holds_data(dir) {
+                // Every server writes its cluster.state as it starts: data
+                // without one is data whose membership was lost.
+                format!(
+                    "{} is missing, but {} holds data and --join asks for a cluster \
+                     (to serve this data as a single server, start without --join)",
+                    path.display(),
+                    dir.display()
+                )
+            } else {
                 return Ok(None);
             }
-            format!(
-                "{} is missing, but {} says this data directory belongs to a cluster member",
-                path.display(),
-                marker.display()
-            )
         }
         Err(e) => format!("cannot read {}: {e}", path.display()),
     };
@@ -377,6 +390,19 @@ pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
             "--rejoin-fresh: cannot move the old data of {} aside: {e}",
             dir.display()
         )
+    })
+}
+
+/// Whether `dir` holds files of a store (log segments, snapshots): any
+/// file but the lock and the cluster's own.
+fn holds_data(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        e.file_type().is_ok_and(|t| t.is_file()) && name != "LOCK" && !name.starts_with("cluster.")
     })
 }
 
@@ -1166,6 +1192,13 @@ mod tests {
         std::fs::remove_file(&file).expect("remove");
         std::fs::write(d.join("data.log"), b"records").expect("write");
         assert_eq!(check_saved_state(&config(d, &[])), Ok(None));
+
+        // Data, no state and --join: the membership was lost.
+        let why = check_saved_state(&config(d, &["--join", "127.0.0.1:1"])).expect_err("lost");
+        assert!(
+            why.contains("holds data") && why.contains("without --join"),
+            "{why}"
+        );
 
         std::fs::write(d.join(STATE_FILE), b"\xff\xff\xff").expect("write");
         let why = check_saved_state(&config(d, &[])).expect_err("damaged");

@@ -1003,6 +1003,19 @@ fn a_cluster_node_without_its_cluster_state_refuses_to_start_until_told_to_rejoi
         );
         assert!(said.contains("--rejoin-fresh --join"), "{args:?}: {said}");
     }
+    // Without the marker too (say, written by a version that had none):
+    // data and --join but no cluster.state is refused all the same.
+    let marker = b.data_dir.join("cluster.member");
+    let kept = std::fs::read(&marker).expect("b marked itself a member");
+    std::fs::remove_file(&marker).expect("remove the marker");
+    let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, &["--join", &seed]);
+    let said = out.join("\n");
+    assert!(!status.success(), "{status}: {said}");
+    assert!(
+        said.contains("cluster.state") && said.contains("holds data"),
+        "{said}"
+    );
+    std::fs::write(&marker, kept).expect("marker back");
 
     std::fs::write(&state, b"\xff\xff\xff\xff not a cluster state").expect("damage");
     let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, &[]);
