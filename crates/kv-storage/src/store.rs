@@ -520,6 +520,13 @@ impl Store {
         self.inner.fsync_round()
     }
 
+    /// Threads waiting for a flush that is under way to cover their write
+    /// (for tests that must know a writer is blocked on durability).
+    #[doc(hidden)]
+    pub fn durability_waiters(&self) -> usize {
+        self.inner.log.as_ref().map_or(0, Log::waiters)
+    }
+
     /// Blocks until no background snapshot is requested or running (for
     /// tests that must see the files a snapshot leaves).
     #[doc(hidden)]

@@ -295,6 +295,11 @@ impl Log {
         self.wait_durable(pos)
     }
 
+    /// Threads parked until a flush covers their position.
+    pub(crate) fn waiters(&self) -> usize {
+        self.sync.lock().sleepers.len()
+    }
+
     /// Flushes to stable storage since open.
     pub(crate) fn flushes(&self) -> u64 {
         self.sync.lock().flushes
