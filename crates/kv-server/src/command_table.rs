@@ -42,6 +42,7 @@ const R: &[&str] = &["readonly", "fast"];
 const RS: &[&str] = &["readonly"];
 const W: &[&str] = &["write", "denyoom"];
 const WF: &[&str] = &["write", "fast"];
+const WFD: &[&str] = &["write", "denyoom", "fast"];
 const CONN: &[&str] = &["noscript", "loading", "stale", "fast"];
 const ADMIN: &[&str] = &["admin", "noscript", "loading", "stale"];
 const NOAUTH: &[&str] = &["noscript", "loading", "stale", "fast", "no_auth"];
@@ -68,6 +69,17 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec!("mget", -2, R, 1, -1, 1, "string", "Atomically returns the string values of one or more keys."),
     spec!("mset", -3, W, 1, -1, 2, "string", "Atomically creates or modifies the string values of one or more keys."),
     spec!("strlen", 2, R, 1, 1, 1, "string", "Returns the length of a string value."),
+    spec!("incr", 2, WFD, 1, 1, 1, "string", "Increments the integer value of a key by one."),
+    spec!("decr", 2, WFD, 1, 1, 1, "string", "Decrements the integer value of a key by one."),
+    spec!("incrby", 3, WFD, 1, 1, 1, "string", "Increments the integer value of a key by a number."),
+    spec!("decrby", 3, WFD, 1, 1, 1, "string", "Decrements a number from the integer value of a key."),
+    spec!("incrbyfloat", 3, WFD, 1, 1, 1, "string", "Increments the floating point value of a key by a number."),
+    spec!("append", 3, WFD, 1, 1, 1, "string", "Appends a string to the value of a key."),
+    spec!("setrange", 4, W, 1, 1, 1, "string", "Overwrites a part of a string value with another by an offset."),
+    spec!("getset", 3, WFD, 1, 1, 1, "string", "Returns the previous string value of a key after setting it to a new value."),
+    spec!("getdel", 2, WF, 1, 1, 1, "string", "Returns the string value of a key after deleting the key."),
+    spec!("setnx", 3, WFD, 1, 1, 1, "string", "Set the string value of a key only when the key doesn't exist."),
+    spec!("msetnx", -3, W, 1, -1, 2, "string", "Atomically modifies the string values of one or more keys only when all keys don't exist."),
     spec!("getrange", 4, RS, 1, 1, 1, "string", "Returns a substring of the string stored at a key."),
     spec!("substr", 4, RS, 1, 1, 1, "string", "Returns a substring from a string value."),
     spec!("del", -2, &["write"], 1, -1, 1, "generic", "Deletes one or more keys."),

@@ -641,6 +641,9 @@ fn resp_refused_in_cluster(args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> bool {
         "multi" | "exec" | "discard" | "watch" | "unwatch" => {
             "MULTI/EXEC transactions are not supported on a cluster: they would need atomic operations across replicas"
         }
+        _ if crate::resp_rmw::is_read_modify_write(&name, args.len()) => {
+            "needs an atomic read-modify-write across replicas, which the cluster does not have yet; nothing was written"
+        }
         "mget" | "mset" | "del" | "unlink" | "exists" | "touch" | "keys" | "scan" | "dbsize"
         | "flushall" | "flushdb" | "randomkey" | "strlen" | "getrange" | "substr" | "type"
         | "object" | "memory" => {

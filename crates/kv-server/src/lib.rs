@@ -23,6 +23,7 @@ pub mod glob;
 pub mod native_cmd;
 pub mod resp_cmd;
 pub mod resp_keys;
+pub mod resp_rmw;
 pub mod resp_tx;
 pub mod server;
 pub mod state;

@@ -119,6 +119,11 @@ pub fn execute(
     if handled {
         return After::Continue;
     }
+    if crate::resp_rmw::is_read_modify_write(&name, args.len()) {
+        // Nothing else runs between its read and its write.
+        let _exclusive = shared.exclusive_gate();
+        return run(shared, s, &name, args, out);
+    }
     // EXEC holds this exclusively while it runs a transaction.
     let _gate = shared.command_gate(s.worker);
     run(shared, s, &name, args, out)
@@ -146,6 +151,10 @@ pub fn run(
         Some(_) => {}
     }
     let p = s.proto;
+    if crate::resp_rmw::is_read_modify_write(name, args.len()) {
+        crate::resp_rmw::run(shared, p, name, rest, out);
+        return After::Continue;
+    }
     match name {
         "get" => get(shared, p, rest, out),
         "set" => set(shared, rest, out),
@@ -259,10 +268,9 @@ fn storage_error(out: &mut Vec<u8>, e: &kv_storage::Error) {
 }
 
 fn set(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
-    let (key, value) = match rest {
-        [k, v] => (k, v),
-        [_, _, ..] => return error(out, "ERR syntax error (SET options are not supported)"),
-        _ => return wrong_arity(out, "set"),
+    // SET with options is a read-modify-write (resp_rmw).
+    let [key, value] = rest else {
+        return wrong_arity(out, "set");
     };
     if refuse_write(shared, key, Some(value), out) {
         return;

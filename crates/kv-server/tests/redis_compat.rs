@@ -472,4 +472,111 @@ fn transactions_are_refused_in_a_cluster_with_no_side_effect() {
     assert_eq!(c.text(&["GET", "k2"]), "$-1\r\n");
     let e = c.text(&["WATCH", "k"]);
     assert!(e.contains("not supported on a cluster"), "{e:?}");
+    // Read-modify-write commands are refused, writing nothing.
+    for cmd in [
+        &["INCR", "k3"][..],
+        &["SETNX", "k3", "x"],
+        &["SET", "k3", "x", "NX"],
+        &["APPEND", "k3", "x"],
+        &["GETSET", "k3", "x"],
+    ] {
+        let e = c.text(cmd);
+        assert!(
+            e.contains("needs an atomic read-modify-write"),
+            "{cmd:?}: {e:?}"
+        );
+    }
+    assert_eq!(c.text(&["GET", "k3"]), "$-1\r\n");
+}
+
+#[test]
+fn counters_and_read_modify_write_commands_answer_as_redis() {
+    let server = ServerProc::start(BIN, &["--no-persistence"]);
+    let mut c = Raw::connect(&server);
+    assert_eq!(c.text(&["INCR", "n"]), ":1\r\n");
+    assert_eq!(c.text(&["INCRBY", "n", "41"]), ":42\r\n");
+    assert_eq!(c.text(&["DECR", "n"]), ":41\r\n");
+    assert_eq!(c.text(&["DECRBY", "n", "50"]), ":-9\r\n");
+    assert_eq!(c.text(&["GET", "n"]), "$2\r\n-9\r\n");
+    c.text(&["SET", "s", "abc"]);
+    let not_int = "-ERR value is not an integer or out of range\r\n";
+    assert_eq!(c.text(&["INCR", "s"]), not_int);
+    assert_eq!(c.text(&["INCRBY", "n", "x"]), not_int);
+    assert_eq!(c.text(&["INCRBY", "n", "01"]), not_int);
+    c.text(&["SET", "max", &i64::MAX.to_string()]);
+    assert_eq!(
+        c.text(&["INCR", "max"]),
+        "-ERR increment or decrement would overflow\r\n"
+    );
+    assert_eq!(
+        c.text(&["DECRBY", "n", &i64::MIN.to_string()]),
+        "-ERR decrement would overflow\r\n"
+    );
+    c.text(&["SET", "f", "10.50"]);
+    assert_eq!(c.text(&["INCRBYFLOAT", "f", "0.1"]), "$4\r\n10.6\r\n");
+    assert_eq!(c.text(&["INCRBYFLOAT", "f", "-5"]), "$3\r\n5.6\r\n");
+    c.text(&["SET", "f2", "5.0e3"]);
+    assert_eq!(c.text(&["INCRBYFLOAT", "f2", "2.0e2"]), "$4\r\n5200\r\n");
+    assert_eq!(
+        c.text(&["INCRBYFLOAT", "s", "1"]),
+        "-ERR value is not a valid float\r\n"
+    );
+    assert_eq!(c.text(&["APPEND", "s", "de"]), ":5\r\n");
+    assert_eq!(c.text(&["APPEND", "new", "xy"]), ":2\r\n");
+    assert_eq!(c.text(&["SETRANGE", "s", "1", "ZZ"]), ":5\r\n");
+    assert_eq!(c.text(&["GET", "s"]), "$5\r\naZZde\r\n");
+    assert_eq!(c.text(&["SETRANGE", "pad", "3", "x"]), ":4\r\n");
+    assert_eq!(c.text(&["GET", "pad"]), "$4\r\n\0\0\0x\r\n");
+    assert_eq!(c.text(&["GETSET", "s", "new"]), "$5\r\naZZde\r\n");
+    assert_eq!(c.text(&["GETSET", "none", "v"]), "$-1\r\n");
+    assert_eq!(c.text(&["GETDEL", "none"]), "$1\r\nv\r\n");
+    assert_eq!(c.text(&["GETDEL", "none"]), "$-1\r\n");
+    assert_eq!(c.text(&["SETNX", "s", "x"]), ":0\r\n");
+    assert_eq!(c.text(&["SETNX", "fresh", "x"]), ":1\r\n");
+    assert_eq!(c.text(&["MSETNX", "a1", "1", "fresh", "2"]), ":0\r\n");
+    assert_eq!(c.text(&["EXISTS", "a1"]), ":0\r\n");
+    assert_eq!(c.text(&["MSETNX", "a1", "1", "a2", "2"]), ":1\r\n");
+    // SET's conditions and GET.
+    assert_eq!(c.text(&["SET", "s", "v2", "NX"]), "$-1\r\n");
+    assert_eq!(c.text(&["SET", "s", "v2", "XX"]), "+OK\r\n");
+    assert_eq!(c.text(&["SET", "nx", "v", "XX"]), "$-1\r\n");
+    assert_eq!(c.text(&["SET", "nx", "v", "nx"]), "+OK\r\n");
+    assert_eq!(c.text(&["SET", "s", "v3", "GET"]), "$2\r\nv2\r\n");
+    assert_eq!(c.text(&["SET", "s", "v4", "NX", "GET"]), "$2\r\nv3\r\n");
+    assert_eq!(c.text(&["GET", "s"]), "$2\r\nv3\r\n");
+    assert_eq!(
+        c.text(&["SET", "s", "v", "NX", "XX"]),
+        "-ERR syntax error\r\n"
+    );
+    assert_eq!(c.text(&["SET", "s", "v", "BOGUS"]), "-ERR syntax error\r\n");
+    let e = c.text(&["SET", "s", "v", "EX", "10"]);
+    assert!(e.starts_with("-ERR SET with EX"), "{e:?}");
+    assert_eq!(c.text(&["GET", "s"]), "$2\r\nv3\r\n");
+}
+
+/// INCR from several clients at once loses no increment.
+#[test]
+fn concurrent_incr_loses_nothing() {
+    let server = ServerProc::start(BIN, &["--no-persistence", "--threads", "2"]);
+    let url = format!("redis://{}/", server.addr);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let mut r = redis_client(&url);
+            std::thread::spawn(move || {
+                for _ in 0..500 {
+                    let _: i64 = r.incr("counter", 1).expect("INCR");
+                    let _: i64 = r.decr("other", 1).expect("DECR");
+                    let _: i64 = r.incr("counter", 1).expect("INCR");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    let mut r = redis_client(&url);
+    let total: i64 = r.get("counter").expect("GET");
+    assert_eq!(total, 4000);
+    let other: i64 = r.get("other").expect("GET");
+    assert_eq!(other, -2000);
 }

@@ -1,0 +1,266 @@
+//! String commands that read a key and write it back: INCR and friends,
+//! APPEND, SETRANGE, GETSET, GETDEL, SETNX, MSETNX and SET with NX, XX or
+//! GET, with Redis's replies and errors.
+//!
+//! Each runs while its caller holds every event loop's transaction gate
+//! exclusively (see [`is_read_modify_write`]), so no other command lands
+//! between its read and its write: on a single node they are atomic, as
+//! in Redis. Clusters refuse them until per-key linearizable operations
+//! exist (a read then a write across replicas is not atomic).
+
+use std::borrow::Cow;
+
+use kv_proto::resp::{encode_bulk, encode_integer, encode_null, format_double, Protocol};
+
+use crate::resp_cmd::{error, refuse_write};
+use crate::state::Shared;
+
+/// Largest string SETRANGE may make, as in Redis (512 MiB).
+const MAX_STRING: u64 = 512 << 20;
+
+/// Whether command `name` with `args` (name first) reads and writes a key
+/// and so must run with every other command held off.
+pub fn is_read_modify_write(name: &str, args: usize) -> bool {
+    matches!(
+        name,
+        "incr"
+            | "decr"
+            | "incrby"
+            | "decrby"
+            | "incrbyfloat"
+            | "append"
+            | "setrange"
+            | "getset"
+            | "getdel"
+            | "setnx"
+            | "msetnx"
+    ) || (name == "set" && args > 3)
+}
+
+fn not_integer(out: &mut Vec<u8>) {
+    error(out, "ERR value is not an integer or out of range");
+}
+
+fn parse_i64(b: &[u8]) -> Option<i64> {
+    let t = std::str::from_utf8(b).ok()?;
+    // Redis refuses "+1", " 1" and "01" as integers.
+    let n: i64 = t.parse().ok()?;
+    (n.to_string() == t).then_some(n)
+}
+
+fn parse_f64(b: &[u8]) -> Option<f64> {
+    let t = std::str::from_utf8(b).ok()?;
+    if t.is_empty() || t.starts_with(char::is_whitespace) || t.ends_with(char::is_whitespace) {
+        return None;
+    }
+    let v: f64 = match t.to_ascii_lowercase().as_str() {
+        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        _ => t.parse().ok()?,
+    };
+    (!v.is_nan()).then_some(v)
+}
+
+/// Stores `value` at `key` after the size and memory checks; false (with
+/// the error written) if refused or failed.
+fn store(shared: &Shared, key: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
+    if refuse_write(shared, key, Some(value), out) {
+        return false;
+    }
+    match shared.store.put(key, value) {
+        Ok(_) => true,
+        Err(e) => {
+            error(out, &format!("ERR storage failure: {e}"));
+            false
+        }
+    }
+}
+
+/// Runs one read-modify-write command (arity already checked); the caller
+/// holds every other command off.
+pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    match name {
+        "incr" => incr_by(shared, &rest[0], Some(1), out),
+        "decr" => incr_by(shared, &rest[0], Some(-1), out),
+        "incrby" => incr_by(shared, &rest[0], parse_i64(&rest[1]), out),
+        "decrby" => match parse_i64(&rest[1]) {
+            Some(i64::MIN) => error(out, "ERR decrement would overflow"),
+            by => incr_by(shared, &rest[0], by.map(|n| -n), out),
+        },
+        "incrbyfloat" => incr_by_float(shared, &rest[0], &rest[1], out),
+        "append" => {
+            let mut v = shared.store.get(&rest[0]).unwrap_or_default();
+            v.extend_from_slice(&rest[1]);
+            if store(shared, &rest[0], &v, out) {
+                encode_integer(out, v.len() as i64);
+            }
+        }
+        "setrange" => setrange(shared, rest, out),
+        "getset" => {
+            let old = shared.store.get(&rest[0]);
+            if store(shared, &rest[0], &rest[1], out) {
+                reply_value(out, p, old.as_deref());
+            }
+        }
+        "getdel" => {
+            let old = shared.store.get(&rest[0]);
+            if old.is_some() {
+                if let Err(e) = shared.store.delete(&rest[0]) {
+                    return error(out, &format!("ERR storage failure: {e}"));
+                }
+            }
+            reply_value(out, p, old.as_deref());
+        }
+        "setnx" => {
+            if shared.store.contains_key(&rest[0]) {
+                encode_integer(out, 0);
+            } else if store(shared, &rest[0], &rest[1], out) {
+                encode_integer(out, 1);
+            }
+        }
+        "msetnx" => msetnx(shared, rest, out),
+        "set" => set_with_options(shared, p, rest, out),
+        _ => error(out, &format!("ERR '{name}' is not handled here")),
+    }
+}
+
+fn reply_value(out: &mut Vec<u8>, p: Protocol, v: Option<&[u8]>) {
+    match v {
+        Some(v) => encode_bulk(out, v),
+        None => encode_null(out, p),
+    }
+}
+
+fn incr_by(shared: &Shared, key: &[u8], by: Option<i64>, out: &mut Vec<u8>) {
+    let Some(by) = by else {
+        return not_integer(out);
+    };
+    let current = match shared.store.get(key) {
+        None => 0,
+        Some(v) => match parse_i64(&v) {
+            Some(n) => n,
+            None => return not_integer(out),
+        },
+    };
+    let Some(next) = current.checked_add(by) else {
+        return error(out, "ERR increment or decrement would overflow");
+    };
+    if store(shared, key, next.to_string().as_bytes(), out) {
+        encode_integer(out, next);
+    }
+}
+
+fn incr_by_float(shared: &Shared, key: &[u8], by: &[u8], out: &mut Vec<u8>) {
+    let Some(by) = parse_f64(by) else {
+        return error(out, "ERR value is not a valid float");
+    };
+    let current = match shared.store.get(key) {
+        None => 0.0,
+        Some(v) => match parse_f64(&v) {
+            Some(n) => n,
+            None => return error(out, "ERR value is not a valid float"),
+        },
+    };
+    let next = current + by;
+    if !next.is_finite() {
+        return error(out, "ERR increment would produce NaN or Infinity");
+    }
+    let text = format_double(next);
+    if store(shared, key, text.as_bytes(), out) {
+        encode_bulk(out, text.as_bytes());
+    }
+}
+
+fn setrange(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let Some(offset) = parse_i64(&rest[1]) else {
+        return not_integer(out);
+    };
+    if offset < 0 {
+        return error(out, "ERR offset is out of range");
+    }
+    let offset = offset as u64;
+    if offset + rest[2].len() as u64 > MAX_STRING {
+        return error(
+            out,
+            "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+        );
+    }
+    let mut v = shared.store.get(&rest[0]).unwrap_or_default();
+    if rest[2].is_empty() {
+        // Redis writes nothing for an empty value, even past the end.
+        return encode_integer(out, v.len() as i64);
+    }
+    let offset = offset as usize;
+    let end = offset + rest[2].len();
+    if v.len() < end {
+        v.resize(end, 0);
+    }
+    v[offset..end].copy_from_slice(&rest[2]);
+    if store(shared, &rest[0], &v, out) {
+        encode_integer(out, v.len() as i64);
+    }
+}
+
+fn msetnx(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    if rest.len() % 2 != 0 {
+        return error(out, "ERR wrong number of arguments for 'msetnx' command");
+    }
+    for pair in rest.chunks(2) {
+        if refuse_write(shared, &pair[0], Some(&pair[1]), out) {
+            return;
+        }
+    }
+    if rest
+        .chunks(2)
+        .any(|pair| shared.store.contains_key(&pair[0]))
+    {
+        return encode_integer(out, 0);
+    }
+    for pair in rest.chunks(2) {
+        if !store(shared, &pair[0], &pair[1], out) {
+            return;
+        }
+    }
+    encode_integer(out, 1);
+}
+
+/// SET key value [NX | XX] [GET]; the expiry options (EX, PX, EXAT,
+/// PXAT, KEEPTTL) are refused until keys can expire.
+fn set_with_options(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let (key, value) = (&rest[0], &rest[1]);
+    let (mut nx, mut xx, mut get) = (false, false, false);
+    for opt in &rest[2..] {
+        match opt.to_ascii_lowercase().as_slice() {
+            b"nx" if !xx => nx = true,
+            b"xx" if !nx => xx = true,
+            b"get" => get = true,
+            b"ex" | b"px" | b"exat" | b"pxat" | b"keepttl" => {
+                return error(
+                    out,
+                    "ERR SET with EX, PX, EXAT, PXAT or KEEPTTL needs key expiry, which this kv version does not have yet",
+                )
+            }
+            _ => return error(out, "ERR syntax error"),
+        }
+    }
+    let old = get.then(|| shared.store.get(key)).flatten();
+    let exists = if get {
+        old.is_some()
+    } else {
+        shared.store.contains_key(key)
+    };
+    if (nx && exists) || (xx && !exists) {
+        return if get {
+            reply_value(out, p, old.as_deref())
+        } else {
+            encode_null(out, p)
+        };
+    }
+    if store(shared, key, value, out) {
+        if get {
+            reply_value(out, p, old.as_deref());
+        } else {
+            out.extend_from_slice(b"+OK\r\n");
+        }
+    }
+}
