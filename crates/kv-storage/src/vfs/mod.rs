@@ -62,7 +62,10 @@ pub(crate) trait LogFile: Send + Sync {
     /// length and only one thread writes at a time (the log's writer); the
     /// bytes survive the death of the process as soon as this returns.
     fn write_at(&self, offset: u64, bytes: &[u8]);
-    /// Makes bytes `from..to` (and the file's length) durable.
+    /// Makes bytes `0..to` and the file's length durable. Below `from`
+    /// only the header may have changed since the previous call (its synced
+    /// mark), so a backend may write just the first page and `from..to`,
+    /// and may drop `from..to` from memory afterwards.
     fn sync_range(&self, from: u64, to: u64) -> io::Result<()>;
     /// Makes the whole file, data and metadata, durable.
     fn sync_all(&self) -> io::Result<()>;

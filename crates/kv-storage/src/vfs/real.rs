@@ -136,13 +136,15 @@ impl LogFile for MappedLog {
         }
     }
 
-    /// Flushes bytes `from..to` of the mapping, then releases the whole
-    /// pages below `to` from this process's mapping: they are never written
-    /// again, recovery reads the file, and the page cache keeps them anyway,
-    /// so the log does not inflate the process's RSS.
+    /// Flushes bytes `0..to` of the mapping with one `msync` (which
+    /// writes only the dirty pages: the header's and those of `from..to`),
+    /// then releases the whole pages of `from..to` after the first from
+    /// this process's mapping: they are never written again, recovery reads
+    /// the file, and the page cache keeps them anyway, so the log does not
+    /// inflate the process's RSS.
     fn sync_range(&self, from: u64, to: u64) -> io::Result<()> {
-        if to > from {
-            self.map.flush_range(from as usize, (to - from) as usize)?;
+        if to > 0 {
+            self.map.flush_range(0, to as usize)?;
             self.release(from, to);
         }
         Ok(())
@@ -156,7 +158,8 @@ impl LogFile for MappedLog {
 impl MappedLog {
     fn release(&self, from: u64, to: u64) {
         const PAGE: u64 = 4096;
-        let start = from / PAGE * PAGE;
+        // The first page holds the header, rewritten after every flush.
+        let start = (from / PAGE * PAGE).max(PAGE);
         let end = to / PAGE * PAGE;
         if end > start {
             // SAFETY: a shared file mapping: dropping its pages loses nothing

@@ -439,15 +439,14 @@ struct SimLog {
 }
 
 impl SimLog {
-    fn sync(&self, from: usize, to: Option<usize>) -> io::Result<()> {
+    /// Makes bytes `0..to` (all of them for `None`) and the length durable.
+    fn sync(&self, to: Option<usize>) -> io::Result<()> {
         let mut s = self.fs.lock();
         self.fs.wait_gate(&mut s)?;
         let f = &mut s.files[self.ino];
         let to = to.unwrap_or(f.data.len()).min(f.data.len());
         f.synced.resize(f.data.len(), 0);
-        if from < to {
-            f.synced[from..to].copy_from_slice(&f.data[from..to]);
-        }
+        f.synced[..to].copy_from_slice(&f.data[..to]);
         s.syncs += 1;
         Ok(())
     }
@@ -472,12 +471,12 @@ impl LogFile for SimLog {
         s.files[self.ino].data[at..at + bytes.len()].copy_from_slice(bytes);
     }
 
-    fn sync_range(&self, from: u64, to: u64) -> io::Result<()> {
-        self.sync(from as usize, Some(to as usize))
+    fn sync_range(&self, _from: u64, to: u64) -> io::Result<()> {
+        self.sync(Some(to as usize))
     }
 
     fn sync_all(&self) -> io::Result<()> {
-        self.sync(0, None)
+        self.sync(None)
     }
 }
 
@@ -497,7 +496,7 @@ impl WriteFile for SimLog {
     }
 
     fn sync_all(&mut self) -> io::Result<()> {
-        self.sync(0, None)
+        self.sync(None)
     }
 }
 

@@ -206,7 +206,7 @@ impl Segment {
     pub(crate) fn sync_range(&self, from: u64, to: u64) -> Result<()> {
         if to > from {
             self.file
-                .sync_range(0, to)
+                .sync_range(from, to)
                 .ctx("fsync log segment", &self.path)?;
         }
         let _ = self.synced.fetch_max(to, Ordering::AcqRel);
