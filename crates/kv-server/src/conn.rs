@@ -452,8 +452,11 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         // queueing; EXEC then refuses it.
         if clustered && self.session.authenticated && self.session.tx.is_none() {
             let proto = self.session.proto;
-            if let Some((op, reply)) = resp_cluster_op(shared, proto, args, self.out.now()) {
-                return self.forward(shared, op, reply);
+            match resp_cluster_op(shared, proto, args, self.out.now()) {
+                ClusterRoute::Forward(op, reply) => return self.forward(shared, op, reply),
+                // Never run locally what the cluster refused.
+                ClusterRoute::Refused => return,
+                ClusterRoute::NotCoordinated => {}
             }
             if resp_refused_in_cluster(args, self.out.now()) {
                 if args[0].eq_ignore_ascii_case(b"multi") {
@@ -600,6 +603,16 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     }
 }
 
+/// What a clustered node does with a RESP command.
+enum ClusterRoute {
+    /// The cluster coordinates it.
+    Forward(ClientOp, ReplyTo),
+    /// It was refused (size or memory); the error is already written.
+    Refused,
+    /// Not a command the cluster coordinates.
+    NotCoordinated,
+}
+
 /// The cluster operation for a RESP data command, if it is one the
 /// cluster coordinates; size and memory refusals are written to `out`.
 fn resp_cluster_op(
@@ -607,25 +620,26 @@ fn resp_cluster_op(
     proto: resp::Protocol,
     args: &[Cow<'_, [u8]>],
     out: &mut Vec<u8>,
-) -> Option<(ClientOp, ReplyTo)> {
-    let name = args.first()?.to_ascii_lowercase();
-    match (name.as_slice(), &args[1..]) {
-        (b"get", [k]) => Some((ClientOp::Get { key: k.to_vec() }, ReplyTo::RespGet(proto))),
+) -> ClusterRoute {
+    let Some(name) = args.first().map(|a| a.to_ascii_lowercase()) else {
+        return ClusterRoute::NotCoordinated;
+    };
+    let (op, reply) = match (name.as_slice(), &args[1..]) {
+        (b"get", [k]) => (ClientOp::Get { key: k.to_vec() }, ReplyTo::RespGet(proto)),
         (b"set", [k, v]) => {
             if resp_cmd::refuse_write(shared, k, Some(v), out) {
-                return None;
+                return ClusterRoute::Refused;
             }
-            Some((
-                ClientOp::Put {
-                    key: k.to_vec(),
-                    value: v.to_vec(),
-                },
-                ReplyTo::RespSet,
-            ))
+            let op = ClientOp::Put {
+                key: k.to_vec(),
+                value: v.to_vec(),
+            };
+            (op, ReplyTo::RespSet)
         }
-        (b"del" | b"unlink", [k]) => Some((ClientOp::Delete { key: k.to_vec() }, ReplyTo::RespDel)),
-        _ => None,
-    }
+        (b"del" | b"unlink", [k]) => (ClientOp::Delete { key: k.to_vec() }, ReplyTo::RespDel),
+        _ => return ClusterRoute::NotCoordinated,
+    };
+    ClusterRoute::Forward(op, reply)
 }
 
 /// Commands whose local answer would be wrong in a cluster: refused with a

@@ -111,9 +111,9 @@ pub fn execute(
         "multi" => resp_tx::multi(s, out),
         "exec" => return resp_tx::exec(shared, s, out),
         "discard" => resp_tx::discard(s, out),
-        "watch" if in_tx => resp_tx::refuse_watch(s, out),
+        "watch" if in_tx => resp_tx::refuse_watch(out),
         "quit" | "reset" => false,
-        _ if in_tx => resp_tx::queue(s, &name, args, out),
+        _ if in_tx => resp_tx::queue(shared, s, &name, args, out),
         _ => false,
     };
     if handled {
@@ -122,6 +122,14 @@ pub fn execute(
     if crate::resp_rmw::is_read_modify_write(&name, args.len()) {
         // Nothing else runs between its read and its write.
         let _exclusive = shared.exclusive_gate();
+        // Checked under the gate: the node may have joined meanwhile.
+        if shared.is_clustered() {
+            error(
+                out,
+                &format!("ERR '{name}' needs an atomic read-modify-write across replicas, which the cluster does not have yet; nothing was written"),
+            );
+            return After::Continue;
+        }
         return run(shared, s, &name, args, out);
     }
     // EXEC holds this exclusively while it runs a transaction.
@@ -498,6 +506,9 @@ fn hello(shared: &Shared, s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec
             return error(out, &format!("ERR Syntax error in HELLO option '{opt}'"));
         }
     }
+    if name.is_some_and(|n| !valid_client_name(n)) {
+        return bad_client_name(out);
+    }
     if let Some((user, password)) = credentials {
         if !check_password(shared, Some(user), password) {
             return wrongpass(out);
@@ -511,9 +522,6 @@ fn hello(shared: &Shared, s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec
         );
     }
     if let Some(name) = name {
-        if !valid_client_name(name) {
-            return bad_client_name(out);
-        }
         s.name = (!name.is_empty()).then(|| name.to_vec());
     }
     if let Some(p) = proto {

@@ -76,6 +76,18 @@ fn store(shared: &Shared, key: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
     }
 }
 
+/// Whether a value of `len` bytes is within --max-value-bytes; if not,
+/// the error is written.
+fn fits(shared: &Shared, len: u64, out: &mut Vec<u8>) -> bool {
+    match shared.check_value_len(len) {
+        Ok(()) => true,
+        Err(msg) => {
+            error(out, &format!("ERR {msg}"));
+            false
+        }
+    }
+}
+
 /// Runs one read-modify-write command (arity already checked); the caller
 /// holds every other command off.
 pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
@@ -89,6 +101,12 @@ pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out
         },
         "incrbyfloat" => incr_by_float(shared, &rest[0], &rest[1], out),
         "append" => {
+            let len = shared
+                .store
+                .get_with(&rest[0], |v| v.map_or(0, <[u8]>::len));
+            if !fits(shared, len as u64 + rest[1].len() as u64, out) {
+                return;
+            }
             let mut v = shared.store.get(&rest[0]).unwrap_or_default();
             v.extend_from_slice(&rest[1]);
             if store(shared, &rest[0], &v, out) {
@@ -165,10 +183,20 @@ fn incr_by_float(shared: &Shared, key: &[u8], by: &[u8], out: &mut Vec<u8>) {
     if !next.is_finite() {
         return error(out, "ERR increment would produce NaN or Infinity");
     }
-    let text = format_double(next);
+    let text = float_text(next);
     if store(shared, key, text.as_bytes(), out) {
         encode_bulk(out, text.as_bytes());
     }
+}
+
+/// INCRBYFLOAT's text for a result: Redis computes in long double and
+/// prints 17 significant digits, so `0.1 + 0.2` reads `0.3`; in f64 the
+/// same sum is 0.30000000000000004. Rounding to 15 significant digits (all
+/// an f64 holds reliably) and printing the shortest form gives Redis's text
+/// for such sums.
+fn float_text(v: f64) -> String {
+    let rounded: f64 = format!("{v:.14e}").parse().unwrap_or(v);
+    format_double(rounded)
 }
 
 fn setrange(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
@@ -184,6 +212,10 @@ fn setrange(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
             out,
             "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
         );
+    }
+    // Checked before anything is allocated.
+    if !rest[2].is_empty() && !fits(shared, offset + rest[2].len() as u64, out) {
+        return;
     }
     let mut v = shared.store.get(&rest[0]).unwrap_or_default();
     if rest[2].is_empty() {

@@ -21,6 +21,8 @@ pub struct Queued {
     commands: Vec<Vec<Vec<u8>>>,
     /// A command was refused while queueing: EXEC must run nothing.
     refused: bool,
+    /// Bytes queued (bounded by the query buffer limit).
+    bytes: usize,
     /// MULTI itself was refused (on a cluster): every command up to EXEC
     /// or DISCARD is answered with an error and not run, so that a client
     /// that pipelined MULTI ... EXEC sees no part of it applied.
@@ -40,7 +42,7 @@ impl Queued {
 
 /// Keys watched by a connection, with the version each had (`None`: no
 /// entry) when WATCH ran.
-pub type Watched = Vec<(Vec<u8>, Option<Version>)>;
+pub type Watched = std::collections::BTreeMap<Vec<u8>, Option<Version>>;
 
 fn version_of(shared: &Shared, key: &[u8]) -> Option<Version> {
     shared.store.get_versioned(key).map(|v| v.version)
@@ -59,7 +61,13 @@ pub fn multi(s: &mut Session, out: &mut Vec<u8>) -> bool {
 
 /// A command sent between MULTI and EXEC: checked, then queued. Returns
 /// true (handled).
-pub fn queue(s: &mut Session, name: &str, args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> bool {
+pub fn queue(
+    shared: &Shared,
+    s: &mut Session,
+    name: &str,
+    args: &[Cow<'_, [u8]>],
+    out: &mut Vec<u8>,
+) -> bool {
     let Some(tx) = s.tx.as_mut() else {
         return false;
     };
@@ -70,8 +78,24 @@ pub fn queue(s: &mut Session, name: &str, args: &[Cow<'_, [u8]>], out: &mut Vec<
         );
         return true;
     }
+    let bytes: usize = args.iter().map(|a| a.len() + 16).sum();
     match command_table::find(name) {
+        Some(spec) if spec.flags.contains(&"denyoom") && shared.is_over_memory() => {
+            tx.refused = true;
+            error(
+                out,
+                "OOM command not allowed when used memory > 'maxmemory'.",
+            );
+        }
+        Some(_) if tx.bytes.saturating_add(bytes) > shared.config.query_buffer_limit() => {
+            tx.refused = true;
+            error(
+                out,
+                "ERR the transaction passed the query buffer limit; it will be discarded",
+            );
+        }
         Some(spec) if spec.arity_ok(args.len()) => {
+            tx.bytes += bytes;
             tx.commands.push(args.iter().map(|a| a.to_vec()).collect());
             out.extend_from_slice(b"+QUEUED\r\n");
         }
@@ -103,20 +127,28 @@ pub fn discard(s: &mut Session, out: &mut Vec<u8>) -> bool {
 
 /// WATCH key [key ...].
 pub fn watch(shared: &Shared, s: &mut Session, keys: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    if s.watched.len().saturating_add(keys.len()) > MAX_WATCHED {
+        return error(
+            out,
+            &format!(
+                "ERR too many watched keys (at most {MAX_WATCHED} per connection); UNWATCH first"
+            ),
+        );
+    }
     for k in keys {
-        if !s.watched.iter().any(|(w, _)| w == k.as_ref()) {
-            s.watched.push((k.to_vec(), version_of(shared, k)));
+        if !s.watched.contains_key(k.as_ref()) {
+            s.watched.insert(k.to_vec(), version_of(shared, k));
         }
     }
     out.extend_from_slice(b"+OK\r\n");
 }
 
-/// WATCH between MULTI and EXEC: refused, and the transaction with it.
-/// Returns true (handled).
-pub fn refuse_watch(s: &mut Session, out: &mut Vec<u8>) -> bool {
-    if let Some(tx) = s.tx.as_mut() {
-        tx.refused = true;
-    }
+/// Most keys one connection may watch at once.
+pub const MAX_WATCHED: usize = 100_000;
+
+/// WATCH between MULTI and EXEC: refused, as Redis does, without
+/// discarding the transaction. Returns true (handled).
+pub fn refuse_watch(out: &mut Vec<u8>) -> bool {
     error(out, "ERR WATCH inside MULTI is not allowed");
     true
 }
@@ -143,6 +175,9 @@ pub fn exec(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> After {
         );
         return After::Continue;
     }
+    // No other command runs until the queue has.
+    let _exclusive = shared.exclusive_gate();
+    // Checked under the gate: the node may have joined while EXEC waited.
     if shared.is_clustered() {
         error(
             out,
@@ -150,8 +185,6 @@ pub fn exec(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> After {
         );
         return After::Continue;
     }
-    // No other command runs until the queue has.
-    let _exclusive = shared.exclusive_gate();
     if watched.iter().any(|(k, v)| version_of(shared, k) != *v) {
         encode_null_array(out, s.proto);
         return After::Continue;

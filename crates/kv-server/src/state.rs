@@ -117,13 +117,21 @@ impl Shared {
             ));
         }
         match value {
-            Some(v) if v.len() > self.config.max_value_bytes => Err(format!(
-                "value of {} bytes exceeds the limit of {} bytes (--max-value-bytes)",
-                v.len(),
-                self.config.max_value_bytes
-            )),
-            _ => Ok(()),
+            Some(v) => self.check_value_len(v.len() as u64),
+            None => Ok(()),
         }
+    }
+
+    /// Checks a value length against --max-value-bytes before the value
+    /// is built (APPEND, SETRANGE).
+    pub fn check_value_len(&self, len: u64) -> Result<(), String> {
+        if len > self.config.max_value_bytes as u64 {
+            return Err(format!(
+                "value of {len} bytes exceeds the limit of {} bytes (--max-value-bytes)",
+                self.config.max_value_bytes
+            ));
+        }
+        Ok(())
     }
 
     /// The INFO text, Redis style: `# Section` headers and `field:value`

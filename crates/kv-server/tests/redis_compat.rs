@@ -164,6 +164,20 @@ fn hello_authenticates_and_never_echoes_passwords() {
         let e = c.text(cmd);
         assert!(!e.contains("s3cret"), "{e:?}");
     }
+    // A HELLO refused for its name authenticates nothing.
+    assert_eq!(
+        c.text(&[
+            "HELLO",
+            "3",
+            "AUTH",
+            "default",
+            "s3cret",
+            "SETNAME",
+            "bad\u{1}name"
+        ]),
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    );
+    assert!(c.text(&["GET", "k"]).starts_with("-NOAUTH"));
     let ok = c.text(&["HELLO", "3", "AUTH", "default", "s3cret", "SETNAME", "app"]);
     assert!(ok.starts_with("%7\r\n"), "{ok:?}");
     assert_eq!(c.text(&["GET", "k"]), "_\r\n");
@@ -234,7 +248,6 @@ fn multi_exec_runs_the_queue_and_a_refused_command_aborts_it_all() {
         &["NOSUCH", "x"][..],
         &["GET", "a", "extra"],
         &["LPUSH", "list", "x"],
-        &["WATCH", "a"],
     ] {
         assert_eq!(c.text(&["MULTI"]), "+OK\r\n");
         assert_eq!(c.text(&["SET", "a", "changed"]), "+QUEUED\r\n");
@@ -247,6 +260,14 @@ fn multi_exec_runs_the_queue_and_a_refused_command_aborts_it_all() {
         assert_eq!(c.text(&["GET", "a"]), "$1\r\n1\r\n", "{bad:?}");
         assert_eq!(c.text(&["GET", "c"]), "$-1\r\n", "{bad:?}");
     }
+
+    // WATCH inside MULTI is refused without discarding the transaction.
+    assert_eq!(c.text(&["MULTI"]), "+OK\r\n");
+    assert_eq!(
+        c.text(&["WATCH", "a"]),
+        "-ERR WATCH inside MULTI is not allowed\r\n"
+    );
+    assert_eq!(c.text(&["EXEC"]), "*0\r\n");
 
     // DISCARD drops the queue.
     assert_eq!(c.text(&["MULTI"]), "+OK\r\n");
@@ -487,6 +508,13 @@ fn transactions_are_refused_in_a_cluster_with_no_side_effect() {
         );
     }
     assert_eq!(c.text(&["GET", "k3"]), "$-1\r\n");
+    // A SET the cluster refuses for its size gets one error, and is never
+    // run on this node alone (it was answered twice, the second time
+    // locally).
+    let big = "k".repeat(70_000);
+    let e = c.text(&["SET", &big, "v"]);
+    assert!(e.starts_with("-ERR key of 70000 bytes"), "{e:?}");
+    assert_eq!(c.text(&["PING"]), "+PONG\r\n");
 }
 
 #[test]
@@ -515,6 +543,8 @@ fn counters_and_read_modify_write_commands_answer_as_redis() {
     c.text(&["SET", "f", "10.50"]);
     assert_eq!(c.text(&["INCRBYFLOAT", "f", "0.1"]), "$4\r\n10.6\r\n");
     assert_eq!(c.text(&["INCRBYFLOAT", "f", "-5"]), "$3\r\n5.6\r\n");
+    c.text(&["SET", "tenth", "0.1"]);
+    assert_eq!(c.text(&["INCRBYFLOAT", "tenth", "0.2"]), "$3\r\n0.3\r\n");
     c.text(&["SET", "f2", "5.0e3"]);
     assert_eq!(c.text(&["INCRBYFLOAT", "f2", "2.0e2"]), "$4\r\n5200\r\n");
     assert_eq!(
@@ -527,6 +557,12 @@ fn counters_and_read_modify_write_commands_answer_as_redis() {
     assert_eq!(c.text(&["GET", "s"]), "$5\r\naZZde\r\n");
     assert_eq!(c.text(&["SETRANGE", "pad", "3", "x"]), ":4\r\n");
     assert_eq!(c.text(&["GET", "pad"]), "$4\r\n\0\0\0x\r\n");
+    // Sizes are checked before anything is built.
+    let e = c.text(&["SETRANGE", "pad", "536870000", "x"]);
+    assert!(
+        e.starts_with("-ERR value of 536870001 bytes exceeds the limit"),
+        "{e:?}"
+    );
     assert_eq!(c.text(&["GETSET", "s", "new"]), "$5\r\naZZde\r\n");
     assert_eq!(c.text(&["GETSET", "none", "v"]), "$-1\r\n");
     assert_eq!(c.text(&["GETDEL", "none"]), "$1\r\nv\r\n");
