@@ -51,6 +51,21 @@ pub struct Config {
     /// ends (on by default; off only to show, in the simulator, what goes
     /// wrong without it).
     pub stream_ranges: bool,
+    /// Bugs planted on purpose, for the simulator's tests to show that it
+    /// catches them. All off by default; never turn one on in production.
+    #[doc(hidden)]
+    pub planted: Planted,
+}
+
+/// Bugs that can be planted on purpose so that the simulator's tests show
+/// its checkers catch them. Every one is off by default.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Planted {
+    /// Rebalancing counts a range as copied once `need` of its sources
+    /// have sent what *they* were asked for, whether or not that was this
+    /// range (the accounting before the fix).
+    pub any_source_done: bool,
 }
 
 impl Config {
@@ -74,6 +89,7 @@ impl Config {
             stream_rate: 0,
             stream_page: 2 << 20,
             stream_ranges: true,
+            planted: Planted::default(),
         }
     }
 }
@@ -1322,7 +1338,8 @@ impl Node {
         if self.stream.is_none() {
             let members = &self.members;
             let up = |id: &str| members.is_up(id, now);
-            let st = Stream::new(self.transition, self.plan.clone(), self.resume.as_ref(), up);
+            let mut st = Stream::new(self.transition, self.plan.clone(), self.resume.as_ref(), up);
+            st.planted_any_source_done = self.cfg.planted.any_source_done;
             let resumed = st.resumed();
             let note = if resumed > 0 {
                 format!(

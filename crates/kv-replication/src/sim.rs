@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use kv_storage::{Options, Store};
 
 use crate::msg::{ClientOp, ClientReply, PeerMsg, Status, Ver};
-use crate::node::{Config, Hint, Node, Output, Persisted};
+use crate::node::{Config, Hint, Node, Output, Persisted, Planted};
 
 /// What a simulated run does.
 #[derive(Clone, Debug)]
@@ -59,6 +59,8 @@ pub struct SimConfig {
     pub read_repair: bool,
     /// Whether nodes run anti-entropy.
     pub anti_entropy: bool,
+    /// Interval between a node's anti-entropy rounds (ms).
+    pub anti_entropy_interval: u64,
     /// Extra nodes that join the cluster in the middle of the workload.
     pub joiners: usize,
     /// Nodes decommissioned (LEAVE) in the middle of the workload.
@@ -69,6 +71,8 @@ pub struct SimConfig {
     /// Drop tombstones from every store as soon as they are this old (ms);
     /// `None` keeps them, as a real grace period longer than any run does.
     pub purge_tombstones_after: Option<u64>,
+    /// Bugs planted on purpose, to show that the checks catch them.
+    pub planted: Planted,
 }
 
 impl Default for SimConfig {
@@ -87,10 +91,12 @@ impl Default for SimConfig {
             crashes: true,
             read_repair: true,
             anti_entropy: true,
+            anti_entropy_interval: 100,
             joiners: 0,
             leavers: 0,
             stream_ranges: true,
             purge_tombstones_after: None,
+            planted: Planted::default(),
         }
     }
 }
@@ -156,6 +162,8 @@ struct Done {
     version: Option<Ver>,
     value: Option<Vec<u8>>,
     write: bool,
+    /// A read scheduled right after a rebalance ended.
+    after_rebalance: bool,
 }
 
 struct Message {
@@ -177,6 +185,10 @@ struct Sim {
     cut: Vec<Vec<bool>>,
     heal_at: u64,
     clients: BTreeMap<(usize, u64), (Kind, u64)>,
+    /// Client ids of the reads scheduled after a rebalance.
+    rebalance_reads: std::collections::BTreeSet<u64>,
+    /// Reads to issue at a time (ms), of a key, because a rebalance ended.
+    scheduled: Vec<(u64, usize)>,
     next_client: u64,
     done: Vec<Done>,
     /// Every value a client asked to write, with its key (values are unique).
@@ -185,6 +197,9 @@ struct Sim {
 }
 
 const TICK: u64 = 10;
+
+/// When (ms after a rebalance ends) every key is read at quorum.
+const AFTER_REBALANCE: [u64; 5] = [1, 20, 100, 400, 1500];
 
 fn key_name(k: usize) -> Vec<u8> {
     format!("key{k}").into_bytes()
@@ -214,6 +229,8 @@ impl Sim {
             cut: vec![vec![false; cfg.nodes + cfg.joiners]; cfg.nodes + cfg.joiners],
             heal_at: 0,
             clients: BTreeMap::new(),
+            rebalance_reads: std::collections::BTreeSet::new(),
+            scheduled: Vec::new(),
             next_client: 1,
             done: Vec::new(),
             written: BTreeMap::new(),
@@ -232,9 +249,14 @@ impl Sim {
         c.suspect_after = 300;
         c.down_after = 800;
         c.read_repair = self.cfg.read_repair;
-        c.anti_entropy_interval = if self.cfg.anti_entropy { 100 } else { 0 };
+        c.anti_entropy_interval = if self.cfg.anti_entropy {
+            self.cfg.anti_entropy_interval.max(1)
+        } else {
+            0
+        };
         c.stream_ranges = self.cfg.stream_ranges;
         c.stream_page = 256;
+        c.planted = self.cfg.planted;
         c
     }
 
@@ -302,6 +324,13 @@ impl Sim {
                 Output::Log(line) => {
                     if line.starts_with("rebalance done") {
                         self.report.rebalances += 1;
+                        // Read every key in the seconds right after, before
+                        // anti-entropy can hide a range copied short.
+                        for delay in AFTER_REBALANCE {
+                            for key in 0..self.cfg.keys {
+                                self.scheduled.push((self.now + delay, key));
+                            }
+                        }
                     }
                     if std::env::var_os("KV_SIM_DEBUG").is_some() {
                         eprintln!("{} {}: {line}", self.now, self.nodes[i].id);
@@ -363,6 +392,7 @@ impl Sim {
                     version: Some(version),
                     value,
                     write: true,
+                    after_rebalance: false,
                 });
             }
             (Kind::Read { key }, ClientReply::Value(state)) => {
@@ -378,6 +408,7 @@ impl Sim {
                     version,
                     value,
                     write: false,
+                    after_rebalance: self.rebalance_reads.remove(&id),
                 });
             }
             (_, ClientReply::Unavailable { .. }) => self.report.unavailable += 1,
@@ -468,6 +499,9 @@ impl Sim {
             };
             self.deliver(m);
         }
+        if !self.scheduled.is_empty() {
+            self.issue_scheduled();
+        }
         if self.now % TICK == 0 {
             if let Some(after) = self.cfg.purge_tombstones_after {
                 let before = self.now.saturating_sub(after).saturating_mul(1000);
@@ -485,6 +519,23 @@ impl Sim {
         }
         if faults {
             self.faults();
+        }
+    }
+
+    /// Issues the reads scheduled for now, each through a random normal
+    /// member.
+    fn issue_scheduled(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = self.scheduled.iter().partition(|(at, _)| *at <= now);
+        self.scheduled = later;
+        for (_, key) in due {
+            let members = self.live_where(|n| n.status() == Status::Normal);
+            if members.is_empty() {
+                continue;
+            }
+            let i = members[self.rng.below(members.len() as u64) as usize];
+            self.rebalance_reads.insert(self.next_client);
+            self.issue(i, Kind::Read { key });
         }
     }
 
@@ -697,8 +748,13 @@ impl Sim {
                 .max();
             if let Some(w) = floor {
                 if r.version.is_none_or(|v| v < w) {
+                    let when = if r.after_rebalance {
+                        " (read right after a rebalance ended)"
+                    } else {
+                        ""
+                    };
                     self.report.violations.push(format!(
-                        "stale read of key{} at {}: saw {:?}, but {:?} was acknowledged before the read began",
+                        "stale read of key{} at {}{when}: saw {:?}, but {:?} was acknowledged before the read began",
                         r.key, r.start, r.version, w
                     ));
                 }
