@@ -73,6 +73,20 @@ pub struct SimConfig {
     pub purge_tombstones_after: Option<u64>,
     /// Bugs planted on purpose, to show that the checks catch them.
     pub planted: Planted,
+    /// Each node's clock starts up to this far (ms) ahead of the slowest.
+    pub clock_skew: u64,
+    /// Chance per tick (per million) that a node's clock jumps forward.
+    pub clock_jump_ppm: u64,
+    /// Largest forward jump (ms); no clock gets more than
+    /// [`SimConfig::max_clock_lead`] ahead of the slowest through jumps.
+    pub clock_jump: u64,
+    /// How far ahead of the slowest clock jumps may take a clock (ms).
+    pub max_clock_lead: u64,
+    /// Whether to check, at the end, that every key can be written
+    /// through every member.
+    pub final_writes: bool,
+    /// About how many bytes a page of a rebalancing stream carries.
+    pub stream_page: u32,
 }
 
 impl Default for SimConfig {
@@ -97,6 +111,12 @@ impl Default for SimConfig {
             stream_ranges: true,
             purge_tombstones_after: None,
             planted: Planted::default(),
+            clock_skew: 150,
+            clock_jump_ppm: 2_000,
+            clock_jump: 150,
+            max_clock_lead: 400,
+            final_writes: true,
+            stream_page: 256,
         }
     }
 }
@@ -110,6 +130,8 @@ pub struct Report {
     pub reads: usize,
     /// Operations that failed for lack of a quorum.
     pub unavailable: usize,
+    /// Writes that failed because replicas kept newer versions.
+    pub conflicts: usize,
     /// Invariant violations, described.
     pub violations: Vec<String>,
     /// Hash of everything the nodes output, in order: equal seeds, equal hashes.
@@ -145,6 +167,8 @@ struct SimNode {
     /// Its durable hints.
     hints: BTreeMap<(String, Vec<u8>), Hint>,
     down_until: u64,
+    /// How far its clock is ahead of the simulation's time (ms).
+    clock_ahead: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -185,6 +209,8 @@ struct Sim {
     cut: Vec<Vec<bool>>,
     heal_at: u64,
     clients: BTreeMap<(usize, u64), (Kind, u64)>,
+    /// Writes refused as conflicts: (coordinator, key, newer, tries).
+    conflicted: Vec<(usize, usize, Ver, u32)>,
     /// Client ids of the reads scheduled after a rebalance.
     rebalance_reads: std::collections::BTreeSet<u64>,
     /// Reads to issue at a time (ms), of a key, because a rebalance ended.
@@ -216,9 +242,10 @@ impl Sim {
                 saved: None,
                 hints: BTreeMap::new(),
                 down_until: 0,
+                clock_ahead: 0,
             })
             .collect();
-        Sim {
+        let mut sim = Sim {
             rng: Rng(seed),
             now: 1_000_000,
             cfg: cfg.clone(),
@@ -230,12 +257,24 @@ impl Sim {
             heal_at: 0,
             clients: BTreeMap::new(),
             rebalance_reads: std::collections::BTreeSet::new(),
+            conflicted: Vec::new(),
             scheduled: Vec::new(),
             next_client: 1,
             done: Vec::new(),
             written: BTreeMap::new(),
             report: Report::default(),
+        };
+        if cfg.clock_skew > 0 {
+            for k in 0..sim.nodes.len() {
+                sim.nodes[k].clock_ahead = sim.rng.below(cfg.clock_skew + 1);
+            }
         }
+        sim
+    }
+
+    /// Node `i`'s clock (ms): never goes backwards.
+    fn clock(&self, i: usize) -> u64 {
+        self.now + self.nodes[i].clock_ahead
     }
 
     fn node_config(&self, i: usize) -> Config {
@@ -255,7 +294,7 @@ impl Sim {
             0
         };
         c.stream_ranges = self.cfg.stream_ranges;
-        c.stream_page = 256;
+        c.stream_page = self.cfg.stream_page;
         c.planted = self.cfg.planted;
         c
     }
@@ -264,7 +303,8 @@ impl Sim {
         let seed = self.rng.next();
         let cfg = self.node_config(i);
         let n = &mut self.nodes[i];
-        let mut node = Node::new(cfg, self.now, n.saved.clone(), &n.store, seed);
+        let now = self.now + n.clock_ahead;
+        let mut node = Node::new(cfg, now, n.saved.clone(), &n.store, seed);
         node.restore_hints(n.hints.values().cloned());
         n.node = Some(node);
     }
@@ -275,8 +315,9 @@ impl Sim {
         self.start_node(i);
         if i > 0 {
             let seed = self.nodes[0].id.clone();
+            let now = self.clock(i);
             if let Some(n) = self.nodes[i].node.as_mut() {
-                n.join(self.now, &seed);
+                n.join(now, &seed);
             }
         }
         self.drain(i);
@@ -286,8 +327,9 @@ impl Sim {
     fn start_and_join(&mut self, i: usize) {
         self.start_node(i);
         let seed = self.nodes[0].id.clone();
+        let now = self.clock(i);
         if let Some(n) = self.nodes[i].node.as_mut() {
-            n.join(self.now, &seed);
+            n.join(now, &seed);
         }
         self.drain(i);
     }
@@ -412,6 +454,10 @@ impl Sim {
                 });
             }
             (_, ClientReply::Unavailable { .. }) => self.report.unavailable += 1,
+            (Kind::Write { key, .. }, ClientReply::Conflict { newer, tries }) => {
+                self.report.conflicts += 1;
+                self.conflicted.push((i, key, newer, tries));
+            }
             (kind, reply) => self
                 .report
                 .violations
@@ -458,9 +504,10 @@ impl Sim {
             }
         }
         self.clients.insert((i, id), (kind, self.now));
+        let now = self.clock(i);
         let n = &mut self.nodes[i];
         if let Some(node) = n.node.as_mut() {
-            node.handle_client(self.now, id, op, &n.store);
+            node.handle_client(now, id, op, &n.store);
         }
         self.drain(i);
     }
@@ -510,15 +557,35 @@ impl Sim {
                 }
             }
             for i in 0..self.nodes.len() {
+                let now = self.clock(i);
                 let n = &mut self.nodes[i];
                 if let Some(node) = n.node.as_mut() {
-                    node.handle_tick(self.now, &n.store);
+                    node.handle_tick(now, &n.store);
                 }
                 self.drain(i);
             }
+            self.clock_jumps();
         }
         if faults {
             self.faults();
+        }
+    }
+
+    /// Now and then a node's clock jumps forward (never further than
+    /// `max_clock_lead` ahead of the slowest clock).
+    fn clock_jumps(&mut self) {
+        if self.cfg.clock_jump == 0
+            || self.cfg.clock_jump_ppm == 0
+            || !self.rng.chance(self.cfg.clock_jump_ppm)
+        {
+            return;
+        }
+        let i = self.rng.below(self.nodes.len() as u64) as usize;
+        let slowest = self.nodes.iter().map(|n| n.clock_ahead).min().unwrap_or(0);
+        let jump = 1 + self.rng.below(self.cfg.clock_jump);
+        let lead = self.nodes[i].clock_ahead + jump - slowest;
+        if lead <= self.cfg.max_clock_lead.max(self.cfg.clock_skew) {
+            self.nodes[i].clock_ahead += jump;
         }
     }
 
@@ -544,9 +611,10 @@ impl Sim {
             return;
         }
         let from = self.nodes[m.from].id.clone();
+        let now = self.clock(m.to);
         let n = &mut self.nodes[m.to];
         let Some(node) = n.node.as_mut() else { return };
-        node.handle_message(self.now, &from, m.msg, &n.store);
+        node.handle_message(now, &from, m.msg, &n.store);
         self.drain(m.to);
     }
 
@@ -602,10 +670,11 @@ impl Sim {
         let victim = members[self.rng.below(members.len() as u64) as usize];
         let via = members[self.rng.below(members.len() as u64) as usize];
         let id = self.nodes[victim].id.clone();
+        let now = self.clock(via);
         let Some(node) = self.nodes[via].node.as_mut() else {
             return false;
         };
-        let ok = node.leave(self.now, &id).is_ok();
+        let ok = node.leave(now, &id).is_ok();
         self.drain(via);
         ok
     }
@@ -710,7 +779,10 @@ impl Sim {
         }
         for i in self.rebalancing() {
             if let Some(n) = &self.nodes[i].node {
-                let what = n.progress(self.now).map(|p| p.line()).unwrap_or_default();
+                let what = n
+                    .progress(self.now + self.nodes[i].clock_ahead)
+                    .map(|p| p.line())
+                    .unwrap_or_default();
                 self.report.violations.push(format!(
                     "{} still {} 30 s after healing: {what}",
                     self.nodes[i].id,
@@ -725,8 +797,12 @@ impl Sim {
             .filter(|n| n.status() == Status::Left)
             .count();
         self.check_reads();
+        self.check_acks();
         self.check_converged();
         self.final_reads();
+        if self.cfg.final_writes {
+            self.final_writes();
+        }
     }
 
     /// Invariant 2, and that every value read is the one written with
@@ -801,6 +877,30 @@ impl Sim {
         }
     }
 
+    /// An OK means the write was the newest on a write quorum when it was
+    /// acknowledged: its version is above that of every write acknowledged
+    /// before it began (else it was silently lost, replicas keeping the
+    /// older value).
+    fn check_acks(&mut self) {
+        let mut problems = Vec::new();
+        for w in self.done.iter().filter(|d| d.write) {
+            let earlier = self
+                .done
+                .iter()
+                .filter(|e| e.write && e.key == w.key && e.end < w.start)
+                .max_by_key(|e| e.version);
+            if let Some(e) = earlier {
+                if e.version > w.version {
+                    problems.push(format!(
+                        "write of key{} acknowledged at {} with {:?}, older than {:?} acknowledged at {} before it began: an OK for a write that lost",
+                        w.key, w.end, w.version, e.version, e.end
+                    ));
+                }
+            }
+        }
+        self.report.violations.extend(problems);
+    }
+
     /// Invariant 3: after healing and some rounds of repair, every
     /// replica of every key holds the same version.
     fn check_converged(&mut self) {
@@ -872,6 +972,49 @@ impl Sim {
                         "acknowledged write {w:?} of key{} lost: final read saw {:?}",
                         r.key, r.version
                     ));
+                }
+            }
+        }
+    }
+}
+
+impl Sim {
+    /// After healing, with no other client about, every key can still be
+    /// written through every member (a clock behind the others, or one far
+    /// ahead, must not make keys unwritable). Writes that lose their
+    /// quorum to a dropped message are retried a few times.
+    fn final_writes(&mut self) {
+        let members = self.live_where(|n| n.status() == Status::Normal);
+        for key in 0..self.cfg.keys {
+            for &i in &members {
+                for _attempt in 0..5 {
+                    self.clients.clear();
+                    self.conflicted.clear();
+                    let acked = self.report.acked_writes;
+                    let value = format!("final{}", self.rng.next()).into_bytes();
+                    self.issue(
+                        i,
+                        Kind::Write {
+                            key,
+                            value: Some(value),
+                        },
+                    );
+                    for _ in 0..2000 {
+                        self.step(false);
+                        if self.clients.is_empty() {
+                            break;
+                        }
+                    }
+                    if let Some((_, _, newer, tries)) = self.conflicted.first() {
+                        self.report.violations.push(format!(
+                            "key{key} unwritable through {} after healing: {tries} versions lost to {newer:?}",
+                            self.nodes[i].id
+                        ));
+                        break;
+                    }
+                    if self.report.acked_writes > acked {
+                        break;
+                    }
                 }
             }
         }
