@@ -117,6 +117,9 @@ pub enum PeerMsg {
     Gossip {
         /// What the sender knows of every member.
         members: Vec<Digest>,
+        /// The sender's clock (ms) when it sent this, so that a node can
+        /// tell when its own clock is far ahead of the cluster's.
+        clock: u64,
     },
     /// Store this write if it is newer than what you hold.
     Replicate {

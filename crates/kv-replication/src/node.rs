@@ -341,6 +341,14 @@ pub struct Node {
     /// last logged.
     refused_far: u64,
     last_far_log: u64,
+    /// The latest time handed to the node.
+    last_now: u64,
+    /// Per peer, whether this node's clock was more than the maximum clock
+    /// offset ahead of the peer's at its last gossip.
+    ahead_of: BTreeMap<NodeId, bool>,
+    /// Whether this node found its clock too far ahead of most peers: it
+    /// coordinates nothing until that changes.
+    clock_ahead: bool,
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
@@ -405,6 +413,9 @@ impl Node {
             next_hint_op: u64::MAX,
             refused_far: 0,
             last_far_log: 0,
+            last_now: now,
+            ahead_of: BTreeMap::new(),
+            clock_ahead: false,
         };
         if let Some(d) = n.members.digest(&n.cfg.id) {
             n.synced = d.synced;
@@ -644,6 +655,42 @@ impl Node {
         }
     }
 
+    /// Compares this node's clock `now` with a peer's (sent in its
+    /// gossip). A node whose clock is more than the maximum clock offset
+    /// ahead of most peers it hears from stops coordinating (its versions
+    /// would be refused everywhere), and says so in the log.
+    fn note_peer_clock(&mut self, now: u64, from: &str, clock: u64) {
+        let Some(max) = self.clock_bound() else {
+            return;
+        };
+        if from == self.cfg.id {
+            return;
+        }
+        let ahead = now > clock.saturating_add(max);
+        self.ahead_of.insert(from.to_string(), ahead);
+        let members = self.members.current();
+        self.ahead_of.retain(|id, _| members.contains(id));
+        let n = self.ahead_of.len();
+        let ahead_count = self.ahead_of.values().filter(|a| **a).count();
+        let now_ahead = ahead_count * 2 > n;
+        if now_ahead != self.clock_ahead {
+            self.clock_ahead = now_ahead;
+            self.log(if now_ahead {
+                format!(
+                    "this node's clock is more than the maximum clock offset ({max} ms) ahead of {ahead_count} of {n} peers ({from}'s reads {clock}, ours {now}): it coordinates no operation until the clock is fixed"
+                )
+            } else {
+                "this node's clock is back within the maximum clock offset of its peers: coordinating again".to_string()
+            });
+        }
+    }
+
+    /// Whether this node stopped coordinating because its clock is too far
+    /// ahead of its peers'.
+    pub fn clock_too_far_ahead(&self) -> bool {
+        self.clock_ahead
+    }
+
     /// The maximum clock offset in force (`None`: none, a planted bug).
     fn clock_bound(&self) -> Option<u64> {
         (!self.cfg.planted.no_clock_bound).then_some(self.cfg.max_clock_offset)
@@ -708,6 +755,7 @@ impl Node {
                 &seed,
                 PeerMsg::Gossip {
                     members: members.clone(),
+                    clock: now,
                 },
             );
         }
@@ -815,6 +863,7 @@ impl Node {
             if peer != self.cfg.id {
                 let msg = PeerMsg::Gossip {
                     members: members.clone(),
+                    clock: self.last_now,
                 };
                 self.send(&peer, msg);
             }
@@ -864,7 +913,12 @@ impl Node {
 
     /// A client operation, to be answered with [`Output::Reply`] carrying `id`.
     pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &Store) {
-        if self.is_joining() || self.status() == Status::Left || self.read_ring.nodes().is_empty() {
+        self.last_now = self.last_now.max(now);
+        if self.is_joining()
+            || self.clock_ahead
+            || self.status() == Status::Left
+            || self.read_ring.nodes().is_empty()
+        {
             let reply = ClientReply::Unavailable {
                 answered: 0,
                 needed: 1,
@@ -1059,6 +1113,7 @@ impl Node {
 
     /// A message from node `from`.
     pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
+        self.last_now = self.last_now.max(now);
         let far = match &msg {
             PeerMsg::Replicate { version, .. } => Some((version.ts, "a write")),
             PeerMsg::ReadReply { state: Some(s), .. } => Some((s.version.ts, "a read reply")),
@@ -1077,7 +1132,10 @@ impl Node {
             return self.send(from, reply);
         }
         match msg {
-            PeerMsg::Gossip { members } => self.on_gossip(now, from, &members),
+            PeerMsg::Gossip { members, clock } => {
+                self.note_peer_clock(now, from, clock);
+                self.on_gossip(now, from, &members)
+            }
             // Answered by serve_replica above (a store failure: no answer).
             PeerMsg::Replicate { .. }
             | PeerMsg::Read { .. }
@@ -1163,7 +1221,13 @@ impl Node {
         if behind && from != self.cfg.id {
             self.members.beat(now);
             let members = self.members.digests();
-            self.send(from, PeerMsg::Gossip { members });
+            self.send(
+                from,
+                PeerMsg::Gossip {
+                    members,
+                    clock: now,
+                },
+            );
         }
     }
 
@@ -1407,6 +1471,7 @@ impl Node {
 
     /// Time passes: gossip, failure detection, anti-entropy, deadlines.
     pub fn handle_tick(&mut self, now: u64, store: &Store) {
+        self.last_now = self.last_now.max(now);
         if now >= self.last_gossip + self.cfg.gossip_interval {
             self.last_gossip = now;
             self.gossip_round(now);
@@ -1940,6 +2005,7 @@ impl Node {
                 &to,
                 PeerMsg::Gossip {
                     members: members.clone(),
+                    clock: now,
                 },
             );
         }

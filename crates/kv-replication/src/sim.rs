@@ -87,6 +87,10 @@ pub struct SimConfig {
     pub final_writes: bool,
     /// About how many bytes a page of a rebalancing stream carries.
     pub stream_page: u32,
+    /// Whether, half way through the workload, node 1 crashes and comes
+    /// back with a clock far in the future (so far that its timestamps
+    /// would reach `u64::MAX`).
+    pub far_future_clock: bool,
 }
 
 impl Default for SimConfig {
@@ -117,6 +121,7 @@ impl Default for SimConfig {
             max_clock_lead: 400,
             final_writes: true,
             stream_page: 256,
+            far_future_clock: false,
         }
     }
 }
@@ -274,7 +279,7 @@ impl Sim {
 
     /// Node `i`'s clock (ms): never goes backwards.
     fn clock(&self, i: usize) -> u64 {
-        self.now + self.nodes[i].clock_ahead
+        self.now.saturating_add(self.nodes[i].clock_ahead)
     }
 
     fn node_config(&self, i: usize) -> Config {
@@ -303,7 +308,7 @@ impl Sim {
         let seed = self.rng.next();
         let cfg = self.node_config(i);
         let n = &mut self.nodes[i];
-        let now = self.now + n.clock_ahead;
+        let now = self.now.saturating_add(n.clock_ahead);
         let mut node = Node::new(cfg, now, n.saved.clone(), &n.store, seed);
         node.restore_hints(n.hints.values().cloned());
         n.node = Some(node);
@@ -581,6 +586,9 @@ impl Sim {
             return;
         }
         let i = self.rng.below(self.nodes.len() as u64) as usize;
+        if self.cfg.far_future_clock && i == 1 {
+            return;
+        }
         let slowest = self.nodes.iter().map(|n| n.clock_ahead).min().unwrap_or(0);
         let jump = 1 + self.rng.below(self.cfg.clock_jump);
         let lead = self.nodes[i].clock_ahead + jump - slowest;
@@ -682,7 +690,7 @@ impl Sim {
     /// A live node that holds data (a normal member), to ask for views and
     /// final reads.
     fn member(&self, k: usize) -> Option<usize> {
-        let members = self.live_where(|n| n.status() == Status::Normal);
+        let members = self.live_where(|n| n.status() == Status::Normal && !n.clock_too_far_ahead());
         (!members.is_empty()).then(|| members[k % members.len()])
     }
 
@@ -726,7 +734,16 @@ impl Sim {
         let mut issued = 0;
         let mut joined = self.cfg.nodes;
         let mut leaves = 0;
+        let mut far = self.cfg.far_future_clock;
         while issued < self.cfg.ops {
+            // A node comes back from a crash with its clock far ahead.
+            if far && issued * 2 >= self.cfg.ops && self.nodes.len() > 1 {
+                far = false;
+                self.nodes[1].node = None;
+                self.clients.retain(|(node, _), _| *node != 1);
+                self.nodes[1].down_until = self.now + 200;
+                self.nodes[1].clock_ahead = u64::MAX / 1000;
+            }
             // Joiners arrive spread over the workload.
             if joined < self.nodes.len()
                 && issued * (self.cfg.joiners + 1) >= self.cfg.ops * (joined - self.cfg.nodes + 1)
@@ -780,7 +797,7 @@ impl Sim {
         for i in self.rebalancing() {
             if let Some(n) = &self.nodes[i].node {
                 let what = n
-                    .progress(self.now + self.nodes[i].clock_ahead)
+                    .progress(self.clock(i))
                     .map(|p| p.line())
                     .unwrap_or_default();
                 self.report.violations.push(format!(

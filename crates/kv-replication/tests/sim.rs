@@ -353,3 +353,35 @@ fn a_clock_that_observes_nothing_is_caught() {
     );
     println!("HLC without observe caught at seed {seed}: {what}");
 }
+
+/// A node whose clock is far in the future (so far that its timestamps
+/// reach `u64::MAX`): with the maximum clock offset its versions are
+/// refused everywhere and it stops coordinating, so the invariants hold
+/// and every key stays writable.
+#[test]
+fn a_node_with_a_far_future_clock_keeps_the_invariants() {
+    let cfg = SimConfig {
+        far_future_clock: true,
+        ..SimConfig::default()
+    };
+    let test = "a_node_with_a_far_future_clock_keeps_the_invariants";
+    check_all(test, &cfg, &seeds_up_to(100), &[]);
+}
+
+/// The same node without a maximum clock offset: everyone observes its
+/// timestamps, clocks reach `u64::MAX` and keys become unwritable, which
+/// the final writes catch.
+#[test]
+fn no_maximum_clock_offset_is_caught() {
+    let mut cfg = SimConfig {
+        far_future_clock: true,
+        ..SimConfig::default()
+    };
+    cfg.planted.no_clock_bound = true;
+    let (seed, what) = caught(
+        &cfg,
+        "unwritable",
+        "without a maximum clock offset a far-future clock must make some key unwritable",
+    );
+    println!("missing maximum clock offset caught at seed {seed}: {what}");
+}
