@@ -41,5 +41,8 @@ pub mod sim;
 
 pub use membership::MemberState;
 pub use msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
-pub use node::{apply_entries, serve_replica, Config, Hint, MemberInfo, Node, Output, Persisted};
+pub use node::{
+    apply_entries, serve_replica, serve_replica_at, Config, Hint, MemberInfo, Node, Output,
+    Persisted, Planted,
+};
 pub use rebalance::{Progress, StreamSave};

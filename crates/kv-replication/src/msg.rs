@@ -117,6 +117,9 @@ pub enum PeerMsg {
     Gossip {
         /// What the sender knows of every member.
         members: Vec<Digest>,
+        /// The sender's clock (ms) when it sent this, so that a node can
+        /// tell when its own clock is far ahead of the cluster's.
+        clock: u64,
     },
     /// Store this write if it is newer than what you hold.
     Replicate {
@@ -129,12 +132,16 @@ pub enum PeerMsg {
         /// The write's version.
         version: Ver,
     },
-    /// The write is stored (or something newer was).
+    /// The write is stored, or (`newer`) it was not because the replica
+    /// holds a newer version of the key.
     ReplicateAck {
         /// The operation.
         op: u64,
         /// Whether the key held a live value before.
         existed: bool,
+        /// `Some(v)`: not applied, the replica holds `v`, newer than the
+        /// write's version; the write lost there.
+        newer: Option<Ver>,
     },
     /// Send me your state of this key.
     Read {
@@ -277,6 +284,16 @@ pub enum ClientReply {
         keys: Vec<Vec<u8>>,
         /// Pass as `after` for the next page; `None` at the end.
         next: Option<Vec<u8>>,
+    },
+    /// Put or Delete not acknowledged: replicas kept a newer version than
+    /// the write's, and re-stamping it above that version `tries` times did
+    /// not make it the newest on a write quorum (or the clock could not
+    /// go above it). Nothing was acknowledged.
+    Conflict {
+        /// The newest version a replica held instead.
+        newer: Ver,
+        /// Versions tried.
+        tries: u32,
     },
     /// The quorum was not reached before the deadline.
     Unavailable {

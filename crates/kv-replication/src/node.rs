@@ -47,11 +47,42 @@ pub struct Config {
     pub stream_rate: u64,
     /// About how many bytes one page of a rebalancing stream carries.
     pub stream_page: u32,
+    /// Maximum clock offset (ms): a timestamp more than this far ahead of
+    /// this node's clock is refused (not stored, not observed, and logged),
+    /// so that one node with a far-future clock, or a forged message,
+    /// cannot push versions out of everyone's reach.
+    pub max_clock_offset: u64,
     /// Whether a node copies the ranges it gains before the rebalance
     /// ends (on by default; off only to show, in the simulator, what goes
     /// wrong without it).
     pub stream_ranges: bool,
+    /// Bugs planted on purpose, for the simulator's tests to show that it
+    /// catches them. All off by default; never turn one on in production.
+    #[doc(hidden)]
+    pub planted: Planted,
 }
+
+/// Bugs that can be planted on purpose so that the simulator's tests show
+/// its checkers catch them. Every one is off by default.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Planted {
+    /// Rebalancing counts a range as copied once `need` of its sources
+    /// have sent what *they* were asked for, whether or not that was this
+    /// range (the accounting before the fix).
+    pub any_source_done: bool,
+    /// A replica's "not applied, newer held" is counted as an ack: the
+    /// coordinator neither re-stamps the write nor fails it.
+    pub no_restamp: bool,
+    /// The clock takes no note of timestamps seen elsewhere (replicated
+    /// writes, read replies, streams, "newer held" answers).
+    pub no_hlc_observe: bool,
+    /// Timestamps are observed and stored however far ahead they are.
+    pub no_clock_bound: bool,
+}
+
+/// Default maximum clock offset between nodes (ms).
+pub const DEFAULT_MAX_CLOCK_OFFSET: u64 = 500;
 
 impl Config {
     /// Defaults for node `id`: N = 3, majority quorums, 256 tokens,
@@ -74,6 +105,8 @@ impl Config {
             stream_rate: 0,
             stream_page: 2 << 20,
             stream_ranges: true,
+            max_clock_offset: DEFAULT_MAX_CLOCK_OFFSET,
+            planted: Planted::default(),
         }
     }
 }
@@ -172,10 +205,20 @@ struct StreamPageInfo {
 /// One node's page of a listing: entries, and whether it had more.
 type Page = (Vec<(Vec<u8>, Stamped)>, bool);
 
+/// Versions a write is stamped with at most before it fails as a
+/// conflict (the first and two re-stamps).
+const WRITE_TRIES: u32 = 3;
+
 enum Work {
     Write {
         version: Ver,
         existed: bool,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        /// Versions tried so far (this one included).
+        tries: u32,
+        /// The newest version a replica reported holding instead.
+        newer: Option<Ver>,
     },
     Read {
         key: Vec<u8>,
@@ -294,6 +337,18 @@ pub struct Node {
     hint_ops: BTreeMap<u64, (NodeId, Vec<u8>, Ver)>,
     /// Op numbers for hint deliveries count down from the top, never reused.
     next_hint_op: u64,
+    /// Messages refused for a timestamp too far ahead, and when that was
+    /// last logged.
+    refused_far: u64,
+    last_far_log: u64,
+    /// The latest time handed to the node.
+    last_now: u64,
+    /// Per peer, whether this node's clock was more than the maximum clock
+    /// offset ahead of the peer's at its last gossip.
+    ahead_of: BTreeMap<NodeId, bool>,
+    /// Whether this node found its clock too far ahead of most peers: it
+    /// coordinates nothing until that changes.
+    clock_ahead: bool,
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
@@ -356,6 +411,11 @@ impl Node {
             hints: BTreeMap::new(),
             hint_ops: BTreeMap::new(),
             next_hint_op: u64::MAX,
+            refused_far: 0,
+            last_far_log: 0,
+            last_now: now,
+            ahead_of: BTreeMap::new(),
+            clock_ahead: false,
         };
         if let Some(d) = n.members.digest(&n.cfg.id) {
             n.synced = d.synced;
@@ -574,16 +634,88 @@ impl Node {
             .collect()
     }
 
-    fn stamp(&mut self, now: u64) -> Ver {
-        let ts = self.hlc.tick(now);
+    /// A fresh version, or `None` if the clock cannot go any higher.
+    fn stamp(&mut self, now: u64) -> Option<Ver> {
+        let ts = self.hlc.tick(now)?;
         if ts >= self.floor {
-            self.floor = ts + FLOOR_LEAD;
+            self.floor = ts.saturating_add(FLOOR_LEAD);
             self.persist();
         }
-        Ver {
+        Some(Ver {
             ts,
             node: self.number,
+        })
+    }
+
+    /// Takes note of a timestamp seen elsewhere (unless the planted bug
+    /// says not to). Callers check it with [`Node::too_far_ahead`] first.
+    fn observe(&mut self, ts: u64) {
+        if !self.cfg.planted.no_hlc_observe {
+            self.hlc.observe(ts);
         }
+    }
+
+    /// Compares this node's clock `now` with a peer's (sent in its
+    /// gossip). A node whose clock is more than the maximum clock offset
+    /// ahead of most peers it hears from stops coordinating (its versions
+    /// would be refused everywhere), and says so in the log.
+    fn note_peer_clock(&mut self, now: u64, from: &str, clock: u64) {
+        let Some(max) = self.clock_bound() else {
+            return;
+        };
+        if from == self.cfg.id {
+            return;
+        }
+        let ahead = now > clock.saturating_add(max);
+        self.ahead_of.insert(from.to_string(), ahead);
+        let members = self.members.current();
+        self.ahead_of.retain(|id, _| members.contains(id));
+        let n = self.ahead_of.len();
+        let ahead_count = self.ahead_of.values().filter(|a| **a).count();
+        let now_ahead = ahead_count * 2 > n;
+        if now_ahead != self.clock_ahead {
+            self.clock_ahead = now_ahead;
+            self.log(if now_ahead {
+                format!(
+                    "this node's clock is more than the maximum clock offset ({max} ms) ahead of {ahead_count} of {n} peers ({from}'s reads {clock}, ours {now}): it coordinates no operation until the clock is fixed"
+                )
+            } else {
+                "this node's clock is back within the maximum clock offset of its peers: coordinating again".to_string()
+            });
+        }
+    }
+
+    /// Whether this node stopped coordinating because its clock is too far
+    /// ahead of its peers'.
+    pub fn clock_too_far_ahead(&self) -> bool {
+        self.clock_ahead
+    }
+
+    /// The maximum clock offset in force (`None`: none, a planted bug).
+    fn clock_bound(&self) -> Option<u64> {
+        (!self.cfg.planted.no_clock_bound).then_some(self.cfg.max_clock_offset)
+    }
+
+    /// Whether `ts` from `from` is beyond the maximum clock offset ahead of
+    /// this node's clock `now`: if so it is logged (at most once a second)
+    /// and must be refused.
+    fn too_far_ahead(&mut self, now: u64, from: &str, ts: u64, what: &str) -> bool {
+        let Some(max) = self.clock_bound() else {
+            return false;
+        };
+        if !crate::hlc::too_far_ahead(ts, now, max) {
+            return false;
+        }
+        self.refused_far += 1;
+        if now >= self.last_far_log.saturating_add(1000) {
+            self.last_far_log = now;
+            self.log(format!(
+                "refused {what} from {from}: timestamp {ts} is {} ms ahead of this node's clock (maximum clock offset {max} ms); {} refused so far",
+                (ts / 1000).saturating_sub(now),
+                self.refused_far
+            ));
+        }
+        true
     }
 
     /// Contacts `seed` (host:port) to join its cluster, and keeps
@@ -623,6 +755,7 @@ impl Node {
                 &seed,
                 PeerMsg::Gossip {
                     members: members.clone(),
+                    clock: now,
                 },
             );
         }
@@ -730,6 +863,7 @@ impl Node {
             if peer != self.cfg.id {
                 let msg = PeerMsg::Gossip {
                     members: members.clone(),
+                    clock: self.last_now,
                 };
                 self.send(&peer, msg);
             }
@@ -779,7 +913,12 @@ impl Node {
 
     /// A client operation, to be answered with [`Output::Reply`] carrying `id`.
     pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &Store) {
-        if self.is_joining() || self.status() == Status::Left || self.read_ring.nodes().is_empty() {
+        self.last_now = self.last_now.max(now);
+        if self.is_joining()
+            || self.clock_ahead
+            || self.status() == Status::Left
+            || self.read_ring.nodes().is_empty()
+        {
             let reply = ClientReply::Unavailable {
                 answered: 0,
                 needed: 1,
@@ -823,23 +962,60 @@ impl Node {
         value: Option<Vec<u8>>,
         store: &Store,
     ) {
+        let deadline = now + self.cfg.request_timeout;
+        self.send_write(now, deadline, client, key, value, 1, None, store);
+    }
+
+    /// Stamps a write (try number `tries`) and sends it to its replicas.
+    /// A retry keeps the first try's deadline.
+    #[allow(clippy::too_many_arguments)]
+    fn send_write(
+        &mut self,
+        now: u64,
+        deadline: u64,
+        client: u64,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        tries: u32,
+        newer: Option<Ver>,
+        store: &Store,
+    ) {
+        let Some(version) = self.stamp(now) else {
+            self.log(format!(
+                "write of {} refused: the clock cannot go above {}",
+                String::from_utf8_lossy(&key),
+                self.hlc.last()
+            ));
+            let newer = newer.unwrap_or(Ver {
+                ts: u64::MAX,
+                node: u32::MAX,
+            });
+            return self.reply(client, ClientReply::Conflict { newer, tries });
+        };
         let groups = self.groups(&key, true);
         let replicas = union(&groups);
-        let version = self.stamp(now);
         let work = Work::Write {
             version,
             existed: false,
+            key: key.clone(),
+            value: value.clone(),
+            tries,
+            newer,
         };
         let op = self.new_op(now, client, groups, work);
+        if let Some(p) = self.pending.get_mut(&op) {
+            p.deadline = deadline;
+        }
         for r in replicas {
             if r != self.cfg.id && self.members.state(&r, now) == Some(MemberState::Down) {
                 self.add_hint(now, r, &key, value.clone(), version);
                 continue;
             }
             if r == self.cfg.id {
-                if let Some(existed) = apply_local(store, &key, value.as_deref(), version) {
+                if let Some((existed, newer)) = apply_local(store, &key, value.as_deref(), version)
+                {
                     let me = self.cfg.id.clone();
-                    self.on_write_ack(op, &me, existed);
+                    self.on_write_ack(now, op, &me, existed, newer, store);
                 }
             } else {
                 let msg = PeerMsg::Replicate {
@@ -927,20 +1103,39 @@ impl Node {
     /// Takes note of a version timestamp seen elsewhere (for example by a
     /// driver that answered a replica request with [`serve_replica`]), so
     /// that later writes this node coordinates are newer.
-    pub fn observe_timestamp(&mut self, ts: u64) {
-        self.hlc.observe(ts);
+    /// A timestamp more than the maximum clock offset ahead of `now` is
+    /// refused.
+    pub fn observe_timestamp(&mut self, now: u64, ts: u64) {
+        if !self.too_far_ahead(now, "a driver", ts, "a timestamp") {
+            self.observe(ts);
+        }
     }
 
     /// A message from node `from`.
     pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
+        self.last_now = self.last_now.max(now);
+        let far = match &msg {
+            PeerMsg::Replicate { version, .. } => Some((version.ts, "a write")),
+            PeerMsg::ReadReply { state: Some(s), .. } => Some((s.version.ts, "a read reply")),
+            PeerMsg::ReplicateAck { newer: Some(v), .. } => Some((v.ts, "a write ack")),
+            _ => None,
+        };
+        if let Some((ts, what)) = far {
+            if self.too_far_ahead(now, from, ts, what) {
+                return; // neither stored, observed nor counted
+            }
+        }
         if let PeerMsg::Replicate { version, .. } = &msg {
-            self.hlc.observe(version.ts);
+            self.observe(version.ts);
         }
         if let Some(reply) = serve_replica(store, &msg) {
             return self.send(from, reply);
         }
         match msg {
-            PeerMsg::Gossip { members } => self.on_gossip(now, from, &members),
+            PeerMsg::Gossip { members, clock } => {
+                self.note_peer_clock(now, from, clock);
+                self.on_gossip(now, from, &members)
+            }
             // Answered by serve_replica above (a store failure: no answer).
             PeerMsg::Replicate { .. }
             | PeerMsg::Read { .. }
@@ -966,10 +1161,12 @@ impl Node {
                 self.on_stream_page(now, from, page, &entries, store)
             }
             PeerMsg::Invite => self.on_invite(now, from),
-            PeerMsg::ReplicateAck { op, existed } => self.on_write_ack(op, from, existed),
+            PeerMsg::ReplicateAck { op, existed, newer } => {
+                self.on_write_ack(now, op, from, existed, newer, store)
+            }
             PeerMsg::ReadReply { op, state } => {
                 if let Some(s) = &state {
-                    self.hlc.observe(s.version.ts);
+                    self.observe(s.version.ts);
                 }
                 self.on_read_reply(op, from, state, store);
             }
@@ -1024,7 +1221,13 @@ impl Node {
         if behind && from != self.cfg.id {
             self.members.beat(now);
             let members = self.members.digests();
-            self.send(from, PeerMsg::Gossip { members });
+            self.send(
+                from,
+                PeerMsg::Gossip {
+                    members,
+                    clock: now,
+                },
+            );
         }
     }
 
@@ -1037,20 +1240,41 @@ impl Node {
         Some(p)
     }
 
-    fn on_write_ack(&mut self, op: u64, from: &str, was_live: bool) {
+    fn on_write_ack(
+        &mut self,
+        now: u64,
+        op: u64,
+        from: &str,
+        was_live: bool,
+        newer: Option<Ver>,
+        store: &Store,
+    ) {
         if let Some((target, key, version)) = self.hint_ops.remove(&op) {
             if target == from {
                 self.hint_delivered(target, key, version);
             }
             return;
         }
+        let planted_no_restamp = self.cfg.planted.no_restamp;
         let Some(p) = self.pending.get_mut(&op) else {
             return;
         };
         match &mut p.work {
-            Work::Write { existed, .. } => {
+            Work::Write {
+                existed,
+                version,
+                newer: seen_newer,
+                ..
+            } => {
                 if !p.answered.insert(from.to_string()) {
                     return;
+                }
+                if let Some(n) = newer.filter(|n| *n > *version && !planted_no_restamp) {
+                    // The write lost on this replica: it is not the newest
+                    // there, so it must not count toward W. Stamp it again
+                    // above what the replica holds.
+                    *seen_newer = (*seen_newer).max(Some(n));
+                    return self.restamp(now, op, n, store);
                 }
                 *existed |= was_live;
                 if met(&p.groups, &p.answered) {
@@ -1072,6 +1296,45 @@ impl Node {
             }
             _ => {}
         }
+    }
+
+    /// A replica of write `op` holds `newer`, newer than the write's
+    /// version: drop this try and stamp the write again above `newer`
+    /// (the clock takes note of it), or fail it as a conflict after
+    /// [`WRITE_TRIES`] versions.
+    fn restamp(&mut self, now: u64, op: u64, newer: Ver, store: &Store) {
+        let Some(p) = self.pending.remove(&op) else {
+            return;
+        };
+        let Work::Write {
+            key,
+            value,
+            tries,
+            newer: seen,
+            ..
+        } = p.work
+        else {
+            return;
+        };
+        let newer = seen.max(Some(newer)).unwrap_or(newer);
+        if tries >= WRITE_TRIES {
+            self.log(format!(
+                "write of {} failed: replicas kept {newer:?}, newer, after {tries} versions",
+                String::from_utf8_lossy(&key)
+            ));
+            return self.reply(p.client, ClientReply::Conflict { newer, tries });
+        }
+        self.observe(newer.ts);
+        self.send_write(
+            now,
+            p.deadline,
+            p.client,
+            key,
+            value,
+            tries + 1,
+            Some(newer),
+            store,
+        );
     }
 
     fn on_read_reply(&mut self, op: u64, from: &str, state: Option<Stamped>, store: &Store) {
@@ -1161,10 +1424,13 @@ impl Node {
     /// Writes `newest` to a stale replica (acks count toward `op`, 0: none).
     fn repair(&mut self, op: u64, node: &str, key: &[u8], newest: &Stamped, store: &Store) {
         if node == self.cfg.id {
-            if let Some(was_live) = apply_local(store, key, newest.value.as_deref(), newest.version)
+            if let Some((was_live, _)) =
+                apply_local(store, key, newest.value.as_deref(), newest.version)
             {
+                // A repair's replica holds `newest` or something newer:
+                // either way it counts as holding it.
                 let me = self.cfg.id.clone();
-                self.on_write_ack(op, &me, was_live);
+                self.on_write_ack(0, op, &me, was_live, None, store);
             }
         } else {
             let msg = PeerMsg::Replicate {
@@ -1194,7 +1460,9 @@ impl Node {
             return;
         };
         let reply = match p.work {
-            Work::Write { version, existed } => ClientReply::Written { version, existed },
+            Work::Write {
+                version, existed, ..
+            } => ClientReply::Written { version, existed },
             Work::Read { best, .. } => ClientReply::Value(best),
             Work::List { limit, pages } => merge_pages(pages, limit),
         };
@@ -1203,6 +1471,7 @@ impl Node {
 
     /// Time passes: gossip, failure detection, anti-entropy, deadlines.
     pub fn handle_tick(&mut self, now: u64, store: &Store) {
+        self.last_now = self.last_now.max(now);
         if now >= self.last_gossip + self.cfg.gossip_interval {
             self.last_gossip = now;
             self.gossip_round(now);
@@ -1322,7 +1591,8 @@ impl Node {
         if self.stream.is_none() {
             let members = &self.members;
             let up = |id: &str| members.is_up(id, now);
-            let st = Stream::new(self.transition, self.plan.clone(), self.resume.as_ref(), up);
+            let mut st = Stream::new(self.transition, self.plan.clone(), self.resume.as_ref(), up);
+            st.planted_any_source_done = self.cfg.planted.any_source_done;
             let resumed = st.resumed();
             let note = if resumed > 0 {
                 format!(
@@ -1407,10 +1677,32 @@ impl Node {
         if src.cursor != Some(page.cursor) {
             return; // a duplicate or a late answer to an earlier request
         }
+        let bound = self.clock_bound();
+        let far =
+            |s: &Stamped| bound.is_some_and(|m| crate::hlc::too_far_ahead(s.version.ts, now, m));
+        let kept: Vec<(Vec<u8>, Stamped)>;
+        let entries = if entries.iter().any(|(_, s)| far(s)) {
+            kept = entries.iter().filter(|(_, s)| !far(s)).cloned().collect();
+            let refused = entries.len() - kept.len();
+            self.log(format!(
+                "refused {refused} streamed entries from {from}: timestamps beyond the maximum clock offset"
+            ));
+            &kept[..]
+        } else {
+            entries
+        };
+        let Some(st) = self.stream.as_mut() else {
+            return;
+        };
+        let Some(src) = st.sources.get_mut(from) else {
+            return;
+        };
         let Some(max_ts) = apply_entries(store, entries) else {
             return; // asked again after the retry interval
         };
-        self.hlc.observe(max_ts);
+        if !self.cfg.planted.no_hlc_observe {
+            self.hlc.observe(max_ts);
+        }
         src.cursor = page.next;
         src.asked_at = None;
         src.progress = if page.next.is_none() {
@@ -1713,6 +2005,7 @@ impl Node {
                 &to,
                 PeerMsg::Gossip {
                     members: members.clone(),
+                    clock: now,
                 },
             );
         }
@@ -1724,6 +2017,24 @@ impl Node {
 /// where they arrive, without going through the node. `None` for any other
 /// message (and for a write the store failed to apply: no ack).
 pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
+    serve_replica_at(store, msg, u64::MAX, u64::MAX)
+}
+
+/// [`serve_replica`] for a node whose clock reads `now_ms` and whose
+/// maximum clock offset is `max_offset_ms`: a write whose timestamp is
+/// further ahead than that is refused (`None`, nothing stored, so that a
+/// driver hands it to the node, which logs it).
+pub fn serve_replica_at(
+    store: &Store,
+    msg: &PeerMsg,
+    now_ms: u64,
+    max_offset_ms: u64,
+) -> Option<PeerMsg> {
+    if let PeerMsg::Replicate { version, .. } = msg {
+        if crate::hlc::too_far_ahead(version.ts, now_ms, max_offset_ms) {
+            return None;
+        }
+    }
     match msg {
         PeerMsg::Replicate {
             op,
@@ -1731,8 +2042,12 @@ pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
             value,
             version,
         } => {
-            let existed = apply_local(store, key, value.as_deref(), *version)?;
-            Some(PeerMsg::ReplicateAck { op: *op, existed })
+            let (existed, newer) = apply_local(store, key, value.as_deref(), *version)?;
+            Some(PeerMsg::ReplicateAck {
+                op: *op,
+                existed,
+                newer,
+            })
         }
         PeerMsg::Read { op, key } => Some(PeerMsg::ReadReply {
             op: *op,
@@ -1803,12 +2118,25 @@ pub fn apply_entries(store: &Store, entries: &[(Vec<u8>, Stamped)]) -> Option<u6
     Some(max_ts)
 }
 
-/// Applies a replicated write locally: `Some(was_live)` once stored (or
-/// superseded by something newer), `None` if the store failed.
-fn apply_local(store: &Store, key: &[u8], value: Option<&[u8]>, version: Ver) -> Option<bool> {
+/// Applies a replicated write locally if it is newer than what the store
+/// holds: `Some((was_live, None))` once stored (or already held),
+/// `Some((was_live, Some(v)))` if not applied because the store holds `v`,
+/// newer; `None` if the store failed.
+fn apply_local(
+    store: &Store,
+    key: &[u8],
+    value: Option<&[u8]>,
+    version: Ver,
+) -> Option<(bool, Option<Ver>)> {
     let was_live = store.contains_key(key);
-    store.apply(key, value, version.into()).ok()?;
-    Some(was_live)
+    if store.apply(key, value, version.into()).ok()? {
+        return Some((was_live, None));
+    }
+    // Not applied: the store holds this version already (a duplicate) or
+    // a newer one; versions only grow, so what it holds now is at least
+    // what beat this write.
+    let held = store.get_versioned(key).map(|v| Ver::from(v.version));
+    Some((was_live, held.filter(|h| *h > version)))
 }
 
 fn stamped(v: kv_storage::Versioned) -> Stamped {

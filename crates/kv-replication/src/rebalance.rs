@@ -155,6 +155,8 @@ pub(crate) struct Stream {
     pub last_log: u64,
     /// When the cursors were last saved.
     pub last_save: u64,
+    /// The planted bug [`crate::node::Planted::any_source_done`].
+    pub planted_any_source_done: bool,
 }
 
 impl Stream {
@@ -195,6 +197,7 @@ impl Stream {
             keys: saved.map_or(0, |s| s.keys),
             last_log: 0,
             last_save: 0,
+            planted_any_source_done: false,
         }
     }
 
@@ -202,12 +205,31 @@ impl Stream {
         self.sources.get(id).is_some_and(|s| s.cursor.is_none())
     }
 
-    /// Ranges complete: enough of their sources have sent everything.
+    /// Whether source `id` was asked for every interval of `g` (so that
+    /// once it has sent everything, it has sent `g`).
+    fn asked_for(&self, id: &str, g: &Gain) -> bool {
+        self.asks
+            .get(id)
+            .is_some_and(|a| g.ranges.iter().all(|r| a.binary_search(r).is_ok()))
+    }
+
+    /// Ranges complete: `need` of their sources that were asked for them
+    /// have sent everything. A source that finished what it was asked for
+    /// counts only for the ranges it was asked for: one asked for other
+    /// ranges alone has sent none of this one.
     pub fn ranges_done(&self) -> usize {
         self.plan
             .gains
             .iter()
-            .filter(|g| g.sources.iter().filter(|s| self.done(s)).count() >= g.need)
+            .filter(|g| {
+                let finished = g
+                    .sources
+                    .iter()
+                    .filter(|s| self.done(s))
+                    .filter(|s| self.planted_any_source_done || self.asked_for(s, g))
+                    .count();
+                finished >= g.need
+            })
             .count()
     }
 
@@ -372,6 +394,51 @@ mod tests {
                 prop_assert!(asked.iter().all(|s| olds.contains(&s.as_str())));
             }
         }
+    }
+
+    /// A source that finished what it was asked for counts only for the
+    /// ranges it was asked for (bug 1: it counted for every range it is a
+    /// replica of).
+    #[test]
+    fn a_source_counts_only_for_the_ranges_it_was_asked_for() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let plan = Plan {
+            gains: vec![
+                Gain {
+                    ranges: vec![(10, 20)],
+                    sources: ids(&["a", "b", "c"]),
+                    need: 2,
+                },
+                Gain {
+                    ranges: vec![(30, 40)],
+                    sources: ids(&["c", "d"]),
+                    need: 2,
+                },
+            ],
+            gainers: ids(&["me"]),
+        };
+        let mut st = Stream::new(7, plan, None, |_| true);
+        assert_eq!(st.asks.get("c"), Some(&vec![(30, 40)]));
+        for id in ["a", "c"] {
+            if let Some(s) = st.sources.get_mut(id) {
+                s.cursor = None;
+            }
+        }
+        // a finished the first range, c only the second: b still streams
+        // the first, so neither is complete.
+        assert_eq!(st.ranges_done(), 0);
+        st.planted_any_source_done = true;
+        assert_eq!(
+            st.ranges_done(),
+            1,
+            "the planted bug counts c for the first range"
+        );
+        st.planted_any_source_done = false;
+        if let Some(s) = st.sources.get_mut("b") {
+            s.cursor = None;
+        }
+        assert_eq!(st.ranges_done(), 1);
+        assert!(!st.complete());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use kv_storage::{Options, Store};
 
 use crate::msg::{ClientOp, ClientReply, PeerMsg, Status, Ver};
-use crate::node::{Config, Hint, Node, Output, Persisted};
+use crate::node::{Config, Hint, Node, Output, Persisted, Planted};
 
 /// What a simulated run does.
 #[derive(Clone, Debug)]
@@ -59,6 +59,8 @@ pub struct SimConfig {
     pub read_repair: bool,
     /// Whether nodes run anti-entropy.
     pub anti_entropy: bool,
+    /// Interval between a node's anti-entropy rounds (ms).
+    pub anti_entropy_interval: u64,
     /// Extra nodes that join the cluster in the middle of the workload.
     pub joiners: usize,
     /// Nodes decommissioned (LEAVE) in the middle of the workload.
@@ -69,6 +71,26 @@ pub struct SimConfig {
     /// Drop tombstones from every store as soon as they are this old (ms);
     /// `None` keeps them, as a real grace period longer than any run does.
     pub purge_tombstones_after: Option<u64>,
+    /// Bugs planted on purpose, to show that the checks catch them.
+    pub planted: Planted,
+    /// Each node's clock starts up to this far (ms) ahead of the slowest.
+    pub clock_skew: u64,
+    /// Chance per tick (per million) that a node's clock jumps forward.
+    pub clock_jump_ppm: u64,
+    /// Largest forward jump (ms); no clock gets more than
+    /// [`SimConfig::max_clock_lead`] ahead of the slowest through jumps.
+    pub clock_jump: u64,
+    /// How far ahead of the slowest clock jumps may take a clock (ms).
+    pub max_clock_lead: u64,
+    /// Whether to check, at the end, that every key can be written
+    /// through every member.
+    pub final_writes: bool,
+    /// About how many bytes a page of a rebalancing stream carries.
+    pub stream_page: u32,
+    /// Whether, half way through the workload, node 1 crashes and comes
+    /// back with a clock far in the future (so far that its timestamps
+    /// would reach `u64::MAX`).
+    pub far_future_clock: bool,
 }
 
 impl Default for SimConfig {
@@ -87,10 +109,19 @@ impl Default for SimConfig {
             crashes: true,
             read_repair: true,
             anti_entropy: true,
+            anti_entropy_interval: 100,
             joiners: 0,
             leavers: 0,
             stream_ranges: true,
             purge_tombstones_after: None,
+            planted: Planted::default(),
+            clock_skew: 150,
+            clock_jump_ppm: 2_000,
+            clock_jump: 150,
+            max_clock_lead: 400,
+            final_writes: true,
+            stream_page: 256,
+            far_future_clock: false,
         }
     }
 }
@@ -104,6 +135,8 @@ pub struct Report {
     pub reads: usize,
     /// Operations that failed for lack of a quorum.
     pub unavailable: usize,
+    /// Writes that failed because replicas kept newer versions.
+    pub conflicts: usize,
     /// Invariant violations, described.
     pub violations: Vec<String>,
     /// Hash of everything the nodes output, in order: equal seeds, equal hashes.
@@ -139,6 +172,8 @@ struct SimNode {
     /// Its durable hints.
     hints: BTreeMap<(String, Vec<u8>), Hint>,
     down_until: u64,
+    /// How far its clock is ahead of the simulation's time (ms).
+    clock_ahead: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +191,8 @@ struct Done {
     version: Option<Ver>,
     value: Option<Vec<u8>>,
     write: bool,
+    /// A read scheduled right after a rebalance ended.
+    after_rebalance: bool,
 }
 
 struct Message {
@@ -177,6 +214,12 @@ struct Sim {
     cut: Vec<Vec<bool>>,
     heal_at: u64,
     clients: BTreeMap<(usize, u64), (Kind, u64)>,
+    /// Writes refused as conflicts: (coordinator, key, newer, tries).
+    conflicted: Vec<(usize, usize, Ver, u32)>,
+    /// Client ids of the reads scheduled after a rebalance.
+    rebalance_reads: std::collections::BTreeSet<u64>,
+    /// Reads to issue at a time (ms), of a key, because a rebalance ended.
+    scheduled: Vec<(u64, usize)>,
     next_client: u64,
     done: Vec<Done>,
     /// Every value a client asked to write, with its key (values are unique).
@@ -185,6 +228,9 @@ struct Sim {
 }
 
 const TICK: u64 = 10;
+
+/// When (ms after a rebalance ends) every key is read at quorum.
+const AFTER_REBALANCE: [u64; 5] = [1, 20, 100, 400, 1500];
 
 fn key_name(k: usize) -> Vec<u8> {
     format!("key{k}").into_bytes()
@@ -201,9 +247,10 @@ impl Sim {
                 saved: None,
                 hints: BTreeMap::new(),
                 down_until: 0,
+                clock_ahead: 0,
             })
             .collect();
-        Sim {
+        let mut sim = Sim {
             rng: Rng(seed),
             now: 1_000_000,
             cfg: cfg.clone(),
@@ -214,11 +261,25 @@ impl Sim {
             cut: vec![vec![false; cfg.nodes + cfg.joiners]; cfg.nodes + cfg.joiners],
             heal_at: 0,
             clients: BTreeMap::new(),
+            rebalance_reads: std::collections::BTreeSet::new(),
+            conflicted: Vec::new(),
+            scheduled: Vec::new(),
             next_client: 1,
             done: Vec::new(),
             written: BTreeMap::new(),
             report: Report::default(),
+        };
+        if cfg.clock_skew > 0 {
+            for k in 0..sim.nodes.len() {
+                sim.nodes[k].clock_ahead = sim.rng.below(cfg.clock_skew + 1);
+            }
         }
+        sim
+    }
+
+    /// Node `i`'s clock (ms): never goes backwards.
+    fn clock(&self, i: usize) -> u64 {
+        self.now.saturating_add(self.nodes[i].clock_ahead)
     }
 
     fn node_config(&self, i: usize) -> Config {
@@ -232,9 +293,14 @@ impl Sim {
         c.suspect_after = 300;
         c.down_after = 800;
         c.read_repair = self.cfg.read_repair;
-        c.anti_entropy_interval = if self.cfg.anti_entropy { 100 } else { 0 };
+        c.anti_entropy_interval = if self.cfg.anti_entropy {
+            self.cfg.anti_entropy_interval.max(1)
+        } else {
+            0
+        };
         c.stream_ranges = self.cfg.stream_ranges;
-        c.stream_page = 256;
+        c.stream_page = self.cfg.stream_page;
+        c.planted = self.cfg.planted;
         c
     }
 
@@ -242,7 +308,8 @@ impl Sim {
         let seed = self.rng.next();
         let cfg = self.node_config(i);
         let n = &mut self.nodes[i];
-        let mut node = Node::new(cfg, self.now, n.saved.clone(), &n.store, seed);
+        let now = self.now.saturating_add(n.clock_ahead);
+        let mut node = Node::new(cfg, now, n.saved.clone(), &n.store, seed);
         node.restore_hints(n.hints.values().cloned());
         n.node = Some(node);
     }
@@ -253,8 +320,9 @@ impl Sim {
         self.start_node(i);
         if i > 0 {
             let seed = self.nodes[0].id.clone();
+            let now = self.clock(i);
             if let Some(n) = self.nodes[i].node.as_mut() {
-                n.join(self.now, &seed);
+                n.join(now, &seed);
             }
         }
         self.drain(i);
@@ -264,8 +332,9 @@ impl Sim {
     fn start_and_join(&mut self, i: usize) {
         self.start_node(i);
         let seed = self.nodes[0].id.clone();
+        let now = self.clock(i);
         if let Some(n) = self.nodes[i].node.as_mut() {
-            n.join(self.now, &seed);
+            n.join(now, &seed);
         }
         self.drain(i);
     }
@@ -302,6 +371,13 @@ impl Sim {
                 Output::Log(line) => {
                     if line.starts_with("rebalance done") {
                         self.report.rebalances += 1;
+                        // Read every key in the seconds right after, before
+                        // anti-entropy can hide a range copied short.
+                        for delay in AFTER_REBALANCE {
+                            for key in 0..self.cfg.keys {
+                                self.scheduled.push((self.now + delay, key));
+                            }
+                        }
                     }
                     if std::env::var_os("KV_SIM_DEBUG").is_some() {
                         eprintln!("{} {}: {line}", self.now, self.nodes[i].id);
@@ -363,6 +439,7 @@ impl Sim {
                     version: Some(version),
                     value,
                     write: true,
+                    after_rebalance: false,
                 });
             }
             (Kind::Read { key }, ClientReply::Value(state)) => {
@@ -378,9 +455,14 @@ impl Sim {
                     version,
                     value,
                     write: false,
+                    after_rebalance: self.rebalance_reads.remove(&id),
                 });
             }
             (_, ClientReply::Unavailable { .. }) => self.report.unavailable += 1,
+            (Kind::Write { key, .. }, ClientReply::Conflict { newer, tries }) => {
+                self.report.conflicts += 1;
+                self.conflicted.push((i, key, newer, tries));
+            }
             (kind, reply) => self
                 .report
                 .violations
@@ -427,9 +509,10 @@ impl Sim {
             }
         }
         self.clients.insert((i, id), (kind, self.now));
+        let now = self.clock(i);
         let n = &mut self.nodes[i];
         if let Some(node) = n.node.as_mut() {
-            node.handle_client(self.now, id, op, &n.store);
+            node.handle_client(now, id, op, &n.store);
         }
         self.drain(i);
     }
@@ -468,6 +551,9 @@ impl Sim {
             };
             self.deliver(m);
         }
+        if !self.scheduled.is_empty() {
+            self.issue_scheduled();
+        }
         if self.now % TICK == 0 {
             if let Some(after) = self.cfg.purge_tombstones_after {
                 let before = self.now.saturating_sub(after).saturating_mul(1000);
@@ -476,15 +562,55 @@ impl Sim {
                 }
             }
             for i in 0..self.nodes.len() {
+                let now = self.clock(i);
                 let n = &mut self.nodes[i];
                 if let Some(node) = n.node.as_mut() {
-                    node.handle_tick(self.now, &n.store);
+                    node.handle_tick(now, &n.store);
                 }
                 self.drain(i);
             }
+            self.clock_jumps();
         }
         if faults {
             self.faults();
+        }
+    }
+
+    /// Now and then a node's clock jumps forward (never further than
+    /// `max_clock_lead` ahead of the slowest clock).
+    fn clock_jumps(&mut self) {
+        if self.cfg.clock_jump == 0
+            || self.cfg.clock_jump_ppm == 0
+            || !self.rng.chance(self.cfg.clock_jump_ppm)
+        {
+            return;
+        }
+        let i = self.rng.below(self.nodes.len() as u64) as usize;
+        if self.cfg.far_future_clock && i == 1 {
+            return;
+        }
+        let slowest = self.nodes.iter().map(|n| n.clock_ahead).min().unwrap_or(0);
+        let jump = 1 + self.rng.below(self.cfg.clock_jump);
+        let lead = self.nodes[i].clock_ahead + jump - slowest;
+        if lead <= self.cfg.max_clock_lead.max(self.cfg.clock_skew) {
+            self.nodes[i].clock_ahead += jump;
+        }
+    }
+
+    /// Issues the reads scheduled for now, each through a random normal
+    /// member.
+    fn issue_scheduled(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = self.scheduled.iter().partition(|(at, _)| *at <= now);
+        self.scheduled = later;
+        for (_, key) in due {
+            let members = self.live_where(|n| n.status() == Status::Normal);
+            if members.is_empty() {
+                continue;
+            }
+            let i = members[self.rng.below(members.len() as u64) as usize];
+            self.rebalance_reads.insert(self.next_client);
+            self.issue(i, Kind::Read { key });
         }
     }
 
@@ -493,9 +619,10 @@ impl Sim {
             return;
         }
         let from = self.nodes[m.from].id.clone();
+        let now = self.clock(m.to);
         let n = &mut self.nodes[m.to];
         let Some(node) = n.node.as_mut() else { return };
-        node.handle_message(self.now, &from, m.msg, &n.store);
+        node.handle_message(now, &from, m.msg, &n.store);
         self.drain(m.to);
     }
 
@@ -551,10 +678,11 @@ impl Sim {
         let victim = members[self.rng.below(members.len() as u64) as usize];
         let via = members[self.rng.below(members.len() as u64) as usize];
         let id = self.nodes[victim].id.clone();
+        let now = self.clock(via);
         let Some(node) = self.nodes[via].node.as_mut() else {
             return false;
         };
-        let ok = node.leave(self.now, &id).is_ok();
+        let ok = node.leave(now, &id).is_ok();
         self.drain(via);
         ok
     }
@@ -562,7 +690,7 @@ impl Sim {
     /// A live node that holds data (a normal member), to ask for views and
     /// final reads.
     fn member(&self, k: usize) -> Option<usize> {
-        let members = self.live_where(|n| n.status() == Status::Normal);
+        let members = self.live_where(|n| n.status() == Status::Normal && !n.clock_too_far_ahead());
         (!members.is_empty()).then(|| members[k % members.len()])
     }
 
@@ -606,7 +734,16 @@ impl Sim {
         let mut issued = 0;
         let mut joined = self.cfg.nodes;
         let mut leaves = 0;
+        let mut far = self.cfg.far_future_clock;
         while issued < self.cfg.ops {
+            // A node comes back from a crash with its clock far ahead.
+            if far && issued * 2 >= self.cfg.ops && self.nodes.len() > 1 {
+                far = false;
+                self.nodes[1].node = None;
+                self.clients.retain(|(node, _), _| *node != 1);
+                self.nodes[1].down_until = self.now + 200;
+                self.nodes[1].clock_ahead = u64::MAX / 1000;
+            }
             // Joiners arrive spread over the workload.
             if joined < self.nodes.len()
                 && issued * (self.cfg.joiners + 1) >= self.cfg.ops * (joined - self.cfg.nodes + 1)
@@ -659,7 +796,10 @@ impl Sim {
         }
         for i in self.rebalancing() {
             if let Some(n) = &self.nodes[i].node {
-                let what = n.progress(self.now).map(|p| p.line()).unwrap_or_default();
+                let what = n
+                    .progress(self.clock(i))
+                    .map(|p| p.line())
+                    .unwrap_or_default();
                 self.report.violations.push(format!(
                     "{} still {} 30 s after healing: {what}",
                     self.nodes[i].id,
@@ -674,8 +814,12 @@ impl Sim {
             .filter(|n| n.status() == Status::Left)
             .count();
         self.check_reads();
+        self.check_acks();
         self.check_converged();
         self.final_reads();
+        if self.cfg.final_writes {
+            self.final_writes();
+        }
     }
 
     /// Invariant 2, and that every value read is the one written with
@@ -697,8 +841,13 @@ impl Sim {
                 .max();
             if let Some(w) = floor {
                 if r.version.is_none_or(|v| v < w) {
+                    let when = if r.after_rebalance {
+                        " (read right after a rebalance ended)"
+                    } else {
+                        ""
+                    };
                     self.report.violations.push(format!(
-                        "stale read of key{} at {}: saw {:?}, but {:?} was acknowledged before the read began",
+                        "stale read of key{} at {}{when}: saw {:?}, but {:?} was acknowledged before the read began",
                         r.key, r.start, r.version, w
                     ));
                 }
@@ -743,6 +892,30 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// An OK means the write was the newest on a write quorum when it was
+    /// acknowledged: its version is above that of every write acknowledged
+    /// before it began (else it was silently lost, replicas keeping the
+    /// older value).
+    fn check_acks(&mut self) {
+        let mut problems = Vec::new();
+        for w in self.done.iter().filter(|d| d.write) {
+            let earlier = self
+                .done
+                .iter()
+                .filter(|e| e.write && e.key == w.key && e.end < w.start)
+                .max_by_key(|e| e.version);
+            if let Some(e) = earlier {
+                if e.version > w.version {
+                    problems.push(format!(
+                        "write of key{} acknowledged at {} with {:?}, older than {:?} acknowledged at {} before it began: an OK for a write that lost",
+                        w.key, w.end, w.version, e.version, e.end
+                    ));
+                }
+            }
+        }
+        self.report.violations.extend(problems);
     }
 
     /// Invariant 3: after healing and some rounds of repair, every
@@ -816,6 +989,49 @@ impl Sim {
                         "acknowledged write {w:?} of key{} lost: final read saw {:?}",
                         r.key, r.version
                     ));
+                }
+            }
+        }
+    }
+}
+
+impl Sim {
+    /// After healing, with no other client about, every key can still be
+    /// written through every member (a clock behind the others, or one far
+    /// ahead, must not make keys unwritable). Writes that lose their
+    /// quorum to a dropped message are retried a few times.
+    fn final_writes(&mut self) {
+        let members = self.live_where(|n| n.status() == Status::Normal);
+        for key in 0..self.cfg.keys {
+            for &i in &members {
+                for _attempt in 0..5 {
+                    self.clients.clear();
+                    self.conflicted.clear();
+                    let acked = self.report.acked_writes;
+                    let value = format!("final{}", self.rng.next()).into_bytes();
+                    self.issue(
+                        i,
+                        Kind::Write {
+                            key,
+                            value: Some(value),
+                        },
+                    );
+                    for _ in 0..2000 {
+                        self.step(false);
+                        if self.clients.is_empty() {
+                            break;
+                        }
+                    }
+                    if let Some((_, _, newer, tries)) = self.conflicted.first() {
+                        self.report.violations.push(format!(
+                            "key{key} unwritable through {} after healing: {tries} versions lost to {newer:?}",
+                            self.nodes[i].id
+                        ));
+                        break;
+                    }
+                    if self.report.acked_writes > acked {
+                        break;
+                    }
                 }
             }
         }

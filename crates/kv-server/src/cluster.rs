@@ -210,7 +210,7 @@ impl ClusterHandle {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -480,6 +480,7 @@ pub fn start(
     cfg.request_timeout = c.request_timeout_ms.max(1);
     cfg.number = c.node_id;
     cfg.anti_entropy_interval = c.anti_entropy_ms;
+    cfg.max_clock_offset = c.max_clock_offset_ms;
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     cfg.stream_rate = c.rebalance_rate;
     let path = state_path(&shared);
@@ -669,7 +670,7 @@ impl ClusterThread {
                 }
             }
             self.node
-                .observe_timestamp(self.handle.observed.load(Ordering::Acquire));
+                .observe_timestamp(now, self.handle.observed.load(Ordering::Acquire));
             while let Ok(m) = self.rx.try_recv() {
                 if let ToCluster::PeerUp(peer) = &m {
                     down_until.remove(peer);
@@ -1106,6 +1107,20 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
     } = reply
     {
         let text = unavailable_text(to, answered, needed, replicas);
+        match to {
+            ReplyTo::Native(id, _) => {
+                native::encode_frame(&mut out, id, &Response::error(ErrorKind::Unavailable, text))
+            }
+            _ => crate::resp_cmd::error(&mut out, &format!("ERR {text}")),
+        }
+        return out;
+    }
+    if let ClientReply::Conflict { newer, tries } = reply {
+        // Never an OK: the write was not the newest on a write quorum.
+        let text = format!(
+            "write not applied: replicas hold a newer version ({}.{}) and {tries} re-stamped versions did not get above it; retry",
+            newer.ts, newer.node
+        );
         match to {
             ReplyTo::Native(id, _) => {
                 native::encode_frame(&mut out, id, &Response::error(ErrorKind::Unavailable, text))

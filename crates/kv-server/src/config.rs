@@ -128,6 +128,13 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub anti_entropy_ms: u64,
 
+    /// Maximum clock offset between nodes, in milliseconds: a version
+    /// timestamp further ahead of this node's clock (a peer's clock far in
+    /// the future, or a forged message) is refused and logged, so that it
+    /// cannot make keys unwritable.
+    #[arg(long, default_value_t = kv_replication::node::DEFAULT_MAX_CLOCK_OFFSET)]
+    pub max_clock_offset_ms: u64,
+
     /// How long a write held for a down replica (a hint) is kept before it
     /// is dropped, in seconds (anti-entropy repairs what expired hints miss).
     #[arg(long, default_value_t = 3 * 3600)]

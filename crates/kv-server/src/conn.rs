@@ -580,12 +580,17 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         };
         match postcard::from_bytes::<PeerMsg>(payload) {
             Ok(msg) => {
+                let (now, max_offset) =
+                    (crate::cluster::now_ms(), shared.config.max_clock_offset_ms);
                 if let PeerMsg::Replicate { version, .. } = &msg {
-                    cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
+                    // One too far ahead is refused (and logged by the node).
+                    if !kv_replication::hlc::too_far_ahead(version.ts, now, max_offset) {
+                        cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
+                    }
                 }
                 // Replica requests are answered here, on this connection;
                 // only coordination goes through the cluster thread.
-                match kv_replication::serve_replica(&shared.store, &msg) {
+                match kv_replication::serve_replica_at(&shared.store, &msg, now, max_offset) {
                     Some(reply) => match postcard::to_allocvec(&reply) {
                         Ok(payload) => {
                             native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
