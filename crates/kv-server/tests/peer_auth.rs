@@ -1,0 +1,345 @@
+//! Attacks on the peer handshake, against real `kv-server` processes on
+//! loopback: nobody who has not proved the cluster secret may read,
+//! write or change membership through peer messages (DESIGN invariant 7).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kv_client::Client;
+use kv_proto::native::{self, Request, Response};
+use kv_replication::{PeerMsg, Ver};
+use kv_testkit::{wait_for, ServerProc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
+const DEADLINE: Duration = Duration::from_secs(20);
+const SECRET: &str = "s3cret-of-the-test";
+
+/// What came back on a raw connection.
+#[derive(Debug)]
+enum Got {
+    Resp(Response),
+    Req(Request),
+    Eof,
+}
+
+/// A raw native connection speaking as a would-be peer.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr) -> Raw {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        s.write_all(&native::preamble()).expect("preamble");
+        let mut p = [0u8; native::PREAMBLE_LEN];
+        s.read_exact(&mut p).expect("server preamble");
+        native::check_preamble(&p).expect("valid preamble");
+        Raw { s, buf: Vec::new() }
+    }
+
+    fn send(&mut self, req: &Request) {
+        let mut out = Vec::new();
+        native::encode_frame(&mut out, 0, req);
+        // The server may already have closed: later reads tell.
+        let _ = self.s.write_all(&out);
+    }
+
+    fn peer(&mut self, msg: &PeerMsg) {
+        let payload = postcard::to_allocvec(msg).expect("encode");
+        self.send(&Request::Peer { payload });
+    }
+
+    /// The next frame, or EOF; a frame that is neither a response nor a
+    /// request fails the test. Fails after [`DEADLINE`].
+    fn recv(&mut self) -> Got {
+        loop {
+            if self.buf.len() >= native::LENGTH_PREFIX {
+                let len = native::frame_len(&self.buf, 1 << 30)
+                    .expect("len")
+                    .expect("prefix");
+                let total = native::LENGTH_PREFIX + len;
+                if self.buf.len() >= total {
+                    let frame: Vec<u8> = self.buf.drain(..total).collect();
+                    if let Ok(Some((f, _))) = native::decode_frame::<Response>(&frame, 1 << 30) {
+                        return Got::Resp(f.body);
+                    }
+                    let (f, _) = native::decode_frame::<Request>(&frame, 1 << 30)
+                        .expect("a request or a response")
+                        .expect("whole frame");
+                    return Got::Req(f.body);
+                }
+            }
+            let mut chunk = [0u8; 64 << 10];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return Got::Eof,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Got::Eof,
+                Err(e) => panic!("no answer from the server: {e}"),
+            }
+        }
+    }
+
+    /// Everything the server sends until it closes the connection;
+    /// fails at once on a welcome or a peer answer carrying data.
+    fn until_closed(&mut self, what: &str) -> Vec<Got> {
+        let mut all = Vec::new();
+        loop {
+            match self.recv() {
+                Got::Eof => return all,
+                g => {
+                    assert_nothing_leaked(what, std::slice::from_ref(&g));
+                    all.push(g)
+                }
+            }
+        }
+    }
+}
+
+fn client(s: &ServerProc) -> Client {
+    Client::connect(&s.addr.to_string()).expect("connect")
+}
+
+fn now_ts() -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    ms * 1000
+}
+
+/// The peer messages an attacker would send: read a key, dump the whole
+/// ring, overwrite a key and plant another, make the node join it.
+fn attack_messages(key: &[u8]) -> Vec<PeerMsg> {
+    let version = Ver {
+        ts: now_ts() + 1_000_000,
+        node: 4242,
+    };
+    vec![
+        PeerMsg::Read {
+            op: 1,
+            key: key.to_vec(),
+        },
+        PeerMsg::StreamReq {
+            transition: 1,
+            ranges: vec![(0, u64::MAX)],
+            cursor: (0, 0),
+            max_bytes: 1 << 20,
+        },
+        PeerMsg::ListPage {
+            op: 2,
+            prefix: Vec::new(),
+            after: None,
+            limit: 1000,
+        },
+        PeerMsg::Replicate {
+            op: 3,
+            key: key.to_vec(),
+            value: Some(b"forged".to_vec()),
+            version,
+        },
+        PeerMsg::Replicate {
+            op: 4,
+            key: b"planted".to_vec(),
+            value: Some(b"by-the-attacker".to_vec()),
+            version,
+        },
+        PeerMsg::Invite,
+    ]
+}
+
+/// Fails if anything in `got` is a welcome or a peer answer carrying data.
+fn assert_nothing_leaked(what: &str, got: &[Got]) {
+    for g in got {
+        match g {
+            Got::Resp(Response::PeerWelcome { .. }) => {
+                panic!("{what}: the server welcomed the attacker as a peer: {got:?}")
+            }
+            Got::Req(Request::Peer { payload }) => {
+                let msg: PeerMsg = postcard::from_bytes(payload).expect("peer message");
+                panic!("{what}: the server answered a peer message: {msg:?}");
+            }
+            Got::Req(r) => panic!("{what}: unexpected frame {r:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Checks that the store still holds what the client wrote and nothing
+/// the attacker sent.
+fn assert_store_untouched(s: &ServerProc, key: &[u8]) {
+    let mut c = client(s);
+    assert_eq!(
+        c.get(key).expect("get"),
+        Some(b"v1".to_vec()),
+        "key overwritten"
+    );
+    assert_eq!(
+        c.get(b"planted").expect("get"),
+        None,
+        "attacker's key planted"
+    );
+}
+
+/// A listener standing for the attacker's "node", to see whether the
+/// server dials it (an accepted Invite, or a JOIN).
+fn attacker_listener() -> TcpListener {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    l
+}
+
+/// The first connection to `l`, within the deadline.
+fn accept(l: &TcpListener) -> TcpStream {
+    let mut got = None;
+    wait_for("a connection to the attacker's listener", DEADLINE, || {
+        match l.accept() {
+            Ok((s, _)) => got = Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        got.is_some()
+    });
+    let s = got.expect("accepted");
+    s.set_nonblocking(false).expect("blocking");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s
+}
+
+/// Reads the preamble and first frame a dialing node sends: returns the
+/// raw frame bytes and the decoded request.
+fn read_first_frame(s: &mut TcpStream) -> (Vec<u8>, Request) {
+    let mut p = [0u8; native::PREAMBLE_LEN];
+    s.read_exact(&mut p).expect("dialer preamble");
+    let mut len = [0u8; native::LENGTH_PREFIX];
+    s.read_exact(&mut len).expect("length");
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).expect("frame");
+    let mut frame = len.to_vec();
+    frame.extend_from_slice(&body);
+    let (f, _) = native::decode_frame::<Request>(&frame, 1 << 20)
+        .expect("decodes")
+        .expect("whole");
+    (frame, f.body)
+}
+
+fn forged_hello(from: &str, secret: &str) -> Request {
+    let nonce = 7;
+    Request::PeerHello {
+        from: from.to_string(),
+        nonce,
+        proof: native::peer_proof(secret, nonce, "dialer"),
+    }
+}
+
+/// The reported attack: a hello whose proof is computed for the empty
+/// secret (the default), then every kind of peer request. Against a
+/// single server with no cluster flags, and against a node with a secret.
+#[test]
+fn a_hello_forged_with_the_empty_secret_gets_nothing() {
+    for flags in [&[][..], &["--cluster-secret", SECRET][..]] {
+        let s = ServerProc::start(BIN, flags);
+        client(&s).put(b"secret-key", b"v1").expect("put");
+        let l = attacker_listener();
+        let me = l.local_addr().expect("addr").to_string();
+
+        let mut raw = Raw::connect(s.addr);
+        raw.send(&forged_hello(&me, ""));
+        for m in attack_messages(b"secret-key") {
+            raw.peer(&m);
+        }
+        let got = raw.until_closed(&format!("{flags:?}"));
+        assert_nothing_leaked(&format!("{flags:?}"), &got);
+        assert_store_untouched(&s, b"secret-key");
+        // The Invite would have made the node dial the attacker; it must not
+        // have reached the cluster at all (the connection was refused before).
+        assert!(
+            l.accept().is_err(),
+            "{flags:?}: the node dialed the attacker after its Invite"
+        );
+        s.stop();
+    }
+}
+
+/// A single server (no cluster flags) answers no PeerHello.
+#[test]
+fn a_single_server_refuses_peer_hello() {
+    let s = ServerProc::start(BIN, &[]);
+    let mut raw = Raw::connect(s.addr);
+    raw.send(&forged_hello("127.0.0.1:1", ""));
+    let got = raw.until_closed("single server");
+    assert!(
+        matches!(got.as_slice(), [Got::Resp(Response::Error { .. })]),
+        "expected one refusal, then the connection closed: {got:?}"
+    );
+    s.stop();
+}
+
+/// A hello captured from a real node (made to dial the attacker with
+/// JOIN) and replayed to another node with the same secret, or to the
+/// node itself, gets nothing.
+#[test]
+fn a_captured_hello_replayed_gets_nothing() {
+    let a = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    let b = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    for s in [&a, &b] {
+        client(s).put(b"secret-key", b"v1").expect("put");
+    }
+    let l = attacker_listener();
+    let me = l.local_addr().expect("addr").to_string();
+    client(&a).join(&me).expect("join");
+    let mut captured = accept(&l);
+    let (hello, decoded) = read_first_frame(&mut captured);
+    assert!(matches!(decoded, Request::PeerHello { .. }), "{decoded:?}");
+
+    for target in [&b, &a] {
+        let mut raw = Raw::connect(target.addr);
+        raw.s.write_all(&hello).expect("replay");
+        for m in attack_messages(b"secret-key") {
+            raw.peer(&m);
+        }
+        let what = format!("replayed to {}", target.addr);
+        let got = raw.until_closed(&what);
+        assert_nothing_leaked(&what, &got);
+        assert_store_untouched(target, b"secret-key");
+    }
+    a.stop();
+    b.stop();
+}
+
+/// A hello with the wrong secret is refused.
+#[test]
+fn a_hello_with_the_wrong_secret_gets_nothing() {
+    let s = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    client(&s).put(b"secret-key", b"v1").expect("put");
+    let mut raw = Raw::connect(s.addr);
+    raw.send(&forged_hello("127.0.0.1:1", "not-the-secret"));
+    for m in attack_messages(b"secret-key") {
+        raw.peer(&m);
+    }
+    let got = raw.until_closed("wrong secret");
+    assert_store_untouched(&s, b"secret-key");
+    s.stop();
+}
+
+/// A connection that proved it is node X cannot then speak as node Y.
+#[test]
+fn a_peer_proven_as_x_cannot_speak_as_y() {
+    let s = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    let mut raw = Raw::connect(s.addr);
+    raw.send(&forged_hello("127.0.0.1:1", SECRET));
+    let got = raw.recv();
+    assert!(
+        matches!(got, Got::Resp(Response::PeerWelcome { .. })),
+        "the right secret is welcomed: {got:?}"
+    );
+    raw.send(&forged_hello("127.0.0.1:2", SECRET));
+    let got = raw.until_closed("second hello");
+    assert!(
+        matches!(got.as_slice(), [Got::Resp(Response::Error { .. })]),
+        "a second hello under another id must be refused and the connection closed: {got:?}"
+    );
+    s.stop();
+}
