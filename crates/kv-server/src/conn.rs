@@ -125,6 +125,9 @@ pub struct Conn<S> {
     session: Session,
     /// The node at the other end, once it proved it is a peer.
     peer: Option<String>,
+    /// A peer handshake under way: the dialer's claimed id and nonce, and
+    /// the nonce this side sent it.
+    handshake: Option<(String, native::Nonce, native::Nonce)>,
     /// Finish sending what is buffered, then close.
     closing: bool,
     /// The client closed its side (no more requests will come).
@@ -153,6 +156,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             parser: resp::CommandParser::default(),
             session: Session::new(authenticated, route.conn, route.worker),
             peer: None,
+            handshake: None,
             closing: false,
             peer_closed: false,
             lingering: false,
@@ -516,9 +520,8 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     fn native_request(&mut self, shared: &Shared, id: u64, req: Request) {
         match req {
-            Request::PeerHello { from, nonce, proof } => {
-                self.peer_hello(shared, id, from, nonce, proof)
-            }
+            Request::PeerHello { from, nonce } => self.peer_hello(shared, id, from, nonce),
+            Request::PeerProof { mac } => self.peer_proof(shared, id, &mac),
             Request::Peer { payload } => self.peer_message(shared, &payload),
             Request::Join { addr } => self.admin(shared, id, Admin::Invite(addr)),
             Request::Leave { addr } => self.admin(shared, id, Admin::Leave(addr)),
@@ -540,37 +543,88 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         }
     }
 
-    fn peer_hello(&mut self, shared: &Shared, id: u64, from: String, nonce: u64, proof: u64) {
-        let secret = shared.config.cluster_secret.as_deref().unwrap_or_default();
-        if proof != native::peer_proof(secret, nonce, "dialer") {
-            eprintln!("kv-server: refused peer {from}: wrong cluster secret");
-            let r = Response::error(ErrorKind::AuthFailed, "wrong cluster secret");
-            native::encode_frame(self.out.now(), id, &r);
-            self.closing = true;
-            return;
-        }
-        let me = shared
-            .cluster
-            .get()
-            .map(|c| c.id.clone())
-            .unwrap_or_default();
-        let welcome = Response::PeerWelcome {
-            id: me,
-            proof: native::peer_proof(secret, nonce, "listener"),
+    /// Refuses a peer handshake step: logs why, answers, closes.
+    fn refuse_peer(&mut self, shared: &Shared, id: u64, who: &str, why: &str) {
+        eprintln!("kv-server: refused peer {who:?}: {why}");
+        let r = Response::error(ErrorKind::AuthFailed, format!("refused as a peer: {why}"));
+        native::encode_frame(self.out.now(), id, &r);
+        self.protocol_error(shared);
+    }
+
+    /// Step 1 of the handshake (see `docs/security.md`): the dialer says
+    /// who it is and sends its nonce; this side answers with its own nonce
+    /// and its MAC over both, proving it knows the secret.
+    fn peer_hello(&mut self, shared: &Shared, id: u64, from: String, nonce: native::Nonce) {
+        let Some(secret) = crate::state::cluster_secret(&shared.config) else {
+            return self.refuse_peer(
+                shared,
+                id,
+                &from,
+                "this node accepts no peers (started without --cluster-secret)",
+            );
         };
-        native::encode_frame(self.out.now(), id, &welcome);
-        if let Some(c) = shared.cluster.get() {
-            // Before any of its messages: answers to it must not be dropped.
-            c.send(ToCluster::PeerUp(from.clone()));
+        if let Some(proven) = &self.peer {
+            let why = format!("this connection already proved it is {proven}");
+            return self.refuse_peer(shared, id, &from, &why);
         }
+        if self.handshake.is_some() {
+            return self.refuse_peer(shared, id, &from, "a second PeerHello on one connection");
+        }
+        let (Some(cluster), Some(mine)) = (shared.cluster.get(), crate::state::handshake_nonce())
+        else {
+            return self.refuse_peer(shared, id, &from, "cluster support is not running");
+        };
+        let me = cluster.id.clone();
+        let mac = native::peer_mac(
+            secret,
+            native::PeerRole::Listener,
+            &nonce,
+            &mine,
+            &from,
+            &me,
+        );
+        let challenge = Response::PeerChallenge {
+            id: me,
+            nonce: mine,
+            mac,
+        };
+        native::encode_frame(self.out.now(), id, &challenge);
+        self.handshake = Some((from, nonce, mine));
+    }
+
+    /// Step 3: the dialer's MAC over both nonces. Only if it is right is
+    /// the connection a peer's, and then only as the id it proved.
+    fn peer_proof(&mut self, shared: &Shared, id: u64, mac: &native::Mac) {
+        let (Some((from, theirs, mine)), Some(secret), Some(cluster)) = (
+            self.handshake.take(),
+            crate::state::cluster_secret(&shared.config),
+            shared.cluster.get(),
+        ) else {
+            return self.refuse_peer(shared, id, "?", "PeerProof without a PeerHello first");
+        };
+        let ok = native::verify_peer_mac(
+            secret,
+            native::PeerRole::Dialer,
+            &theirs,
+            &mine,
+            &from,
+            &cluster.id,
+            mac,
+        );
+        if !ok {
+            return self.refuse_peer(shared, id, &from, "wrong cluster secret");
+        }
+        // Before any of its messages: answers to it must not be dropped.
+        cluster.send(ToCluster::PeerUp(from.clone()));
         self.peer = Some(from);
     }
 
     fn peer_message(&mut self, shared: &Shared, payload: &[u8]) {
         let (Some(from), Some(cluster)) = (self.peer.clone(), shared.cluster.get()) else {
+            eprintln!("kv-server: refused a peer message on a connection that did not prove the cluster secret");
             let r = Response::error(
                 ErrorKind::AuthRequired,
-                "peer messages need a PeerHello first",
+                "peer messages need a completed peer handshake first",
             );
             native::encode_frame(self.out.now(), 0, &r);
             return self.protocol_error(shared);

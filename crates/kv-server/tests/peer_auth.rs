@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kv_client::Client;
-use kv_proto::native::{self, Request, Response};
+use kv_proto::native::{self, peer_mac, Nonce, PeerRole, Request, Response};
 use kv_replication::{PeerMsg, Ver};
 use kv_testkit::{wait_for, ServerProc};
 
@@ -154,9 +154,6 @@ fn attack_messages(key: &[u8]) -> Vec<PeerMsg> {
 fn assert_nothing_leaked(what: &str, got: &[Got]) {
     for g in got {
         match g {
-            Got::Resp(Response::PeerWelcome { .. }) => {
-                panic!("{what}: the server welcomed the attacker as a peer: {got:?}")
-            }
             Got::Req(Request::Peer { payload }) => {
                 let msg: PeerMsg = postcard::from_bytes(payload).expect("peer message");
                 panic!("{what}: the server answered a peer message: {msg:?}");
@@ -171,6 +168,8 @@ fn assert_nothing_leaked(what: &str, got: &[Got]) {
 /// the attacker sent.
 fn assert_store_untouched(s: &ServerProc, key: &[u8]) {
     let mut c = client(s);
+    // The tests' only password.
+    let _ = c.auth("pw");
     assert_eq!(
         c.get(key).expect("get"),
         Some(b"v1".to_vec()),
@@ -208,95 +207,158 @@ fn accept(l: &TcpListener) -> TcpStream {
     s
 }
 
-/// Reads the preamble and first frame a dialing node sends: returns the
-/// raw frame bytes and the decoded request.
-fn read_first_frame(s: &mut TcpStream) -> (Vec<u8>, Request) {
-    let mut p = [0u8; native::PREAMBLE_LEN];
-    s.read_exact(&mut p).expect("dialer preamble");
-    let mut len = [0u8; native::LENGTH_PREFIX];
-    s.read_exact(&mut len).expect("length");
-    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-    s.read_exact(&mut body).expect("frame");
-    let mut frame = len.to_vec();
-    frame.extend_from_slice(&body);
-    let (f, _) = native::decode_frame::<Request>(&frame, 1 << 20)
-        .expect("decodes")
-        .expect("whole");
-    (frame, f.body)
-}
+const DIALER_NONCE: Nonce = [7; 32];
 
-fn forged_hello(from: &str, secret: &str) -> Request {
-    let nonce = 7;
+fn hello(from: &str) -> Request {
     Request::PeerHello {
         from: from.to_string(),
-        nonce,
-        proof: native::peer_proof(secret, nonce, "dialer"),
+        nonce: DIALER_NONCE,
     }
 }
 
-/// The reported attack: a hello whose proof is computed for the empty
-/// secret (the default), then every kind of peer request. Against a
-/// single server with no cluster flags, and against a node with a secret.
+impl Raw {
+    /// The whole handshake as `from`, proving `secret`: returns the first
+    /// answer to the hello (a challenge, or a refusal and then no proof is
+    /// sent).
+    fn handshake(&mut self, from: &str, secret: &[u8]) -> Got {
+        self.send(&hello(from));
+        let got = self.recv();
+        if let Got::Resp(Response::PeerChallenge { id, nonce, .. }) = &got {
+            let mac = peer_mac(secret, PeerRole::Dialer, &DIALER_NONCE, nonce, from, id);
+            self.send(&Request::PeerProof { mac });
+        }
+        got
+    }
+}
+
+/// The reported attack: a handshake whose proof is computed for the empty
+/// secret (the default), then every kind of peer request; and the same
+/// requests with no handshake at all, or between hello and proof. Against
+/// a single server with no cluster flags, one with a password, and a node
+/// with a secret.
 #[test]
 fn a_hello_forged_with_the_empty_secret_gets_nothing() {
-    for flags in [&[][..], &["--cluster-secret", SECRET][..]] {
+    let configs = [
+        &[][..],
+        &["--requirepass", "pw"][..],
+        &["--cluster-secret", SECRET][..],
+    ];
+    for flags in configs {
         let s = ServerProc::start(BIN, flags);
-        client(&s).put(b"secret-key", b"v1").expect("put");
+        let mut c = client(&s);
+        if flags.contains(&"pw") {
+            c.auth("pw").expect("auth");
+        }
+        c.put(b"secret-key", b"v1").expect("put");
         let l = attacker_listener();
         let me = l.local_addr().expect("addr").to_string();
-
-        let mut raw = Raw::connect(s.addr);
-        raw.send(&forged_hello(&me, ""));
-        for m in attack_messages(b"secret-key") {
-            raw.peer(&m);
+        for how in ["empty secret", "no handshake", "hello only"] {
+            let what = format!("{flags:?}, {how}");
+            let mut raw = Raw::connect(s.addr);
+            match how {
+                "empty secret" => {
+                    let first = raw.handshake(&me, b"");
+                    if flags.is_empty() || flags.contains(&"pw") {
+                        assert!(
+                            matches!(first, Got::Resp(Response::Error { .. })),
+                            "{what}: a node without a secret refuses any hello: {first:?}"
+                        );
+                    }
+                }
+                "hello only" => raw.send(&hello(&me)),
+                _ => {}
+            }
+            for m in attack_messages(b"secret-key") {
+                raw.peer(&m);
+            }
+            let got = raw.until_closed(&what);
+            assert_nothing_leaked(&what, &got);
+            assert_store_untouched(&s, b"secret-key");
         }
-        let got = raw.until_closed(&format!("{flags:?}"));
-        assert_nothing_leaked(&format!("{flags:?}"), &got);
-        assert_store_untouched(&s, b"secret-key");
-        // The Invite would have made the node dial the attacker; it must not
-        // have reached the cluster at all (the connection was refused before).
+        // The Invite would have made the node dial the attacker; it never
+        // reached the cluster (each connection was refused before).
         assert!(
             l.accept().is_err(),
             "{flags:?}: the node dialed the attacker after its Invite"
         );
+        drop(c);
         s.stop();
     }
 }
 
-/// A single server (no cluster flags) answers no PeerHello.
+/// A single server (no cluster flags, with or without a password) refuses
+/// PeerHello outright, and says at start that it accepts no peers.
 #[test]
 fn a_single_server_refuses_peer_hello() {
-    let s = ServerProc::start(BIN, &[]);
-    let mut raw = Raw::connect(s.addr);
-    raw.send(&forged_hello("127.0.0.1:1", ""));
-    let got = raw.until_closed("single server");
-    assert!(
-        matches!(got.as_slice(), [Got::Resp(Response::Error { .. })]),
-        "expected one refusal, then the connection closed: {got:?}"
-    );
-    s.stop();
+    for flags in [&[][..], &["--requirepass", "pw"][..]] {
+        let s = ServerProc::start(BIN, flags);
+        let mut raw = Raw::connect(s.addr);
+        raw.send(&hello("127.0.0.1:1"));
+        let got = raw.until_closed("single server");
+        assert!(
+            matches!(got.as_slice(), [Got::Resp(Response::Error { .. })]),
+            "{flags:?}: expected one refusal, then the connection closed: {got:?}"
+        );
+        let said = s.output().join("\n");
+        assert!(said.contains("accepts no peers"), "{said}");
+        s.stop();
+    }
 }
 
-/// A hello captured from a real node (made to dial the attacker with
-/// JOIN) and replayed to another node with the same secret, or to the
-/// node itself, gets nothing.
+/// Reads one whole frame's bytes (length prefix included).
+fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; native::LENGTH_PREFIX];
+    s.read_exact(&mut len)?;
+    let mut frame = len.to_vec();
+    frame.resize(native::LENGTH_PREFIX + u32::from_le_bytes(len) as usize, 0);
+    s.read_exact(&mut frame[native::LENGTH_PREFIX..])?;
+    Ok(frame)
+}
+
+fn read_preamble(s: &mut TcpStream) -> Vec<u8> {
+    let mut p = vec![0u8; native::PREAMBLE_LEN];
+    s.read_exact(&mut p).expect("preamble");
+    p
+}
+
+/// An attacker between two nodes records a whole real handshake (node A
+/// dials the attacker's address, which node B advertises, and the
+/// attacker relays both ways), then replays the dialer's hello and proof
+/// to B and to A on new connections: both refuse, nothing is read or
+/// written.
 #[test]
-fn a_captured_hello_replayed_gets_nothing() {
+fn a_captured_handshake_replayed_gets_nothing() {
+    let l = attacker_listener();
+    let relay = l.local_addr().expect("addr").to_string();
     let a = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
-    let b = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    let b = ServerProc::start(BIN, &["--cluster-secret", SECRET, "--advertise", &relay]);
     for s in [&a, &b] {
         client(s).put(b"secret-key", b"v1").expect("put");
     }
-    let l = attacker_listener();
-    let me = l.local_addr().expect("addr").to_string();
-    client(&a).join(&me).expect("join");
-    let mut captured = accept(&l);
-    let (hello, decoded) = read_first_frame(&mut captured);
-    assert!(matches!(decoded, Request::PeerHello { .. }), "{decoded:?}");
+    client(&a).join(&relay).expect("join");
+    let mut from_a = accept(&l);
+    let mut to_b = TcpStream::connect(b.addr).expect("connect b");
+    to_b.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let pre_a = read_preamble(&mut from_a);
+    let hello = read_frame(&mut from_a).expect("hello");
+    to_b.write_all(&pre_a).expect("relay");
+    to_b.write_all(&hello).expect("relay");
+    let pre_b = read_preamble(&mut to_b);
+    let challenge = read_frame(&mut to_b).expect("challenge");
+    from_a.write_all(&pre_b).expect("relay");
+    from_a.write_all(&challenge).expect("relay");
+    let proof = read_frame(&mut from_a).expect("A proves itself to the node it dialed");
+    let (f, _) = native::decode_frame::<Request>(&proof, 1 << 20)
+        .expect("decodes")
+        .expect("whole");
+    assert!(matches!(f.body, Request::PeerProof { .. }), "{:?}", f.body);
+    to_b.write_all(&proof).expect("relay");
+    drop((from_a, to_b));
 
     for target in [&b, &a] {
         let mut raw = Raw::connect(target.addr);
         raw.s.write_all(&hello).expect("replay");
+        raw.s.write_all(&proof).expect("replay");
         for m in attack_messages(b"secret-key") {
             raw.peer(&m);
         }
@@ -309,37 +371,109 @@ fn a_captured_hello_replayed_gets_nothing() {
     b.stop();
 }
 
-/// A hello with the wrong secret is refused.
+/// A node made to dial the attacker (`JOIN attacker:port`) does not prove
+/// itself to whatever node the attacker relays it to: the challenge must
+/// come from the node it dialed.
+#[test]
+fn a_node_dialing_the_attacker_is_not_relayed_to_another_node() {
+    let a = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    let b = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    let l = attacker_listener();
+    let me = l.local_addr().expect("addr").to_string();
+    client(&a).join(&me).expect("join");
+    let mut from_a = accept(&l);
+    let mut to_b = TcpStream::connect(b.addr).expect("connect b");
+    to_b.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let pre_a = read_preamble(&mut from_a);
+    let hello = read_frame(&mut from_a).expect("hello");
+    to_b.write_all(&pre_a).expect("relay");
+    to_b.write_all(&hello).expect("relay");
+    let pre_b = read_preamble(&mut to_b);
+    let challenge = read_frame(&mut to_b).expect("challenge");
+    from_a.write_all(&pre_b).expect("relay");
+    from_a.write_all(&challenge).expect("relay");
+    // A closes instead of sending its proof.
+    match read_frame(&mut from_a) {
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "A should close the link: {e}"
+        ),
+        Ok(f) => panic!("A sent a frame to a relayed challenge: {f:?}"),
+    }
+    wait_for("A to log the refusal", DEADLINE, || {
+        a.output().iter().any(|l| l.contains("says it is"))
+    });
+    a.stop();
+    b.stop();
+}
+
+/// A handshake with the wrong secret is refused.
 #[test]
 fn a_hello_with_the_wrong_secret_gets_nothing() {
     let s = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
     client(&s).put(b"secret-key", b"v1").expect("put");
     let mut raw = Raw::connect(s.addr);
-    raw.send(&forged_hello("127.0.0.1:1", "not-the-secret"));
+    let first = raw.handshake("127.0.0.1:1", b"not-the-secret");
+    assert!(
+        matches!(first, Got::Resp(Response::PeerChallenge { .. })),
+        "{first:?}"
+    );
     for m in attack_messages(b"secret-key") {
         raw.peer(&m);
     }
     let got = raw.until_closed("wrong secret");
+    assert!(
+        matches!(got.first(), Some(Got::Resp(Response::Error { .. }))),
+        "the proof is refused: {got:?}"
+    );
     assert_store_untouched(&s, b"secret-key");
     s.stop();
 }
 
-/// A connection that proved it is node X cannot then speak as node Y.
+/// A connection that proved it is node X is answered as X (the right
+/// secret works), and cannot then speak as node Y: a second hello is
+/// refused and the connection closed.
 #[test]
 fn a_peer_proven_as_x_cannot_speak_as_y() {
     let s = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    client(&s).put(b"secret-key", b"v1").expect("put");
     let mut raw = Raw::connect(s.addr);
-    raw.send(&forged_hello("127.0.0.1:1", SECRET));
-    let got = raw.recv();
+    let first = raw.handshake("127.0.0.1:1", SECRET.as_bytes());
     assert!(
-        matches!(got, Got::Resp(Response::PeerWelcome { .. })),
-        "the right secret is welcomed: {got:?}"
+        matches!(first, Got::Resp(Response::PeerChallenge { .. })),
+        "{first:?}"
     );
-    raw.send(&forged_hello("127.0.0.1:2", SECRET));
+    raw.peer(&PeerMsg::Read {
+        op: 1,
+        key: b"secret-key".to_vec(),
+    });
+    match raw.recv() {
+        Got::Req(Request::Peer { payload }) => {
+            let msg: PeerMsg = postcard::from_bytes(&payload).expect("peer message");
+            assert!(
+                matches!(&msg, PeerMsg::ReadReply { state: Some(st), .. } if st.value.as_deref() == Some(&b"v1"[..])),
+                "{msg:?}"
+            );
+        }
+        other => panic!("a proven peer is answered: {other:?}"),
+    }
+    raw.send(&hello("127.0.0.1:2"));
+    for m in attack_messages(b"secret-key") {
+        raw.peer(&m);
+    }
     let got = raw.until_closed("second hello");
     assert!(
         matches!(got.as_slice(), [Got::Resp(Response::Error { .. })]),
         "a second hello under another id must be refused and the connection closed: {got:?}"
     );
+    assert_store_untouched(&s, b"secret-key");
+    wait_for("the refusal to be logged", DEADLINE, || {
+        s.output()
+            .iter()
+            .any(|l| l.contains("already proved it is 127.0.0.1:1"))
+    });
     s.stop();
 }
