@@ -210,6 +210,27 @@ impl ClusterHandle {
     }
 }
 
+impl ClusterHandle {
+    /// A handle with no cluster thread behind it, for tests of the event
+    /// loops: what they send arrives on the returned receiver (the poll
+    /// keeps the waker valid).
+    #[cfg(test)]
+    pub(crate) fn detached(id: &str) -> io::Result<(Self, Receiver<ToCluster>, Poll)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let handle = ClusterHandle {
+            tx: Mutex::new(tx),
+            waker,
+            clustered: AtomicBool::new(true),
+            view: Mutex::new(String::new()),
+            id: id.to_string(),
+            observed: std::sync::atomic::AtomicU64::new(0),
+        };
+        Ok((handle, rx, poll))
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

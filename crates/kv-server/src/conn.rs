@@ -745,3 +745,174 @@ fn native_cluster_op(
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use kv_replication::{Digest, Stamped, Status, Ver};
+    use proptest::prelude::*;
+
+    /// A socket that has `input` to read, then would block; keeps what is
+    /// written.
+    struct Mock {
+        input: Vec<u8>,
+        pos: usize,
+        output: Vec<u8>,
+    }
+
+    impl Read for Mock {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pos == self.input.len() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.input.len() - self.pos);
+            buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Mock {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl HalfClose for Mock {
+        fn shutdown_write(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    fn ver() -> impl Strategy<Value = Ver> {
+        (any::<u64>(), any::<u32>()).prop_map(|(ts, node)| Ver { ts, node })
+    }
+
+    fn peer_msg() -> impl Strategy<Value = PeerMsg> {
+        let key = prop_oneof![Just(b"k".to_vec()), bytes(4)];
+        prop_oneof![
+            (
+                any::<u64>(),
+                key.clone(),
+                proptest::option::of(bytes(8)),
+                ver()
+            )
+                .prop_map(|(op, key, value, version)| PeerMsg::Replicate {
+                    op,
+                    key,
+                    value,
+                    version
+                }),
+            (any::<u64>(), key.clone()).prop_map(|(op, key)| PeerMsg::Read { op, key }),
+            (any::<u64>(), bytes(2), any::<u32>()).prop_map(|(op, prefix, limit)| {
+                PeerMsg::ListPage {
+                    op,
+                    prefix,
+                    after: None,
+                    limit,
+                }
+            }),
+            (any::<u64>(), any::<u32>()).prop_map(|(transition, max_bytes)| {
+                PeerMsg::StreamReq {
+                    transition,
+                    ranges: vec![(0, u64::MAX)],
+                    cursor: (0, 0),
+                    max_bytes,
+                }
+            }),
+            (key.clone(), proptest::option::of(bytes(8)), ver()).prop_map(|(k, value, version)| {
+                PeerMsg::StreamPage {
+                    transition: 1,
+                    cursor: (0, 0),
+                    entries: vec![(k, Stamped { version, value })],
+                    keys: 1,
+                    bytes: 1,
+                    next: None,
+                    progress: 0,
+                }
+            }),
+            "[a-z0-9.:]{1,12}".prop_map(|id| PeerMsg::Gossip {
+                members: vec![Digest::new(&id, Status::Left)],
+            }),
+            proptest::collection::vec(key, 0..3).prop_map(|keys| PeerMsg::AePull { keys }),
+            Just(PeerMsg::Invite),
+        ]
+    }
+
+    /// One frame an attacker may send: a hello, a proof, a peer message,
+    /// or a peer frame of arbitrary bytes.
+    fn attack_frame() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            ("[a-z0-9.:]{0,12}", any::<[u8; 32]>())
+                .prop_map(|(from, nonce)| Request::PeerHello { from, nonce }),
+            any::<[u8; 32]>().prop_map(|mac| Request::PeerProof { mac }),
+            peer_msg().prop_map(|m| Request::Peer {
+                payload: postcard::to_allocvec(&m).expect("encode"),
+            }),
+            bytes(16).prop_map(|payload| Request::Peer { payload }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever peer frames a connection that never proved the
+        /// secret sends (with or without --requirepass), the store does
+        /// not change, no peer message is answered and nothing reaches
+        /// the cluster.
+        #[test]
+        fn unauthenticated_peer_messages_change_nothing(
+            frames in proptest::collection::vec(attack_frame(), 1..12),
+            password in any::<bool>(),
+        ) {
+            let mut args = vec!["kv-server", "--no-persistence", "--cluster-secret", "the-secret"];
+            if password {
+                args.extend_from_slice(&["--requirepass", "pw"]);
+            }
+            let config = crate::config::Config::parse_from(args);
+            let store = kv_storage::Store::open(kv_storage::Options::in_memory()).expect("store");
+            store.put(b"k", b"v1").expect("put");
+            let shared = Shared::new(store, config);
+            let (handle, rx, _poll) =
+                crate::cluster::ClusterHandle::detached("127.0.0.1:1").expect("handle");
+            let _ = shared.cluster.set(std::sync::Arc::new(handle));
+
+            let mut input = native::preamble().to_vec();
+            for f in &frames {
+                native::encode_frame(&mut input, 1, f);
+            }
+            let mock = Mock { input, pos: 0, output: Vec::new() };
+            let route = Route { worker: 0, token: 0, conn: 1, seq: 0 };
+            let mut conn = Conn::new(mock, !password, route);
+            conn.on_readable(&shared).expect("read");
+            conn.flush().expect("flush");
+            if let Some(c) = shared.cluster.get() {
+                c.flush();
+            }
+
+            prop_assert_eq!(shared.store.len(), 1);
+            prop_assert_eq!(shared.store.get(b"k"), Some(b"v1".to_vec()));
+            let sent: Vec<ToCluster> = rx.try_iter().collect();
+            prop_assert!(sent.is_empty(), "{} messages reached the cluster", sent.len());
+            let out = &conn.stream.output;
+            let mut at = native::PREAMBLE_LEN;
+            while at < out.len() {
+                let len = native::frame_len(&out[at..], usize::MAX).expect("len").expect("prefix");
+                let frame = &out[at..at + native::LENGTH_PREFIX + len];
+                let is_response =
+                    matches!(native::decode_frame::<Response>(frame, usize::MAX), Ok(Some(_)));
+                prop_assert!(is_response, "a frame that is no response: a peer answer");
+                at += native::LENGTH_PREFIX + len;
+            }
+        }
+    }
+}
