@@ -28,10 +28,12 @@ wait_port 7201
 bench 7201 single
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
 
-"$bin" --port 7211 --data-dir "$work/n1" ${KV_CLUSTER_ARGS:-} >"$work/n1.log" 2>&1 & pids+=($!)
+# Nodes of a cluster prove to each other that they share this secret.
+secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+"$bin" --port 7211 --data-dir "$work/n1" --cluster-secret "$secret" ${KV_CLUSTER_ARGS:-} >"$work/n1.log" 2>&1 & pids+=($!)
 wait_port 7211
-"$bin" --port 7212 --data-dir "$work/n2" --join 127.0.0.1:7211 ${KV_CLUSTER_ARGS:-} >"$work/n2.log" 2>&1 & pids+=($!)
-"$bin" --port 7213 --data-dir "$work/n3" --join 127.0.0.1:7211 ${KV_CLUSTER_ARGS:-} >"$work/n3.log" 2>&1 & pids+=($!)
+"$bin" --port 7212 --data-dir "$work/n2" --join 127.0.0.1:7211 --cluster-secret "$secret" ${KV_CLUSTER_ARGS:-} >"$work/n2.log" 2>&1 & pids+=($!)
+"$bin" --port 7213 --data-dir "$work/n3" --join 127.0.0.1:7211 --cluster-secret "$secret" ${KV_CLUSTER_ARGS:-} >"$work/n3.log" 2>&1 & pids+=($!)
 wait_port 7212; wait_port 7213
 # Wait until all three are members holding their ranges (joins go one at a
 # time, each copying its ranges first).

@@ -29,9 +29,11 @@ wait_normal() {
   done
   echo "cluster did not settle: $view" >&2; exit 1
 }
+# Nodes of a cluster prove to each other that they share this secret.
+secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 start() { # port, extra args...
   local port=$1; shift
-  "$bin" --port "$port" --data-dir "$work/$port" --rebalance-rate 0 "$@" >"$work/$port.log" 2>&1 & pids+=($!)
+  "$bin" --port "$port" --data-dir "$work/$port" --rebalance-rate 0 --cluster-secret "$secret" "$@" >"$work/$port.log" 2>&1 & pids+=($!)
   wait_port "$port"
 }
 

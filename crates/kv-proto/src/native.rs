@@ -5,6 +5,7 @@
 //! then frames:                        length u32 LE | postcard((id u64, body))
 //! ```
 
+use hmac::Mac as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -125,15 +126,14 @@ pub enum Request {
     },
     /// The cluster view as text.
     Cluster,
-    /// First frame of a connection from another node: who it is, and proof
-    /// that it knows the cluster secret (see [`peer_proof`]).
+    /// First frame of a connection from another node (the dialer): who it
+    /// is and its fresh random nonce. The listener answers
+    /// [`Response::PeerChallenge`]; see [`peer_mac`].
     PeerHello {
-        /// The sending node's id (its advertised host:port).
+        /// The dialing node's id (its advertised host:port).
         from: String,
-        /// A fresh random number.
-        nonce: u64,
-        /// `peer_proof(secret, nonce, "dialer")`.
-        proof: u64,
+        /// The dialer's nonce: [`NONCE_LEN`] bytes from a CSPRNG.
+        nonce: Nonce,
     },
     /// A message between nodes (encoded by the replication layer). Not
     /// answered.
@@ -147,19 +147,90 @@ pub enum Request {
         /// host:port of the dead node.
         addr: String,
     },
+    /// Last frame of the peer handshake, from the dialer: its MAC over
+    /// both nonces and both ids ([`PeerRole::Dialer`]). Only once the
+    /// listener has checked it is the connection a peer's.
+    PeerProof {
+        /// `peer_mac(secret, Dialer, dialer nonce, listener nonce, from, id)`.
+        mac: Mac,
+    },
 }
 
-/// Proof of knowing the cluster secret, bound to a nonce and a role, so
-/// that neither side sends the secret itself. xxh3 is fast, not a
-/// cryptographic MAC: the secret keeps misconfigured or foreign nodes out
-/// of a cluster; it does not protect against an attacker on the network.
-pub fn peer_proof(secret: &str, nonce: u64, role: &str) -> u64 {
-    let mut bytes = Vec::with_capacity(secret.len() + role.len() + 9);
-    bytes.extend_from_slice(role.as_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(&nonce.to_le_bytes());
-    bytes.extend_from_slice(secret.as_bytes());
-    xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, nonce)
+/// Bytes of a handshake nonce.
+pub const NONCE_LEN: usize = 32;
+/// A handshake nonce (random bytes, one per side and connection).
+pub type Nonce = [u8; NONCE_LEN];
+/// An HMAC-SHA256 tag.
+pub type Mac = [u8; 32];
+
+/// Which side of a peer connection computes a MAC. The role is part of
+/// what is authenticated, so that one side's tag is never valid as the
+/// other's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerRole {
+    /// The node that opened the connection (sends `PeerHello`, `PeerProof`).
+    Dialer,
+    /// The node that accepted it (sends `PeerChallenge`).
+    Listener,
+}
+
+/// The peer handshake's tag: HMAC-SHA256 keyed with the cluster secret
+/// over a domain label, the role, both nonces and both node ids (each id
+/// length-prefixed, so no two inputs share an encoding). A fresh nonce on
+/// each side makes every tag valid for one connection only: a captured
+/// hello or proof proves nothing to anyone later.
+pub fn peer_mac(
+    secret: &[u8],
+    role: PeerRole,
+    dialer_nonce: &Nonce,
+    listener_nonce: &Nonce,
+    dialer: &str,
+    listener: &str,
+) -> Mac {
+    peer_hmac(secret, role, dialer_nonce, listener_nonce, dialer, listener)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Whether `mac` is the right [`peer_mac`], compared in constant time.
+pub fn verify_peer_mac(
+    secret: &[u8],
+    role: PeerRole,
+    dialer_nonce: &Nonce,
+    listener_nonce: &Nonce,
+    dialer: &str,
+    listener: &str,
+    mac: &Mac,
+) -> bool {
+    peer_hmac(secret, role, dialer_nonce, listener_nonce, dialer, listener)
+        .verify_slice(mac)
+        .is_ok()
+}
+
+fn peer_hmac(
+    secret: &[u8],
+    role: PeerRole,
+    dialer_nonce: &Nonce,
+    listener_nonce: &Nonce,
+    dialer: &str,
+    listener: &str,
+) -> hmac::Hmac<sha2::Sha256> {
+    // HMAC takes keys of any length.
+    let mut m = <hmac::Hmac<sha2::Sha256>>::new_from_slice(secret)
+        .unwrap_or_else(|e| panic!("HMAC refused a key: {e}"));
+    m.update(b"kv peer handshake v1\0");
+    m.update(match role {
+        PeerRole::Dialer => b"dialer\0",
+        PeerRole::Listener => b"listen\0",
+    });
+    m.update(dialer_nonce);
+    m.update(listener_nonce);
+    for id in [dialer, listener] {
+        m.update(&(id.len() as u64).to_le_bytes());
+        m.update(id.as_bytes());
+    }
+    m
 }
 
 /// What went wrong, for a program to act on; the message is for people.
@@ -227,13 +298,15 @@ pub enum Response {
         /// What happened, for people.
         message: String,
     },
-    /// Reply to PeerHello: the answering node and its own proof
-    /// (`peer_proof(secret, nonce, "listener")`).
-    PeerWelcome {
+    /// Reply to PeerHello: the listener's id, its fresh nonce and its MAC
+    /// ([`PeerRole::Listener`]), which proves it knows the secret.
+    PeerChallenge {
         /// The answering node's id.
         id: String,
-        /// Its proof.
-        proof: u64,
+        /// The listener's nonce.
+        nonce: Nonce,
+        /// `peer_mac(secret, Listener, dialer nonce, nonce, from, id)`.
+        mac: Mac,
     },
 }
 

@@ -30,8 +30,9 @@ fn request() -> impl Strategy<Value = Request> {
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Join { addr }),
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Leave { addr }),
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Remove { addr }),
-        ("[a-z0-9.:]{0,21}", any::<u64>(), any::<u64>())
-            .prop_map(|(from, nonce, proof)| Request::PeerHello { from, nonce, proof }),
+        ("[a-z0-9.:]{0,21}", any::<[u8; 32]>())
+            .prop_map(|(from, nonce)| Request::PeerHello { from, nonce }),
+        any::<[u8; 32]>().prop_map(|mac| Request::PeerProof { mac }),
         bytes(64).prop_map(|payload| Request::Peer { payload }),
     ]
 }
@@ -64,8 +65,8 @@ fn response() -> impl Strategy<Value = Response> {
             .prop_map(|(keys, next)| Response::Keys { keys, next }),
         ".{0,40}".prop_map(|text| Response::Text { text }),
         (kind(), ".{0,40}").prop_map(|(kind, message)| Response::Error { kind, message }),
-        ("[a-z0-9.:]{0,21}", any::<u64>())
-            .prop_map(|(id, proof)| Response::PeerWelcome { id, proof }),
+        ("[a-z0-9.:]{0,21}", any::<[u8; 32]>(), any::<[u8; 32]>())
+            .prop_map(|(id, nonce, mac)| Response::PeerChallenge { id, nonce, mac }),
     ]
 }
 
@@ -486,4 +487,41 @@ fn documented_example_bytes() {
     );
     assert_eq!(wire, [0x05, 0, 0, 0, 0x07, 0x02, 0x01, 0x01, b'v']);
     assert_eq!(native::preamble(), [0xF0, b'K', b'V', b'N', 1, 0, 0, 0]);
+}
+
+/// The handshake MAC depends on every input, and each side's tag is
+/// useless as the other's.
+#[test]
+fn peer_mac_binds_role_nonces_and_ids() {
+    use kv_proto::native::{peer_mac, verify_peer_mac, PeerRole};
+    let (d, l) = ([1u8; 32], [2u8; 32]);
+    let mac = peer_mac(b"secret", PeerRole::Dialer, &d, &l, "a:1", "b:2");
+    assert!(verify_peer_mac(
+        b"secret",
+        PeerRole::Dialer,
+        &d,
+        &l,
+        "a:1",
+        "b:2",
+        &mac
+    ));
+    let wrong = [
+        verify_peer_mac(b"secreT", PeerRole::Dialer, &d, &l, "a:1", "b:2", &mac),
+        verify_peer_mac(b"secret", PeerRole::Listener, &d, &l, "a:1", "b:2", &mac),
+        verify_peer_mac(b"secret", PeerRole::Dialer, &l, &d, "a:1", "b:2", &mac),
+        verify_peer_mac(
+            b"secret",
+            PeerRole::Dialer,
+            &d,
+            &[3; 32],
+            "a:1",
+            "b:2",
+            &mac,
+        ),
+        verify_peer_mac(b"secret", PeerRole::Dialer, &d, &l, "a:3", "b:2", &mac),
+        verify_peer_mac(b"secret", PeerRole::Dialer, &d, &l, "b:2", "a:1", &mac),
+        verify_peer_mac(b"secret", PeerRole::Dialer, &d, &l, "a:1b", ":2", &mac),
+        verify_peer_mac(b"", PeerRole::Dialer, &d, &l, "a:1", "b:2", &mac),
+    ];
+    assert_eq!(wrong, [false; 8]);
 }

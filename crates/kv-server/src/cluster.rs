@@ -210,6 +210,27 @@ impl ClusterHandle {
     }
 }
 
+impl ClusterHandle {
+    /// A handle with no cluster thread behind it, for tests of the event
+    /// loops: what they send arrives on the returned receiver (the poll
+    /// keeps the waker valid).
+    #[cfg(test)]
+    pub(crate) fn detached(id: &str) -> io::Result<(Self, Receiver<ToCluster>, Poll)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let handle = ClusterHandle {
+            tx: Mutex::new(tx),
+            waker,
+            clustered: AtomicBool::new(true),
+            view: Mutex::new(String::new()),
+            id: id.to_string(),
+            observed: std::sync::atomic::AtomicU64::new(0),
+        };
+        Ok((handle, rx, poll))
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -235,6 +256,25 @@ pub const MEMBER_MARKER: &str = "cluster.member";
 /// Where the subdirectories holding data set aside by `--rejoin-fresh`
 /// begin their names.
 pub const SET_ASIDE_PREFIX: &str = "before-rejoin-";
+
+/// Checks that a node meant to have peers has a cluster secret: without
+/// one it accepts no peer and dials none, so `--join`, or a data directory
+/// of a cluster member, is refused at start. `Ok(true)`: peers allowed.
+pub fn check_peer_config(config: &Config) -> Result<bool, String> {
+    if crate::state::cluster_secret(config).is_some() {
+        return Ok(true);
+    }
+    if !config.join.is_empty() {
+        return Err("--join needs --cluster-secret: nodes prove to each other that they know the same secret (the same on every node; 32 random characters, say)".into());
+    }
+    if !config.no_persistence && config.data_dir.join(MEMBER_MARKER).exists() {
+        return Err(format!(
+            "{} belongs to a cluster member ({MEMBER_MARKER}): start it with the cluster's --cluster-secret",
+            config.data_dir.display()
+        ));
+    }
+    Ok(false)
+}
 
 /// Where the node's persistent state lives (None without persistence).
 fn state_path(shared: &Shared) -> Option<PathBuf> {
@@ -550,8 +590,8 @@ pub fn start(
 enum LinkState {
     /// Connecting; preamble and hello are queued.
     Connecting,
-    /// Waiting for the peer's preamble and welcome.
-    AwaitWelcome,
+    /// Waiting for the peer's preamble and challenge.
+    AwaitChallenge,
     /// Handshake done.
     Ready,
 }
@@ -560,8 +600,11 @@ struct PeerLink {
     stream: TcpStream,
     token: Token,
     state: LinkState,
-    nonce: u64,
+    nonce: native::Nonce,
     out: Vec<u8>,
+    /// Peer messages queued until the handshake is done: none is sent
+    /// before this side has proved itself.
+    queued: Vec<u8>,
     rbuf: Vec<u8>,
 }
 
@@ -701,6 +744,9 @@ impl ClusterThread {
             ToCluster::Peer { from, msg } => self.node.handle_message(now, &from, msg, store),
             ToCluster::Admin { route, id, cmd } => {
                 let result = match &cmd {
+                    Admin::Invite(_) if self.secret().is_empty() => Err(
+                        "this node has no --cluster-secret, so it has no peers: start every node with the same --cluster-secret".to_string(),
+                    ),
                     Admin::Invite(addr) => {
                         self.node.invite(addr);
                         Ok(format!(
@@ -860,7 +906,7 @@ impl ClusterThread {
             .peers
             .iter_mut()
             .filter(|(_, l)| {
-                matches!(l.state, LinkState::Ready | LinkState::AwaitWelcome) && !l.out.is_empty()
+                matches!(l.state, LinkState::Ready | LinkState::AwaitChallenge) && !l.out.is_empty()
             })
             .filter_map(|(id, l)| flush_link(l).err().map(|_| id.clone()))
             .collect();
@@ -878,14 +924,26 @@ impl ClusterThread {
         let Some(link) = self.peers.get_mut(to) else {
             return Ok(());
         };
-        if link.out.len() > MAX_PEER_QUEUE {
+        let out = match link.state {
+            LinkState::Ready => &mut link.out,
+            _ => &mut link.queued,
+        };
+        if out.len() > MAX_PEER_QUEUE {
             return Ok(()); // drop: the peer is not keeping up
         }
-        native::encode_frame(&mut link.out, 0, &Request::Peer { payload });
+        native::encode_frame(out, 0, &Request::Peer { payload });
         Ok(())
     }
 
     fn connect(&mut self, to: &str) -> io::Result<()> {
+        if crate::state::cluster_secret(&self.shared.config).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "no --cluster-secret: this node speaks to no peers",
+            ));
+        }
+        let nonce = crate::state::handshake_nonce()
+            .ok_or_else(|| io::Error::other("no randomness for a handshake nonce"))?;
         let addr = to.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
         })?;
@@ -899,14 +957,10 @@ impl ClusterThread {
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let nonce =
-            now_ms().rotate_left(17) ^ self.next_token as u64 ^ u64::from(std::process::id());
-        let secret = self.secret();
         let mut out = native::preamble().to_vec();
         let hello = Request::PeerHello {
             from: self.handle.id.clone(),
             nonce,
-            proof: native::peer_proof(&secret, nonce, "dialer"),
         };
         native::encode_frame(&mut out, 0, &hello);
         self.tokens.insert(token, to.to_string());
@@ -918,19 +972,18 @@ impl ClusterThread {
                 state: LinkState::Connecting,
                 nonce,
                 out,
+                queued: Vec::new(),
                 rbuf: Vec::new(),
             },
         );
         Ok(())
     }
 
-    /// The cluster secret (empty when none is set).
-    fn secret(&self) -> String {
-        self.shared
-            .config
-            .cluster_secret
-            .clone()
+    /// The cluster secret (empty when none is set: then no link is made).
+    fn secret(&self) -> Vec<u8> {
+        crate::state::cluster_secret(&self.shared.config)
             .unwrap_or_default()
+            .to_vec()
     }
 
     fn drop_link(&mut self, peer: &str) {
@@ -953,25 +1006,29 @@ impl ClusterThread {
                 return Err(e);
             }
             match link.stream.peer_addr() {
-                Ok(_) => link.state = LinkState::AwaitWelcome,
+                Ok(_) => link.state = LinkState::AwaitChallenge,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(Vec::new()),
                 Err(e) => return Err(e),
             }
         }
         flush_link(link)?;
         read_link(link, &mut self.scratch)?;
-        if let LinkState::AwaitWelcome = link.state {
-            if !check_welcome(link, peer, &secret)? {
+        if let LinkState::AwaitChallenge = link.state {
+            if !check_challenge(link, &self.handle.id, peer, &secret)? {
                 return Ok(Vec::new());
             }
+            // The proof and what waited for it.
+            flush_link(link)?;
         }
         take_answers(link)
     }
 }
 
-/// Checks the peer's preamble and welcome once they arrived: `Ok(true)`
-/// when the link is ready, `Ok(false)` when more bytes are needed.
-fn check_welcome(link: &mut PeerLink, peer: &str, secret: &str) -> io::Result<bool> {
+/// Checks the peer's preamble and challenge once they arrived: the peer
+/// must be the node dialed (`peer`) and prove it knows the secret. Then
+/// queues this side's proof and the messages that waited for it, and the
+/// link is ready: `Ok(true)`; `Ok(false)` when more bytes are needed.
+fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> io::Result<bool> {
     if link.rbuf.len() < native::PREAMBLE_LEN {
         return Ok(false);
     }
@@ -983,9 +1040,22 @@ fn check_welcome(link: &mut PeerLink, peer: &str, secret: &str) -> io::Result<bo
         return Ok(false);
     };
     match frame.body {
-        Response::PeerWelcome { proof, .. }
-            if proof == native::peer_proof(secret, link.nonce, "listener") =>
-        {
+        Response::PeerChallenge { id, nonce, mac } => {
+            if id != peer {
+                eprintln!("kv-server: the node dialed at {peer} says it is {id:?}; not talking to it (use the address it advertises)");
+                return Err(io::Error::other("wrong peer id"));
+            }
+            let role = native::PeerRole::Listener;
+            if !native::verify_peer_mac(secret, role, &link.nonce, &nonce, me, peer, &mac) {
+                eprintln!(
+                    "kv-server: peer {peer} failed the cluster-secret check; not talking to it"
+                );
+                return Err(io::Error::other("bad proof"));
+            }
+            let role = native::PeerRole::Dialer;
+            let mac = native::peer_mac(secret, role, &link.nonce, &nonce, me, peer);
+            native::encode_frame(&mut link.out, 0, &Request::PeerProof { mac });
+            link.out.append(&mut link.queued);
             link.state = LinkState::Ready;
             link.rbuf.drain(..native::PREAMBLE_LEN + used);
             Ok(true)
@@ -994,9 +1064,11 @@ fn check_welcome(link: &mut PeerLink, peer: &str, secret: &str) -> io::Result<bo
             eprintln!("kv-server: peer {peer} refused us: {message}");
             Err(io::Error::other("refused"))
         }
-        _ => {
-            eprintln!("kv-server: peer {peer} failed the cluster-secret check; not talking to it");
-            Err(io::Error::other("bad proof"))
+        other => {
+            eprintln!(
+                "kv-server: peer {peer} answered the handshake with {other:?}; not talking to it"
+            );
+            Err(io::Error::other("bad handshake"))
         }
     }
 }

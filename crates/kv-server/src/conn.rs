@@ -125,6 +125,9 @@ pub struct Conn<S> {
     session: Session,
     /// The node at the other end, once it proved it is a peer.
     peer: Option<String>,
+    /// A peer handshake under way: the dialer's claimed id and nonce, and
+    /// the nonce this side sent it.
+    handshake: Option<(String, native::Nonce, native::Nonce)>,
     /// Finish sending what is buffered, then close.
     closing: bool,
     /// The client closed its side (no more requests will come).
@@ -153,6 +156,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             parser: resp::CommandParser::default(),
             session: Session::new(authenticated, route.conn, route.worker),
             peer: None,
+            handshake: None,
             closing: false,
             peer_closed: false,
             lingering: false,
@@ -519,9 +523,8 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     fn native_request(&mut self, shared: &Shared, id: u64, req: Request) {
         match req {
-            Request::PeerHello { from, nonce, proof } => {
-                self.peer_hello(shared, id, from, nonce, proof)
-            }
+            Request::PeerHello { from, nonce } => self.peer_hello(shared, id, from, nonce),
+            Request::PeerProof { mac } => self.peer_proof(shared, id, &mac),
             Request::Peer { payload } => self.peer_message(shared, &payload),
             Request::Join { addr } => self.admin(shared, id, Admin::Invite(addr)),
             Request::Leave { addr } => self.admin(shared, id, Admin::Leave(addr)),
@@ -543,37 +546,88 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         }
     }
 
-    fn peer_hello(&mut self, shared: &Shared, id: u64, from: String, nonce: u64, proof: u64) {
-        let secret = shared.config.cluster_secret.as_deref().unwrap_or_default();
-        if proof != native::peer_proof(secret, nonce, "dialer") {
-            eprintln!("kv-server: refused peer {from}: wrong cluster secret");
-            let r = Response::error(ErrorKind::AuthFailed, "wrong cluster secret");
-            native::encode_frame(self.out.now(), id, &r);
-            self.closing = true;
-            return;
-        }
-        let me = shared
-            .cluster
-            .get()
-            .map(|c| c.id.clone())
-            .unwrap_or_default();
-        let welcome = Response::PeerWelcome {
-            id: me,
-            proof: native::peer_proof(secret, nonce, "listener"),
+    /// Refuses a peer handshake step: logs why, answers, closes.
+    fn refuse_peer(&mut self, shared: &Shared, id: u64, who: &str, why: &str) {
+        eprintln!("kv-server: refused peer {who:?}: {why}");
+        let r = Response::error(ErrorKind::AuthFailed, format!("refused as a peer: {why}"));
+        native::encode_frame(self.out.now(), id, &r);
+        self.protocol_error(shared);
+    }
+
+    /// Step 1 of the handshake (see `docs/security.md`): the dialer says
+    /// who it is and sends its nonce; this side answers with its own nonce
+    /// and its MAC over both, proving it knows the secret.
+    fn peer_hello(&mut self, shared: &Shared, id: u64, from: String, nonce: native::Nonce) {
+        let Some(secret) = crate::state::cluster_secret(&shared.config) else {
+            return self.refuse_peer(
+                shared,
+                id,
+                &from,
+                "this node accepts no peers (started without --cluster-secret)",
+            );
         };
-        native::encode_frame(self.out.now(), id, &welcome);
-        if let Some(c) = shared.cluster.get() {
-            // Before any of its messages: answers to it must not be dropped.
-            c.send(ToCluster::PeerUp(from.clone()));
+        if let Some(proven) = &self.peer {
+            let why = format!("this connection already proved it is {proven}");
+            return self.refuse_peer(shared, id, &from, &why);
         }
+        if self.handshake.is_some() {
+            return self.refuse_peer(shared, id, &from, "a second PeerHello on one connection");
+        }
+        let (Some(cluster), Some(mine)) = (shared.cluster.get(), crate::state::handshake_nonce())
+        else {
+            return self.refuse_peer(shared, id, &from, "cluster support is not running");
+        };
+        let me = cluster.id.clone();
+        let mac = native::peer_mac(
+            secret,
+            native::PeerRole::Listener,
+            &nonce,
+            &mine,
+            &from,
+            &me,
+        );
+        let challenge = Response::PeerChallenge {
+            id: me,
+            nonce: mine,
+            mac,
+        };
+        native::encode_frame(self.out.now(), id, &challenge);
+        self.handshake = Some((from, nonce, mine));
+    }
+
+    /// Step 3: the dialer's MAC over both nonces. Only if it is right is
+    /// the connection a peer's, and then only as the id it proved.
+    fn peer_proof(&mut self, shared: &Shared, id: u64, mac: &native::Mac) {
+        let (Some((from, theirs, mine)), Some(secret), Some(cluster)) = (
+            self.handshake.take(),
+            crate::state::cluster_secret(&shared.config),
+            shared.cluster.get(),
+        ) else {
+            return self.refuse_peer(shared, id, "?", "PeerProof without a PeerHello first");
+        };
+        let ok = native::verify_peer_mac(
+            secret,
+            native::PeerRole::Dialer,
+            &theirs,
+            &mine,
+            &from,
+            &cluster.id,
+            mac,
+        );
+        if !ok {
+            return self.refuse_peer(shared, id, &from, "wrong cluster secret");
+        }
+        // Before any of its messages: answers to it must not be dropped.
+        cluster.send(ToCluster::PeerUp(from.clone()));
         self.peer = Some(from);
     }
 
     fn peer_message(&mut self, shared: &Shared, payload: &[u8]) {
         let (Some(from), Some(cluster)) = (self.peer.clone(), shared.cluster.get()) else {
+            eprintln!("kv-server: refused a peer message on a connection that did not prove the cluster secret");
             let r = Response::error(
                 ErrorKind::AuthRequired,
-                "peer messages need a PeerHello first",
+                "peer messages need a completed peer handshake first",
             );
             native::encode_frame(self.out.now(), 0, &r);
             return self.protocol_error(shared);
@@ -712,4 +766,175 @@ fn native_cluster_op(
         }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use kv_replication::{Digest, Stamped, Status, Ver};
+    use proptest::prelude::*;
+
+    /// A socket that has `input` to read, then would block; keeps what is
+    /// written.
+    struct Mock {
+        input: Vec<u8>,
+        pos: usize,
+        output: Vec<u8>,
+    }
+
+    impl Read for Mock {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pos == self.input.len() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.input.len() - self.pos);
+            buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Mock {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl HalfClose for Mock {
+        fn shutdown_write(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    fn ver() -> impl Strategy<Value = Ver> {
+        (any::<u64>(), any::<u32>()).prop_map(|(ts, node)| Ver { ts, node })
+    }
+
+    fn peer_msg() -> impl Strategy<Value = PeerMsg> {
+        let key = prop_oneof![Just(b"k".to_vec()), bytes(4)];
+        prop_oneof![
+            (
+                any::<u64>(),
+                key.clone(),
+                proptest::option::of(bytes(8)),
+                ver()
+            )
+                .prop_map(|(op, key, value, version)| PeerMsg::Replicate {
+                    op,
+                    key,
+                    value,
+                    version
+                }),
+            (any::<u64>(), key.clone()).prop_map(|(op, key)| PeerMsg::Read { op, key }),
+            (any::<u64>(), bytes(2), any::<u32>()).prop_map(|(op, prefix, limit)| {
+                PeerMsg::ListPage {
+                    op,
+                    prefix,
+                    after: None,
+                    limit,
+                }
+            }),
+            (any::<u64>(), any::<u32>()).prop_map(|(transition, max_bytes)| {
+                PeerMsg::StreamReq {
+                    transition,
+                    ranges: vec![(0, u64::MAX)],
+                    cursor: (0, 0),
+                    max_bytes,
+                }
+            }),
+            (key.clone(), proptest::option::of(bytes(8)), ver()).prop_map(|(k, value, version)| {
+                PeerMsg::StreamPage {
+                    transition: 1,
+                    cursor: (0, 0),
+                    entries: vec![(k, Stamped { version, value })],
+                    keys: 1,
+                    bytes: 1,
+                    next: None,
+                    progress: 0,
+                }
+            }),
+            "[a-z0-9.:]{1,12}".prop_map(|id| PeerMsg::Gossip {
+                members: vec![Digest::new(&id, Status::Left)],
+            }),
+            proptest::collection::vec(key, 0..3).prop_map(|keys| PeerMsg::AePull { keys }),
+            Just(PeerMsg::Invite),
+        ]
+    }
+
+    /// One frame an attacker may send: a hello, a proof, a peer message,
+    /// or a peer frame of arbitrary bytes.
+    fn attack_frame() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            ("[a-z0-9.:]{0,12}", any::<[u8; 32]>())
+                .prop_map(|(from, nonce)| Request::PeerHello { from, nonce }),
+            any::<[u8; 32]>().prop_map(|mac| Request::PeerProof { mac }),
+            peer_msg().prop_map(|m| Request::Peer {
+                payload: postcard::to_allocvec(&m).expect("encode"),
+            }),
+            bytes(16).prop_map(|payload| Request::Peer { payload }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever peer frames a connection that never proved the
+        /// secret sends (with or without --requirepass), the store does
+        /// not change, no peer message is answered and nothing reaches
+        /// the cluster.
+        #[test]
+        fn unauthenticated_peer_messages_change_nothing(
+            frames in proptest::collection::vec(attack_frame(), 1..12),
+            password in any::<bool>(),
+        ) {
+            let mut args = vec!["kv-server", "--no-persistence", "--cluster-secret", "the-secret"];
+            if password {
+                args.extend_from_slice(&["--requirepass", "pw"]);
+            }
+            let config = crate::config::Config::parse_from(args);
+            let store = kv_storage::Store::open(kv_storage::Options::in_memory()).expect("store");
+            store.put(b"k", b"v1").expect("put");
+            let shared = Shared::new(store, config);
+            let (handle, rx, _poll) =
+                crate::cluster::ClusterHandle::detached("127.0.0.1:1").expect("handle");
+            let _ = shared.cluster.set(std::sync::Arc::new(handle));
+
+            let mut input = native::preamble().to_vec();
+            for f in &frames {
+                native::encode_frame(&mut input, 1, f);
+            }
+            let mock = Mock { input, pos: 0, output: Vec::new() };
+            let route = Route { worker: 0, token: 0, conn: 1, seq: 0 };
+            let mut conn = Conn::new(mock, !password, route);
+            conn.on_readable(&shared).expect("read");
+            conn.flush().expect("flush");
+            if let Some(c) = shared.cluster.get() {
+                c.flush();
+            }
+
+            prop_assert_eq!(shared.store.len(), 1);
+            prop_assert_eq!(shared.store.get(b"k"), Some(b"v1".to_vec()));
+            let sent: Vec<ToCluster> = rx.try_iter().collect();
+            prop_assert!(sent.is_empty(), "{} messages reached the cluster", sent.len());
+            let out = &conn.stream.output;
+            let mut at = native::PREAMBLE_LEN;
+            while at < out.len() {
+                let len = native::frame_len(&out[at..], usize::MAX).expect("len").expect("prefix");
+                let frame = &out[at..at + native::LENGTH_PREFIX + len];
+                let is_response =
+                    matches!(native::decode_frame::<Response>(frame, usize::MAX), Ok(Some(_)));
+                prop_assert!(is_response, "a frame that is no response: a peer answer");
+                at += native::LENGTH_PREFIX + len;
+            }
+        }
+    }
 }

@@ -90,6 +90,9 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     // Bind first: a port in use is reported before a long recovery.
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|source| server::ServerError::Listen { addr, source })?;
+    if !cluster::check_peer_config(&config).map_err(RunError::ClusterState)? {
+        println!("kv-server: no --cluster-secret: this node accepts no peers and dials none (a single server; a cluster needs the same --cluster-secret on every node)");
+    }
     // Before the store opens: --rejoin-fresh may move the old data aside.
     if let Some(aside) = cluster::check_saved_state(&config).map_err(RunError::ClusterState)? {
         println!(

@@ -45,6 +45,7 @@ pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
             None => Response::error(ErrorKind::Unsupported, "cluster support is not running"),
         },
         Request::PeerHello { .. }
+        | Request::PeerProof { .. }
         | Request::Peer { .. }
         | Request::Join { .. }
         | Request::Leave { .. }

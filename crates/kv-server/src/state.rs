@@ -252,6 +252,30 @@ pub fn same_secret(want: &[u8], got: &[u8]) -> bool {
     diff == 0
 }
 
+/// A fresh nonce for the peer handshake, from the operating system's
+/// CSPRNG. `None` only if the OS has no randomness to give, and then no
+/// handshake is made.
+pub fn handshake_nonce() -> Option<kv_proto::native::Nonce> {
+    let mut n = [0u8; kv_proto::native::NONCE_LEN];
+    match getrandom::fill(&mut n) {
+        Ok(()) => Some(n),
+        Err(e) => {
+            eprintln!("kv-server: no randomness from the OS for a peer handshake: {e}");
+            None
+        }
+    }
+}
+
+/// The cluster secret, if peers are accepted at all (none without
+/// `--cluster-secret`).
+pub fn cluster_secret(config: &crate::config::Config) -> Option<&[u8]> {
+    config
+        .cluster_secret
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(str::as_bytes)
+}
+
 /// A random number for choices that need no cryptographic strength
 /// (RANDOMKEY's starting point).
 pub fn random_u64() -> u64 {

@@ -11,6 +11,19 @@ use redis::Commands;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 const SETTLE: Duration = Duration::from_secs(30);
+/// Nodes of a cluster must share a secret (a node without one has no
+/// peers).
+const SECRET: &str = "cluster-test-secret";
+
+/// `args` with the cluster secret, unless they name one.
+fn sec<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = Vec::with_capacity(args.len() + 2);
+    if !args.contains(&"--cluster-secret") {
+        v.extend_from_slice(&["--cluster-secret", SECRET]);
+    }
+    v.extend_from_slice(args);
+    v
+}
 
 fn client(s: &ServerProc) -> Client {
     Client::connect(&s.addr.to_string()).expect("connect")
@@ -33,12 +46,12 @@ fn wait_members(s: &ServerProc, n: usize) {
 }
 
 fn start_three(extra: &[&str]) -> (ServerProc, ServerProc, ServerProc) {
-    let a = ServerProc::start(BIN, extra);
+    let a = ServerProc::start(BIN, &sec(extra));
     let seed = a.addr.to_string();
     let mut args = vec!["--join", seed.as_str()];
     args.extend_from_slice(extra);
-    let b = ServerProc::start(BIN, &args);
-    let c = ServerProc::start(BIN, &args);
+    let b = ServerProc::start(BIN, &sec(&args));
+    let c = ServerProc::start(BIN, &sec(&args));
     for s in [&a, &b, &c] {
         wait_members(s, 3);
     }
@@ -181,8 +194,8 @@ fn redis_clients_work_against_any_node() {
 
 #[test]
 fn client_join_and_leave_change_the_membership() {
-    let a = ServerProc::start(BIN, &[]);
-    let b = ServerProc::start(BIN, &[]);
+    let a = ServerProc::start(BIN, &sec(&[]));
+    let b = ServerProc::start(BIN, &sec(&[]));
     let mut ca = client(&a);
     let said = ca.join(&b.addr.to_string()).expect("JOIN");
     assert!(said.contains("invited"), "{said}");
@@ -228,13 +241,17 @@ fn client_join_and_leave_change_the_membership() {
 
 #[test]
 fn a_wrong_cluster_secret_is_refused_and_logged() {
-    let a = ServerProc::start(BIN, &["--cluster-secret", "right"]);
+    let a = ServerProc::start(BIN, &sec(&["--cluster-secret", "right"]));
     let seed = a.addr.to_string();
-    let b = ServerProc::start(BIN, &["--cluster-secret", "wrong", "--join", &seed]);
-    wait_for("a to log the refusal", SETTLE, || {
+    let b = ServerProc::start(BIN, &sec(&["--cluster-secret", "wrong", "--join", &seed]));
+    // B dials A; A's challenge fails B's check (or B's proof fails A's).
+    wait_for("the refusal to be logged", SETTLE, || {
         a.output()
             .iter()
             .any(|l| l.contains("wrong cluster secret"))
+            || b.output()
+                .iter()
+                .any(|l| l.contains("failed the cluster-secret check"))
     });
     assert!(client(&a).cluster().expect("view").contains("1 members"));
     // B, still joining, refuses client writes rather than act alone.
@@ -459,7 +476,7 @@ fn a_fourth_node_joins_under_load_and_every_key_stays_readable() {
     wait_for("some load", SETTLE, || {
         client(&b).get(b"load000100").ok().flatten().is_some()
     });
-    let d = ServerProc::start(BIN, &fast);
+    let d = ServerProc::start(BIN, &sec(&fast));
     client(&c).join(&d.addr.to_string()).expect("JOIN");
     for s in [&a, &b, &c, &d] {
         wait_members(s, 4);
@@ -514,7 +531,10 @@ fn a_node_leaves_under_load_and_every_key_stays_readable() {
     let fast = ["--request-timeout-ms", "1000"];
     let (a, b, c) = start_three(&fast);
     let seed = a.addr.to_string();
-    let d = ServerProc::start(BIN, &["--join", &seed, "--request-timeout-ms", "1000"]);
+    let d = ServerProc::start(
+        BIN,
+        &sec(&["--join", &seed, "--request-timeout-ms", "1000"]),
+    );
     for s in [&a, &b, &c, &d] {
         wait_members(s, 4);
     }
@@ -549,7 +569,10 @@ fn a_dead_node_is_removed_and_its_ranges_are_rebuilt() {
     let fast = ["--request-timeout-ms", "1000"];
     let (a, b, c) = start_three(&fast);
     let seed = a.addr.to_string();
-    let mut d = ServerProc::start(BIN, &["--join", &seed, "--request-timeout-ms", "1000"]);
+    let mut d = ServerProc::start(
+        BIN,
+        &sec(&["--join", &seed, "--request-timeout-ms", "1000"]),
+    );
     for s in [&a, &b, &c, &d] {
         wait_members(s, 4);
     }
@@ -592,14 +615,14 @@ fn a_node_restarted_in_the_middle_of_a_rebalance_resumes_it() {
     let seed = a.addr.to_string();
     let mut d = ServerProc::start(
         BIN,
-        &[
+        &sec(&[
             "--join",
             &seed,
             "--rebalance-rate",
             "800kb",
             "--request-timeout-ms",
             "1000",
-        ],
+        ]),
     );
     let mb = |line: &str| -> f64 {
         line.split(", ")
@@ -854,7 +877,7 @@ fn a_restarted_node_never_answers_alone_before_it_hears_from_a_peer() {
     let resp = std::thread::spawn(move || probe_resp(addr, "k", "old", "new"));
     let native = std::thread::spawn(move || probe_native(addr, "k", "old", "new"));
     // As docs/cluster.md says: on its data directory, without --join.
-    b.restart_with(&["--anti-entropy-ms", "0"]);
+    b.restart_with(&sec(&["--anti-entropy-ms", "0"]));
     let (resp, native) = (
         resp.join().expect("resp probe"),
         native.join().expect("native probe"),
@@ -930,7 +953,7 @@ fn a_restarted_node_whose_peers_are_down_refuses_with_a_retryable_error() {
     a.kill9();
     c.kill9();
     b.kill9();
-    b.restart_with(&[]);
+    b.restart_with(&sec(&[]));
 
     let mut r = redis::Client::open(format!("redis://{}/", b.addr))
         .expect("url")
@@ -971,7 +994,7 @@ fn a_restarted_node_whose_peers_are_down_refuses_with_a_retryable_error() {
     assert!(cb.cluster().expect("view").contains("not serving yet"));
 
     // One peer back: the two of them are a quorum and serve.
-    a.restart_with(&[]);
+    a.restart_with(&sec(&[]));
     wait_for(
         "b to serve again",
         SETTLE,
@@ -994,7 +1017,7 @@ fn a_cluster_node_without_its_cluster_state_refuses_to_start_until_told_to_rejoi
 
     std::fs::remove_file(&state).expect("remove cluster.state");
     for args in [&[][..], &["--join", seed.as_str()][..]] {
-        let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, args);
+        let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, &sec(args));
         let said = out.join("\n");
         assert!(!status.success(), "{args:?}: {status}: {said}");
         assert!(
@@ -1008,7 +1031,7 @@ fn a_cluster_node_without_its_cluster_state_refuses_to_start_until_told_to_rejoi
     let marker = b.data_dir.join("cluster.member");
     let kept = std::fs::read(&marker).expect("b marked itself a member");
     std::fs::remove_file(&marker).expect("remove the marker");
-    let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, &["--join", &seed]);
+    let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, &sec(&["--join", &seed]));
     let said = out.join("\n");
     assert!(!status.success(), "{status}: {said}");
     assert!(
@@ -1018,7 +1041,7 @@ fn a_cluster_node_without_its_cluster_state_refuses_to_start_until_told_to_rejoi
     std::fs::write(&marker, kept).expect("marker back");
 
     std::fs::write(&state, b"\xff\xff\xff\xff not a cluster state").expect("damage");
-    let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, &[]);
+    let (status, out) = kv_testkit::start_refused(BIN, &b.data_dir, &sec(&[]));
     let said = out.join("\n");
     assert!(!status.success(), "{status}: {said}");
     assert!(
@@ -1028,7 +1051,7 @@ fn a_cluster_node_without_its_cluster_state_refuses_to_start_until_told_to_rejoi
     assert!(said.contains("--rejoin-fresh --join"), "{said}");
 
     // Told to, it sets its old data aside and joins as a new generation.
-    b.restart_with(&["--rejoin-fresh", "--join", &seed]);
+    b.restart_with(&sec(&["--rejoin-fresh", "--join", &seed]));
     for s in [&a, &b, &c] {
         wait_members(s, 3);
     }
@@ -1054,7 +1077,7 @@ fn a_cluster_node_without_its_cluster_state_refuses_to_start_until_told_to_rejoi
 /// cluster member.
 #[test]
 fn a_single_server_starts_on_its_data_without_a_cluster_state() {
-    let mut s = ServerProc::start(BIN, &[]);
+    let mut s = ServerProc::start(BIN, &sec(&[]));
     client(&s).put(b"k", b"v").expect("put");
     s.kill9();
     let _ = std::fs::remove_file(s.data_dir.join("cluster.state"));

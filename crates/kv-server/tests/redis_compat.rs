@@ -455,9 +455,13 @@ fn redis_crate_atomic_pipelines_work_in_both_protocols() {
 /// transaction applies nothing.
 #[test]
 fn transactions_are_refused_in_a_cluster_with_no_side_effect() {
-    let a = ServerProc::start(BIN, &["--no-persistence"]);
+    let secret = ["--cluster-secret", "redis-compat-test-secret"];
+    let a = ServerProc::start(BIN, &[&["--no-persistence"][..], &secret].concat());
     let seed = a.addr.to_string();
-    let b = ServerProc::start(BIN, &["--no-persistence", "--join", &seed]);
+    let b = ServerProc::start(
+        BIN,
+        &[&["--no-persistence", "--join", &seed][..], &secret].concat(),
+    );
     for s in [&a, &b] {
         let mut c = kv_client::Client::connect(&s.addr.to_string()).expect("connect");
         kv_testkit::wait_for("a 2-node cluster", Duration::from_secs(30), || {
