@@ -862,8 +862,9 @@ mod tests {
                     progress: 0,
                 }
             }),
-            "[a-z0-9.:]{1,12}".prop_map(|id| PeerMsg::Gossip {
+            ("[a-z0-9.:]{1,12}", any::<u64>()).prop_map(|(id, clock)| PeerMsg::Gossip {
                 members: vec![Digest::new(&id, Status::Left)],
+                clock,
             }),
             proptest::collection::vec(key, 0..3).prop_map(|keys| PeerMsg::AePull { keys }),
             Just(PeerMsg::Invite),
