@@ -4,7 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kv_client::command::{self, Command};
 use kv_client::{Client, ClientError};
 
@@ -13,12 +13,12 @@ use kv_client::{Client, ClientError};
 #[derive(Parser)]
 #[command(name = "kv-client", version, about)]
 struct Args {
-    /// Server address.
-    #[arg(default_value = "127.0.0.1")]
-    server_ip: String,
-    /// Server port.
-    #[arg(default_value_t = 8080)]
-    port: u16,
+    /// Server: a host name or address, host:port, an IPv6 address, or
+    /// [IPv6]:port.
+    #[arg(value_name = "HOST[:PORT]", default_value = "127.0.0.1")]
+    server: String,
+    /// Server port, when it is not given with the host [default: 8080].
+    port: Option<u16>,
     /// Password for servers started with --requirepass.
     #[arg(short = 'a', long = "password")]
     password: Option<String>,
@@ -62,10 +62,11 @@ impl Session {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let addr = if args.server_ip.contains(':') && !args.server_ip.starts_with('[') {
-        format!("[{}]:{}", args.server_ip, args.port)
-    } else {
-        format!("{}:{}", args.server_ip, args.port)
+    let addr = match kv_client::addr::server_addr(&args.server, args.port) {
+        Ok(a) => a,
+        Err(e) => Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit(),
     };
     let mut s = Session {
         addr,

@@ -108,3 +108,39 @@ fn a_server_that_is_down_gets_a_one_line_message() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Runs kv-client with exactly `args` (no address added) and no input.
+fn client_args(args: &[&str]) -> Output {
+    Command::new(CLIENT)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kv-client")
+}
+
+#[test]
+fn the_address_may_be_host_colon_port() {
+    let server = ServerProc::start(server_binary(), &["--no-persistence"]);
+    let o = client_args(&[&server.addr.to_string(), "-c", "PING"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o), "PONG\n");
+    let twice = client_args(&[&server.addr.to_string(), "9", "-c", "PING"]);
+    assert_eq!(twice.status.code(), Some(2), "{twice:?}");
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("port is given twice"),
+        "{twice:?}"
+    );
+}
+
+#[test]
+fn ipv6_addresses_with_and_without_brackets() {
+    let server = ServerProc::start(server_binary(), &["--no-persistence", "--bind", "::1"]);
+    let port = server.addr.port().to_string();
+    let o = client_args(&[&format!("[::1]:{port}"), "-c", "PING"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o), "PONG\n");
+    let o = client_args(&["::1", &port, "-c", "PING"]);
+    assert!(o.status.success(), "{o:?}");
+    let o = client_args(&["[::1]", &port, "-c", "PING"]);
+    assert!(o.status.success(), "{o:?}");
+}
