@@ -56,8 +56,11 @@ Keys and values with spaces or binary bytes: use double quotes with
 backslash escapes, e.g. PUT \"my key\" \"line 1\\nline 2 \\x00\\xff\".";
 
 /// Parses a line. `Ok(None)` for a blank line; `Err` explains a mistake.
-pub fn parse(line: &str) -> Result<Option<Command>, String> {
-    let args = split_args(line.as_bytes()).map_err(|_| "unbalanced quotes".to_string())?;
+/// The line is bytes: words need not be UTF-8.
+pub fn parse(line: impl AsRef<[u8]>) -> Result<Option<Command>, String> {
+    let line = line.as_ref();
+    let args = split_args(line).map_err(|_| "unbalanced quotes".to_string())?;
+    check_escapes(line)?;
     let Some((name, rest)) = args.split_first() else {
         return Ok(None);
     };
@@ -91,6 +94,64 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         _ => return Err(format!("unknown command {name:?}; type HELP for the list")),
     };
     Ok(Some(cmd))
+}
+
+/// Checks the backslash escapes inside double quotes. [`split_args`] is
+/// shared with the server's RESP inline commands, where (as in Redis) an
+/// unknown escape such as `\q` stands for the letter itself; a typo at this
+/// prompt is more likely a mistake, so it is refused, naming the escape.
+/// Call after `split_args` succeeded (quotes are balanced).
+fn check_escapes(line: &[u8]) -> Result<(), String> {
+    let hex = |c: Option<&u8>| c.is_some_and(u8::is_ascii_hexdigit);
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = line.get(i) {
+                    match c {
+                        b'"' => break,
+                        b'\\' => match line.get(i + 1) {
+                            Some(b'n' | b'r' | b't' | b'b' | b'a' | b'"' | b'\\') => i += 2,
+                            Some(b'x') if hex(line.get(i + 2)) && hex(line.get(i + 3)) => i += 4,
+                            _ => {
+                                let end = (i + 4).min(line.len());
+                                let shown = String::from_utf8_lossy(&line[i..end]);
+                                let shown: String = if line.get(i + 1) == Some(&b'x') {
+                                    shown.into_owned()
+                                } else {
+                                    shown.chars().take(2).collect()
+                                };
+                                return Err(format!(
+                                    "unknown escape `{shown}` in double quotes (use \\n \\r \\t \\b \\a \\\" \\\\ or \\xHH)"
+                                ));
+                            }
+                        },
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'\'' => {
+                i += 1;
+                while let Some(&c) = line.get(i) {
+                    match (c, line.get(i + 1)) {
+                        (b'\\', Some(b'\'')) => i += 2,
+                        (b'\'', _) => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            c if c.is_ascii_whitespace() => i += 1,
+            _ => {
+                while line.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
+                    i += 1;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Shows bytes as text when they are printable UTF-8, otherwise as a

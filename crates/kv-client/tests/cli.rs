@@ -144,3 +144,28 @@ fn ipv6_addresses_with_and_without_brackets() {
     let o = client_args(&["[::1]", &port, "-c", "PING"]);
     assert!(o.status.success(), "{o:?}");
 }
+
+#[test]
+fn an_unknown_escape_is_an_error_naming_it() {
+    use kv_client::command::parse;
+    let e = parse(r#"PUT k "x\q""#).expect_err("\\q is not an escape");
+    assert!(e.contains(r"\q"), "{e}");
+    let e = parse(r#"GET "a\xzz""#).expect_err("\\xzz is not an escape");
+    assert!(e.contains(r"\xzz"), "{e}");
+    // The escapes HELP lists still work, and single quotes stay literal.
+    assert_eq!(
+        parse(r#"GET "\n\r\t\b\a\"\\\x41""#),
+        Ok(Some(kv_client::command::Command::Get(
+            b"\n\r\t\x08\x07\"\\A".to_vec()
+        )))
+    );
+    assert_eq!(
+        parse(r"GET 'x\q'"),
+        Ok(Some(kv_client::command::Command::Get(b"x\\q".to_vec())))
+    );
+    // The server's RESP inline parser keeps Redis's leniency.
+    assert_eq!(
+        kv_proto::resp::split_args(br#"GET "x\q""#).expect("split"),
+        vec![b"GET".to_vec(), b"xq".to_vec()]
+    );
+}
