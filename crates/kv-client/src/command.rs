@@ -3,6 +3,7 @@
 
 use kv_proto::resp::split_args;
 
+use crate::addr::parse_host_port;
 use crate::{Client, ClientError};
 
 /// One parsed command line.
@@ -72,9 +73,9 @@ pub fn parse(line: impl AsRef<[u8]>) -> Result<Option<Command>, String> {
         ("DELETE" | "DEL", [k]) => Command::Delete(k.clone()),
         ("LIST" | "KEYS", []) => Command::List(Vec::new()),
         ("LIST" | "KEYS", [p]) => Command::List(p.clone()),
-        ("JOIN", [a]) => Command::Join(text(a)),
-        ("LEAVE", [a]) => Command::Leave(text(a)),
-        ("REMOVE", [a]) => Command::Remove(text(a)),
+        ("JOIN", [a]) => Command::Join(parse_host_port(&text(a))?),
+        ("LEAVE", [a]) => Command::Leave(parse_host_port(&text(a))?),
+        ("REMOVE", [a]) => Command::Remove(parse_host_port(&text(a))?),
         ("PING", []) => Command::Ping,
         ("INFO", []) => Command::Info,
         ("CLUSTER", []) => Command::Cluster,
@@ -87,6 +88,7 @@ pub fn parse(line: impl AsRef<[u8]>) -> Result<Option<Command>, String> {
         ("LIST" | "KEYS", _) => return Err("usage: LIST [prefix]".into()),
         ("JOIN", _) => return Err("usage: JOIN host:port".into()),
         ("LEAVE", _) => return Err("usage: LEAVE host:port".into()),
+        ("REMOVE", _) => return Err("usage: REMOVE host:port".into()),
         ("AUTH", _) => return Err("usage: AUTH password".into()),
         ("PING" | "INFO" | "CLUSTER" | "QUIT" | "EXIT", _) => {
             return Err(format!("{name} takes no arguments"))
@@ -200,7 +202,16 @@ pub fn run(client: &mut Client, cmd: &Command) -> Result<Vec<String>, ClientErro
         Command::Get(k) => vec![client.get(k)?.map_or("(nil)".into(), |v| show(&v))],
         Command::Delete(k) => vec![u8::from(client.delete(k)?).to_string()],
         Command::List(p) => client.list_all(p)?.iter().map(|k| show(k)).collect(),
-        Command::Join(a) => vec![client.join(a)?],
+        Command::Join(a) => {
+            // The server would invite any address and report nothing; check
+            // from here that a kv node answers there first.
+            if let Err(e) = Client::connect(a) {
+                return Err(ClientError::NotSent(format!(
+                    "nothing answers at {a} ({e}); start the new node there first (not invited)"
+                )));
+            }
+            vec![client.join(a)?]
+        }
         Command::Leave(a) => vec![client.leave(a)?],
         Command::Remove(a) => vec![client.remove(a)?],
         Command::Ping => {

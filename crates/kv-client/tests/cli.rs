@@ -169,3 +169,23 @@ fn an_unknown_escape_is_an_error_naming_it() {
         vec![b"GET".to_vec(), b"xq".to_vec()]
     );
 }
+
+#[test]
+fn join_checks_the_address_before_inviting() {
+    let server = ServerProc::start(server_binary(), &["--no-persistence"]);
+    let o = client(&server, &["-c", "JOIN notanaddr"], "");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not host:port"), "{err}");
+    assert_eq!(stdout(&o), "");
+
+    let gone = ServerProc::start(server_binary(), &["--no-persistence"]);
+    let gone_addr = gone.addr.to_string();
+    gone.stop();
+    let o = client(&server, &["-c", &format!("JOIN {gone_addr}")], "");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nothing answers"), "{err}");
+    assert!(err.contains(&gone_addr), "{err}");
+    assert_eq!(stdout(&o), "");
+}
