@@ -2,9 +2,10 @@
 //! per line from a pipe, or one command with `-c`.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser};
 use kv_client::command::{self, Command};
 use kv_client::{Client, ClientError};
 
@@ -61,10 +62,14 @@ impl Session {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let history = history_path();
+    let args = match Args::from_arg_matches(&command(history.as_deref()).get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     let addr = match kv_client::addr::server_addr(&args.server, args.port) {
         Ok(a) => a,
-        Err(e) => Args::command()
+        Err(e) => command(history.as_deref())
             .error(clap::error::ErrorKind::ValueValidation, e)
             .exit(),
     };
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
         return batch(&mut s, std::iter::once(line));
     }
     if std::io::stdin().is_terminal() {
-        interactive(&mut s)
+        interactive(&mut s, history)
     } else {
         let lines = std::io::stdin().lock().lines().map_while(Result::ok);
         batch(&mut s, lines)
@@ -120,11 +125,21 @@ fn batch(s: &mut Session, lines: impl Iterator<Item = String>) -> ExitCode {
     }
 }
 
-fn history_path() -> Option<std::path::PathBuf> {
-    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kv_client_history"))
+/// The command line's definition, with where the history is kept (which
+/// depends on `HOME`) at the end of `--help`.
+fn command(history: Option<&Path>) -> clap::Command {
+    let kept = match history {
+        Some(h) => format!("The prompt's history is kept in {}.", h.display()),
+        None => "The prompt's history is not kept: HOME is not set.".to_string(),
+    };
+    Args::command().after_help(kept)
 }
 
-fn interactive(s: &mut Session) -> ExitCode {
+fn history_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".kv_client_history"))
+}
+
+fn interactive(s: &mut Session, history: Option<PathBuf>) -> ExitCode {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
@@ -133,7 +148,6 @@ fn interactive(s: &mut Session) -> ExitCode {
             return batch(s, lines);
         }
     };
-    let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }

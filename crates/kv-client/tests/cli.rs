@@ -189,3 +189,17 @@ fn join_checks_the_address_before_inviting() {
     assert!(err.contains(&gone_addr), "{err}");
     assert_eq!(stdout(&o), "");
 }
+
+#[test]
+fn help_names_the_history_file() {
+    let home = std::env::temp_dir().join("kv-client-help-home");
+    let o = Command::new(CLIENT)
+        .arg("--help")
+        .env("HOME", &home)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{o:?}");
+    let help = stdout(&o);
+    let path = home.join(".kv_client_history");
+    assert!(help.contains(&path.display().to_string()), "{help}");
+}
