@@ -79,22 +79,53 @@ fn main() -> ExitCode {
         client: None,
     };
     if let Some(line) = args.command {
-        return batch(&mut s, std::iter::once(line));
+        return batch(&mut s, std::iter::once(Ok(line.into_bytes())));
     }
     if std::io::stdin().is_terminal() {
         interactive(&mut s, history)
     } else {
-        let lines = std::io::stdin().lock().lines().map_while(Result::ok);
-        batch(&mut s, lines)
+        batch(&mut s, stdin_lines())
     }
 }
 
+/// The lines of standard input without their line endings (`\n` or
+/// `\r\n`), as bytes: a piped line may hold bytes that are not UTF-8 (a
+/// binary value, text in another encoding), and they are sent as they are,
+/// as redis-cli does.
+fn stdin_lines() -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
+    let mut input = std::io::stdin().lock();
+    std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                Some(Ok(line))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    })
+}
+
 /// One result per line on stdout, errors on stderr; non-zero exit if any
-/// command failed.
-fn batch(s: &mut Session, lines: impl Iterator<Item = String>) -> ExitCode {
+/// command failed or the input could not be read.
+fn batch(s: &mut Session, lines: impl Iterator<Item = std::io::Result<Vec<u8>>>) -> ExitCode {
     let mut failed = false;
     let stdout = std::io::stdout();
-    for line in lines {
+    for (n, line) in lines.enumerate() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("kv-client: cannot read line {} of the input: {e}", n + 1);
+                failed = true;
+                break;
+            }
+        };
         let cmd = match command::parse(&line) {
             Ok(Some(Command::Quit)) => break,
             Ok(Some(c)) => c,
@@ -144,8 +175,7 @@ fn interactive(s: &mut Session, history: Option<PathBuf>) -> ExitCode {
         Ok(e) => e,
         Err(e) => {
             eprintln!("kv-client: cannot start line editing ({e}); reading plain lines");
-            let lines = std::io::stdin().lock().lines().map_while(Result::ok);
-            return batch(s, lines);
+            return batch(s, stdin_lines());
         }
     };
     if let Some(h) = &history {

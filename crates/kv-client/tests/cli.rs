@@ -203,3 +203,27 @@ fn help_names_the_history_file() {
     let path = home.join(".kv_client_history");
     assert!(help.contains(&path.display().to_string()), "{help}");
 }
+
+#[test]
+fn piped_lines_that_are_not_utf8_are_sent_as_bytes() {
+    let server = ServerProc::start(server_binary(), &["--no-persistence"]);
+    let mut child = Command::new(CLIENT)
+        .arg(server.addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kv-client");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"PUT b \xff\xfe\r\nGET b\nPUT \"k \xe9\" 1\nLIST\nPUT c 2\nGET c")
+        .expect("write stdin");
+    let o = child.wait_with_output().expect("kv-client output");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        stdout(&o),
+        "OK\n\"\\xff\\xfe\"\nOK\nb\n\"k \\xe9\"\nOK\n2\n"
+    );
+}
