@@ -156,40 +156,45 @@ fn check_escapes(line: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Shows bytes as text when they are printable UTF-8, otherwise as a
-/// double-quoted string with escapes that [`parse`] reads back.
+/// Shows bytes so that [`parse`] reads them back as one word (LIST's keys,
+/// GET's values): as they are when they are non-empty printable UTF-8 with
+/// no whitespace, quote or backslash; otherwise double-quoted, with `\"`,
+/// `\\`, `\n`, `\r`, `\t`, and `\xHH` for other control characters,
+/// whitespace other than a space, and bytes that are not UTF-8. Printable
+/// non-ASCII text stays readable.
 pub fn show(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s)
-            if !s.is_empty()
-                && !s.chars().any(|c| c.is_control() || c == '"')
-                && !s.contains(' ') =>
-        {
-            s.to_string()
-        }
-        _ => {
-            let mut out = String::from("\"");
-            for &c in b {
-                match c {
-                    b'"' => out.push_str("\\\""),
-                    b'\\' => out.push_str("\\\\"),
-                    b'\n' => out.push_str("\\n"),
-                    b'\r' => out.push_str("\\r"),
-                    b'\t' => out.push_str("\\t"),
-                    0x20..=0x7e => out.push(c as char),
-                    _ => out.push_str(&format!("\\x{c:02x}")),
-                }
-            }
-            if let Ok(s) = std::str::from_utf8(b) {
-                // Printable non-ASCII text stays readable.
-                if !s.chars().any(char::is_control) && !s.is_ascii() {
-                    return format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-                }
-            }
-            out.push('"');
-            out
+    let plain = |c: char| !c.is_control() && !c.is_whitespace() && !matches!(c, '"' | '\'' | '\\');
+    if let Ok(s) = std::str::from_utf8(b) {
+        if !s.is_empty() && s.chars().all(plain) {
+            return s.to_string();
         }
     }
+    let mut out = String::from("\"");
+    let hex = |out: &mut String, byte: u8| out.push_str(&format!("\\x{byte:02x}"));
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                ' ' => out.push(' '),
+                c if c.is_control() || c.is_whitespace() => {
+                    let mut buf = [0; 4];
+                    for &byte in c.encode_utf8(&mut buf).as_bytes() {
+                        hex(&mut out, byte);
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for &byte in chunk.invalid() {
+            hex(&mut out, byte);
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Runs a command (other than HELP and QUIT) and returns the lines to print.
@@ -257,7 +262,10 @@ mod tests {
             b"with space",
             b"\x00\xff\"\\\n",
             b"",
+            b"'q'",
+            b"a\\b",
             "héllo wörld".as_bytes(),
+            "no\u{a0}break\u{2028}".as_bytes(),
         ] {
             let line = format!("GET {}", show(v));
             assert_eq!(parse(&line), Ok(Some(Command::Get(v.to_vec()))), "{line}");

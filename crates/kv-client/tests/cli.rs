@@ -227,3 +227,44 @@ fn piped_lines_that_are_not_utf8_are_sent_as_bytes() {
         "OK\n\"\\xff\\xfe\"\nOK\nb\n\"k \\xe9\"\nOK\n2\n"
     );
 }
+
+#[test]
+fn list_prints_keys_that_read_back() {
+    let server = ServerProc::start(server_binary(), &["--no-persistence"]);
+    let o = client(
+        &server,
+        &[],
+        "PUT \"'q'\" v1\nPUT 'a\\b' v2\nPUT \"\\\"x\" v3\nLIST\n",
+    );
+    assert!(o.status.success(), "{o:?}");
+    let listed = stdout(&o);
+    let keys: Vec<&str> = listed.lines().skip(3).collect();
+    assert_eq!(keys, ["\"\\\"x\"", "\"'q'\"", "\"a\\\\b\""], "{listed}");
+    let gets: String = keys.iter().map(|k| format!("GET {k}\n")).collect();
+    let o = client(&server, &[], &gets);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o), "v3\nv1\nv2\n");
+}
+
+mod show_parse {
+    use kv_client::command::{parse, show, Command};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_key_printed_by_list_parses_back(key in proptest::collection::vec(
+            // Any byte, with the ones quoting is about made likely.
+            prop_oneof![any::<u8>(), proptest::sample::select(b"'\" \\\txa".to_vec())],
+            0..24,
+        )) {
+            let line = format!("GET {}", show(&key));
+            prop_assert_eq!(parse(&line), Ok(Some(Command::Get(key))), "{}", line);
+        }
+
+        #[test]
+        fn any_text_key_parses_back(key in "\\PC{0,12}|['\" \\\\]{0,4}\\PC{0,4}") {
+            let line = format!("GET {}", show(key.as_bytes()));
+            prop_assert_eq!(parse(&line), Ok(Some(Command::Get(key.into_bytes()))), "{}", line);
+        }
+    }
+}
