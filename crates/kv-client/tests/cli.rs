@@ -268,3 +268,28 @@ mod show_parse {
         }
     }
 }
+
+/// Runs kv-server with `args` to see how it refuses them.
+fn server_args(args: &[&str]) -> Output {
+    Command::new(server_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kv-server")
+}
+
+#[test]
+fn kv_server_usage_errors_read_cleanly() {
+    let o = server_args(&["--port", "0", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("'--no-such-flag'"), "{err}");
+    assert!(err.contains("Usage: kv-server [OPTIONS] [PORT]"), "{err}");
+
+    let o = server_args(&["0", "--port", "0", "--no-persistence"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the port is given twice"), "{err}");
+    assert!(!err.contains("cannot be used with"), "{err}");
+    assert!(err.contains("Usage: kv-server [OPTIONS] [PORT]"), "{err}");
+}
