@@ -15,7 +15,7 @@ pub enum Command {
     Get(Vec<u8>),
     /// DELETE key
     Delete(Vec<u8>),
-    /// LIST [prefix]
+    /// `LIST [prefix]`
     List(Vec<u8>),
     /// JOIN host:port
     Join(String),

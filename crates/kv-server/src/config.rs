@@ -160,7 +160,7 @@ impl Config {
 
     /// Like [`Parser::try_parse_from`], and refuses a port given both as
     /// `PORT` and `--port` with a message saying so (clap's own reads
-    /// "the argument '[PORT]' cannot be used with '--port <PORT>'").
+    /// `the argument '[PORT]' cannot be used with '--port <PORT>'`).
     pub fn try_parse_args_from<I, T>(args: I) -> Result<Config, clap::Error>
     where
         I: IntoIterator<Item = T>,
