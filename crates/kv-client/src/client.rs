@@ -43,6 +43,10 @@ pub enum ClientError {
         /// What was wrong.
         message: String,
     },
+    /// The client did not send a request, for the reason given (the node
+    /// a JOIN names does not answer, say).
+    #[error("{0}")]
+    NotSent(String),
     /// The server answered with an error.
     #[error("{message}")]
     Server {
@@ -56,7 +60,7 @@ pub enum ClientError {
 impl ClientError {
     /// Whether the connection is unusable (reconnect to go on).
     pub fn is_connection_error(&self) -> bool {
-        !matches!(self, ClientError::Server { .. })
+        !matches!(self, ClientError::Server { .. } | ClientError::NotSent(_))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use kv_proto::resp::split_args;
 
+use crate::addr::parse_host_port;
 use crate::{Client, ClientError};
 
 /// One parsed command line.
@@ -14,7 +15,7 @@ pub enum Command {
     Get(Vec<u8>),
     /// DELETE key
     Delete(Vec<u8>),
-    /// LIST [prefix]
+    /// `LIST [prefix]`
     List(Vec<u8>),
     /// JOIN host:port
     Join(String),
@@ -56,8 +57,11 @@ Keys and values with spaces or binary bytes: use double quotes with
 backslash escapes, e.g. PUT \"my key\" \"line 1\\nline 2 \\x00\\xff\".";
 
 /// Parses a line. `Ok(None)` for a blank line; `Err` explains a mistake.
-pub fn parse(line: &str) -> Result<Option<Command>, String> {
-    let args = split_args(line.as_bytes()).map_err(|_| "unbalanced quotes".to_string())?;
+/// The line is bytes: words need not be UTF-8.
+pub fn parse(line: impl AsRef<[u8]>) -> Result<Option<Command>, String> {
+    let line = line.as_ref();
+    let args = split_args(line).map_err(|_| "unbalanced quotes".to_string())?;
+    check_escapes(line)?;
     let Some((name, rest)) = args.split_first() else {
         return Ok(None);
     };
@@ -69,9 +73,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         ("DELETE" | "DEL", [k]) => Command::Delete(k.clone()),
         ("LIST" | "KEYS", []) => Command::List(Vec::new()),
         ("LIST" | "KEYS", [p]) => Command::List(p.clone()),
-        ("JOIN", [a]) => Command::Join(text(a)),
-        ("LEAVE", [a]) => Command::Leave(text(a)),
-        ("REMOVE", [a]) => Command::Remove(text(a)),
+        ("JOIN", [a]) => Command::Join(parse_host_port(&text(a))?),
+        ("LEAVE", [a]) => Command::Leave(parse_host_port(&text(a))?),
+        ("REMOVE", [a]) => Command::Remove(parse_host_port(&text(a))?),
         ("PING", []) => Command::Ping,
         ("INFO", []) => Command::Info,
         ("CLUSTER", []) => Command::Cluster,
@@ -84,6 +88,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         ("LIST" | "KEYS", _) => return Err("usage: LIST [prefix]".into()),
         ("JOIN", _) => return Err("usage: JOIN host:port".into()),
         ("LEAVE", _) => return Err("usage: LEAVE host:port".into()),
+        ("REMOVE", _) => return Err("usage: REMOVE host:port".into()),
         ("AUTH", _) => return Err("usage: AUTH password".into()),
         ("PING" | "INFO" | "CLUSTER" | "QUIT" | "EXIT", _) => {
             return Err(format!("{name} takes no arguments"))
@@ -93,40 +98,103 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
     Ok(Some(cmd))
 }
 
-/// Shows bytes as text when they are printable UTF-8, otherwise as a
-/// double-quoted string with escapes that [`parse`] reads back.
-pub fn show(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s)
-            if !s.is_empty()
-                && !s.chars().any(|c| c.is_control() || c == '"')
-                && !s.contains(' ') =>
-        {
-            s.to_string()
-        }
-        _ => {
-            let mut out = String::from("\"");
-            for &c in b {
-                match c {
-                    b'"' => out.push_str("\\\""),
-                    b'\\' => out.push_str("\\\\"),
-                    b'\n' => out.push_str("\\n"),
-                    b'\r' => out.push_str("\\r"),
-                    b'\t' => out.push_str("\\t"),
-                    0x20..=0x7e => out.push(c as char),
-                    _ => out.push_str(&format!("\\x{c:02x}")),
+/// Checks the backslash escapes inside double quotes. [`split_args`] is
+/// shared with the server's RESP inline commands, where (as in Redis) an
+/// unknown escape such as `\q` stands for the letter itself; a typo at this
+/// prompt is more likely a mistake, so it is refused, naming the escape.
+/// Call after `split_args` succeeded (quotes are balanced).
+fn check_escapes(line: &[u8]) -> Result<(), String> {
+    let hex = |c: Option<&u8>| c.is_some_and(u8::is_ascii_hexdigit);
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = line.get(i) {
+                    match c {
+                        b'"' => break,
+                        b'\\' => match line.get(i + 1) {
+                            Some(b'n' | b'r' | b't' | b'b' | b'a' | b'"' | b'\\') => i += 2,
+                            Some(b'x') if hex(line.get(i + 2)) && hex(line.get(i + 3)) => i += 4,
+                            _ => {
+                                let end = (i + 4).min(line.len());
+                                let shown = String::from_utf8_lossy(&line[i..end]);
+                                let shown: String = if line.get(i + 1) == Some(&b'x') {
+                                    shown.into_owned()
+                                } else {
+                                    shown.chars().take(2).collect()
+                                };
+                                return Err(format!(
+                                    "unknown escape `{shown}` in double quotes (use \\n \\r \\t \\b \\a \\\" \\\\ or \\xHH)"
+                                ));
+                            }
+                        },
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'\'' => {
+                i += 1;
+                while let Some(&c) = line.get(i) {
+                    match (c, line.get(i + 1)) {
+                        (b'\\', Some(b'\'')) => i += 2,
+                        (b'\'', _) => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            c if c.is_ascii_whitespace() => i += 1,
+            _ => {
+                while line.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
+                    i += 1;
                 }
             }
-            if let Ok(s) = std::str::from_utf8(b) {
-                // Printable non-ASCII text stays readable.
-                if !s.chars().any(char::is_control) && !s.is_ascii() {
-                    return format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-                }
-            }
-            out.push('"');
-            out
         }
     }
+    Ok(())
+}
+
+/// Shows bytes so that [`parse`] reads them back as one word (LIST's keys,
+/// GET's values): as they are when they are non-empty printable UTF-8 with
+/// no whitespace, quote or backslash; otherwise double-quoted, with `\"`,
+/// `\\`, `\n`, `\r`, `\t`, and `\xHH` for other control characters,
+/// whitespace other than a space, and bytes that are not UTF-8. Printable
+/// non-ASCII text stays readable.
+pub fn show(b: &[u8]) -> String {
+    let plain = |c: char| !c.is_control() && !c.is_whitespace() && !matches!(c, '"' | '\'' | '\\');
+    if let Ok(s) = std::str::from_utf8(b) {
+        if !s.is_empty() && s.chars().all(plain) {
+            return s.to_string();
+        }
+    }
+    let mut out = String::from("\"");
+    let hex = |out: &mut String, byte: u8| out.push_str(&format!("\\x{byte:02x}"));
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                ' ' => out.push(' '),
+                c if c.is_control() || c.is_whitespace() => {
+                    let mut buf = [0; 4];
+                    for &byte in c.encode_utf8(&mut buf).as_bytes() {
+                        hex(&mut out, byte);
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for &byte in chunk.invalid() {
+            hex(&mut out, byte);
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Runs a command (other than HELP and QUIT) and returns the lines to print.
@@ -139,7 +207,16 @@ pub fn run(client: &mut Client, cmd: &Command) -> Result<Vec<String>, ClientErro
         Command::Get(k) => vec![client.get(k)?.map_or("(nil)".into(), |v| show(&v))],
         Command::Delete(k) => vec![u8::from(client.delete(k)?).to_string()],
         Command::List(p) => client.list_all(p)?.iter().map(|k| show(k)).collect(),
-        Command::Join(a) => vec![client.join(a)?],
+        Command::Join(a) => {
+            // The server would invite any address and report nothing; check
+            // from here that a kv node answers there first.
+            if let Err(e) = Client::connect(a) {
+                return Err(ClientError::NotSent(format!(
+                    "nothing answers at {a} ({e}); start the new node there first (not invited)"
+                )));
+            }
+            vec![client.join(a)?]
+        }
         Command::Leave(a) => vec![client.leave(a)?],
         Command::Remove(a) => vec![client.remove(a)?],
         Command::Ping => {
@@ -185,7 +262,10 @@ mod tests {
             b"with space",
             b"\x00\xff\"\\\n",
             b"",
+            b"'q'",
+            b"a\\b",
             "héllo wörld".as_bytes(),
+            "no\u{a0}break\u{2028}".as_bytes(),
         ] {
             let line = format!("GET {}", show(v));
             assert_eq!(parse(&line), Ok(Some(Command::Get(v.to_vec()))), "{line}");

@@ -20,6 +20,7 @@
 
 #![deny(missing_docs)]
 
+pub mod addr;
 mod client;
 pub mod command;
 

@@ -2,9 +2,10 @@
 //! per line from a pipe, or one command with `-c`.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use kv_client::command::{self, Command};
 use kv_client::{Client, ClientError};
 
@@ -13,12 +14,12 @@ use kv_client::{Client, ClientError};
 #[derive(Parser)]
 #[command(name = "kv-client", version, about)]
 struct Args {
-    /// Server address.
-    #[arg(default_value = "127.0.0.1")]
-    server_ip: String,
-    /// Server port.
-    #[arg(default_value_t = 8080)]
-    port: u16,
+    /// Server: a host name or address, host:port, an IPv6 address, or
+    /// [IPv6]:port.
+    #[arg(value_name = "HOST[:PORT]", default_value = "127.0.0.1")]
+    server: String,
+    /// Server port, when it is not given with the host [default: 8080].
+    port: Option<u16>,
     /// Password for servers started with --requirepass.
     #[arg(short = 'a', long = "password")]
     password: Option<String>,
@@ -61,11 +62,16 @@ impl Session {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let addr = if args.server_ip.contains(':') && !args.server_ip.starts_with('[') {
-        format!("[{}]:{}", args.server_ip, args.port)
-    } else {
-        format!("{}:{}", args.server_ip, args.port)
+    let history = history_path();
+    let args = match Args::from_arg_matches(&command(history.as_deref()).get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let addr = match kv_client::addr::server_addr(&args.server, args.port) {
+        Ok(a) => a,
+        Err(e) => command(history.as_deref())
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit(),
     };
     let mut s = Session {
         addr,
@@ -73,22 +79,53 @@ fn main() -> ExitCode {
         client: None,
     };
     if let Some(line) = args.command {
-        return batch(&mut s, std::iter::once(line));
+        return batch(&mut s, std::iter::once(Ok(line.into_bytes())));
     }
     if std::io::stdin().is_terminal() {
-        interactive(&mut s)
+        interactive(&mut s, history)
     } else {
-        let lines = std::io::stdin().lock().lines().map_while(Result::ok);
-        batch(&mut s, lines)
+        batch(&mut s, stdin_lines())
     }
 }
 
+/// The lines of standard input without their line endings (`\n` or
+/// `\r\n`), as bytes: a piped line may hold bytes that are not UTF-8 (a
+/// binary value, text in another encoding), and they are sent as they are,
+/// as redis-cli does.
+fn stdin_lines() -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
+    let mut input = std::io::stdin().lock();
+    std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                Some(Ok(line))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    })
+}
+
 /// One result per line on stdout, errors on stderr; non-zero exit if any
-/// command failed.
-fn batch(s: &mut Session, lines: impl Iterator<Item = String>) -> ExitCode {
+/// command failed or the input could not be read.
+fn batch(s: &mut Session, lines: impl Iterator<Item = std::io::Result<Vec<u8>>>) -> ExitCode {
     let mut failed = false;
     let stdout = std::io::stdout();
-    for line in lines {
+    for (n, line) in lines.enumerate() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("kv-client: cannot read line {} of the input: {e}", n + 1);
+                failed = true;
+                break;
+            }
+        };
         let cmd = match command::parse(&line) {
             Ok(Some(Command::Quit)) => break,
             Ok(Some(c)) => c,
@@ -119,20 +156,28 @@ fn batch(s: &mut Session, lines: impl Iterator<Item = String>) -> ExitCode {
     }
 }
 
-fn history_path() -> Option<std::path::PathBuf> {
-    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kv_client_history"))
+/// The command line's definition, with where the history is kept (which
+/// depends on `HOME`) at the end of `--help`.
+fn command(history: Option<&Path>) -> clap::Command {
+    let kept = match history {
+        Some(h) => format!("The prompt's history is kept in {}.", h.display()),
+        None => "The prompt's history is not kept: HOME is not set.".to_string(),
+    };
+    Args::command().after_help(kept)
 }
 
-fn interactive(s: &mut Session) -> ExitCode {
+fn history_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".kv_client_history"))
+}
+
+fn interactive(s: &mut Session, history: Option<PathBuf>) -> ExitCode {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("kv-client: cannot start line editing ({e}); reading plain lines");
-            let lines = std::io::stdin().lock().lines().map_while(Result::ok);
-            return batch(s, lines);
+            return batch(s, stdin_lines());
         }
     };
-    let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }

@@ -3,16 +3,28 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use kv_storage::Durability;
 
 /// A node of the kv store, speaking its native protocol and RESP (Redis)
 /// on one port.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "kv-server", version, about, long_about = None)]
+#[command(
+    name = "kv-server",
+    version,
+    about,
+    long_about = None,
+    // Without this, clap's error messages show a usage line built from the
+    // arguments given (`kv-server --port <PORT> [PORT]`), which reads as if
+    // both were needed.
+    override_usage = "kv-server [OPTIONS] [PORT]"
+)]
 pub struct Config {
-    /// Port to listen on (same as --port; the original program's form).
-    #[arg(value_name = "PORT", conflicts_with = "port")]
+    /// Port to listen on (same as --port, which it cannot be given with;
+    /// the original program's form).
+    #[arg(value_name = "PORT")]
     pub port_positional: Option<u16>,
 
     /// Port to listen on. 0 picks a free port (printed at start-up).
@@ -147,6 +159,35 @@ pub struct Config {
 }
 
 impl Config {
+    /// Parses the process's arguments; on a mistake, prints it with the
+    /// usage line and exits with status 2 (as [`Parser::parse`] does).
+    pub fn parse_args() -> Config {
+        Self::try_parse_args_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Like [`Parser::try_parse_from`], and refuses a port given both as
+    /// `PORT` and `--port` with a message saying so (clap's own reads
+    /// `the argument '[PORT]' cannot be used with '--port <PORT>'`).
+    pub fn try_parse_args_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = Self::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        let config = Self::from_arg_matches(&matches)?;
+        match (config.port_positional, matches.value_source("port")) {
+            (Some(p), Some(ValueSource::CommandLine)) => Err(cmd.error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "the port is given twice, as {p} and as --port {}; give it once",
+                    config.port
+                ),
+            )),
+            _ => Ok(config),
+        }
+    }
+
     /// The address to listen on.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.port_positional.unwrap_or(self.port))
@@ -227,5 +268,14 @@ mod tests {
         assert!(c.no_persistence);
         assert_eq!(c.listen_addr().to_string(), "127.0.0.1:8080");
         assert!(Config::try_parse_from(["kv-server", "--fsync", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn a_port_given_twice_is_refused() {
+        let e = Config::try_parse_args_from(["kv-server", "3000", "--port", "4000"])
+            .expect_err("two ports");
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        let c = Config::try_parse_args_from(["kv-server", "3000"]).expect("one port");
+        assert_eq!(c.listen_addr().port(), 3000);
     }
 }

@@ -2,11 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use kv_server::config::Config;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = Config::parse_args();
     raise_fd_limit();
     match kv_server::run(config, |_| {}) {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,8 +27,9 @@ pub enum Error {
 
     /// A log record in the middle of the log failed its checksum or is
     /// malformed, and valid records follow it. Nothing after `offset` was
-    /// loaded. Open again with [`RecoveryMode::TruncateAtCorruption`]
-    /// (crate::RecoveryMode) to keep everything before it and discard the rest.
+    /// loaded. Open again with
+    /// [`RecoveryMode::TruncateAtCorruption`](crate::RecoveryMode::TruncateAtCorruption)
+    /// to keep everything before it and discard the rest.
     #[error(
         "corrupt write-ahead log record in {} at byte offset {offset}: {reason} \
          (valid records follow it; reopen with RecoveryMode::TruncateAtCorruption \
