@@ -120,6 +120,9 @@ pub enum PeerMsg {
         /// The sender's clock (ms) when it sent this, so that a node can
         /// tell when its own clock is far ahead of the cluster's.
         clock: u64,
+        /// The number the sender stamps into versions: unique in a
+        /// cluster, a duplicate is refused.
+        number: u32,
     },
     /// Store this write if it is newer than what you hold.
     Replicate {

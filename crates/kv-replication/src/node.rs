@@ -349,6 +349,10 @@ pub struct Node {
     /// Whether this node found its clock too far ahead of most peers: it
     /// coordinates nothing until that changes.
     clock_ahead: bool,
+    /// The version number of each node heard from (this one included).
+    numbers: BTreeMap<u32, NodeId>,
+    /// Nodes refused for a version number another node already has.
+    duplicates: BTreeSet<NodeId>,
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
@@ -416,7 +420,10 @@ impl Node {
             last_now: now,
             ahead_of: BTreeMap::new(),
             clock_ahead: false,
+            numbers: BTreeMap::new(),
+            duplicates: BTreeSet::new(),
         };
+        n.numbers.insert(n.number, n.cfg.id.clone());
         if let Some(d) = n.members.digest(&n.cfg.id) {
             n.synced = d.synced;
         }
@@ -685,6 +692,35 @@ impl Node {
         }
     }
 
+    /// Node numbers make versions unique, so two nodes of a cluster must
+    /// never share one: the first node heard with a number keeps it, and
+    /// any other node gossiping the same number is refused (all its
+    /// messages ignored) and logged.
+    fn check_number(&mut self, from: &str, number: u32) {
+        if self.duplicates.contains(from) {
+            return;
+        }
+        match self.numbers.get(&number) {
+            Some(holder) if holder != from => {
+                let holder = holder.clone();
+                self.duplicates.insert(from.to_string());
+                self.log(format!(
+                    "refused {from}: its version number {number} is already {holder}'s; node numbers (--node-id, or the hash of the address) must be unique in a cluster"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.numbers.retain(|_, id| id != from);
+                self.numbers.insert(number, from.to_string());
+            }
+        }
+    }
+
+    /// Nodes refused because their version number is another node's.
+    pub fn refused_duplicates(&self) -> Vec<NodeId> {
+        self.duplicates.iter().cloned().collect()
+    }
+
     /// Whether this node stopped coordinating because its clock is too far
     /// ahead of its peers'.
     pub fn clock_too_far_ahead(&self) -> bool {
@@ -756,6 +792,7 @@ impl Node {
                 PeerMsg::Gossip {
                     members: members.clone(),
                     clock: now,
+                    number: self.number,
                 },
             );
         }
@@ -864,6 +901,7 @@ impl Node {
                 let msg = PeerMsg::Gossip {
                     members: members.clone(),
                     clock: self.last_now,
+                    number: self.number,
                 };
                 self.send(&peer, msg);
             }
@@ -1114,6 +1152,12 @@ impl Node {
     /// A message from node `from`.
     pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
         self.last_now = self.last_now.max(now);
+        if let PeerMsg::Gossip { number, .. } = &msg {
+            self.check_number(from, *number);
+        }
+        if self.duplicates.contains(from) {
+            return; // refused: its versions could tie with another node's
+        }
         let far = match &msg {
             PeerMsg::Replicate { version, .. } => Some((version.ts, "a write")),
             PeerMsg::ReadReply { state: Some(s), .. } => Some((s.version.ts, "a read reply")),
@@ -1132,7 +1176,11 @@ impl Node {
             return self.send(from, reply);
         }
         match msg {
-            PeerMsg::Gossip { members, clock } => {
+            PeerMsg::Gossip {
+                members,
+                clock,
+                number: _,
+            } => {
                 self.note_peer_clock(now, from, clock);
                 self.on_gossip(now, from, &members)
             }
@@ -1226,6 +1274,7 @@ impl Node {
                 PeerMsg::Gossip {
                     members,
                     clock: now,
+                    number: self.number,
                 },
             );
         }
@@ -2006,6 +2055,7 @@ impl Node {
                 PeerMsg::Gossip {
                     members: members.clone(),
                     clock: now,
+                    number: self.number,
                 },
             );
         }
@@ -2241,6 +2291,39 @@ mod tests {
                 "{members} members, N={replicas}, W={w:?}, R={r:?}"
             );
         }
+    }
+
+    /// A node gossiping a version number another node already has is
+    /// refused: not merged into the membership, and logged.
+    #[test]
+    fn a_duplicate_node_number_is_refused() {
+        let s = store();
+        let mk = |id: &str, number: u32| {
+            let mut c = Config::new(id);
+            c.number = Some(number);
+            c
+        };
+        let mut a = Node::new(mk("a:1", 7), 1_000, None, &s, 1);
+        while a.poll_output().is_some() {}
+        let gossip = |id: &str, number: u32| PeerMsg::Gossip {
+            members: vec![Digest::new(id, Status::Waiting)],
+            clock: 1_000,
+            number,
+        };
+        a.handle_message(1_001, "b:1", gossip("b:1", 7), &s);
+        assert_eq!(a.refused_duplicates(), vec!["b:1".to_string()]);
+        assert!(!a.members.current().contains(&"b:1".to_string()));
+        let logs: Vec<String> = std::iter::from_fn(|| a.poll_output())
+            .filter_map(|o| match o {
+                Output::Log(l) => Some(l),
+                _ => None,
+            })
+            .collect();
+        assert!(logs.iter().any(|l| l.contains("refused b:1")), "{logs:?}");
+        // A node with its own number is welcome.
+        a.handle_message(1_002, "c:1", gossip("c:1", 8), &s);
+        assert_eq!(a.refused_duplicates().len(), 1);
+        assert!(a.members.current().contains(&"c:1".to_string()));
     }
 
     proptest! {
