@@ -477,3 +477,24 @@ fn a_peer_proven_as_x_cannot_speak_as_y() {
     });
     s.stop();
 }
+
+/// Forming a cluster needs a secret: `--join` without one is refused at
+/// start, and so is JOIN sent to a node without one.
+#[test]
+fn a_cluster_cannot_form_without_a_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (status, out) = kv_testkit::start_refused(BIN, dir.path(), &["--join", "127.0.0.1:1"]);
+    assert!(!status.success());
+    let said = out.join("\n");
+    assert!(said.contains("--join needs --cluster-secret"), "{said}");
+
+    let s = ServerProc::start(BIN, &[]);
+    let l = attacker_listener();
+    let me = l.local_addr().expect("addr").to_string();
+    let refused = client(&s).join(&me);
+    assert!(refused.is_err(), "JOIN without a secret: {refused:?}");
+    // The refusal came from the cluster thread, after which it dials
+    // nobody.
+    assert!(l.accept().is_err(), "the node dialed out");
+    s.stop();
+}
