@@ -301,6 +301,7 @@ fn a_single_server_refuses_peer_hello() {
         );
         let said = s.output().join("\n");
         assert!(said.contains("accepts no peers"), "{said}");
+        drop(raw); // an open connection would delay the stop
         s.stop();
     }
 }
@@ -406,6 +407,7 @@ fn a_node_dialing_the_attacker_is_not_relayed_to_another_node() {
     wait_for("A to log the refusal", DEADLINE, || {
         a.output().iter().any(|l| l.contains("says it is"))
     });
+    drop((from_a, to_b));
     a.stop();
     b.stop();
 }
@@ -430,6 +432,7 @@ fn a_hello_with_the_wrong_secret_gets_nothing() {
         "the proof is refused: {got:?}"
     );
     assert_store_untouched(&s, b"secret-key");
+    drop(raw);
     s.stop();
 }
 
