@@ -92,6 +92,9 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
         .map_err(|source| server::ServerError::Listen { addr, source })?;
     if !cluster::check_peer_config(&config).map_err(RunError::ClusterState)? {
         println!("kv-server: no --cluster-secret: this node accepts no peers and dials none (a single server; a cluster needs the same --cluster-secret on every node)");
+    } else if config.cluster_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        // One recorded handshake lets anyone try guesses offline.
+        println!("kv-server: warning: --cluster-secret is short; use at least 16 random characters (24 random bytes in base64, say)");
     }
     // Before the store opens: --rejoin-fresh may move the old data aside.
     if let Some(aside) = cluster::check_saved_state(&config).map_err(RunError::ClusterState)? {

@@ -301,6 +301,7 @@ fn a_single_server_refuses_peer_hello() {
         );
         let said = s.output().join("\n");
         assert!(said.contains("accepts no peers"), "{said}");
+        drop(raw); // an open connection would delay the stop
         s.stop();
     }
 }
@@ -406,6 +407,7 @@ fn a_node_dialing_the_attacker_is_not_relayed_to_another_node() {
     wait_for("A to log the refusal", DEADLINE, || {
         a.output().iter().any(|l| l.contains("says it is"))
     });
+    drop((from_a, to_b));
     a.stop();
     b.stop();
 }
@@ -430,6 +432,7 @@ fn a_hello_with_the_wrong_secret_gets_nothing() {
         "the proof is refused: {got:?}"
     );
     assert_store_untouched(&s, b"secret-key");
+    drop(raw);
     s.stop();
 }
 
@@ -475,5 +478,26 @@ fn a_peer_proven_as_x_cannot_speak_as_y() {
             .iter()
             .any(|l| l.contains("already proved it is 127.0.0.1:1"))
     });
+    s.stop();
+}
+
+/// Forming a cluster needs a secret: `--join` without one is refused at
+/// start, and so is JOIN sent to a node without one.
+#[test]
+fn a_cluster_cannot_form_without_a_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (status, out) = kv_testkit::start_refused(BIN, dir.path(), &["--join", "127.0.0.1:1"]);
+    assert!(!status.success());
+    let said = out.join("\n");
+    assert!(said.contains("--join needs --cluster-secret"), "{said}");
+
+    let s = ServerProc::start(BIN, &[]);
+    let l = attacker_listener();
+    let me = l.local_addr().expect("addr").to_string();
+    let refused = client(&s).join(&me);
+    assert!(refused.is_err(), "JOIN without a secret: {refused:?}");
+    // The refusal came from the cluster thread, after which it dials
+    // nobody.
+    assert!(l.accept().is_err(), "the node dialed out");
     s.stop();
 }
