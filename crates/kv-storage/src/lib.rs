@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod clock;
 mod error;
 mod map;
 mod options;

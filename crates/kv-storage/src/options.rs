@@ -5,7 +5,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::testing::{PlantedBug, SimFs};
+use crate::clock::{SharedClock, SystemClock};
+use crate::testing::{PlantedBug, SimClock, SimFs};
 use crate::vfs::{RealFs, SharedVfs};
 
 /// When a write is made durable. In every policy, a write that returned
@@ -100,6 +101,7 @@ pub enum RecoveryMode {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub(crate) vfs: SharedVfs,
+    pub(crate) clock: SharedClock,
     pub(crate) planted: Option<PlantedBug>,
     pub(crate) dir: Option<PathBuf>,
     pub(crate) durability: Durability,
@@ -110,6 +112,7 @@ pub struct Options {
     pub(crate) node_id: u32,
     pub(crate) tombstone_grace: Duration,
     pub(crate) fsync_interval: Duration,
+    pub(crate) expire_interval: Duration,
     pub(crate) create: bool,
 }
 
@@ -127,6 +130,7 @@ impl Options {
     pub fn in_memory() -> Self {
         Options {
             vfs: Arc::new(RealFs),
+            clock: Arc::new(SystemClock),
             planted: None,
             dir: None,
             durability: Durability::EverySec,
@@ -137,6 +141,7 @@ impl Options {
             node_id: 0,
             tombstone_grace: Duration::ZERO,
             fsync_interval: Duration::from_secs(1),
+            expire_interval: Duration::from_millis(100),
             create: true,
         }
     }
@@ -198,6 +203,15 @@ impl Options {
         self
     }
 
+    /// Interval of the background expiry, which turns values whose expiry
+    /// has passed into tombstones (default 100 ms). Reads never see an
+    /// expired value whatever the interval; it bounds how long an expired
+    /// value keeps its memory.
+    pub fn expire_interval(mut self, every: Duration) -> Self {
+        self.expire_interval = every;
+        self
+    }
+
     /// Whether to create the data directory when it is missing (default
     /// true). With `false`, a missing directory is an error.
     pub fn create_if_missing(mut self, create: bool) -> Self {
@@ -209,6 +223,14 @@ impl Options {
     #[doc(hidden)]
     pub fn file_system(mut self, fs: &SimFs) -> Self {
         self.vfs = Arc::new(fs.clone());
+        self
+    }
+
+    /// Reads the time from a simulated clock (for tests of expiry): version
+    /// timestamps, expiries and tombstone purging all follow it.
+    #[doc(hidden)]
+    pub fn clock(mut self, clock: &SimClock) -> Self {
+        self.clock = Arc::new(clock.clone());
         self
     }
 

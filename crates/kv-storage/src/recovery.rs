@@ -140,6 +140,7 @@ pub(crate) fn recover(
     dir: &Path,
     map: &ShardedMap,
     mode: RecoveryMode,
+    now_ms: u64,
 ) -> Result<Recovered> {
     let start = Instant::now();
     let listing = list(vfs, dir)?;
@@ -153,7 +154,10 @@ pub(crate) fn recover(
     check_contiguous(dir, replay_from, &replay, &listing)?;
     let cut_at = replay_segments(vfs, &replay, map, mode, &mut report)?;
     set_aside_rejected(vfs, dir, &mut report)?;
-    report.keys = map.len() as u64;
+    // Values that expired while the store was closed become tombstones
+    // now (kept like any tombstone until a snapshot may purge them).
+    map.expire_all_due(now_ms, usize::MAX);
+    report.keys = map.len(now_ms) as u64;
     report.elapsed = start.elapsed();
     // A truncation deletes the segments after the damaged one: the new log
     // continues right after it, so that the ids stay contiguous.
@@ -339,7 +343,7 @@ fn replay_one(id: u64, b: &[u8], map: &ShardedMap, report: &mut RecoveryReport) 
     while at < b.len() {
         match record::decode(&b[at..]) {
             Ok((rec, n)) => {
-                apply(map, rec.key, rec.value, rec.version);
+                apply(map, &rec);
                 report.records_replayed += 1;
                 report.log_bytes_replayed += n as u64;
                 at += n;
@@ -360,10 +364,11 @@ fn all_zero_or_invalid(b: &[u8]) -> bool {
     b.iter().all(|&x| x == 0) || !record::any_valid_record(b)
 }
 
-fn apply(map: &ShardedMap, key: &[u8], value: Option<&[u8]>, v: crate::Version) {
-    let h = hash_key(key);
+fn apply(map: &ShardedMap, rec: &record::Record<'_>) {
+    let h = hash_key(rec.key);
     let mut shard = map.write(h);
-    shard.insert_if_newer(h, Entry::new(key, value, v));
+    let entry = Entry::new(rec.key, rec.value, rec.version, rec.expires);
+    shard.insert_if_newer(h, entry);
 }
 
 fn segment_has_records(vfs: &dyn Vfs, path: &Path) -> bool {

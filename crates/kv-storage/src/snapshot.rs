@@ -11,10 +11,14 @@ use crate::vfs::{self, FileBytes, Vfs};
 use crate::wal::record::u64_at;
 
 const MAGIC: &[u8; 8] = b"KVSNAPSH";
-const FORMAT: u32 = 1;
+/// The format written. Format 1 (no expiry field) is still read.
+const FORMAT: u32 = 2;
 const FIXED: usize = 56;
 const SECTION_ROW: usize = 32;
-const ENTRY_HEADER: usize = 20;
+/// Bytes before an entry's key in format 1.
+const ENTRY_HEADER_1: usize = 20;
+/// Bytes before an entry's key in format 2: format 1's and the expiry.
+const ENTRY_HEADER: usize = 28;
 const TOMBSTONE: u32 = 1 << 31;
 
 /// File name of the snapshot whose log replay starts at segment `id`.
@@ -49,7 +53,7 @@ pub(crate) fn set_aside(vfs: &dyn Vfs, path: &Path) -> Result<PathBuf> {
 /// Checks a snapshot's header and section checksums without loading it.
 pub(crate) fn verify(vfs: &dyn Vfs, path: &Path) -> Result<(), String> {
     let b = read(vfs, path)?;
-    let (_, _, _, sections) = parse_header(&b)?;
+    let (_, _, _, sections, _) = parse_header(&b)?;
     for (i, sec) in sections.iter().enumerate() {
         let bytes = &b[sec.offset..sec.offset + sec.len];
         if xxhash_rust::xxh3::xxh3_64(bytes) != sec.checksum {
@@ -127,7 +131,7 @@ fn copy_shard(
     let mut dead = Vec::new();
     let mut count = 0;
     for e in shard.iter() {
-        if e.is_tombstone() && e.version().timestamp < purge_before {
+        if e.purgeable(purge_before) {
             dead.push((e.key().to_vec(), e.version()));
             continue;
         }
@@ -169,6 +173,7 @@ fn encode_entry(buf: &mut Vec<u8>, e: &Entry) {
     buf.extend_from_slice(&v.node.to_le_bytes());
     buf.extend_from_slice(&key_len.to_le_bytes());
     buf.extend_from_slice(&(value.map_or(0, <[u8]>::len) as u32).to_le_bytes());
+    buf.extend_from_slice(&e.expires().to_le_bytes());
     buf.extend_from_slice(key);
     buf.extend_from_slice(value.unwrap_or_default());
 }
@@ -215,7 +220,7 @@ pub(crate) fn load(vfs: &dyn Vfs, path: &Path, map: &ShardedMap) -> Result<Loade
     let bytes = read(vfs, path)?;
     let b: &[u8] = &bytes;
     let len = b.len() as u64;
-    let (replay_from, entries, max_ts, sections) = parse_header(b)?;
+    let (replay_from, entries, max_ts, sections, format) = parse_header(b)?;
     let next = AtomicUsize::new(0);
     let same_layout = sections.len() == map.shard_count();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
@@ -228,7 +233,7 @@ pub(crate) fn load(vfs: &dyn Vfs, path: &Path, map: &ShardedMap) -> Result<Loade
                         let Some(sec) = sections.get(i) else {
                             return Ok(());
                         };
-                        load_section(b, sec, i, map, same_layout)?;
+                        load_section(b, sec, i, map, same_layout, format)?;
                     }
                 })
             })
@@ -267,14 +272,18 @@ fn read(vfs: &dyn Vfs, path: &Path) -> Result<FileBytes, String> {
     Ok(b)
 }
 
-fn parse_header(b: &[u8]) -> Result<(u64, u64, u64, Vec<Section>), String> {
+/// The header's replay start, entry count, greatest timestamp, sections
+/// and format.
+type Header = (u64, u64, u64, Vec<Section>, u32);
+
+fn parse_header(b: &[u8]) -> Result<Header, String> {
     if &b[..8] != MAGIC {
         return Err("not a snapshot (bad magic number)".into());
     }
     let mut f = [0; 4];
     f.copy_from_slice(&b[8..12]);
     let format = u32::from_le_bytes(f);
-    if format != FORMAT {
+    if format != 1 && format != FORMAT {
         return Err(format!("snapshot format {format} is not supported"));
     }
     f.copy_from_slice(&b[12..16]);
@@ -305,7 +314,13 @@ fn parse_header(b: &[u8]) -> Result<(u64, u64, u64, Vec<Section>), String> {
             checksum: u64_at(b, row + 24),
         });
     }
-    Ok((u64_at(b, 16), u64_at(b, 24), u64_at(b, 32), sections))
+    Ok((
+        u64_at(b, 16),
+        u64_at(b, 24),
+        u64_at(b, 32),
+        sections,
+        format,
+    ))
 }
 
 fn load_section(
@@ -314,6 +329,7 @@ fn load_section(
     index: usize,
     map: &ShardedMap,
     same_layout: bool,
+    format: u32,
 ) -> Result<(), String> {
     let bytes = &b[sec.offset..sec.offset + sec.len];
     if xxhash_rust::xxh3::xxh3_64(bytes) != sec.checksum {
@@ -322,7 +338,7 @@ fn load_section(
             sec.offset
         ));
     }
-    let entries = parse_entries(bytes, sec.entries)
+    let entries = parse_entries(bytes, sec.entries, format)
         .map_err(|e| format!("section {index} at byte offset {}: {e}", sec.offset))?;
     if same_layout {
         let mut shard = map.write_shard(index);
@@ -339,10 +355,15 @@ fn load_section(
     Ok(())
 }
 
-fn parse_entries(mut b: &[u8], expect: u64) -> Result<Vec<(u64, Entry)>, String> {
-    let mut out = Vec::with_capacity(expect.min(b.len() as u64 / ENTRY_HEADER as u64) as usize);
+fn parse_entries(mut b: &[u8], expect: u64, format: u32) -> Result<Vec<(u64, Entry)>, String> {
+    let header = if format == 1 {
+        ENTRY_HEADER_1
+    } else {
+        ENTRY_HEADER
+    };
+    let mut out = Vec::with_capacity(expect.min(b.len() as u64 / header as u64) as usize);
     while !b.is_empty() {
-        if b.len() < ENTRY_HEADER {
+        if b.len() < header {
             return Err("entry header cut short".into());
         }
         let version = Version::new(u64_at(b, 0), u32_le(b, 8));
@@ -350,13 +371,14 @@ fn parse_entries(mut b: &[u8], expect: u64) -> Result<Vec<(u64, Entry)>, String>
         let key_len = (raw_key_len & !TOMBSTONE) as usize;
         let val_len = u32_le(b, 16) as usize;
         let tombstone = raw_key_len & TOMBSTONE != 0;
-        let end = ENTRY_HEADER + key_len + val_len;
+        let expires = if format == 1 { 0 } else { u64_at(b, 20) };
+        let end = header + key_len + val_len;
         if end > b.len() || (tombstone && val_len != 0) {
             return Err("entry lengths exceed the section".into());
         }
-        let key = &b[ENTRY_HEADER..ENTRY_HEADER + key_len];
-        let value = (!tombstone).then(|| &b[ENTRY_HEADER + key_len..end]);
-        out.push((hash_key(key), Entry::new(key, value, version)));
+        let key = &b[header..header + key_len];
+        let value = (!tombstone).then(|| &b[header + key_len..end]);
+        out.push((hash_key(key), Entry::new(key, value, version, expires)));
         b = &b[end..];
     }
     if out.len() as u64 != expect {

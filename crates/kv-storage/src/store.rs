@@ -5,10 +5,11 @@ use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::clock::SharedClock;
 use crate::error::{Error, IoContext, Result};
 use crate::map::{hash_key, Entry, Shard, ShardedMap, MAX_KEY};
 use crate::options::{Durability, Options};
@@ -53,6 +54,7 @@ struct Inner {
     planted: Option<PlantedBug>,
     node_id: u32,
     tombstone_grace: Duration,
+    clock: SharedClock,
     bg: Mutex<Background>,
     bg_changed: Condvar,
     /// Signalled when the snapshot thread finishes a snapshot.
@@ -97,10 +99,21 @@ pub struct Stats {
     pub last_background_error: Option<String>,
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+/// Most expired values the background expiry turns into tombstones under
+/// one hold of a shard's write lock.
+const EXPIRE_BATCH: usize = 256;
+
+/// An expiry `d` after `now_ms` (ms since the Unix epoch), as stored: never
+/// 0, which means "none".
+fn expiry_after(now_ms: u64, d: Duration) -> u64 {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_add(ms).max(1)
+}
+
+/// The stored form of an expiry given in ms since the Unix epoch (0 means
+/// none, so the instant 0 becomes 1: long past either way).
+fn stored_expiry(at: Option<u64>) -> u64 {
+    at.map_or(0, |t| t.max(1))
 }
 
 thread_local! {
@@ -115,10 +128,11 @@ impl Store {
     /// [`RecoveryMode`](crate::RecoveryMode)). A torn tail is truncated.
     pub fn open(opts: Options) -> Result<Store> {
         let map = ShardedMap::new(opts.shards);
+        let clock = opts.clock.clone();
         let (log, lock, report) = match &opts.dir {
             None => (None, None, RecoveryReport::default()),
             Some(dir) => {
-                let (log, lock, report) = open_dir(dir, &opts, &map)?;
+                let (log, lock, report) = open_dir(dir, &opts, &map, clock.now_ms())?;
                 (Some(log), Some(lock), report)
             }
         };
@@ -129,6 +143,7 @@ impl Store {
             planted: opts.planted,
             node_id: opts.node_id,
             tombstone_grace: opts.tombstone_grace,
+            clock,
             bg: Mutex::new(Background::default()),
             bg_changed: Condvar::new(),
             bg_idle: Condvar::new(),
@@ -153,23 +168,20 @@ impl Store {
         &self.report
     }
 
-    /// The value of `key`, or `None` if it is absent or deleted.
+    /// The value of `key`, or `None` if it is absent, deleted or expired.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let h = hash_key(key);
-        let shard = self.inner.map.read(h);
-        shard
-            .find(h, key)
-            .and_then(Entry::value)
-            .map(<[u8]>::to_vec)
+        self.get_with(key, |v| v.map(<[u8]>::to_vec))
     }
 
-    /// Calls `f` with the value of `key` (`None` if absent or deleted) while
+    /// Calls `f` with the value of `key` (`None` if absent, deleted or
+    /// expired) while
     /// holding its shard's read lock, so that the value need not be copied.
     /// Keep `f` short: writers to the shard wait for it.
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> R {
         let h = hash_key(key);
+        let now = self.inner.now_ms();
         let shard = self.inner.map.read(h);
-        f(shard.find(h, key).and_then(Entry::value))
+        f(shard.find(h, key).and_then(|e| e.value_at(now)))
     }
 
     /// One step of a cursor walk over the live keys in the order of their
@@ -180,9 +192,10 @@ impl Store {
     pub fn scan_cursor(&self, cursor: u64, count: usize) -> (Vec<Vec<u8>>, u64) {
         let count = count.max(1);
         let mut best: BinaryHeap<(u64, Vec<u8>)> = BinaryHeap::new();
+        let now = self.inner.now_ms();
         for i in 0..self.inner.map.shard_count() {
             let shard = self.inner.map.read_shard(i);
-            for e in shard.iter().filter(|e| !e.is_tombstone()) {
+            for e in shard.iter().filter(|e| e.live_at(now)) {
                 let h = hash_key(e.key());
                 let full = best.len() == count;
                 if h < cursor || (full && best.peek().is_some_and(|(top, _)| h >= *top)) {
@@ -204,15 +217,17 @@ impl Store {
 
     /// Drops, from memory, every tombstone whose version timestamp is below
     /// `before` (the snapshot path does the same under
-    /// [`Options::tombstone_grace`]). Returns how many were dropped. Only
-    /// safe once no replica can still hold the values they deleted.
+    /// [`Options::tombstone_grace`](crate::Options::tombstone_grace)); a
+    /// tombstone left by an expiry also needs its expiry (in µs) below
+    /// `before`. Returns how many were dropped. Only safe once no replica
+    /// can still hold the values they deleted.
     pub fn purge_tombstones(&self, before: u64) -> usize {
         let mut n = 0;
         for i in 0..self.inner.map.shard_count() {
             let mut shard = self.inner.map.write_shard(i);
             let dead: Vec<(u64, Vec<u8>)> = shard
                 .iter()
-                .filter(|e| e.is_tombstone() && e.version().timestamp < before)
+                .filter(|e| e.purgeable(before))
                 .map(|e| (hash_key(e.key()), e.key().to_vec()))
                 .collect();
             for (h, key) in dead {
@@ -228,8 +243,9 @@ impl Store {
         let mut n = 0;
         for i in 0..self.inner.map.shard_count() {
             let keys: Vec<Vec<u8>> = {
+                let now = self.inner.now_ms();
                 let shard = self.inner.map.read_shard(i);
-                let live = shard.iter().filter(|e| !e.is_tombstone());
+                let live = shard.iter().filter(|e| e.live_at(now));
                 live.map(|e| e.key().to_vec()).collect()
             };
             for k in keys {
@@ -239,32 +255,104 @@ impl Store {
         Ok(n)
     }
 
-    /// Whether `key` holds a value.
+    /// Whether `key` holds a value (not deleted, not expired).
     pub fn contains_key(&self, key: &[u8]) -> bool {
-        let h = hash_key(key);
-        let shard = self.inner.map.read(h);
-        shard.find(h, key).is_some_and(|e| !e.is_tombstone())
+        self.get_with(key, |v| v.is_some())
     }
 
-    /// Sets `key` to `value`; returns the version given to the write.
-    /// When this returns, the write survives the death of the process (and,
-    /// under [`Durability::Always`], a power cut).
+    /// Sets `key` to `value` with no expiry (removing any it had); returns
+    /// the version given to the write. When this returns, the write
+    /// survives the death of the process (and, under
+    /// [`Durability::Always`], a power cut).
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Version> {
-        let node = self.inner.node_id;
-        let written = self.inner.write(key, Some(value), |shard, _| {
-            Some(shard.next_version(now_micros(), node))
+        self.put_expiring(key, value, 0)
+    }
+
+    /// Sets `key` to `value`, expiring `ttl` from now (by the store's
+    /// clock): from then on it reads as absent. Returns the version given
+    /// to the write. The expiry is written with the value, so it survives
+    /// restarts and replicates with it.
+    pub fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<Version> {
+        let at = expiry_after(self.inner.now_ms(), ttl);
+        self.put_expiring(key, value, at)
+    }
+
+    fn put_expiring(&self, key: &[u8], value: &[u8], expires: u64) -> Result<Version> {
+        let (node, clock) = (self.inner.node_id, &self.inner.clock);
+        let written = self.inner.write(key, Some(value), expires, |shard, _| {
+            Some(shard.next_version(clock.now_micros(), node))
         })?;
         written.ok_or(Error::Closed)
     }
 
-    /// Deletes `key`, leaving a tombstone; returns whether it held a value.
+    /// Deletes `key`, leaving a tombstone; returns whether it held a value
+    /// (an expired value counts as none, and is left as it is).
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        let node = self.inner.node_id;
-        let written = self.inner.write(key, None, |shard, cur| {
+        let (node, clock) = (self.inner.node_id, &self.inner.clock);
+        let written = self.inner.write(key, None, 0, |shard, cur| {
             cur.filter(|c| c.live)?;
-            Some(shard.next_version(now_micros(), node))
+            Some(shard.next_version(clock.now_micros(), node))
         })?;
         Ok(written.is_some())
+    }
+
+    /// Makes `key` expire `ttl` from now; returns whether it held a value.
+    /// Like every change of an expiry, this is a new write (a new version
+    /// with the same value).
+    pub fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool> {
+        let at = expiry_after(self.inner.now_ms(), ttl);
+        self.rewrite_expiry(key, at, |_| true)
+    }
+
+    /// Makes `key` expire at `unix_ms` (ms since the Unix epoch; a time
+    /// already past makes it absent now); returns whether it held a value.
+    pub fn expire_at(&self, key: &[u8], unix_ms: u64) -> Result<bool> {
+        self.rewrite_expiry(key, stored_expiry(Some(unix_ms)), |_| true)
+    }
+
+    /// Removes the expiry of `key`; returns whether it held a value that
+    /// had one (as Redis's `PERSIST`).
+    pub fn persist(&self, key: &[u8]) -> Result<bool> {
+        self.rewrite_expiry(key, 0, |old| old != 0)
+    }
+
+    /// The time `key` has left: `None` if it holds no value, `Some(None)` if
+    /// it never expires, `Some(Some(d))` if it expires in `d` (never zero).
+    pub fn ttl(&self, key: &[u8]) -> Option<Option<Duration>> {
+        let h = hash_key(key);
+        let now = self.inner.now_ms();
+        let shard = self.inner.map.read(h);
+        let e = shard.find(h, key).filter(|e| e.live_at(now))?;
+        Some((e.expires() != 0).then(|| Duration::from_millis(e.expires() - now)))
+    }
+
+    /// Rewrites the live value of `key` with expiry `expires` (0: none) as a
+    /// new version, if `want` accepts its current expiry. Returns whether
+    /// it wrote. The value is read first and written back only if the key
+    /// still holds the same version; a write in between makes it try again.
+    fn rewrite_expiry(&self, key: &[u8], expires: u64, want: impl Fn(u64) -> bool) -> Result<bool> {
+        let (node, clock) = (self.inner.node_id, &self.inner.clock);
+        loop {
+            let h = hash_key(key);
+            let now = self.inner.now_ms();
+            let (value, version) = {
+                let shard = self.inner.map.read(h);
+                let Some(e) = shard.find(h, key).filter(|e| e.live_at(now)) else {
+                    return Ok(false);
+                };
+                if !want(e.expires()) {
+                    return Ok(false);
+                }
+                (e.value().unwrap_or_default().to_vec(), e.version())
+            };
+            let written = self.inner.write(key, Some(&value), expires, |shard, cur| {
+                cur.filter(|c| c.version == version)?;
+                Some(shard.next_version(clock.now_micros(), node))
+            })?;
+            if written.is_some() {
+                return Ok(true);
+            }
+        }
     }
 
     /// Every live key starting with `prefix`, with its value, sorted by key.
@@ -281,18 +369,23 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.first_keys(prefix, after, limit, |e| e.value().map(<[u8]>::to_vec))
+        let now = self.inner.now_ms();
+        self.first_keys(prefix, after, limit, |e| {
+            e.value_at(now).map(<[u8]>::to_vec)
+        })
     }
 
     /// Like [`Store::scan_page`] but with versions and tombstones included
-    /// (for merging listings from several replicas).
+    /// (for merging listings from several replicas); an expired value is
+    /// listed as a tombstone with its expiry.
     pub fn scan_page_versioned(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
     ) -> Vec<(Vec<u8>, Versioned)> {
-        self.first_keys(prefix, after, limit, |e| Some(e.to_versioned()))
+        let now = self.inner.now_ms();
+        self.first_keys(prefix, after, limit, |e| Some(e.to_versioned(now)))
     }
 
     /// The `limit` smallest keys starting with `prefix` and greater than
@@ -382,9 +475,9 @@ impl Store {
         self.inner.map.shard_count()
     }
 
-    /// Number of live keys.
+    /// Number of live keys (expired ones not counted).
     pub fn len(&self) -> usize {
-        self.inner.map.len()
+        self.inner.map.len(self.inner.now_ms())
     }
 
     /// Whether the store holds no live key.
@@ -414,18 +507,37 @@ impl Store {
     /// the key then holds is durable, so `Ok(false)` ("a newer version is
     /// here") is as safe to report as `Ok(true)`.
     pub fn apply(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
-        let written = self.inner.write(key, value, |_, cur| {
-            let newer = cur.is_none_or(|c| c.version < version);
-            newer.then_some(version)
-        })?;
+        self.apply_with_expiry(key, value, version, None)
+    }
+
+    /// [`Store::apply`] for a write that carries an expiry (ms since the
+    /// Unix epoch, as in [`Versioned::expires_at`]; ignored for a
+    /// tombstone). A write whose expiry has already passed is still stored
+    /// if newer: it reads as absent, and it shadows every older version,
+    /// so a replica that was behind never brings an expired key back.
+    pub fn apply_with_expiry(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: Version,
+        expires_at: Option<u64>,
+    ) -> Result<bool> {
+        let written = self
+            .inner
+            .write(key, value, stored_expiry(expires_at), |_, cur| {
+                let newer = cur.is_none_or(|c| c.version < version);
+                newer.then_some(version)
+            })?;
         Ok(written.is_some())
     }
 
-    /// The key's current version and value, tombstones included.
+    /// The key's current version, value and expiry, tombstones included
+    /// (an expired value reads as a tombstone with its expiry).
     pub fn get_versioned(&self, key: &[u8]) -> Option<Versioned> {
         let h = hash_key(key);
+        let now = self.inner.now_ms();
         let shard = self.inner.map.read(h);
-        shard.find(h, key).map(Entry::to_versioned)
+        shard.find(h, key).map(|e| e.to_versioned(now))
     }
 
     /// Every entry with its version, tombstones included, in no particular
@@ -433,10 +545,11 @@ impl Store {
     /// caller works and sees each shard as it was when reached.
     pub fn iter_versioned(&self) -> impl Iterator<Item = (Vec<u8>, Versioned)> + '_ {
         (0..self.inner.map.shard_count()).flat_map(move |i| {
+            let now = self.inner.now_ms();
             let shard = self.inner.map.read_shard(i);
             shard
                 .iter()
-                .map(|e| (e.key().to_vec(), e.to_versioned()))
+                .map(|e| (e.key().to_vec(), e.to_versioned(now)))
                 .collect::<Vec<_>>()
         })
     }
@@ -459,6 +572,7 @@ impl Store {
         let mut bytes = 0usize;
         let shards = self.inner.map.shard_count();
         let mut cursor = from;
+        let now = self.inner.now_ms();
         while (cursor.shard as usize) < shards {
             let mut found: Vec<(u64, &Entry)> = Vec::new();
             let shard = self.inner.map.read_shard(cursor.shard as usize);
@@ -481,7 +595,7 @@ impl Store {
                     return (out, Some(next));
                 }
                 bytes += e.key().len() + e.value().map_or(0, <[u8]>::len) + 16;
-                out.push((e.key().to_vec(), e.to_versioned()));
+                out.push((e.key().to_vec(), e.to_versioned(now)));
                 last = Some(h);
             }
             drop(shard);
@@ -500,7 +614,7 @@ impl Store {
     pub fn stats(&self) -> Stats {
         let bg = self.inner.bg.lock();
         Stats {
-            keys: self.inner.map.len() as u64,
+            keys: self.inner.map.len(self.inner.now_ms()) as u64,
             memory_bytes: self.inner.map.bytes() as u64,
             durability: self.inner.log.as_ref().map(|_| self.inner.durability),
             log_bytes: self.inner.log.as_ref().map_or(0, Log::position),
@@ -518,6 +632,14 @@ impl Store {
     #[doc(hidden)]
     pub fn fsync_tick(&self) -> Result<()> {
         self.inner.fsync_round()
+    }
+
+    /// Runs the background expiry now, over every due value, as if its
+    /// interval had passed (for tests that control time); returns how many
+    /// values it turned into tombstones.
+    #[doc(hidden)]
+    pub fn expire_tick(&self) -> usize {
+        self.inner.expire_round()
     }
 
     /// Threads waiting for a flush that is under way to cover their write
@@ -573,6 +695,7 @@ fn open_dir(
     dir: &Path,
     opts: &Options,
     map: &ShardedMap,
+    now_ms: u64,
 ) -> Result<(Log, DirLock, RecoveryReport)> {
     let vfs: SharedVfs = match opts.planted {
         Some(PlantedBug::SkipDirSync) => Arc::new(NoDirSync(opts.vfs.clone())),
@@ -590,7 +713,7 @@ fn open_dir(
         Err(e) => return Err(e).ctx("open data directory", dir),
     }
     let lock = vfs::lock_dir(&*vfs, dir)?;
-    let rec = recovery::recover(&*vfs, dir, map, opts.recovery_mode)?;
+    let rec = recovery::recover(&*vfs, dir, map, opts.recovery_mode, now_ms)?;
     let log = Log::create(
         vfs,
         dir.to_path_buf(),
@@ -605,6 +728,8 @@ fn open_dir(
 
 fn start_workers(inner: &Arc<Inner>, opts: &Options) -> Vec<JoinHandle<()>> {
     let mut workers = Vec::new();
+    let (me, every) = (inner.clone(), opts.expire_interval);
+    workers.push(spawn("kv-expire", move || me.expire_loop(every)));
     if inner.log.is_none() {
         return workers;
     }
@@ -628,10 +753,34 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 #[derive(Clone, Copy)]
 struct Current {
     version: Version,
+    /// Holds a value that has not expired.
     live: bool,
 }
 
 impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The background expiry: every `every`, turn the values whose expiry
+    /// has passed into tombstones, a batch per shard lock at a time.
+    fn expire_loop(&self, every: Duration) {
+        let mut bg = self.bg.lock();
+        while !bg.shutdown {
+            self.bg_changed.wait_for(&mut bg, every);
+            if bg.shutdown {
+                break;
+            }
+            drop(bg);
+            self.expire_round();
+            bg = self.bg.lock();
+        }
+    }
+
+    fn expire_round(&self) -> usize {
+        self.map.expire_all_due(self.now_ms(), EXPIRE_BATCH)
+    }
+
     /// The write path shared by put, delete and apply. `pick` sees the shard
     /// and the key's current entry and returns the new version, or `None` to
     /// write nothing.
@@ -639,9 +788,11 @@ impl Inner {
         &self,
         key: &[u8],
         value: Option<&[u8]>,
+        expires: u64,
         pick: impl FnOnce(&mut Shard, Option<Current>) -> Option<Version>,
     ) -> Result<Option<Version>> {
-        check_size(key, value)?;
+        let expires = if value.is_some() { expires } else { 0 };
+        check_size(key, value, expires)?;
         let durable_log = self
             .log
             .as_ref()
@@ -650,7 +801,7 @@ impl Inner {
         if let Some(log) = durable_log {
             log.writer_started();
         }
-        let result = self.write_logged(key, value, pick);
+        let result = self.write_logged(key, value, expires, pick);
         if let Some(log) = durable_log {
             // A write that found the key already holding a version answers
             // from that version, so it waits for that version's durability
@@ -671,13 +822,15 @@ impl Inner {
         &self,
         key: &[u8],
         value: Option<&[u8]>,
+        expires: u64,
         pick: impl FnOnce(&mut Shard, Option<Current>) -> Option<Version>,
     ) -> Result<(Option<Version>, u64)> {
         let h = hash_key(key);
+        let now = self.now_ms();
         let mut shard = self.map.write(h);
         let cur = shard.find(h, key).map(|e| Current {
             version: e.version(),
-            live: !e.is_tombstone(),
+            live: e.live_at(now),
         });
         let Some(version) = pick(&mut shard, cur) else {
             let held = match (&self.log, cur) {
@@ -687,10 +840,10 @@ impl Inner {
             return Ok((None, held));
         };
         let appended = match &self.log {
-            Some(log) => Some(append(log, key, value, version)?),
+            Some(log) => Some(append(log, key, value, version, expires)?),
             None => None,
         };
-        shard.insert(h, Entry::new(key, value, version));
+        shard.insert(h, Entry::new(key, value, version, expires));
         drop(shard);
         let mut end = 0;
         if let Some(a) = appended {
@@ -775,7 +928,7 @@ impl Inner {
     fn write_snapshot(&self, log: &Log) -> Result<snapshot::Written> {
         let id = log.rotate_for_snapshot()?;
         let grace = self.tombstone_grace.as_micros() as u64;
-        let purge_before = now_micros().saturating_sub(grace);
+        let purge_before = self.clock.now_micros().saturating_sub(grace);
         let written = snapshot::write(log.vfs(), log.dir(), &self.map, id, purge_before)?;
         log.snapshot_written(written.bytes);
         remove_obsolete(log.vfs(), log.dir(), id)?;
@@ -833,8 +986,8 @@ fn list_files(vfs: &dyn Vfs, dir: &Path) -> Result<(IdFiles, IdFiles)> {
     Ok((snaps, segs))
 }
 
-fn check_size(key: &[u8], value: Option<&[u8]>) -> Result<()> {
-    let total = record::encoded_len(key, value);
+fn check_size(key: &[u8], value: Option<&[u8]>, expires: u64) -> Result<()> {
+    let total = record::encoded_len(key, value, expires);
     if key.len() > MAX_KEY || total > record::MAX_PAYLOAD {
         return Err(Error::TooLarge {
             key_len: key.len(),
@@ -850,10 +1003,11 @@ fn append(
     key: &[u8],
     value: Option<&[u8]>,
     version: Version,
+    expires: u64,
 ) -> Result<crate::wal::Appended> {
     ENCODE_BUF.with_borrow_mut(|buf| {
         buf.clear();
-        record::encode(buf, key, value, version);
+        record::encode(buf, key, value, version, expires);
         let result = log.append(buf);
         if buf.capacity() > 1 << 20 {
             *buf = Vec::new();

@@ -17,6 +17,7 @@
 //! assert_eq!(store.get(b"k").as_deref(), Some(&b"v"[..]));
 //! ```
 
+pub use crate::clock::SimClock;
 pub use crate::vfs::sim::{Crash, SimFs, SECTOR};
 
 /// A bug planted in the engine with

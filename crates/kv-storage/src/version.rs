@@ -38,10 +38,22 @@ impl fmt::Display for Version {
 }
 
 /// A versioned value as the replication layer sees it: `None` is a tombstone.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+///
+/// The expiry is part of the value and of its version: a write that sets,
+/// changes or removes a key's expiry is a new version, and a replica that
+/// applies this state with [`Store::apply_with_expiry`](crate::Store::apply_with_expiry)
+/// holds exactly what this store holds. A key whose expiry has passed reads
+/// as a tombstone (`value: None`) at the version of the write that set the
+/// expiry, with `expires_at` still telling when it expired, so that a
+/// replica applying it never brings back an older value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Versioned {
     /// The version of the write that produced this state.
     pub version: Version,
-    /// The value, or `None` if the key was deleted (a tombstone).
+    /// The value, or `None` if the key was deleted (a tombstone) or has
+    /// expired.
     pub value: Option<Vec<u8>>,
+    /// When the value expires (or expired), in milliseconds since the Unix
+    /// epoch; `None`: never.
+    pub expires_at: Option<u64>,
 }

@@ -5,6 +5,10 @@
 //! | xxh3 | len u32 | payload (len bytes)                              |
 //!                  | kind u8 | timestamp u64 | node u32 | key_len u32 | key | value |
 //! ```
+//! A put with an expiry (kind 3) has `expires_ms u64` between `key_len` and
+//! the key. Puts without one and deletes are written as before (kinds 1
+//! and 2), so a log without expiries is byte for byte what earlier builds
+//! wrote, and every log they wrote reads the same.
 //! The checksum is xxh3-64 of bytes 8.. (length and payload). All integers
 //! are little-endian.
 
@@ -19,6 +23,9 @@ pub(crate) const MAX_PAYLOAD: usize = u32::MAX as usize - HEADER;
 
 const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
+const KIND_PUT_EXPIRING: u8 = 3;
+/// Extra payload bytes of a put with an expiry.
+const EXPIRY: usize = 8;
 
 /// A decoded record, borrowing from the log bytes.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,27 +34,50 @@ pub(crate) struct Record<'a> {
     pub(crate) key: &'a [u8],
     /// `None` for a delete (tombstone).
     pub(crate) value: Option<&'a [u8]>,
+    /// Expiry of a put in ms since the Unix epoch; 0: none.
+    pub(crate) expires: u64,
 }
 
-/// Encoded length of a record with this key and value.
-pub(crate) fn encoded_len(key: &[u8], value: Option<&[u8]>) -> usize {
-    HEADER + PAYLOAD_FIXED + key.len() + value.map_or(0, <[u8]>::len)
+/// Whether a record with this value and expiry carries the expiry field
+/// (a delete never does).
+fn has_expiry(value: Option<&[u8]>, expires: u64) -> bool {
+    value.is_some() && expires != 0
 }
 
-/// Appends the encoded record to `out`.
-pub(crate) fn encode(out: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>, version: Version) {
+/// Encoded length of a record with this key, value and expiry (0: none).
+pub(crate) fn encoded_len(key: &[u8], value: Option<&[u8]>, expires: u64) -> usize {
+    let extra = if has_expiry(value, expires) {
+        EXPIRY
+    } else {
+        0
+    };
+    HEADER + PAYLOAD_FIXED + extra + key.len() + value.map_or(0, <[u8]>::len)
+}
+
+/// Appends the encoded record to `out`. `expires` (ms since the Unix
+/// epoch, 0: none) is ignored for a delete.
+pub(crate) fn encode(
+    out: &mut Vec<u8>,
+    key: &[u8],
+    value: Option<&[u8]>,
+    version: Version,
+    expires: u64,
+) {
     let start = out.len();
-    let payload = PAYLOAD_FIXED + key.len() + value.map_or(0, <[u8]>::len);
+    let payload = encoded_len(key, value, expires) - HEADER;
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&(payload as u32).to_le_bytes());
-    out.push(if value.is_some() {
-        KIND_PUT
-    } else {
-        KIND_DELETE
+    out.push(match value {
+        Some(_) if expires != 0 => KIND_PUT_EXPIRING,
+        Some(_) => KIND_PUT,
+        None => KIND_DELETE,
     });
     out.extend_from_slice(&version.timestamp.to_le_bytes());
     out.extend_from_slice(&version.node.to_le_bytes());
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    if has_expiry(value, expires) {
+        out.extend_from_slice(&expires.to_le_bytes());
+    }
     out.extend_from_slice(key);
     if let Some(v) = value {
         out.extend_from_slice(v);
@@ -134,13 +164,24 @@ pub(crate) fn decode(b: &[u8]) -> Result<(Record<'_>, usize), Invalid> {
     let kind = p[0];
     let version = Version::new(u64_at(p, 1), u32_at(p, 9));
     let key_len = u32_at(p, 13) as usize;
-    let body = &p[PAYLOAD_FIXED..];
+    let mut body = &p[PAYLOAD_FIXED..];
+    let mut expires = 0;
+    if kind == KIND_PUT_EXPIRING {
+        if body.len() < EXPIRY {
+            return Err(Invalid::Malformed("expiring put cut short"));
+        }
+        expires = u64_at(body, 0);
+        if expires == 0 {
+            return Err(Invalid::Malformed("expiring put without an expiry"));
+        }
+        body = &body[EXPIRY..];
+    }
     if key_len > body.len() {
         return Err(Invalid::Malformed("key length exceeds record"));
     }
     let (key, rest) = body.split_at(key_len);
     let value = match kind {
-        KIND_PUT => Some(rest),
+        KIND_PUT | KIND_PUT_EXPIRING => Some(rest),
         KIND_DELETE if rest.is_empty() => None,
         KIND_DELETE => return Err(Invalid::Malformed("delete record carries a value")),
         _ => return Err(Invalid::Malformed("unknown record kind")),
@@ -150,6 +191,7 @@ pub(crate) fn decode(b: &[u8]) -> Result<(Record<'_>, usize), Invalid> {
             version,
             key,
             value,
+            expires,
         },
         total,
     ))
@@ -173,14 +215,15 @@ mod tests {
         #[test]
         fn round_trip(key in proptest::collection::vec(any::<u8>(), 0..64),
                       value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
-                      ts: u64, node: u32) {
+                      ts: u64, node: u32, expires in prop_oneof![Just(0u64), any::<u64>()]) {
             let mut buf = Vec::new();
             let v = Version::new(ts, node);
-            encode(&mut buf, &key, value.as_deref(), v);
-            prop_assert_eq!(buf.len(), encoded_len(&key, value.as_deref()));
+            encode(&mut buf, &key, value.as_deref(), v, expires);
+            prop_assert_eq!(buf.len(), encoded_len(&key, value.as_deref(), expires));
             let (rec, n) = decode(&buf).expect("valid record");
             prop_assert_eq!(n, buf.len());
-            prop_assert_eq!(rec, Record { version: v, key: &key, value: value.as_deref() });
+            let expires = if value.is_some() { expires } else { 0 };
+            prop_assert_eq!(rec, Record { version: v, key: &key, value: value.as_deref(), expires });
         }
 
         #[test]
@@ -192,9 +235,10 @@ mod tests {
         #[test]
         fn any_bit_flip_is_detected(key in proptest::collection::vec(any::<u8>(), 0..32),
                                     value in proptest::collection::vec(any::<u8>(), 0..64),
+                                    expires in prop_oneof![Just(0u64), 1u64..],
                                     bit in any::<proptest::sample::Index>()) {
             let mut buf = Vec::new();
-            encode(&mut buf, &key, Some(&value), Version::new(7, 1));
+            encode(&mut buf, &key, Some(&value), Version::new(7, 1), expires);
             let bit = bit.index(buf.len() * 8);
             buf[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(decode(&buf).is_err());
