@@ -862,9 +862,12 @@ mod tests {
                     progress: 0,
                 }
             }),
-            ("[a-z0-9.:]{1,12}", any::<u64>()).prop_map(|(id, clock)| PeerMsg::Gossip {
-                members: vec![Digest::new(&id, Status::Left)],
-                clock,
+            ("[a-z0-9.:]{1,12}", any::<u64>(), any::<u32>()).prop_map(|(id, clock, number)| {
+                PeerMsg::Gossip {
+                    members: vec![Digest::new(&id, Status::Left)],
+                    clock,
+                    number,
+                }
             }),
             proptest::collection::vec(key, 0..3).prop_map(|keys| PeerMsg::AePull { keys }),
             Just(PeerMsg::Invite),

@@ -44,7 +44,7 @@ fn expired_values_read_as_absent_everywhere() {
     clock.advance(Duration::from_millis(1));
     assert_eq!(store.get(b"soon"), None);
     assert!(!store.contains_key(b"soon"));
-    assert_eq!(store.get_with(b"soon", |v| v.is_some()), false);
+    assert!(!store.get_with(b"soon", |v| v.is_some()));
     assert_eq!(store.ttl(b"soon"), None);
     assert_eq!(store.len(), 2);
     let keys: Vec<Vec<u8>> = store.scan_prefix(b"").into_iter().map(|(k, _)| k).collect();
