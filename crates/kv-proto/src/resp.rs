@@ -719,8 +719,7 @@ fn parse_value_at(
             Ok(bulk_body(buf, body, len as usize)?
                 .map(|(r, next)| (Value::Bulk(buf[r].to_vec()), next)))
         }
-        b'*' | b'~' => parse_array(buf, at, limits, depth),
-        b'%' => parse_map(buf, at, limits, depth),
+        b'*' | b'~' | b'%' => parse_aggregate(buf, at, limits, depth),
         b'_' => {
             let Some(end) = find_crlf(buf, at + 1, 0)? else {
                 return Ok(None);
@@ -764,7 +763,8 @@ fn parse_value_at(
     }
 }
 
-fn parse_array(
+/// An array (`*`), set (`~`) or map (`%`, `n` pairs) at `at`.
+fn parse_aggregate(
     buf: &[u8],
     at: usize,
     limits: &Limits,
@@ -776,58 +776,36 @@ fn parse_array(
     let Some((n, mut next)) = header(buf, at, RespError::InvalidMultibulkLength)? else {
         return Ok(None);
     };
-    let set = buf[at] == b'~';
-    if n == -1 && !set {
+    let tag = buf[at];
+    if n == -1 && tag == b'*' {
         return Ok(Some((Value::NilArray, next)));
     }
-    if n < 0 || n as usize > limits.max_array {
+    let per_entry = if tag == b'%' { 2 } else { 1 };
+    let count = usize::try_from(n).map_err(|_| RespError::InvalidMultibulkLength)?;
+    if count.saturating_mul(per_entry) > limits.max_array {
         return Err(RespError::InvalidMultibulkLength);
     }
-    let mut items = Vec::with_capacity((n as usize).min(1024));
-    for _ in 0..n {
+    let mut items = Vec::with_capacity((count * per_entry).min(1024));
+    for _ in 0..count * per_entry {
         let Some((v, after)) = parse_value_at(buf, next, limits, depth + 1)? else {
             return Ok(None);
         };
         items.push(v);
         next = after;
     }
-    Ok(Some((
-        if set {
-            Value::Set(items)
-        } else {
-            Value::Array(items)
-        },
-        next,
-    )))
-}
-
-fn parse_map(
-    buf: &[u8],
-    at: usize,
-    limits: &Limits,
-    depth: usize,
-) -> Result<Option<(Value, usize)>, RespError> {
-    if depth >= limits.max_depth {
-        return Err(RespError::TooDeep);
-    }
-    let Some((n, mut next)) = header(buf, at, RespError::InvalidMultibulkLength)? else {
-        return Ok(None);
+    let value = match tag {
+        b'%' => {
+            let mut items = items.into_iter();
+            let mut pairs = Vec::with_capacity(count);
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                pairs.push((k, v));
+            }
+            Value::Map(pairs)
+        }
+        b'~' => Value::Set(items),
+        _ => Value::Array(items),
     };
-    if n < 0 || n as usize > limits.max_array / 2 {
-        return Err(RespError::InvalidMultibulkLength);
-    }
-    let mut pairs = Vec::with_capacity((n as usize).min(512));
-    for _ in 0..n {
-        let Some((k, after)) = parse_value_at(buf, next, limits, depth + 1)? else {
-            return Ok(None);
-        };
-        let Some((v, after)) = parse_value_at(buf, after, limits, depth + 1)? else {
-            return Ok(None);
-        };
-        pairs.push((k, v));
-        next = after;
-    }
-    Ok(Some((Value::Map(pairs), next)))
+    Ok(Some((value, next)))
 }
 
 fn parse_double(t: &[u8]) -> Option<f64> {
