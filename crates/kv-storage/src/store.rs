@@ -766,13 +766,20 @@ impl Inner {
     /// has passed into tombstones, a batch per shard lock at a time.
     fn expire_loop(&self, every: Duration) {
         let mut bg = self.bg.lock();
+        let mut due = std::time::Instant::now() + every;
         while !bg.shutdown {
-            self.bg_changed.wait_for(&mut bg, every);
+            // Other notifications (snapshot requests, shutdown) share this
+            // condition variable: sweep on our own schedule, not on theirs.
+            self.bg_changed.wait_until(&mut bg, due);
             if bg.shutdown {
                 break;
             }
+            if std::time::Instant::now() < due {
+                continue;
+            }
             drop(bg);
             self.expire_round();
+            due = std::time::Instant::now() + every;
             bg = self.bg.lock();
         }
     }
