@@ -1,16 +1,28 @@
 //! Model-based test: random operation sequences run against the store and a
-//! `BTreeMap` must give identical results, across reopens and snapshots.
+//! `BTreeMap` must give identical results, across reopens and snapshots,
+//! with expiries on a simulated clock that the sequence moves forward.
 //! A failure prints a seed; proptest replays it from
 //! `proptest-regressions/` or with `PROPTEST_RNG_SEED`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use kv_storage::testing::SimClock;
 use kv_storage::{Durability, Options, SnapshotTrigger, Store};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
     Put(Vec<u8>, Vec<u8>),
+    /// Put expiring after this many ms.
+    PutTtl(Vec<u8>, Vec<u8>, u64),
+    Expire(Vec<u8>, u64),
+    Persist(Vec<u8>),
+    Ttl(Vec<u8>),
+    /// Move the clock forward this many ms.
+    Advance(u64),
+    /// Run the active expiry now.
+    Sweep,
     Delete(Vec<u8>),
     Get(Vec<u8>),
     Scan(Vec<u8>),
@@ -25,6 +37,12 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'c')], 0..4)
 }
 
+fn ttl() -> impl Strategy<Value = u64> {
+    // Around the clock steps, so that keys expire between operations, and
+    // exactly at a step now and then.
+    prop_oneof![0u64..5000, Just(1000)]
+}
+
 fn value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..16),
@@ -35,6 +53,12 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (key(), value()).prop_map(|(k, v)| Op::Put(k, v)),
+        3 => (key(), value(), ttl()).prop_map(|(k, v, t)| Op::PutTtl(k, v, t)),
+        1 => (key(), ttl()).prop_map(|(k, t)| Op::Expire(k, t)),
+        1 => key().prop_map(Op::Persist),
+        2 => key().prop_map(Op::Ttl),
+        2 => (0u64..3000).prop_map(Op::Advance),
+        1 => Just(Op::Sweep),
         3 => key().prop_map(Op::Delete),
         3 => key().prop_map(Op::Get),
         1 => key().prop_map(Op::Scan),
@@ -64,53 +88,131 @@ fn durability() -> impl Strategy<Value = Durability> {
     ]
 }
 
+/// The model: each key's value and expiry (ms since the Unix epoch). An
+/// expired value stays in the model until the store's active expiry or a
+/// reopen would have turned it into a tombstone, so that `Sweep` can check
+/// how many values the store expires.
+type Model = BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
+
+fn live(e: &(Vec<u8>, Option<u64>), now: u64) -> bool {
+    e.1.is_none_or(|t| now < t)
+}
+
+fn model_get(m: &Model, k: &[u8], now: u64) -> Option<Vec<u8>> {
+    m.get(k).filter(|e| live(e, now)).map(|e| e.0.clone())
+}
+
 fn model_page(
-    m: &BTreeMap<Vec<u8>, Vec<u8>>,
+    m: &Model,
+    now: u64,
     prefix: &[u8],
     after: Option<&[u8]>,
     limit: usize,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
     m.iter()
+        .filter(|(_, e)| live(e, now))
         .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_slice() > a))
         .take(limit)
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, e)| (k.clone(), e.0.clone()))
         .collect()
 }
 
-fn run(ops: Vec<Op>, opts: Options, can_reopen: bool) -> Result<(), TestCaseError> {
+/// Removes the expired values from the model; returns how many.
+fn model_sweep(m: &mut Model, now: u64) -> usize {
+    let before = m.len();
+    m.retain(|_, e| live(e, now));
+    before - m.len()
+}
+
+fn run(
+    ops: Vec<Op>,
+    opts: Options,
+    clock: &SimClock,
+    can_reopen: bool,
+) -> Result<(), TestCaseError> {
+    // The background expiry never runs on its own here: `Sweep` runs it.
+    let opts = opts
+        .clock(clock)
+        .expire_interval(Duration::from_secs(1 << 20));
     let mut store = Store::open(opts.clone()).expect("open");
-    let mut model = BTreeMap::new();
+    let mut model = Model::new();
     for op in ops {
+        let now = clock.now_ms();
         match op {
             Op::Put(k, v) => {
                 store.put(&k, &v).expect("put");
-                model.insert(k, v);
+                model.insert(k, (v, None));
             }
+            Op::PutTtl(k, v, ttl) => {
+                store
+                    .put_with_ttl(&k, &v, Duration::from_millis(ttl))
+                    .expect("put_with_ttl");
+                model.insert(k, (v, Some((now + ttl).max(1))));
+            }
+            Op::Expire(k, ttl) => {
+                let done = store
+                    .expire(&k, Duration::from_millis(ttl))
+                    .expect("expire");
+                let expect = match model.get_mut(&k).filter(|e| live(e, now)) {
+                    Some(e) => {
+                        e.1 = Some(now + ttl);
+                        true
+                    }
+                    None => false,
+                };
+                prop_assert_eq!(done, expect);
+            }
+            Op::Persist(k) => {
+                let done = store.persist(&k).expect("persist");
+                let e = model.get_mut(&k).filter(|e| live(e, now) && e.1.is_some());
+                let expect = e.map(|e| e.1 = None).is_some();
+                prop_assert_eq!(done, expect);
+            }
+            Op::Ttl(k) => {
+                let expect = model
+                    .get(&k)
+                    .filter(|e| live(e, now))
+                    .map(|e| e.1.map(|t| Duration::from_millis(t - now)));
+                prop_assert_eq!(store.ttl(&k), expect);
+            }
+            Op::Advance(ms) => clock.advance(Duration::from_millis(ms)),
+            Op::Sweep => prop_assert_eq!(store.expire_tick(), model_sweep(&mut model, now)),
             Op::Delete(k) => {
                 let existed = store.delete(&k).expect("delete");
-                prop_assert_eq!(existed, model.remove(&k).is_some());
+                let live_now = model.get(&k).is_some_and(|e| live(e, now));
+                if live_now {
+                    model.remove(&k);
+                }
+                prop_assert_eq!(existed, live_now);
             }
-            Op::Get(k) => prop_assert_eq!(store.get(&k), model.get(&k).cloned()),
+            Op::Get(k) => {
+                prop_assert_eq!(store.get(&k), model_get(&model, &k, now));
+                prop_assert_eq!(store.contains_key(&k), model_get(&model, &k, now).is_some());
+            }
             Op::Scan(p) => prop_assert_eq!(
                 store.scan_prefix(&p),
-                model_page(&model, &p, None, usize::MAX)
+                model_page(&model, now, &p, None, usize::MAX)
             ),
             Op::Page(p, a, n) => prop_assert_eq!(
                 store.scan_page(&p, a.as_deref(), n),
-                model_page(&model, &p, a.as_deref(), n)
+                model_page(&model, now, &p, a.as_deref(), n)
             ),
             Op::Reopen if can_reopen => {
                 store.close().expect("close");
                 store = Store::open(opts.clone()).expect("reopen");
+                // Recovery turns what has expired into tombstones.
+                model_sweep(&mut model, now);
             }
             Op::Reopen => {}
             Op::Snapshot => store.snapshot().expect("snapshot"),
             Op::Flush => store.flush().expect("flush"),
         }
-        prop_assert_eq!(store.len(), model.len());
+        let now = clock.now_ms();
+        let live_keys = model.values().filter(|e| live(e, now)).count();
+        prop_assert_eq!(store.len(), live_keys);
     }
     let all = store.scan_prefix(b"");
-    let expect: Vec<_> = model.into_iter().collect();
+    let expect = model_page(&model, clock.now_ms(), b"", None, usize::MAX);
     prop_assert_eq!(all, expect);
     Ok(())
 }
@@ -131,11 +233,11 @@ proptest! {
             .snapshot_trigger(trigger)
             .segment_bytes(segment)
             .shards(4);
-        run(ops, opts, true)?;
+        run(ops, opts, &SimClock::at_ms(1_767_225_600_000), true)?;
     }
 
     #[test]
     fn in_memory_store_matches_btreemap(ops in proptest::collection::vec(op(), 1..200)) {
-        run(ops, Options::in_memory(), false)?;
+        run(ops, Options::in_memory(), &SimClock::at_ms(1_767_225_600_000), false)?;
     }
 }
