@@ -59,11 +59,12 @@ fn workload(addrs: &[String]) -> (Vec<Op>, usize) {
                     .iter()
                     .map(|a| {
                         let mut c = Client::connect(a).expect("connect");
-                        c.set_timeout(Some(Duration::from_secs(5))).unwrap();
+                        c.set_timeout(Some(Duration::from_secs(5)))
+                            .expect("timeout");
                         c
                     })
                     .collect();
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1) * 0x1234_5678_9abc);
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678_9abc));
                 let mut ops = Vec::new();
                 let mut n = 0u64;
                 while start.elapsed() < RUN {
@@ -94,14 +95,14 @@ fn workload(addrs: &[String]) -> (Vec<Op>, usize) {
                         });
                     }
                 }
-                history.lock().unwrap().extend(ops);
+                history.lock().expect("history").extend(ops);
             })
         })
         .collect();
     for t in threads {
-        t.join().unwrap();
+        t.join().expect("client thread");
     }
-    let ops = std::mem::take(&mut *history.lock().unwrap());
+    let ops = std::mem::take(&mut *history.lock().expect("history"));
     let acked = ops.iter().filter(|o| o.ret.is_some()).count();
     (ops, acked)
 }
