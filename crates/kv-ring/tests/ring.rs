@@ -82,8 +82,14 @@ proptest! {
         let leaver = nodes[which.index(nodes.len())].clone();
         let mut after = before.clone();
         after.remove(&leaver);
+        prop_assert!(!after.contains(&leaver));
+        prop_assert!(!after.nodes().contains(&leaver));
+        prop_assert!(!after.shares(3).contains_key(&leaver));
         for k in &sample_keys() {
             let (b, a) = (before.preference_list(k, 3), after.preference_list(k, 3));
+            // The leaver is gone: it owns nothing any more.
+            prop_assert!(!a.contains(&leaver.as_str()), "{} still listed for {:?}", leaver, k);
+            prop_assert_eq!(a.len(), b.len().min(nodes.len() - 1));
             if !b.contains(&leaver.as_str()) {
                 prop_assert_eq!(&b, &a);
             } else {
