@@ -83,6 +83,9 @@ pub struct Planted {
     /// other replicas may have stored (and a read returned) the first
     /// version (the re-stamp before the linearizability fix).
     pub eager_restamp: bool,
+    /// A read whose repair finds a newer version than the one it read
+    /// returns the older one anyway (the read path before the fix).
+    pub repair_ignores_newer: bool,
 }
 
 /// Default maximum clock offset between nodes (ms).
@@ -213,6 +216,10 @@ type Page = (Vec<(Vec<u8>, Stamped)>, bool);
 /// conflict (the first and two re-stamps).
 const WRITE_TRIES: u32 = 3;
 
+/// Rounds of queries a read makes at most when its repair keeps finding
+/// newer versions.
+const READ_TRIES: u32 = 3;
+
 enum Work {
     Write {
         version: Ver,
@@ -236,6 +243,8 @@ enum Work {
         seen: Vec<(NodeId, Option<Ver>)>,
         /// While repairing: the replicas known to hold `best`.
         holders: Option<BTreeSet<NodeId>>,
+        /// Rounds of queries so far (this one included).
+        tries: u32,
     },
     List {
         limit: u32,
@@ -1083,6 +1092,21 @@ impl Node {
     }
 
     fn start_read(&mut self, now: u64, client: u64, key: Vec<u8>, store: &Store) {
+        let deadline = now + self.cfg.request_timeout;
+        self.send_read(now, deadline, client, key, 1, store);
+    }
+
+    /// Sends round `tries` of a read's queries (a retry keeps the first
+    /// round's deadline).
+    fn send_read(
+        &mut self,
+        now: u64,
+        deadline: u64,
+        client: u64,
+        key: Vec<u8>,
+        tries: u32,
+        store: &Store,
+    ) {
         let groups = self.groups(&key, false);
         let replicas = union(&groups);
         let work = Work::Read {
@@ -1090,8 +1114,12 @@ impl Node {
             best: None,
             seen: Vec::new(),
             holders: None,
+            tries,
         };
         let op = self.new_op(now, client, groups, work);
+        if let Some(p) = self.pending.get_mut(&op) {
+            p.deadline = deadline;
+        }
         for node in replicas {
             if node == self.cfg.id {
                 let state = read_local(store, &key);
@@ -1383,8 +1411,36 @@ impl Node {
             Work::Read {
                 holders: Some(holders),
                 seen,
-                ..
+                best,
+                key,
+                tries,
             } => {
+                let best_version = best.as_ref().map(|b| b.version);
+                let newer = newer.filter(|_| !self.cfg.planted.repair_ignores_newer);
+                if let Some(n) = newer.filter(|n| Some(*n) > best_version) {
+                    // The repair found a version newer than the one this
+                    // read would return, which may have been acknowledged
+                    // before a write this read saw began (a coordinator's
+                    // clock behind): returning it could go back in time.
+                    // Ask again, a bounded number of times.
+                    let (key, tries) = (key.clone(), *tries);
+                    let (client, deadline) = (p.client, p.deadline);
+                    let answered = p.answered.len();
+                    let needed = p.groups.iter().map(|(_, n)| *n).max().unwrap_or(1);
+                    let replicas = union(&p.groups).len();
+                    self.pending.remove(&op);
+                    self.observe(n.ts);
+                    if tries >= READ_TRIES {
+                        let reply = ClientReply::Unavailable {
+                            answered,
+                            needed,
+                            replicas,
+                        };
+                        return self.reply(client, reply);
+                    }
+                    let now = now.max(self.last_now);
+                    return self.send_read(now, deadline, client, key, tries + 1, store);
+                }
                 let fresh = holders.insert(from.to_string());
                 let everyone = seen.iter().all(|(n, _)| holders.contains(n));
                 if fresh && (everyone || met_write(&p.groups, holders, self.cfg.write_quorum)) {
@@ -1477,6 +1533,7 @@ impl Node {
             best,
             seen,
             holders,
+            ..
         } = &mut p.work
         else {
             return;
@@ -1521,13 +1578,14 @@ impl Node {
     /// Writes `newest` to a stale replica (acks count toward `op`, 0: none).
     fn repair(&mut self, op: u64, node: &str, key: &[u8], newest: &Stamped, store: &Store) {
         if node == self.cfg.id {
-            if let Some((was_live, _)) =
+            if let Some((was_live, newer)) =
                 apply_local(store, key, newest.value.as_deref(), newest.version)
             {
-                // A repair's replica holds `newest` or something newer:
-                // either way it counts as holding it.
+                // A repair's replica holds `newest` (or something newer,
+                // which makes the read ask again).
                 let me = self.cfg.id.clone();
-                self.on_write_ack(0, op, &me, was_live, None, store);
+                let now = self.last_now;
+                self.on_write_ack(now, op, &me, was_live, newer, store);
             }
         } else {
             let msg = PeerMsg::Replicate {

@@ -242,7 +242,8 @@ struct Sim {
     /// Client ids of the reads scheduled after a rebalance.
     rebalance_reads: std::collections::BTreeSet<u64>,
     /// Reads to issue at a time (ms), of a key, because a rebalance ended.
-    scheduled: Vec<(u64, usize)>,
+    /// Each with whether it follows a rebalance (else it is an audit).
+    scheduled: Vec<(u64, usize, bool)>,
     next_client: u64,
     done: Vec<Done>,
     /// Every value a client asked to write, with its key (values are unique).
@@ -251,6 +252,10 @@ struct Sim {
 }
 
 const TICK: u64 = 10;
+
+/// Chance per millisecond of the workload that every key is read at once
+/// (an audit), per million: a few times a run.
+const AUDIT_PPM: u64 = 1_500;
 
 /// When (ms after a rebalance ends) every key is read at quorum.
 const AFTER_REBALANCE: [u64; 5] = [1, 20, 100, 400, 1500];
@@ -399,7 +404,7 @@ impl Sim {
                         // anti-entropy can hide a range copied short.
                         for delay in AFTER_REBALANCE {
                             for key in 0..self.cfg.keys {
-                                self.scheduled.push((self.now + delay, key));
+                                self.scheduled.push((self.now + delay, key, true));
                             }
                         }
                     }
@@ -653,15 +658,18 @@ impl Sim {
     /// member.
     fn issue_scheduled(&mut self) {
         let now = self.now;
-        let (due, later): (Vec<_>, Vec<_>) = self.scheduled.iter().partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.scheduled.iter().partition(|(at, _, _)| *at <= now);
         self.scheduled = later;
-        for (_, key) in due {
+        for (_, key, after_rebalance) in due {
             let members = self.live_where(|n| n.status() == Status::Normal);
             if members.is_empty() {
                 continue;
             }
             let i = members[self.rng.below(members.len() as u64) as usize];
-            self.rebalance_reads.insert(self.next_client);
+            if after_rebalance {
+                self.rebalance_reads.insert(self.next_client);
+            }
             self.issue(i, Kind::Read { key });
         }
     }
@@ -812,6 +820,13 @@ impl Sim {
                 leaves += 1;
             }
             self.step(true);
+            // Now and then, read every key at quorum in the middle of the
+            // faults: a loss that repair would hide by the end still shows.
+            if self.rng.chance(AUDIT_PPM) {
+                for key in 0..self.cfg.keys {
+                    self.scheduled.push((self.now, key, false));
+                }
+            }
             if self.rng.chance(150_000) {
                 let live = self.live();
                 if let Some(&i) = live.get(self.rng.below(live.len() as u64) as usize) {

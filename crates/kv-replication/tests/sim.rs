@@ -175,7 +175,12 @@ fn the_same_seed_replays_the_same_run() {
 /// The first seed whose run reports a violation containing `what`, with
 /// that violation; fails the test (saying `expect`) if no seed does.
 fn caught(cfg: &SimConfig, what: &str, expect: &str) -> (u64, String) {
-    let found = seeds().into_iter().find_map(|seed| {
+    caught_in(cfg, &seeds(), what, expect)
+}
+
+/// [`caught`] over the given seeds.
+fn caught_in(cfg: &SimConfig, seeds: &[u64], what: &str, expect: &str) -> (u64, String) {
+    let found = seeds.iter().copied().find_map(|seed| {
         let mut r = run(seed, cfg);
         if let Err(v) = linearizable(&r) {
             r.violations.push(v);
@@ -427,4 +432,25 @@ fn re_stamping_a_write_that_was_stored_is_caught() {
         "re-stamping writes that some replica stored must break linearizability within the seeds run",
     );
     println!("eager re-stamp caught at seed {seed}: {what}");
+}
+
+/// A read whose blocking repair finds a version newer than the one it is
+/// about to return must ask again: returning the older one lets a write
+/// stamped by a clock behind the others be seen after a newer write that
+/// finished before it began, and then vanish.
+#[test]
+fn a_read_that_returns_what_its_repair_found_outdated_is_caught() {
+    // Few keys, so that writes and reads meet often.
+    let mut cfg = SimConfig {
+        keys: 2,
+        ..SimConfig::default()
+    };
+    cfg.planted.repair_ignores_newer = true;
+    let (seed, what) = caught_in(
+        &cfg,
+        &seeds_up_to(2000),
+        "not linearizable",
+        "a read returning a value its repair found outdated must break linearizability within the seeds run",
+    );
+    println!("outdated read caught at seed {seed}: {what}");
 }
