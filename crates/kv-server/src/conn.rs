@@ -692,11 +692,20 @@ fn resp_cluster_op(
             let op = ClientOp::Put {
                 key: k.to_vec(),
                 value: v.to_vec(),
+                expires_at: None,
             };
             (op, ReplyTo::RespSet)
         }
         (b"del" | b"unlink", [k]) => (ClientOp::Delete { key: k.to_vec() }, ReplyTo::RespDel),
-        _ => return ClusterRoute::NotCoordinated,
+        _ => {
+            return match crate::resp_expiry::cluster_op(shared, proto, args, out) {
+                Some(crate::resp_expiry::Route::Forward(op, reply)) => {
+                    ClusterRoute::Forward(op, reply)
+                }
+                Some(crate::resp_expiry::Route::Refused) => ClusterRoute::Refused,
+                None => ClusterRoute::NotCoordinated,
+            }
+        }
     };
     ClusterRoute::Forward(op, reply)
 }
@@ -710,6 +719,10 @@ fn resp_refused_in_cluster(args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> bool {
     else {
         return false;
     };
+    if let Some(refusal) = crate::resp_expiry::cluster_refusal(&name, args) {
+        resp_cmd::error(out, &refusal);
+        return true;
+    }
     let why = match name.as_str() {
         "multi" | "exec" | "discard" | "watch" | "unwatch" => {
             "MULTI/EXEC transactions are not supported on a cluster: they would need atomic operations across replicas"
@@ -744,6 +757,7 @@ fn native_cluster_op(
                 ClientOp::Put {
                     key: key.clone(),
                     value: value.clone(),
+                    expires_at: None,
                 },
                 native(NativeKind::Put),
             )),
@@ -832,7 +846,8 @@ mod tests {
                     op,
                     key,
                     value,
-                    version
+                    version,
+                    expires_at: None,
                 }),
             (any::<u64>(), key.clone()).prop_map(|(op, key)| PeerMsg::Read { op, key }),
             (any::<u64>(), bytes(2), any::<u32>()).prop_map(|(op, prefix, limit)| {
@@ -855,7 +870,7 @@ mod tests {
                 PeerMsg::StreamPage {
                     transition: 1,
                     cursor: (0, 0),
-                    entries: vec![(k, Stamped { version, value })],
+                    entries: vec![(k, Stamped { version, value, expires_at: None })],
                     keys: 1,
                     bytes: 1,
                     next: None,
