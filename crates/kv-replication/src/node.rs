@@ -1490,8 +1490,7 @@ impl Node {
     fn repair(&mut self, op: u64, node: &str, key: &[u8], newest: &Stamped, store: &Store) {
         if node == self.cfg.id {
             let (value, expires_at) = (newest.value.as_deref(), newest.expires_at);
-            if let Some((was_live, _)) =
-                apply_local(store, key, value, newest.version, expires_at)
+            if let Some((was_live, _)) = apply_local(store, key, value, newest.version, expires_at)
             {
                 // A repair's replica holds `newest` or something newer:
                 // either way it counts as holding it.

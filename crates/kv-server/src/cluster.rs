@@ -1035,6 +1035,10 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
         return Ok(false);
     }
     native::check_preamble(&link.rbuf).map_err(|e| io::Error::other(e.to_string()))?;
+    if native::preamble_flags(&link.rbuf) & native::FLAG_PEER_EXPIRY == 0 {
+        eprintln!("kv-server: {peer} runs an older kv whose peer messages carry no key expiry; not talking to it (upgrade every node of the cluster)");
+        return Err(io::Error::other("peer without key expiry"));
+    }
     let body = &link.rbuf[native::PREAMBLE_LEN..];
     let Some((frame, used)) = native::decode_frame::<Response>(body, 1 << 20)
         .map_err(|e| io::Error::other(e.to_string()))?
@@ -1218,14 +1222,15 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
             let live = s.filter(|s| s.value_at(now).is_some());
             crate::resp_expiry::encode_ttl(&mut out, kind, live.map(|s| s.expires_at), now)
         }
-        (ReplyTo::RespTtl(_), other) => crate::resp_cmd::error(
-            &mut out,
-            &format!("ERR unexpected cluster reply {other:?}"),
-        ),
+        (ReplyTo::RespTtl(_), other) => {
+            crate::resp_cmd::error(&mut out, &format!("ERR unexpected cluster reply {other:?}"))
+        }
         (ReplyTo::Native(id, kind), reply) => {
             let r = match (kind, reply) {
                 (NativeKind::Get, ClientReply::Value(s)) => Response::Value {
-                    value: s.filter(|s| s.value_at(now).is_some()).and_then(|s| s.value),
+                    value: s
+                        .filter(|s| s.value_at(now).is_some())
+                        .and_then(|s| s.value),
                 },
                 (NativeKind::Put, _) => Response::Ok,
                 (NativeKind::Delete, ClientReply::Written { existed, .. }) => {

@@ -127,6 +127,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec!("unwatch", 1, CONN, 0, 0, 0, "transactions", "Forgets about watched keys of a transaction."),
     spec!("cluster", -1, ADMIN, 0, 0, 0, "cluster", "kv's cluster view: members, health and rebalance progress."),
     spec!("localget", 2, R, 1, 1, 1, "cluster", "kv: this node's own copy of a key and its version, without coordination."),
+    spec!("localpexpiretime", 2, R, 1, 1, 1, "cluster", "kv: the expiry (as PEXPIRETIME) of this node's own copy of a key, without coordination."),
 ];
 
 /// The spec of `name` (lower case), if this server knows it.

@@ -137,7 +137,11 @@ pub fn expiry_ms(unit: Unit, arg: &[u8], cmd: &str, now: u64, out: &mut Vec<u8>)
     };
     let seconds = matches!(unit, Unit::Ex | Unit::ExAt);
     let relative = matches!(unit, Unit::Ex | Unit::Px);
-    let ms = if seconds { n.checked_mul(1000) } else { Some(n) };
+    let ms = if seconds {
+        n.checked_mul(1000)
+    } else {
+        Some(n)
+    };
     let base = if relative { now } else { 0 };
     let at = ms
         .filter(|&ms| n > 0 && ms > 0)
@@ -255,6 +259,11 @@ pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out
         return encode_ttl(out, kind, live_expiry(shared, &rest[0]), now);
     }
     match name {
+        // This node's own copy, never coordinated (a debugging aid).
+        "localpexpiretime" => {
+            let state = live_expiry(shared, &rest[0]);
+            encode_ttl(out, TtlKind::PexpireTime, state, now)
+        }
         "set" => set(shared, p, rest, out),
         "setex" | "psetex" => {
             let unit = if name == "setex" { Unit::Ex } else { Unit::Px };
@@ -406,7 +415,11 @@ fn expire(shared: &Shared, name: &str, rest: &[Cow<'_, [u8]>], now: u64, out: &m
     } else {
         0
     };
-    let when = if seconds { n.checked_mul(1000) } else { Some(n) };
+    let when = if seconds {
+        n.checked_mul(1000)
+    } else {
+        Some(n)
+    };
     let Some(when) = when.filter(|&w| w <= i64::MAX - base).map(|w| w + base) else {
         return invalid_expire(out, name);
     };
@@ -494,7 +507,8 @@ pub fn cluster_op(
 /// The refusal, in a cluster, of a command that changes the expiry of a
 /// value already stored; `None` for other commands.
 pub fn cluster_refusal(name: &str, args: &[Cow<'_, [u8]>]) -> Option<String> {
-    let keepttl = name == "set" && args.len() > 3 && parse_set(&args[3..]).is_some_and(|o| o.keepttl);
+    let keepttl =
+        name == "set" && args.len() > 3 && parse_set(&args[3..]).is_some_and(|o| o.keepttl);
     if !(is_read_modify_write(name, args.len()) || keepttl) {
         return None;
     }

@@ -62,17 +62,35 @@ fn now_ms() -> u64 {
 /// depend on the clock are kept coarse (a TTL in whole seconds, well
 /// before it moves).
 const SCRIPT: &[(&str, &str)] = &[
-    ("SET k v EX 0", "-ERR invalid expire time in 'set' command\r\n"),
-    ("SET k v EX -1", "-ERR invalid expire time in 'set' command\r\n"),
-    ("SET k v EX abc", "-ERR value is not an integer or out of range\r\n"),
-    ("SET k v PX 0", "-ERR invalid expire time in 'set' command\r\n"),
+    (
+        "SET k v EX 0",
+        "-ERR invalid expire time in 'set' command\r\n",
+    ),
+    (
+        "SET k v EX -1",
+        "-ERR invalid expire time in 'set' command\r\n",
+    ),
+    (
+        "SET k v EX abc",
+        "-ERR value is not an integer or out of range\r\n",
+    ),
+    (
+        "SET k v PX 0",
+        "-ERR invalid expire time in 'set' command\r\n",
+    ),
     ("SET k v EX 10 PX 10", "-ERR syntax error\r\n"),
     ("SET k v EX 10 KEEPTTL", "-ERR syntax error\r\n"),
     ("SET k v KEEPTTL EX 10", "-ERR syntax error\r\n"),
     ("SET k v NX XX", "-ERR syntax error\r\n"),
     ("SET k v EX", "-ERR syntax error\r\n"),
-    ("SET k v EXAT 0", "-ERR invalid expire time in 'set' command\r\n"),
-    ("SET k v EX 9223372036854775", "-ERR invalid expire time in 'set' command\r\n"),
+    (
+        "SET k v EXAT 0",
+        "-ERR invalid expire time in 'set' command\r\n",
+    ),
+    (
+        "SET k v EX 9223372036854775",
+        "-ERR invalid expire time in 'set' command\r\n",
+    ),
     ("SET k v PXAT 1", "+OK\r\n"),
     ("GET k", "$-1\r\n"),
     ("SET k v EX 100 GET", "$-1\r\n"),
@@ -86,7 +104,10 @@ const SCRIPT: &[(&str, &str)] = &[
     ("EXPIRETIME missing", ":-2\r\n"),
     ("PEXPIRETIME k", ":-1\r\n"),
     ("EXPIRE missing 10", ":0\r\n"),
-    ("EXPIRE k abc", "-ERR value is not an integer or out of range\r\n"),
+    (
+        "EXPIRE k abc",
+        "-ERR value is not an integer or out of range\r\n",
+    ),
     ("EXPIRE k 10 NX", ":1\r\n"),
     ("EXPIRE k 20 NX", ":0\r\n"),
     ("EXPIRE k 5 GT", ":0\r\n"),
@@ -94,11 +115,23 @@ const SCRIPT: &[(&str, &str)] = &[
     ("EXPIRE k 100 LT", ":0\r\n"),
     ("EXPIRE k 5 LT", ":1\r\n"),
     ("EXPIRE k 5 XX", ":1\r\n"),
-    ("EXPIRE k 5 NX XX", "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n"),
-    ("EXPIRE k 5 GT LT", "-ERR GT and LT options at the same time are not compatible\r\n"),
+    (
+        "EXPIRE k 5 NX XX",
+        "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n",
+    ),
+    (
+        "EXPIRE k 5 GT LT",
+        "-ERR GT and LT options at the same time are not compatible\r\n",
+    ),
     ("EXPIRE k 5 FOO", "-ERR Unsupported option FOO\r\n"),
-    ("EXPIRE k 922337203685477580", "-ERR invalid expire time in 'expire' command\r\n"),
-    ("PEXPIRE k 9223372036854775807", "-ERR invalid expire time in 'pexpire' command\r\n"),
+    (
+        "EXPIRE k 922337203685477580",
+        "-ERR invalid expire time in 'expire' command\r\n",
+    ),
+    (
+        "PEXPIRE k 9223372036854775807",
+        "-ERR invalid expire time in 'pexpire' command\r\n",
+    ),
     ("PERSIST k", ":1\r\n"),
     ("PERSIST k", ":0\r\n"),
     ("PERSIST missing", ":0\r\n"),
@@ -107,14 +140,26 @@ const SCRIPT: &[(&str, &str)] = &[
     ("PEXPIREAT k 4102444800000", ":1\r\n"),
     ("PEXPIRETIME k", ":4102444800000\r\n"),
     ("EXPIRETIME k", ":4102444800\r\n"),
-    ("SETEX s 0 v", "-ERR invalid expire time in 'setex' command\r\n"),
-    ("SETEX s x v", "-ERR value is not an integer or out of range\r\n"),
-    ("PSETEX s -5 v", "-ERR invalid expire time in 'psetex' command\r\n"),
+    (
+        "SETEX s 0 v",
+        "-ERR invalid expire time in 'setex' command\r\n",
+    ),
+    (
+        "SETEX s x v",
+        "-ERR value is not an integer or out of range\r\n",
+    ),
+    (
+        "PSETEX s -5 v",
+        "-ERR invalid expire time in 'psetex' command\r\n",
+    ),
     ("SETEX s 10 v", "+OK\r\n"),
     ("TTL s", ":10\r\n"),
     ("GETEX s PERSIST", "$1\r\nv\r\n"),
     ("TTL s", ":-1\r\n"),
-    ("GETEX s EX 0", "-ERR invalid expire time in 'getex' command\r\n"),
+    (
+        "GETEX s EX 0",
+        "-ERR invalid expire time in 'getex' command\r\n",
+    ),
     ("GETEX s EX 10 PX 10", "-ERR syntax error\r\n"),
     ("GETEX s KEEPTTL", "-ERR syntax error\r\n"),
     ("GETEX missing EX 10", "$-1\r\n"),
@@ -136,9 +181,18 @@ const SCRIPT: &[(&str, &str)] = &[
     ("SET q x EX 10 EX 20", "+OK\r\n"),
     ("TTL q", ":20\r\n"),
     ("SET q v EXAT 9223372036854775", "+OK\r\n"),
-    ("TTL", "-ERR wrong number of arguments for 'ttl' command\r\n"),
-    ("EXPIRE q", "-ERR wrong number of arguments for 'expire' command\r\n"),
-    ("SETEX q 10", "-ERR wrong number of arguments for 'setex' command\r\n"),
+    (
+        "TTL",
+        "-ERR wrong number of arguments for 'ttl' command\r\n",
+    ),
+    (
+        "EXPIRE q",
+        "-ERR wrong number of arguments for 'expire' command\r\n",
+    ),
+    (
+        "SETEX q 10",
+        "-ERR wrong number of arguments for 'setex' command\r\n",
+    ),
 ];
 
 fn run_script(addr: SocketAddr) -> Vec<String> {
@@ -311,9 +365,15 @@ fn in_a_cluster_an_expiry_replicates_as_the_same_instant() {
     }
     // Changing the expiry of a stored value is refused, with no effect.
     let refused = conns[1].call(&["EXPIRE", "p", "10"]);
-    assert!(refused.starts_with("-ERR 'expire' changes the expiry"), "{refused:?}");
+    assert!(
+        refused.starts_with("-ERR 'expire' changes the expiry"),
+        "{refused:?}"
+    );
     let refused = conns[1].call(&["SET", "p", "w", "KEEPTTL"]);
-    assert!(refused.starts_with("-ERR 'set' changes the expiry"), "{refused:?}");
+    assert!(
+        refused.starts_with("-ERR 'set' changes the expiry"),
+        "{refused:?}"
+    );
     assert_eq!(conns[2].int(&["TTL", "p"]), -1);
     assert_eq!(conns[2].call(&["GET", "p"]), "$1\r\nv\r\n");
     assert_eq!(
@@ -329,6 +389,103 @@ fn in_a_cluster_an_expiry_replicates_as_the_same_instant() {
     });
     for c in conns.iter_mut() {
         assert_eq!(c.int(&["TTL", "k"]), -2);
-        assert!(c.call(&["LOCALGET", "s"]).contains("$1\r\nv"), "s held by every node");
+        assert!(
+            c.call(&["LOCALGET", "s"]).contains("$1\r\nv"),
+            "s held by every node"
+        );
     }
+}
+
+/// A replica that was down when a write with an expiry was made, and a
+/// node that joins later (and receives its ranges by streaming), end up
+/// with the same absolute expiry as the others (hints, anti-entropy, read
+/// repair and rebalancing streams all carry it).
+#[test]
+fn a_late_replica_and_a_new_node_get_the_same_expiry() {
+    let fast = ["--anti-entropy-ms", "300"];
+    let node = |join: Option<SocketAddr>| {
+        let mut args = vec!["--cluster-secret", SECRET, "--anti-entropy-ms", "300"];
+        let seed = join.map(|a| a.to_string());
+        if let Some(s) = &seed {
+            args.extend_from_slice(&["--join", s.as_str()]);
+        }
+        ServerProc::start(BIN, &args)
+    };
+    let a = node(None);
+    let b = node(Some(a.addr));
+    let mut c = node(Some(a.addr));
+    wait_cluster(&[&a, &b, &c]);
+    c.kill9();
+    let mut ra = Resp::connect(a.addr);
+    let keys: Vec<String> = (0..20).map(|i| format!("late{i}")).collect();
+    for k in &keys {
+        assert_eq!(ra.call(&["SET", k, "v", "EX", "3600"]), "+OK\r\n");
+    }
+    let want: Vec<i64> = keys.iter().map(|k| ra.int(&["PEXPIRETIME", k])).collect();
+    let mut c_args = vec!["--cluster-secret", SECRET];
+    c_args.extend_from_slice(&fast);
+    c.restart_with(&c_args);
+    let mut rc = Resp::connect(c.addr);
+    wait_for(
+        "c's own copies to carry the expiry",
+        Duration::from_secs(60),
+        || {
+            keys.iter()
+                .zip(&want)
+                .all(|(k, w)| rc.int(&["LOCALPEXPIRETIME", k]) == *w)
+        },
+    );
+
+    let d = node(Some(a.addr));
+    let mut rd = Resp::connect(d.addr);
+    wait_for("d to join", Duration::from_secs(60), || {
+        let mut k = kv_client::Client::connect(&d.addr.to_string()).expect("connect");
+        let view = k.cluster().expect("view");
+        view.contains("4 members") && view.matches(" alive normal ").count() == 4
+    });
+    // With 3 replicas of 4 nodes, d holds about 3/4 of the keys.
+    let held: Vec<(i64, i64)> = keys
+        .iter()
+        .zip(&want)
+        .map(|(k, w)| (rd.int(&["LOCALPEXPIRETIME", k]), *w))
+        .filter(|(got, _)| *got != -2)
+        .collect();
+    assert!(!held.is_empty(), "d holds none of the keys");
+    for (got, w) in held {
+        assert_eq!(got, w, "d's streamed copy keeps the expiry");
+    }
+}
+
+/// A node of an older kv (its native preamble without the expiry flag)
+/// is refused as a peer: its peer messages would lose expiries.
+#[test]
+fn a_peer_without_expiry_in_its_messages_is_refused() {
+    use kv_proto::native::{self, Request, Response};
+    let server = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    let mut s = TcpStream::connect(server.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut old = native::preamble();
+    old[6..8].copy_from_slice(&[0, 0]);
+    s.write_all(&old).expect("preamble");
+    let mut wire = Vec::new();
+    let hello = Request::PeerHello {
+        from: "127.0.0.1:1".into(),
+        nonce: [7; 32],
+    };
+    native::encode_frame(&mut wire, 1, &hello);
+    s.write_all(&wire).expect("hello");
+    let mut buf = Vec::new();
+    let reply = loop {
+        let body = buf.get(native::PREAMBLE_LEN..).unwrap_or_default();
+        if let Some((frame, _)) = native::decode_frame::<Response>(body, 1 << 20).expect("frame") {
+            break frame.body;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed before answering");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let text = format!("{reply:?}");
+    assert!(text.contains("older kv"), "{text}");
 }

@@ -283,7 +283,12 @@ impl Store {
     /// epoch; `None`: never, a time already past: absent from now on) in
     /// one write, as Redis's `SET key value PXAT t` does. Returns the
     /// version given to the write.
-    pub fn put_expiring_at(&self, key: &[u8], value: &[u8], expires_at: Option<u64>) -> Result<Version> {
+    pub fn put_expiring_at(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires_at: Option<u64>,
+    ) -> Result<Version> {
         self.put_expiring(key, value, stored_expiry(expires_at))
     }
 
