@@ -516,3 +516,80 @@ pub fn cluster_refusal(name: &str, args: &[Cow<'_, [u8]>]) -> Option<String> {
         "ERR '{name}' changes the expiry of a stored value, a read-modify-write that the cluster cannot do atomically yet (a write landing in between would be lost); nothing was written. Write the value with its expiry instead: SET key value EX seconds"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_replication::Ver;
+
+    /// A hint as stored before hints carried an expiry: target, key,
+    /// value, version, created (postcard writes a struct as this tuple).
+    type OldHint = (String, Vec<u8>, Option<Vec<u8>>, Ver, u64);
+
+    #[test]
+    fn hints_stored_before_expiry_still_decode() {
+        let version = Ver { ts: 9, node: 2 };
+        let old: OldHint = ("n2".into(), b"k".to_vec(), Some(b"v".to_vec()), version, 5);
+        let bytes = postcard::to_allocvec(&old).expect("encode");
+        let h = decode_hint(&bytes).expect("an old hint decodes");
+        assert_eq!((h.key.as_slice(), h.expires_at), (&b"k"[..], None));
+        let new = Hint {
+            expires_at: Some(77),
+            ..h
+        };
+        let bytes = postcard::to_allocvec(&new).expect("encode");
+        assert_eq!(decode_hint(&bytes), Some(new));
+    }
+
+    #[test]
+    fn set_options_parse_as_redis_parses_them() {
+        let args = |s: &str| -> Vec<Cow<'static, [u8]>> {
+            s.split(' ')
+                .filter(|a| !a.is_empty())
+                .map(|a| Cow::Owned(a.as_bytes().to_vec()))
+                .collect()
+        };
+        for ok in [
+            "",
+            "NX GET EX 5",
+            "ex 1 ex 2",
+            "KEEPTTL keepttl XX",
+            "pxat 9 get",
+        ] {
+            assert!(parse_set(&args(ok)).is_some(), "{ok}");
+        }
+        for bad in [
+            "EX",
+            "EX 1 PX 1",
+            "KEEPTTL EX 1",
+            "EX 1 KEEPTTL",
+            "NX XX",
+            "FOO",
+        ] {
+            assert!(parse_set(&args(bad)).is_none(), "{bad}");
+        }
+        assert!(parse_set(&args("EX 5")).is_some_and(|o| o.is_plain_write()));
+        assert!(!parse_set(&args("EX 5 GET")).is_some_and(|o| o.is_plain_write()));
+    }
+
+    #[test]
+    fn expiry_arguments_are_checked_for_overflow() {
+        let mut out = Vec::new();
+        assert_eq!(
+            expiry_ms(Unit::Ex, b"2", "set", 1_000, &mut out),
+            Some(3_000)
+        );
+        assert_eq!(expiry_ms(Unit::PxAt, b"5", "set", 1_000, &mut out), Some(5));
+        assert!(out.is_empty());
+        for (unit, arg) in [
+            (Unit::Ex, &b"0"[..]),
+            (Unit::Px, b"-3"),
+            (Unit::Ex, b"9223372036854775"),
+            (Unit::ExAt, b"9223372036854776"),
+        ] {
+            out.clear();
+            assert_eq!(expiry_ms(unit, arg, "getex", 1_000, &mut out), None);
+            assert_eq!(out, b"-ERR invalid expire time in 'getex' command\r\n");
+        }
+    }
+}
