@@ -292,7 +292,7 @@ pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out
     }
 }
 
-/// SET key value [NX | XX] [GET] [EX | PX | EXAT | PXAT | KEEPTTL]; the
+/// `SET key value [NX | XX] [GET] [EX | PX | EXAT | PXAT | KEEPTTL]`; the
 /// caller holds every other command off.
 pub fn set(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     let (key, value) = (&rest[0], &rest[1]);
@@ -400,7 +400,7 @@ fn parse_expire_flags(opts: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> Option<Flags
     Some(f)
 }
 
-/// EXPIRE key n [NX | XX | GT | LT] and its PEXPIRE, EXPIREAT and
+/// `EXPIRE key n [NX | XX | GT | LT]` and its PEXPIRE, EXPIREAT and
 /// PEXPIREAT forms. A time already past deletes the key, as in Redis.
 fn expire(shared: &Shared, name: &str, rest: &[Cow<'_, [u8]>], now: u64, out: &mut Vec<u8>) {
     let Some(f) = parse_expire_flags(&rest[2..], out) else {
