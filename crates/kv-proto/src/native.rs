@@ -1,7 +1,7 @@
 //! The native protocol: preamble, frames, requests and responses.
 //!
 //! ```text
-//! connection start, both directions: F0 'K' 'V' 'N' | version u16 LE | flags u16 LE (0)
+//! connection start, both directions: F0 'K' 'V' 'N' | version u16 LE | flags u16 LE (FLAG_PEER_EXPIRY)
 //! then frames:                        length u32 LE | postcard((id u64, body))
 //! ```
 
@@ -15,6 +15,11 @@ pub const MAGIC: [u8; 4] = [0xF0, b'K', b'V', b'N'];
 pub const VERSION: u16 = 1;
 /// Length of the preamble.
 pub const PREAMBLE_LEN: usize = 8;
+/// Preamble flag: this side's peer messages carry key expiry (the
+/// `expires_at` of a replicated write). Client requests and responses are
+/// the same with or without it; a node refuses a peer without it, whose
+/// peer messages have another layout.
+pub const FLAG_PEER_EXPIRY: u16 = 1;
 /// Default largest frame a peer accepts (64 MiB of payload).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 /// Bytes of the length prefix.
@@ -50,7 +55,17 @@ pub fn preamble() -> [u8; PREAMBLE_LEN] {
     let mut p = [0; PREAMBLE_LEN];
     p[..4].copy_from_slice(&MAGIC);
     p[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    p[6..8].copy_from_slice(&FLAG_PEER_EXPIRY.to_le_bytes());
     p
+}
+
+/// The flags of a preamble that [`check_preamble`] accepted (0 if it is
+/// short).
+pub fn preamble_flags(b: &[u8]) -> u16 {
+    match b.get(6..8) {
+        Some(f) => u16::from_le_bytes([f[0], f[1]]),
+        None => 0,
+    }
 }
 
 /// Checks a received preamble: `Ok(None)` if fewer than

@@ -486,7 +486,11 @@ fn documented_example_bytes() {
         },
     );
     assert_eq!(wire, [0x05, 0, 0, 0, 0x07, 0x02, 0x01, 0x01, b'v']);
-    assert_eq!(native::preamble(), [0xF0, b'K', b'V', b'N', 1, 0, 0, 0]);
+    assert_eq!(native::preamble(), [0xF0, b'K', b'V', b'N', 1, 0, 1, 0]);
+    assert_eq!(
+        native::preamble_flags(&native::preamble()),
+        native::FLAG_PEER_EXPIRY
+    );
 }
 
 /// The handshake MAC depends on every input, and each side's tag is

@@ -24,7 +24,7 @@
 //! let store = Store::open(Options::in_memory()).unwrap();
 //! let mut node = Node::new(Config::new("127.0.0.1:7001"), 1_000, None, &store, 42);
 //! // A one-node cluster: the node is the only replica.
-//! node.handle_client(1_000, 1, ClientOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }, &store);
+//! node.handle_client(1_000, 1, ClientOp::Put { key: b"k".to_vec(), value: b"v".to_vec(), expires_at: None }, &store);
 //! let replies: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
 //! assert!(replies.iter().any(|o| matches!(o, Output::Reply { id: 1, reply: ClientReply::Written { .. } })));
 //! assert_eq!(store.get(b"k").as_deref(), Some(&b"v"[..]));

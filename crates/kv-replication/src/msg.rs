@@ -30,13 +30,29 @@ impl From<kv_storage::Version> for Ver {
     }
 }
 
-/// A key's state on one replica: its version and value (`None`: tombstone).
+/// A key's state on one replica: its version, value (`None`: tombstone)
+/// and expiry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamped {
     /// The version.
     pub version: Ver,
-    /// The value, or `None` for a delete.
+    /// The value, or `None` for a delete (or a value that has expired).
     pub value: Option<Vec<u8>>,
+    /// When the value expires, in ms since the Unix epoch (`None`: never).
+    /// An absolute time, so that every replica expires the key at the
+    /// same moment; part of the write, like the value.
+    pub expires_at: Option<u64>,
+}
+
+impl Stamped {
+    /// The value as a reader at `now_ms` sees it: `None` once expired
+    /// (a replica whose clock is behind may still send it).
+    pub fn value_at(&self, now_ms: u64) -> Option<&[u8]> {
+        match self.expires_at {
+            Some(t) if t <= now_ms => None,
+            _ => self.value.as_deref(),
+        }
+    }
 }
 
 /// A member's part in the ring. A member only ever moves forward through
@@ -134,6 +150,9 @@ pub enum PeerMsg {
         value: Option<Vec<u8>>,
         /// The write's version.
         version: Ver,
+        /// When the value expires, in ms since the Unix epoch (`None`:
+        /// never); the same absolute time on every replica.
+        expires_at: Option<u64>,
     },
     /// The write is stored, or (`newer`) it was not because the replica
     /// holds a newer version of the key.
@@ -251,6 +270,9 @@ pub enum ClientOp {
         key: Vec<u8>,
         /// The value.
         value: Vec<u8>,
+        /// When the value expires, in ms since the Unix epoch (`None`:
+        /// never): Redis's `SET key value PXAT t`.
+        expires_at: Option<u64>,
     },
     /// Delete a key at quorum (a tombstone).
     Delete {

@@ -169,6 +169,10 @@ pub struct Hint {
     pub version: Ver,
     /// When the hint was made (ms).
     pub created: u64,
+    /// When the value expires, in ms since the Unix epoch (`None`: never).
+    /// Last, so that a hint stored before expiry existed still decodes
+    /// (see the server's hint store).
+    pub expires_at: Option<u64>,
 }
 
 /// What a node must find again after a restart.
@@ -212,6 +216,10 @@ struct StreamPageInfo {
 /// One node's page of a listing: entries, and whether it had more.
 type Page = (Vec<(Vec<u8>, Stamped)>, bool);
 
+/// A write's value (`None`: a delete) and expiry (ms since the Unix
+/// epoch, `None`: never).
+type WriteValue = (Option<Vec<u8>>, Option<u64>);
+
 /// Versions a write is stamped with at most before it fails as a
 /// conflict (the first and two re-stamps).
 const WRITE_TRIES: u32 = 3;
@@ -226,6 +234,7 @@ enum Work {
         existed: bool,
         key: Vec<u8>,
         value: Option<Vec<u8>>,
+        expires_at: Option<u64>,
         /// Versions tried so far (this one included).
         tries: u32,
         /// The newest version a replica reported holding instead.
@@ -983,8 +992,12 @@ impl Node {
             return self.reply(id, reply);
         }
         match op {
-            ClientOp::Put { key, value } => self.start_write(now, id, key, Some(value), store),
-            ClientOp::Delete { key } => self.start_write(now, id, key, None, store),
+            ClientOp::Put {
+                key,
+                value,
+                expires_at,
+            } => self.start_write(now, id, key, (Some(value), expires_at), store),
+            ClientOp::Delete { key } => self.start_write(now, id, key, (None, None), store),
             ClientOp::Get { key } => self.start_read(now, id, key, store),
             ClientOp::List {
                 prefix,
@@ -1015,7 +1028,7 @@ impl Node {
         now: u64,
         client: u64,
         key: Vec<u8>,
-        value: Option<Vec<u8>>,
+        value: WriteValue,
         store: &Store,
     ) {
         let deadline = now + self.cfg.request_timeout;
@@ -1031,7 +1044,7 @@ impl Node {
         deadline: u64,
         client: u64,
         key: Vec<u8>,
-        value: Option<Vec<u8>>,
+        (value, expires_at): WriteValue,
         tries: u32,
         newer: Option<Ver>,
         store: &Store,
@@ -1059,6 +1072,7 @@ impl Node {
             existed: false,
             key: key.clone(),
             value: value.clone(),
+            expires_at,
             tries,
             newer,
             stored: BTreeSet::new(),
@@ -1070,12 +1084,12 @@ impl Node {
         }
         for r in replicas {
             if r != self.cfg.id && self.members.state(&r, now) == Some(MemberState::Down) {
-                self.add_hint(now, r, &key, value.clone(), version);
+                self.add_hint(now, r, &key, (value.clone(), expires_at), version);
                 continue;
             }
             if r == self.cfg.id {
-                if let Some((existed, newer)) = apply_local(store, &key, value.as_deref(), version)
-                {
+                let applied = apply_local(store, &key, value.as_deref(), version, expires_at);
+                if let Some((existed, newer)) = applied {
                     let me = self.cfg.id.clone();
                     self.on_write_ack(now, op, &me, existed, newer, store);
                 }
@@ -1085,6 +1099,7 @@ impl Node {
                     key: key.clone(),
                     value: value.clone(),
                     version,
+                    expires_at,
                 };
                 self.send(&r, msg);
             }
@@ -1462,6 +1477,7 @@ impl Node {
         let Work::Write {
             key,
             value,
+            expires_at,
             tries,
             newer: seen,
             ..
@@ -1483,7 +1499,7 @@ impl Node {
             p.deadline,
             p.client,
             key,
-            value,
+            (value, expires_at),
             tries + 1,
             Some(newer),
             store,
@@ -1578,8 +1594,9 @@ impl Node {
     /// Writes `newest` to a stale replica (acks count toward `op`, 0: none).
     fn repair(&mut self, op: u64, node: &str, key: &[u8], newest: &Stamped, store: &Store) {
         if node == self.cfg.id {
+            let (value, expires_at) = (newest.value.as_deref(), newest.expires_at);
             if let Some((was_live, newer)) =
-                apply_local(store, key, newest.value.as_deref(), newest.version)
+                apply_local(store, key, value, newest.version, expires_at)
             {
                 // A repair's replica holds `newest` (or something newer,
                 // which makes the read ask again).
@@ -1593,6 +1610,7 @@ impl Node {
                 key: key.to_vec(),
                 value: newest.value.clone(),
                 version: newest.version,
+                expires_at: newest.expires_at,
             };
             self.send(node, msg);
         }
@@ -1934,7 +1952,7 @@ impl Node {
         now: u64,
         target: NodeId,
         key: &[u8],
-        value: Option<Vec<u8>>,
+        (value, expires_at): WriteValue,
         version: Ver,
     ) {
         let slot = (target.clone(), key.to_vec());
@@ -1947,6 +1965,7 @@ impl Node {
             value,
             version,
             created: now,
+            expires_at,
         };
         self.hints.insert(slot, hint.clone());
         self.out.push_back(Output::StoreHint(hint));
@@ -1995,6 +2014,7 @@ impl Node {
                 key: h.key,
                 value: h.value,
                 version: h.version,
+                expires_at: h.expires_at,
             };
             self.send(&h.target, msg);
         }
@@ -2197,8 +2217,10 @@ pub fn serve_replica_at(
             key,
             value,
             version,
+            expires_at,
         } => {
-            let (existed, newer) = apply_local(store, key, value.as_deref(), *version)?;
+            let (existed, newer) =
+                apply_local(store, key, value.as_deref(), *version, *expires_at)?;
             Some(PeerMsg::ReplicateAck {
                 op: *op,
                 existed,
@@ -2267,7 +2289,7 @@ pub fn apply_entries(store: &Store, entries: &[(Vec<u8>, Stamped)]) -> Option<u6
     let mut max_ts = 0;
     for (key, s) in entries {
         store
-            .apply(key, s.value.as_deref(), s.version.into())
+            .apply_with_expiry(key, s.value.as_deref(), s.version.into(), s.expires_at)
             .ok()?;
         max_ts = max_ts.max(s.version.ts);
     }
@@ -2283,9 +2305,13 @@ fn apply_local(
     key: &[u8],
     value: Option<&[u8]>,
     version: Ver,
+    expires_at: Option<u64>,
 ) -> Option<(bool, Option<Ver>)> {
     let was_live = store.contains_key(key);
-    if store.apply(key, value, version.into()).ok()? {
+    if store
+        .apply_with_expiry(key, value, version.into(), expires_at)
+        .ok()?
+    {
         return Some((was_live, None));
     }
     // Not applied: the store holds this version already (a duplicate) or
@@ -2299,6 +2325,7 @@ fn stamped(v: kv_storage::Versioned) -> Stamped {
     Stamped {
         version: v.version.into(),
         value: v.value,
+        expires_at: v.expires_at,
     }
 }
 

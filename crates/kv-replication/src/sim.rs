@@ -527,6 +527,7 @@ impl Sim {
             } => ClientOp::Put {
                 key: key_name(*key),
                 value: v.clone(),
+                expires_at: None,
             },
             Kind::Write { key, value: None } => ClientOp::Delete {
                 key: key_name(*key),

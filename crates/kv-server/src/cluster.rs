@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kv_proto::native::{self, ErrorKind, Request, Response};
-use kv_replication::{ClientOp, ClientReply, Hint, Node, Output, PeerMsg, Persisted};
+use kv_replication::{ClientOp, ClientReply, Node, Output, PeerMsg, Persisted};
 use kv_storage::{Options, Store};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -43,6 +43,8 @@ pub enum ReplyTo {
     RespSet,
     /// RESP DEL of one key.
     RespDel,
+    /// RESP TTL, PTTL, EXPIRETIME or PEXPIRETIME.
+    RespTtl(crate::resp_expiry::TtlKind),
     /// Native request `id` of this kind.
     Native(u64, NativeKind),
 }
@@ -531,7 +533,7 @@ pub fn start(
     node.restore_hints(
         hints
             .iter_versioned()
-            .filter_map(|(_, v)| postcard::from_bytes::<Hint>(&v.value?).ok()),
+            .filter_map(|(_, v)| crate::resp_expiry::decode_hint(&v.value?)),
     );
     for j in &c.join {
         node.join(now_ms(), j);
@@ -1033,6 +1035,10 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
         return Ok(false);
     }
     native::check_preamble(&link.rbuf).map_err(|e| io::Error::other(e.to_string()))?;
+    if native::preamble_flags(&link.rbuf) & native::FLAG_PEER_EXPIRY == 0 {
+        eprintln!("kv-server: {peer} runs an older kv whose peer messages carry no key expiry; not talking to it (upgrade every node of the cluster)");
+        return Err(io::Error::other("peer without key expiry"));
+    }
     let body = &link.rbuf[native::PREAMBLE_LEN..];
     let Some((frame, used)) = native::decode_frame::<Response>(body, 1 << 20)
         .map_err(|e| io::Error::other(e.to_string()))?
@@ -1203,9 +1209,10 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
         }
         return out;
     }
+    let now = now_ms();
     match (to, reply) {
-        (ReplyTo::RespGet(_), ClientReply::Value(Some(s))) if s.value.is_some() => {
-            kv_proto::resp::encode_bulk(&mut out, s.value.as_deref().unwrap_or_default())
+        (ReplyTo::RespGet(_), ClientReply::Value(Some(s))) if s.value_at(now).is_some() => {
+            kv_proto::resp::encode_bulk(&mut out, s.value_at(now).unwrap_or_default())
         }
         (ReplyTo::RespGet(p), _) => kv_proto::resp::encode_null(&mut out, p),
         (ReplyTo::RespSet, _) => out.extend_from_slice(b"+OK\r\n"),
@@ -1213,10 +1220,19 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
             kv_proto::resp::encode_integer(&mut out, i64::from(existed))
         }
         (ReplyTo::RespDel, _) => kv_proto::resp::encode_integer(&mut out, 0),
+        (ReplyTo::RespTtl(kind), ClientReply::Value(s)) => {
+            let live = s.filter(|s| s.value_at(now).is_some());
+            crate::resp_expiry::encode_ttl(&mut out, kind, live.map(|s| s.expires_at), now)
+        }
+        (ReplyTo::RespTtl(_), other) => {
+            crate::resp_cmd::error(&mut out, &format!("ERR unexpected cluster reply {other:?}"))
+        }
         (ReplyTo::Native(id, kind), reply) => {
             let r = match (kind, reply) {
                 (NativeKind::Get, ClientReply::Value(s)) => Response::Value {
-                    value: s.and_then(|s| s.value),
+                    value: s
+                        .filter(|s| s.value_at(now).is_some())
+                        .and_then(|s| s.value),
                 },
                 (NativeKind::Put, _) => Response::Ok,
                 (NativeKind::Delete, ClientReply::Written { existed, .. }) => {

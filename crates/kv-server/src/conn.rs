@@ -128,6 +128,8 @@ pub struct Conn<S> {
     /// A peer handshake under way: the dialer's claimed id and nonce, and
     /// the nonce this side sent it.
     handshake: Option<(String, native::Nonce, native::Nonce)>,
+    /// The flags of the native preamble the other side sent.
+    preamble_flags: u16,
     /// Finish sending what is buffered, then close.
     closing: bool,
     /// The client closed its side (no more requests will come).
@@ -157,6 +159,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             session: Session::new(authenticated, route.conn, route.worker),
             peer: None,
             handshake: None,
+            preamble_flags: 0,
             closing: false,
             peer_closed: false,
             lingering: false,
@@ -480,6 +483,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         match native::check_preamble(&self.rbuf[at..]) {
             Ok(None) => None,
             Ok(Some(_)) => {
+                self.preamble_flags = native::preamble_flags(&self.rbuf[at..]);
                 self.out.now().extend_from_slice(&native::preamble());
                 self.proto = Proto::Native;
                 Some(native::PREAMBLE_LEN)
@@ -572,6 +576,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         }
         if self.handshake.is_some() {
             return self.refuse_peer(shared, id, &from, "a second PeerHello on one connection");
+        }
+        if self.preamble_flags & native::FLAG_PEER_EXPIRY == 0 {
+            let why = "it runs an older kv whose peer messages carry no key expiry; upgrade every node of the cluster";
+            return self.refuse_peer(shared, id, &from, why);
         }
         let (Some(cluster), Some(mine)) = (shared.cluster.get(), crate::state::handshake_nonce())
         else {
@@ -692,11 +700,20 @@ fn resp_cluster_op(
             let op = ClientOp::Put {
                 key: k.to_vec(),
                 value: v.to_vec(),
+                expires_at: None,
             };
             (op, ReplyTo::RespSet)
         }
         (b"del" | b"unlink", [k]) => (ClientOp::Delete { key: k.to_vec() }, ReplyTo::RespDel),
-        _ => return ClusterRoute::NotCoordinated,
+        _ => {
+            return match crate::resp_expiry::cluster_op(shared, proto, args, out) {
+                Some(crate::resp_expiry::Route::Forward(op, reply)) => {
+                    ClusterRoute::Forward(op, reply)
+                }
+                Some(crate::resp_expiry::Route::Refused) => ClusterRoute::Refused,
+                None => ClusterRoute::NotCoordinated,
+            }
+        }
     };
     ClusterRoute::Forward(op, reply)
 }
@@ -710,6 +727,10 @@ fn resp_refused_in_cluster(args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> bool {
     else {
         return false;
     };
+    if let Some(refusal) = crate::resp_expiry::cluster_refusal(&name, args) {
+        resp_cmd::error(out, &refusal);
+        return true;
+    }
     let why = match name.as_str() {
         "multi" | "exec" | "discard" | "watch" | "unwatch" => {
             "MULTI/EXEC transactions are not supported on a cluster: they would need atomic operations across replicas"
@@ -744,6 +765,7 @@ fn native_cluster_op(
                 ClientOp::Put {
                     key: key.clone(),
                     value: value.clone(),
+                    expires_at: None,
                 },
                 native(NativeKind::Put),
             )),
@@ -832,7 +854,8 @@ mod tests {
                     op,
                     key,
                     value,
-                    version
+                    version,
+                    expires_at: None,
                 }),
             (any::<u64>(), key.clone()).prop_map(|(op, key)| PeerMsg::Read { op, key }),
             (any::<u64>(), bytes(2), any::<u32>()).prop_map(|(op, prefix, limit)| {
@@ -855,7 +878,14 @@ mod tests {
                 PeerMsg::StreamPage {
                     transition: 1,
                     cursor: (0, 0),
-                    entries: vec![(k, Stamped { version, value })],
+                    entries: vec![(
+                        k,
+                        Stamped {
+                            version,
+                            value,
+                            expires_at: None,
+                        },
+                    )],
                     keys: 1,
                     bytes: 1,
                     next: None,

@@ -22,6 +22,7 @@ pub mod conn;
 pub mod glob;
 pub mod native_cmd;
 pub mod resp_cmd;
+pub mod resp_expiry;
 pub mod resp_keys;
 pub mod resp_rmw;
 pub mod resp_tx;

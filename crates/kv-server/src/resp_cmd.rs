@@ -185,6 +185,8 @@ pub fn run(
         "flushall" | "flushdb" => flushall(shared, out),
         "cluster" => cluster(shared, rest, out),
         "localget" => localget(shared, p, rest, out),
+        "setex" | "psetex" | "getex" | "ttl" | "pttl" | "expiretime" | "pexpiretime"
+        | "localpexpiretime" => crate::resp_expiry::run(shared, p, name, rest, out),
         "watch" => resp_tx::watch(shared, s, rest, out),
         "unwatch" => resp_tx::unwatch(s, out),
         "reset" => reset(shared, s, out),

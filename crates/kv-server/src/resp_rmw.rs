@@ -1,6 +1,8 @@
 //! String commands that read a key and write it back: INCR and friends,
-//! APPEND, SETRANGE, GETSET, GETDEL, SETNX, MSETNX and SET with NX, XX or
-//! GET, with Redis's replies and errors.
+//! APPEND, SETRANGE, GETSET, GETDEL, SETNX, MSETNX, and (through
+//! [`crate::resp_expiry`]) SET with options and the expiry commands, with
+//! Redis's replies and errors. Changing a value keeps its expiry, as in
+//! Redis; GETSET drops it.
 //!
 //! Each runs while its caller holds every event loop's transaction gate
 //! exclusively (see [`is_read_modify_write`]), so no other command lands
@@ -35,6 +37,7 @@ pub fn is_read_modify_write(name: &str, args: usize) -> bool {
             | "setnx"
             | "msetnx"
     ) || (name == "set" && args > 3)
+        || crate::resp_expiry::is_read_modify_write(name, args)
 }
 
 fn not_integer(out: &mut Vec<u8>) {
@@ -61,13 +64,31 @@ fn parse_f64(b: &[u8]) -> Option<f64> {
     (!v.is_nan()).then_some(v)
 }
 
-/// Stores `value` at `key` after the size and memory checks; false (with
-/// the error written) if refused or failed.
+/// Stores `value` at `key` after the size and memory checks, keeping the
+/// key's expiry as Redis's INCR, APPEND and SETRANGE do; false (with the
+/// error written) if refused or failed.
 fn store(shared: &Shared, key: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
+    let expiry = shared
+        .store
+        .get_versioned(key)
+        .filter(|v| v.value.is_some())
+        .and_then(|v| v.expires_at);
+    store_expiring(shared, key, value, expiry, out)
+}
+
+/// [`store`] with the expiry given (`None`: never), as GETSET and SET
+/// without KEEPTTL write.
+fn store_expiring(
+    shared: &Shared,
+    key: &[u8],
+    value: &[u8],
+    expires_at: Option<u64>,
+    out: &mut Vec<u8>,
+) -> bool {
     if refuse_write(shared, key, Some(value), out) {
         return false;
     }
-    match shared.store.put(key, value) {
+    match shared.store.put_expiring_at(key, value, expires_at) {
         Ok(_) => true,
         Err(e) => {
             error(out, &format!("ERR storage failure: {e}"));
@@ -116,7 +137,7 @@ pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out
         "setrange" => setrange(shared, rest, out),
         "getset" => {
             let old = shared.store.get(&rest[0]);
-            if store(shared, &rest[0], &rest[1], out) {
+            if store_expiring(shared, &rest[0], &rest[1], None, out) {
                 reply_value(out, p, old.as_deref());
             }
         }
@@ -137,8 +158,8 @@ pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out
             }
         }
         "msetnx" => msetnx(shared, rest, out),
-        "set" => set_with_options(shared, p, rest, out),
-        _ => error(out, &format!("ERR '{name}' is not handled here")),
+        "set" => crate::resp_expiry::set(shared, p, rest, out),
+        _ => crate::resp_expiry::run(shared, p, name, rest, out),
     }
 }
 
@@ -254,45 +275,4 @@ fn msetnx(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
         }
     }
     encode_integer(out, 1);
-}
-
-/// SET key value [NX | XX] [GET]; the expiry options (EX, PX, EXAT,
-/// PXAT, KEEPTTL) are refused until keys can expire.
-fn set_with_options(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
-    let (key, value) = (&rest[0], &rest[1]);
-    let (mut nx, mut xx, mut get) = (false, false, false);
-    for opt in &rest[2..] {
-        match opt.to_ascii_lowercase().as_slice() {
-            b"nx" if !xx => nx = true,
-            b"xx" if !nx => xx = true,
-            b"get" => get = true,
-            b"ex" | b"px" | b"exat" | b"pxat" | b"keepttl" => {
-                return error(
-                    out,
-                    "ERR SET with EX, PX, EXAT, PXAT or KEEPTTL needs key expiry, which this kv version does not have yet",
-                )
-            }
-            _ => return error(out, "ERR syntax error"),
-        }
-    }
-    let old = get.then(|| shared.store.get(key)).flatten();
-    let exists = if get {
-        old.is_some()
-    } else {
-        shared.store.contains_key(key)
-    };
-    if (nx && exists) || (xx && !exists) {
-        return if get {
-            reply_value(out, p, old.as_deref())
-        } else {
-            encode_null(out, p)
-        };
-    }
-    if store(shared, key, value, out) {
-        if get {
-            reply_value(out, p, old.as_deref());
-        } else {
-            out.extend_from_slice(b"+OK\r\n");
-        }
-    }
 }

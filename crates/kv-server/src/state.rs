@@ -212,7 +212,13 @@ impl Shared {
             ),
             (
                 "Keyspace",
-                vec![("db0", format!("keys={},expires=0,avg_ttl=0", stats.keys))],
+                vec![(
+                    "db0",
+                    format!(
+                        "keys={},expires={},avg_ttl=0",
+                        stats.keys, stats.expiring_keys
+                    ),
+                )],
             ),
         ];
         let want = section.to_ascii_lowercase();

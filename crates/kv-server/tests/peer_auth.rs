@@ -139,12 +139,14 @@ fn attack_messages(key: &[u8]) -> Vec<PeerMsg> {
             key: key.to_vec(),
             value: Some(b"forged".to_vec()),
             version,
+            expires_at: None,
         },
         PeerMsg::Replicate {
             op: 4,
             key: b"planted".to_vec(),
             value: Some(b"by-the-attacker".to_vec()),
             version,
+            expires_at: None,
         },
         PeerMsg::Invite,
     ]

@@ -413,6 +413,17 @@ impl ShardedMap {
         total
     }
 
+    /// Number of live keys with an expiry that has not passed at `now_ms`.
+    pub(crate) fn expiring_len(&self, now_ms: u64) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.0.read();
+                s.expiring.len() - s.expired_count(now_ms)
+            })
+            .sum()
+    }
+
     /// Approximate bytes held by keys, values and table slots.
     pub(crate) fn bytes(&self) -> usize {
         self.shards.iter().map(|s| s.0.read().bytes).sum()

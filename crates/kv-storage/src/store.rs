@@ -78,6 +78,8 @@ pub struct StreamCursor {
 pub struct Stats {
     /// Live keys.
     pub keys: u64,
+    /// Live keys that carry an expiry (Redis's `expires=` in `INFO keyspace`).
+    pub expiring_keys: u64,
     /// Approximate bytes of memory held by keys, values and table slots.
     pub memory_bytes: u64,
     /// The durability policy, or `None` for an in-memory store.
@@ -275,6 +277,25 @@ impl Store {
     pub fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<Version> {
         let at = expiry_after(self.inner.now_ms(), ttl);
         self.put_expiring(key, value, at)
+    }
+
+    /// Sets `key` to `value` expiring at `expires_at` (ms since the Unix
+    /// epoch; `None`: never, a time already past: absent from now on) in
+    /// one write, as Redis's `SET key value PXAT t` does. Returns the
+    /// version given to the write.
+    pub fn put_expiring_at(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires_at: Option<u64>,
+    ) -> Result<Version> {
+        self.put_expiring(key, value, stored_expiry(expires_at))
+    }
+
+    /// The time by this store's clock, in ms since the Unix epoch (what
+    /// expiry times are compared with).
+    pub fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
     }
 
     fn put_expiring(&self, key: &[u8], value: &[u8], expires: u64) -> Result<Version> {
@@ -615,6 +636,7 @@ impl Store {
         let bg = self.inner.bg.lock();
         Stats {
             keys: self.inner.map.len(self.inner.now_ms()) as u64,
+            expiring_keys: self.inner.map.expiring_len(self.inner.now_ms()) as u64,
             memory_bytes: self.inner.map.bytes() as u64,
             durability: self.inner.log.as_ref().map(|_| self.inner.durability),
             log_bytes: self.inner.log.as_ref().map_or(0, Log::position),
