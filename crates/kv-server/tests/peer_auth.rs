@@ -503,3 +503,52 @@ fn a_cluster_cannot_form_without_a_secret() {
     assert!(l.accept().is_err(), "the node dialed out");
     s.stop();
 }
+
+/// A proven peer (a node with a clock far ahead, or a stolen secret) sends
+/// writes stamped an hour ahead and at `u64::MAX - 1`: both are refused
+/// under the default `--max-clock-offset-ms` and logged, and the key stays
+/// writable: a later SET is read back (before the bound, such a write
+/// froze the key: later SETs answered OK and were never readable). With
+/// the bound lifted (`--max-clock-offset-ms 1000000000000`) the first
+/// assertion fails: the hour-ahead value is stored.
+#[test]
+fn writes_stamped_far_ahead_are_refused_and_the_key_stays_writable() {
+    let s = ServerProc::start(BIN, &["--cluster-secret", SECRET]);
+    client(&s).put(b"clock-key", b"before").expect("put");
+    let mut raw = Raw::connect(s.addr);
+    let first = raw.handshake("127.0.0.1:1", SECRET.as_bytes());
+    assert!(
+        matches!(first, Got::Resp(Response::PeerChallenge { .. })),
+        "{first:?}"
+    );
+    let hour_ahead = now_ts() + 3_600 * 1_000_000;
+    for (op, ts) in [(1, hour_ahead), (2, u64::MAX - 1)] {
+        raw.peer(&PeerMsg::Replicate {
+            op,
+            key: b"clock-key".to_vec(),
+            value: Some(format!("from the future {op}").into_bytes()),
+            version: Ver { ts, node: 99 },
+            expires_at: None,
+        });
+    }
+    // Logged once a second at most, with a count.
+    wait_for("the refusal to be logged", DEADLINE, || {
+        s.output()
+            .iter()
+            .any(|l| l.contains("refused") && l.contains("ahead of this node's clock"))
+    });
+    let mut c = client(&s);
+    assert_eq!(
+        c.get(b"clock-key").expect("get").as_deref(),
+        Some(&b"before"[..])
+    );
+    c.put(b"clock-key", b"after")
+        .expect("a later SET is accepted");
+    assert_eq!(
+        c.get(b"clock-key").expect("get").as_deref(),
+        Some(&b"after"[..]),
+        "the key must stay writable"
+    );
+    drop(raw);
+    s.stop();
+}
