@@ -52,7 +52,11 @@ pub const PAGE_BYTES: usize = 256 << 10;
 /// larger than this goes alone).
 pub const VALUES_BYTES: usize = 1 << 20;
 /// How many differing ranges are compared at the same time with one peer.
-pub const CHAINS: usize = 4;
+pub const CHAINS: usize = 16;
+/// How long after a node starts its first round comes (ms), instead of a
+/// whole interval: a node back from an outage is the one most likely to
+/// have missed writes.
+pub const FIRST_ROUND_AFTER: u64 = 1000;
 
 /// Identifies a ring by its tokens and members.
 pub fn ring_id(ring: &Ring) -> u64 {
@@ -98,7 +102,7 @@ impl AeView {
     fn shares(&self, peer: &str, arc: u32) -> bool {
         self.replicas
             .get(arc as usize)
-            .is_some_and(|r| r.iter().any(|n| n == peer) && r.iter().any(|n| *n == self.me))
+            .is_some_and(|r| r.iter().any(|n| n == peer) && r.contains(&self.me))
     }
 
     /// The ranges this node and `peer` both replicate.
@@ -272,7 +276,13 @@ fn on_keys(
     if page.lo > page.until {
         return;
     }
-    let own = store.range_page(page.arc as usize, page.lo, page.until, PAGE_KEYS, PAGE_BYTES);
+    let own = store.range_page(
+        page.arc as usize,
+        page.lo,
+        page.until,
+        PAGE_KEYS,
+        PAGE_BYTES,
+    );
     let end = own.covered_to;
     let mut mine: BTreeMap<Vec<u8>, (Ver, bool)> = own
         .entries

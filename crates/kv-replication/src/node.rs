@@ -397,6 +397,9 @@ impl Node {
     /// normal) until [`Node::join`] makes it wait for its turn to join.
     pub fn new(cfg: Config, now: u64, saved: Option<Persisted>, store: &Store, seed: u64) -> Node {
         let (suspect, down) = (cfg.suspect_after, cfg.down_after);
+        let first_round = now
+            .saturating_sub(cfg.anti_entropy_interval)
+            .saturating_add(anti_entropy::FIRST_ROUND_AFTER);
         let mut members = Membership::new(&cfg.id, now, Status::Normal, now, suspect, down);
         let mut floor = store.max_timestamp();
         let mut resume = None;
@@ -425,7 +428,9 @@ impl Node {
             pending: BTreeMap::new(),
             next_op: 1,
             last_gossip: 0,
-            last_anti_entropy: now,
+            // The first round soon after a start: a node back from an
+            // outage is the one most likely to miss writes.
+            last_anti_entropy: first_round,
             ae_view: None,
             ae: AntiEntropy::default(),
             out: VecDeque::new(),
@@ -1545,9 +1550,11 @@ impl Node {
         }
         self.rebalance_tick(now);
         let ae = self.cfg.anti_entropy_interval;
-        if ae > 0 && now >= self.last_anti_entropy + ae {
-            self.last_anti_entropy = now;
-            self.anti_entropy_round(now, store);
+        if ae > 0 && now >= self.last_anti_entropy.saturating_add(ae) {
+            // Until a peer is alive, try again at the next tick.
+            if self.anti_entropy_round(now, store) {
+                self.last_anti_entropy = now;
+            }
         }
         let expired: Vec<u64> = self
             .pending
@@ -1922,8 +1929,9 @@ impl Node {
         }
     }
 
-    /// Starts an anti-entropy round with a random live peer.
-    fn anti_entropy_round(&mut self, now: u64, store: &Store) {
+    /// Starts an anti-entropy round with a random live peer; `false` if
+    /// there is none.
+    fn anti_entropy_round(&mut self, now: u64, store: &Store) -> bool {
         let peers: Vec<NodeId> = self
             .read_ring
             .nodes()
@@ -1934,10 +1942,11 @@ impl Node {
             .cloned()
             .collect();
         if peers.is_empty() {
-            return;
+            return false;
         }
         let peer = peers[(self.random() % peers.len() as u64) as usize].clone();
         self.dispatch_ae(now, AeWork::Start(peer), store);
+        true
     }
 
     /// Runs anti-entropy work inline, or hands it to the driver.

@@ -29,8 +29,8 @@ impl Pair {
     /// Two nodes in one cluster, settled.
     fn new() -> Pair {
         let stores = [
-            Store::open(Options::in_memory()).unwrap(),
-            Store::open(Options::in_memory()).unwrap(),
+            Store::open(Options::in_memory()).expect("in-memory store"),
+            Store::open(Options::in_memory()).expect("in-memory store"),
         ];
         let a = Node::new(config(A, 1), T0, None, &stores[0], 1);
         let mut b = Node::new(config(B, 2), T0, None, &stores[1], 2);
@@ -92,7 +92,7 @@ impl Pair {
     /// Both stores get `key` at `version` (a tombstone if `value` is None).
     fn both(&self, key: &[u8], value: Option<&[u8]>, version: Version) {
         for s in &self.stores {
-            s.apply(key, value, version).unwrap();
+            s.apply(key, value, version).expect("apply");
         }
     }
 }
@@ -115,7 +115,7 @@ fn one_differing_range_is_the_only_one_read() {
     // One newer write that only A holds, as if B had missed it.
     p.stores[0]
         .apply(b"key-7", Some(b"new"), Version::new(ts + 1, 1))
-        .unwrap();
+        .expect("apply");
     // Let anti-entropy track the ring's ranges, then count reads from here.
     let read_before = [p.stores[0].range_keys_read(), p.stores[1].range_keys_read()];
     run_for(&mut p, 5000);
@@ -154,7 +154,9 @@ fn a_purged_tombstone_is_not_pulled_back() {
     );
     // A recent tombstone still travels: it may delete a live value.
     let recent = (p.now - 1000) * 1000;
-    p.stores[1].apply(b"kept", None, Version::new(recent, 1)).unwrap();
+    p.stores[1]
+        .apply(b"kept", None, Version::new(recent, 1))
+        .expect("apply");
     run_for(&mut p, 5000);
     assert_eq!(p.stores[0].get(b"kept"), None);
     assert!(p.stores[0].get_versioned(b"kept").is_some());

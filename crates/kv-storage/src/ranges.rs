@@ -167,7 +167,9 @@ impl Store {
                 }
             }
         }
-        (best.len() >= max_keys).then(|| best.peek().copied()).flatten()
+        (best.len() >= max_keys)
+            .then(|| best.peek().copied())
+            .flatten()
     }
 
     /// Entries returned by [`Store::range_page`] since the store was

@@ -50,7 +50,7 @@ fn run(store: &Store, model: &mut Model, bounds: &mut Vec<u64>, op: &Op) {
             let version = Version::new(*ts, 1);
             let value = live.then_some(&b"v"[..]);
             let newer = model.get(&key).is_none_or(|(v, _)| *v < version);
-            assert_eq!(store.apply(&key, value, version).unwrap(), newer);
+            assert_eq!(store.apply(&key, value, version).expect("apply"), newer);
             if newer {
                 model.insert(key, (version, !live));
             }
@@ -105,7 +105,7 @@ proptest! {
         max_bytes in prop_oneof![Just(usize::MAX), 1usize..200],
         shards in prop_oneof![Just(1usize), Just(4), Just(64)],
     ) {
-        let store = Store::open(Options::in_memory().shards(shards)).unwrap();
+        let store = Store::open(Options::in_memory().shards(shards)).expect("store");
         let mut model = Model::new();
         let mut bounds = Vec::new();
         run(&store, &mut model, &mut bounds, &Op::Track(first));
@@ -136,8 +136,8 @@ proptest! {
 
 #[test]
 fn an_untracked_store_has_no_range_pages() {
-    let store = Store::open(Options::in_memory()).unwrap();
-    store.put(b"k", b"v").unwrap();
+    let store = Store::open(Options::in_memory()).expect("store");
+    store.put(b"k", b"v").expect("write");
     let p = store.range_page(0, 0, u64::MAX, 10, usize::MAX);
     assert!(p.entries.is_empty());
     assert_eq!(p.covered_to, u64::MAX);
@@ -145,11 +145,11 @@ fn an_untracked_store_has_no_range_pages() {
 
 #[test]
 fn a_page_reads_only_its_own_range() {
-    let store = Store::open(Options::in_memory()).unwrap();
+    let store = Store::open(Options::in_memory()).expect("store");
     let bounds: Vec<u64> = (1..64u64).map(|i| i << 58).collect();
     store.track_ranges(&bounds);
     for i in 0..10_000 {
-        store.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        store.put(format!("k{i}").as_bytes(), b"v").expect("write");
     }
     let in_range_5 = (0..10_000)
         .filter(|i| Store::range_of_key(&bounds, format!("k{i}").as_bytes()) == 5)
