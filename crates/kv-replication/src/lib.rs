@@ -32,6 +32,7 @@
 
 #![deny(missing_docs)]
 
+pub mod anti_entropy;
 pub mod hlc;
 pub mod membership;
 pub mod msg;
@@ -39,6 +40,7 @@ pub mod node;
 pub mod rebalance;
 pub mod sim;
 
+pub use anti_entropy::{AeOutcome, AeTask, AntiEntropy};
 pub use membership::MemberState;
 pub use msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
 pub use node::{

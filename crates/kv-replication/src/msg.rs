@@ -55,6 +55,30 @@ impl Stamped {
     }
 }
 
+/// One key of an anti-entropy page ([`PeerMsg::AeKeys`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AeKey {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its version.
+    pub version: Ver,
+    /// Whether that version is a tombstone.
+    pub tombstone: bool,
+}
+
+/// One key's state sent by anti-entropy ([`PeerMsg::AeValues`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AeValue {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its version.
+    pub version: Ver,
+    /// The value (`None`: a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// When the value expires, ms since the Unix epoch.
+    pub expires_at: Option<u64>,
+}
+
 /// A member's part in the ring. A member only ever moves forward through
 /// these, so gossip merges them by taking the later one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -198,19 +222,40 @@ pub enum PeerMsg {
         /// (range index, order-independent hash of its keys and versions).
         arcs: Vec<(u32, u64)>,
     },
-    /// Anti-entropy, step 2: the receiver's keys and versions in the
-    /// ranges that differ.
+    /// Anti-entropy, step 2 and on: one page of the sender's keys and
+    /// versions in range `arc`, complete for the window of key positions
+    /// `[from, until]`. The receiver compares it with its own page of the
+    /// same window (cut short at its own page size), sends values where
+    /// it is newer ([`PeerMsg::AeValues`]), asks for them where it is
+    /// older ([`PeerMsg::AePull`]), and answers with its next page: the
+    /// two nodes take turns until the range is done, then go on with the
+    /// next of `rest`. Every message is bounded (see
+    /// [`crate::anti_entropy`]).
     AeKeys {
-        /// The differing ranges.
-        buckets: Vec<u32>,
-        /// Its (key, version) pairs in those ranges, tombstones included.
-        entries: Vec<(Vec<u8>, Ver)>,
+        /// Which ring the range is of.
+        ring: u64,
+        /// The range.
+        arc: u32,
+        /// First key position of the window.
+        from: u64,
+        /// Last key position of the window.
+        until: u64,
+        /// The sender's keys in the window, tombstones included.
+        entries: Vec<AeKey>,
+        /// Differing ranges still to compare after this one.
+        rest: Vec<u32>,
     },
-    /// Anti-entropy, step 3: send me your state of these keys (you have
-    /// newer versions).
+    /// Anti-entropy: send me your state of these keys (you have newer
+    /// versions).
     AePull {
         /// The keys.
         keys: Vec<Vec<u8>>,
+    },
+    /// Anti-entropy: states of keys the receiver lacks or holds older;
+    /// each is stored if newer.
+    AeValues {
+        /// The states.
+        entries: Vec<AeValue>,
     },
     /// Rebalancing: send me a page of your keys in these ranges of the
     /// ring, from this point of your store on.

@@ -1,10 +1,12 @@
 //! The per-node state machine: inputs in, outputs out, no I/O.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use kv_ring::Ring;
 use kv_storage::Store;
 
+use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
 use crate::hlc::Hlc;
 use crate::membership::{MemberState, Membership};
 use crate::msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
@@ -38,8 +40,17 @@ pub struct Config {
     /// show, in the simulator, what goes wrong without it).
     pub read_repair: bool,
     /// Interval between anti-entropy rounds with a random peer (0: off).
-    /// Each round scans the local store, so keep it long on large stores.
+    /// A round reads only the ranges that differ, a bounded page at a time
+    /// (see [`crate::anti_entropy`]).
     pub anti_entropy_interval: u64,
+    /// Whether anti-entropy work is handed to the driver as
+    /// [`Output::AntiEntropy`] to run on another thread (off: the node
+    /// runs it inline, as the simulator does).
+    pub offload_anti_entropy: bool,
+    /// How long tombstones are kept before they may be purged (ms):
+    /// anti-entropy neither sends nor takes an older tombstone for a key
+    /// the other replica lacks.
+    pub tombstone_grace: u64,
     /// How long a hint for a down replica is kept before it is dropped.
     pub hint_window: u64,
     /// Most bytes per second a node receives while rebalancing (0: no
@@ -108,6 +119,8 @@ impl Config {
             number: None,
             read_repair: true,
             anti_entropy_interval: 10_000,
+            offload_anti_entropy: false,
+            tombstone_grace: 4 * 3600 * 1000,
             hint_window: 3 * 3600 * 1000,
             stream_rate: 0,
             stream_page: 2 << 20,
@@ -144,6 +157,11 @@ pub enum Output {
     /// Something worth a line in the log (rebalance progress, members
     /// joining and leaving).
     Log(String),
+    /// Anti-entropy work to run off the coordinating thread (only with
+    /// [`Config::offload_anti_entropy`]): run it with
+    /// [`AntiEntropy::run`] and hand the outcome to
+    /// [`Node::anti_entropy_done`].
+    AntiEntropy(AeTask),
     /// The hint for this target and key is delivered (or expired): forget it.
     DropHint {
         /// The replica it was for.
@@ -351,10 +369,10 @@ pub struct Node {
     next_op: u64,
     last_gossip: u64,
     last_anti_entropy: u64,
-    /// Which read ring the store's range hashes follow (0: none yet).
-    ae_ring: u64,
-    /// That ring's token positions: the upper bounds of its ranges.
-    ae_bounds: Vec<u64>,
+    /// Anti-entropy's view of the read ring (rebuilt when it changes).
+    ae_view: Option<Arc<AeView>>,
+    /// Anti-entropy's state, when the node runs it inline.
+    ae: AntiEntropy,
     out: VecDeque<Output>,
     /// Members to contact until the cluster answers (see [`Node::join`]).
     seeds: Vec<NodeId>,
@@ -406,6 +424,9 @@ impl Node {
     /// normal) until [`Node::join`] makes it wait for its turn to join.
     pub fn new(cfg: Config, now: u64, saved: Option<Persisted>, store: &Store, seed: u64) -> Node {
         let (suspect, down) = (cfg.suspect_after, cfg.down_after);
+        let first_round = now
+            .saturating_sub(cfg.anti_entropy_interval)
+            .saturating_add(anti_entropy::FIRST_ROUND_AFTER);
         let mut members = Membership::new(&cfg.id, now, Status::Normal, now, suspect, down);
         let mut floor = store.max_timestamp();
         let mut resume = None;
@@ -434,9 +455,11 @@ impl Node {
             pending: BTreeMap::new(),
             next_op: 1,
             last_gossip: 0,
-            last_anti_entropy: now,
-            ae_ring: 0,
-            ae_bounds: Vec::new(),
+            // The first round soon after a start: a node back from an
+            // outage is the one most likely to miss writes.
+            last_anti_entropy: first_round,
+            ae_view: None,
+            ae: AntiEntropy::default(),
             out: VecDeque::new(),
             seeds: Vec::new(),
             hints: BTreeMap::new(),
@@ -1277,14 +1300,11 @@ impl Node {
                 self.on_read_reply(op, from, state, store);
             }
             PeerMsg::ListReply { op, entries, full } => self.on_list_reply(op, from, entries, full),
-            PeerMsg::AeDigest { ring, arcs } => self.on_ae_digest(from, ring, &arcs, store),
-            PeerMsg::AeKeys { buckets, entries } => self.on_ae_keys(from, &buckets, entries, store),
-            PeerMsg::AePull { keys } => {
-                for key in keys {
-                    if let Some(s) = read_local(store, &key) {
-                        self.repair(0, from, &key, &s, store);
-                    }
-                }
+            msg @ (PeerMsg::AeDigest { .. }
+            | PeerMsg::AeKeys { .. }
+            | PeerMsg::AePull { .. }
+            | PeerMsg::AeValues { .. }) => {
+                self.dispatch_ae(now, AeWork::Message(from.to_string(), msg), store)
             }
         }
     }
@@ -1654,9 +1674,11 @@ impl Node {
         }
         self.rebalance_tick(now);
         let ae = self.cfg.anti_entropy_interval;
-        if ae > 0 && now >= self.last_anti_entropy + ae {
-            self.last_anti_entropy = now;
-            self.anti_entropy_round(now, store);
+        if ae > 0 && now >= self.last_anti_entropy.saturating_add(ae) {
+            // Until a peer is alive, try again at the next tick.
+            if self.anti_entropy_round(now, store) {
+                self.last_anti_entropy = now;
+            }
         }
         let expired: Vec<u64> = self
             .pending
@@ -2033,9 +2055,9 @@ impl Node {
         }
     }
 
-    /// Starts an anti-entropy exchange with a random live peer: send it
-    /// the hashes of the buckets of keys we both replicate.
-    fn anti_entropy_round(&mut self, now: u64, store: &Store) {
+    /// Starts an anti-entropy round with a random live peer; `false` if
+    /// there is none.
+    fn anti_entropy_round(&mut self, now: u64, store: &Store) -> bool {
         let peers: Vec<NodeId> = self
             .read_ring
             .nodes()
@@ -2046,115 +2068,55 @@ impl Node {
             .cloned()
             .collect();
         if peers.is_empty() {
-            return;
+            return false;
         }
         let peer = peers[(self.random() % peers.len() as u64) as usize].clone();
-        self.track_ranges(store);
-        let mine = store.range_hashes();
-        let arcs = self
-            .shared_arcs(&peer)
-            .into_iter()
-            .filter_map(|i| Some((i, *mine.get(i as usize)?)))
-            .collect();
-        let ring = self.ae_ring;
-        self.send(&peer, PeerMsg::AeDigest { ring, arcs });
+        self.dispatch_ae(now, AeWork::Start(peer), store);
+        true
     }
 
-    /// Has the store keep a hash per range of the read ring (each range
-    /// between two tokens has one replica set), recomputed only when the
-    /// read ring changes; every write keeps them up to date.
-    fn track_ranges(&mut self, store: &Store) {
-        let id = {
-            let text = format!("{}{:?}", self.read_ring.vnodes(), self.read_ring.nodes());
-            xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+    /// Runs anti-entropy work inline, or hands it to the driver.
+    fn dispatch_ae(&mut self, now: u64, work: AeWork, store: &Store) {
+        let task = AeTask {
+            view: self.ae_view(),
+            old_before: now
+                .saturating_sub(self.cfg.tombstone_grace)
+                .saturating_mul(1000),
+            max_ts: self
+                .clock_bound()
+                .map_or(u64::MAX, |m| now.saturating_add(m).saturating_mul(1000)),
+            work,
         };
-        if id != self.ae_ring {
-            self.ae_bounds = self.read_ring.token_positions();
-            store.track_ranges(&self.ae_bounds);
-            self.ae_ring = id;
+        if self.cfg.offload_anti_entropy {
+            self.out.push_back(Output::AntiEntropy(task));
+        } else {
+            let outcome = self.ae.run(task, store);
+            self.anti_entropy_done(outcome);
         }
     }
 
-    /// The read ring's ranges that both this node and `peer` replicate.
-    fn shared_arcs(&self, peer: &str) -> Vec<u32> {
-        let (n, _, _) = self.quorums();
-        (0..self.ae_bounds.len() as u32)
-            .filter(|&i| {
-                let replicas = self
-                    .read_ring
-                    .preference_list_at(self.ae_bounds[i as usize], n);
-                replicas.contains(&peer) && replicas.contains(&self.cfg.id.as_str())
-            })
-            .collect()
-    }
-
-    /// Our keys, with versions, in these ranges of the read ring (one
-    /// pass over the store: done only for ranges that differ).
-    fn entries_in(&self, arcs: &[u32], store: &Store) -> BTreeMap<Vec<u8>, Ver> {
-        let wanted: BTreeSet<u32> = arcs.iter().copied().collect();
-        store
-            .iter_versioned()
-            .filter(|(key, _)| wanted.contains(&(Store::range_of_key(&self.ae_bounds, key) as u32)))
-            .map(|(key, v)| (key, Ver::from(v.version)))
-            .collect()
-    }
-
-    fn on_ae_digest(&mut self, from: &str, ring: u64, theirs: &[(u32, u64)], store: &Store) {
-        self.track_ranges(store);
-        if ring != self.ae_ring {
-            return; // different views of the ring: next round
-        }
-        let shared: BTreeSet<u32> = self.shared_arcs(from).into_iter().collect();
-        let mine = store.range_hashes();
-        let arcs: Vec<u32> = theirs
-            .iter()
-            .filter(|(i, h)| shared.contains(i) && mine.get(*i as usize) != Some(h))
-            .map(|(i, _)| *i)
-            .collect();
-        if arcs.is_empty() {
-            return;
-        }
-        let entries = self.entries_in(&arcs, store).into_iter().collect();
-        self.send(
-            from,
-            PeerMsg::AeKeys {
-                buckets: arcs,
-                entries,
-            },
-        );
-    }
-
-    /// Compares the peer's entries with ours in the differing ranges:
-    /// push what we have newer, pull what it has newer.
-    fn on_ae_keys(&mut self, from: &str, arcs: &[u32], theirs: Vec<(Vec<u8>, Ver)>, store: &Store) {
-        self.track_ranges(store);
-        let shared: Vec<u32> = {
-            let s: BTreeSet<u32> = self.shared_arcs(from).into_iter().collect();
-            arcs.iter().copied().filter(|a| s.contains(a)).collect()
-        };
-        let mut mine = self.entries_in(&shared, store);
-        let mut pull = Vec::new();
-        for (key, v) in theirs {
-            if !shared.contains(&(Store::range_of_key(&self.ae_bounds, &key) as u32)) {
-                continue;
-            }
-            match mine.remove(&key) {
-                Some(m) if m > v => self.push_key(from, &key, store),
-                Some(m) if m == v => {}
-                _ => pull.push(key),
+    /// Anti-entropy's view of the current read ring.
+    fn ae_view(&mut self) -> Arc<AeView> {
+        let id = anti_entropy::ring_id(&self.read_ring);
+        match &self.ae_view {
+            Some(v) if v.ring == id => v.clone(),
+            _ => {
+                let (n, _, _) = self.quorums();
+                let v = Arc::new(AeView::new(&self.read_ring, n, &self.cfg.id));
+                self.ae_view = Some(v.clone());
+                v
             }
         }
-        for key in mine.into_keys() {
-            self.push_key(from, &key, store);
-        }
-        if !pull.is_empty() {
-            self.send(from, PeerMsg::AePull { keys: pull });
-        }
     }
 
-    fn push_key(&mut self, to: &str, key: &[u8], store: &Store) {
-        if let Some(s) = read_local(store, key) {
-            self.repair(0, to, key, &s, store);
+    /// The outcome of an [`Output::AntiEntropy`] task the driver ran:
+    /// its messages go out, its timestamps are observed.
+    pub fn anti_entropy_done(&mut self, outcome: AeOutcome) {
+        if outcome.observed > 0 {
+            self.observe(outcome.observed);
+        }
+        for (to, msg) in outcome.sends {
+            self.send(&to, msg);
         }
     }
 

@@ -328,6 +328,9 @@ impl Sim {
             0
         };
         c.stream_ranges = self.cfg.stream_ranges;
+        if let Some(after) = self.cfg.purge_tombstones_after {
+            c.tombstone_grace = after;
+        }
         c.stream_page = self.cfg.stream_page;
         c.planted = self.cfg.planted;
         c
@@ -397,6 +400,8 @@ impl Sim {
                     self.client_reply(i, id, reply)
                 }
                 Output::Persist(p) => self.nodes[i].saved = Some(p),
+                // The simulator runs anti-entropy inline (no offload).
+                Output::AntiEntropy(_) => {}
                 Output::Log(line) => {
                     if line.starts_with("rebalance done") {
                         self.report.rebalances += 1;

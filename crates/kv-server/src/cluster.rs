@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kv_proto::native::{self, ErrorKind, Request, Response};
-use kv_replication::{ClientOp, ClientReply, Node, Output, PeerMsg, Persisted};
+use kv_replication::{
+    AeOutcome, AeTask, AntiEntropy, ClientOp, ClientReply, Node, Output, PeerMsg, Persisted,
+};
 use kv_storage::{Options, Store};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -105,6 +107,8 @@ pub enum ToCluster {
     },
     /// A peer connected to us (it is up again: stop backing off from it).
     PeerUp(String),
+    /// The anti-entropy thread finished a task.
+    AntiEntropyDone(AeOutcome),
 }
 
 /// An operator command for the cluster.
@@ -522,6 +526,8 @@ pub fn start(
     cfg.request_timeout = c.request_timeout_ms.max(1);
     cfg.number = c.node_id;
     cfg.anti_entropy_interval = c.anti_entropy_ms;
+    cfg.offload_anti_entropy = true;
+    cfg.tombstone_grace = u64::try_from(crate::tombstone_grace(&c).as_millis()).unwrap_or(u64::MAX);
     cfg.max_clock_offset = c.max_clock_offset_ms;
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     cfg.stream_rate = c.rebalance_rate;
@@ -550,7 +556,9 @@ pub fn start(
         id: id.clone(),
         observed: std::sync::atomic::AtomicU64::new(0),
     });
-    let (appliers, applier_threads) = start_appliers(&shared, &handle)?;
+    let (appliers, mut applier_threads) = start_appliers(&shared, &handle)?;
+    let (anti_entropy, ae_thread) = start_anti_entropy(&shared, &handle)?;
+    applier_threads.push(ae_thread);
     let h = handle.clone();
     let thread = std::thread::Builder::new()
         .name("kv-cluster".into())
@@ -573,6 +581,7 @@ pub fn start(
                 last_tick: 0,
                 hints,
                 appliers,
+                anti_entropy,
                 scratch: vec![0; 256 << 10],
             };
             t.publish(now_ms());
@@ -632,6 +641,8 @@ struct ClusterThread {
     hints: Store,
     /// Rebalancing pages to apply off this thread.
     appliers: Sender<(String, PeerMsg)>,
+    /// Anti-entropy work to run off this thread.
+    anti_entropy: Sender<AeTask>,
     /// Buffer for reading peer links.
     scratch: Vec<u8>,
 }
@@ -669,6 +680,29 @@ fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Resu
         threads.push(t);
     }
     Ok((tx, threads))
+}
+
+/// The thread that runs anti-entropy (walking ranges of the store,
+/// comparing pages, applying what peers send), so that the cluster thread,
+/// which coordinates every request, never spends its time there. It stops
+/// once the sender is dropped.
+fn start_anti_entropy(
+    shared: &Arc<Shared>,
+    handle: &Arc<ClusterHandle>,
+) -> io::Result<(Sender<AeTask>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel::<AeTask>();
+    let (shared, handle) = (shared.clone(), handle.clone());
+    let mut ae = AntiEntropy::default();
+    let t = std::thread::Builder::new()
+        .name("kv-anti-entropy".into())
+        .spawn(move || {
+            while let Ok(task) = rx.recv() {
+                let outcome = ae.run(task, &shared.store);
+                handle.send(ToCluster::AntiEntropyDone(outcome));
+                handle.flush();
+            }
+        })?;
+    Ok((tx, t))
 }
 
 impl ClusterThread {
@@ -771,6 +805,7 @@ impl ClusterThread {
                 self.deliver(route, bytes);
             }
             ToCluster::PeerUp(_) => {}
+            ToCluster::AntiEntropyDone(outcome) => self.node.anti_entropy_done(outcome),
         }
     }
 
@@ -824,6 +859,9 @@ impl ClusterThread {
                 }
                 Output::Reply { id, reply } => self.reply(id, reply),
                 Output::Log(line) => println!("kv-server: {line}"),
+                Output::AntiEntropy(task) => {
+                    let _ = self.anti_entropy.send(task);
+                }
                 Output::Persist(p) => {
                     if let Some(path) = &self.state_path {
                         if !self.marked && p.members.len() > 1 {

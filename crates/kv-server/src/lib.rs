@@ -67,6 +67,16 @@ pub enum RunError {
 /// carry the value they deleted.
 pub const TOMBSTONE_GRACE: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 
+/// How long tombstones are kept: [`TOMBSTONE_GRACE`], and always an hour
+/// more than the hint window. Tombstones outlive any replica that may still
+/// hold the deleted value (repair and anti-entropy must see the delete, or
+/// it comes back).
+pub fn tombstone_grace(c: &Config) -> std::time::Duration {
+    TOMBSTONE_GRACE.max(std::time::Duration::from_secs(
+        c.hint_window_secs.saturating_add(3600),
+    ))
+}
+
 /// Store options from the configuration.
 pub fn store_options(c: &Config) -> Options {
     let base = if c.no_persistence {
@@ -74,10 +84,7 @@ pub fn store_options(c: &Config) -> Options {
     } else {
         Options::new(&c.data_dir)
     };
-    // Tombstones outlive any replica that may still hold the deleted value
-    // (repair and anti-entropy must see the delete, or it comes back).
-    let grace = TOMBSTONE_GRACE.max(std::time::Duration::from_secs(c.hint_window_secs + 3600));
-    let mut opts = base.durability(c.fsync).tombstone_grace(grace);
+    let mut opts = base.durability(c.fsync).tombstone_grace(tombstone_grace(c));
     if let Some(n) = c.snapshot_every {
         opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
     }

@@ -47,6 +47,7 @@ mod clock;
 mod error;
 mod map;
 mod options;
+mod ranges;
 mod recovery;
 mod snapshot;
 mod store;
@@ -58,6 +59,7 @@ mod wal;
 
 pub use error::{Error, Result};
 pub use options::{Durability, Options, RecoveryMode, SnapshotTrigger};
+pub use ranges::{RangeKey, RangePage};
 pub use recovery::{RecoveryReport, Truncation};
 pub use store::{Stats, Store, StreamCursor};
 pub use version::{Version, Versioned};

@@ -6,7 +6,8 @@
 //! so neither overlaps the shard bits. Each entry keeps key and value in one
 //! allocation.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -131,6 +132,11 @@ pub(crate) struct Shard {
     /// Per tracked range, the XOR of [`entry_hash`] over this shard's
     /// entries in it.
     range_hashes: Vec<u64>,
+    /// While ranges are tracked, the key hashes (ring positions) of this
+    /// shard's entries, tombstones included, each with the number of
+    /// entries at it (two keys may share a hash): a range's keys are then
+    /// found without a pass over the shard (see [`crate::ranges`]).
+    pub(crate) positions: BTreeMap<u64, u32>,
     /// The live entries that carry an expiry, ordered by expiry: the active
     /// expiry takes due keys from the front. We keep this time-ordered
     /// index rather than sample random keys as Redis does: a `HashTable`
@@ -233,6 +239,14 @@ impl Shard {
         if !self.bounds.is_empty() {
             let r = range_of(&self.bounds, hash);
             self.range_hashes[r] ^= entry_hash(hash, e.version());
+            if add {
+                *self.positions.entry(hash).or_default() += 1;
+            } else if let Some(n) = self.positions.get_mut(&hash) {
+                *n -= 1;
+                if *n == 0 {
+                    self.positions.remove(&hash);
+                }
+            }
         }
         let live = usize::from(!e.is_tombstone());
         if add {
@@ -246,6 +260,18 @@ impl Shard {
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.table.iter()
+    }
+
+    /// The entries whose key hashes to exactly `hash`.
+    pub(crate) fn at_hash(&self, hash: u64) -> impl Iterator<Item = &Entry> {
+        self.table
+            .iter_hash(hash)
+            .filter(move |e| hash_key(e.key()) == hash)
+    }
+
+    /// The tracked ranges' upper bounds (empty: none tracked).
+    pub(crate) fn bounds(&self) -> &Arc<[u64]> {
+        &self.bounds
     }
 
     /// Number of live keys that have not expired at `now_ms`.
@@ -315,14 +341,17 @@ impl Shard {
     /// Tracks hashes of these ranges from now on, computing them afresh.
     pub(crate) fn track(&mut self, bounds: Arc<[u64]>) {
         let mut hashes = vec![0u64; bounds.len()];
+        let mut positions = BTreeMap::new();
         if !bounds.is_empty() {
             for e in self.table.iter() {
                 let h = hash_key(e.key());
                 hashes[range_of(&bounds, h)] ^= entry_hash(h, e.version());
+                *positions.entry(h).or_default() += 1;
             }
         }
         self.bounds = bounds;
         self.range_hashes = hashes;
+        self.positions = positions;
     }
 
     /// The tracked ranges' hashes over this shard.
@@ -345,6 +374,8 @@ struct Padded(RwLock<Shard>);
 pub(crate) struct ShardedMap {
     shards: Box<[Padded]>,
     mask: usize,
+    /// Entries read by range walks since open (see [`crate::ranges`]).
+    pub(crate) range_reads: AtomicU64,
 }
 
 /// The hash used for both shard choice and table position.
@@ -362,6 +393,7 @@ impl ShardedMap {
                 .map(|_| Padded(RwLock::new(Shard::default())))
                 .collect(),
             mask: shards - 1,
+            range_reads: AtomicU64::new(0),
         }
     }
 

@@ -491,6 +491,16 @@ impl Store {
         crate::map::range_of(bounds, hash_key(key))
     }
 
+    /// The in-memory map (for the range walks of [`crate::ranges`]).
+    pub(crate) fn map(&self) -> &ShardedMap {
+        &self.inner.map
+    }
+
+    /// The store's clock, in ms since the Unix epoch.
+    pub(crate) fn clock_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+
     /// Number of shards of the in-memory map.
     pub fn shard_count(&self) -> usize {
         self.inner.map.shard_count()

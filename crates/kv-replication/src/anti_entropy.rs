@@ -1,0 +1,376 @@
+//! Anti-entropy: replicas of the same ranges compare what they hold and
+//! exchange what one lacks, so that writes missed while a replica was down
+//! (and whose hints expired) reach it.
+//!
+//! A round, between this node A and a random live peer B:
+//!
+//! 1. A sends B the hash of each range of the read ring they both
+//!    replicate ([`PeerMsg::AeDigest`]). The store keeps these hashes up to
+//!    date on every write, so this reads no data.
+//! 2. B picks the ranges whose hashes differ and splits them into a few
+//!    chains. For the first range of each chain it sends its first page of
+//!    keys and versions ([`PeerMsg::AeKeys`]), read with
+//!    [`Store::range_page`]: only that range is read, and a page holds at
+//!    most [`PAGE_KEYS`] keys.
+//! 3. The receiver of a page reads its own page of the same window of key
+//!    positions (cut short at its own page size), sends the values it holds
+//!    newer or the other lacks ([`PeerMsg::AeValues`], at most
+//!    [`VALUES_BYTES`] per message), asks for those the other holds newer
+//!    ([`PeerMsg::AePull`]), and answers with its next page. The two take
+//!    turns until the range is done, then start the chain's next range.
+//!
+//! So each message, and the work behind it, is bounded, and a range that
+//! does not differ is never read.
+//!
+//! Tombstones: a tombstone older than the tombstone grace is never sent to
+//! a replica that lacks the key, nor taken by one that lacks it. Such a
+//! replica has purged it (or never needed it): taking it back would only
+//! make the two replicas bounce it between them, purging and pulling. An
+//! old tombstone still replaces an older live value.
+//!
+//! The work runs in [`AntiEntropy::run`], from an [`AeTask`]. By default
+//! the [`Node`](crate::Node) runs it inline; a driver that sets
+//! [`Config::offload_anti_entropy`](crate::Config::offload_anti_entropy)
+//! receives the tasks as [`Output::AntiEntropy`](crate::Output::AntiEntropy),
+//! runs them on another thread, and hands the outcome back with
+//! [`Node::anti_entropy_done`](crate::Node::anti_entropy_done), so that the
+//! thread that coordinates requests never walks the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kv_ring::Ring;
+use kv_storage::{RangeKey, Store, Version};
+
+use crate::msg::{AeKey, AeValue, NodeId, PeerMsg, Ver};
+
+/// Most keys in one page of an exchange.
+pub const PAGE_KEYS: usize = 512;
+/// Most bytes of keys in one page of an exchange.
+pub const PAGE_BYTES: usize = 256 << 10;
+/// Most bytes of keys and values in one [`PeerMsg::AeValues`] (one value
+/// larger than this goes alone).
+pub const VALUES_BYTES: usize = 1 << 20;
+/// How many differing ranges are compared at the same time with one peer.
+pub const CHAINS: usize = 16;
+/// How long after a node starts its first round comes (ms), instead of a
+/// whole interval: a node back from an outage is the one most likely to
+/// have missed writes.
+pub const FIRST_ROUND_AFTER: u64 = 1000;
+
+/// Identifies a ring by its tokens and members.
+pub fn ring_id(ring: &Ring) -> u64 {
+    let text = format!("{}{:?}", ring.vnodes(), ring.nodes());
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+/// What anti-entropy knows of the ring: which ranges there are and which
+/// nodes replicate each. Built by the node when its read ring changes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AeView {
+    /// Identifies the ring: two nodes compare ranges only if they agree.
+    pub ring: u64,
+    /// The ranges' upper bounds (the ring's token positions).
+    bounds: Vec<u64>,
+    /// Per range, its replicas.
+    replicas: Vec<Vec<NodeId>>,
+    /// This node.
+    me: NodeId,
+}
+
+impl AeView {
+    /// The view of `ring` with `n` replicas per key, for node `me`.
+    pub fn new(ring: &Ring, n: usize, me: &str) -> AeView {
+        let id = ring_id(ring);
+        let bounds = ring.token_positions();
+        let replicas = bounds
+            .iter()
+            .map(|b| {
+                let list = ring.preference_list_at(*b, n);
+                list.into_iter().map(str::to_string).collect()
+            })
+            .collect();
+        AeView {
+            ring: id,
+            bounds,
+            replicas,
+            me: me.to_string(),
+        }
+    }
+
+    /// Whether this node and `peer` both replicate range `arc`.
+    fn shares(&self, peer: &str, arc: u32) -> bool {
+        self.replicas
+            .get(arc as usize)
+            .is_some_and(|r| r.iter().any(|n| n == peer) && r.contains(&self.me))
+    }
+
+    /// The ranges this node and `peer` both replicate.
+    fn shared(&self, peer: &str) -> Vec<u32> {
+        (0..self.replicas.len() as u32)
+            .filter(|a| self.shares(peer, *a))
+            .collect()
+    }
+}
+
+/// A piece of anti-entropy work for [`AntiEntropy::run`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AeTask {
+    /// The ring it runs on.
+    pub view: Arc<AeView>,
+    /// Tombstones with a timestamp below this (µs) are past the grace.
+    pub old_before: u64,
+    /// Timestamps above this (µs) are too far ahead: not stored.
+    pub max_ts: u64,
+    /// What to do.
+    pub work: AeWork,
+}
+
+/// What an [`AeTask`] does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AeWork {
+    /// Start a round with this peer.
+    Start(NodeId),
+    /// Answer this anti-entropy message from this peer.
+    Message(NodeId, PeerMsg),
+}
+
+/// What running an [`AeTask`] produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AeOutcome {
+    /// Messages to send.
+    pub sends: Vec<(NodeId, PeerMsg)>,
+    /// The greatest timestamp stored (0: none), for the node's clock.
+    pub observed: u64,
+    /// Entries stored because they were newer.
+    pub applied: u64,
+}
+
+/// The state anti-entropy keeps next to the store: which ring the store's
+/// range hashes follow. One per store; it runs on whatever thread the
+/// driver chooses.
+#[derive(Debug, Default)]
+pub struct AntiEntropy {
+    tracked: u64,
+}
+
+impl AntiEntropy {
+    /// Runs `task` against `store`.
+    pub fn run(&mut self, mut task: AeTask, store: &Store) -> AeOutcome {
+        self.track(&task.view, store);
+        let mut out = AeOutcome::default();
+        // Taken out (not cloned): a message may carry a megabyte of values.
+        match std::mem::replace(&mut task.work, AeWork::Start(NodeId::new())) {
+            AeWork::Start(peer) => start(&task, store, &peer, &mut out),
+            AeWork::Message(from, msg) => match msg {
+                PeerMsg::AeDigest { ring, arcs } if ring == task.view.ring => {
+                    on_digest(&task, store, &from, &arcs, &mut out)
+                }
+                PeerMsg::AeKeys {
+                    ring,
+                    arc,
+                    from: lo,
+                    until,
+                    entries,
+                    rest,
+                } if ring == task.view.ring && task.view.shares(&from, arc) => {
+                    let page = Page { arc, lo, until };
+                    on_keys(&task, store, &from, page, entries, rest, &mut out)
+                }
+                PeerMsg::AePull { keys } => send_values(store, &from, &keys, &mut out),
+                PeerMsg::AeValues { entries } => apply(&task, store, &entries, &mut out),
+                _ => {} // another ring: the next round, once views agree
+            },
+        }
+        out
+    }
+
+    /// Has the store keep range hashes (and its index by position) for the
+    /// view's ring, recomputed only when the ring changes.
+    fn track(&mut self, view: &AeView, store: &Store) {
+        if self.tracked != view.ring {
+            store.track_ranges(&view.bounds);
+            self.tracked = view.ring;
+        }
+    }
+}
+
+/// Step 1: our hashes of the ranges we share with `peer`.
+fn start(task: &AeTask, store: &Store, peer: &str, out: &mut AeOutcome) {
+    let mine = store.range_hashes();
+    let arcs = task
+        .view
+        .shared(peer)
+        .into_iter()
+        .filter_map(|i| Some((i, *mine.get(i as usize)?)))
+        .collect();
+    let ring = task.view.ring;
+    out.sends
+        .push((peer.to_string(), PeerMsg::AeDigest { ring, arcs }));
+}
+
+/// Step 2: the ranges that differ, in chains, each started with our first
+/// page of its first range.
+fn on_digest(task: &AeTask, store: &Store, from: &str, theirs: &[(u32, u64)], out: &mut AeOutcome) {
+    let mine = store.range_hashes();
+    let differ: Vec<u32> = theirs
+        .iter()
+        .filter(|(i, h)| task.view.shares(from, *i) && mine.get(*i as usize) != Some(h))
+        .map(|(i, _)| *i)
+        .collect();
+    for c in 0..CHAINS.min(differ.len()) {
+        let chain: Vec<u32> = differ.iter().skip(c).step_by(CHAINS).copied().collect();
+        send_page(task, store, from, chain[0], 0, chain[1..].to_vec(), out);
+    }
+}
+
+/// Our page of range `arc` from position `lo` on, to `to`.
+fn send_page(
+    task: &AeTask,
+    store: &Store,
+    to: &str,
+    arc: u32,
+    lo: u64,
+    rest: Vec<u32>,
+    out: &mut AeOutcome,
+) {
+    let page = store.range_page(arc as usize, lo, u64::MAX, PAGE_KEYS, PAGE_BYTES);
+    let entries = page.entries.into_iter().map(ae_key).collect();
+    let msg = PeerMsg::AeKeys {
+        ring: task.view.ring,
+        arc,
+        from: lo,
+        until: page.covered_to,
+        entries,
+        rest,
+    };
+    out.sends.push((to.to_string(), msg));
+}
+
+fn ae_key(e: RangeKey) -> AeKey {
+    AeKey {
+        key: e.key,
+        version: e.version.into(),
+        tombstone: e.tombstone,
+    }
+}
+
+/// The window a received page covers.
+struct Page {
+    arc: u32,
+    lo: u64,
+    until: u64,
+}
+
+/// Step 3: compare a page of the peer's with ours, exchange the
+/// differences, and go on with our next page.
+fn on_keys(
+    task: &AeTask,
+    store: &Store,
+    from: &str,
+    page: Page,
+    theirs: Vec<AeKey>,
+    mut rest: Vec<u32>,
+    out: &mut AeOutcome,
+) {
+    if page.lo > page.until {
+        return;
+    }
+    let own = store.range_page(
+        page.arc as usize,
+        page.lo,
+        page.until,
+        PAGE_KEYS,
+        PAGE_BYTES,
+    );
+    let end = own.covered_to;
+    let mut mine: BTreeMap<Vec<u8>, (Ver, bool)> = own
+        .entries
+        .into_iter()
+        .map(|e| (e.key, (e.version.into(), e.tombstone)))
+        .collect();
+    let (mut push, mut pull) = (Vec::new(), Vec::new());
+    for t in theirs {
+        let pos = Store::key_position(&t.key);
+        if pos < page.lo || pos > end {
+            continue; // beyond our page: compared on a later turn
+        }
+        match mine.remove(&t.key) {
+            Some((m, _)) if m > t.version => push.push(t.key),
+            Some((m, _)) if m == t.version => {}
+            Some(_) => pull.push(t.key),
+            None if t.tombstone && t.version.ts < task.old_before => {} // purged here
+            None => pull.push(t.key),
+        }
+    }
+    for (key, (v, tombstone)) in mine {
+        if !(tombstone && v.ts < task.old_before) {
+            push.push(key);
+        }
+    }
+    send_values(store, from, &push, out);
+    if !pull.is_empty() {
+        out.sends
+            .push((from.to_string(), PeerMsg::AePull { keys: pull }));
+    }
+    match end.checked_add(1) {
+        Some(next) => send_page(task, store, from, page.arc, next, rest, out),
+        None if !rest.is_empty() => {
+            let arc = rest.remove(0);
+            send_page(task, store, from, arc, 0, rest, out)
+        }
+        None => {}
+    }
+}
+
+/// Our state of `keys`, in messages of at most [`VALUES_BYTES`].
+fn send_values(store: &Store, to: &str, keys: &[Vec<u8>], out: &mut AeOutcome) {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for key in keys {
+        let Some(v) = store.get_versioned(key) else {
+            continue;
+        };
+        let size = key.len() + v.value.as_ref().map_or(0, Vec::len) + 32;
+        if bytes + size > VALUES_BYTES && !batch.is_empty() {
+            let entries = std::mem::take(&mut batch);
+            out.sends
+                .push((to.to_string(), PeerMsg::AeValues { entries }));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(AeValue {
+            key: key.clone(),
+            version: v.version.into(),
+            value: v.value,
+            expires_at: v.expires_at,
+        });
+    }
+    if !batch.is_empty() {
+        out.sends
+            .push((to.to_string(), PeerMsg::AeValues { entries: batch }));
+    }
+}
+
+/// Stores the states received that are newer than ours, except
+/// timestamps too far ahead and old tombstones for keys we lack.
+fn apply(task: &AeTask, store: &Store, entries: &[AeValue], out: &mut AeOutcome) {
+    for e in entries {
+        if e.version.ts > task.max_ts {
+            continue;
+        }
+        let old_tombstone = e.value.is_none() && e.version.ts < task.old_before;
+        if old_tombstone && store.get_versioned(&e.key).is_none() {
+            continue; // purged here: do not bring it back
+        }
+        let version: Version = e.version.into();
+        match store.apply_with_expiry(&e.key, e.value.as_deref(), version, e.expires_at) {
+            Ok(true) => {
+                out.applied += 1;
+                out.observed = out.observed.max(e.version.ts);
+            }
+            Ok(false) => {}
+            Err(_) => return, // the next round tries again
+        }
+    }
+}
