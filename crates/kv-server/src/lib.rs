@@ -75,8 +75,7 @@ pub fn store_options(c: &Config) -> Options {
     };
     // Tombstones outlive any replica that may still hold the deleted value
     // (repair and anti-entropy must see the delete, or it comes back).
-    let grace = TOMBSTONE_GRACE.max(std::time::Duration::from_secs(c.hint_window_secs + 3600));
-    let mut opts = base.durability(c.fsync).tombstone_grace(grace);
+    let mut opts = base.durability(c.fsync).tombstone_grace(c.tombstone_grace());
     if let Some(n) = c.snapshot_every {
         opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
     }
