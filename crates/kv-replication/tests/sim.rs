@@ -385,3 +385,60 @@ fn no_maximum_clock_offset_is_caught() {
     );
     println!("missing maximum clock offset caught at seed {seed}: {what}");
 }
+
+/// Seeds of the long-outage runs.
+const OUTAGE_SEEDS: u64 = 200;
+
+/// Tombstones purged after a grace of 4 s, and some crashes lasting
+/// longer than that: a delete made while a node is away is purged
+/// everywhere before it comes back on its old data.
+fn long_outages() -> SimConfig {
+    SimConfig {
+        purge_tombstones_after: Some(4000),
+        long_outages: true,
+        ops: 2000,
+        // Enough keys that a key deleted while a node is away is often
+        // left alone until that node is back (so a resurrection shows).
+        keys: 100,
+        ..SimConfig::default()
+    }
+}
+
+/// Issue 9, item 2: a node back from an outage longer than the tombstone
+/// grace gives its old data up and rejoins as a new generation, so no
+/// delete ever comes back (the reads' resurrection check and the final
+/// reads' lost-write check would say so).
+#[test]
+fn nodes_back_from_outages_longer_than_the_grace_never_bring_deletes_back() {
+    let test = "nodes_back_from_outages_longer_than_the_grace_never_bring_deletes_back";
+    let seeds = seeds_up_to(OUTAGE_SEEDS);
+    let reports = check_all(test, &long_outages(), &seeds, &[]);
+    let outages: usize = reports.iter().map(|r| r.long_outages).sum();
+    let fresh: usize = reports.iter().map(|r| r.fresh_rejoins).sum();
+    let acked: usize = reports.iter().map(|r| r.acked_writes).sum();
+    println!(
+        "{} seeds: {outages} outages longer than the grace, {fresh} fresh rejoins, {acked} acknowledged writes",
+        seeds.len()
+    );
+    assert!(seeds.len() < 20 || (outages > 0 && fresh > 0), "{outages} {fresh}");
+}
+
+/// The planted bug: no grace check on restart. A node back from a long
+/// outage serves its old data, and some delete made while it was away
+/// must be caught coming back.
+#[test]
+fn no_grace_check_on_restart_is_caught() {
+    let mut cfg = long_outages();
+    cfg.planted.no_grace_check = true;
+    let found = seeds().into_iter().find_map(|seed| {
+        let r = run(seed, &cfg);
+        let v = r
+            .violations
+            .into_iter()
+            .find(|v| v.contains("came back to life") || v.contains("lost"))?;
+        Some((seed, v))
+    });
+    let (seed, what) =
+        found.expect("without the grace check some delete must come back after a long outage");
+    println!("no grace check on restart caught at seed {seed}: {what}");
+}
