@@ -511,7 +511,12 @@ impl Node {
                 return false;
             }
         }
-        let every = self.cfg.contact_record_interval;
+        // Well inside the grace, however short it is configured.
+        let every = match self.cfg.tombstone_grace {
+            0 => self.cfg.contact_record_interval,
+            g => self.cfg.contact_record_interval.min(g / 8),
+        }
+        .max(1);
         let ahead = self.cfg.max_clock_offset;
         if let Some(t) = self.contact.heard(now, clock, ahead, every) {
             self.out.push_back(Output::Contact(t));
