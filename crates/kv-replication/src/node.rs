@@ -634,9 +634,7 @@ impl Node {
         self.members
             .all(now)
             .into_iter()
-            .filter(|(id, state)| {
-                !(crate::membership::is_ghost(id) && *state == MemberState::Left)
-            })
+            .filter(|(id, state)| !(crate::membership::is_ghost(id) && *state == MemberState::Left))
             .map(|(id, state)| MemberInfo {
                 share: shares.get(&id).copied().unwrap_or(0.0),
                 status: self.members.status(&id).unwrap_or(Status::Left),

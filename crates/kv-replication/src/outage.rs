@@ -169,7 +169,10 @@ mod tests {
     #[test]
     fn restarts_after_most_of_the_grace_rejoin_fresh() {
         let grace = 4 * H;
-        assert_eq!(on_restart(Some(10 * H), 12 * H, grace, true), Verdict::Resume);
+        assert_eq!(
+            on_restart(Some(10 * H), 12 * H, grace, true),
+            Verdict::Resume
+        );
         assert!(matches!(
             on_restart(Some(10 * H), 14 * H, grace, true),
             Verdict::RejoinFresh(why) if why.contains("4.0 h")
@@ -178,7 +181,10 @@ mod tests {
         assert_eq!(on_restart(Some(0), 14 * H, grace, false), Verdict::Resume);
         assert_eq!(on_restart(None, 14 * H, 0, true), Verdict::Resume);
         // Cannot tell: conservative.
-        assert!(matches!(on_restart(None, 1, grace, true), Verdict::RejoinFresh(_)));
+        assert!(matches!(
+            on_restart(None, 1, grace, true),
+            Verdict::RejoinFresh(_)
+        ));
         assert!(matches!(
             on_restart(Some(10 * H), 9 * H, grace, true),
             Verdict::RejoinFresh(why) if why.contains("behind")

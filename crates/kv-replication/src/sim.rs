@@ -375,7 +375,8 @@ impl Sim {
     fn rejoin_fresh(&mut self, i: usize) {
         self.report.fresh_rejoins += 1;
         let n = &mut self.nodes[i];
-        n.store = Store::open(Options::in_memory()).unwrap_or_else(|e| panic!("in-memory store: {e}"));
+        n.store =
+            Store::open(Options::in_memory()).unwrap_or_else(|e| panic!("in-memory store: {e}"));
         n.saved = None;
         n.hints.clear();
         n.contact = None;
@@ -719,10 +720,11 @@ impl Sim {
             // data up together lose what only they held (a documented
             // limit), and a partition followed by a crash is such a pair.
             for i in 0..self.nodes.len() {
-                if self.nodes[i].node.is_none() && self.nodes[i].down_until <= self.now {
-                    if self.nodes[i].saved.is_some() {
-                        self.restart(i);
-                    }
+                if self.nodes[i].node.is_none()
+                    && self.nodes[i].down_until <= self.now
+                    && self.nodes[i].saved.is_some()
+                {
+                    self.restart(i);
                 }
             }
             if self.heal_at != 0 && self.now >= self.heal_at {
@@ -756,7 +758,9 @@ impl Sim {
                 // Its clients never hear back: their outcome is unknown.
                 self.clients.retain(|(node, _), _| *node != i);
                 self.nodes[i].down_until = self.now + 100 + self.rng.below(2000);
-                if let (true, Some(grace)) = (self.cfg.long_outages, self.cfg.purge_tombstones_after) {
+                if let (true, Some(grace)) =
+                    (self.cfg.long_outages, self.cfg.purge_tombstones_after)
+                {
                     // One node at a time, and not during a rebalance: two
                     // replicas of a range giving their data up together
                     // lose what only they held (a limit, documented).

@@ -430,7 +430,10 @@ fn nodes_back_from_outages_longer_than_the_grace_never_bring_deletes_back() {
         "{} seeds: {outages} outages longer than the grace, {fresh} fresh rejoins, {acked} acknowledged writes",
         seeds.len()
     );
-    assert!(seeds.len() < 20 || (outages > 0 && fresh > 0), "{outages} {fresh}");
+    assert!(
+        seeds.len() < 20 || (outages > 0 && fresh > 0),
+        "{outages} {fresh}"
+    );
 }
 
 /// The planted bug: no grace check on restart. A node back from a long

@@ -481,8 +481,12 @@ pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
     let why = match std::fs::read_to_string(dir.join(REJOIN_MARKER)) {
         Ok(why) => why.trim().to_string(),
         Err(_) => {
-            let verdict =
-                kv_replication::outage::on_restart(read_contact(&dir), now_ms(), grace, holds_data(&dir));
+            let verdict = kv_replication::outage::on_restart(
+                read_contact(&dir),
+                now_ms(),
+                grace,
+                holds_data(&dir),
+            );
             match verdict {
                 kv_replication::outage::Verdict::Resume => return Ok(None),
                 kv_replication::outage::Verdict::RejoinFresh(why) => why,

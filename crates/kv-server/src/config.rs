@@ -214,8 +214,9 @@ impl Config {
     pub fn tombstone_grace(&self) -> std::time::Duration {
         match self.tombstone_grace_ms {
             Some(ms) => std::time::Duration::from_millis(ms),
-            None => crate::TOMBSTONE_GRACE
-                .max(std::time::Duration::from_secs(self.hint_window_secs.saturating_add(3600))),
+            None => crate::TOMBSTONE_GRACE.max(std::time::Duration::from_secs(
+                self.hint_window_secs.saturating_add(3600),
+            )),
         }
     }
 

@@ -75,7 +75,9 @@ pub fn store_options(c: &Config) -> Options {
     };
     // Tombstones outlive any replica that may still hold the deleted value
     // (repair and anti-entropy must see the delete, or it comes back).
-    let mut opts = base.durability(c.fsync).tombstone_grace(c.tombstone_grace());
+    let mut opts = base
+        .durability(c.fsync)
+        .tombstone_grace(c.tombstone_grace());
     if let Some(n) = c.snapshot_every {
         opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
     }

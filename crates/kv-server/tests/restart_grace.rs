@@ -162,11 +162,18 @@ fn a_node_down_longer_than_the_grace_does_not_bring_deleted_keys_back() {
     // Give repair every chance to spread what node 3 holds: wait until it
     // holds a key written after it restarted on every replica.
     client(&a).put(b"after", b"restart").expect("put");
-    wait_for("node 3 to hold the key written after its restart", SETTLE, || {
-        local_copy(&c, "after").is_some()
-    });
+    wait_for(
+        "node 3 to hold the key written after its restart",
+        SETTLE,
+        || local_copy(&c, "after").is_some(),
+    );
     for s in [&a, &b, &c] {
-        assert_eq!(get(s, "k"), None, "GET k through {} after node 3 came back", s.addr);
+        assert_eq!(
+            get(s, "k"),
+            None,
+            "GET k through {} after node 3 came back",
+            s.addr
+        );
     }
     for s in [&a, &b, &c] {
         assert!(
