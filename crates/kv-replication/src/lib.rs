@@ -37,6 +37,7 @@ pub mod hlc;
 pub mod membership;
 pub mod msg;
 pub mod node;
+pub mod outage;
 pub mod rebalance;
 pub mod sim;
 

@@ -13,6 +13,25 @@ use std::collections::BTreeMap;
 
 use crate::msg::{Digest, NodeId, Status};
 
+/// What separates a node's id from the generation in the id of its
+/// ghost (see [`ghost_id`]).
+const GHOST_MARK: &str = "#generation-";
+
+/// The id under which the old generation of `id` stays in the table once
+/// a new generation of the address appears (started again on an empty
+/// data directory, or rejoining fresh after a long outage): a member that
+/// is never up, leaving, so that its ranges are rebuilt on their new
+/// owners from the other replicas (as a REMOVE does) before the new
+/// generation may join. Ids containing the mark are never real addresses.
+pub fn ghost_id(id: &str, generation: u64) -> NodeId {
+    format!("{id}{GHOST_MARK}{generation}")
+}
+
+/// Whether `id` is the ghost of an old generation ([`ghost_id`]).
+pub fn is_ghost(id: &str) -> bool {
+    id.contains(GHOST_MARK)
+}
+
 /// How a member looks from here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MemberState {
@@ -180,8 +199,23 @@ impl Membership {
             if d.generation < m.d.generation || d.id == self.me {
                 return false;
             }
-            m.d = d.clone();
+            let old = std::mem::replace(&mut m.d, d.clone());
             m.heard = now;
+            if matches!(old.status, Status::Normal | Status::Leaving) {
+                // The old generation held ranges: they are rebuilt from
+                // the other replicas, as for a removed node.
+                let ghost = ghost_id(&old.id, old.generation);
+                self.members.entry(ghost.clone()).or_insert(Member {
+                    d: Digest {
+                        id: ghost,
+                        status: Status::Leaving,
+                        view: 0,
+                        synced: 0,
+                        ..old
+                    },
+                    heard: 0,
+                });
+            }
             return true;
         }
         let mut changed = false;
@@ -226,6 +260,8 @@ impl Membership {
             MemberState::Left
         } else if id == self.me {
             MemberState::Alive
+        } else if is_ghost(id) {
+            MemberState::Down
         } else {
             let quiet = now.saturating_sub(m.heard);
             if quiet > self.down_after {

@@ -47,10 +47,6 @@ pub struct Config {
     /// [`Output::AntiEntropy`] to run on another thread (off: the node
     /// runs it inline, as the simulator does).
     pub offload_anti_entropy: bool,
-    /// How long tombstones are kept before they may be purged (ms):
-    /// anti-entropy neither sends nor takes an older tombstone for a key
-    /// the other replica lacks.
-    pub tombstone_grace: u64,
     /// How long a hint for a down replica is kept before it is dropped.
     pub hint_window: u64,
     /// Most bytes per second a node receives while rebalancing (0: no
@@ -67,6 +63,15 @@ pub struct Config {
     /// ends (on by default; off only to show, in the simulator, what goes
     /// wrong without it).
     pub stream_ranges: bool,
+    /// The tombstone grace period of the cluster's stores (ms; 0: none,
+    /// tombstones are kept). A node restarted after being out of contact
+    /// for most of it gives up its data (see [`crate::outage`]), and
+    /// anti-entropy neither sends nor takes an older tombstone for a key
+    /// the other replica lacks.
+    pub tombstone_grace: u64,
+    /// How often, at most, the time of the last contact with the cluster
+    /// is handed out to be recorded ([`Output::Contact`]).
+    pub contact_record_interval: u64,
     /// Bugs planted on purpose, for the simulator's tests to show that it
     /// catches them. All off by default; never turn one on in production.
     #[doc(hidden)]
@@ -97,6 +102,10 @@ pub struct Planted {
     /// A read whose repair finds a newer version than the one it read
     /// returns the older one anyway (the read path before the fix).
     pub repair_ignores_newer: bool,
+    /// A node restarted after an outage longer than the tombstone grace
+    /// serves and spreads its old data (no check at restart nor at first
+    /// contact).
+    pub no_grace_check: bool,
 }
 
 /// Default maximum clock offset between nodes (ms).
@@ -120,12 +129,13 @@ impl Config {
             read_repair: true,
             anti_entropy_interval: 10_000,
             offload_anti_entropy: false,
-            tombstone_grace: 4 * 3600 * 1000,
             hint_window: 3 * 3600 * 1000,
             stream_rate: 0,
             stream_page: 2 << 20,
             stream_ranges: true,
             max_clock_offset: DEFAULT_MAX_CLOCK_OFFSET,
+            tombstone_grace: 4 * 3600 * 1000,
+            contact_record_interval: 5000,
             planted: Planted::default(),
         }
     }
@@ -171,6 +181,16 @@ pub enum Output {
         /// Whether it expired undelivered (worth a line in the log).
         expired: bool,
     },
+    /// Record durably (not on the path of client requests) that this node
+    /// was in contact with its cluster at this time (ms), and pass it back
+    /// to [`Node::restore_contact`] after a restart.
+    Contact(u64),
+    /// This node must not serve or spread its data any more (it was out of
+    /// contact for longer than the tombstone grace allows; the text says
+    /// why): set the data aside and start again as a new generation that
+    /// joins the cluster (as `--rejoin-fresh` does). Until then the node
+    /// serves nothing.
+    RejoinFresh(String),
 }
 
 /// A write held for a replica that was down (hinted handoff). It never
@@ -398,6 +418,13 @@ pub struct Node {
     numbers: BTreeMap<u32, NodeId>,
     /// Nodes refused for a version number another node already has.
     duplicates: BTreeSet<NodeId>,
+    /// The last contact with the cluster.
+    contact: crate::outage::Contact,
+    /// Restarted with data: its first contact must check how long it was
+    /// away before it serves any of that data to peers.
+    contact_check: bool,
+    /// Why this node gave up its data (it serves nothing).
+    stale: Option<String>,
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
@@ -472,6 +499,9 @@ impl Node {
             clock_ahead: false,
             numbers: BTreeMap::new(),
             duplicates: BTreeSet::new(),
+            contact: crate::outage::Contact::default(),
+            contact_check: false,
+            stale: None,
         };
         n.numbers.insert(n.number, n.cfg.id.clone());
         if let Some(d) = n.members.digest(&n.cfg.id) {
@@ -480,6 +510,65 @@ impl Node {
         n.recompute_rings();
         n.persist();
         n
+    }
+
+    /// Hands back the last contact recorded from [`Output::Contact`]
+    /// before a restart; `holds_data`: whether the store holds data. A
+    /// member restarted with data then serves none of it to peers until
+    /// its first contact has checked, against the peer's clock too, that
+    /// it was not away longer than the tombstone grace allows (else it
+    /// asks, with [`Output::RejoinFresh`], to start again afresh).
+    pub fn restore_contact(&mut self, last: Option<u64>, holds_data: bool) {
+        self.contact = crate::outage::Contact::new(last);
+        self.contact_check = holds_data
+            && last.is_some()
+            && !self.heard_peer
+            && self.cfg.tombstone_grace > 0
+            && !self.cfg.planted.no_grace_check;
+    }
+
+    /// Why this node gave up its data, if it did ([`Output::RejoinFresh`]).
+    pub fn stale(&self) -> Option<&str> {
+        self.stale.as_deref()
+    }
+
+    /// Whether this node still waits for its first contact to check how
+    /// long it was away before it serves its data to peers.
+    pub fn awaiting_contact_check(&self) -> bool {
+        self.contact_check
+    }
+
+    /// A gossip from peer `from`, whose clock reads `clock`: a contact with
+    /// the cluster. The first after a restart checks the outage's length.
+    /// Returns false if this node must give up its data.
+    fn contact_from(&mut self, now: u64, from: &str, clock: u64) -> bool {
+        if from == self.cfg.id {
+            return true;
+        }
+        if self.contact_check {
+            self.contact_check = false;
+            let grace = self.cfg.tombstone_grace;
+            let last = self.contact.last();
+            if let Some(why) = crate::outage::stale_at_first_contact(last, now, clock, grace) {
+                self.log(format!(
+                    "giving up this node's data and rejoining as a new generation: {why}"
+                ));
+                self.stale = Some(why.clone());
+                self.out.push_back(Output::RejoinFresh(why));
+                return false;
+            }
+        }
+        // Well inside the grace, however short it is configured.
+        let every = match self.cfg.tombstone_grace {
+            0 => self.cfg.contact_record_interval,
+            g => self.cfg.contact_record_interval.min(g / 8),
+        }
+        .max(1);
+        let ahead = self.cfg.max_clock_offset;
+        if let Some(t) = self.contact.heard(now, clock, ahead, every) {
+            self.out.push_back(Output::Contact(t));
+        }
+        true
     }
 
     /// This node's id.
@@ -592,6 +681,7 @@ impl Node {
         self.members
             .all(now)
             .into_iter()
+            .filter(|(id, state)| !(crate::membership::is_ghost(id) && *state == MemberState::Left))
             .map(|(id, state)| MemberInfo {
                 share: shares.get(&id).copied().unwrap_or(0.0),
                 status: self.members.status(&id).unwrap_or(Status::Left),
@@ -854,7 +944,7 @@ impl Node {
     pub fn is_joining(&self) -> bool {
         let alone = self.members.current_count() <= 1;
         let newcomer = matches!(self.status(), Status::Waiting | Status::Joining);
-        (alone && (newcomer || !self.seeds.is_empty())) || !self.heard_peer
+        (alone && (newcomer || !self.seeds.is_empty())) || !self.heard_peer || self.stale.is_some()
     }
 
     /// Decommissions `node`, which must be up: it stops taking new writes,
@@ -947,7 +1037,7 @@ impl Node {
     fn tell_everyone(&mut self) {
         let members = self.members.digests();
         for peer in self.members.current() {
-            if peer != self.cfg.id {
+            if peer != self.cfg.id && !crate::membership::is_ghost(&peer) {
                 let msg = PeerMsg::Gossip {
                     members: members.clone(),
                     clock: self.last_now,
@@ -1003,6 +1093,7 @@ impl Node {
     pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &Store) {
         self.last_now = self.last_now.max(now);
         if self.is_joining()
+            || self.stale.is_some()
             || self.clock_ahead
             || self.status() == Status::Left
             || self.read_ring.nodes().is_empty()
@@ -1106,6 +1197,9 @@ impl Node {
             p.deadline = deadline;
         }
         for r in replicas {
+            if crate::membership::is_ghost(&r) {
+                continue; // never up: its ranges are being rebuilt
+            }
             if r != self.cfg.id && self.members.state(&r, now) == Some(MemberState::Down) {
                 self.add_hint(now, r, &key, (value.clone(), expires_at), version);
                 continue;
@@ -1236,8 +1330,26 @@ impl Node {
         if let PeerMsg::Gossip { number, .. } = &msg {
             self.check_number(from, *number);
         }
-        if self.duplicates.contains(from) {
+        if self.duplicates.contains(from) || self.stale.is_some() {
             return; // refused: its versions could tie with another node's
+        }
+        if let PeerMsg::Gossip { clock, .. } = &msg {
+            if !self.contact_from(now, from, *clock) {
+                return;
+            }
+        }
+        if self.contact_check
+            && matches!(
+                msg,
+                PeerMsg::Read { .. }
+                    | PeerMsg::ListPage { .. }
+                    | PeerMsg::StreamReq { .. }
+                    | PeerMsg::AeDigest { .. }
+                    | PeerMsg::AeKeys { .. }
+                    | PeerMsg::AePull { .. }
+            )
+        {
+            return; // nothing of the old data leaves before the check
         }
         let far = match &msg {
             PeerMsg::Replicate { version, .. } => Some((version.ts, "a write")),
@@ -1665,16 +1777,19 @@ impl Node {
     /// Time passes: gossip, failure detection, anti-entropy, deadlines.
     pub fn handle_tick(&mut self, now: u64, store: &Store) {
         self.last_now = self.last_now.max(now);
+        if self.stale.is_some() {
+            return;
+        }
         if now >= self.last_gossip + self.cfg.gossip_interval {
             self.last_gossip = now;
             self.gossip_round(now);
         }
-        if now == self.last_gossip {
+        if now == self.last_gossip && !self.contact_check {
             self.deliver_hints(now);
         }
         self.rebalance_tick(now);
         let ae = self.cfg.anti_entropy_interval;
-        if ae > 0 && now >= self.last_anti_entropy.saturating_add(ae) {
+        if ae > 0 && now >= self.last_anti_entropy.saturating_add(ae) && !self.contact_check {
             // Until a peer is alive, try again at the next tick.
             if self.anti_entropy_round(now, store) {
                 self.last_anti_entropy = now;
@@ -2079,9 +2194,10 @@ impl Node {
     fn dispatch_ae(&mut self, now: u64, work: AeWork, store: &Store) {
         let task = AeTask {
             view: self.ae_view(),
-            old_before: now
-                .saturating_sub(self.cfg.tombstone_grace)
-                .saturating_mul(1000),
+            old_before: match self.cfg.tombstone_grace {
+                0 => 0, // tombstones are kept: none is too old
+                grace => now.saturating_sub(grace).saturating_mul(1000),
+            },
             max_ts: self
                 .clock_bound()
                 .map_or(u64::MAX, |m| now.saturating_add(m).saturating_mul(1000)),
@@ -2126,7 +2242,9 @@ impl Node {
             .members
             .all(now)
             .into_iter()
-            .filter(|(id, s)| *id != self.cfg.id && *s != MemberState::Left)
+            .filter(|(id, s)| {
+                *id != self.cfg.id && *s != MemberState::Left && !crate::membership::is_ghost(id)
+            })
             .filter(|(id, _)| self.members.status(id) != Some(Status::Left))
             .map(|(id, _)| id)
             .collect();

@@ -70,7 +70,16 @@ pub struct SimConfig {
     pub stream_ranges: bool,
     /// Drop tombstones from every store as soon as they are this old (ms);
     /// `None` keeps them, as a real grace period longer than any run does.
+    /// This is the nodes' tombstone grace too: one restarted after being
+    /// out of contact for most of it rejoins as a new generation.
     pub purge_tombstones_after: Option<u64>,
+    /// Whether some crashes last longer than the tombstone grace
+    /// ([`SimConfig::purge_tombstones_after`]), so that deletes made
+    /// meanwhile are purged everywhere before the node comes back on its
+    /// old data; partitions then stay well inside the grace (a node cut
+    /// off for longer without a restart is a limit the nodes do not
+    /// handle).
+    pub long_outages: bool,
     /// Bugs planted on purpose, to show that the checks catch them.
     pub planted: Planted,
     /// Each node's clock starts up to this far (ms) ahead of the slowest.
@@ -114,6 +123,7 @@ impl Default for SimConfig {
             leavers: 0,
             stream_ranges: true,
             purge_tombstones_after: None,
+            long_outages: false,
             planted: Planted::default(),
             clock_skew: 150,
             clock_jump_ppm: 2_000,
@@ -151,6 +161,11 @@ pub struct Report {
     /// Every client operation, for a linearizability checker: writes from
     /// the moment they were issued, reads once they were answered.
     pub history: Vec<ClientEvent>,
+    /// Nodes that came back after an outage too long for their data and
+    /// rejoined as a new generation.
+    pub fresh_rejoins: usize,
+    /// Crashes that lasted longer than the tombstone grace.
+    pub long_outages: usize,
 }
 
 /// One client operation in [`Report::history`]. Times are the simulation's
@@ -193,6 +208,11 @@ struct SimNode {
     /// Its durable hints.
     hints: BTreeMap<(String, Vec<u8>), Hint>,
     down_until: u64,
+    /// Its durable record of the last contact with the cluster.
+    contact: Option<u64>,
+    /// It gave its data up: it restarts on an empty store as a new
+    /// generation.
+    wipe: bool,
     /// How far its clock is ahead of the simulation's time (ms).
     clock_ahead: u64,
 }
@@ -246,6 +266,8 @@ struct Sim {
     scheduled: Vec<(u64, usize, bool)>,
     next_client: u64,
     done: Vec<Done>,
+    /// When each key's deletes were issued.
+    deletes_issued: BTreeMap<usize, Vec<u64>>,
     /// Every value a client asked to write, with its key (values are unique).
     written: BTreeMap<Vec<u8>, usize>,
     report: Report,
@@ -275,6 +297,8 @@ impl Sim {
                 saved: None,
                 hints: BTreeMap::new(),
                 down_until: 0,
+                contact: None,
+                wipe: false,
                 clock_ahead: 0,
             })
             .collect();
@@ -296,6 +320,7 @@ impl Sim {
             next_client: 1,
             done: Vec::new(),
             written: BTreeMap::new(),
+            deletes_issued: BTreeMap::new(),
             report: Report::default(),
         };
         if cfg.clock_skew > 0 {
@@ -328,11 +353,10 @@ impl Sim {
             0
         };
         c.stream_ranges = self.cfg.stream_ranges;
-        if let Some(after) = self.cfg.purge_tombstones_after {
-            c.tombstone_grace = after;
-        }
         c.stream_page = self.cfg.stream_page;
         c.planted = self.cfg.planted;
+        c.tombstone_grace = self.cfg.purge_tombstones_after.unwrap_or(0);
+        c.contact_record_interval = 100;
         c
     }
 
@@ -347,14 +371,54 @@ impl Sim {
     }
 
     /// Restarts node `i` from its saved state, with the seed it was
-    /// started with (as a server keeps its `--join` flags).
+    /// started with (as a server keeps its `--join` flags); or, if it was
+    /// out of contact for longer than its data may be trusted, on an empty
+    /// store as a new generation.
     fn restart(&mut self, i: usize) {
+        let cfg = self.node_config(i);
+        let holds_data = self.nodes[i].store.max_timestamp() > 0;
+        let contact = self.nodes[i].contact;
+        let verdict = crate::outage::restart_verdict(&cfg, contact, self.clock(i), holds_data);
+        if let crate::outage::Verdict::RejoinFresh(why) = verdict {
+            if std::env::var_os("KV_SIM_DEBUG").is_some() {
+                eprintln!("{} {} rejoins fresh: {why}", self.now, self.nodes[i].id);
+            }
+            return self.rejoin_fresh(i);
+        }
         self.start_node(i);
+        if let Some(n) = self.nodes[i].node.as_mut() {
+            n.restore_contact(contact, holds_data);
+        }
         if i > 0 {
             let seed = self.nodes[0].id.clone();
             let now = self.clock(i);
             if let Some(n) = self.nodes[i].node.as_mut() {
                 n.join(now, &seed);
+            }
+        }
+        self.drain(i);
+    }
+
+    /// Node `i` sets its data aside (here: drops it) and joins again as a
+    /// new generation, through every other node, as `--rejoin-fresh` does.
+    fn rejoin_fresh(&mut self, i: usize) {
+        self.report.fresh_rejoins += 1;
+        let n = &mut self.nodes[i];
+        n.store =
+            Store::open(Options::in_memory()).unwrap_or_else(|e| panic!("in-memory store: {e}"));
+        n.saved = None;
+        n.hints.clear();
+        n.contact = None;
+        n.wipe = false;
+        self.start_node(i);
+        let seeds: Vec<String> = (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .map(|j| self.nodes[j].id.clone())
+            .collect();
+        let now = self.clock(i);
+        if let Some(n) = self.nodes[i].node.as_mut() {
+            for seed in &seeds {
+                n.join(now, seed);
             }
         }
         self.drain(i);
@@ -416,6 +480,16 @@ impl Sim {
                     if std::env::var_os("KV_SIM_DEBUG").is_some() {
                         eprintln!("{} {}: {line}", self.now, self.nodes[i].id);
                     }
+                }
+                Output::Contact(t) => self.nodes[i].contact = Some(t),
+                Output::RejoinFresh(why) => {
+                    if std::env::var_os("KV_SIM_DEBUG").is_some() {
+                        eprintln!("{} {} gives up its data: {why}", self.now, self.nodes[i].id);
+                    }
+                    // The driver stops it; it comes back afresh.
+                    self.nodes[i].node = None;
+                    self.nodes[i].wipe = true;
+                    self.clients.retain(|(node, _), _| *node != i);
                 }
                 Output::StoreHint(h) => {
                     self.nodes[i]
@@ -541,12 +615,17 @@ impl Sim {
                 key: key_name(*key),
             },
         };
-        if let Kind::Write {
-            key,
-            value: Some(v),
-        } = &kind
-        {
-            self.written.insert(v.clone(), *key);
+        match &kind {
+            Kind::Write {
+                key,
+                value: Some(v),
+            } => {
+                self.written.insert(v.clone(), *key);
+            }
+            Kind::Write { key, value: None } => {
+                self.deletes_issued.entry(*key).or_default().push(self.now);
+            }
+            Kind::Read { .. } => {}
         }
         if std::env::var_os("KV_SIM_DEBUG").is_some() {
             if let Some(node) = &self.nodes[i].node {
@@ -633,6 +712,11 @@ impl Sim {
                 self.drain(i);
             }
             self.clock_jumps();
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].wipe {
+                    self.rejoin_fresh(i);
+                }
+            }
         }
         if faults {
             self.faults();
@@ -693,6 +777,24 @@ impl Sim {
     }
 
     fn faults(&mut self) {
+        if self.cfg.long_outages && self.quiet_for_long_outage() {
+            // One fault at a time while a node is away for long or a node
+            // that came back rebuilds: two replicas of a range giving their
+            // data up together lose what only they held (a documented
+            // limit), and a partition followed by a crash is such a pair.
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].node.is_none()
+                    && self.nodes[i].down_until <= self.now
+                    && self.nodes[i].saved.is_some()
+                {
+                    self.restart(i);
+                }
+            }
+            if self.heal_at != 0 && self.now >= self.heal_at {
+                self.heal();
+            }
+            return;
+        }
         if self.cfg.partitions && self.heal_at == 0 && self.rng.chance(1_000) {
             // Cut a random minority off from the rest for a while.
             let victim = self.rng.below(self.nodes.len() as u64) as usize;
@@ -702,7 +804,11 @@ impl Sim {
                     self.cut[j][victim] = true;
                 }
             }
-            self.heal_at = self.now + 200 + self.rng.below(1500);
+            let longest = match (self.cfg.long_outages, self.cfg.purge_tombstones_after) {
+                (true, Some(grace)) => (crate::outage::limit(grace) / 2).clamp(1, 1500),
+                _ => 1500,
+            };
+            self.heal_at = self.now + 200 + self.rng.below(longest);
         }
         if self.heal_at != 0 && self.now >= self.heal_at {
             self.heal();
@@ -715,6 +821,19 @@ impl Sim {
                 // Its clients never hear back: their outcome is unknown.
                 self.clients.retain(|(node, _), _| *node != i);
                 self.nodes[i].down_until = self.now + 100 + self.rng.below(2000);
+                if let (true, Some(grace)) =
+                    (self.cfg.long_outages, self.cfg.purge_tombstones_after)
+                {
+                    // One node at a time, and not during a rebalance: two
+                    // replicas of a range giving their data up together
+                    // lose what only they held (a limit, documented).
+                    let alone = live.len() == self.nodes.len() && self.rebalancing().is_empty();
+                    if alone && self.rng.chance(300_000) {
+                        // Longer than the grace: what it missed is purged.
+                        self.report.long_outages += 1;
+                        self.nodes[i].down_until = self.now + grace + 1 + self.rng.below(grace);
+                    }
+                }
             }
         }
         for i in 0..self.nodes.len() {
@@ -725,6 +844,12 @@ impl Sim {
                 self.restart(i);
             }
         }
+    }
+
+    /// Whether a node is down (for long, or any node when this runs with
+    /// long outages) or a rebalance runs: then no new fault starts.
+    fn quiet_for_long_outage(&self) -> bool {
+        self.nodes.iter().any(|n| n.node.is_none()) || !self.rebalancing().is_empty()
     }
 
     /// Live members that see a rebalance under way or wait to join.
@@ -898,6 +1023,10 @@ impl Sim {
     /// Invariant 2, and that every value read is the one written with
     /// its version.
     fn check_reads(&mut self) {
+        // Once its tombstone is purged, a delete (acknowledged or not: it
+        // may have taken effect) reads as nothing at all, which is no loss.
+        let purged = |r: &Done| self.maybe_purged_delete(r);
+        let mut problems = Vec::new();
         let mut newest_acked: BTreeMap<usize, Vec<(u64, Ver)>> = BTreeMap::new();
         for d in self.done.iter().filter(|d| d.write) {
             if let Some(v) = d.version {
@@ -912,14 +1041,14 @@ impl Sim {
                 .filter(|(end, _)| *end < r.start)
                 .map(|(_, v)| *v)
                 .max();
-            if let Some(w) = floor {
+            if let Some(w) = floor.filter(|_| !purged(r)) {
                 if r.version.is_none_or(|v| v < w) {
                     let when = if r.after_rebalance {
                         " (read right after a rebalance ended)"
                     } else {
                         ""
                     };
-                    self.report.violations.push(format!(
+                    problems.push(format!(
                         "stale read of key{} at {}{when}: saw {:?}, but {:?} was acknowledged before the read began",
                         r.key, r.start, r.version, w
                     ));
@@ -935,7 +1064,7 @@ impl Sim {
                         && d.version > r.version
                 });
                 if resurrected {
-                    self.report.violations.push(format!(
+                    problems.push(format!(
                         "delete of key{} came back to life: a read at {} saw {:?}, older than an acknowledged delete",
                         r.key, r.start, r.version
                     ));
@@ -948,8 +1077,8 @@ impl Sim {
                 .filter(|e| !e.write && e.key == r.key && e.end < r.start)
                 .max_by_key(|e| e.version);
             if let Some(e) = earlier {
-                if r.version < e.version {
-                    self.report.violations.push(format!(
+                if r.version < e.version && !purged(r) {
+                    problems.push(format!(
                         "read of key{} went backwards: saw {:?} at {} after a read saw {:?} at {}",
                         r.key, r.version, r.start, e.version, e.end
                     ));
@@ -957,7 +1086,7 @@ impl Sim {
             }
             if let Some(v) = &r.value {
                 if self.written.get(v) != Some(&r.key) {
-                    self.report.violations.push(format!(
+                    problems.push(format!(
                         "read of key{} returned {:?}, which no client wrote to it",
                         r.key,
                         String::from_utf8_lossy(v)
@@ -965,6 +1094,7 @@ impl Sim {
                 }
             }
         }
+        self.report.violations.extend(problems);
     }
 
     /// An OK means the write was the newest on a write quorum when it was
@@ -1056,7 +1186,7 @@ impl Sim {
                 .filter(|d| d.write && d.key == r.key)
                 .filter_map(|d| d.version)
                 .max();
-            if let Some(w) = newest {
+            if let Some(w) = newest.filter(|_| !self.maybe_purged_delete(&r)) {
                 if r.version.is_none_or(|v| v < w) {
                     self.report.violations.push(format!(
                         "acknowledged write {w:?} of key{} lost: final read saw {:?}",
@@ -1069,6 +1199,18 @@ impl Sim {
 }
 
 impl Sim {
+    /// Whether read `r` saw nothing at all (no version) where a delete
+    /// issued before it ended may have left a tombstone since purged: with
+    /// tombstones purged, such a read is no sign of a lost write.
+    fn maybe_purged_delete(&self, r: &Done) -> bool {
+        self.cfg.purge_tombstones_after.is_some()
+            && r.version.is_none()
+            && self
+                .deletes_issued
+                .get(&r.key)
+                .is_some_and(|times| times.iter().any(|t| *t < r.end))
+    }
+
     /// After healing, with no other client about, every key can still be
     /// written through every member (a clock behind the others, or one far
     /// ahead, must not make keys unwritable). Writes that lose their

@@ -454,3 +454,73 @@ fn a_read_that_returns_what_its_repair_found_outdated_is_caught() {
     );
     println!("outdated read caught at seed {seed}: {what}");
 }
+
+/// Seeds of the long-outage runs.
+const OUTAGE_SEEDS: u64 = 200;
+
+/// Seeds of the long-outage run known to fail from a bug not fixed yet,
+/// listed (not skipped) so that they stay visible: a node keeps its copies
+/// of the ranges it gave away in a rebalance (here, when the others joined
+/// at the start); when a range comes back to it (here, as the ranges of a
+/// node that rejoined afresh are rebuilt) after a delete's tombstone was
+/// purged, its old copy comes back to life. Seed 5 was traced to this
+/// (key31 on n3); the others fail the same checks. The fix is the cleanup
+/// of given-away ranges (issue 9, item 2), not done yet.
+const KNOWN_GIVEN_AWAY: &[u64] = &[2, 5, 12, 16, 18, 27, 51, 68, 109, 138, 166, 169];
+
+/// Tombstones purged after a grace of 4 s, and some crashes lasting
+/// longer than that: a delete made while a node is away is purged
+/// everywhere before it comes back on its old data.
+fn long_outages() -> SimConfig {
+    SimConfig {
+        purge_tombstones_after: Some(4000),
+        long_outages: true,
+        ops: 2000,
+        // Enough keys that a key deleted while a node is away is often
+        // left alone until that node is back (so a resurrection shows).
+        keys: 100,
+        ..SimConfig::default()
+    }
+}
+
+/// Issue 9, item 2: a node back from an outage longer than the tombstone
+/// grace gives its old data up and rejoins as a new generation, so no
+/// delete ever comes back (the reads' resurrection check and the final
+/// reads' lost-write check would say so).
+#[test]
+fn nodes_back_from_outages_longer_than_the_grace_never_bring_deletes_back() {
+    let test = "nodes_back_from_outages_longer_than_the_grace_never_bring_deletes_back";
+    let seeds = seeds_up_to(OUTAGE_SEEDS);
+    let reports = check_all(test, &long_outages(), &seeds, KNOWN_GIVEN_AWAY);
+    let outages: usize = reports.iter().map(|r| r.long_outages).sum();
+    let fresh: usize = reports.iter().map(|r| r.fresh_rejoins).sum();
+    let acked: usize = reports.iter().map(|r| r.acked_writes).sum();
+    println!(
+        "{} seeds: {outages} outages longer than the grace, {fresh} fresh rejoins, {acked} acknowledged writes",
+        seeds.len()
+    );
+    assert!(
+        seeds.len() < 20 || (outages > 0 && fresh > 0),
+        "{outages} {fresh}"
+    );
+}
+
+/// The planted bug: no grace check on restart. A node back from a long
+/// outage serves its old data, and some delete made while it was away
+/// must be caught coming back.
+#[test]
+fn no_grace_check_on_restart_is_caught() {
+    let mut cfg = long_outages();
+    cfg.planted.no_grace_check = true;
+    let found = seeds().into_iter().find_map(|seed| {
+        let r = run(seed, &cfg);
+        let v = r
+            .violations
+            .into_iter()
+            .find(|v| v.contains("came back to life") || v.contains("lost"))?;
+        Some((seed, v))
+    });
+    let (seed, what) =
+        found.expect("without the grace check some delete must come back after a long outage");
+    println!("no grace check on restart caught at seed {seed}: {what}");
+}

@@ -182,6 +182,11 @@ pub struct ClusterHandle {
     /// The newest version timestamp the event loops saw in replicated
     /// writes they applied themselves; the node's clock stays above it.
     pub observed: std::sync::atomic::AtomicU64,
+    /// False while a node restarted on its data has not yet checked, at
+    /// its first contact, that it was not away for too long: until then
+    /// the event loops hand peers' requests for data to the cluster thread
+    /// (which answers none) instead of answering them from the store.
+    pub checked: AtomicBool,
 }
 
 thread_local! {
@@ -232,6 +237,7 @@ impl ClusterHandle {
             view: Mutex::new(String::new()),
             id: id.to_string(),
             observed: std::sync::atomic::AtomicU64::new(0),
+            checked: AtomicBool::new(true),
         };
         Ok((handle, rx, poll))
     }
@@ -258,6 +264,15 @@ pub const STATE_FILE: &str = "cluster.state";
 /// at a later start it tells a lost `cluster.state` from one that was never
 /// written (a plain single server).
 pub const MEMBER_MARKER: &str = "cluster.member";
+
+/// A file holding the last time (ms since the epoch, in decimal) this
+/// node was in contact with its cluster, rewritten durably now and then.
+pub const CONTACT_FILE: &str = "cluster.contact";
+
+/// A file written when the running node found it was away for longer
+/// than the tombstone grace allows (its first peer's clock said so): at
+/// the next start the old data is set aside and the node rejoins.
+pub const REJOIN_MARKER: &str = "cluster.rejoin";
 
 /// Where the subdirectories holding data set aside by `--rejoin-fresh`
 /// begin their names.
@@ -439,6 +454,89 @@ pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
     })
 }
 
+/// The recorded last contact in `dir`, if there is a readable one.
+fn read_contact(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join(CONTACT_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Checks, before the store opens, that a cluster member restarting on
+/// its data was not out of contact with its cluster for longer than the
+/// tombstone grace allows (deletes made meanwhile may be purged
+/// everywhere, and its old copies would bring them back), and that the
+/// node did not decide so itself before it stopped ([`REJOIN_MARKER`]).
+/// If it was, or if it cannot tell, the old data is set aside (kept),
+/// the cluster's members are added as `--join` seeds, and the node starts
+/// as a new generation that rebuilds its ranges from the live replicas.
+/// Prints one line saying so. Returns where the data went.
+pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
+    let dir = config.data_dir.clone();
+    if config.no_persistence || !dir.is_dir() {
+        return Ok(None);
+    }
+    let Some(saved) = load_state(Some(&dir.join(STATE_FILE))) else {
+        return Ok(None);
+    };
+    if saved.members.len() <= 1 {
+        return Ok(None); // not a cluster member: nothing to be stale against
+    }
+    let grace = u64::try_from(config.tombstone_grace().as_millis()).unwrap_or(u64::MAX);
+    let why = match std::fs::read_to_string(dir.join(REJOIN_MARKER)) {
+        Ok(why) => why.trim().to_string(),
+        Err(_) => {
+            let verdict = kv_replication::outage::on_restart(
+                read_contact(&dir),
+                now_ms(),
+                grace,
+                holds_data(&dir),
+            );
+            match verdict {
+                kv_replication::outage::Verdict::Resume => return Ok(None),
+                kv_replication::outage::Verdict::RejoinFresh(why) => why,
+            }
+        }
+    };
+    let aside = set_aside(&dir)
+        .map_err(|e| format!("cannot move the old data of {} aside: {e}", dir.display()))?;
+    for m in saved.members {
+        if m.status != kv_replication::Status::Left
+            && !kv_replication::membership::is_ghost(&m.id)
+            && !config.join.contains(&m.id)
+        {
+            config.join.push(m.id);
+        }
+    }
+    println!(
+        "kv-server: not serving the data in {}: {why}; it is kept in {}, and this node rejoins its cluster as a new generation that rebuilds its ranges from the live replicas (remove the old data once CLUSTER shows this node normal)",
+        dir.display(),
+        aside.display()
+    );
+    Ok(Some(aside))
+}
+
+/// Writes the last contact durably, off the cluster thread: the thread
+/// takes the latest time sent and writes it (a temporary file fsynced and
+/// renamed, the directory fsynced). Stops when the sender is dropped.
+fn start_contact_writer(dir: PathBuf) -> io::Result<Sender<u64>> {
+    let (tx, rx) = mpsc::channel::<u64>();
+    std::thread::Builder::new()
+        .name("kv-contact".into())
+        .spawn(move || {
+            while let Ok(mut t) = rx.recv() {
+                while let Ok(later) = rx.try_recv() {
+                    t = t.max(later);
+                }
+                if let Err(e) = write_durably(&dir.join(CONTACT_FILE), t.to_string().as_bytes()) {
+                    eprintln!("kv-server: cannot record the last contact with the cluster: {e}");
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
 /// Whether `dir` holds files of a store (log segments, snapshots): any
 /// file but the lock and the cluster's own.
 fn holds_data(dir: &Path) -> bool {
@@ -527,15 +625,22 @@ pub fn start(
     cfg.number = c.node_id;
     cfg.anti_entropy_interval = c.anti_entropy_ms;
     cfg.offload_anti_entropy = true;
-    cfg.tombstone_grace = u64::try_from(crate::tombstone_grace(&c).as_millis()).unwrap_or(u64::MAX);
     cfg.max_clock_offset = c.max_clock_offset_ms;
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     cfg.stream_rate = c.rebalance_rate;
+    cfg.tombstone_grace = u64::try_from(c.tombstone_grace().as_millis()).unwrap_or(u64::MAX);
     let path = state_path(&shared);
     let saved = load_state(path.as_ref());
     let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
     let hints = open_hints(&shared)?;
     let mut node = Node::new(cfg, now_ms(), saved, &shared.store, seed);
+    let contact_writer = if shared.config.no_persistence {
+        None
+    } else {
+        let dir = &shared.config.data_dir;
+        node.restore_contact(read_contact(dir), shared.store.max_timestamp() > 0);
+        Some(start_contact_writer(dir.clone())?)
+    };
     node.restore_hints(
         hints
             .iter_versioned()
@@ -555,6 +660,7 @@ pub fn start(
         view: Mutex::new(String::new()),
         id: id.clone(),
         observed: std::sync::atomic::AtomicU64::new(0),
+        checked: AtomicBool::new(!node.awaiting_contact_check()),
     });
     let (appliers, mut applier_threads) = start_appliers(&shared, &handle)?;
     let (anti_entropy, ae_thread) = start_anti_entropy(&shared, &handle)?;
@@ -583,6 +689,7 @@ pub fn start(
                 appliers,
                 anti_entropy,
                 scratch: vec![0; 256 << 10],
+                contact_writer,
             };
             t.publish(now_ms());
             if let Err(e) = t.run() {
@@ -645,6 +752,8 @@ struct ClusterThread {
     anti_entropy: Sender<AeTask>,
     /// Buffer for reading peer links.
     scratch: Vec<u8>,
+    /// Where the last contact with the cluster goes to be recorded.
+    contact_writer: Option<Sender<u64>>,
 }
 
 /// Where rebalancing pages go to be applied, and the threads applying them.
@@ -811,6 +920,9 @@ impl ClusterThread {
 
     fn publish(&self, now: u64) {
         self.handle
+            .checked
+            .store(!self.node.awaiting_contact_check(), Ordering::Release);
+        self.handle
             .clustered
             .store(is_clustered(&self.node, now), Ordering::Release);
         let view = self.node.view(now);
@@ -878,6 +990,12 @@ impl ClusterThread {
                         save_state(path, &p);
                     }
                 }
+                Output::Contact(t) => {
+                    if let Some(w) = &self.contact_writer {
+                        let _ = w.send(t);
+                    }
+                }
+                Output::RejoinFresh(why) => self.rejoin_fresh(&why),
                 Output::StoreHint(h) => {
                     let (Ok(k), Ok(v)) = (hint_key(&h.target, &h.key), postcard::to_allocvec(&h))
                     else {
@@ -904,6 +1022,21 @@ impl ClusterThread {
                 }
             }
         }
+    }
+
+    /// The node found, at its first contact, that it was away for longer
+    /// than the tombstone grace allows: it serves nothing any more. Leaves
+    /// a marker so that the next start sets the data aside and rejoins,
+    /// and stops the process (a supervisor restarts it).
+    fn rejoin_fresh(&mut self, why: &str) {
+        println!("kv-server: giving up the data of this node: {why}; stopping: started again, it sets the data aside and rejoins its cluster as a new generation");
+        if let Some(path) = &self.state_path {
+            let marker = path.with_file_name(REJOIN_MARKER);
+            if let Err(e) = write_durably(&marker, why.as_bytes()) {
+                eprintln!("kv-server: cannot write {}: {e}", marker.display());
+            }
+        }
+        std::process::exit(75);
     }
 
     fn reply(&mut self, id: u64, reply: ClientReply) {

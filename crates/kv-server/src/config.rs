@@ -152,6 +152,15 @@ pub struct Config {
     #[arg(long, default_value_t = 3 * 3600)]
     pub hint_window_secs: u64,
 
+    /// How long a deleted key keeps its tombstone before snapshots purge
+    /// it, in milliseconds (default: 4 hours, and always an hour more than
+    /// --hint-window-secs). A node that was out of contact with its
+    /// cluster for most of this time does not serve its old data when it
+    /// restarts: it rejoins as a new generation (see docs/cluster.md).
+    /// Every node of a cluster must have the same value.
+    #[arg(long, value_name = "MS")]
+    pub tombstone_grace_ms: Option<u64>,
+
     /// Most bytes per second this node receives while copying ranges
     /// during a rebalance (join, leave, remove), e.g. 50mb (0: no limit).
     #[arg(long, default_value = "128mb", value_parser = parse_bytes)]
@@ -198,6 +207,17 @@ impl Config {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1)
+    }
+
+    /// The tombstone grace period in force: --tombstone-grace-ms, or 4
+    /// hours and at least an hour more than the hint window.
+    pub fn tombstone_grace(&self) -> std::time::Duration {
+        match self.tombstone_grace_ms {
+            Some(ms) => std::time::Duration::from_millis(ms),
+            None => crate::TOMBSTONE_GRACE.max(std::time::Duration::from_secs(
+                self.hint_window_secs.saturating_add(3600),
+            )),
+        }
     }
 
     /// The query buffer limit in force: the flag, capped by --maxmemory.

@@ -650,6 +650,13 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                         cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
                     }
                 }
+                // Before a restarted node checked how long it was away,
+                // none of its data leaves (the node answers nothing).
+                if !cluster.checked.load(Ordering::Acquire)
+                    && !matches!(msg, PeerMsg::Replicate { .. })
+                {
+                    return cluster.send(ToCluster::Peer { from, msg });
+                }
                 // Replica requests are answered here, on this connection;
                 // only coordination goes through the cluster thread.
                 match kv_replication::serve_replica_at(&shared.store, &msg, now, max_offset) {

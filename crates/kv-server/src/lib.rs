@@ -67,16 +67,6 @@ pub enum RunError {
 /// carry the value they deleted.
 pub const TOMBSTONE_GRACE: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 
-/// How long tombstones are kept: [`TOMBSTONE_GRACE`], and always an hour
-/// more than the hint window. Tombstones outlive any replica that may still
-/// hold the deleted value (repair and anti-entropy must see the delete, or
-/// it comes back).
-pub fn tombstone_grace(c: &Config) -> std::time::Duration {
-    TOMBSTONE_GRACE.max(std::time::Duration::from_secs(
-        c.hint_window_secs.saturating_add(3600),
-    ))
-}
-
 /// Store options from the configuration.
 pub fn store_options(c: &Config) -> Options {
     let base = if c.no_persistence {
@@ -84,7 +74,11 @@ pub fn store_options(c: &Config) -> Options {
     } else {
         Options::new(&c.data_dir)
     };
-    let mut opts = base.durability(c.fsync).tombstone_grace(tombstone_grace(c));
+    // Tombstones outlive any replica that may still hold the deleted value
+    // (repair and anti-entropy must see the delete, or it comes back).
+    let mut opts = base
+        .durability(c.fsync)
+        .tombstone_grace(c.tombstone_grace());
     if let Some(n) = c.snapshot_every {
         opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
     }
@@ -111,6 +105,10 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
             aside.display()
         );
     }
+    let mut config = config;
+    // Before the store opens: a member back from an outage longer than the
+    // tombstone grace sets its old data aside and rejoins.
+    cluster::check_outage(&mut config).map_err(RunError::ClusterState)?;
     let store = Store::open(store_options(&config)).map_err(|source| RunError::Storage {
         dir: config.data_dir.display().to_string(),
         source,
