@@ -947,7 +947,7 @@ impl ClusterThread {
         let addr = to.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
         })?;
-        let mut stream = TcpStream::connect(addr)?;
+        let mut stream = crate::dial::connect_from(self.shared.config.bind, addr)?;
         // Small messages must not wait for Nagle's algorithm (40 ms stalls).
         stream.set_nodelay(true)?;
         let token = Token(self.next_token);
