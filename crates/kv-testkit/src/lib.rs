@@ -11,6 +11,11 @@
 
 #![deny(missing_docs)]
 
+pub mod firewall;
+pub mod history;
+pub mod netns;
+pub mod resp;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
