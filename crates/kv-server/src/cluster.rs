@@ -244,6 +244,13 @@ fn is_clustered(node: &Node, now: u64) -> bool {
     node.view(now).len() > 1 || node.is_joining()
 }
 
+/// Test-only: `KV_PLANT_SERVE_BEFORE_PEER=1` puts back bug 10 (a restarted
+/// node serves from its own store until the cluster thread first publishes
+/// its view), so that the fault test can show it catches it.
+fn plant_serve_before_peer() -> bool {
+    std::env::var("KV_PLANT_SERVE_BEFORE_PEER").is_ok_and(|v| v == "1")
+}
+
 /// The file, in the data directory, holding the node's membership and
 /// clock floor ([`Persisted`]).
 pub const STATE_FILE: &str = "cluster.state";
@@ -539,7 +546,11 @@ pub fn start(
     // Decided before any client is served: a node restarted with a saved
     // membership goes through the cluster from its first request (which
     // refuses until a peer is heard from), never through its store alone.
-    let clustered = is_clustered(&node, now_ms());
+    let clustered = if plant_serve_before_peer() {
+        !c.join.is_empty() // the old code: bug 10, planted back for a test
+    } else {
+        is_clustered(&node, now_ms())
+    };
     let handle = Arc::new(ClusterHandle {
         tx: Mutex::new(tx),
         waker,

@@ -2,7 +2,7 @@
 //! refused, an answered and an unanswered request apart (a paused or
 //! partitioned server never answers).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
