@@ -245,8 +245,9 @@ fn is_clustered(node: &Node, now: u64) -> bool {
 }
 
 /// Test-only: `KV_PLANT_SERVE_BEFORE_PEER=1` puts back bug 10 (a restarted
-/// node serves from its own store until the cluster thread first publishes
-/// its view), so that the fault test can show it catches it.
+/// node decides from `--join` alone whether to go through the cluster, and
+/// serves from its own store until the cluster thread first publishes its
+/// view, a tick later), so that the fault test can show it catches it.
 fn plant_serve_before_peer() -> bool {
     std::env::var("KV_PLANT_SERVE_BEFORE_PEER").is_ok_and(|v| v == "1")
 }
@@ -584,7 +585,9 @@ pub fn start(
                 appliers,
                 scratch: vec![0; 256 << 10],
             };
-            t.publish(now_ms());
+            if !plant_serve_before_peer() {
+                t.publish(now_ms());
+            }
             if let Err(e) = t.run() {
                 eprintln!("kv-server: cluster thread failed: {e}");
             }
