@@ -18,7 +18,7 @@ impl Firewall {
     /// Creates the (empty) table and its input chain, replacing any left
     /// from before.
     pub fn new() -> Firewall {
-        let _ = Command::new("nft")
+        let _ = Command::new(nft_program())
             .args(["delete", "table", "inet", TABLE])
             .output();
         nft(&["add", "table", "inet", TABLE]);
@@ -64,8 +64,17 @@ impl Default for Firewall {
     }
 }
 
+/// The `nft` program: from `PATH`, or from the sbin directories that a
+/// user's `PATH` often lacks.
+pub(crate) fn nft_program() -> &'static str {
+    ["/usr/sbin/nft", "/sbin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nft")
+}
+
 fn nft(args: &[&str]) {
-    let out = Command::new("nft").args(args).output().expect("run nft");
+    let out = Command::new(nft_program()).args(args).output().expect("run nft");
     assert!(
         out.status.success(),
         "nft {}: {}",

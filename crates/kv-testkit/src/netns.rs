@@ -65,7 +65,8 @@ pub fn enter(name: &str, env: &[(&str, &str)]) -> Sandbox {
 /// Why a namespace with nftables cannot be had here, if it cannot.
 fn unavailable() -> Option<String> {
     let probe = Command::new("unshare")
-        .args(["--net", "--map-root-user", "nft", "list", "ruleset"])
+        .args(["--net", "--map-root-user", crate::firewall::nft_program()])
+        .args(["list", "ruleset"])
         .stdout(Stdio::null())
         .output();
     match probe {
