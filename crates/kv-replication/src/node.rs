@@ -79,6 +79,10 @@ pub struct Planted {
     pub no_hlc_observe: bool,
     /// Timestamps are observed and stored however far ahead they are.
     pub no_clock_bound: bool,
+    /// A write that lost on one replica is re-stamped at once, even though
+    /// other replicas may have stored (and a read returned) the first
+    /// version (the re-stamp before the linearizability fix).
+    pub eager_restamp: bool,
 }
 
 /// Default maximum clock offset between nodes (ms).
@@ -219,6 +223,11 @@ enum Work {
         tries: u32,
         /// The newest version a replica reported holding instead.
         newer: Option<Ver>,
+        /// Replicas that stored this version (or already held it): the
+        /// ones that count toward W.
+        stored: BTreeSet<NodeId>,
+        /// Replicas this try was sent to (down ones get hints instead).
+        asked: usize,
     },
     Read {
         key: Vec<u8>,
@@ -1032,6 +1041,10 @@ impl Node {
         };
         let groups = self.groups(&key, true);
         let replicas = union(&groups);
+        let asked = replicas
+            .iter()
+            .filter(|r| **r == self.cfg.id || self.members.state(r, now) != Some(MemberState::Down))
+            .count();
         let work = Work::Write {
             version,
             existed: false,
@@ -1039,6 +1052,8 @@ impl Node {
             value: value.clone(),
             tries,
             newer,
+            stored: BTreeSet::new(),
+            asked,
         };
         let op = self.new_op(now, client, groups, work);
         if let Some(p) = self.pending.get_mut(&op) {
@@ -1305,6 +1320,7 @@ impl Node {
             return;
         }
         let planted_no_restamp = self.cfg.planted.no_restamp;
+        let planted_eager_restamp = self.cfg.planted.eager_restamp;
         let Some(p) = self.pending.get_mut(&op) else {
             return;
         };
@@ -1313,22 +1329,54 @@ impl Node {
                 existed,
                 version,
                 newer: seen_newer,
+                stored,
+                asked,
+                tries,
                 ..
             } => {
                 if !p.answered.insert(from.to_string()) {
                     return;
                 }
-                if let Some(n) = newer.filter(|n| *n > *version && !planted_no_restamp) {
-                    // The write lost on this replica: it is not the newest
-                    // there, so it must not count toward W. Stamp it again
-                    // above what the replica holds.
+                let lost = newer.filter(|n| *n > *version && !planted_no_restamp);
+                if let (Some(n), true) = (lost, planted_eager_restamp) {
                     *seen_newer = (*seen_newer).max(Some(n));
                     return self.restamp(now, op, n, store);
                 }
-                *existed |= was_live;
-                if met(&p.groups, &p.answered) {
-                    self.finish(op);
+                match lost {
+                    // The write lost on this replica: it is not the newest
+                    // there, so it does not count toward W.
+                    Some(n) => *seen_newer = (*seen_newer).max(Some(n)),
+                    None => {
+                        stored.insert(from.to_string());
+                        *existed |= was_live;
+                    }
                 }
+                if met(&p.groups, stored) {
+                    // W replicas held nothing newer when it landed, so no
+                    // write acknowledged before this one began is newer
+                    // (quorums intersect): an OK is true, even if another
+                    // replica reported a newer, concurrent write.
+                    return self.finish(op);
+                }
+                let (Some(n), true) = (*seen_newer, p.answered.len() >= *asked) else {
+                    return;
+                };
+                if stored.is_empty() {
+                    // No replica stored this version, so no read can have
+                    // seen it: stamp it again above what they hold.
+                    return self.restamp(now, op, n, store);
+                }
+                // Some replicas stored it, so a read may have returned it:
+                // writing the value again under a new version could make
+                // it appear twice around a newer write (not linearizable).
+                // It sits below the newer write, which replaces it, and
+                // the client hears that the write did not win.
+                // The clock takes note, so that a retry stamps above it.
+                let tries = *tries;
+                let client = p.client;
+                self.pending.remove(&op);
+                self.observe(n.ts);
+                self.reply(client, ClientReply::Conflict { newer: n, tries });
             }
             // A read repair's write landed: done once a write quorum, or
             // every replica that answered, holds the newest version.

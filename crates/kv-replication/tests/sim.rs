@@ -10,6 +10,7 @@
 //! `benches/sim_soak.sh` runs 20,000 seeds.
 
 use kv_replication::sim::{run, Report, SimConfig};
+use kv_testkit::linearizability::{self, Op, OpKind};
 
 /// Tests the main faulty run is split into.
 const SHARDS: u64 = 4;
@@ -60,6 +61,26 @@ fn replay(test: &str, seed: u64) -> String {
     )
 }
 
+/// Checks a run's client history with the per-key linearizability
+/// checker; the violation, described, if it is not linearizable.
+fn linearizable(r: &Report) -> Result<(), String> {
+    let ops: Vec<Op> = r
+        .history
+        .iter()
+        .map(|e| Op {
+            key: e.key.clone(),
+            call: e.start,
+            ret: e.end,
+            kind: if e.write {
+                OpKind::Write(e.value.clone())
+            } else {
+                OpKind::Read(e.value.clone())
+            },
+        })
+        .collect();
+    linearizability::check(&ops).map_err(|v| format!("not linearizable: {v}"))
+}
+
 /// Runs `cfg` over `seeds`; fails listing every seed that violates an
 /// invariant (apart from the `known` ones, printed), each with its
 /// violations and its replay command. Returns
@@ -68,7 +89,10 @@ fn check_all(test: &str, cfg: &SimConfig, seeds: &[u64], known: &[u64]) -> Vec<R
     let mut failures = Vec::new();
     let mut reports = Vec::new();
     for &seed in seeds {
-        let r = run(seed, cfg);
+        let mut r = run(seed, cfg);
+        if let Err(v) = linearizable(&r) {
+            r.violations.push(v);
+        }
         if !r.violations.is_empty() && known.contains(&seed) {
             println!(
                 "known failure, seed {seed} ({}): {:?}",
@@ -152,7 +176,10 @@ fn the_same_seed_replays_the_same_run() {
 /// that violation; fails the test (saying `expect`) if no seed does.
 fn caught(cfg: &SimConfig, what: &str, expect: &str) -> (u64, String) {
     let found = seeds().into_iter().find_map(|seed| {
-        let r = run(seed, cfg);
+        let mut r = run(seed, cfg);
+        if let Err(v) = linearizable(&r) {
+            r.violations.push(v);
+        }
         let v = r.violations.into_iter().find(|v| v.contains(what))?;
         Some((seed, v))
     });
@@ -384,4 +411,20 @@ fn no_maximum_clock_offset_is_caught() {
         "without a maximum clock offset a far-future clock must make some key unwritable",
     );
     println!("missing maximum clock offset caught at seed {seed}: {what}");
+}
+
+/// Re-stamping a write as soon as one replica holds something newer, when
+/// other replicas may already have stored (and a read returned) its first
+/// version, makes one write take effect twice, around a newer one: the
+/// linearizability checker must notice.
+#[test]
+fn re_stamping_a_write_that_was_stored_is_caught() {
+    let mut cfg = SimConfig::default();
+    cfg.planted.eager_restamp = true;
+    let (seed, what) = caught(
+        &cfg,
+        "not linearizable",
+        "re-stamping writes that some replica stored must break linearizability within the seeds run",
+    );
+    println!("eager re-stamp caught at seed {seed}: {what}");
 }

@@ -1204,8 +1204,10 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
     if let ClientReply::Conflict { newer, tries } = reply {
         // Never an OK: the write was not the newest on a write quorum.
         let text = format!(
-            "write not applied: replicas hold a newer version ({}.{}) and {tries} re-stamped versions did not get above it; retry",
-            newer.ts, newer.node
+            "write lost to a newer version ({}.{}) on the replicas after {tries} {}: it is not the key's value now (some replicas may have held it briefly); retry if it must be",
+            newer.ts,
+            newer.node,
+            if tries == 1 { "try" } else { "tries" }
         );
         match to {
             ReplyTo::Native(id, _) => {

@@ -1,5 +1,7 @@
 //! Test support for kv: start a real `kv-server` process on a free loopback
-//! port, wait until it listens, stop it by its pid.
+//! port, wait until it listens, stop it by its pid; and a per-key
+//! linearizability checker ([`linearizability`]) for the histories such
+//! tests record.
 //!
 //! ```no_run
 //! use kv_testkit::ServerProc;
@@ -13,6 +15,7 @@
 
 pub mod firewall;
 pub mod history;
+pub mod linearizability;
 pub mod netns;
 pub mod resp;
 
