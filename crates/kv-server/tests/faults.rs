@@ -7,7 +7,8 @@
 //! their `--bind` address, so a rule cuts exactly one link). At the end
 //! everything heals, the replicas must converge, and the history must hold
 //! no phantom value, no read older than a write acknowledged before it
-//! began (so no lost acknowledged write), and all replicas must be equal.
+//! began (so no lost acknowledged write), each key's history must be
+//! linearizable, and all replicas must be equal.
 //!
 //! `KV_FAULTS_SECS` sets the length of the main run (default 90 s; see
 //! `benches/faults_soak.sh`), `KV_FAULTS_SEED` replays a nemesis schedule.
@@ -33,7 +34,7 @@ const CLIENTS: usize = 6;
 /// Hot keys at a time; the set changes every [`GENERATION`], which keeps
 /// each key's history (and the checker's search) short.
 const KEYS: u64 = 3;
-const GENERATION: Duration = Duration::from_secs(10);
+const GENERATION: Duration = Duration::from_secs(2);
 /// How long a client waits for a reply before the outcome is unknown.
 const CLIENT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the cluster may take to converge after healing.
@@ -49,7 +50,14 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn peer_connections_come_from_the_bind_address() {
     let peer = TcpListener::bind("127.0.0.3:0").expect("listen on 127.0.0.3");
     let seed = peer.local_addr().expect("addr").to_string();
-    let args = ["--bind", "127.0.0.2", "--cluster-secret", SECRET, "--join", &seed];
+    let args = [
+        "--bind",
+        "127.0.0.2",
+        "--cluster-secret",
+        SECRET,
+        "--join",
+        &seed,
+    ];
     let _node = ServerProc::start(BIN, &args);
     peer.set_nonblocking(true).expect("nonblocking");
     let mut from = None;
@@ -65,10 +73,19 @@ fn peer_connections_come_from_the_bind_address() {
 #[test]
 fn strict_quorums_survive_kills_pauses_isolation_and_cut_links() {
     let secs = std::env::var("KV_FAULTS_SECS").map_or(90, |s| s.parse().expect("KV_FAULTS_SECS"));
-    sandboxed("strict_quorums_survive_kills_pauses_isolation_and_cut_links", &[], || {
-        let bad = run(&[], Duration::from_secs(secs), &ALL_FAULTS);
-        assert!(bad.is_empty(), "{} violations:\n{}", bad.len(), bad.join("\n"));
-    });
+    sandboxed(
+        "strict_quorums_survive_kills_pauses_isolation_and_cut_links",
+        &[],
+        || {
+            let bad = run(&[], Duration::from_secs(secs), &ALL_FAULTS);
+            assert!(
+                bad.is_empty(),
+                "{} violations:\n{}",
+                bad.len(),
+                bad.join("\n")
+            );
+        },
+    );
 }
 
 /// W=1, R=1 is not linearizable under faults: the same run must find it.
@@ -76,8 +93,11 @@ fn strict_quorums_survive_kills_pauses_isolation_and_cut_links() {
 fn w1_r1_fails_the_fault_test() {
     sandboxed("w1_r1_fails_the_fault_test", &[], || {
         let weak = ["--write-quorum", "1", "--read-quorum", "1"];
-        let bad = run(&weak, Duration::from_secs(20), &ALL_FAULTS);
-        assert!(!bad.is_empty(), "W=1, R=1 passed the fault test: the checks cannot fail");
+        let bad = run(&weak, Duration::from_secs(10), &ALL_FAULTS);
+        assert!(
+            !bad.is_empty(),
+            "W=1, R=1 passed the fault test: the checks cannot fail"
+        );
     });
 }
 
@@ -86,10 +106,17 @@ fn w1_r1_fails_the_fault_test() {
 #[test]
 fn the_restart_window_bug_planted_back_fails_the_fault_test() {
     let plant = [("KV_PLANT_SERVE_BEFORE_PEER", "1")];
-    sandboxed("the_restart_window_bug_planted_back_fails_the_fault_test", &plant, || {
-        let bad = run(&[], Duration::from_secs(30), &[FaultKind::Kill]);
-        assert!(!bad.is_empty(), "the planted restart-window bug passed the fault test");
-    });
+    sandboxed(
+        "the_restart_window_bug_planted_back_fails_the_fault_test",
+        &plant,
+        || {
+            let bad = run(&[], Duration::from_secs(30), &[FaultKind::Kill]);
+            assert!(
+                !bad.is_empty(),
+                "the planted restart-window bug passed the fault test"
+            );
+        },
+    );
 }
 
 fn sandboxed(name: &str, env: &[(&str, &str)], body: impl FnOnce()) {
@@ -178,11 +205,15 @@ impl Cluster {
     fn wait_members(&self) {
         for n in &self.nodes {
             let mut c = kv_client::Client::connect(&n.addr.to_string()).expect("connect");
-            wait_for(&format!("{} to see 3 alive members", n.addr), CONVERGE, || {
-                c.cluster().is_ok_and(|v| {
-                    v.matches(" alive normal ").count() == 3 && !v.contains("not serving")
-                })
-            });
+            wait_for(
+                &format!("{} to see 3 alive members", n.addr),
+                CONVERGE,
+                || {
+                    c.cluster().is_ok_and(|v| {
+                        v.matches(" alive normal ").count() == 3 && !v.contains("not serving")
+                    })
+                },
+            );
         }
     }
 
@@ -248,7 +279,10 @@ fn run(extra: &[&str], length: Duration, faults: &[FaultKind]) -> Vec<String> {
         let kind = faults[rng.below(faults.len() as u64) as usize];
         let hold = Duration::from_millis(1000 + rng.below(3000));
         let what = cluster.inject(kind, &mut rng, hold);
-        println!("{:>6.1}s nemesis: {what} for {hold:?}", start.elapsed().as_secs_f64());
+        println!(
+            "{:>6.1}s nemesis: {what} for {hold:?}",
+            start.elapsed().as_secs_f64()
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let mut events: Vec<Event> = clients
@@ -261,6 +295,17 @@ fn run(extra: &[&str], length: Duration, faults: &[FaultKind]) -> Vec<String> {
     let keys = keys_used(&events);
     events.extend(final_reads(&cluster.addrs(), &keys, start));
     let mut bad = history::check_reads(&events);
+    let checking = Instant::now();
+    let linearizable = kv_testkit::linearizability::check(&history::to_ops(&events));
+    let verdict = linearizable
+        .as_ref()
+        .map_or("a violation", |_| "linearizable");
+    let took = checking.elapsed();
+    println!(
+        "linearizability check of {} keys: {verdict} ({took:?})",
+        keys.len()
+    );
+    bad.extend(linearizable.err().map(|v| format!("not linearizable: {v}")));
     bad.extend(replicas_differ(&cluster, &keys));
     println!("{} violations", bad.len());
     for b in bad.iter().take(20) {
@@ -275,7 +320,13 @@ fn now_us(start: Instant) -> u64 {
 
 /// One client: until `stop`, writes a unique value or reads one of the
 /// current hot keys, through a random node; returns its history.
-fn client(t: usize, addrs: &[SocketAddr], start: Instant, seed: u64, stop: &AtomicBool) -> Vec<Event> {
+fn client(
+    t: usize,
+    addrs: &[SocketAddr],
+    start: Instant,
+    seed: u64,
+    stop: &AtomicBool,
+) -> Vec<Event> {
     let mut rng = Rng(seed | 1);
     let mut conns: Vec<Option<RespConn>> = addrs.iter().map(|_| None).collect();
     let mut out = Vec::new();
@@ -294,7 +345,14 @@ fn client(t: usize, addrs: &[SocketAddr], start: Instant, seed: u64, stop: &Atom
                 Err(_) => {
                     // Nothing was sent: a write did not happen.
                     if write {
-                        out.push(event(&key, call, now_us(start), value, Some(Outcome::Fail), node));
+                        out.push(event(
+                            &key,
+                            call,
+                            now_us(start),
+                            value,
+                            Some(Outcome::Fail),
+                            node,
+                        ));
                     }
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
@@ -326,7 +384,14 @@ fn client(t: usize, addrs: &[SocketAddr], start: Instant, seed: u64, stop: &Atom
 }
 
 /// A write (with its outcome) when `outcome` is given, else a read.
-fn event(key: &[u8], call: u64, ret: u64, value: Option<Vec<u8>>, outcome: Option<Outcome>, node: usize) -> Event {
+fn event(
+    key: &[u8],
+    call: u64,
+    ret: u64,
+    value: Option<Vec<u8>>,
+    outcome: Option<Outcome>,
+    node: usize,
+) -> Event {
     Event {
         key: key.to_vec(),
         call,
@@ -370,7 +435,11 @@ fn final_reads(addrs: &[SocketAddr], keys: &[Vec<u8>], start: Instant) -> Vec<Ev
 /// key; returns the keys still different at the deadline.
 fn replicas_differ(cluster: &Cluster, keys: &[Vec<u8>]) -> Vec<String> {
     let differing = || -> Vec<String> {
-        let copies: Vec<Vec<Reply>> = cluster.addrs().iter().map(|a| local_copies(*a, keys)).collect();
+        let copies: Vec<Vec<Reply>> = cluster
+            .addrs()
+            .iter()
+            .map(|a| local_copies(*a, keys))
+            .collect();
         keys.iter()
             .enumerate()
             .filter(|(i, _)| copies.iter().any(|c| c[*i] != copies[0][*i]))

@@ -39,8 +39,8 @@ impl Firewall {
             let (from, to) = (from.to_string(), to.to_string());
             let family = if a.is_ipv4() { "ip" } else { "ip6" };
             nft(&[
-                "add", "rule", "inet", TABLE, "cut", family, "saddr", &from, family, "daddr",
-                &to, "drop",
+                "add", "rule", "inet", TABLE, "cut", family, "saddr", &from, family, "daddr", &to,
+                "drop",
             ]);
         }
     }
@@ -74,7 +74,10 @@ pub(crate) fn nft_program() -> &'static str {
 }
 
 fn nft(args: &[&str]) {
-    let out = Command::new(nft_program()).args(args).output().expect("run nft");
+    let out = Command::new(nft_program())
+        .args(args)
+        .output()
+        .expect("run nft");
     assert!(
         out.status.success(),
         "nft {}: {}",

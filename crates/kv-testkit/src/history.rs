@@ -87,6 +87,27 @@ pub fn counts(history: &[Event]) -> Counts {
     c
 }
 
+/// The history as the linearizability checker takes it: a refused write
+/// is left out (it never happened), a write of unknown outcome has no
+/// return time.
+pub fn to_ops(history: &[Event]) -> Vec<crate::linearizability::Op> {
+    use crate::linearizability::{Op, OpKind};
+    history
+        .iter()
+        .filter(|e| !(e.write && e.outcome == Outcome::Fail))
+        .map(|e| Op {
+            key: e.key.clone(),
+            call: e.call,
+            ret: (e.outcome != Outcome::Unknown).then_some(e.ret),
+            kind: if e.write {
+                OpKind::Write(e.value.clone())
+            } else {
+                OpKind::Read(e.value.clone())
+            },
+        })
+        .collect()
+}
+
 /// Checks every read of `history` (writes must carry unique values per
 /// key, and no deletes): it must return a value some write could have
 /// stored by then, and nothing older than a write acknowledged before the
@@ -133,7 +154,9 @@ fn check_key(events: &[&Event], bad: &mut Vec<String>) {
         let must_see = before.checked_sub(1).map(|i| newest[i]);
         let Some(v) = r.value.as_deref() else {
             if let Some(w) = must_see {
-                bad.push(format!("read nil after an acknowledged write: {r}; the write: {w}"));
+                bad.push(format!(
+                    "read nil after an acknowledged write: {r}; the write: {w}"
+                ));
             }
             continue;
         };
@@ -142,7 +165,9 @@ fn check_key(events: &[&Event], bad: &mut Vec<String>) {
             continue;
         };
         if w.outcome == Outcome::Fail || w.call > r.ret {
-            bad.push(format!("phantom value (its write failed, or began later): {r}; the write: {w}"));
+            bad.push(format!(
+                "phantom value (its write failed, or began later): {r}; the write: {w}"
+            ));
         } else if let Some(m) = must_see {
             if w.outcome != Outcome::Unknown && w.ret < m.call {
                 bad.push(format!("stale read: {r}; it returned {w}, but {m} was acknowledged before the read began"));

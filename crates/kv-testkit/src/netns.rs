@@ -58,7 +58,10 @@ pub fn enter(name: &str, env: &[(&str, &str)]) -> Sandbox {
         .envs(env.iter().copied())
         .status()
         .expect("run unshare");
-    assert!(status.success(), "{name} failed inside its network namespace: {status}");
+    assert!(
+        status.success(),
+        "{name} failed inside its network namespace: {status}"
+    );
     Sandbox::Ran
 }
 
@@ -94,10 +97,18 @@ fn lo_up() {
             *dst = *src as libc::c_char;
         }
         let got = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req);
-        assert!(got == 0, "SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error());
+        assert!(
+            got == 0,
+            "SIOCGIFFLAGS lo: {}",
+            std::io::Error::last_os_error()
+        );
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         let set = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req);
-        assert!(set == 0, "SIOCSIFFLAGS lo: {}", std::io::Error::last_os_error());
+        assert!(
+            set == 0,
+            "SIOCSIFFLAGS lo: {}",
+            std::io::Error::last_os_error()
+        );
         libc::close(fd);
     }
 }
