@@ -77,7 +77,7 @@ fn strict_quorums_survive_kills_pauses_isolation_and_cut_links() {
         "strict_quorums_survive_kills_pauses_isolation_and_cut_links",
         &[],
         || {
-            let bad = run(&[], Duration::from_secs(secs), &ALL_FAULTS);
+            let bad = run(&[], Duration::from_secs(secs), &ALL_FAULTS, SLOW);
             assert!(
                 bad.is_empty(),
                 "{} violations:\n{}",
@@ -93,7 +93,7 @@ fn strict_quorums_survive_kills_pauses_isolation_and_cut_links() {
 fn w1_r1_fails_the_fault_test() {
     sandboxed("w1_r1_fails_the_fault_test", &[], || {
         let weak = ["--write-quorum", "1", "--read-quorum", "1"];
-        let bad = run(&weak, Duration::from_secs(10), &ALL_FAULTS);
+        let bad = run(&weak, Duration::from_secs(10), &ALL_FAULTS, SLOW);
         assert!(
             !bad.is_empty(),
             "W=1, R=1 passed the fault test: the checks cannot fail"
@@ -110,7 +110,7 @@ fn the_restart_window_bug_planted_back_fails_the_fault_test() {
         "the_restart_window_bug_planted_back_fails_the_fault_test",
         &plant,
         || {
-            let bad = run(&[], Duration::from_secs(30), &[FaultKind::Kill]);
+            let bad = run(&[], Duration::from_secs(30), &[FaultKind::Kill], FAST);
             assert!(
                 !bad.is_empty(),
                 "the planted restart-window bug passed the fault test"
@@ -142,6 +142,36 @@ const ALL_FAULTS: [FaultKind; 4] = [
     FaultKind::Isolate,
     FaultKind::Cut,
 ];
+
+/// A range of milliseconds to pick a duration from.
+#[derive(Clone, Copy)]
+struct Millis(u64, u64);
+
+impl Millis {
+    fn pick(self, rng: &mut Rng) -> Duration {
+        Duration::from_millis(self.0 + rng.below(self.1 - self.0 + 1))
+    }
+}
+
+/// How long the nemesis waits between faults, and holds each one.
+#[derive(Clone, Copy)]
+struct Pace {
+    calm: Millis,
+    hold: Millis,
+}
+
+/// Faults of 1-4 s, 1-2 s apart: long enough for timeouts, failure
+/// detection and hints to play their part.
+const SLOW: Pace = Pace {
+    calm: Millis(1000, 2000),
+    hold: Millis(1000, 4000),
+};
+
+/// Short faults in quick succession: many restarts per run.
+const FAST: Pace = Pace {
+    calm: Millis(200, 700),
+    hold: Millis(200, 700),
+};
 
 /// xorshift64*, seeded from `KV_FAULTS_SEED` or the clock (printed).
 struct Rng(u64);
@@ -253,7 +283,7 @@ impl Cluster {
 
 /// Runs clients against a fresh cluster under the nemesis for `length`,
 /// heals, waits for convergence, and returns every violation found.
-fn run(extra: &[&str], length: Duration, faults: &[FaultKind]) -> Vec<String> {
+fn run(extra: &[&str], length: Duration, faults: &[FaultKind], pace: Pace) -> Vec<String> {
     let seed = std::env::var("KV_FAULTS_SEED").map_or_else(
         |_| {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -275,9 +305,9 @@ fn run(extra: &[&str], length: Duration, faults: &[FaultKind]) -> Vec<String> {
         .collect();
     let mut rng = Rng(seed);
     while start.elapsed() < length {
-        std::thread::sleep(Duration::from_millis(1000 + rng.below(1000)));
+        std::thread::sleep(pace.calm.pick(&mut rng));
         let kind = faults[rng.below(faults.len() as u64) as usize];
-        let hold = Duration::from_millis(1000 + rng.below(3000));
+        let hold = pace.hold.pick(&mut rng);
         let what = cluster.inject(kind, &mut rng, hold);
         println!(
             "{:>6.1}s nemesis: {what} for {hold:?}",
@@ -331,10 +361,15 @@ fn client(
     let mut conns: Vec<Option<RespConn>> = addrs.iter().map(|_| None).collect();
     let mut out = Vec::new();
     let mut seq = 0u64;
+    // After a refused connection, half the time the next request goes to
+    // the same node: a restarted node gets requests from its first moment.
+    let mut sticky = None;
     while !stop.load(Ordering::Relaxed) {
         let gen = start.elapsed().as_millis() as u64 / GENERATION.as_millis() as u64;
         let key = format!("k{gen}-{}", rng.below(KEYS)).into_bytes();
-        let node = rng.below(addrs.len() as u64) as usize;
+        let node = sticky
+            .take()
+            .unwrap_or_else(|| rng.below(addrs.len() as u64) as usize);
         let write = rng.below(2) == 0;
         seq += 1;
         let value = write.then(|| format!("c{t}-{seq}").into_bytes());
@@ -353,6 +388,9 @@ fn client(
                             Some(Outcome::Fail),
                             node,
                         ));
+                    }
+                    if rng.below(2) == 0 {
+                        sticky = Some(node);
                     }
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
