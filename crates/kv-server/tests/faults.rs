@@ -335,13 +335,37 @@ fn run(extra: &[&str], length: Duration, faults: &[FaultKind], pace: Pace) -> Ve
         "linearizability check of {} keys: {verdict} ({took:?})",
         keys.len()
     );
-    bad.extend(linearizable.err().map(|v| format!("not linearizable: {v}")));
+    if let Err(v) = &linearizable {
+        bad.push(format!("not linearizable: {v}"));
+        dump_key(&events, &v.key);
+    }
     bad.extend(replicas_differ(&cluster, &keys));
     println!("{} violations", bad.len());
     for b in bad.iter().take(20) {
         println!("  {b}");
     }
     bad
+}
+
+/// Writes the whole history of `key` (in call order, with the node each
+/// request went through) to a file in the temp directory, for diagnosis.
+fn dump_key(events: &[Event], key: &[u8]) {
+    let mut ops: Vec<&Event> = events.iter().filter(|e| e.key == key).collect();
+    ops.sort_by_key(|e| e.call);
+    let text: String = ops.iter().map(|e| format!("{e}\n")).collect();
+    let name = format!(
+        "kv-faults-{}-{}.txt",
+        std::process::id(),
+        String::from_utf8_lossy(key)
+    );
+    let path = std::env::temp_dir().join(name);
+    match std::fs::write(&path, text) {
+        Ok(()) => println!("the history of that key: {}", path.display()),
+        Err(e) => println!(
+            "cannot write the history of that key to {}: {e}",
+            path.display()
+        ),
+    }
 }
 
 fn now_us(start: Instant) -> u64 {
@@ -453,13 +477,23 @@ fn keys_used(events: &[Event]) -> Vec<Vec<u8>> {
 fn final_reads(addrs: &[SocketAddr], keys: &[Vec<u8>], start: Instant) -> Vec<Event> {
     let mut out = Vec::new();
     for (node, addr) in addrs.iter().enumerate() {
-        let mut conn = RespConn::connect(*addr, CLIENT_TIMEOUT).expect("connect after healing");
+        let mut conn = None;
         for key in keys {
             let mut got = None;
             wait_for("a final read to be answered", CONVERGE, || {
+                if conn.is_none() {
+                    conn = RespConn::connect(*addr, CLIENT_TIMEOUT).ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    return false;
+                };
                 let call = now_us(start);
-                if let Ok(Reply::Bulk(v)) = conn.call(&[b"GET", key]) {
-                    got = Some(event(key, call, now_us(start), v, None, node));
+                match c.call(&[b"GET", key]) {
+                    Ok(Reply::Bulk(v)) => {
+                        got = Some(event(key, call, now_us(start), v, None, node))
+                    }
+                    Ok(_) => {}
+                    Err(_) => conn = None, // a late reply must not answer the next GET
                 }
                 got.is_some()
             });
