@@ -256,6 +256,14 @@ fn is_clustered(node: &Node, now: u64) -> bool {
     node.view(now).len() > 1 || node.is_joining()
 }
 
+/// Test-only: `KV_PLANT_SERVE_BEFORE_PEER=1` puts back bug 10 (a restarted
+/// node decides from `--join` alone whether to go through the cluster, and
+/// serves from its own store until the cluster thread first publishes its
+/// view, a tick later), so that the fault test can show it catches it.
+fn plant_serve_before_peer() -> bool {
+    std::env::var("KV_PLANT_SERVE_BEFORE_PEER").is_ok_and(|v| v == "1")
+}
+
 /// The file, in the data directory, holding the node's membership and
 /// clock floor ([`Persisted`]).
 pub const STATE_FILE: &str = "cluster.state";
@@ -652,7 +660,11 @@ pub fn start(
     // Decided before any client is served: a node restarted with a saved
     // membership goes through the cluster from its first request (which
     // refuses until a peer is heard from), never through its store alone.
-    let clustered = is_clustered(&node, now_ms());
+    let clustered = if plant_serve_before_peer() {
+        !c.join.is_empty() // the old code: bug 10, planted back for a test
+    } else {
+        is_clustered(&node, now_ms())
+    };
     let handle = Arc::new(ClusterHandle {
         tx: Mutex::new(tx),
         waker,
@@ -691,7 +703,9 @@ pub fn start(
                 scratch: vec![0; 256 << 10],
                 contact_writer,
             };
-            t.publish(now_ms());
+            if !plant_serve_before_peer() {
+                t.publish(now_ms());
+            }
             if let Err(e) = t.run() {
                 eprintln!("kv-server: cluster thread failed: {e}");
             }
@@ -1120,7 +1134,7 @@ impl ClusterThread {
         let addr = to.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
         })?;
-        let mut stream = TcpStream::connect(addr)?;
+        let mut stream = crate::dial::connect_from(self.shared.config.bind, addr)?;
         // Small messages must not wait for Nagle's algorithm (40 ms stalls).
         stream.set_nodelay(true)?;
         let token = Token(self.next_token);

@@ -33,6 +33,8 @@ pub struct Config {
 
     /// Address to listen on. The default accepts only local clients; use
     /// 0.0.0.0 to listen on every interface (set --requirepass first).
+    /// Connections to peers leave from this address too, unless it is a
+    /// wildcard.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
 

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod command_table;
 pub mod config;
 pub mod conn;
+pub mod dial;
 pub mod glob;
 pub mod native_cmd;
 pub mod resp_cmd;

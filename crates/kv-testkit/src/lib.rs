@@ -13,7 +13,11 @@
 
 #![deny(missing_docs)]
 
+pub mod firewall;
+pub mod history;
 pub mod linearizability;
+pub mod netns;
+pub mod resp;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
