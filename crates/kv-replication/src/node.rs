@@ -549,7 +549,10 @@ impl Node {
             self.contact_check = false;
             let grace = self.cfg.tombstone_grace;
             let last = self.contact.last();
-            if let Some(why) = crate::outage::stale_at_first_contact(last, now, clock, grace) {
+            let max_offset = self.cfg.max_clock_offset;
+            if let Some(why) =
+                crate::outage::stale_at_first_contact(last, now, clock, grace, max_offset)
+            {
                 self.log(format!(
                     "giving up this node's data and rejoining as a new generation: {why}"
                 ));
@@ -1342,6 +1345,7 @@ impl Node {
             && matches!(
                 msg,
                 PeerMsg::Read { .. }
+                    | PeerMsg::Replicate { .. }
                     | PeerMsg::ListPage { .. }
                     | PeerMsg::StreamReq { .. }
                     | PeerMsg::AeDigest { .. }

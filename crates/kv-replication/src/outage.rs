@@ -9,9 +9,8 @@
 //! the grace period ([`limit`]) it sets its old data aside and rejoins as a
 //! new generation, rebuilding its ranges from the live replicas
 //! ([`on_restart`]). Its first contact after a restart checks the same
-//! thing against the peer's clock as well ([`stale_at_first_contact`]), so
-//! that a clock set back while the node was down does not make a long
-//! outage look short.
+//! thing against the peer's clock as well, trusted up to the maximum clock
+//! offset ahead ([`stale_at_first_contact`]).
 
 /// Share of the tombstone grace after which a node out of contact no
 /// longer trusts its data: three quarters, so that clock offsets, the
@@ -20,6 +19,11 @@
 pub fn limit(grace: u64) -> u64 {
     grace - grace / 4
 }
+
+/// How far a node's clock may be behind its last recorded contact (ms)
+/// and still be trusted: the record may hold a peer's clock up to the
+/// maximum offset ahead, and NTP steps clocks back by small amounts.
+pub const CLOCK_STEP_BACK: u64 = 60_000;
 
 /// What a node restarting on its old data must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,14 +51,14 @@ pub fn on_restart(last_contact: Option<u64>, now: u64, grace: u64, holds_data: b
             human(grace)
         ));
     };
-    if now < last {
+    if now.saturating_add(CLOCK_STEP_BACK) < last {
         return Verdict::RejoinFresh(format!(
             "its clock ({now}) is behind its last recorded contact with the cluster ({last}), so \
              it cannot tell how long it was away (tombstone grace {})",
             human(grace)
         ));
     }
-    let away = now - last;
+    let away = now.saturating_sub(last);
     if away > limit(grace) {
         return Verdict::RejoinFresh(format!(
             "it was out of contact with its cluster for {}, longer than the tombstone grace \
@@ -91,11 +95,14 @@ pub fn stale_at_first_contact(
     now: u64,
     peer_clock: u64,
     grace: u64,
+    max_offset: u64,
 ) -> Option<String> {
     if grace == 0 {
         return None;
     }
-    let seen = now.max(peer_clock);
+    // A peer's clock counts only up to the maximum offset ahead of ours:
+    // one peer far ahead (or a forger) must not make nodes give up data.
+    let seen = now.max(peer_clock.min(now.saturating_add(max_offset)));
     let away = seen.saturating_sub(last_contact);
     (away > limit(grace)).then(|| {
         format!(
@@ -189,14 +196,28 @@ mod tests {
             on_restart(Some(10 * H), 9 * H, grace, true),
             Verdict::RejoinFresh(why) if why.contains("behind")
         ));
+        // A small step back (a record holding a peer's clock a little
+        // ahead, an NTP correction) is tolerated.
+        assert_eq!(
+            on_restart(Some(10 * H), 10 * H - CLOCK_STEP_BACK, grace, true),
+            Verdict::Resume
+        );
     }
 
     #[test]
-    fn a_clock_set_back_does_not_hide_an_outage_from_the_first_peer() {
+    fn the_first_peer_counts_only_within_the_maximum_offset() {
         let grace = 4 * H;
-        // Own clock says one hour; the peer's says five.
-        assert!(stale_at_first_contact(10 * H, 11 * H, 15 * H, grace).is_some());
-        assert!(stale_at_first_contact(10 * H, 11 * H, 11 * H, grace).is_none());
+        let offset = 500;
+        // Own clock says one hour; a peer five hours ahead is not trusted
+        // (one peer far ahead, or a forger, must not make nodes give their
+        // data up).
+        assert!(stale_at_first_contact(10 * H, 11 * H, 15 * H, grace, offset).is_none());
+        assert!(stale_at_first_contact(10 * H, 11 * H, 11 * H, grace, offset).is_none());
+        // Own clock already past the limit: stale, whatever the peer says.
+        assert!(stale_at_first_contact(10 * H, 14 * H, 14 * H, grace, offset).is_some());
+        // Just under the limit by its own clock, over it within the offset.
+        let edge = 10 * H + limit(grace);
+        assert!(stale_at_first_contact(10 * H, edge, edge + 400, grace, offset).is_some());
     }
 
     #[test]

@@ -399,12 +399,8 @@ pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
                     ensure_marker(dir)
                         .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
                 }
-                if config.rejoin_fresh {
-                    println!(
-                        "kv-server: --rejoin-fresh has no effect: {} is intact",
-                        path.display()
-                    );
-                }
+                // (--rejoin-fresh may still be the answer to a long
+                // outage: see check_outage.)
                 return Ok(None);
             }
             Err(e) => {
@@ -475,11 +471,17 @@ fn read_contact(dir: &Path) -> Option<u64> {
 /// its data was not out of contact with its cluster for longer than the
 /// tombstone grace allows (deletes made meanwhile may be purged
 /// everywhere, and its old copies would bring them back), and that the
-/// node did not decide so itself before it stopped ([`REJOIN_MARKER`]).
-/// If it was, or if it cannot tell, the old data is set aside (kept),
+/// node did not find so itself before it stopped ([`REJOIN_MARKER`]).
+///
+/// If it was, the node refuses to start, saying why and what to do: the
+/// operator knows what this node cannot, whether the rest of the cluster
+/// ran meanwhile. With `--rejoin-fresh` the old data is set aside (kept),
 /// the cluster's members are added as `--join` seeds, and the node starts
-/// as a new generation that rebuilds its ranges from the live replicas.
-/// Prints one line saying so. Returns where the data went.
+/// as a new generation that rebuilds its ranges from the live replicas;
+/// with `--resume-after-outage` (the whole cluster was down) it starts on
+/// its data. Without a record of the last contact (a version that wrote
+/// none), the newest time a file of the store was written stands for it.
+/// Returns where the data went, if it was set aside.
 pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
     let dir = config.data_dir.clone();
     if config.no_persistence || !dir.is_dir() {
@@ -492,21 +494,55 @@ pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
         return Ok(None); // not a cluster member: nothing to be stale against
     }
     let grace = u64::try_from(config.tombstone_grace().as_millis()).unwrap_or(u64::MAX);
-    let why = match std::fs::read_to_string(dir.join(REJOIN_MARKER)) {
+    let marker = dir.join(REJOIN_MARKER);
+    let why = match std::fs::read_to_string(&marker) {
         Ok(why) => why.trim().to_string(),
         Err(_) => {
-            let verdict = kv_replication::outage::on_restart(
-                read_contact(&dir),
-                now_ms(),
-                grace,
-                holds_data(&dir),
-            );
+            let last = read_contact(&dir).or_else(|| newest_write(&dir));
+            let verdict =
+                kv_replication::outage::on_restart(last, now_ms(), grace, holds_data(&dir));
             match verdict {
-                kv_replication::outage::Verdict::Resume => return Ok(None),
+                kv_replication::outage::Verdict::Resume => {
+                    if config.rejoin_fresh {
+                        println!(
+                            "kv-server: --rejoin-fresh has no effect: cluster.state is intact and this node was not away for long"
+                        );
+                    }
+                    return Ok(None);
+                }
                 kv_replication::outage::Verdict::RejoinFresh(why) => why,
             }
         }
     };
+    if config.resume_after_outage {
+        println!(
+            "kv-server: --resume-after-outage: serving the data in {} although {why}",
+            dir.display()
+        );
+        // The decision is made: the next start checks afresh.
+        std::fs::remove_file(&marker)
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| format!("cannot remove {}: {e}", marker.display()))?;
+        write_durably(&dir.join(CONTACT_FILE), now_ms().to_string().as_bytes())
+            .map_err(|e| format!("cannot record the last contact in {}: {e}", dir.display()))?;
+        return Ok(None);
+    }
+    if !config.rejoin_fresh {
+        return Err(format!(
+            "refusing to start on the data in {}: {why}. If the rest of the cluster kept \
+             running meanwhile, start this node with --rejoin-fresh --join HOST:PORT (any live \
+             member): its data is moved aside into a {SET_ASIDE_PREFIX}* subdirectory and its \
+             ranges are rebuilt from the live replicas. If the whole cluster was down as long, \
+             start it with --resume-after-outage to serve its data as it is",
+            dir.display()
+        ));
+    }
     let aside = set_aside(&dir)
         .map_err(|e| format!("cannot move the old data of {} aside: {e}", dir.display()))?;
     for m in saved.members {
@@ -523,6 +559,19 @@ pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
         aside.display()
     );
     Ok(Some(aside))
+}
+
+/// The newest modification time (ms since the epoch) of the store's files
+/// in `dir`: when a version that recorded no last contact last wrote.
+fn newest_write(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .filter_map(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .max()
 }
 
 /// Writes the last contact durably, off the cluster thread: the thread
@@ -1040,10 +1089,11 @@ impl ClusterThread {
 
     /// The node found, at its first contact, that it was away for longer
     /// than the tombstone grace allows: it serves nothing any more. Leaves
-    /// a marker so that the next start sets the data aside and rejoins,
-    /// and stops the process (a supervisor restarts it).
+    /// a marker so that the next start refuses to serve the data unless
+    /// told to rejoin fresh (or that the whole cluster was down), and
+    /// stops the process.
     fn rejoin_fresh(&mut self, why: &str) {
-        println!("kv-server: giving up the data of this node: {why}; stopping: started again, it sets the data aside and rejoins its cluster as a new generation");
+        println!("kv-server: not serving the data of this node: {why}; stopping (start it again with --rejoin-fresh --join HOST:PORT to rebuild its ranges from the live replicas)");
         if let Some(path) = &self.state_path {
             let marker = path.with_file_name(REJOIN_MARKER);
             if let Err(e) = write_durably(&marker, why.as_bytes()) {

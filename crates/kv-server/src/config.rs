@@ -103,6 +103,13 @@ pub struct Config {
     #[arg(long, requires = "join")]
     pub rejoin_fresh: bool,
 
+    /// Start on this node's data although it was out of contact with its
+    /// cluster for longer than the tombstone grace allows. Right only when
+    /// the whole cluster was down as long (no delete can have been purged
+    /// while this node was away); otherwise use --rejoin-fresh.
+    #[arg(long, conflicts_with = "rejoin_fresh")]
+    pub resume_after_outage: bool,
+
     /// The host:port other nodes and clients reach this node at (default:
     /// the listening address).
     #[arg(long, value_name = "HOST:PORT")]

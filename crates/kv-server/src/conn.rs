@@ -651,10 +651,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                     }
                 }
                 // Before a restarted node checked how long it was away,
-                // none of its data leaves (the node answers nothing).
-                if !cluster.checked.load(Ordering::Acquire)
-                    && !matches!(msg, PeerMsg::Replicate { .. })
-                {
+                // none of its data leaves and it acknowledges no write
+                // (it may yet give its data up): the node answers nothing.
+                if !cluster.checked.load(Ordering::Acquire) {
                     return cluster.send(ToCluster::Peer { from, msg });
                 }
                 // Replica requests are answered here, on this connection;

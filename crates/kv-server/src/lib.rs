@@ -108,7 +108,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     }
     let mut config = config;
     // Before the store opens: a member back from an outage longer than the
-    // tombstone grace sets its old data aside and rejoins.
+    // tombstone grace refuses to serve its old data unless told what to do.
     cluster::check_outage(&mut config).map_err(RunError::ClusterState)?;
     let store = Store::open(store_options(&config)).map_err(|source| RunError::Storage {
         dir: config.data_dir.display().to_string(),
