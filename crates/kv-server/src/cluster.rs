@@ -614,12 +614,20 @@ fn set_aside(dir: &Path) -> io::Result<PathBuf> {
     let _lock = lock_dir(dir)?;
     let aside = dir.join(format!("{SET_ASIDE_PREFIX}{}", now_ms()));
     std::fs::create_dir(&aside)?;
+    let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let text = name.to_string_lossy();
         if text == "LOCK" || text.starts_with(SET_ASIDE_PREFIX) {
             continue;
         }
+        names.push(name);
+    }
+    // The store's files first, the cluster's own (state, contact, rejoin
+    // marker) last: a crash half-way leaves them in place, so the next
+    // start still refuses the rest of the data, or moves it too.
+    names.sort_by_key(|n| n.to_string_lossy().starts_with("cluster."));
+    for name in names {
         std::fs::rename(dir.join(&name), aside.join(&name))?;
     }
     sync_dir(&aside)?;
@@ -1431,7 +1439,7 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
     if let ClientReply::Conflict { newer, tries } = reply {
         // Never an OK: the write was not the newest on a write quorum.
         let text = format!(
-            "write lost to a newer version ({}.{}) on the replicas after {tries} {}: it is not the key's value now (some replicas may have held it briefly); retry if it must be",
+            "write lost to a newer version ({}.{}) on the replicas after {tries} {}: the outcome is unknown (some replicas may hold this value below the newer one); retry if it must be the latest",
             newer.ts,
             newer.node,
             if tries == 1 { "try" } else { "tries" }
