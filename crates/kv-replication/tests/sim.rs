@@ -463,10 +463,12 @@ const OUTAGE_SEEDS: u64 = 200;
 /// of the ranges it gave away in a rebalance (here, when the others joined
 /// at the start); when a range comes back to it (here, as the ranges of a
 /// node that rejoined afresh are rebuilt) after a delete's tombstone was
-/// purged, its old copy comes back to life. Seed 5 was traced to this
-/// (key31 on n3); the others fail the same checks. The fix is the cleanup
-/// of given-away ranges (issue 9, item 2), not done yet.
-const KNOWN_GIVEN_AWAY: &[u64] = &[2, 5, 12, 16, 18, 27, 51, 68, 109, 138, 166, 169];
+/// purged, its old copy comes back to life. Each of these fails with a
+/// delete come back to life in a read right after a rebalance ended (the
+/// list changed when the audit reads changed every run's course; the
+/// earlier list's seed 5 was traced to this, key31 on n3). The fix is the
+/// cleanup of given-away ranges (issue 9, item 2), not done yet.
+const KNOWN_GIVEN_AWAY: &[u64] = &[39, 47, 59, 98, 103, 130, 180, 190];
 
 /// Tombstones purged after a grace of 4 s, and some crashes lasting
 /// longer than that: a delete made while a node is away is purged
