@@ -23,5 +23,8 @@
 pub mod addr;
 mod client;
 pub mod command;
+pub mod import;
+pub mod monitor;
+pub mod reply;
 
 pub use client::{Client, ClientError};
