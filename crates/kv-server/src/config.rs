@@ -174,6 +174,11 @@ pub struct Config {
     /// during a rebalance (join, leave, remove), e.g. 50mb (0: no limit).
     #[arg(long, default_value = "128mb", value_parser = parse_bytes)]
     pub rebalance_rate: u64,
+
+    /// Serve Prometheus metrics at http://BIND:PORT/metrics (off by
+    /// default; bound to the --bind address). See docs/operations.md.
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
 }
 
 impl Config {

@@ -21,6 +21,7 @@ pub mod config;
 pub mod conn;
 pub mod dial;
 pub mod glob;
+pub mod metrics;
 pub mod native_cmd;
 pub mod resp_cmd;
 pub mod resp_expiry;
@@ -93,6 +94,15 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     // Bind first: a port in use is reported before a long recovery.
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|source| server::ServerError::Listen { addr, source })?;
+    let metrics_listener = match config.metrics_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.bind, port);
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|source| server::ServerError::Listen { addr, source })?;
+            Some(l)
+        }
+        None => None,
+    };
     if !cluster::check_peer_config(&config).map_err(RunError::ClusterState)? {
         println!("kv-server: no --cluster-secret: this node accepts no peers and dials none (a single server; a cluster needs the same --cluster-secret on every node)");
     } else if config.cluster_secret.as_ref().is_some_and(|s| s.len() < 16) {
@@ -119,6 +129,11 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     let server = Server::from_std(listener, Shared::new(store, config))?;
     let bound = server.local_addr();
     println!("kv-server {} listening on {bound} (RESP and native protocol), {threads} event-loop threads", env!("CARGO_PKG_VERSION"));
+    if let Some(l) = metrics_listener {
+        let at = l.local_addr().map_err(server::ServerError::Io)?;
+        metrics::serve(l, Arc::downgrade(server.shared())).map_err(server::ServerError::Io)?;
+        println!("kv-server: Prometheus metrics at http://{at}/metrics");
+    }
     on_ready(bound);
     let shared = server.run()?;
     let shared = match Arc::try_unwrap(shared) {

@@ -11,6 +11,33 @@ pub const MAX_LIST_PAGE: u32 = 10_000;
 /// Runs one request.
 pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
     shared.count_command();
+    let name = match &req {
+        Request::Get { .. } => "get",
+        Request::Put { .. } => "put",
+        Request::Delete { .. } => "delete",
+        Request::List { .. } => "list",
+        Request::Ping { .. } => "ping",
+        Request::Auth { .. } => "auth",
+        Request::Info => "info",
+        Request::Cluster => "cluster",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let reply = execute_request(shared, s, req);
+    let failed = matches!(reply, Response::Error { .. });
+    let took = started.elapsed();
+    shared.metrics.record(
+        s.worker,
+        crate::metrics::Protocol::Native,
+        name,
+        took,
+        failed,
+    );
+    reply
+}
+
+/// [`execute`] without the figures.
+fn execute_request(shared: &Shared, s: &mut Session, req: Request) -> Response {
     if !s.authenticated && !matches!(req, Request::Auth { .. }) {
         return Response::error(
             ErrorKind::AuthRequired,

@@ -102,24 +102,46 @@ pub fn execute(
     }
     shared.count_command();
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-    if !s.authenticated && !matches!(name.as_str(), "auth" | "quit" | "hello" | "reset") {
+    let (started, at) = (std::time::Instant::now(), out.len());
+    let after = execute_named(shared, s, &name, args, out);
+    let failed = out.get(at) == Some(&b'-');
+    let took = started.elapsed();
+    shared.metrics.record(
+        s.worker,
+        crate::metrics::Protocol::Resp,
+        &name,
+        took,
+        failed,
+    );
+    after
+}
+
+/// [`execute`] once the command's name is known (lower case).
+fn execute_named(
+    shared: &Shared,
+    s: &mut Session,
+    name: &str,
+    args: &[Cow<'_, [u8]>],
+    out: &mut Vec<u8>,
+) -> After {
+    if !s.authenticated && !matches!(name, "auth" | "quit" | "hello" | "reset") {
         error(out, "NOAUTH Authentication required.");
         return After::Continue;
     }
     let in_tx = s.tx.is_some();
-    let handled = match name.as_str() {
+    let handled = match name {
         "multi" => resp_tx::multi(s, out),
         "exec" => return resp_tx::exec(shared, s, out),
         "discard" => resp_tx::discard(s, out),
         "watch" if in_tx => resp_tx::refuse_watch(out),
         "quit" | "reset" => false,
-        _ if in_tx => resp_tx::queue(shared, s, &name, args, out),
+        _ if in_tx => resp_tx::queue(shared, s, name, args, out),
         _ => false,
     };
     if handled {
         return After::Continue;
     }
-    if crate::resp_rmw::is_read_modify_write(&name, args.len()) {
+    if crate::resp_rmw::is_read_modify_write(name, args.len()) {
         // Nothing else runs between its read and its write.
         let _exclusive = shared.exclusive_gate();
         // Checked under the gate: the node may have joined meanwhile.
@@ -130,11 +152,11 @@ pub fn execute(
             );
             return After::Continue;
         }
-        return run(shared, s, &name, args, out);
+        return run(shared, s, name, args, out);
     }
     // EXEC holds this exclusively while it runs a transaction.
     let _gate = shared.command_gate(s.worker);
-    run(shared, s, &name, args, out)
+    run(shared, s, name, args, out)
 }
 
 /// Runs command `name` (lower case) with `args` (the name first); what

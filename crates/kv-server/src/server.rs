@@ -85,6 +85,11 @@ impl Server {
         })
     }
 
+    /// The state every event loop shares.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

@@ -45,6 +45,8 @@ pub struct Shared {
     /// the middle of a transaction. One gate per loop, each on its own
     /// cache line, so that loops do not contend for one lock word.
     pub exec_gates: Box<[ExecGate]>,
+    /// Per-command figures for the metrics endpoint.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// One event loop's share of the transaction gate (see
@@ -71,6 +73,7 @@ impl Shared {
         let exec_gates = (0..config.worker_threads())
             .map(|_| ExecGate::default())
             .collect();
+        let metrics = crate::metrics::Metrics::new(config.worker_threads());
         Shared {
             store,
             config,
@@ -79,6 +82,7 @@ impl Shared {
             over_memory: AtomicBool::new(false),
             started: Instant::now(),
             cluster: std::sync::OnceLock::new(),
+            metrics,
             exec_gates,
         }
     }
