@@ -179,6 +179,11 @@ pub struct Config {
     /// default; bound to the --bind address). See docs/operations.md.
     #[arg(long, value_name = "PORT")]
     pub metrics_port: Option<u16>,
+
+    /// Write the server's process id to this file once it listens, and
+    /// remove it on a clean stop (for scripts and service managers).
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
 }
 
 impl Config {

@@ -62,6 +62,43 @@ pub enum RunError {
     /// The log could not be flushed at shutdown.
     #[error("cannot flush the log at shutdown: {0}")]
     Close(kv_storage::Error),
+    /// The --pidfile could not be written.
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The --pidfile: written once the server listens, removed when it stops
+/// cleanly (if it still holds this process's id).
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, RunError> {
+        let fail = |source| RunError::PidFile {
+            path: path.display().to_string(),
+            source,
+        };
+        // Written aside and renamed, so that a reader never sees half a pid.
+        let tmp = path.with_extension("pid.tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(fail)?;
+        std::fs::rename(&tmp, path).map_err(fail)?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }
 
 /// How long deleted keys keep their tombstone at least (and always an hour
@@ -125,10 +162,15 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
         source,
     })?;
     describe_store(&config, &store);
+    let config_pidfile = config.pidfile.clone();
     let threads = config.worker_threads();
     let server = Server::from_std(listener, Shared::new(store, config))?;
     let bound = server.local_addr();
     println!("kv-server {} listening on {bound} (RESP and native protocol), {threads} event-loop threads", env!("CARGO_PKG_VERSION"));
+    let _pidfile = match &config_pidfile {
+        Some(p) => Some(PidFile::write(p)?),
+        None => None,
+    };
     if let Some(l) = metrics_listener {
         let at = l.local_addr().map_err(server::ServerError::Io)?;
         metrics::serve(l, Arc::downgrade(server.shared())).map_err(server::ServerError::Io)?;

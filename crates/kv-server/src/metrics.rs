@@ -241,11 +241,11 @@ impl Collector for ServerCollector {
             "1 while writes are refused for memory.",
             i64::from(shared.is_over_memory()),
         )?;
-        gauge(
+        counter(
             &mut e,
-            "kv_wal_bytes",
-            "Bytes in the write-ahead log since the last snapshot.",
-            n(st.log_bytes),
+            "kv_wal_written_bytes",
+            "Bytes appended to the write-ahead log since start.",
+            st.log_bytes,
         )?;
         counter(
             &mut e,
@@ -274,7 +274,7 @@ impl Collector for ServerCollector {
         counter(
             &mut e,
             "kv_tombstones_purged",
-            "Tombstones purged after the grace.",
+            "Tombstones dropped by snapshots (past the grace) since start.",
             st.tombstones_purged,
         )?;
         self.commands(&shared, &mut e)

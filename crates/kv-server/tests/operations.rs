@@ -1,5 +1,6 @@
-//! The Prometheus endpoint (`--metrics-port`) after a known workload:
-//! the figures it shows match what was done.
+//! What operators rely on: the Prometheus endpoint (`--metrics-port`)
+//! after a known workload shows figures that match what was done, and
+//! `--pidfile` holds the server's pid while it runs.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -135,6 +136,38 @@ fn a_metrics_port_in_use_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_pid_file_holds_the_pid_while_the_server_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("kv.pid");
+    let p = pidfile.to_string_lossy().into_owned();
+    let server = ServerProc::start(BIN, &["--no-persistence", "--pidfile", &p]);
+    let pid = server.pid().to_string();
+    wait_for("the pid file", Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim() == pid)
+    });
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(!pidfile.exists(), "a clean stop removes the pid file");
+
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--no-persistence",
+            "--port",
+            "0",
+            "--pidfile",
+            "/nonexistent/dir/kv.pid",
+        ])
+        .output()
+        .expect("run kv-server");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot write the pid file /nonexistent/dir/kv.pid"),
         "{err}"
     );
 }
