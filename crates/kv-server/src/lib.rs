@@ -26,6 +26,7 @@ pub mod native_cmd;
 pub mod resp_cmd;
 pub mod resp_expiry;
 pub mod resp_keys;
+pub mod resp_rename;
 pub mod resp_rmw;
 pub mod resp_tx;
 pub mod server;

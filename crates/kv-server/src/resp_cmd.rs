@@ -708,6 +708,20 @@ fn client(s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
         }
         (Some(b"setinfo"), _) => wrong_arity(out, "client|setinfo"),
         (Some(b"id"), []) => integer(out, s.id as i64),
+        // kv evicts nothing and keeps no access times: both switches are
+        // accepted and have nothing to change.
+        (Some(b"no-evict" | b"no-touch"), [v]) => match v.to_ascii_lowercase().as_slice() {
+            b"on" | b"off" => ok(out),
+            _ => error(out, "ERR syntax error"),
+        },
+        (Some(b"reply"), [v]) => match v.to_ascii_lowercase().as_slice() {
+            b"on" => ok(out),
+            b"off" | b"skip" => error(
+                out,
+                "ERR CLIENT REPLY OFF and SKIP are not supported: every command is answered",
+            ),
+            _ => error(out, "ERR syntax error"),
+        },
         (Some(b"info"), []) => {
             let line = client_line(s);
             encode_verbatim(out, "txt", line.as_bytes(), s.proto)

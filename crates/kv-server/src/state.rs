@@ -148,7 +148,7 @@ impl Shared {
             None => "disabled".to_string(),
             Some(d) => format!("{d:?}").to_ascii_lowercase(),
         };
-        let sections: [(&str, Vec<(&str, String)>); 6] = [
+        let sections: [(&str, Vec<(&str, String)>); 7] = [
             (
                 "Server",
                 vec![
@@ -212,6 +212,15 @@ impl Shared {
                     ("rejected_connections", load64(&c.rejected).to_string()),
                     ("oom_rejections", load64(&c.oom_rejections).to_string()),
                     ("protocol_errors", load64(&c.protocol_errors).to_string()),
+                ],
+            ),
+            (
+                "Replication",
+                vec![
+                    ("role", "master".to_string()),
+                    ("connected_slaves", "0".to_string()),
+                    ("master_failover_state", "no-failover".to_string()),
+                    ("master_repl_offset", "0".to_string()),
                 ],
             ),
             (

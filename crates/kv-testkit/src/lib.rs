@@ -17,6 +17,7 @@ pub mod firewall;
 pub mod history;
 pub mod linearizability;
 pub mod netns;
+pub mod redis_server;
 pub mod resp;
 
 use std::io::{BufRead, BufReader};
