@@ -11,7 +11,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use kv_client::command::{self, Command};
 use kv_client::import::ImportFormat;
 use kv_client::monitor::Until;
-use kv_client::reply::{render_error, Format, Reply};
+use kv_client::reply::{render_error, render_item, Format, Reply};
 use kv_client::{Client, ClientError};
 
 mod tools;
@@ -91,6 +91,17 @@ impl Session {
             addr: self.addr.clone(),
             message: "no connection".into(),
         })
+    }
+
+    /// LIST printed page by page as the pages arrive, so that the first
+    /// keys of a large store show at once and the client holds one page at
+    /// a time. Returns how many keys were printed.
+    fn stream_list(&mut self, prefix: &[u8], format: Format) -> Result<u64, ClientError> {
+        let result = self.client().and_then(|c| print_pages(c, prefix, format));
+        if matches!(&result, Err(e) if e.is_connection_error()) {
+            self.client = None;
+        }
+        result
     }
 
     /// Runs a command; a broken connection is dropped so that the next
@@ -205,6 +216,13 @@ fn batch(
                 continue;
             }
         };
+        if let Command::List(prefix) = &cmd {
+            if let Err(e) = s.stream_list(prefix, format) {
+                report_error(format, &e.to_string());
+                failed = true;
+            }
+            continue;
+        }
         match s.run(&cmd) {
             Ok(out) => {
                 let mut o = stdout.lock();
@@ -223,6 +241,44 @@ fn batch(
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Keys are fetched this many at a time.
+const LIST_PAGE: u32 = 1000;
+
+/// Prints every key starting with `prefix` in `format`, a page at a time.
+/// An error after some keys leaves them printed and the record unclosed.
+fn print_pages(c: &mut Client, prefix: &[u8], format: Format) -> Result<u64, ClientError> {
+    let stdout = std::io::stdout();
+    let mut printed = 0u64;
+    let mut after: Option<Vec<u8>> = None;
+    if format == Format::Json {
+        print!("[");
+    }
+    loop {
+        let (keys, next) = c.list(prefix, after.as_deref(), LIST_PAGE)?;
+        let mut o = stdout.lock();
+        for k in &keys {
+            let item = render_item(format, k);
+            let _ = match (format, printed) {
+                (Format::Plain, _) => writeln!(o, "{item}"),
+                (_, 0) => write!(o, "{item}"),
+                _ => write!(o, ",{item}"),
+            };
+            printed += 1;
+        }
+        let _ = o.flush();
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    match format {
+        Format::Plain => {}
+        Format::Csv => println!(),
+        Format::Json => println!("]"),
+    }
+    Ok(printed)
 }
 
 /// An error on standard error, and as a record on standard output for
@@ -279,6 +335,11 @@ fn interactive(s: &mut Session, history: Option<PathBuf>) -> ExitCode {
             Ok(None) => {}
             Ok(Some(Command::Quit)) => break,
             Ok(Some(Command::Help)) => println!("{}", command::HELP),
+            Ok(Some(Command::List(prefix))) => match s.stream_list(&prefix, Format::Plain) {
+                Ok(0) => println!("(empty)"),
+                Ok(_) => {}
+                Err(e) => println!("(error) {e}"),
+            },
             Ok(Some(cmd)) => match s.run(&cmd).map(|r| r.render(Format::Plain)) {
                 Ok(out) if out.is_empty() => println!("(empty)"),
                 Ok(out) => out.iter().for_each(|l| println!("{l}")),

@@ -97,6 +97,18 @@ impl Reply {
     }
 }
 
+/// One item of a list (a key) as it is printed in `format`: a line of its
+/// own for [`Format::Plain`], a field or array element otherwise (the
+/// caller adds the separators), so that a long listing can be printed as
+/// it arrives.
+pub fn render_item(format: Format, item: &[u8]) -> String {
+    match format {
+        Format::Plain => show(item),
+        Format::Csv => csv_field(item),
+        Format::Json => json_string(item),
+    }
+}
+
 /// An error as a record in `format`, so that scripts reading CSV or JSON
 /// keep one record per command. `None` for [`Format::Plain`], where errors
 /// go to standard error only.

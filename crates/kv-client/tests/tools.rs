@@ -246,3 +246,35 @@ fn import_stat_and_latency_work_against_a_cluster() {
     let o = run(&nodes[1], &["--json"], b"GET key5\n");
     assert_eq!(text(&o.stdout), "\"value, 5\"\n");
 }
+
+#[test]
+fn list_streams_every_page_in_order() {
+    let server = ServerProc::start(server_binary(), &["--no-persistence"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut csv = Vec::new();
+    for i in 0..2500 {
+        csv.extend_from_slice(format!("k{i:05},v\n").as_bytes());
+    }
+    let file = write_file(dir.path(), "keys.csv", &csv);
+    assert!(run(&server, &["--import", &file], b"").status.success());
+    let o = run(&server, &["-c", "LIST k"], b"");
+    assert!(o.status.success(), "{o:?}");
+    let out = text(&o.stdout);
+    let want: Vec<String> = (0..2500).map(|i| format!("k{i:05}")).collect();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        want,
+        "three pages, in order"
+    );
+    let o = run(&server, &["--json", "-c", "LIST k0000"], b"");
+    assert_eq!(
+        text(&o.stdout),
+        format!(
+            "[{}]\n",
+            (0..10)
+                .map(|i| format!("\"k0000{i}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    );
+}

@@ -389,13 +389,11 @@ fn keys(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
         .iter()
         .position(|c| matches!(c, b'*' | b'?' | b'[' | b'\\'))
         .unwrap_or(pattern.len());
-    let found: Vec<Vec<u8>> = shared
+    // Keys only: `KEYS *` must not copy every value as well.
+    let mut found = shared
         .store
-        .scan_prefix(&pattern[..literal])
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| glob::matches(pattern, k))
-        .collect();
+        .keys_matching(&pattern[..literal], |k| glob::matches(pattern, k));
+    found.sort_unstable();
     encode_array_header(out, found.len());
     for k in found {
         encode_bulk(out, &k);

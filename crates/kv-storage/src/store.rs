@@ -444,6 +444,24 @@ impl Store {
         best.into_sorted_vec()
     }
 
+    /// Every live key starting with `prefix` for which `keep` holds, in no
+    /// particular order (as Redis's `KEYS`). Copies the matching keys only,
+    /// never a value, and holds one shard's read lock at a time.
+    pub fn keys_matching(&self, prefix: &[u8], keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
+        let now = self.inner.now_ms();
+        let mut found = Vec::new();
+        for i in 0..self.inner.map.shard_count() {
+            let shard = self.inner.map.read_shard(i);
+            found.extend(
+                shard
+                    .iter()
+                    .filter(|e| e.key().starts_with(prefix) && e.live_at(now) && keep(e.key()))
+                    .map(|e| e.key().to_vec()),
+            );
+        }
+        found
+    }
+
     /// The greatest version timestamp the store has seen (tombstones and
     /// purged tombstones included).
     pub fn max_timestamp(&self) -> u64 {
