@@ -186,35 +186,64 @@ impl Store {
         f(shard.find(h, key).and_then(|e| e.value_at(now)))
     }
 
-    /// One step of a cursor walk over the live keys in the order of their
-    /// hash, as Redis's `SCAN` does: start with cursor 0, pass back the
-    /// cursor returned, stop when it is 0. A key present for the whole walk
-    /// is returned exactly once, whatever is written meanwhile. Returns up
-    /// to `count` keys and the next cursor.
+    /// One step of a cursor walk over the live keys, as Redis's `SCAN`
+    /// does: start with cursor 0, pass back the cursor returned, stop when
+    /// it is 0. A key present for the whole walk is returned exactly once,
+    /// whatever is written meanwhile. Returns up to `count` keys and the
+    /// next cursor.
+    ///
+    /// The walk goes shard by shard (a key's cursor position is its hash
+    /// with the shard's bits moved to the top, a fixed order), so a step
+    /// reads one shard, or a few when they are sparse: its cost is that of
+    /// a shard, not of the store.
     pub fn scan_cursor(&self, cursor: u64, count: usize) -> (Vec<Vec<u8>>, u64) {
         let count = count.max(1);
-        let mut best: BinaryHeap<(u64, Vec<u8>)> = BinaryHeap::new();
+        let map = &self.inner.map;
+        let shards = map.shard_count();
+        let bits = shards.trailing_zeros();
+        let order = |h: u64| h.rotate_left(32 - bits);
+        let shard_at = |o: u64| {
+            if bits == 0 {
+                0
+            } else {
+                (o >> (64 - bits)) as usize
+            }
+        };
         let now = self.inner.now_ms();
-        for i in 0..self.inner.map.shard_count() {
-            let shard = self.inner.map.read_shard(i);
-            for e in shard.iter().filter(|e| e.live_at(now)) {
-                let h = hash_key(e.key());
-                let full = best.len() == count;
-                if h < cursor || (full && best.peek().is_some_and(|(top, _)| h >= *top)) {
+        let mut page = Vec::with_capacity(count.min(4096));
+        let mut from = cursor;
+        let mut shard = shard_at(cursor);
+        while shard < shards {
+            let need = count - page.len();
+            let mut best: BinaryHeap<(u64, Vec<u8>)> = BinaryHeap::new();
+            for e in map.read_shard(shard).iter().filter(|e| e.live_at(now)) {
+                let o = order(hash_key(e.key()));
+                let full = best.len() == need;
+                if o < from || (full && best.peek().is_some_and(|(top, _)| o >= *top)) {
                     continue;
                 }
                 if full {
                     best.pop();
                 }
-                best.push((h, e.key().to_vec()));
+                best.push((o, e.key().to_vec()));
             }
+            let filled = best.len() == need;
+            let mut found = best.into_sorted_vec();
+            let last = found.last().map(|(o, _)| *o);
+            page.extend(found.drain(..).map(|(_, k)| k));
+            if filled {
+                // More may follow in this shard, after the last one taken.
+                let next = last.and_then(|o| o.checked_add(1)).unwrap_or(0);
+                return (page, next);
+            }
+            shard += 1;
+            from = if bits == 0 {
+                0
+            } else {
+                (shard as u64) << (64 - bits)
+            };
         }
-        let page = best.into_sorted_vec();
-        let next = match page.last() {
-            Some((h, _)) if page.len() == count => h.checked_add(1).unwrap_or(0),
-            _ => 0,
-        };
-        (page.into_iter().map(|(_, k)| k).collect(), next)
+        (page, 0)
     }
 
     /// Drops, from memory, every tombstone whose version timestamp is below
