@@ -23,5 +23,7 @@
 pub mod addr;
 mod client;
 pub mod command;
+mod tls;
 
 pub use client::{Client, ClientError};
+pub use tls::TlsOptions;

@@ -45,6 +45,8 @@ pub struct Shared {
     /// the middle of a transaction. One gate per loop, each on its own
     /// cache line, so that loops do not contend for one lock word.
     pub exec_gates: Box<[ExecGate]>,
+    /// TLS settings, when a TLS option is given (set once at start).
+    pub tls: std::sync::OnceLock<crate::tls::Tls>,
 }
 
 /// One event loop's share of the transaction gate (see
@@ -80,6 +82,7 @@ impl Shared {
             started: Instant::now(),
             cluster: std::sync::OnceLock::new(),
             exec_gates,
+            tls: std::sync::OnceLock::new(),
         }
     }
 
