@@ -305,3 +305,54 @@ fn a_node_whose_certificate_the_ca_did_not_sign_cannot_join() {
     rogue.stop();
     a.stop();
 }
+
+/// A node with `--tls-cluster` whose plain port is on too: a node that
+/// knows the secret but dials the plain port is refused as a peer.
+#[test]
+fn peers_are_refused_on_the_plain_port_with_tls_cluster() {
+    let k = pki();
+    let plain_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut args = vec!["--port".to_string(), plain_port.to_string()];
+    args.extend(["--data-dir".to_string(), p(dir.path()).to_string()]);
+    args.extend(cluster_args(&k.ca, &k.nodes[0], None).iter().map(|a| a.to_string()));
+    let mut a = Command::new(BIN)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    for pipe in [
+        Box::new(a.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(a.stderr.take().expect("stderr")),
+    ] {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut l = log.lock().expect("log");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let said = || log.lock().expect("log").clone();
+    wait_for("a to listen on both ports", SETTLE, || {
+        said().matches("listening on").count() == 2
+    });
+    let seed = format!("127.0.0.1:{plain_port}");
+    let b = ServerProc::start(BIN, &["--no-persistence", "--cluster-secret", SECRET, "--join", &seed]);
+    wait_for("a to refuse b as a peer on its plain port", SETTLE, || {
+        said().contains("refused peer") && said().contains("--tls-cluster")
+    });
+    let mut c = Client::connect(&seed).expect("plain client");
+    assert!(c.cluster().expect("view").contains("1 members"));
+    b.stop();
+    // SAFETY: a plain system call on our own child's pid.
+    unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+    a.wait().expect("a exits");
+}
