@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ValueValidation, e)
             .exit(),
     };
-    let tls = args.tls.then(|| kv_client::TlsOptions {
+    let tls = args.tls.then_some(kv_client::TlsOptions {
         ca_cert: args.cacert,
         cert: args.cert,
         key: args.key,

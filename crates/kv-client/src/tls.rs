@@ -61,7 +61,9 @@ impl TlsOptions {
             .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(&ca).map_err(|e| bad(&ca, e))? {
-            roots.add(cert.map_err(|e| bad(&ca, e))?).map_err(|e| bad(&ca, e))?;
+            roots
+                .add(cert.map_err(|e| bad(&ca, e))?)
+                .map_err(|e| bad(&ca, e))?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider)
@@ -80,12 +82,10 @@ impl TlsOptions {
                     .map_err(|e| bad(key, e))?
             }
             (None, None) => builder.with_no_client_auth(),
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "a client certificate needs its key, and a key its certificate (--cert and --key)",
-                ))
-            }
+            _ => return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a client certificate needs its key, and a key its certificate (--cert and --key)",
+            )),
         };
         Ok(Arc::new(config))
     }
@@ -110,8 +110,8 @@ pub(crate) enum ClientStream {
 impl ClientStream {
     /// Wraps `sock` in TLS for `addr` as `tls` says.
     pub(crate) fn tls(sock: TcpStream, addr: &str, tls: &TlsOptions) -> io::Result<ClientStream> {
-        let conn = ClientConnection::new(tls.config()?, tls.name_for(addr)?)
-            .map_err(io::Error::other)?;
+        let conn =
+            ClientConnection::new(tls.config()?, tls.name_for(addr)?).map_err(io::Error::other)?;
         Ok(ClientStream::Tls(Box::new(StreamOwned::new(conn, sock))))
     }
 

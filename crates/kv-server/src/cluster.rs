@@ -1359,7 +1359,12 @@ fn flush_link(link: &mut PeerLink) -> io::Result<()> {
     }
     // TLS records the socket could not take yet.
     match link.stream.flush() {
-        Err(e) if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected) => {
+        Err(e)
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+            ) =>
+        {
             Err(e)
         }
         _ => Ok(()),

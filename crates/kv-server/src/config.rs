@@ -196,7 +196,13 @@ pub struct Config {
 
     /// Whether TLS clients must show a certificate signed by
     /// --tls-ca-cert: yes, no, or optional (checked when shown).
-    #[arg(long, value_enum, default_value = "yes", value_name = "yes|no|optional", help_heading = "TLS")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "yes",
+        value_name = "yes|no|optional",
+        help_heading = "TLS"
+    )]
     pub tls_auth_clients: TlsAuthClients,
 
     /// Links between nodes use TLS with mutual authentication: a peer must

@@ -590,7 +590,8 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             );
         };
         if shared.config.tls_cluster && !self.stream.peer_certified() {
-            let why = "--tls-cluster: peers connect over TLS with a certificate the cluster's CA signed";
+            let why =
+                "--tls-cluster: peers connect over TLS with a certificate the cluster's CA signed";
             return self.refuse_peer(shared, id, &from, why);
         }
         if let Some(proven) = &self.peer {

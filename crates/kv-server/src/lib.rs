@@ -96,7 +96,8 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     let tls = tls::Tls::from_config(&config)?;
     // Bind first: a port in use is reported before a long recovery.
     let bind = |addr| {
-        std::net::TcpListener::bind(addr).map_err(|source| server::ServerError::Listen { addr, source })
+        std::net::TcpListener::bind(addr)
+            .map_err(|source| server::ServerError::Listen { addr, source })
     };
     let plain = match config.plain_port_on() {
         true => Some(bind(config.listen_addr())?),

@@ -86,7 +86,10 @@ fn file_err(what: &'static str, path: &Path, why: impl ToString) -> TlsError {
 }
 
 /// Reads every certificate of a PEM file.
-pub fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_err(what, path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -140,7 +143,13 @@ impl Tls {
             Some(ca) => Some(Arc::new(load_roots(ca)?)),
             None => None,
         };
-        let server = server_config(c.tls_auth_clients, c.tls_cluster, roots.clone(), certs.clone(), key_der.clone_key())?;
+        let server = server_config(
+            c.tls_auth_clients,
+            c.tls_cluster,
+            roots.clone(),
+            certs.clone(),
+            key_der.clone_key(),
+        )?;
         let peer_client = match (c.tls_cluster, roots) {
             (false, _) => None,
             (true, None) => {
@@ -374,7 +383,10 @@ impl Write for TlsStream {
         // Records from the last call go first; while they cannot, the
         // socket is full for us too.
         self.push()?;
-        let n = self.tls.writer().write(&buf[..buf.len().min(WRITE_CHUNK)])?;
+        let n = self
+            .tls
+            .writer()
+            .write(&buf[..buf.len().min(WRITE_CHUNK)])?;
         if n == 0 && !buf.is_empty() {
             // rustls's buffer is full (before the handshake is done).
             return Err(io::ErrorKind::WouldBlock.into());
@@ -462,9 +474,18 @@ mod tests {
 
     #[test]
     fn server_names_from_addresses() {
-        assert!(matches!(server_name("127.0.0.1:7000"), Ok(ServerName::IpAddress(_))));
-        assert!(matches!(server_name("[::1]:7000"), Ok(ServerName::IpAddress(_))));
-        assert!(matches!(server_name("node1.example:7000"), Ok(ServerName::DnsName(_))));
+        assert!(matches!(
+            server_name("127.0.0.1:7000"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("[::1]:7000"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("node1.example:7000"),
+            Ok(ServerName::DnsName(_))
+        ));
         assert!(server_name("bad name:7000").is_err());
     }
 }

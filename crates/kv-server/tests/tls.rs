@@ -134,12 +134,19 @@ fn the_redis_crate_sets_and_gets_over_tls_with_resp2_and_resp3() {
     let mut r = redis_tls_client(&s, &k)
         .get_connection()
         .expect("TLS connection");
-    let () = redis::cmd("SET").arg("lang").arg("rust").query(&mut r).expect("SET");
+    let () = redis::cmd("SET")
+        .arg("lang")
+        .arg("rust")
+        .query(&mut r)
+        .expect("SET");
     let got: String = redis::cmd("GET").arg("lang").query(&mut r).expect("GET");
     assert_eq!(got, "rust");
     let hello: redis::Value = redis::cmd("HELLO").arg(3).query(&mut r).expect("HELLO 3");
     assert!(matches!(hello, redis::Value::Map(_)), "{hello:?}");
-    let got: String = redis::cmd("GET").arg("lang").query(&mut r).expect("GET in RESP3");
+    let got: String = redis::cmd("GET")
+        .arg("lang")
+        .query(&mut r)
+        .expect("GET in RESP3");
     assert_eq!(got, "rust");
     s.stop();
 }
@@ -148,7 +155,10 @@ fn the_redis_crate_sets_and_gets_over_tls_with_resp2_and_resp3() {
 #[test]
 fn redis_cli_sets_and_gets_over_tls() {
     let help = Command::new("redis-cli").arg("--help").output();
-    let has_tls = help.is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("--tls") || String::from_utf8_lossy(&o.stdout).contains("--tls"));
+    let has_tls = help.is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stderr).contains("--tls")
+            || String::from_utf8_lossy(&o.stdout).contains("--tls")
+    });
     if !has_tls {
         eprintln!("SKIPPED: no redis-cli with --tls on PATH (apt-get install redis-tools)");
         return;
@@ -158,7 +168,14 @@ fn redis_cli_sets_and_gets_over_tls() {
     let cli = |args: &[&str]| {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &s.addr.port().to_string(), "--tls"])
-            .args(["--cacert", p(&k.ca), "--cert", p(&k.client.cert), "--key", p(&k.client.key)])
+            .args([
+                "--cacert",
+                p(&k.ca),
+                "--cert",
+                p(&k.client.cert),
+                "--key",
+                p(&k.client.key),
+            ])
             .args(args)
             .output()
             .expect("redis-cli");
@@ -179,14 +196,18 @@ fn a_plain_client_is_refused_on_a_tls_only_port_and_tls_goes_on() {
         .expect("url")
         .get_connection_with_timeout(Duration::from_secs(5))
         .and_then(|mut r| redis::cmd("PING").query::<String>(&mut r));
-    assert!(plain_redis.is_err(), "a plain RESP client got an answer: {plain_redis:?}");
+    assert!(
+        plain_redis.is_err(),
+        "a plain RESP client got an answer: {plain_redis:?}"
+    );
     // A TLS client without a certificate is refused (--tls-auth-clients
     // yes is the default, as in Redis).
     let no_cert = TlsOptions {
         ca_cert: Some(k.ca.clone()),
         ..TlsOptions::default()
     };
-    let anonymous = Client::connect_tls(&s.addr.to_string(), &no_cert).and_then(|mut c| c.put(b"k", b"v"));
+    let anonymous =
+        Client::connect_tls(&s.addr.to_string(), &no_cert).and_then(|mut c| c.put(b"k", b"v"));
     assert!(anonymous.is_err(), "a client without a certificate got in");
     // The server serves on.
     let mut c = tls_client(&s, &k);
@@ -286,20 +307,33 @@ fn a_node_whose_certificate_the_ca_did_not_sign_cannot_join() {
             .iter()
             .any(|l| l.contains("TLS with") && l.contains("invalid peer certificate"))
     };
-    wait_for("the seed to refuse the rogue's certificate", SETTLE, || refused(&a));
+    wait_for("the seed to refuse the rogue's certificate", SETTLE, || {
+        refused(&a)
+    });
     // The seed still sees only itself, and the rogue is still joining:
     // it refuses client writes rather than act alone.
-    assert!(members_seen(&a, &k).contains("1 members"), "{}", members_seen(&a, &k));
+    assert!(
+        members_seen(&a, &k).contains("1 members"),
+        "{}",
+        members_seen(&a, &k)
+    );
     let trust_rogue = TlsOptions {
         ca_cert: Some(k.rogue_ca.clone()),
         ..client_tls(&k)
     };
     let mut c = Client::connect_tls(&rogue.addr.to_string(), &trust_rogue).expect("connect");
-    assert!(c.put(b"k", b"v").is_err(), "the rogue acted as a cluster member");
+    assert!(
+        c.put(b"k", b"v").is_err(),
+        "the rogue acted as a cluster member"
+    );
     // A rogue that trusts only its own CA refuses the seed's certificate.
     let lone_args = cluster_args(&k.rogue_ca, &k.rogue, Some(&seed));
     let lone = ServerProc::start(BIN, &lone_args);
-    wait_for("the lone rogue to refuse the seed's certificate", SETTLE, || refused(&lone));
+    wait_for(
+        "the lone rogue to refuse the seed's certificate",
+        SETTLE,
+        || refused(&lone),
+    );
     assert!(members_seen(&a, &k).contains("1 members"));
     lone.stop();
     rogue.stop();
@@ -318,7 +352,11 @@ fn peers_are_refused_on_the_plain_port_with_tls_cluster() {
     let dir = tempfile::tempdir().expect("dir");
     let mut args = vec!["--port".to_string(), plain_port.to_string()];
     args.extend(["--data-dir".to_string(), p(dir.path()).to_string()]);
-    args.extend(cluster_args(&k.ca, &k.nodes[0], None).iter().map(|a| a.to_string()));
+    args.extend(
+        cluster_args(&k.ca, &k.nodes[0], None)
+            .iter()
+            .map(|a| a.to_string()),
+    );
     let mut a = Command::new(BIN)
         .args(&args)
         .stdout(std::process::Stdio::piped())
@@ -345,7 +383,16 @@ fn peers_are_refused_on_the_plain_port_with_tls_cluster() {
         said().matches("listening on").count() == 2
     });
     let seed = format!("127.0.0.1:{plain_port}");
-    let b = ServerProc::start(BIN, &["--no-persistence", "--cluster-secret", SECRET, "--join", &seed]);
+    let b = ServerProc::start(
+        BIN,
+        &[
+            "--no-persistence",
+            "--cluster-secret",
+            SECRET,
+            "--join",
+            &seed,
+        ],
+    );
     wait_for("a to refuse b as a peer on its plain port", SETTLE, || {
         said().contains("refused peer") && said().contains("--tls-cluster")
     });
