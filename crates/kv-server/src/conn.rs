@@ -206,7 +206,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Whether the connection has nothing left to do and can be dropped.
     pub fn is_done(&self) -> bool {
-        if self.out.pending() > 0 {
+        if self.out.pending() > 0 || self.stream.has_pending_output() {
             return false;
         }
         if self.peer_closed {
