@@ -82,6 +82,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hosts_for_certificate_names() {
+        assert_eq!(host_of("127.0.0.1:6380"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:6380"), "::1");
+        assert_eq!(host_of("node1.example:6380"), "node1.example");
+        assert_eq!(host_of("localhost"), "localhost");
+        assert_eq!(host_of("::1"), "::1");
+    }
+
+    #[test]
     fn forms_of_the_server_address() {
         let ok = |t: &str, p: Option<u16>| server_addr(t, p).expect(t);
         assert_eq!(ok("127.0.0.1", None), "127.0.0.1:8080");
