@@ -216,7 +216,7 @@ pub fn execute(client: &mut Client, cmd: &Command) -> Result<Reply, ClientError>
         Command::Join(a) => {
             // The server would invite any address and report nothing; check
             // from here that a kv node answers there first.
-            if let Err(e) = Client::connect(a) {
+            if let Err(e) = Client::connect_with(a, client.tls()) {
                 return Err(ClientError::NotSent(format!(
                     "nothing answers at {a} ({e}); start the new node there first (not invited)"
                 )));

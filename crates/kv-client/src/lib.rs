@@ -26,5 +26,7 @@ pub mod command;
 pub mod import;
 pub mod monitor;
 pub mod reply;
+mod tls;
 
 pub use client::{Client, ClientError};
+pub use tls::TlsOptions;

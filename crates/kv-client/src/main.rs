@@ -33,6 +33,23 @@ struct Args {
     /// Run this one command and exit (for example -c "GET foo").
     #[arg(short = 'c', long = "command")]
     command: Option<String>,
+    /// Connect over TLS.
+    #[arg(long)]
+    tls: bool,
+    /// CA certificate (PEM) that the server's certificate must be signed
+    /// by, with --tls (default: the system's CA bundle).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM), with --tls, for servers that ask for one.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "cert"])]
+    key: Option<PathBuf>,
+    /// Name the server's certificate must hold, with --tls (default: the
+    /// host connected to).
+    #[arg(long, value_name = "HOST", requires = "tls")]
+    sni: Option<String>,
     /// Print replies as CSV, one record per command (for scripts).
     #[arg(long, conflicts_with = "json")]
     csv: bool,
@@ -74,6 +91,7 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
 /// A connection that is made (again) when needed.
 struct Session {
     addr: String,
+    tls: Option<kv_client::TlsOptions>,
     password: Option<String>,
     client: Option<Client>,
 }
@@ -81,7 +99,7 @@ struct Session {
 impl Session {
     fn client(&mut self) -> Result<&mut Client, ClientError> {
         if self.client.is_none() {
-            let mut c = Client::connect(&self.addr)?;
+            let mut c = Client::connect_with(&self.addr, self.tls.as_ref())?;
             if let Some(p) = &self.password {
                 c.auth(p)?;
             }
@@ -127,8 +145,15 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ValueValidation, e)
             .exit(),
     };
+    let tls = args.tls.then_some(kv_client::TlsOptions {
+        ca_cert: args.cacert,
+        cert: args.cert,
+        key: args.key,
+        server_name: args.sni,
+    });
     let mut s = Session {
         addr,
+        tls,
         password: args.password,
         client: None,
     };

@@ -22,7 +22,6 @@ use kv_replication::{
     AeOutcome, AeTask, AntiEntropy, ClientOp, ClientReply, Node, Output, PeerMsg, Persisted,
 };
 use kv_storage::{Options, Store};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 
@@ -125,7 +124,7 @@ pub enum Admin {
 /// Work for an event loop.
 pub enum ToWorker {
     /// A new client connection.
-    NewConn(TcpStream),
+    NewConn(crate::tls::Stream),
     /// An encoded reply for a connection.
     Reply {
         /// The connection's slab token.
@@ -786,7 +785,7 @@ enum LinkState {
 }
 
 struct PeerLink {
-    stream: TcpStream,
+    stream: crate::tls::Stream,
     token: Token,
     state: LinkState,
     nonce: native::Nonce,
@@ -1192,9 +1191,14 @@ impl ClusterThread {
         let addr = to.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
         })?;
-        let mut stream = crate::dial::connect_from(self.shared.config.bind, addr)?;
+        let stream = crate::dial::connect_from(self.shared.config.bind, addr)?;
         // Small messages must not wait for Nagle's algorithm (40 ms stalls).
         stream.set_nodelay(true)?;
+        // With --tls-cluster, over TLS, showing this node's certificate.
+        let mut stream = match self.shared.tls.get() {
+            Some(tls) => tls.dial(stream, to)?,
+            None => crate::tls::Stream::Plain(stream),
+        };
         let token = Token(self.next_token);
         self.next_token += 1;
         self.poll.registry().register(
@@ -1353,7 +1357,18 @@ fn flush_link(link: &mut PeerLink) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    // TLS records the socket could not take yet.
+    match link.stream.flush() {
+        Err(e)
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+            ) =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Reads what the link has into its buffer, through `scratch` (reused, so

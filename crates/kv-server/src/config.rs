@@ -184,6 +184,54 @@ pub struct Config {
     /// remove it on a clean stop (for scripts and service managers).
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
+    // --- TLS (see docs/security.md) ---
+    /// Also listen for TLS connections on this port (0: a free port). With
+    /// it, --port 0 turns the plain port off, as in Redis: TLS only.
+    #[arg(long, value_name = "PORT", help_heading = "TLS")]
+    pub tls_port: Option<u16>,
+
+    /// This node's certificate chain (PEM), shown to clients and peers.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA certificate (PEM) that client and peer certificates must be
+    /// signed by.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub tls_ca_cert: Option<PathBuf>,
+
+    /// Whether TLS clients must show a certificate signed by
+    /// --tls-ca-cert: yes, no, or optional (checked when shown).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "yes",
+        value_name = "yes|no|optional",
+        help_heading = "TLS"
+    )]
+    pub tls_auth_clients: TlsAuthClients,
+
+    /// Links between nodes use TLS with mutual authentication: a peer must
+    /// connect to the TLS port with a certificate signed by --tls-ca-cert
+    /// (and still prove the --cluster-secret inside). Peers dial the TLS
+    /// port, which becomes the address this node is known by.
+    #[arg(long, help_heading = "TLS")]
+    pub tls_cluster: bool,
+}
+
+/// Whether TLS clients must present a certificate (`--tls-auth-clients`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsAuthClients {
+    /// A client without a certificate signed by the CA is refused.
+    Yes,
+    /// No certificate is asked for (peers still need one with
+    /// `--tls-cluster`).
+    No,
+    /// A certificate is asked for and checked if shown.
+    Optional,
 }
 
 impl Config {
@@ -219,6 +267,17 @@ impl Config {
     /// The address to listen on.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.port_positional.unwrap_or(self.port))
+    }
+
+    /// Whether the plain port is on: always, except for port 0 when a TLS
+    /// port is given (TLS only, as Redis's `--port 0 --tls-port N`).
+    pub fn plain_port_on(&self) -> bool {
+        self.tls_port.is_none() || self.listen_addr().port() != 0
+    }
+
+    /// The TLS address to listen on, if any.
+    pub fn tls_listen_addr(&self) -> Option<SocketAddr> {
+        self.tls_port.map(|p| SocketAddr::new(self.bind, p))
     }
 
     /// Event-loop threads to run.

@@ -33,14 +33,27 @@ const UNAUTHENTICATED_MAX_BULK: usize = 16 << 10;
 /// being closed; then it is closed outright.
 const DISCARD_LIMIT: usize = 4 << 20;
 
-/// A stream whose writing half can be closed on its own.
+/// A stream whose writing half can be closed on its own, and that says
+/// what its transport knows (TLS: see [`crate::tls::Stream`]).
 pub trait HalfClose {
-    /// Closes the writing half (sends FIN).
-    fn shutdown_write(&self) -> io::Result<()>;
+    /// Closes the writing half (sends FIN; over TLS, a close_notify first).
+    fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Whether bytes already written wait inside the stream for the socket
+    /// (TLS records); [`Write::flush`] sends them.
+    fn has_pending_output(&self) -> bool {
+        false
+    }
+
+    /// Whether the other end showed a certificate signed by the CA
+    /// (`--tls-ca-cert`).
+    fn peer_certified(&self) -> bool {
+        false
+    }
 }
 
 impl HalfClose for mio::net::TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
     }
 }
@@ -183,7 +196,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Whether the loop should watch for writability.
     pub fn wants_write(&self) -> bool {
-        self.out.pending() > 0
+        self.out.pending() > 0 || self.stream.has_pending_output()
     }
 
     /// Whether requests (or parts of one) are buffered.
@@ -193,7 +206,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Whether the connection has nothing left to do and can be dropped.
     pub fn is_done(&self) -> bool {
-        if self.out.pending() > 0 {
+        if self.out.pending() > 0 || self.stream.has_pending_output() {
             return false;
         }
         if self.peer_closed {
@@ -214,7 +227,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// and keep reading (and discarding) until the client closes, so that
     /// it sees the reply rather than a connection reset.
     fn linger(&mut self) {
-        let idle = self.out.pending() == 0 && self.out.awaiting() == 0;
+        let idle = self.out.pending() == 0
+            && self.out.awaiting() == 0
+            && !self.stream.has_pending_output();
         if self.closing && !self.lingering && !self.peer_closed && idle {
             self.lingering = self.stream.shutdown_write().is_ok();
         }
@@ -358,6 +373,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
+        }
+        match self.stream.flush() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            _ => {}
         }
         if o.wpos == o.wbuf.len() {
             o.wbuf.clear();
@@ -570,6 +589,11 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 "this node accepts no peers (started without --cluster-secret)",
             );
         };
+        if shared.config.tls_cluster && !self.stream.peer_certified() {
+            let why =
+                "--tls-cluster: peers connect over TLS with a certificate the cluster's CA signed";
+            return self.refuse_peer(shared, id, &from, why);
+        }
         if let Some(proven) = &self.peer {
             let why = format!("this connection already proved it is {proven}");
             return self.refuse_peer(shared, id, &from, &why);
@@ -834,7 +858,7 @@ mod tests {
     }
 
     impl HalfClose for Mock {
-        fn shutdown_write(&self) -> io::Result<()> {
+        fn shutdown_write(&mut self) -> io::Result<()> {
             Ok(())
         }
     }

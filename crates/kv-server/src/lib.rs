@@ -31,6 +31,7 @@ pub mod resp_rmw;
 pub mod resp_tx;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +61,9 @@ pub enum RunError {
     /// (the message says why and what to do).
     #[error("{0}")]
     ClusterState(String),
+    /// The TLS options are incomplete or their files unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The log could not be flushed at shutdown.
     #[error("cannot flush the log at shutdown: {0}")]
     Close(kv_storage::Error),
@@ -128,10 +132,8 @@ pub fn store_options(c: &Config) -> Options {
 /// Binds, opens the store, calls `on_ready` with the bound address, and
 /// serves until SIGINT or SIGTERM; then flushes the log and returns.
 pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
-    let addr = config.listen_addr();
+    let tls = tls::Tls::from_config(&config)?;
     // Bind first: a port in use is reported before a long recovery.
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|source| server::ServerError::Listen { addr, source })?;
     let metrics_listener = match config.metrics_port {
         Some(port) => {
             let addr = SocketAddr::new(config.bind, port);
@@ -141,6 +143,15 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
         }
         None => None,
     };
+    let bind = |addr| {
+        std::net::TcpListener::bind(addr)
+            .map_err(|source| server::ServerError::Listen { addr, source })
+    };
+    let plain = match config.plain_port_on() {
+        true => Some(bind(config.listen_addr())?),
+        false => None,
+    };
+    let tls_listener = config.tls_listen_addr().map(bind).transpose()?;
     if !cluster::check_peer_config(&config).map_err(RunError::ClusterState)? {
         println!("kv-server: no --cluster-secret: this node accepts no peers and dials none (a single server; a cluster needs the same --cluster-secret on every node)");
     } else if config.cluster_secret.as_ref().is_some_and(|s| s.len() < 16) {
@@ -165,9 +176,19 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     describe_store(&config, &store);
     let config_pidfile = config.pidfile.clone();
     let threads = config.worker_threads();
-    let server = Server::from_std(listener, Shared::new(store, config))?;
+    let shared = Shared::new(store, config);
+    if let Some(tls) = tls {
+        let _ = shared.tls.set(tls);
+    }
+    let server = Server::with_listeners(plain, tls_listener, shared)?;
     let bound = server.local_addr();
-    println!("kv-server {} listening on {bound} (RESP and native protocol), {threads} event-loop threads", env!("CARGO_PKG_VERSION"));
+    let version = env!("CARGO_PKG_VERSION");
+    if let Some(plain) = server.plain_addr() {
+        println!("kv-server {version} listening on {plain} (RESP and native protocol), {threads} event-loop threads");
+    }
+    if let Some(tls) = server.tls_addr() {
+        println!("kv-server {version} listening on {tls} (TLS: RESP and native protocol), {threads} event-loop threads");
+    }
     let _pidfile = match &config_pidfile {
         Some(p) => Some(PidFile::write(p)?),
         None => None,

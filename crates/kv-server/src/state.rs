@@ -47,6 +47,8 @@ pub struct Shared {
     pub exec_gates: Box<[ExecGate]>,
     /// Per-command figures for the metrics endpoint.
     pub metrics: crate::metrics::Metrics,
+    /// TLS settings, when a TLS option is given (set once at start).
+    pub tls: std::sync::OnceLock<crate::tls::Tls>,
 }
 
 /// One event loop's share of the transaction gate (see
@@ -84,6 +86,7 @@ impl Shared {
             cluster: std::sync::OnceLock::new(),
             metrics,
             exec_gates,
+            tls: std::sync::OnceLock::new(),
         }
     }
 
