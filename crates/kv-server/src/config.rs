@@ -58,6 +58,11 @@ pub struct Config {
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
 
+    /// Size of each write-ahead log segment file (for tests that need
+    /// many small segments; the default is 64 MiB).
+    #[arg(long, hide = true, value_parser = parse_bytes)]
+    pub wal_segment_bytes: Option<u64>,
+
     /// Event-loop threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,

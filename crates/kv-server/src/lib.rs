@@ -83,7 +83,20 @@ pub fn store_options(c: &Config) -> Options {
     if let Some(n) = c.snapshot_every {
         opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
     }
+    if let Some(n) = c.wal_segment_bytes {
+        opts = opts.segment_bytes(n);
+    }
+    if plant_log_counters_from_zero() {
+        opts = opts.planted_bug(kv_storage::testing::PlantedBug::LogCountersFromZero);
+    }
     opts
+}
+
+/// Test-only: `KV_PLANT_LOG_COUNTERS_FROM_ZERO=1` puts back issue 9's bug
+/// 11 (a crash loop grows the log without bound), so that the process
+/// test can show it catches it.
+fn plant_log_counters_from_zero() -> bool {
+    std::env::var("KV_PLANT_LOG_COUNTERS_FROM_ZERO").is_ok_and(|v| v == "1")
 }
 
 /// Binds, opens the store, calls `on_ready` with the bound address, and

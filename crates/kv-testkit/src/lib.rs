@@ -42,6 +42,8 @@ pub struct ServerProc {
     readers: Vec<std::thread::JoinHandle<()>>,
     binary: PathBuf,
     args: Vec<String>,
+    /// Environment variables set for the child (and its restarts).
+    env: Vec<(String, String)>,
 }
 
 impl ServerProc {
@@ -58,6 +60,17 @@ impl ServerProc {
 
     /// Starts `binary` on data directory `dir` with `--port 0` plus `args`.
     pub fn start_in(binary: impl AsRef<Path>, dir: &Path, args: &[&str]) -> ServerProc {
+        Self::start_in_env(binary, dir, args, &[])
+    }
+
+    /// Like [`ServerProc::start_in`], with environment variables `env` set
+    /// for the child and every restart of it (test switches, say).
+    pub fn start_in_env(
+        binary: impl AsRef<Path>,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProc {
         let mut s = ServerProc {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: dir.to_path_buf(),
@@ -66,6 +79,10 @@ impl ServerProc {
             readers: Vec::new(),
             binary: binary.as_ref().to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.launch(0);
         s
@@ -78,6 +95,7 @@ impl ServerProc {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
