@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod aside;
 pub mod cluster;
 pub mod command_table;
 pub mod config;
@@ -112,8 +113,12 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
         // One recorded handshake lets anyone try guesses offline.
         println!("kv-server: warning: --cluster-secret is short; use at least 16 random characters (24 random bytes in base64, say)");
     }
-    // Before the store opens: --rejoin-fresh may move the old data aside.
-    if let Some(aside) = cluster::check_saved_state(&config).map_err(RunError::ClusterState)? {
+    // Before the store opens: an interrupted set-aside is refused or
+    // finished, then --rejoin-fresh may move the old data aside.
+    let finished = aside::check_interrupted(&config).map_err(RunError::ClusterState)?;
+    if let Some(aside) =
+        finished.or(cluster::check_saved_state(&config).map_err(RunError::ClusterState)?)
+    {
         println!(
             "kv-server: --rejoin-fresh: the old data is kept in {} (remove it once this node has its ranges again); joining as a new member",
             aside.display()

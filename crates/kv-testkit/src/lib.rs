@@ -258,11 +258,22 @@ pub fn start_refused(
     dir: &Path,
     args: &[&str],
 ) -> (ExitStatus, Vec<String>) {
+    start_refused_env(binary, dir, args, &[])
+}
+
+/// [`start_refused`] with environment variables `env` set for the child.
+pub fn start_refused_env(
+    binary: impl AsRef<Path>,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ExitStatus, Vec<String>) {
     let binary = binary.as_ref();
     let mut child = Command::new(binary)
         .args(["--port", "0", "--data-dir"])
         .arg(dir)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
