@@ -1048,13 +1048,20 @@ impl ClusterThread {
     /// than the tombstone grace allows: it serves nothing any more. Leaves
     /// a marker so that the next start refuses to serve the data unless
     /// told to rejoin fresh (or that the whole cluster was down), and
-    /// stops the process.
+    /// stops the process (status 75: start it again, it refuses). If the
+    /// marker cannot be written, the next start could not know, and a
+    /// supervisor restarting the node would loop: that is an error of its
+    /// own (status 78, EX_CONFIG) that says what the operator must do.
     fn rejoin_fresh(&mut self, why: &str) {
         println!("kv-server: not serving the data of this node: {why}; stopping (start it again with --rejoin-fresh --join HOST:PORT to rebuild its ranges from the live replicas)");
         if let Some(path) = &self.state_path {
             let marker = path.with_file_name(REJOIN_MARKER);
             if let Err(e) = write_durably(&marker, why.as_bytes()) {
-                eprintln!("kv-server: cannot write {}: {e}", marker.display());
+                eprintln!(
+                    "kv-server: error: cannot write {}: {e}. The next start would not know that                      this node's data must not be served, so do not restart it as it is: fix the                      cause, then start it with --rejoin-fresh --join HOST:PORT (any live member)                      if the rest of the cluster kept running, or with --resume-after-outage if the                      whole cluster was down as long. Stopping with exit status 78",
+                    marker.display()
+                );
+                std::process::exit(78);
             }
         }
         std::process::exit(75);
