@@ -67,9 +67,16 @@ pub struct Config {
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Clients must AUTH with this password before anything else.
-    #[arg(long, value_name = "PASSWORD")]
+    /// Clients must AUTH with this password before anything else. It
+    /// shows in `ps`: prefer --requirepass-file or the KV_REQUIREPASS
+    /// environment variable.
+    #[arg(long, value_name = "PASSWORD", conflicts_with = "requirepass_file")]
     pub requirepass: Option<String>,
+
+    /// Read the --requirepass password from this file (one line; a
+    /// trailing newline is not part of it).
+    #[arg(long, value_name = "PATH")]
+    pub requirepass_file: Option<PathBuf>,
 
     /// Most simultaneous client connections; more are refused with an error.
     #[arg(long, default_value_t = 10_000)]
@@ -140,8 +147,15 @@ pub struct Config {
     pub read_quorum: Option<usize>,
 
     /// Shared secret of the cluster's nodes: peers must prove they know it.
-    #[arg(long, value_name = "SECRET")]
+    /// It shows in `ps`: prefer --cluster-secret-file or the
+    /// KV_CLUSTER_SECRET environment variable.
+    #[arg(long, value_name = "SECRET", conflicts_with = "cluster_secret_file")]
     pub cluster_secret: Option<String>,
+
+    /// Read the --cluster-secret from this file (one line; a trailing
+    /// newline is not part of it).
+    #[arg(long, value_name = "PATH")]
+    pub cluster_secret_file: Option<PathBuf>,
 
     /// How long a request waits for its quorum, in milliseconds.
     #[arg(long, default_value_t = 2000)]
@@ -198,7 +212,10 @@ impl Config {
     {
         let mut cmd = Self::command();
         let matches = cmd.try_get_matches_from_mut(args)?;
-        let config = Self::from_arg_matches(&matches)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        config
+            .resolve_secrets(|name| std::env::var(name).ok())
+            .map_err(|e| cmd.error(ErrorKind::ValueValidation, e))?;
         match (config.port_positional, matches.value_source("port")) {
             (Some(p), Some(ValueSource::CommandLine)) => Err(cmd.error(
                 ErrorKind::ArgumentConflict,
@@ -209,6 +226,24 @@ impl Config {
             )),
             _ => Ok(config),
         }
+    }
+
+    /// Fills `requirepass` and `cluster_secret` from their files, or else
+    /// from the environment (`KV_REQUIREPASS`, `KV_CLUSTER_SECRET`, read
+    /// through `env`) when neither the flag nor the file gives them.
+    pub fn resolve_secrets(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        resolve_secret(
+            &mut self.requirepass,
+            self.requirepass_file.as_deref(),
+            "--requirepass-file",
+            env("KV_REQUIREPASS"),
+        )?;
+        resolve_secret(
+            &mut self.cluster_secret,
+            self.cluster_secret_file.as_deref(),
+            "--cluster-secret-file",
+            env("KV_CLUSTER_SECRET"),
+        )
     }
 
     /// The address to listen on.
@@ -250,6 +285,29 @@ impl Config {
             .saturating_add(self.max_key_bytes)
             .saturating_add(1024)
     }
+}
+
+/// Sets `value` from `file` (named by `flag` in errors) or, when neither
+/// is set, from `from_env`.
+fn resolve_secret(
+    value: &mut Option<String>,
+    file: Option<&std::path::Path>,
+    flag: &str,
+    from_env: Option<String>,
+) -> Result<(), String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))?;
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            return Err(format!("{flag}: {} is empty", path.display()));
+        }
+        *value = Some(line.to_string());
+    } else if value.is_none() {
+        *value = from_env.filter(|v| !v.is_empty());
+    }
+    Ok(())
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
