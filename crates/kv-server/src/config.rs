@@ -73,6 +73,13 @@ pub struct Config {
     #[arg(long, value_name = "PASSWORD", conflicts_with = "requirepass_file")]
     pub requirepass: Option<String>,
 
+    /// Protected mode, as Redis's: with `yes` (the default), a server
+    /// listening on a non-loopback address without --requirepass refuses
+    /// to start; `no` says that is meant (a trusted network, or clients
+    /// kept out by a firewall).
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
+    pub protected_mode: bool,
+
     /// Read the --requirepass password from this file (one line; a
     /// trailing newline is not part of it).
     #[arg(long, value_name = "PATH")]
@@ -246,6 +253,37 @@ impl Config {
         )
     }
 
+    /// Protected mode's check: `Err` (why, and what to do) when the server
+    /// would listen on a non-loopback address with no way to tell its
+    /// clients apart (no password; TLS client authentication, when there
+    /// is, counts too: see [`Config::clients_authenticated_by_tls`]).
+    pub fn check_protected_mode(&self) -> Result<(), String> {
+        let open = !self.bind.is_loopback()
+            && self.requirepass.is_none()
+            && !self.clients_authenticated_by_tls();
+        if !open {
+            return Ok(());
+        }
+        if !self.protected_mode {
+            println!(
+                "kv-server: warning: protected mode is off: anyone who can reach {} may read and write every key",
+                self.listen_addr()
+            );
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {} without a password (protected mode): anyone who can reach              it could read and write every key. Set a password (--requirepass-file PATH, or the              KV_REQUIREPASS environment variable, or --requirepass), or listen on a loopback              address (--bind 127.0.0.1), or, if the network is trusted, start with              --protected-mode no",
+            self.listen_addr()
+        ))
+    }
+
+    /// Whether every client must present a certificate the server checks
+    /// (TLS client authentication), which protects a server without a
+    /// password as well. The hook for TLS; no TLS yet, so false.
+    pub fn clients_authenticated_by_tls(&self) -> bool {
+        false
+    }
+
     /// The address to listen on.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.port_positional.unwrap_or(self.port))
@@ -308,6 +346,14 @@ fn resolve_secret(
         *value = from_env.filter(|v| !v.is_empty());
     }
     Ok(())
+}
+
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" => Ok(true),
+        "no" | "false" | "off" => Ok(false),
+        _ => Err(format!("{s:?}: say yes or no")),
+    }
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {

@@ -59,6 +59,10 @@ pub enum RunError {
     /// (the message says why and what to do).
     #[error("{0}")]
     ClusterState(String),
+    /// The configuration is refused as unsafe (protected mode); the
+    /// message says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// The log could not be flushed at shutdown.
     #[error("cannot flush the log at shutdown: {0}")]
     Close(kv_storage::Error),
@@ -104,6 +108,7 @@ fn plant_log_counters_from_zero() -> bool {
 /// serves until SIGINT or SIGTERM; then flushes the log and returns.
 pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
     let addr = config.listen_addr();
+    config.check_protected_mode().map_err(RunError::Refused)?;
     // Bind first: a port in use is reported before a long recovery.
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|source| server::ServerError::Listen { addr, source })?;
