@@ -476,7 +476,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 return;
             }
         }
-        if resp_cmd::execute(shared, &mut self.session, args, self.out.now()) == After::Close {
+        if resp_cmd::execute(shared, &mut self.session, args, self.out.now()) == After::Close
+            || self.session.too_many_auth_failures()
+        {
             self.closing = true;
         }
     }
@@ -555,6 +557,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 }
                 let reply = native_cmd::execute(shared, &mut self.session, req);
                 native::encode_frame(self.out.now(), id, &reply);
+                if self.session.too_many_auth_failures() {
+                    self.closing = true;
+                }
             }
         }
     }
