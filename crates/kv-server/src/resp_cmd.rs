@@ -52,9 +52,13 @@ pub struct Session {
 /// Failed AUTH attempts after which a connection is closed.
 pub const MAX_AUTH_FAILURES: u32 = 10;
 
-/// After a failed AUTH, how long further attempts on the same connection
-/// fail without being checked (pipelined guesses test nothing). Nothing
-/// waits: the attempt is answered at once.
+/// Failed AUTH attempts on a connection before the retry delay applies
+/// (a client that mistypes once or twice retries at once).
+pub const FREE_AUTH_FAILURES: u32 = 3;
+
+/// After [`FREE_AUTH_FAILURES`], how long after each failed AUTH further
+/// attempts on the same connection fail without being checked (pipelined
+/// guesses test nothing). Nothing waits: the attempt is answered at once.
 pub const AUTH_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The outcome of an AUTH attempt.
@@ -81,9 +85,10 @@ impl Session {
         }
     }
 
-    /// Checks a password with `check`, unless a failed attempt on this
-    /// connection was less than [`AUTH_RETRY_DELAY`] ago; every attempt
-    /// that does not succeed counts toward [`MAX_AUTH_FAILURES`].
+    /// Checks a password with `check`, unless, after
+    /// [`FREE_AUTH_FAILURES`], a failed attempt on this connection was less
+    /// than [`AUTH_RETRY_DELAY`] ago; every attempt that does not succeed
+    /// counts toward [`MAX_AUTH_FAILURES`].
     pub fn try_auth(&mut self, check: impl FnOnce() -> bool) -> AuthAttempt {
         let now = std::time::Instant::now();
         let outcome = if self.auth_retry_at.is_some_and(|t| now < t) {
@@ -97,7 +102,9 @@ impl Session {
             self.authenticated = true;
         } else {
             self.auth_failures = self.auth_failures.saturating_add(1);
-            self.auth_retry_at = Some(now + AUTH_RETRY_DELAY);
+            if self.auth_failures >= FREE_AUTH_FAILURES {
+                self.auth_retry_at = Some(now + AUTH_RETRY_DELAY);
+            }
         }
         outcome
     }
@@ -111,7 +118,7 @@ impl Session {
 fn auth_too_soon(out: &mut Vec<u8>) {
     error(
         out,
-        "ERR AUTH not checked: the last attempt on this connection failed less than 100 ms ago",
+        "WRONGPASS not checked: too many failed attempts on this connection, the last less than 100 ms ago",
     );
 }
 

@@ -1,7 +1,7 @@
 //! Issue 10, "client auth done right": a connection that fails AUTH 10
-//! times is closed, and after each failure further attempts on it are
-//! refused unchecked for a short while, so pipelined guesses test nothing.
-//! Other connections are not slowed.
+//! times is closed, and from the third failure on, further attempts on it
+//! are refused unchecked for 100 ms after each, so pipelined guesses test
+//! nothing. Other connections are not slowed.
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
@@ -29,7 +29,8 @@ fn pipelined_guesses_are_not_checked_and_the_connection_closes() {
     let c = TcpStream::connect(s.addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    // 50 guesses in one write, the right password among them (the 5th).
+    // 50 guesses in one write, the right password among them (the 5th,
+    // right after the third failure).
     let mut batch = Vec::new();
     for i in 0..50 {
         let guess = if i == 4 {
