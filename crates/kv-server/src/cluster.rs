@@ -324,7 +324,7 @@ fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
 /// old or the new contents, both durable: a temporary file written and
 /// fsynced, renamed over `path`, then the directory fsynced (the rename
 /// itself is only durable once the directory is).
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
@@ -337,7 +337,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Fsyncs a directory, so that the names created or renamed in it last.
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -449,7 +449,7 @@ pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
         ));
     }
     println!("kv-server: --rejoin-fresh: {problem}");
-    set_aside(dir).map(Some).map_err(|e| {
+    crate::aside::set_aside(dir).map(Some).map_err(|e| {
         format!(
             "--rejoin-fresh: cannot move the old data of {} aside: {e}",
             dir.display()
@@ -542,7 +542,7 @@ pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
             dir.display()
         ));
     }
-    let aside = set_aside(&dir)
+    let aside = crate::aside::set_aside(&dir)
         .map_err(|e| format!("cannot move the old data of {} aside: {e}", dir.display()))?;
     for m in saved.members {
         if m.status != kv_replication::Status::Left
@@ -604,57 +604,6 @@ fn holds_data(dir: &Path) -> bool {
         let name = name.to_string_lossy();
         e.file_type().is_ok_and(|t| t.is_file()) && name != "LOCK" && !name.starts_with("cluster.")
     })
-}
-
-/// Moves everything in `dir` (but the lock file and earlier set-aside
-/// directories) into a new `before-rejoin-TIME` subdirectory, durably,
-/// while holding the directory's lock; returns the subdirectory.
-fn set_aside(dir: &Path) -> io::Result<PathBuf> {
-    let _lock = lock_dir(dir)?;
-    let aside = dir.join(format!("{SET_ASIDE_PREFIX}{}", now_ms()));
-    std::fs::create_dir(&aside)?;
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let text = name.to_string_lossy();
-        if text == "LOCK" || text.starts_with(SET_ASIDE_PREFIX) {
-            continue;
-        }
-        names.push(name);
-    }
-    // The store's files first, the cluster's own (state, contact, rejoin
-    // marker) last: a crash half-way leaves them in place, so the next
-    // start still refuses the rest of the data, or moves it too.
-    names.sort_by_key(|n| n.to_string_lossy().starts_with("cluster."));
-    for name in names {
-        std::fs::rename(dir.join(&name), aside.join(&name))?;
-    }
-    sync_dir(&aside)?;
-    sync_dir(dir)?;
-    Ok(aside)
-}
-
-/// Takes the data directory's lock (the one the store takes), so that
-/// nothing is moved under a server running on it.
-fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::io::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("LOCK"))?;
-    // SAFETY: plain system call on a file descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(io::Error::other(
-                "another process is using this data directory",
-            ));
-        }
-        return Err(e);
-    }
-    Ok(file)
 }
 
 /// Opens the hint store: `data_dir/hints`, or in memory without persistence.
@@ -1098,13 +1047,20 @@ impl ClusterThread {
     /// than the tombstone grace allows: it serves nothing any more. Leaves
     /// a marker so that the next start refuses to serve the data unless
     /// told to rejoin fresh (or that the whole cluster was down), and
-    /// stops the process.
+    /// stops the process (status 75: start it again, it refuses). If the
+    /// marker cannot be written, the next start could not know, and a
+    /// supervisor restarting the node would loop: that is an error of its
+    /// own (status 78, EX_CONFIG) that says what the operator must do.
     fn rejoin_fresh(&mut self, why: &str) {
         println!("kv-server: not serving the data of this node: {why}; stopping (start it again with --rejoin-fresh --join HOST:PORT to rebuild its ranges from the live replicas)");
         if let Some(path) = &self.state_path {
             let marker = path.with_file_name(REJOIN_MARKER);
             if let Err(e) = write_durably(&marker, why.as_bytes()) {
-                eprintln!("kv-server: cannot write {}: {e}", marker.display());
+                eprintln!(
+                    "kv-server: error: cannot write {}: {e}. The next start would not know that                      this node's data must not be served, so do not restart it as it is: fix the                      cause, then start it with --rejoin-fresh --join HOST:PORT (any live member)                      if the rest of the cluster kept running, or with --resume-after-outage if the                      whole cluster was down as long. Stopping with exit status 78",
+                    marker.display()
+                );
+                std::process::exit(78);
             }
         }
         std::process::exit(75);

@@ -58,13 +58,32 @@ pub struct Config {
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
 
+    /// Size of each write-ahead log segment file (for tests that need
+    /// many small segments; the default is 64 MiB).
+    #[arg(long, hide = true, value_parser = parse_bytes)]
+    pub wal_segment_bytes: Option<u64>,
+
     /// Event-loop threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Clients must AUTH with this password before anything else.
-    #[arg(long, value_name = "PASSWORD")]
+    /// Clients must AUTH with this password before anything else. It
+    /// shows in `ps`: prefer --requirepass-file or the KV_REQUIREPASS
+    /// environment variable.
+    #[arg(long, value_name = "PASSWORD", conflicts_with = "requirepass_file")]
     pub requirepass: Option<String>,
+
+    /// Protected mode, as Redis's: with `yes` (the default), a server
+    /// listening on a non-loopback address without --requirepass refuses
+    /// to start; `no` says that is meant (a trusted network, or clients
+    /// kept out by a firewall).
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
+    pub protected_mode: bool,
+
+    /// Read the --requirepass password from this file (one line; a
+    /// trailing newline is not part of it).
+    #[arg(long, value_name = "PATH")]
+    pub requirepass_file: Option<PathBuf>,
 
     /// Most simultaneous client connections; more are refused with an error.
     #[arg(long, default_value_t = 10_000)]
@@ -135,8 +154,15 @@ pub struct Config {
     pub read_quorum: Option<usize>,
 
     /// Shared secret of the cluster's nodes: peers must prove they know it.
-    #[arg(long, value_name = "SECRET")]
+    /// It shows in `ps`: prefer --cluster-secret-file or the
+    /// KV_CLUSTER_SECRET environment variable.
+    #[arg(long, value_name = "SECRET", conflicts_with = "cluster_secret_file")]
     pub cluster_secret: Option<String>,
+
+    /// Read the --cluster-secret from this file (one line; a trailing
+    /// newline is not part of it).
+    #[arg(long, value_name = "PATH")]
+    pub cluster_secret_file: Option<PathBuf>,
 
     /// How long a request waits for its quorum, in milliseconds.
     #[arg(long, default_value_t = 2000)]
@@ -251,7 +277,10 @@ impl Config {
     {
         let mut cmd = Self::command();
         let matches = cmd.try_get_matches_from_mut(args)?;
-        let config = Self::from_arg_matches(&matches)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        config
+            .resolve_secrets(|name| std::env::var(name).ok())
+            .map_err(|e| cmd.error(ErrorKind::ValueValidation, e))?;
         match (config.port_positional, matches.value_source("port")) {
             (Some(p), Some(ValueSource::CommandLine)) => Err(cmd.error(
                 ErrorKind::ArgumentConflict,
@@ -262,6 +291,59 @@ impl Config {
             )),
             _ => Ok(config),
         }
+    }
+
+    /// Fills `requirepass` and `cluster_secret` from their files, or else
+    /// from the environment (`KV_REQUIREPASS`, `KV_CLUSTER_SECRET`, read
+    /// through `env`) when neither the flag nor the file gives them.
+    pub fn resolve_secrets(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        resolve_secret(
+            &mut self.requirepass,
+            self.requirepass_file.as_deref(),
+            "--requirepass-file",
+            env("KV_REQUIREPASS"),
+        )?;
+        resolve_secret(
+            &mut self.cluster_secret,
+            self.cluster_secret_file.as_deref(),
+            "--cluster-secret-file",
+            env("KV_CLUSTER_SECRET"),
+        )
+    }
+
+    /// Protected mode's check: `Err` (why, and what to do) when the server
+    /// would listen on a non-loopback address with no way to tell its
+    /// clients apart (no password; TLS client authentication, when there
+    /// is, counts too: see [`Config::clients_authenticated_by_tls`]).
+    pub fn check_protected_mode(&self) -> Result<(), String> {
+        let open = !self.bind.is_loopback()
+            && self.requirepass.is_none()
+            && !self.clients_authenticated_by_tls();
+        if !open {
+            return Ok(());
+        }
+        if !self.protected_mode {
+            println!(
+                "kv-server: warning: protected mode is off: anyone who can reach {} may read and write every key",
+                self.listen_addr()
+            );
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {} without a password (protected mode): anyone who can reach              it could read and write every key. Set a password (--requirepass-file PATH, or the              KV_REQUIREPASS environment variable, or --requirepass), or listen on a loopback              address (--bind 127.0.0.1), or, if the network is trusted, start with              --protected-mode no",
+            self.listen_addr()
+        ))
+    }
+
+    /// Whether every client must present a certificate the server checks
+    /// (TLS client authentication), which protects a server without a
+    /// password as well: TLS only (no plain port), with
+    /// `--tls-auth-clients yes` and a CA to check against.
+    pub fn clients_authenticated_by_tls(&self) -> bool {
+        self.tls_port.is_some()
+            && !self.plain_port_on()
+            && self.tls_auth_clients == TlsAuthClients::Yes
+            && self.tls_ca_cert.is_some()
     }
 
     /// The address to listen on.
@@ -313,6 +395,37 @@ impl Config {
         self.max_value_bytes
             .saturating_add(self.max_key_bytes)
             .saturating_add(1024)
+    }
+}
+
+/// Sets `value` from `file` (named by `flag` in errors) or, when neither
+/// is set, from `from_env`.
+fn resolve_secret(
+    value: &mut Option<String>,
+    file: Option<&std::path::Path>,
+    flag: &str,
+    from_env: Option<String>,
+) -> Result<(), String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))?;
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            return Err(format!("{flag}: {} is empty", path.display()));
+        }
+        *value = Some(line.to_string());
+    } else if value.is_none() {
+        *value = from_env.filter(|v| !v.is_empty());
+    }
+    Ok(())
+}
+
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" => Ok(true),
+        "no" | "false" | "off" => Ok(false),
+        _ => Err(format!("{s:?}: say yes or no")),
     }
 }
 

@@ -29,6 +29,9 @@ const MAX_IN_FLIGHT: usize = 1024;
 const UNAUTHENTICATED_MAX_ARGS: usize = 10;
 /// Largest RESP bulk string or inline command before AUTH (Redis's too).
 const UNAUTHENTICATED_MAX_BULK: usize = 16 << 10;
+/// Largest native frame before AUTH or a peer handshake: room for a
+/// password, or a peer's hello or proof.
+const UNAUTHENTICATED_MAX_FRAME: usize = 16 << 10;
 /// Most bytes read and thrown away after a connection was told it is
 /// being closed; then it is closed outright.
 const DISCARD_LIMIT: usize = 4 << 20;
@@ -492,7 +495,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 return;
             }
         }
-        if resp_cmd::execute(shared, &mut self.session, args, self.out.now()) == After::Close {
+        if resp_cmd::execute(shared, &mut self.session, args, self.out.now()) == After::Close
+            || self.session.too_many_auth_failures()
+        {
             self.closing = true;
         }
     }
@@ -523,8 +528,14 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// One native request frame.
     fn native_step(&mut self, shared: &Shared, at: usize) -> Option<usize> {
-        let decoded =
-            native::decode_frame::<Request>(&self.rbuf[at..], shared.config.max_request_bytes());
+        // Before AUTH or a peer handshake, a frame is small (AUTH,
+        // PeerHello, PeerProof), as a RESP command is.
+        let max = if self.session.authenticated || self.peer.is_some() {
+            shared.config.max_request_bytes()
+        } else {
+            UNAUTHENTICATED_MAX_FRAME
+        };
+        let decoded = native::decode_frame::<Request>(&self.rbuf[at..], max);
         match decoded {
             Ok(None) => None,
             Ok(Some((frame, used))) => {
@@ -565,6 +576,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 }
                 let reply = native_cmd::execute(shared, &mut self.session, req);
                 native::encode_frame(self.out.now(), id, &reply);
+                if self.session.too_many_auth_failures() {
+                    self.closing = true;
+                }
             }
         }
     }

@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod aside;
 pub mod cluster;
 pub mod command_table;
 pub mod config;
@@ -64,6 +65,10 @@ pub enum RunError {
     /// The TLS options are incomplete or their files unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The configuration is refused as unsafe (protected mode); the
+    /// message says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// The log could not be flushed at shutdown.
     #[error("cannot flush the log at shutdown: {0}")]
     Close(kv_storage::Error),
@@ -126,12 +131,26 @@ pub fn store_options(c: &Config) -> Options {
     if let Some(n) = c.snapshot_every {
         opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
     }
+    if let Some(n) = c.wal_segment_bytes {
+        opts = opts.segment_bytes(n);
+    }
+    if plant_log_counters_from_zero() {
+        opts = opts.planted_bug(kv_storage::testing::PlantedBug::LogCountersFromZero);
+    }
     opts
+}
+
+/// Test-only: `KV_PLANT_LOG_COUNTERS_FROM_ZERO=1` puts back issue 9's bug
+/// 11 (a crash loop grows the log without bound), so that the process
+/// test can show it catches it.
+fn plant_log_counters_from_zero() -> bool {
+    std::env::var("KV_PLANT_LOG_COUNTERS_FROM_ZERO").is_ok_and(|v| v == "1")
 }
 
 /// Binds, opens the store, calls `on_ready` with the bound address, and
 /// serves until SIGINT or SIGTERM; then flushes the log and returns.
 pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
+    config.check_protected_mode().map_err(RunError::Refused)?;
     let tls = tls::Tls::from_config(&config)?;
     // Bind first: a port in use is reported before a long recovery.
     let metrics_listener = match config.metrics_port {
@@ -158,8 +177,12 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
         // One recorded handshake lets anyone try guesses offline.
         println!("kv-server: warning: --cluster-secret is short; use at least 16 random characters (24 random bytes in base64, say)");
     }
-    // Before the store opens: --rejoin-fresh may move the old data aside.
-    if let Some(aside) = cluster::check_saved_state(&config).map_err(RunError::ClusterState)? {
+    // Before the store opens: an interrupted set-aside is refused or
+    // finished, then --rejoin-fresh may move the old data aside.
+    let finished = aside::check_interrupted(&config).map_err(RunError::ClusterState)?;
+    if let Some(aside) =
+        finished.or(cluster::check_saved_state(&config).map_err(RunError::ClusterState)?)
+    {
         println!(
             "kv-server: --rejoin-fresh: the old data is kept in {} (remove it once this node has its ranges again); joining as a new member",
             aside.display()

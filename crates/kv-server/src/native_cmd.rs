@@ -132,11 +132,19 @@ fn auth(shared: &Shared, s: &mut Session, password: &str) -> Response {
             ErrorKind::AuthFailed,
             "no password is configured on this server",
         ),
-        Some(want) if crate::state::same_secret(want.as_bytes(), password.as_bytes()) => {
-            s.authenticated = true;
-            Response::Ok
+        Some(want) => {
+            let check = || crate::state::same_secret(want.as_bytes(), password.as_bytes());
+            match s.try_auth(check) {
+                crate::resp_cmd::AuthAttempt::Accepted => Response::Ok,
+                crate::resp_cmd::AuthAttempt::Wrong => {
+                    Response::error(ErrorKind::AuthFailed, "wrong password")
+                }
+                crate::resp_cmd::AuthAttempt::TooSoon => Response::error(
+                    ErrorKind::AuthFailed,
+                    "not checked: too many failed attempts on this connection, the last less than 100 ms ago",
+                ),
+            }
         }
-        Some(_) => Response::error(ErrorKind::AuthFailed, "wrong password"),
     }
 }
 

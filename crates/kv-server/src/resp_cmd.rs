@@ -43,6 +43,33 @@ pub struct Session {
     pub tx: Option<resp_tx::Queued>,
     /// Keys watched for the next EXEC.
     pub watched: resp_tx::Watched,
+    /// Failed AUTHs on this connection; at [`MAX_AUTH_FAILURES`] it closes.
+    pub auth_failures: u32,
+    /// Until when, after a failed AUTH, attempts fail unchecked.
+    pub auth_retry_at: Option<std::time::Instant>,
+}
+
+/// Failed AUTH attempts after which a connection is closed.
+pub const MAX_AUTH_FAILURES: u32 = 10;
+
+/// Failed AUTH attempts on a connection before the retry delay applies
+/// (a client that mistypes once or twice retries at once).
+pub const FREE_AUTH_FAILURES: u32 = 3;
+
+/// After [`FREE_AUTH_FAILURES`], how long after each failed AUTH further
+/// attempts on the same connection fail without being checked (pipelined
+/// guesses test nothing). Nothing waits: the attempt is answered at once.
+pub const AUTH_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The outcome of an AUTH attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthAttempt {
+    /// The password is right: the session is authenticated.
+    Accepted,
+    /// The password is wrong.
+    Wrong,
+    /// Not checked: a failure on this connection was too recent.
+    TooSoon,
 }
 
 impl Session {
@@ -57,6 +84,42 @@ impl Session {
             ..Session::default()
         }
     }
+
+    /// Checks a password with `check`, unless, after
+    /// [`FREE_AUTH_FAILURES`], a failed attempt on this connection was less
+    /// than [`AUTH_RETRY_DELAY`] ago; every attempt that does not succeed
+    /// counts toward [`MAX_AUTH_FAILURES`].
+    pub fn try_auth(&mut self, check: impl FnOnce() -> bool) -> AuthAttempt {
+        let now = std::time::Instant::now();
+        let outcome = if self.auth_retry_at.is_some_and(|t| now < t) {
+            AuthAttempt::TooSoon
+        } else if check() {
+            AuthAttempt::Accepted
+        } else {
+            AuthAttempt::Wrong
+        };
+        if outcome == AuthAttempt::Accepted {
+            self.authenticated = true;
+        } else {
+            self.auth_failures = self.auth_failures.saturating_add(1);
+            if self.auth_failures >= FREE_AUTH_FAILURES {
+                self.auth_retry_at = Some(now + AUTH_RETRY_DELAY);
+            }
+        }
+        outcome
+    }
+
+    /// Whether the connection failed AUTH too often and must close.
+    pub fn too_many_auth_failures(&self) -> bool {
+        self.auth_failures >= MAX_AUTH_FAILURES
+    }
+}
+
+fn auth_too_soon(out: &mut Vec<u8>) {
+    error(
+        out,
+        "WRONGPASS not checked: too many failed attempts on this connection, the last less than 100 ms ago",
+    );
 }
 
 fn simple(out: &mut Vec<u8>, s: &str) {
@@ -461,11 +524,10 @@ fn auth(shared: &Shared, s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         );
     }
-    if check_password(shared, user, password) {
-        s.authenticated = true;
-        ok(out);
-    } else {
-        wrongpass(out);
+    match s.try_auth(|| check_password(shared, user, password)) {
+        AuthAttempt::Accepted => ok(out),
+        AuthAttempt::Wrong => wrongpass(out),
+        AuthAttempt::TooSoon => auth_too_soon(out),
     }
 }
 
@@ -532,10 +594,11 @@ fn hello(shared: &Shared, s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec
         return bad_client_name(out);
     }
     if let Some((user, password)) = credentials {
-        if !check_password(shared, Some(user), password) {
-            return wrongpass(out);
+        match s.try_auth(|| check_password(shared, Some(user), password)) {
+            AuthAttempt::Accepted => {}
+            AuthAttempt::Wrong => return wrongpass(out),
+            AuthAttempt::TooSoon => return auth_too_soon(out),
         }
-        s.authenticated = true;
     }
     if !s.authenticated {
         return error(

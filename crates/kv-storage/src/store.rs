@@ -95,7 +95,8 @@ pub struct Stats {
     pub last_snapshot_entries: u64,
     /// Tombstones dropped by snapshots since open.
     pub tombstones_purged: u64,
-    /// Whether a snapshot is being written now.
+    /// Whether a snapshot is being written now, or was asked for and is
+    /// about to be.
     pub snapshot_running: bool,
     /// The last error of a background task (snapshot or fsync), if any.
     pub last_background_error: Option<String>,
@@ -701,7 +702,7 @@ impl Store {
             log_flushes: self.inner.log.as_ref().map_or(0, Log::flushes),
             last_snapshot_entries: bg.last_snapshot_entries,
             tombstones_purged: bg.tombstones_purged,
-            snapshot_running: bg.snapshot_running,
+            snapshot_running: bg.snapshot_running || bg.snapshot_wanted,
             last_background_error: bg.last_error.clone(),
         }
     }
@@ -793,6 +794,12 @@ fn open_dir(
     }
     let lock = vfs::lock_dir(&*vfs, dir)?;
     let rec = recovery::recover(&*vfs, dir, map, opts.recovery_mode, now_ms)?;
+    // The log since the last snapshot counts toward the trigger across
+    // restarts (unless the test switch puts back the old bug).
+    let since_snapshot = match opts.planted {
+        Some(PlantedBug::LogCountersFromZero) => (0, 0),
+        _ => (rec.report.records_replayed, rec.report.log_bytes_replayed),
+    };
     let log = Log::create(
         vfs,
         dir.to_path_buf(),
@@ -800,7 +807,7 @@ fn open_dir(
         opts.segment_bytes,
         opts.snapshot_trigger,
         rec.snapshot_bytes,
-        (rec.report.records_replayed, rec.report.log_bytes_replayed),
+        since_snapshot,
     )?;
     Ok((log, lock, rec.report))
 }
