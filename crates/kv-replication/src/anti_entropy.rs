@@ -144,6 +144,9 @@ pub struct AeOutcome {
     pub observed: u64,
     /// Entries stored because they were newer.
     pub applied: u64,
+    /// Work left for later: the driver runs it once [`AeOutcome::sends`]
+    /// are sent, so that a task holds at most one message of values.
+    pub next: Option<AeTask>,
 }
 
 /// The state anti-entropy keeps next to the store: which ring the store's
