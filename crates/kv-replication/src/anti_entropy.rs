@@ -51,6 +51,10 @@ pub const PAGE_BYTES: usize = 256 << 10;
 /// Most bytes of keys and values in one [`PeerMsg::AeValues`] (one value
 /// larger than this goes alone).
 pub const VALUES_BYTES: usize = 1 << 20;
+/// Most keys one [`PeerMsg::AePull`] may ask for: a node pulls only what
+/// one page of the other's showed newer, so no honest pull asks for more.
+/// A larger pull is refused whole.
+pub const MAX_PULL_KEYS: usize = PAGE_KEYS;
 /// How many differing ranges are compared at the same time with one peer.
 pub const CHAINS: usize = 16;
 /// How long after a node starts its first round comes (ms), instead of a
@@ -105,6 +109,12 @@ impl AeView {
             .is_some_and(|r| r.iter().any(|n| n == peer) && r.contains(&self.me))
     }
 
+    /// Whether this node and `peer` both replicate the range of `key`.
+    fn shares_key(&self, peer: &str, key: &[u8]) -> bool {
+        let arc = Store::range_of_key(&self.bounds, key);
+        self.shares(peer, arc as u32)
+    }
+
     /// The ranges this node and `peer` both replicate.
     fn shared(&self, peer: &str) -> Vec<u32> {
         (0..self.replicas.len() as u32)
@@ -133,6 +143,10 @@ pub enum AeWork {
     Start(NodeId),
     /// Answer this anti-entropy message from this peer.
     Message(NodeId, PeerMsg),
+    /// Send this peer our state of these keys (the rest of a pull or of a
+    /// page's differences), one [`PeerMsg::AeValues`] per task: the
+    /// continuation of a task that already sent one.
+    Serve(NodeId, Vec<Vec<u8>>),
 }
 
 /// What running an [`AeTask`] produced.
@@ -144,6 +158,8 @@ pub struct AeOutcome {
     pub observed: u64,
     /// Entries stored because they were newer.
     pub applied: u64,
+    /// Lines for the node's log.
+    pub log: Vec<String>,
     /// Work left for later: the driver runs it once [`AeOutcome::sends`]
     /// are sent, so that a task holds at most one message of values.
     pub next: Option<AeTask>,
@@ -155,6 +171,8 @@ pub struct AeOutcome {
 #[derive(Debug, Default)]
 pub struct AntiEntropy {
     tracked: u64,
+    /// Pulls refused so far (logged at powers of two).
+    refused_pulls: u64,
 }
 
 impl AntiEntropy {
@@ -165,6 +183,7 @@ impl AntiEntropy {
         // Taken out (not cloned): a message may carry a megabyte of values.
         match std::mem::replace(&mut task.work, AeWork::Start(NodeId::new())) {
             AeWork::Start(peer) => start(&task, store, &peer, &mut out),
+            AeWork::Serve(peer, keys) => serve(&task, store, &peer, keys, &mut out),
             AeWork::Message(from, msg) => match msg {
                 PeerMsg::AeDigest { ring, arcs } if ring == task.view.ring => {
                     on_digest(&task, store, &from, &arcs, &mut out)
@@ -180,8 +199,25 @@ impl AntiEntropy {
                     let page = Page { arc, lo, until };
                     on_keys(&task, store, &from, page, entries, rest, &mut out)
                 }
-                PeerMsg::AePull { keys } => send_values(store, &from, &keys, &mut out),
-                PeerMsg::AeValues { entries } => apply(&task, store, &entries, &mut out),
+                PeerMsg::AePull { keys } if keys.len() > MAX_PULL_KEYS => {
+                    self.refused_pulls += 1;
+                    if self.refused_pulls.is_power_of_two() {
+                        out.log.push(format!(
+                            "anti-entropy: refused a pull of {} keys from {from} (at most {MAX_PULL_KEYS}); {} refused so far",
+                            keys.len(),
+                            self.refused_pulls
+                        ));
+                    }
+                }
+                PeerMsg::AePull { mut keys } => {
+                    // Only keys of ranges the puller replicates with us.
+                    keys.retain(|k| task.view.shares_key(&from, k));
+                    serve(&task, store, &from, keys, &mut out)
+                }
+                PeerMsg::AeValues { mut entries } => {
+                    entries.retain(|e| task.view.shares_key(&from, &e.key));
+                    apply(&task, store, &entries, &mut out)
+                }
                 _ => {} // another ring: the next round, once views agree
             },
         }
@@ -311,10 +347,10 @@ fn on_keys(
             push.push(key);
         }
     }
-    send_values(store, from, &push, out);
-    if !pull.is_empty() {
-        out.sends
-            .push((from.to_string(), PeerMsg::AePull { keys: pull }));
+    serve(task, store, from, push, out);
+    for keys in pull.chunks(MAX_PULL_KEYS) {
+        let keys = keys.to_vec();
+        out.sends.push((from.to_string(), PeerMsg::AePull { keys }));
     }
     match end.checked_add(1) {
         Some(next) => send_page(task, store, from, page.arc, next, rest, out),
@@ -326,21 +362,25 @@ fn on_keys(
     }
 }
 
-/// Our state of `keys`, in messages of at most [`VALUES_BYTES`].
-fn send_values(store: &Store, to: &str, keys: &[Vec<u8>], out: &mut AeOutcome) {
+/// Our state of `keys`: one message of at most [`VALUES_BYTES`] (or one
+/// value) now, and the keys left over as the outcome's continuation
+/// ([`AeOutcome::next`]), which the driver runs once this message is
+/// sent. So a task holds one message of values at a time, however many
+/// keys or however large the values.
+fn serve(task: &AeTask, store: &Store, to: &str, mut keys: Vec<Vec<u8>>, out: &mut AeOutcome) {
     let mut batch = Vec::new();
     let mut bytes = 0;
-    for key in keys {
+    let mut used = 0;
+    for key in &keys {
         let Some(v) = store.get_versioned(key) else {
+            used += 1;
             continue;
         };
         let size = key.len() + v.value.as_ref().map_or(0, Vec::len) + 32;
         if bytes + size > VALUES_BYTES && !batch.is_empty() {
-            let entries = std::mem::take(&mut batch);
-            out.sends
-                .push((to.to_string(), PeerMsg::AeValues { entries }));
-            bytes = 0;
+            break;
         }
+        used += 1;
         bytes += size;
         batch.push(AeValue {
             key: key.clone(),
@@ -352,6 +392,15 @@ fn send_values(store: &Store, to: &str, keys: &[Vec<u8>], out: &mut AeOutcome) {
     if !batch.is_empty() {
         out.sends
             .push((to.to_string(), PeerMsg::AeValues { entries: batch }));
+    }
+    keys.drain(..used);
+    if !keys.is_empty() {
+        out.next = Some(AeTask {
+            view: task.view.clone(),
+            old_before: task.old_before,
+            max_ts: task.max_ts,
+            work: AeWork::Serve(to.to_string(), keys),
+        });
     }
 }
 

@@ -2210,8 +2210,12 @@ impl Node {
         if self.cfg.offload_anti_entropy {
             self.out.push_back(Output::AntiEntropy(task));
         } else {
-            let outcome = self.ae.run(task, store);
-            self.anti_entropy_done(outcome);
+            let mut next = Some(task);
+            while let Some(task) = next {
+                let mut outcome = self.ae.run(task, store);
+                next = outcome.next.take();
+                self.anti_entropy_done(outcome);
+            }
         }
     }
 
@@ -2230,13 +2234,21 @@ impl Node {
     }
 
     /// The outcome of an [`Output::AntiEntropy`] task the driver ran:
-    /// its messages go out, its timestamps are observed.
+    /// its messages go out, its timestamps are observed, and the work it
+    /// left (see [`AeOutcome::next`]) is handed back to the driver after
+    /// them.
     pub fn anti_entropy_done(&mut self, outcome: AeOutcome) {
         if outcome.observed > 0 {
             self.observe(outcome.observed);
         }
+        for line in outcome.log {
+            self.log(line);
+        }
         for (to, msg) in outcome.sends {
             self.send(&to, msg);
+        }
+        if let Some(next) = outcome.next {
+            self.out.push_back(Output::AntiEntropy(next));
         }
     }
 
