@@ -62,14 +62,7 @@ fn replica_state(s: &ServerProc, key: &[u8]) -> Option<Stamped> {
     let Response::PeerChallenge { id, nonce, .. } = f.body else {
         panic!("no challenge: {:?}", f.body);
     };
-    let mac = peer_mac(
-        SECRET.as_bytes(),
-        PeerRole::Dialer,
-        &mine,
-        &nonce,
-        me,
-        &id,
-    );
+    let mac = peer_mac(SECRET.as_bytes(), PeerRole::Dialer, &mine, &nonce, me, &id);
     let mut out = Vec::new();
     native::encode_frame(&mut out, 0, &Request::PeerProof { mac });
     c.write_all(&out).expect("proof");
@@ -123,7 +116,11 @@ fn a_streamed_entry_stamped_far_ahead_is_refused() {
     let (f, _) = native::decode_frame::<Request>(&frame, 1 << 20)
         .expect("decodes")
         .expect("whole");
-    let Request::PeerHello { from, nonce: theirs } = f.body else {
+    let Request::PeerHello {
+        from,
+        nonce: theirs,
+    } = f.body
+    else {
         panic!("no hello: {:?}", f.body);
     };
     let mine: Nonce = [9; 32];
