@@ -20,7 +20,16 @@
 //!    turns until the range is done, then start the chain's next range.
 //!
 //! So each message, and the work behind it, is bounded, and a range that
-//! does not differ is never read.
+//! does not differ is never read. What a peer may ask is bounded too: a
+//! pull of more than [`MAX_PULL_KEYS`] keys is refused whole; a pull is
+//! served, and values are stored, only for keys of ranges both nodes
+//! replicate; and the values of a pull (or of a page's differences) go out
+//! one message per task, the rest left as a continuation
+//! ([`AeOutcome::next`]) that the driver runs once that message is sent.
+//!
+//! Rounds come every interval, and sooner after a round that repaired
+//! many keys ([`Repairs`]): a node back from an outage gets its last keys
+//! a second after the repair goes quiet, not a whole interval later.
 //!
 //! Tombstones: a tombstone older than the tombstone grace is never sent to
 //! a replica that lacks the key, nor taken by one that lacks it. Such a
