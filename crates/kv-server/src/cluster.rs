@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -782,13 +782,17 @@ type Appliers = (Sender<(String, PeerMsg)>, Vec<std::thread::JoinHandle<()>>);
 /// hand the pages (now without entries) to the cluster thread for its
 /// bookkeeping: copying ranges in is the heaviest work of a rebalance and
 /// would otherwise stall coordination. Pages of one source come one at a
-/// time, so their order is kept. They stop once the sender is dropped.
+/// time, so their order is kept. Entries stamped beyond the maximum clock
+/// offset are refused and logged, as on every other write path. They stop
+/// once the sender is dropped.
 fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Result<Appliers> {
     let (tx, rx) = mpsc::channel::<(String, PeerMsg)>();
     let rx = Arc::new(Mutex::new(rx));
     let mut threads = Vec::new();
+    let refused = Arc::new(Refused::default());
     for i in 0..2 {
         let (rx, shared, handle) = (rx.clone(), shared.clone(), handle.clone());
+        let refused = refused.clone();
         let t = std::thread::Builder::new()
             .name(format!("kv-rebalance-{i}"))
             .spawn(move || loop {
@@ -796,6 +800,7 @@ fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Resu
                     return;
                 };
                 if let PeerMsg::StreamPage { entries, .. } = &mut msg {
+                    refuse_far_ahead(&shared, &refused, &from, entries);
                     let Some(ts) = kv_replication::apply_entries(&shared.store, entries) else {
                         continue; // the node asks for the page again
                     };
@@ -808,6 +813,46 @@ fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Resu
         threads.push(t);
     }
     Ok((tx, threads))
+}
+
+/// Streamed entries the appliers refused, for the log.
+#[derive(Default)]
+struct Refused {
+    /// How many so far.
+    count: AtomicU64,
+    /// When the last line was logged (ms).
+    logged_at: AtomicU64,
+}
+
+/// Drops from `entries` those stamped beyond the maximum clock offset
+/// ahead of this node's clock, as the write path (`Replicate`) and the
+/// node's own handling of a page do: such a timestamp comes from a clock
+/// far off or a forged message, and stored it would freeze the key. Logs
+/// them at most once a second, with the count so far.
+fn refuse_far_ahead(
+    shared: &Shared,
+    refused: &Refused,
+    from: &str,
+    entries: &mut Vec<(Vec<u8>, kv_replication::Stamped)>,
+) {
+    let (now, max) = (now_ms(), shared.config.max_clock_offset_ms);
+    let far = |ts| kv_replication::hlc::too_far_ahead(ts, now, max);
+    let before = entries.len();
+    entries.retain(|(_, s)| !far(s.version.ts));
+    let n = (before - entries.len()) as u64;
+    if n == 0 {
+        return;
+    }
+    let total = refused.count.fetch_add(n, Ordering::Relaxed) + n;
+    let last = refused.logged_at.load(Ordering::Relaxed);
+    if now >= last.saturating_add(1000)
+        && refused
+            .logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        println!("kv-server: refused {n} streamed entries from {from}: timestamps beyond the maximum clock offset ({max} ms) ahead of this node's clock; {total} refused so far");
+    }
 }
 
 /// The thread that runs anti-entropy (walking ranges of the store,
