@@ -11,7 +11,8 @@ use std::borrow::Cow;
 
 use kv_proto::resp::encode_integer;
 
-use crate::resp_cmd::{error, refuse_write};
+use crate::resp_cmd::error;
+use crate::resp_rmw::store_expiring;
 use crate::state::Shared;
 
 /// Whether `name` is one of this module's commands.
@@ -34,27 +35,6 @@ fn source(shared: &Shared, key: &[u8]) -> Option<(Vec<u8>, Option<u64>)> {
     Some((v.value?, expires_at))
 }
 
-/// Writes `value` at `key` after the size and memory checks; false (with
-/// the error written) if refused or failed.
-fn put(
-    shared: &Shared,
-    key: &[u8],
-    value: &[u8],
-    expires_at: Option<u64>,
-    out: &mut Vec<u8>,
-) -> bool {
-    if refuse_write(shared, key, Some(value), out) {
-        return false;
-    }
-    match shared.store.put_expiring_at(key, value, expires_at) {
-        Ok(_) => true,
-        Err(e) => {
-            error(out, &format!("ERR storage failure: {e}"));
-            false
-        }
-    }
-}
-
 fn rename(shared: &Shared, from: &[u8], to: &[u8], nx: bool, out: &mut Vec<u8>) {
     let Some((value, expires_at)) = source(shared, from) else {
         return error(out, "ERR no such key");
@@ -69,7 +49,7 @@ fn rename(shared: &Shared, from: &[u8], to: &[u8], nx: bool, out: &mut Vec<u8>) 
     if nx && shared.store.contains_key(to) {
         return encode_integer(out, 0);
     }
-    if !put(shared, to, &value, expires_at, out) {
+    if !store_expiring(shared, to, &value, expires_at, out) {
         return;
     }
     if let Err(e) = shared.store.delete(from) {
@@ -116,7 +96,7 @@ fn copy(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     if !replace && shared.store.contains_key(to) {
         return encode_integer(out, 0);
     }
-    if put(shared, to, &value, expires_at, out) {
+    if store_expiring(shared, to, &value, expires_at, out) {
         encode_integer(out, 1);
     }
 }

@@ -79,7 +79,7 @@ fn store(shared: &Shared, key: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
 
 /// [`store`] with the expiry given (`None`: never), as GETSET and SET
 /// without KEEPTTL write.
-fn store_expiring(
+pub(crate) fn store_expiring(
     shared: &Shared,
     key: &[u8],
     value: &[u8],
