@@ -256,6 +256,27 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         Ok(())
     }
 
+    /// At shutdown: whether this lingering connection has sent everything
+    /// and has nothing more to read, so that it can be closed now (with no
+    /// unread input, closing sends a plain FIN, and the client still gets
+    /// every reply) rather than when an idle client gets round to closing.
+    pub fn quiet_at_shutdown(&mut self) -> bool {
+        if !self.lingering
+            || self.out.pending() > 0
+            || self.out.awaiting() > 0
+            || self.stream.has_pending_output()
+        {
+            return false;
+        }
+        let before = self.discarded;
+        self.discard().is_ok() && self.discarded == before
+    }
+
+    /// Whether [`Conn::finish`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
     /// Whether the loop should watch for readability while lingering.
     pub fn wants_discard(&self) -> bool {
         self.lingering && !self.peer_closed

@@ -438,19 +438,41 @@ impl Worker {
     /// Shutdown: answer what was read, flush, close; give up on clients
     /// that do not read their replies within the deadline.
     fn drain(&mut self, events: &mut Events) -> io::Result<()> {
-        self.adopt_new()?;
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            if let Some(slot) = self.conns.get_mut(key) {
-                slot.conn.finish(&self.shared);
-            }
-            self.serve(key, false);
-        }
         let deadline = Instant::now() + DRAIN_DEADLINE;
+        let mut woken = true;
         while !self.conns.is_empty() && Instant::now() < deadline {
+            if woken {
+                // Replies from the cluster for requests already taken still
+                // go out; a connection handed over late is finished too.
+                self.adopt_new()?;
+                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    if let Some(slot) = self.conns.get_mut(key) {
+                        if !slot.conn.is_closing() {
+                            slot.conn.finish(&self.shared);
+                        }
+                    }
+                    self.serve(key, false);
+                }
+            }
+            // An idle client that has its replies need not be waited for.
+            let quiet: Vec<usize> = self
+                .conns
+                .iter_mut()
+                .filter_map(|(k, slot)| slot.conn.quiet_at_shutdown().then_some(k))
+                .collect();
+            for key in quiet {
+                self.close(key);
+            }
+            if self.conns.is_empty() {
+                break;
+            }
             self.poll.poll(events, Some(Duration::from_millis(50)))?;
+            woken = false;
             for event in events.iter() {
-                if event.token() != WAKER {
+                if event.token() == WAKER {
+                    woken = true;
+                } else {
                     self.serve(event.token().0, false);
                 }
             }

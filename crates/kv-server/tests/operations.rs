@@ -171,3 +171,27 @@ fn the_pid_file_holds_the_pid_while_the_server_runs() {
         "{err}"
     );
 }
+
+/// Issue 13: SIGTERM with an idle client connected took 5 s (the drain
+/// deadline), waiting for the client to close first. The idle connection
+/// has every reply, so it is closed at once.
+#[test]
+fn sigterm_with_an_idle_client_connected_exits_at_once() {
+    let mut server = ServerProc::start(BIN, &["--no-persistence"]);
+    let mut native = Client::connect(&server.addr.to_string()).expect("connect");
+    native.put(b"k", b"v").expect("put");
+    let mut resp = TcpStream::connect(server.addr).expect("connect");
+    resp.write_all(b"PING\r\n").expect("send");
+    let mut pong = [0u8; 7];
+    resp.read_exact(&mut pong).expect("read");
+    assert_eq!(&pong, b"+PONG\r\n");
+    server.signal(libc::SIGTERM);
+    // Well under the 5 s that shutdown gives clients that still read.
+    wait_for("the server to exit", Duration::from_secs(3), || {
+        server.try_wait().is_some()
+    });
+    let mut rest = Vec::new();
+    resp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert_eq!(resp.read_to_end(&mut rest).expect("a clean close"), 0);
+}

@@ -154,6 +154,14 @@ impl ServerProc {
         }
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("wait")?;
+        self.child = None;
+        self.collect_output();
+        Some(status)
+    }
+
     /// Waits for the process to exit, failing the test after the deadline.
     pub fn wait(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("server running");
