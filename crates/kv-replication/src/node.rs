@@ -425,6 +425,12 @@ pub struct Node {
     contact_check: bool,
     /// Why this node gave up its data (it serves nothing).
     stale: Option<String>,
+    /// The rings changed: the store must forget what this node no longer
+    /// owns (see [`crate::ownership`]).
+    cleanup_due: bool,
+    /// Ranges gained in a rebalance just learned of, whose old local
+    /// copies the store must forget before the stream fills them.
+    forget_gained: Vec<(u64, u64)>,
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
@@ -502,14 +508,53 @@ impl Node {
             contact: crate::outage::Contact::default(),
             contact_check: false,
             stale: None,
+            cleanup_due: true,
+            forget_gained: Vec::new(),
         };
         n.numbers.insert(n.number, n.cfg.id.clone());
         if let Some(d) = n.members.digest(&n.cfg.id) {
             n.synced = d.synced;
         }
         n.recompute_rings();
+        // At a start, a stream under way resumes where it was: only what
+        // lies outside this node's ranges is forgotten (again, if a crash
+        // came between a rebalance's end and its cleanup).
+        n.forget_gained.clear();
+        n.clean_up(store);
         n.persist();
         n
+    }
+
+    /// Forgets, in `store`, the data of ranges this node no longer owns in
+    /// either ring, and old copies of ranges it has just started to gain
+    /// (see [`crate::ownership`]); logs what it forgot. Idempotent.
+    fn clean_up(&mut self, store: &Store) {
+        if !self.cleanup_due || self.stale.is_some() {
+            return;
+        }
+        self.cleanup_due = false;
+        let me = self.cfg.id.clone();
+        let mut owned = crate::ownership::owned(&self.read_ring, self.n_of(&self.read_ring), &me);
+        if self.transition != 0 {
+            let n = self.n_of(&self.write_ring);
+            owned.extend(crate::ownership::owned(&self.write_ring, n, &me));
+        }
+        let mut doomed = crate::ownership::complement(&crate::ownership::merge(owned));
+        doomed.append(&mut self.forget_gained);
+        let doomed = crate::ownership::merge(doomed);
+        if doomed.is_empty() {
+            return;
+        }
+        match store.drop_ranges(&doomed) {
+            Ok(0) => {}
+            Ok(n) => self.log(format!(
+                "cleanup: forgot {n} entries of ranges this node gave away or is receiving afresh"
+            )),
+            Err(e) => {
+                self.cleanup_due = true;
+                self.log(format!("cleanup failed, retried later: {e}"));
+            }
+        }
     }
 
     /// Hands back the last contact recorded from [`Output::Contact`]
@@ -1064,11 +1109,14 @@ impl Node {
         };
         if self.read_ring.nodes() != read.as_slice() {
             self.read_ring = Ring::with_nodes(self.cfg.vnodes, &read);
+            self.cleanup_due = true;
         }
         if self.write_ring.nodes() != write.as_slice() {
             self.write_ring = Ring::with_nodes(self.cfg.vnodes, &write);
+            self.cleanup_due = true;
         }
         if transition != self.transition {
+            self.cleanup_due = true;
             self.transition = transition;
             self.converged_since = None;
             self.stream = None;
@@ -1087,6 +1135,14 @@ impl Node {
                 if self.plan.gains.is_empty() || !self.cfg.stream_ranges {
                     self.synced = transition;
                 }
+                if self.synced != transition {
+                    let gained = self
+                        .plan
+                        .gains
+                        .iter()
+                        .flat_map(|g| g.ranges.iter().copied());
+                    self.forget_gained.extend(gained);
+                }
             }
         }
         self.members.set_mine(self.transition, self.synced);
@@ -1095,6 +1151,7 @@ impl Node {
     /// A client operation, to be answered with [`Output::Reply`] carrying `id`.
     pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &Store) {
         self.last_now = self.last_now.max(now);
+        self.clean_up(store);
         if self.is_joining()
             || self.stale.is_some()
             || self.clock_ahead
@@ -1329,6 +1386,12 @@ impl Node {
 
     /// A message from node `from`.
     pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
+        self.clean_up(store);
+        self.on_message(now, from, msg, store);
+        self.clean_up(store);
+    }
+
+    fn on_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
         self.last_now = self.last_now.max(now);
         if let PeerMsg::Gossip { number, .. } = &msg {
             self.check_number(from, *number);
@@ -1784,6 +1847,7 @@ impl Node {
         if self.stale.is_some() {
             return;
         }
+        self.clean_up(store);
         if now >= self.last_gossip + self.cfg.gossip_interval {
             self.last_gossip = now;
             self.gossip_round(now);
@@ -1792,6 +1856,7 @@ impl Node {
             self.deliver_hints(now);
         }
         self.rebalance_tick(now);
+        self.clean_up(store);
         let ae = self.cfg.anti_entropy_interval;
         if ae > 0 && now >= self.last_anti_entropy.saturating_add(ae) && !self.contact_check {
             // Until a peer is alive, try again at the next tick.
