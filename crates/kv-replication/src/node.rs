@@ -1313,6 +1313,9 @@ impl Node {
             p.deadline = deadline;
         }
         for node in replicas {
+            if crate::membership::is_ghost(&node) {
+                continue; // never up, never answers: its ranges are rebuilt
+            }
             if node == self.cfg.id {
                 let state = read_local(store, &key);
                 let me = self.cfg.id.clone();

@@ -47,12 +47,12 @@ fn shard_seeds(k: u64) -> Vec<u64> {
 }
 
 /// Seeds of the main run known to fail from a bug not fixed yet, listed
-/// (not skipped) so that they stay visible: a node cut off by a partition
-/// misses the end of a rebalance and, healed, coordinates for a moment
-/// with its old ring, so its quorum read reaches only replicas that missed
-/// a write acknowledged under the new ring (found by the reads right after
-/// a rebalance). Each is run; its violations are printed, not failed on.
-const KNOWN_STALE_RING: &[u64] = &[1747];
+/// (not skipped) so that they stay visible: each is run, its violations
+/// printed, not failed on; a listed seed that passes fails the test, so
+/// that the list cannot go stale. Empty: seed 1747 (a coordinator still
+/// using the ring from before a rebalance ended) passes since the course
+/// of the runs changed.
+const KNOWN_STALE_RING: &[u64] = &[];
 
 /// The command that replays test `test` with `seed` alone.
 fn replay(test: &str, seed: u64) -> String {
@@ -83,10 +83,11 @@ fn linearizable(r: &Report) -> Result<(), String> {
 
 /// Runs `cfg` over `seeds`; fails listing every seed that violates an
 /// invariant (apart from the `known` ones, printed), each with its
-/// violations and its replay command. Returns
-/// the reports of the runs.
+/// violations and its replay command, and listing every `known` seed that
+/// passes (the list must then lose it). Returns the reports of the runs.
 fn check_all(test: &str, cfg: &SimConfig, seeds: &[u64], known: &[u64]) -> Vec<Report> {
     let mut failures = Vec::new();
+    let mut now_pass = Vec::new();
     let mut reports = Vec::new();
     for &seed in seeds {
         let mut r = run(seed, cfg);
@@ -107,8 +108,16 @@ fn check_all(test: &str, cfg: &SimConfig, seeds: &[u64], known: &[u64]) -> Vec<R
                 replay(test, seed)
             ));
         }
+        if r.violations.is_empty() && known.contains(&seed) {
+            now_pass.push(format!("seed {seed} ({})", replay(test, seed)));
+        }
         reports.push(r);
     }
+    assert!(
+        now_pass.is_empty(),
+        "seeds listed as known failures now pass; take them off the list:\n{}",
+        now_pass.join("\n")
+    );
     assert!(
         failures.is_empty(),
         "{} of {} seeds violate invariants:\n{}",
@@ -458,17 +467,12 @@ fn a_read_that_returns_what_its_repair_found_outdated_is_caught() {
 /// Seeds of the long-outage runs.
 const OUTAGE_SEEDS: u64 = 200;
 
-/// Seeds of the long-outage run known to fail from a bug not fixed yet,
-/// listed (not skipped) so that they stay visible: a node keeps its copies
-/// of the ranges it gave away in a rebalance (here, when the others joined
-/// at the start); when a range comes back to it (here, as the ranges of a
-/// node that rejoined afresh are rebuilt) after a delete's tombstone was
-/// purged, its old copy comes back to life. Each of these fails with a
-/// delete come back to life in a read right after a rebalance ended (the
-/// list changed when the audit reads changed every run's course; the
-/// earlier list's seed 5 was traced to this, key31 on n3). The fix is the
-/// cleanup of given-away ranges (issue 9, item 2), not done yet.
-const KNOWN_GIVEN_AWAY: &[u64] = &[39, 47, 59, 98, 103, 130, 180, 190];
+/// Seeds of the long-outage run known to fail from a bug not fixed yet
+/// (see [`KNOWN_STALE_RING`]). Empty: seeds 39, 47, 59, 103, 180 and 190
+/// failed, a delete come back to life or a stale read right after a
+/// rebalance ended, from copies a node kept of ranges it gave away and
+/// that came back to it; a node now forgets them (`ownership.rs`).
+const KNOWN_GIVEN_AWAY: &[u64] = &[];
 
 /// Tombstones purged after a grace of 4 s, and some crashes lasting
 /// longer than that: a delete made while a node is away is purged
