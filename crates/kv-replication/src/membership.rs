@@ -158,6 +158,23 @@ impl Membership {
         self.members.values().map(|m| m.d.clone()).collect()
     }
 
+    /// The ring epoch of this table: a number that every piece of
+    /// membership news merged into it raises (a new member, a later
+    /// status, a new generation, which leaves a ghost behind), and that
+    /// heartbeats leave alone. Of two nodes, the one that knows every
+    /// change the other knows, and more, has the higher epoch; messages
+    /// that read or write carry it, so that a replica can refuse a
+    /// coordinator whose ring is older than its own.
+    pub fn epoch(&self) -> u64 {
+        self.members
+            .values()
+            .map(|m| {
+                let rank = m.d.status as u64 + 1;
+                m.d.generation.saturating_mul(16).saturating_add(rank)
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// What this node knows of `id`.
     pub fn digest(&self, id: &str) -> Option<&Digest> {
         self.members.get(id).map(|m| &m.d)

@@ -106,6 +106,10 @@ pub struct Planted {
     /// serves and spreads its old data (no check at restart nor at first
     /// contact).
     pub no_grace_check: bool,
+    /// Replicas serve requests from coordinators on an older ring, and a
+    /// coordinator whose rings change goes on with its pending operations
+    /// on the old ones (no ring-epoch fencing).
+    pub no_ring_fence: bool,
 }
 
 /// Default maximum clock offset between nodes (ms).
@@ -431,6 +435,8 @@ pub struct Node {
     /// Ranges gained in a rebalance just learned of, whose old local
     /// copies the store must forget before the stream fills them.
     forget_gained: Vec<(u64, u64)>,
+    /// The rings changed: pending operations are started again on them.
+    regroup_due: bool,
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
@@ -510,6 +516,7 @@ impl Node {
             stale: None,
             cleanup_due: true,
             forget_gained: Vec::new(),
+            regroup_due: false,
         };
         n.numbers.insert(n.number, n.cfg.id.clone());
         if let Some(d) = n.members.digest(&n.cfg.id) {
@@ -630,6 +637,17 @@ impl Node {
     }
 
     fn send(&mut self, to: &str, msg: PeerMsg) {
+        // Requests that read or write carry this node's ring epoch, so
+        // that a replica that knows a newer ring refuses them.
+        let msg = match msg {
+            PeerMsg::Replicate { .. } | PeerMsg::Read { .. } | PeerMsg::ListPage { .. } => {
+                PeerMsg::InRing {
+                    epoch: self.members.epoch(),
+                    request: Box::new(msg),
+                }
+            }
+            other => other,
+        };
         self.out.push_back(Output::Send {
             to: to.to_string(),
             msg,
@@ -1110,13 +1128,16 @@ impl Node {
         if self.read_ring.nodes() != read.as_slice() {
             self.read_ring = Ring::with_nodes(self.cfg.vnodes, &read);
             self.cleanup_due = true;
+            self.regroup_due = true;
         }
         if self.write_ring.nodes() != write.as_slice() {
             self.write_ring = Ring::with_nodes(self.cfg.vnodes, &write);
             self.cleanup_due = true;
+            self.regroup_due = true;
         }
         if transition != self.transition {
             self.cleanup_due = true;
+            self.regroup_due = true;
             self.transition = transition;
             self.converged_since = None;
             self.stream = None;
@@ -1392,6 +1413,7 @@ impl Node {
         self.clean_up(store);
         self.on_message(now, from, msg, store);
         self.clean_up(store);
+        self.regroup_pending(now, store);
     }
 
     fn on_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
@@ -1407,6 +1429,13 @@ impl Node {
                 return;
             }
         }
+        let msg = match msg {
+            PeerMsg::InRing { epoch, request } => match self.fence(from, epoch, *request) {
+                Some(request) => request,
+                None => return,
+            },
+            other => other,
+        };
         if self.contact_check
             && matches!(
                 msg,
@@ -1482,6 +1511,10 @@ impl Node {
                 self.on_read_reply(op, from, state, store);
             }
             PeerMsg::ListReply { op, entries, full } => self.on_list_reply(op, from, entries, full),
+            PeerMsg::NewerRing { op, members } => {
+                self.on_newer_ring(now, from, op, &members, store)
+            }
+            PeerMsg::InRing { .. } => {} // nested: not sent by any node
             msg @ (PeerMsg::AeDigest { .. }
             | PeerMsg::AeKeys { .. }
             | PeerMsg::AePull { .. }
@@ -1537,6 +1570,91 @@ impl Node {
                     number: self.number,
                 },
             );
+        }
+    }
+
+    /// A request from `from` whose coordinator's ring epoch is `epoch`:
+    /// the request, to serve, if this node knows no newer ring; else
+    /// `None`, and the coordinator is told this node's members (so that
+    /// it adopts the newer ring and asks again).
+    fn fence(&mut self, from: &str, epoch: u64, request: PeerMsg) -> Option<PeerMsg> {
+        if epoch >= self.members.epoch() || self.cfg.planted.no_ring_fence {
+            return Some(request);
+        }
+        let op = match &request {
+            PeerMsg::Replicate { op, .. } | PeerMsg::Read { op, .. } => *op,
+            PeerMsg::ListPage { op, .. } => *op,
+            _ => return Some(request),
+        };
+        let members = self.members.digests();
+        self.send(from, PeerMsg::NewerRing { op, members });
+        None
+    }
+
+    /// A replica refused operation `op` for a newer ring than this node's:
+    /// adopt it, and if that changed this node's epoch, start the
+    /// operation again on it (never answering from the old ring).
+    fn on_newer_ring(&mut self, now: u64, from: &str, op: u64, members: &[Digest], store: &Store) {
+        let before = self.members.epoch();
+        self.on_gossip(now, from, members);
+        if self.members.epoch() > before {
+            self.retry_op(now, op, store);
+        }
+    }
+
+    /// Starts pending operation `op` again under the current rings, with
+    /// its deadline (a write gets a new version).
+    fn retry_op(&mut self, now: u64, op: u64, store: &Store) {
+        let Some(p) = self.pending.remove(&op) else {
+            return;
+        };
+        let (client, deadline) = (p.client, p.deadline);
+        match p.work {
+            Work::Read { key, tries, .. } => {
+                self.send_read(now, deadline, client, key, tries, store)
+            }
+            Work::Write {
+                key,
+                value,
+                expires_at,
+                tries,
+                newer,
+                ..
+            } => self.send_write(
+                now,
+                deadline,
+                client,
+                key,
+                (value, expires_at),
+                tries,
+                newer,
+                store,
+            ),
+            Work::List { .. } => {
+                // A listing is not restarted: the client asks again.
+                self.pending.insert(op, p);
+            }
+        }
+    }
+
+    /// After the rings changed: every pending read or write whose replica
+    /// groups changed starts again under the new ones.
+    fn regroup_pending(&mut self, now: u64, store: &Store) {
+        if !std::mem::take(&mut self.regroup_due) || self.cfg.planted.no_ring_fence {
+            return;
+        }
+        let stale: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| match &p.work {
+                Work::Read { key, .. } => p.groups != self.groups(key, false),
+                Work::Write { key, .. } => p.groups != self.groups(key, true),
+                Work::List { .. } => false,
+            })
+            .map(|(op, _)| *op)
+            .collect();
+        for op in stale {
+            self.retry_op(now, op, store);
         }
     }
 
@@ -1860,6 +1978,7 @@ impl Node {
         }
         self.rebalance_tick(now);
         self.clean_up(store);
+        self.regroup_pending(now, store);
         let ae = self.cfg.anti_entropy_interval;
         if ae > 0 && now >= self.last_anti_entropy.saturating_add(ae) && !self.contact_check {
             // Until a peer is alive, try again at the next tick.
