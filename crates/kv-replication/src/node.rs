@@ -316,13 +316,9 @@ struct Pending {
     work: Work,
 }
 
-/// Whether `have` holds enough members of every group. With one group,
-/// `have` only ever holds members of it (answers come from the replicas
-/// asked), so counting is enough.
+/// Whether `have` holds enough members of every group (`have` may hold
+/// others: a write carried on under new groups keeps its old answers).
 fn met(groups: &Groups, have: &BTreeSet<NodeId>) -> bool {
-    if let [(_, need)] = groups.as_slice() {
-        return have.len() >= *need;
-    }
     groups
         .iter()
         .all(|(g, need)| g.iter().filter(|n| have.contains(*n)).count() >= *need)
@@ -765,6 +761,12 @@ impl Node {
     /// This node's status.
     pub fn status(&self) -> Status {
         self.members.status(&self.cfg.id).unwrap_or(Status::Left)
+    }
+
+    /// This node's ring epoch (see
+    /// [`crate::membership::Membership::epoch`]).
+    pub fn ring_epoch(&self) -> u64 {
+        self.members.epoch()
     }
 
     /// Whether a rebalance is under way (as far as this node knows).
@@ -1602,38 +1604,82 @@ impl Node {
         }
     }
 
-    /// Starts pending operation `op` again under the current rings, with
-    /// its deadline (a write gets a new version).
+    /// Carries pending operation `op` on under the current rings: a read
+    /// starts again (with its deadline); a write keeps its version (so
+    /// that it never takes effect twice) and is sent to every replica of
+    /// its new groups that has not answered.
     fn retry_op(&mut self, now: u64, op: u64, store: &Store) {
-        let Some(p) = self.pending.remove(&op) else {
+        let Some(p) = self.pending.get(&op) else {
             return;
         };
-        let (client, deadline) = (p.client, p.deadline);
-        match p.work {
+        match &p.work {
             Work::Read { key, tries, .. } => {
+                let (key, tries, client, deadline) = (key.clone(), *tries, p.client, p.deadline);
+                self.pending.remove(&op);
                 self.send_read(now, deadline, client, key, tries, store)
             }
-            Work::Write {
-                key,
-                value,
-                expires_at,
-                tries,
-                newer,
-                ..
-            } => self.send_write(
-                now,
-                deadline,
-                client,
-                key,
-                (value, expires_at),
-                tries,
-                newer,
-                store,
-            ),
-            Work::List { .. } => {
-                // A listing is not restarted: the client asks again.
-                self.pending.insert(op, p);
+            Work::Write { key, .. } => {
+                let key = key.clone();
+                self.resend_write(now, op, &key, store)
             }
+            Work::List { .. } => {} // not restarted: the client asks again
+        }
+    }
+
+    /// Sends write `op`, with its version, to the replicas of `key`'s
+    /// current groups that have not answered it.
+    fn resend_write(&mut self, now: u64, op: u64, key: &[u8], store: &Store) {
+        let groups = self.groups(key, true);
+        let targets: Vec<NodeId> = union(&groups)
+            .into_iter()
+            .filter(|r| !crate::membership::is_ghost(r))
+            .filter(|r| *r == self.cfg.id || self.members.state(r, now) != Some(MemberState::Down))
+            .collect();
+        let Some(p) = self.pending.get_mut(&op) else {
+            return;
+        };
+        let Work::Write {
+            value,
+            expires_at,
+            version,
+            asked,
+            ..
+        } = &mut p.work
+        else {
+            return;
+        };
+        *asked = targets.len();
+        let (value, expires_at, version) = (value.clone(), *expires_at, *version);
+        let unanswered: Vec<NodeId> = targets
+            .into_iter()
+            .filter(|r| !p.answered.contains(r))
+            .collect();
+        p.groups = groups;
+        for r in unanswered {
+            if r == self.cfg.id {
+                let applied = apply_local(store, key, value.as_deref(), version, expires_at);
+                if let Some((existed, newer)) = applied {
+                    let me = self.cfg.id.clone();
+                    self.on_write_ack(now, op, &me, existed, newer, store);
+                }
+            } else {
+                let msg = PeerMsg::Replicate {
+                    op,
+                    key: key.to_vec(),
+                    value: value.clone(),
+                    version,
+                    expires_at,
+                };
+                self.send(&r, msg);
+            }
+        }
+        // The new groups may already be met by what was stored.
+        let met_now = self.pending.get(&op).is_some_and(|p| match &p.work {
+            Work::Write { stored, .. } => met(&p.groups, stored),
+            _ => false,
+        });
+        if met_now {
+            self.finish(op);
         }
     }
 
@@ -2465,6 +2511,26 @@ impl Node {
 /// message (and for a write the store failed to apply: no ack).
 pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
     serve_replica_at(store, msg, u64::MAX, u64::MAX)
+}
+
+/// [`serve_replica_at`] for a node whose ring epoch is `epoch` and whose
+/// clock and maximum clock offset are `clock` (ms): a request in an
+/// [`PeerMsg::InRing`] envelope from a coordinator on an older ring is
+/// not answered (`None`: the driver hands it to the node, which refuses
+/// it with [`PeerMsg::NewerRing`]).
+pub fn serve_replica_fenced(
+    store: &Store,
+    msg: &PeerMsg,
+    (now_ms, max_offset_ms): (u64, u64),
+    epoch: u64,
+) -> Option<PeerMsg> {
+    match msg {
+        PeerMsg::InRing { epoch: e, request } if *e >= epoch => {
+            serve_replica_at(store, request, now_ms, max_offset_ms)
+        }
+        PeerMsg::InRing { .. } => None,
+        other => serve_replica_at(store, other, now_ms, max_offset_ms),
+    }
 }
 
 /// [`serve_replica`] for a node whose clock reads `now_ms` and whose
