@@ -13,7 +13,8 @@
 # same script measures an older build; HINT_WINDOW (seconds, default the
 # server's) set to 0 leaves the repair to anti-entropy alone; AE_MS
 # (default the server's 10000) the anti-entropy interval; KEEP_LOGS=dir
-# keeps the server logs. Needs redis-cli and python3. The GET load is one
+# keeps the server logs and the latency samples (before.txt, during.txt:
+# start time, latency in s, port, outcome per GET). Needs redis-cli and python3. The GET load is one
 # client thread per node, each sending GETs of random loaded keys one at a
 # time, round robin over the nodes that answer.
 set -euo pipefail
@@ -30,7 +31,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$KEEP_LOGS"/; fi
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$work"/*.txt "$KEEP_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT

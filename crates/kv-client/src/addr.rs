@@ -52,6 +52,16 @@ pub fn server_addr(target: &str, port: Option<u16>) -> Result<String, String> {
     }
 }
 
+/// The host part of `host:port` or `[IPv6]:port`, without brackets (the
+/// whole string when it has no port).
+pub fn host_of(addr: &str) -> &str {
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) if h.starts_with('[') || !h.contains(':') => h,
+        _ => addr,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 fn parse_port(p: &str) -> Result<u16, String> {
     match p.parse::<u16>() {
         Ok(0) | Err(_) => Err(format!("{p:?} is not a port (1 to 65535)")),
@@ -70,6 +80,15 @@ fn join(host: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_for_certificate_names() {
+        assert_eq!(host_of("127.0.0.1:6380"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:6380"), "::1");
+        assert_eq!(host_of("node1.example:6380"), "node1.example");
+        assert_eq!(host_of("localhost"), "localhost");
+        assert_eq!(host_of("::1"), "::1");
+    }
 
     #[test]
     fn forms_of_the_server_address() {

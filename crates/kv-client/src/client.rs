@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use kv_proto::native::{self, ErrorKind, Request, Response};
 
+use crate::tls::{ClientStream, TlsOptions};
+
 /// What can go wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -66,7 +68,8 @@ impl ClientError {
 
 /// A connection to one server.
 pub struct Client {
-    stream: TcpStream,
+    stream: ClientStream,
+    tls: Option<TlsOptions>,
     addr: String,
     rbuf: Vec<u8>,
     next_id: u64,
@@ -77,6 +80,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 impl Client {
     /// Connects to `addr` (host:port) and performs the protocol handshake.
     pub fn connect(addr: &str) -> Result<Client, ClientError> {
+        Client::connect_with(addr, None)
+    }
+
+    /// Connects to `addr` over TLS (checking the server's certificate
+    /// against `tls.ca_cert` and the host name) and performs the protocol
+    /// handshake inside it.
+    pub fn connect_tls(addr: &str, tls: &TlsOptions) -> Result<Client, ClientError> {
+        Client::connect_with(addr, Some(tls))
+    }
+
+    /// [`Client::connect`], or [`Client::connect_tls`] when `tls` is given.
+    pub fn connect_with(addr: &str, tls: Option<&TlsOptions>) -> Result<Client, ClientError> {
         let connect_err = |source| ClientError::Connect {
             addr: addr.to_string(),
             source,
@@ -94,14 +109,24 @@ impl Client {
         }
         let stream = stream.ok_or_else(|| connect_err(last))?;
         let _ = stream.set_nodelay(true);
+        let stream = match tls {
+            Some(t) => ClientStream::tls(stream, addr, t).map_err(connect_err)?,
+            None => ClientStream::Plain(stream),
+        };
         let mut c = Client {
             stream,
+            tls: tls.cloned(),
             addr: addr.to_string(),
             rbuf: Vec::new(),
             next_id: 1,
         };
         c.handshake()?;
         Ok(c)
+    }
+
+    /// The TLS options of this connection (`None`: plain TCP).
+    pub fn tls(&self) -> Option<&TlsOptions> {
+        self.tls.as_ref()
     }
 
     /// The server's address as given to [`Client::connect`].
@@ -111,10 +136,7 @@ impl Client {
 
     /// Sets a timeout for each read and write (none by default).
     pub fn set_timeout(&mut self, t: Option<Duration>) -> Result<(), ClientError> {
-        self.stream
-            .set_read_timeout(t)
-            .and_then(|()| self.stream.set_write_timeout(t))
-            .map_err(|e| self.io(e))
+        self.stream.set_timeouts(t).map_err(|e| self.io(e))
     }
 
     fn io(&self, source: io::Error) -> ClientError {

@@ -4,6 +4,7 @@
 use kv_proto::resp::split_args;
 
 use crate::addr::parse_host_port;
+use crate::reply::{Format, Reply};
 use crate::{Client, ClientError};
 
 /// One parsed command line.
@@ -199,38 +200,43 @@ pub fn show(b: &[u8]) -> String {
 
 /// Runs a command (other than HELP and QUIT) and returns the lines to print.
 pub fn run(client: &mut Client, cmd: &Command) -> Result<Vec<String>, ClientError> {
+    Ok(execute(client, cmd)?.render(Format::Plain))
+}
+
+/// Runs a command (other than HELP and QUIT) and returns its answer.
+pub fn execute(client: &mut Client, cmd: &Command) -> Result<Reply, ClientError> {
     Ok(match cmd {
         Command::Put(k, v) => {
             client.put(k, v)?;
-            vec!["OK".into()]
+            Reply::Ok
         }
-        Command::Get(k) => vec![client.get(k)?.map_or("(nil)".into(), |v| show(&v))],
-        Command::Delete(k) => vec![u8::from(client.delete(k)?).to_string()],
-        Command::List(p) => client.list_all(p)?.iter().map(|k| show(k)).collect(),
+        Command::Get(k) => client.get(k)?.map_or(Reply::Nil, Reply::Value),
+        Command::Delete(k) => Reply::Int(i64::from(client.delete(k)?)),
+        Command::List(p) => Reply::Keys(client.list_all(p)?),
         Command::Join(a) => {
             // The server would invite any address and report nothing; check
             // from here that a kv node answers there first.
-            if let Err(e) = Client::connect(a) {
+            if let Err(e) = Client::connect_with(a, client.tls()) {
                 return Err(ClientError::NotSent(format!(
                     "nothing answers at {a} ({e}); start the new node there first (not invited)"
                 )));
             }
-            vec![client.join(a)?]
+            Reply::Text(client.join(a)?)
         }
-        Command::Leave(a) => vec![client.leave(a)?],
-        Command::Remove(a) => vec![client.remove(a)?],
+        Command::Leave(a) => Reply::Text(client.leave(a)?),
+        Command::Remove(a) => Reply::Text(client.remove(a)?),
         Command::Ping => {
             client.ping(b"")?;
-            vec!["PONG".into()]
+            Reply::Pong
         }
-        Command::Info => client.info()?.lines().map(str::to_string).collect(),
-        Command::Cluster => client.cluster()?.lines().map(str::to_string).collect(),
+        Command::Info => Reply::Text(client.info()?),
+        Command::Cluster => Reply::Text(client.cluster()?),
         Command::Auth(p) => {
             client.auth(p)?;
-            vec!["OK".into()]
+            Reply::Ok
         }
-        Command::Help => HELP.lines().map(str::to_string).collect(),
-        Command::Quit => Vec::new(),
+        Command::Help => Reply::Text(HELP.to_string()),
+        Command::Quit => Reply::Text(String::new()),
     })
 }
 

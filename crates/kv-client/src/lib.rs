@@ -23,5 +23,10 @@
 pub mod addr;
 mod client;
 pub mod command;
+pub mod import;
+pub mod monitor;
+pub mod reply;
+mod tls;
 
 pub use client::{Client, ClientError};
+pub use tls::TlsOptions;

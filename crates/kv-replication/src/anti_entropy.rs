@@ -20,7 +20,16 @@
 //!    turns until the range is done, then start the chain's next range.
 //!
 //! So each message, and the work behind it, is bounded, and a range that
-//! does not differ is never read.
+//! does not differ is never read. What a peer may ask is bounded too: a
+//! pull of more than [`MAX_PULL_KEYS`] keys is refused whole; a pull is
+//! served, and values are stored, only for keys of ranges both nodes
+//! replicate; and the values of a pull (or of a page's differences) go out
+//! one message per task, the rest left as a continuation
+//! ([`AeOutcome::next`]) that the driver runs once that message is sent.
+//!
+//! Rounds come every interval, and sooner after a round that repaired
+//! many keys ([`Repairs`]): a node back from an outage gets its last keys
+//! a second after the repair goes quiet, not a whole interval later.
 //!
 //! Tombstones: a tombstone older than the tombstone grace is never sent to
 //! a replica that lacks the key, nor taken by one that lacks it. Such a
@@ -44,19 +53,65 @@ use kv_storage::{RangeKey, Store, Version};
 
 use crate::msg::{AeKey, AeValue, NodeId, PeerMsg, Ver};
 
-/// Most keys in one page of an exchange.
-pub const PAGE_KEYS: usize = 512;
+/// Most keys in one page of an exchange: a range of a large store (about
+/// 1,400 keys per range at 1M keys on 3 nodes) then takes one turn a side
+/// instead of three.
+pub const PAGE_KEYS: usize = 2048;
 /// Most bytes of keys in one page of an exchange.
 pub const PAGE_BYTES: usize = 256 << 10;
 /// Most bytes of keys and values in one [`PeerMsg::AeValues`] (one value
 /// larger than this goes alone).
 pub const VALUES_BYTES: usize = 1 << 20;
+/// Most keys one [`PeerMsg::AePull`] may ask for: a node pulls only what
+/// one page of the other's showed newer, so no honest pull asks for more.
+/// A larger pull is refused whole.
+pub const MAX_PULL_KEYS: usize = PAGE_KEYS;
 /// How many differing ranges are compared at the same time with one peer.
 pub const CHAINS: usize = 16;
 /// How long after a node starts its first round comes (ms), instead of a
 /// whole interval: a node back from an outage is the one most likely to
 /// have missed writes.
 pub const FIRST_ROUND_AFTER: u64 = 1000;
+
+/// How long anti-entropy must have been quiet (nothing applied) after a
+/// round that repaired at least [`REPEAT_AFTER`] keys before the next
+/// round starts (ms), instead of a whole interval.
+pub const REPEAT_QUIET: u64 = 1000;
+/// Keys repaired since a round started above which the next round comes
+/// [`REPEAT_QUIET`] after the repair went quiet: a replica that lacked
+/// that many is likely to lack more (an exchange cut short, a range that
+/// changed meanwhile), and an outage's last keys should not wait a whole
+/// interval.
+pub const REPEAT_AFTER: u64 = 256;
+
+/// When the next round may come early: counts keys repaired since the
+/// last round started (on either side of any exchange).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repairs {
+    applied: u64,
+    last_at: u64,
+}
+
+impl Repairs {
+    /// `applied` keys were stored by anti-entropy at `now` (ms).
+    pub fn note(&mut self, now: u64, applied: u64) {
+        if applied > 0 {
+            self.applied = self.applied.saturating_add(applied);
+            self.last_at = now;
+        }
+    }
+
+    /// A round starts: counting begins again.
+    pub fn round_started(&mut self) {
+        self.applied = 0;
+    }
+
+    /// Whether the next round is due now, before the interval: the last
+    /// repaired many keys and has gone quiet.
+    pub fn repeat_now(&self, now: u64) -> bool {
+        self.applied >= REPEAT_AFTER && now >= self.last_at.saturating_add(REPEAT_QUIET)
+    }
+}
 
 /// Identifies a ring by its tokens and members.
 pub fn ring_id(ring: &Ring) -> u64 {
@@ -105,6 +160,12 @@ impl AeView {
             .is_some_and(|r| r.iter().any(|n| n == peer) && r.contains(&self.me))
     }
 
+    /// Whether this node and `peer` both replicate the range of `key`.
+    fn shares_key(&self, peer: &str, key: &[u8]) -> bool {
+        let arc = Store::range_of_key(&self.bounds, key);
+        self.shares(peer, arc as u32)
+    }
+
     /// The ranges this node and `peer` both replicate.
     fn shared(&self, peer: &str) -> Vec<u32> {
         (0..self.replicas.len() as u32)
@@ -133,6 +194,10 @@ pub enum AeWork {
     Start(NodeId),
     /// Answer this anti-entropy message from this peer.
     Message(NodeId, PeerMsg),
+    /// Send this peer our state of these keys (the rest of a pull or of a
+    /// page's differences), one [`PeerMsg::AeValues`] per task: the
+    /// continuation of a task that already sent one.
+    Serve(NodeId, Vec<Vec<u8>>),
 }
 
 /// What running an [`AeTask`] produced.
@@ -144,6 +209,11 @@ pub struct AeOutcome {
     pub observed: u64,
     /// Entries stored because they were newer.
     pub applied: u64,
+    /// Lines for the node's log.
+    pub log: Vec<String>,
+    /// Work left for later: the driver runs it once [`AeOutcome::sends`]
+    /// are sent, so that a task holds at most one message of values.
+    pub next: Option<AeTask>,
 }
 
 /// The state anti-entropy keeps next to the store: which ring the store's
@@ -152,6 +222,8 @@ pub struct AeOutcome {
 #[derive(Debug, Default)]
 pub struct AntiEntropy {
     tracked: u64,
+    /// Pulls refused so far (logged at powers of two).
+    refused_pulls: u64,
 }
 
 impl AntiEntropy {
@@ -162,6 +234,7 @@ impl AntiEntropy {
         // Taken out (not cloned): a message may carry a megabyte of values.
         match std::mem::replace(&mut task.work, AeWork::Start(NodeId::new())) {
             AeWork::Start(peer) => start(&task, store, &peer, &mut out),
+            AeWork::Serve(peer, keys) => serve(&task, store, &peer, keys, &mut out),
             AeWork::Message(from, msg) => match msg {
                 PeerMsg::AeDigest { ring, arcs } if ring == task.view.ring => {
                     on_digest(&task, store, &from, &arcs, &mut out)
@@ -177,8 +250,25 @@ impl AntiEntropy {
                     let page = Page { arc, lo, until };
                     on_keys(&task, store, &from, page, entries, rest, &mut out)
                 }
-                PeerMsg::AePull { keys } => send_values(store, &from, &keys, &mut out),
-                PeerMsg::AeValues { entries } => apply(&task, store, &entries, &mut out),
+                PeerMsg::AePull { keys } if keys.len() > MAX_PULL_KEYS => {
+                    self.refused_pulls += 1;
+                    if self.refused_pulls.is_power_of_two() {
+                        out.log.push(format!(
+                            "anti-entropy: refused a pull of {} keys from {from} (at most {MAX_PULL_KEYS}); {} refused so far",
+                            keys.len(),
+                            self.refused_pulls
+                        ));
+                    }
+                }
+                PeerMsg::AePull { mut keys } => {
+                    // Only keys of ranges the puller replicates with us.
+                    keys.retain(|k| task.view.shares_key(&from, k));
+                    serve(&task, store, &from, keys, &mut out)
+                }
+                PeerMsg::AeValues { mut entries } => {
+                    entries.retain(|e| task.view.shares_key(&from, &e.key));
+                    apply(&task, store, &entries, &mut out)
+                }
                 _ => {} // another ring: the next round, once views agree
             },
         }
@@ -308,10 +398,10 @@ fn on_keys(
             push.push(key);
         }
     }
-    send_values(store, from, &push, out);
-    if !pull.is_empty() {
-        out.sends
-            .push((from.to_string(), PeerMsg::AePull { keys: pull }));
+    serve(task, store, from, push, out);
+    for keys in pull.chunks(MAX_PULL_KEYS) {
+        let keys = keys.to_vec();
+        out.sends.push((from.to_string(), PeerMsg::AePull { keys }));
     }
     match end.checked_add(1) {
         Some(next) => send_page(task, store, from, page.arc, next, rest, out),
@@ -323,21 +413,25 @@ fn on_keys(
     }
 }
 
-/// Our state of `keys`, in messages of at most [`VALUES_BYTES`].
-fn send_values(store: &Store, to: &str, keys: &[Vec<u8>], out: &mut AeOutcome) {
+/// Our state of `keys`: one message of at most [`VALUES_BYTES`] (or one
+/// value) now, and the keys left over as the outcome's continuation
+/// ([`AeOutcome::next`]), which the driver runs once this message is
+/// sent. So a task holds one message of values at a time, however many
+/// keys or however large the values.
+fn serve(task: &AeTask, store: &Store, to: &str, mut keys: Vec<Vec<u8>>, out: &mut AeOutcome) {
     let mut batch = Vec::new();
     let mut bytes = 0;
-    for key in keys {
+    let mut used = 0;
+    for key in &keys {
         let Some(v) = store.get_versioned(key) else {
+            used += 1;
             continue;
         };
         let size = key.len() + v.value.as_ref().map_or(0, Vec::len) + 32;
         if bytes + size > VALUES_BYTES && !batch.is_empty() {
-            let entries = std::mem::take(&mut batch);
-            out.sends
-                .push((to.to_string(), PeerMsg::AeValues { entries }));
-            bytes = 0;
+            break;
         }
+        used += 1;
         bytes += size;
         batch.push(AeValue {
             key: key.clone(),
@@ -349,6 +443,15 @@ fn send_values(store: &Store, to: &str, keys: &[Vec<u8>], out: &mut AeOutcome) {
     if !batch.is_empty() {
         out.sends
             .push((to.to_string(), PeerMsg::AeValues { entries: batch }));
+    }
+    keys.drain(..used);
+    if !keys.is_empty() {
+        out.next = Some(AeTask {
+            view: task.view.clone(),
+            old_before: task.old_before,
+            max_ts: task.max_ts,
+            work: AeWork::Serve(to.to_string(), keys),
+        });
     }
 }
 

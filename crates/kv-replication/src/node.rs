@@ -395,6 +395,8 @@ pub struct Node {
     next_op: u64,
     last_gossip: u64,
     last_anti_entropy: u64,
+    /// Keys anti-entropy repaired since the last round (an early round).
+    ae_repairs: anti_entropy::Repairs,
     /// Anti-entropy's view of the read ring (rebuilt when it changes).
     ae_view: Option<Arc<AeView>>,
     /// Anti-entropy's state, when the node runs it inline.
@@ -499,6 +501,7 @@ impl Node {
             // The first round soon after a start: a node back from an
             // outage is the one most likely to miss writes.
             last_anti_entropy: first_round,
+            ae_repairs: anti_entropy::Repairs::default(),
             ae_view: None,
             ae: AntiEntropy::default(),
             out: VecDeque::new(),
@@ -2032,10 +2035,13 @@ impl Node {
         self.clean_up(store);
         self.regroup_pending(now, store);
         let ae = self.cfg.anti_entropy_interval;
-        if ae > 0 && now >= self.last_anti_entropy.saturating_add(ae) && !self.contact_check {
+        let due =
+            now >= self.last_anti_entropy.saturating_add(ae) || self.ae_repairs.repeat_now(now);
+        if ae > 0 && due && !self.contact_check {
             // Until a peer is alive, try again at the next tick.
             if self.anti_entropy_round(now, store) {
                 self.last_anti_entropy = now;
+                self.ae_repairs.round_started();
             }
         }
         let expired: Vec<u64> = self
@@ -2449,8 +2455,12 @@ impl Node {
         if self.cfg.offload_anti_entropy {
             self.out.push_back(Output::AntiEntropy(task));
         } else {
-            let outcome = self.ae.run(task, store);
-            self.anti_entropy_done(outcome);
+            let mut next = Some(task);
+            while let Some(task) = next {
+                let mut outcome = self.ae.run(task, store);
+                next = outcome.next.take();
+                self.anti_entropy_done(outcome);
+            }
         }
     }
 
@@ -2469,13 +2479,22 @@ impl Node {
     }
 
     /// The outcome of an [`Output::AntiEntropy`] task the driver ran:
-    /// its messages go out, its timestamps are observed.
+    /// its messages go out, its timestamps are observed, and the work it
+    /// left (see [`AeOutcome::next`]) is handed back to the driver after
+    /// them.
     pub fn anti_entropy_done(&mut self, outcome: AeOutcome) {
         if outcome.observed > 0 {
             self.observe(outcome.observed);
         }
+        self.ae_repairs.note(self.last_now, outcome.applied);
+        for line in outcome.log {
+            self.log(line);
+        }
         for (to, msg) in outcome.sends {
             self.send(&to, msg);
+        }
+        if let Some(next) = outcome.next {
+            self.out.push_back(Output::AntiEntropy(next));
         }
     }
 

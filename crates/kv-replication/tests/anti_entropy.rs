@@ -161,3 +161,149 @@ fn a_purged_tombstone_is_not_pulled_back() {
     assert_eq!(p.stores[0].get(b"kept"), None);
     assert!(p.stores[0].get_versioned(b"kept").is_some());
 }
+
+// What one anti-entropy task may cost the node that runs it, whatever a
+// peer (a buggy one, or one with a stolen secret) asks.
+
+use std::sync::Arc;
+
+use kv_replication::anti_entropy::{AeView, AeWork, PAGE_KEYS, VALUES_BYTES};
+use kv_replication::{AeOutcome, AeTask, AntiEntropy, PeerMsg};
+
+const C: &str = "127.0.0.1:7003";
+
+/// A task for node `me` of `ring` (N=2) answering `msg` from `from`.
+fn task(ring: &kv_ring::Ring, me: &str, from: &str, msg: PeerMsg) -> AeTask {
+    AeTask {
+        view: Arc::new(AeView::new(ring, 2, me)),
+        old_before: 0,
+        max_ts: u64::MAX,
+        work: AeWork::Message(from.to_string(), msg),
+    }
+}
+
+/// The keys of every `AeValues` in `out`, with the bytes of each message.
+fn values_sent(out: &AeOutcome) -> Vec<(Vec<Vec<u8>>, usize)> {
+    out.sends
+        .iter()
+        .filter_map(|(_, m)| match m {
+            PeerMsg::AeValues { entries } => Some((
+                entries.iter().map(|e| e.key.clone()).collect(),
+                entries
+                    .iter()
+                    .map(|e| e.key.len() + e.value.as_ref().map_or(0, Vec::len))
+                    .sum(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn store_with(keys: impl IntoIterator<Item = Vec<u8>>, value: &[u8]) -> Store {
+    let store = Store::open(Options::in_memory()).expect("in-memory store");
+    for k in keys {
+        store
+            .apply(&k, Some(value), Version::new(T0 * 1000, 1))
+            .expect("apply");
+    }
+    store
+}
+
+/// Runs `task` and every continuation it leaves, as a driver does:
+/// returns each outcome in turn.
+fn run_all(ae: &mut AntiEntropy, first: AeTask, store: &Store) -> Vec<AeOutcome> {
+    let mut outs = vec![ae.run(first, store)];
+    while let Some(next) = outs.last_mut().and_then(|o| o.next.take()) {
+        outs.push(ae.run(next, store));
+        assert!(outs.len() < 10_000, "the continuations never end");
+    }
+    outs
+}
+
+/// No honest node pulls more keys than one page holds (it pulls what one
+/// page of the other's showed newer): a pull of more is refused whole, so
+/// that one message cannot make the node read and send its whole store.
+#[test]
+fn a_pull_of_more_keys_than_a_page_is_refused() {
+    let ring = kv_ring::Ring::with_nodes(kv_ring::DEFAULT_VNODES, [A, B]);
+    let keys: Vec<Vec<u8>> = (0..3 * PAGE_KEYS)
+        .map(|i| format!("k{i}").into_bytes())
+        .collect();
+    let store = store_with(keys.clone(), b"value");
+    let mut ae = AntiEntropy::default();
+    let pull = PeerMsg::AePull { keys };
+    let outs = run_all(&mut ae, task(&ring, A, B, pull), &store);
+    let sent: usize = outs
+        .iter()
+        .flat_map(values_sent)
+        .map(|(k, _)| k.len())
+        .sum();
+    assert!(
+        sent <= PAGE_KEYS,
+        "a pull of {} keys was served: {sent} values sent",
+        3 * PAGE_KEYS
+    );
+}
+
+/// A peer may pull only keys of ranges both it and this node replicate:
+/// with three nodes and N=2, B pulls every key A holds, and gets only
+/// those of the ranges A and B share.
+#[test]
+fn a_pull_is_served_only_for_ranges_both_replicate() {
+    let ring = kv_ring::Ring::with_nodes(kv_ring::DEFAULT_VNODES, [A, B, C]);
+    let keys: Vec<Vec<u8>> = (0..PAGE_KEYS)
+        .map(|i| format!("k{i}").into_bytes())
+        .collect();
+    let store = store_with(keys.clone(), b"value");
+    let mut ae = AntiEntropy::default();
+    let outs = run_all(&mut ae, task(&ring, A, B, PeerMsg::AePull { keys }), &store);
+    let sent: Vec<Vec<u8>> = outs
+        .iter()
+        .flat_map(values_sent)
+        .flat_map(|(k, _)| k)
+        .collect();
+    assert!(!sent.is_empty(), "nothing served at all");
+    let foreign: Vec<String> = sent
+        .iter()
+        .filter(|k| {
+            let owners = ring.preference_list(k, 2);
+            !(owners.contains(&A) && owners.contains(&B))
+        })
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "{} of {} values sent to B are of ranges B does not replicate with A, e.g. {:?}",
+        foreign.len(),
+        sent.len(),
+        &foreign[..foreign.len().min(3)]
+    );
+}
+
+/// The values of a pull go out one message at a time: a task builds one
+/// message of at most [`VALUES_BYTES`] (or one value), and leaves the rest
+/// to a continuation the driver runs once that message is sent. Before,
+/// one pull of 40 values of 256 KiB built all 10 MiB of messages at once.
+#[test]
+fn values_go_out_one_message_at_a_time() {
+    let ring = kv_ring::Ring::with_nodes(kv_ring::DEFAULT_VNODES, [A, B]);
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("big{i}").into_bytes()).collect();
+    let store = store_with(keys.clone(), &vec![b'x'; 256 << 10]);
+    let mut ae = AntiEntropy::default();
+    let outs = run_all(&mut ae, task(&ring, A, B, PeerMsg::AePull { keys }), &store);
+    let mut total = 0;
+    for (i, out) in outs.iter().enumerate() {
+        let msgs = values_sent(out);
+        assert!(
+            msgs.len() <= 1,
+            "step {i} built {} messages of values at once ({} bytes)",
+            msgs.len(),
+            msgs.iter().map(|(_, b)| b).sum::<usize>()
+        );
+        for (k, bytes) in msgs {
+            assert!(bytes <= VALUES_BYTES, "{bytes} bytes in one message");
+            total += k.len();
+        }
+    }
+    assert_eq!(total, 40, "every value pulled is sent in the end");
+}

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,7 +22,6 @@ use kv_replication::{
     AeOutcome, AeTask, AntiEntropy, ClientOp, ClientReply, Node, Output, PeerMsg, Persisted,
 };
 use kv_storage::{Options, Store};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 
@@ -125,7 +124,7 @@ pub enum Admin {
 /// Work for an event loop.
 pub enum ToWorker {
     /// A new client connection.
-    NewConn(TcpStream),
+    NewConn(crate::tls::Stream),
     /// An encoded reply for a connection.
     Reply {
         /// The connection's slab token.
@@ -329,7 +328,7 @@ fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
 /// old or the new contents, both durable: a temporary file written and
 /// fsynced, renamed over `path`, then the directory fsynced (the rename
 /// itself is only durable once the directory is).
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
@@ -342,7 +341,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Fsyncs a directory, so that the names created or renamed in it last.
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -454,7 +453,7 @@ pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
         ));
     }
     println!("kv-server: --rejoin-fresh: {problem}");
-    set_aside(dir).map(Some).map_err(|e| {
+    crate::aside::set_aside(dir).map(Some).map_err(|e| {
         format!(
             "--rejoin-fresh: cannot move the old data of {} aside: {e}",
             dir.display()
@@ -547,7 +546,7 @@ pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
             dir.display()
         ));
     }
-    let aside = set_aside(&dir)
+    let aside = crate::aside::set_aside(&dir)
         .map_err(|e| format!("cannot move the old data of {} aside: {e}", dir.display()))?;
     for m in saved.members {
         if m.status != kv_replication::Status::Left
@@ -609,57 +608,6 @@ fn holds_data(dir: &Path) -> bool {
         let name = name.to_string_lossy();
         e.file_type().is_ok_and(|t| t.is_file()) && name != "LOCK" && !name.starts_with("cluster.")
     })
-}
-
-/// Moves everything in `dir` (but the lock file and earlier set-aside
-/// directories) into a new `before-rejoin-TIME` subdirectory, durably,
-/// while holding the directory's lock; returns the subdirectory.
-fn set_aside(dir: &Path) -> io::Result<PathBuf> {
-    let _lock = lock_dir(dir)?;
-    let aside = dir.join(format!("{SET_ASIDE_PREFIX}{}", now_ms()));
-    std::fs::create_dir(&aside)?;
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let text = name.to_string_lossy();
-        if text == "LOCK" || text.starts_with(SET_ASIDE_PREFIX) {
-            continue;
-        }
-        names.push(name);
-    }
-    // The store's files first, the cluster's own (state, contact, rejoin
-    // marker) last: a crash half-way leaves them in place, so the next
-    // start still refuses the rest of the data, or moves it too.
-    names.sort_by_key(|n| n.to_string_lossy().starts_with("cluster."));
-    for name in names {
-        std::fs::rename(dir.join(&name), aside.join(&name))?;
-    }
-    sync_dir(&aside)?;
-    sync_dir(dir)?;
-    Ok(aside)
-}
-
-/// Takes the data directory's lock (the one the store takes), so that
-/// nothing is moved under a server running on it.
-fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::io::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("LOCK"))?;
-    // SAFETY: plain system call on a file descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(io::Error::other(
-                "another process is using this data directory",
-            ));
-        }
-        return Err(e);
-    }
-    Ok(file)
 }
 
 /// Opens the hint store: `data_dir/hints`, or in memory without persistence.
@@ -791,7 +739,7 @@ enum LinkState {
 }
 
 struct PeerLink {
-    stream: TcpStream,
+    stream: crate::tls::Stream,
     token: Token,
     state: LinkState,
     nonce: native::Nonce,
@@ -839,13 +787,17 @@ type Appliers = (Sender<(String, PeerMsg)>, Vec<std::thread::JoinHandle<()>>);
 /// hand the pages (now without entries) to the cluster thread for its
 /// bookkeeping: copying ranges in is the heaviest work of a rebalance and
 /// would otherwise stall coordination. Pages of one source come one at a
-/// time, so their order is kept. They stop once the sender is dropped.
+/// time, so their order is kept. Entries stamped beyond the maximum clock
+/// offset are refused and logged, as on every other write path. They stop
+/// once the sender is dropped.
 fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Result<Appliers> {
     let (tx, rx) = mpsc::channel::<(String, PeerMsg)>();
     let rx = Arc::new(Mutex::new(rx));
     let mut threads = Vec::new();
+    let refused = Arc::new(Refused::default());
     for i in 0..2 {
         let (rx, shared, handle) = (rx.clone(), shared.clone(), handle.clone());
+        let refused = refused.clone();
         let t = std::thread::Builder::new()
             .name(format!("kv-rebalance-{i}"))
             .spawn(move || loop {
@@ -853,6 +805,7 @@ fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Resu
                     return;
                 };
                 if let PeerMsg::StreamPage { entries, .. } = &mut msg {
+                    refuse_far_ahead(&shared, &refused, &from, entries);
                     let Some(ts) = kv_replication::apply_entries(&shared.store, entries) else {
                         continue; // the node asks for the page again
                     };
@@ -865,6 +818,46 @@ fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Resu
         threads.push(t);
     }
     Ok((tx, threads))
+}
+
+/// Streamed entries the appliers refused, for the log.
+#[derive(Default)]
+struct Refused {
+    /// How many so far.
+    count: AtomicU64,
+    /// When the last line was logged (ms).
+    logged_at: AtomicU64,
+}
+
+/// Drops from `entries` those stamped beyond the maximum clock offset
+/// ahead of this node's clock, as the write path (`Replicate`) and the
+/// node's own handling of a page do: such a timestamp comes from a clock
+/// far off or a forged message, and stored it would freeze the key. Logs
+/// them at most once a second, with the count so far.
+fn refuse_far_ahead(
+    shared: &Shared,
+    refused: &Refused,
+    from: &str,
+    entries: &mut Vec<(Vec<u8>, kv_replication::Stamped)>,
+) {
+    let (now, max) = (now_ms(), shared.config.max_clock_offset_ms);
+    let far = |ts| kv_replication::hlc::too_far_ahead(ts, now, max);
+    let before = entries.len();
+    entries.retain(|(_, s)| !far(s.version.ts));
+    let n = (before - entries.len()) as u64;
+    if n == 0 {
+        return;
+    }
+    let total = refused.count.fetch_add(n, Ordering::Relaxed) + n;
+    let last = refused.logged_at.load(Ordering::Relaxed);
+    if now >= last.saturating_add(1000)
+        && refused
+            .logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        println!("kv-server: refused {n} streamed entries from {from}: timestamps beyond the maximum clock offset ({max} ms) ahead of this node's clock; {total} refused so far");
+    }
 }
 
 /// The thread that runs anti-entropy (walking ranges of the store,
@@ -1107,13 +1100,20 @@ impl ClusterThread {
     /// than the tombstone grace allows: it serves nothing any more. Leaves
     /// a marker so that the next start refuses to serve the data unless
     /// told to rejoin fresh (or that the whole cluster was down), and
-    /// stops the process.
+    /// stops the process (status 75: start it again, it refuses). If the
+    /// marker cannot be written, the next start could not know, and a
+    /// supervisor restarting the node would loop: that is an error of its
+    /// own (status 78, EX_CONFIG) that says what the operator must do.
     fn rejoin_fresh(&mut self, why: &str) {
         println!("kv-server: not serving the data of this node: {why}; stopping (start it again with --rejoin-fresh --join HOST:PORT to rebuild its ranges from the live replicas)");
         if let Some(path) = &self.state_path {
             let marker = path.with_file_name(REJOIN_MARKER);
             if let Err(e) = write_durably(&marker, why.as_bytes()) {
-                eprintln!("kv-server: cannot write {}: {e}", marker.display());
+                eprintln!(
+                    "kv-server: error: cannot write {}: {e}. The next start would not know that                      this node's data must not be served, so do not restart it as it is: fix the                      cause, then start it with --rejoin-fresh --join HOST:PORT (any live member)                      if the rest of the cluster kept running, or with --resume-after-outage if the                      whole cluster was down as long. Stopping with exit status 78",
+                    marker.display()
+                );
+                std::process::exit(78);
             }
         }
         std::process::exit(75);
@@ -1200,9 +1200,14 @@ impl ClusterThread {
         let addr = to.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
         })?;
-        let mut stream = crate::dial::connect_from(self.shared.config.bind, addr)?;
+        let stream = crate::dial::connect_from(self.shared.config.bind, addr)?;
         // Small messages must not wait for Nagle's algorithm (40 ms stalls).
         stream.set_nodelay(true)?;
+        // With --tls-cluster, over TLS, showing this node's certificate.
+        let mut stream = match self.shared.tls.get() {
+            Some(tls) => tls.dial(stream, to)?,
+            None => crate::tls::Stream::Plain(stream),
+        };
         let token = Token(self.next_token);
         self.next_token += 1;
         self.poll.registry().register(
@@ -1361,7 +1366,18 @@ fn flush_link(link: &mut PeerLink) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    // TLS records the socket could not take yet.
+    match link.stream.flush() {
+        Err(e)
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+            ) =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Reads what the link has into its buffer, through `scratch` (reused, so

@@ -58,13 +58,32 @@ pub struct Config {
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
 
+    /// Size of each write-ahead log segment file (for tests that need
+    /// many small segments; the default is 64 MiB).
+    #[arg(long, hide = true, value_parser = parse_bytes)]
+    pub wal_segment_bytes: Option<u64>,
+
     /// Event-loop threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Clients must AUTH with this password before anything else.
-    #[arg(long, value_name = "PASSWORD")]
+    /// Clients must AUTH with this password before anything else. It
+    /// shows in `ps`: prefer --requirepass-file or the KV_REQUIREPASS
+    /// environment variable.
+    #[arg(long, value_name = "PASSWORD", conflicts_with = "requirepass_file")]
     pub requirepass: Option<String>,
+
+    /// Protected mode, as Redis's: with `yes` (the default), a server
+    /// listening on a non-loopback address without --requirepass refuses
+    /// to start; `no` says that is meant (a trusted network, or clients
+    /// kept out by a firewall).
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
+    pub protected_mode: bool,
+
+    /// Read the --requirepass password from this file (one line; a
+    /// trailing newline is not part of it).
+    #[arg(long, value_name = "PATH")]
+    pub requirepass_file: Option<PathBuf>,
 
     /// Most simultaneous client connections; more are refused with an error.
     #[arg(long, default_value_t = 10_000)]
@@ -135,8 +154,15 @@ pub struct Config {
     pub read_quorum: Option<usize>,
 
     /// Shared secret of the cluster's nodes: peers must prove they know it.
-    #[arg(long, value_name = "SECRET")]
+    /// It shows in `ps`: prefer --cluster-secret-file or the
+    /// KV_CLUSTER_SECRET environment variable.
+    #[arg(long, value_name = "SECRET", conflicts_with = "cluster_secret_file")]
     pub cluster_secret: Option<String>,
+
+    /// Read the --cluster-secret from this file (one line; a trailing
+    /// newline is not part of it).
+    #[arg(long, value_name = "PATH")]
+    pub cluster_secret_file: Option<PathBuf>,
 
     /// How long a request waits for its quorum, in milliseconds.
     #[arg(long, default_value_t = 2000)]
@@ -174,6 +200,64 @@ pub struct Config {
     /// during a rebalance (join, leave, remove), e.g. 50mb (0: no limit).
     #[arg(long, default_value = "128mb", value_parser = parse_bytes)]
     pub rebalance_rate: u64,
+
+    /// Serve Prometheus metrics at http://BIND:PORT/metrics (off by
+    /// default; bound to the --bind address). See docs/operations.md.
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+
+    /// Write the server's process id to this file once it listens, and
+    /// remove it on a clean stop (for scripts and service managers).
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+    // --- TLS (see docs/security.md) ---
+    /// Also listen for TLS connections on this port (0: a free port). With
+    /// it, --port 0 turns the plain port off, as in Redis: TLS only.
+    #[arg(long, value_name = "PORT", help_heading = "TLS")]
+    pub tls_port: Option<u16>,
+
+    /// This node's certificate chain (PEM), shown to clients and peers.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA certificate (PEM) that client and peer certificates must be
+    /// signed by.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub tls_ca_cert: Option<PathBuf>,
+
+    /// Whether TLS clients must show a certificate signed by
+    /// --tls-ca-cert: yes, no, or optional (checked when shown).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "yes",
+        value_name = "yes|no|optional",
+        help_heading = "TLS"
+    )]
+    pub tls_auth_clients: TlsAuthClients,
+
+    /// Links between nodes use TLS with mutual authentication: a peer must
+    /// connect to the TLS port with a certificate signed by --tls-ca-cert
+    /// (and still prove the --cluster-secret inside). Peers dial the TLS
+    /// port, which becomes the address this node is known by.
+    #[arg(long, help_heading = "TLS")]
+    pub tls_cluster: bool,
+}
+
+/// Whether TLS clients must present a certificate (`--tls-auth-clients`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsAuthClients {
+    /// A client without a certificate signed by the CA is refused.
+    Yes,
+    /// No certificate is asked for (peers still need one with
+    /// `--tls-cluster`).
+    No,
+    /// A certificate is asked for and checked if shown.
+    Optional,
 }
 
 impl Config {
@@ -193,7 +277,10 @@ impl Config {
     {
         let mut cmd = Self::command();
         let matches = cmd.try_get_matches_from_mut(args)?;
-        let config = Self::from_arg_matches(&matches)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        config
+            .resolve_secrets(|name| std::env::var(name).ok())
+            .map_err(|e| cmd.error(ErrorKind::ValueValidation, e))?;
         match (config.port_positional, matches.value_source("port")) {
             (Some(p), Some(ValueSource::CommandLine)) => Err(cmd.error(
                 ErrorKind::ArgumentConflict,
@@ -206,9 +293,73 @@ impl Config {
         }
     }
 
+    /// Fills `requirepass` and `cluster_secret` from their files, or else
+    /// from the environment (`KV_REQUIREPASS`, `KV_CLUSTER_SECRET`, read
+    /// through `env`) when neither the flag nor the file gives them.
+    pub fn resolve_secrets(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        resolve_secret(
+            &mut self.requirepass,
+            self.requirepass_file.as_deref(),
+            "--requirepass-file",
+            env("KV_REQUIREPASS"),
+        )?;
+        resolve_secret(
+            &mut self.cluster_secret,
+            self.cluster_secret_file.as_deref(),
+            "--cluster-secret-file",
+            env("KV_CLUSTER_SECRET"),
+        )
+    }
+
+    /// Protected mode's check: `Err` (why, and what to do) when the server
+    /// would listen on a non-loopback address with no way to tell its
+    /// clients apart (no password; TLS client authentication, when there
+    /// is, counts too: see [`Config::clients_authenticated_by_tls`]).
+    pub fn check_protected_mode(&self) -> Result<(), String> {
+        let open = !self.bind.is_loopback()
+            && self.requirepass.is_none()
+            && !self.clients_authenticated_by_tls();
+        if !open {
+            return Ok(());
+        }
+        if !self.protected_mode {
+            println!(
+                "kv-server: warning: protected mode is off: anyone who can reach {} may read and write every key",
+                self.listen_addr()
+            );
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {} without a password (protected mode): anyone who can reach              it could read and write every key. Set a password (--requirepass-file PATH, or the              KV_REQUIREPASS environment variable, or --requirepass), or listen on a loopback              address (--bind 127.0.0.1), or, if the network is trusted, start with              --protected-mode no",
+            self.listen_addr()
+        ))
+    }
+
+    /// Whether every client must present a certificate the server checks
+    /// (TLS client authentication), which protects a server without a
+    /// password as well: TLS only (no plain port), with
+    /// `--tls-auth-clients yes` and a CA to check against.
+    pub fn clients_authenticated_by_tls(&self) -> bool {
+        self.tls_port.is_some()
+            && !self.plain_port_on()
+            && self.tls_auth_clients == TlsAuthClients::Yes
+            && self.tls_ca_cert.is_some()
+    }
+
     /// The address to listen on.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.port_positional.unwrap_or(self.port))
+    }
+
+    /// Whether the plain port is on: always, except for port 0 when a TLS
+    /// port is given (TLS only, as Redis's `--port 0 --tls-port N`).
+    pub fn plain_port_on(&self) -> bool {
+        self.tls_port.is_none() || self.listen_addr().port() != 0
+    }
+
+    /// The TLS address to listen on, if any.
+    pub fn tls_listen_addr(&self) -> Option<SocketAddr> {
+        self.tls_port.map(|p| SocketAddr::new(self.bind, p))
     }
 
     /// Event-loop threads to run.
@@ -244,6 +395,37 @@ impl Config {
         self.max_value_bytes
             .saturating_add(self.max_key_bytes)
             .saturating_add(1024)
+    }
+}
+
+/// Sets `value` from `file` (named by `flag` in errors) or, when neither
+/// is set, from `from_env`.
+fn resolve_secret(
+    value: &mut Option<String>,
+    file: Option<&std::path::Path>,
+    flag: &str,
+    from_env: Option<String>,
+) -> Result<(), String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))?;
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            return Err(format!("{flag}: {} is empty", path.display()));
+        }
+        *value = Some(line.to_string());
+    } else if value.is_none() {
+        *value = from_env.filter(|v| !v.is_empty());
+    }
+    Ok(())
+}
+
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" => Ok(true),
+        "no" | "false" | "off" => Ok(false),
+        _ => Err(format!("{s:?}: say yes or no")),
     }
 }
 

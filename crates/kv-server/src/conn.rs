@@ -29,18 +29,34 @@ const MAX_IN_FLIGHT: usize = 1024;
 const UNAUTHENTICATED_MAX_ARGS: usize = 10;
 /// Largest RESP bulk string or inline command before AUTH (Redis's too).
 const UNAUTHENTICATED_MAX_BULK: usize = 16 << 10;
+/// Largest native frame before AUTH or a peer handshake: room for a
+/// password, or a peer's hello or proof.
+const UNAUTHENTICATED_MAX_FRAME: usize = 16 << 10;
 /// Most bytes read and thrown away after a connection was told it is
 /// being closed; then it is closed outright.
 const DISCARD_LIMIT: usize = 4 << 20;
 
-/// A stream whose writing half can be closed on its own.
+/// A stream whose writing half can be closed on its own, and that says
+/// what its transport knows (TLS: see [`crate::tls::Stream`]).
 pub trait HalfClose {
-    /// Closes the writing half (sends FIN).
-    fn shutdown_write(&self) -> io::Result<()>;
+    /// Closes the writing half (sends FIN; over TLS, a close_notify first).
+    fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Whether bytes already written wait inside the stream for the socket
+    /// (TLS records); [`Write::flush`] sends them.
+    fn has_pending_output(&self) -> bool {
+        false
+    }
+
+    /// Whether the other end showed a certificate signed by the CA
+    /// (`--tls-ca-cert`).
+    fn peer_certified(&self) -> bool {
+        false
+    }
 }
 
 impl HalfClose for mio::net::TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
     }
 }
@@ -183,7 +199,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Whether the loop should watch for writability.
     pub fn wants_write(&self) -> bool {
-        self.out.pending() > 0
+        self.out.pending() > 0 || self.stream.has_pending_output()
     }
 
     /// Whether requests (or parts of one) are buffered.
@@ -193,7 +209,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Whether the connection has nothing left to do and can be dropped.
     pub fn is_done(&self) -> bool {
-        if self.out.pending() > 0 {
+        if self.out.pending() > 0 || self.stream.has_pending_output() {
             return false;
         }
         if self.peer_closed {
@@ -214,7 +230,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// and keep reading (and discarding) until the client closes, so that
     /// it sees the reply rather than a connection reset.
     fn linger(&mut self) {
-        let idle = self.out.pending() == 0 && self.out.awaiting() == 0;
+        let idle = self.out.pending() == 0
+            && self.out.awaiting() == 0
+            && !self.stream.has_pending_output();
         if self.closing && !self.lingering && !self.peer_closed && idle {
             self.lingering = self.stream.shutdown_write().is_ok();
         }
@@ -359,6 +377,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 Err(e) => return Err(e),
             }
         }
+        match self.stream.flush() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            _ => {}
+        }
         if o.wpos == o.wbuf.len() {
             o.wbuf.clear();
             o.wpos = 0;
@@ -473,7 +495,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 return;
             }
         }
-        if resp_cmd::execute(shared, &mut self.session, args, self.out.now()) == After::Close {
+        if resp_cmd::execute(shared, &mut self.session, args, self.out.now()) == After::Close
+            || self.session.too_many_auth_failures()
+        {
             self.closing = true;
         }
     }
@@ -504,8 +528,14 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// One native request frame.
     fn native_step(&mut self, shared: &Shared, at: usize) -> Option<usize> {
-        let decoded =
-            native::decode_frame::<Request>(&self.rbuf[at..], shared.config.max_request_bytes());
+        // Before AUTH or a peer handshake, a frame is small (AUTH,
+        // PeerHello, PeerProof), as a RESP command is.
+        let max = if self.session.authenticated || self.peer.is_some() {
+            shared.config.max_request_bytes()
+        } else {
+            UNAUTHENTICATED_MAX_FRAME
+        };
+        let decoded = native::decode_frame::<Request>(&self.rbuf[at..], max);
         match decoded {
             Ok(None) => None,
             Ok(Some((frame, used))) => {
@@ -546,6 +576,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 }
                 let reply = native_cmd::execute(shared, &mut self.session, req);
                 native::encode_frame(self.out.now(), id, &reply);
+                if self.session.too_many_auth_failures() {
+                    self.closing = true;
+                }
             }
         }
     }
@@ -570,6 +603,11 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 "this node accepts no peers (started without --cluster-secret)",
             );
         };
+        if shared.config.tls_cluster && !self.stream.peer_certified() {
+            let why =
+                "--tls-cluster: peers connect over TLS with a certificate the cluster's CA signed";
+            return self.refuse_peer(shared, id, &from, why);
+        }
         if let Some(proven) = &self.peer {
             let why = format!("this connection already proved it is {proven}");
             return self.refuse_peer(shared, id, &from, &why);
@@ -844,7 +882,7 @@ mod tests {
     }
 
     impl HalfClose for Mock {
-        fn shutdown_write(&self) -> io::Result<()> {
+        fn shutdown_write(&mut self) -> io::Result<()> {
             Ok(())
         }
     }

@@ -30,15 +30,55 @@ pub fn connect_from(bind: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
     let Some(source) = source_for(bind, to) else {
         return TcpStream::connect(to);
     };
-    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&source.into())?;
+    let socket = outgoing_socket(source, to)?;
     match socket.connect(&to.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
     Ok(TcpStream::from_std(socket.into()))
+}
+
+/// A non-blocking TCP socket for a connection to `to`, bound to `source`.
+fn outgoing_socket(source: SocketAddr, to: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    defer_port_choice(&socket)?;
+    socket.bind(&source.into())?;
+    Ok(socket)
+}
+
+/// Linux: `IP_BIND_ADDRESS_NO_PORT`, so that binding the source address
+/// reserves no ephemeral port; the port is picked at connect, where the
+/// same port can serve connections to different peers. Without it every
+/// bound socket (each reconnect attempt of each peer link) holds a port of
+/// its own (Linux reads the option at the IP level for IPv6 sockets too).
+#[cfg(target_os = "linux")]
+fn defer_port_choice(socket: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor we own, with a pointer to a live
+    // c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere the kernel has no such option: binding reserves a port.
+#[cfg(not(target_os = "linux"))]
+fn defer_port_choice(_socket: &Socket) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -67,5 +107,21 @@ mod tests {
         assert_eq!(source_for(ip("::"), to("[::1]:7000")), None);
         assert_eq!(source_for(ip("10.0.0.7"), to("[fd00::9]:7000")), None);
         assert_eq!(source_for(ip("127.0.0.1"), to("10.0.0.9:7000")), None);
+    }
+
+    /// A bound outgoing socket must not take an ephemeral port at bind:
+    /// the port is chosen at connect, per destination, so that reconnect
+    /// loops to many peers do not use up the ports of the source address.
+    #[test]
+    fn binding_the_source_takes_no_port_before_connect() {
+        let socket = outgoing_socket(to("127.0.0.1:0"), to("127.0.0.1:9")).expect("socket");
+        let local = socket
+            .local_addr()
+            .expect("local")
+            .as_socket()
+            .expect("inet");
+        if cfg!(target_os = "linux") {
+            assert_eq!(local.port(), 0, "bind reserved port {}", local.port());
+        }
     }
 }

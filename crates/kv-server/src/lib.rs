@@ -15,20 +15,24 @@
 
 #![deny(missing_docs)]
 
+pub mod aside;
 pub mod cluster;
 pub mod command_table;
 pub mod config;
 pub mod conn;
 pub mod dial;
 pub mod glob;
+pub mod metrics;
 pub mod native_cmd;
 pub mod resp_cmd;
 pub mod resp_expiry;
 pub mod resp_keys;
+pub mod resp_rename;
 pub mod resp_rmw;
 pub mod resp_tx;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,9 +62,53 @@ pub enum RunError {
     /// (the message says why and what to do).
     #[error("{0}")]
     ClusterState(String),
+    /// The TLS options are incomplete or their files unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The configuration is refused as unsafe (protected mode); the
+    /// message says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// The log could not be flushed at shutdown.
     #[error("cannot flush the log at shutdown: {0}")]
     Close(kv_storage::Error),
+    /// The --pidfile could not be written.
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The --pidfile: written once the server listens, removed when it stops
+/// cleanly (if it still holds this process's id).
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, RunError> {
+        let fail = |source| RunError::PidFile {
+            path: path.display().to_string(),
+            source,
+        };
+        // Written aside and renamed, so that a reader never sees half a pid.
+        let tmp = path.with_extension("pid.tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(fail)?;
+        std::fs::rename(&tmp, path).map_err(fail)?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }
 
 /// How long deleted keys keep their tombstone at least (and always an hour
@@ -83,24 +131,58 @@ pub fn store_options(c: &Config) -> Options {
     if let Some(n) = c.snapshot_every {
         opts = opts.snapshot_trigger(SnapshotTrigger::Operations(n));
     }
+    if let Some(n) = c.wal_segment_bytes {
+        opts = opts.segment_bytes(n);
+    }
+    if plant_log_counters_from_zero() {
+        opts = opts.planted_bug(kv_storage::testing::PlantedBug::LogCountersFromZero);
+    }
     opts
+}
+
+/// Test-only: `KV_PLANT_LOG_COUNTERS_FROM_ZERO=1` puts back issue 9's bug
+/// 11 (a crash loop grows the log without bound), so that the process
+/// test can show it catches it.
+fn plant_log_counters_from_zero() -> bool {
+    std::env::var("KV_PLANT_LOG_COUNTERS_FROM_ZERO").is_ok_and(|v| v == "1")
 }
 
 /// Binds, opens the store, calls `on_ready` with the bound address, and
 /// serves until SIGINT or SIGTERM; then flushes the log and returns.
 pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
-    let addr = config.listen_addr();
+    config.check_protected_mode().map_err(RunError::Refused)?;
+    let tls = tls::Tls::from_config(&config)?;
     // Bind first: a port in use is reported before a long recovery.
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|source| server::ServerError::Listen { addr, source })?;
+    let metrics_listener = match config.metrics_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.bind, port);
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|source| server::ServerError::Listen { addr, source })?;
+            Some(l)
+        }
+        None => None,
+    };
+    let bind = |addr| {
+        std::net::TcpListener::bind(addr)
+            .map_err(|source| server::ServerError::Listen { addr, source })
+    };
+    let plain = match config.plain_port_on() {
+        true => Some(bind(config.listen_addr())?),
+        false => None,
+    };
+    let tls_listener = config.tls_listen_addr().map(bind).transpose()?;
     if !cluster::check_peer_config(&config).map_err(RunError::ClusterState)? {
         println!("kv-server: no --cluster-secret: this node accepts no peers and dials none (a single server; a cluster needs the same --cluster-secret on every node)");
     } else if config.cluster_secret.as_ref().is_some_and(|s| s.len() < 16) {
         // One recorded handshake lets anyone try guesses offline.
         println!("kv-server: warning: --cluster-secret is short; use at least 16 random characters (24 random bytes in base64, say)");
     }
-    // Before the store opens: --rejoin-fresh may move the old data aside.
-    if let Some(aside) = cluster::check_saved_state(&config).map_err(RunError::ClusterState)? {
+    // Before the store opens: an interrupted set-aside is refused or
+    // finished, then --rejoin-fresh may move the old data aside.
+    let finished = aside::check_interrupted(&config).map_err(RunError::ClusterState)?;
+    if let Some(aside) =
+        finished.or(cluster::check_saved_state(&config).map_err(RunError::ClusterState)?)
+    {
         println!(
             "kv-server: --rejoin-fresh: the old data is kept in {} (remove it once this node has its ranges again); joining as a new member",
             aside.display()
@@ -115,10 +197,30 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
         source,
     })?;
     describe_store(&config, &store);
+    let config_pidfile = config.pidfile.clone();
     let threads = config.worker_threads();
-    let server = Server::from_std(listener, Shared::new(store, config))?;
+    let shared = Shared::new(store, config);
+    if let Some(tls) = tls {
+        let _ = shared.tls.set(tls);
+    }
+    let server = Server::with_listeners(plain, tls_listener, shared)?;
     let bound = server.local_addr();
-    println!("kv-server {} listening on {bound} (RESP and native protocol), {threads} event-loop threads", env!("CARGO_PKG_VERSION"));
+    let version = env!("CARGO_PKG_VERSION");
+    if let Some(plain) = server.plain_addr() {
+        println!("kv-server {version} listening on {plain} (RESP and native protocol), {threads} event-loop threads");
+    }
+    if let Some(tls) = server.tls_addr() {
+        println!("kv-server {version} listening on {tls} (TLS: RESP and native protocol), {threads} event-loop threads");
+    }
+    let _pidfile = match &config_pidfile {
+        Some(p) => Some(PidFile::write(p)?),
+        None => None,
+    };
+    if let Some(l) = metrics_listener {
+        let at = l.local_addr().map_err(server::ServerError::Io)?;
+        metrics::serve(l, Arc::downgrade(server.shared())).map_err(server::ServerError::Io)?;
+        println!("kv-server: Prometheus metrics at http://{at}/metrics");
+    }
     on_ready(bound);
     let shared = server.run()?;
     let shared = match Arc::try_unwrap(shared) {

@@ -11,6 +11,33 @@ pub const MAX_LIST_PAGE: u32 = 10_000;
 /// Runs one request.
 pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
     shared.count_command();
+    let name = match &req {
+        Request::Get { .. } => "get",
+        Request::Put { .. } => "put",
+        Request::Delete { .. } => "delete",
+        Request::List { .. } => "list",
+        Request::Ping { .. } => "ping",
+        Request::Auth { .. } => "auth",
+        Request::Info => "info",
+        Request::Cluster => "cluster",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let reply = execute_request(shared, s, req);
+    let failed = matches!(reply, Response::Error { .. });
+    let took = started.elapsed();
+    shared.metrics.record(
+        s.worker,
+        crate::metrics::Protocol::Native,
+        name,
+        took,
+        failed,
+    );
+    reply
+}
+
+/// [`execute`] without the figures.
+fn execute_request(shared: &Shared, s: &mut Session, req: Request) -> Response {
     if !s.authenticated && !matches!(req, Request::Auth { .. }) {
         return Response::error(
             ErrorKind::AuthRequired,
@@ -105,11 +132,19 @@ fn auth(shared: &Shared, s: &mut Session, password: &str) -> Response {
             ErrorKind::AuthFailed,
             "no password is configured on this server",
         ),
-        Some(want) if crate::state::same_secret(want.as_bytes(), password.as_bytes()) => {
-            s.authenticated = true;
-            Response::Ok
+        Some(want) => {
+            let check = || crate::state::same_secret(want.as_bytes(), password.as_bytes());
+            match s.try_auth(check) {
+                crate::resp_cmd::AuthAttempt::Accepted => Response::Ok,
+                crate::resp_cmd::AuthAttempt::Wrong => {
+                    Response::error(ErrorKind::AuthFailed, "wrong password")
+                }
+                crate::resp_cmd::AuthAttempt::TooSoon => Response::error(
+                    ErrorKind::AuthFailed,
+                    "not checked: too many failed attempts on this connection, the last less than 100 ms ago",
+                ),
+            }
         }
-        Some(_) => Response::error(ErrorKind::AuthFailed, "wrong password"),
     }
 }
 

@@ -43,6 +43,33 @@ pub struct Session {
     pub tx: Option<resp_tx::Queued>,
     /// Keys watched for the next EXEC.
     pub watched: resp_tx::Watched,
+    /// Failed AUTHs on this connection; at [`MAX_AUTH_FAILURES`] it closes.
+    pub auth_failures: u32,
+    /// Until when, after a failed AUTH, attempts fail unchecked.
+    pub auth_retry_at: Option<std::time::Instant>,
+}
+
+/// Failed AUTH attempts after which a connection is closed.
+pub const MAX_AUTH_FAILURES: u32 = 10;
+
+/// Failed AUTH attempts on a connection before the retry delay applies
+/// (a client that mistypes once or twice retries at once).
+pub const FREE_AUTH_FAILURES: u32 = 3;
+
+/// After [`FREE_AUTH_FAILURES`], how long after each failed AUTH further
+/// attempts on the same connection fail without being checked (pipelined
+/// guesses test nothing). Nothing waits: the attempt is answered at once.
+pub const AUTH_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The outcome of an AUTH attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthAttempt {
+    /// The password is right: the session is authenticated.
+    Accepted,
+    /// The password is wrong.
+    Wrong,
+    /// Not checked: a failure on this connection was too recent.
+    TooSoon,
 }
 
 impl Session {
@@ -57,6 +84,42 @@ impl Session {
             ..Session::default()
         }
     }
+
+    /// Checks a password with `check`, unless, after
+    /// [`FREE_AUTH_FAILURES`], a failed attempt on this connection was less
+    /// than [`AUTH_RETRY_DELAY`] ago; every attempt that does not succeed
+    /// counts toward [`MAX_AUTH_FAILURES`].
+    pub fn try_auth(&mut self, check: impl FnOnce() -> bool) -> AuthAttempt {
+        let now = std::time::Instant::now();
+        let outcome = if self.auth_retry_at.is_some_and(|t| now < t) {
+            AuthAttempt::TooSoon
+        } else if check() {
+            AuthAttempt::Accepted
+        } else {
+            AuthAttempt::Wrong
+        };
+        if outcome == AuthAttempt::Accepted {
+            self.authenticated = true;
+        } else {
+            self.auth_failures = self.auth_failures.saturating_add(1);
+            if self.auth_failures >= FREE_AUTH_FAILURES {
+                self.auth_retry_at = Some(now + AUTH_RETRY_DELAY);
+            }
+        }
+        outcome
+    }
+
+    /// Whether the connection failed AUTH too often and must close.
+    pub fn too_many_auth_failures(&self) -> bool {
+        self.auth_failures >= MAX_AUTH_FAILURES
+    }
+}
+
+fn auth_too_soon(out: &mut Vec<u8>) {
+    error(
+        out,
+        "WRONGPASS not checked: too many failed attempts on this connection, the last less than 100 ms ago",
+    );
 }
 
 fn simple(out: &mut Vec<u8>, s: &str) {
@@ -102,24 +165,46 @@ pub fn execute(
     }
     shared.count_command();
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-    if !s.authenticated && !matches!(name.as_str(), "auth" | "quit" | "hello" | "reset") {
+    let (started, at) = (std::time::Instant::now(), out.len());
+    let after = execute_named(shared, s, &name, args, out);
+    let failed = out.get(at) == Some(&b'-');
+    let took = started.elapsed();
+    shared.metrics.record(
+        s.worker,
+        crate::metrics::Protocol::Resp,
+        &name,
+        took,
+        failed,
+    );
+    after
+}
+
+/// [`execute`] once the command's name is known (lower case).
+fn execute_named(
+    shared: &Shared,
+    s: &mut Session,
+    name: &str,
+    args: &[Cow<'_, [u8]>],
+    out: &mut Vec<u8>,
+) -> After {
+    if !s.authenticated && !matches!(name, "auth" | "quit" | "hello" | "reset") {
         error(out, "NOAUTH Authentication required.");
         return After::Continue;
     }
     let in_tx = s.tx.is_some();
-    let handled = match name.as_str() {
+    let handled = match name {
         "multi" => resp_tx::multi(s, out),
         "exec" => return resp_tx::exec(shared, s, out),
         "discard" => resp_tx::discard(s, out),
         "watch" if in_tx => resp_tx::refuse_watch(out),
         "quit" | "reset" => false,
-        _ if in_tx => resp_tx::queue(shared, s, &name, args, out),
+        _ if in_tx => resp_tx::queue(shared, s, name, args, out),
         _ => false,
     };
     if handled {
         return After::Continue;
     }
-    if crate::resp_rmw::is_read_modify_write(&name, args.len()) {
+    if crate::resp_rmw::is_read_modify_write(name, args.len()) {
         // Nothing else runs between its read and its write.
         let _exclusive = shared.exclusive_gate();
         // Checked under the gate: the node may have joined meanwhile.
@@ -130,11 +215,11 @@ pub fn execute(
             );
             return After::Continue;
         }
-        return run(shared, s, &name, args, out);
+        return run(shared, s, name, args, out);
     }
     // EXEC holds this exclusively while it runs a transaction.
     let _gate = shared.command_gate(s.worker);
-    run(shared, s, &name, args, out)
+    run(shared, s, name, args, out)
 }
 
 /// Runs command `name` (lower case) with `args` (the name first); what
@@ -367,13 +452,11 @@ fn keys(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
         .iter()
         .position(|c| matches!(c, b'*' | b'?' | b'[' | b'\\'))
         .unwrap_or(pattern.len());
-    let found: Vec<Vec<u8>> = shared
+    // Keys only: `KEYS *` must not copy every value as well.
+    let mut found = shared
         .store
-        .scan_prefix(&pattern[..literal])
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| glob::matches(pattern, k))
-        .collect();
+        .keys_matching(&pattern[..literal], |k| glob::matches(pattern, k));
+    found.sort_unstable();
     encode_array_header(out, found.len());
     for k in found {
         encode_bulk(out, &k);
@@ -441,11 +524,10 @@ fn auth(shared: &Shared, s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         );
     }
-    if check_password(shared, user, password) {
-        s.authenticated = true;
-        ok(out);
-    } else {
-        wrongpass(out);
+    match s.try_auth(|| check_password(shared, user, password)) {
+        AuthAttempt::Accepted => ok(out),
+        AuthAttempt::Wrong => wrongpass(out),
+        AuthAttempt::TooSoon => auth_too_soon(out),
     }
 }
 
@@ -512,10 +594,11 @@ fn hello(shared: &Shared, s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec
         return bad_client_name(out);
     }
     if let Some((user, password)) = credentials {
-        if !check_password(shared, Some(user), password) {
-            return wrongpass(out);
+        match s.try_auth(|| check_password(shared, Some(user), password)) {
+            AuthAttempt::Accepted => {}
+            AuthAttempt::Wrong => return wrongpass(out),
+            AuthAttempt::TooSoon => return auth_too_soon(out),
         }
-        s.authenticated = true;
     }
     if !s.authenticated {
         return error(
@@ -686,6 +769,20 @@ fn client(s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
         }
         (Some(b"setinfo"), _) => wrong_arity(out, "client|setinfo"),
         (Some(b"id"), []) => integer(out, s.id as i64),
+        // kv evicts nothing and keeps no access times: both switches are
+        // accepted and have nothing to change.
+        (Some(b"no-evict" | b"no-touch"), [v]) => match v.to_ascii_lowercase().as_slice() {
+            b"on" | b"off" => ok(out),
+            _ => error(out, "ERR syntax error"),
+        },
+        (Some(b"reply"), [v]) => match v.to_ascii_lowercase().as_slice() {
+            b"on" => ok(out),
+            b"off" | b"skip" => error(
+                out,
+                "ERR CLIENT REPLY OFF and SKIP are not supported: every command is answered",
+            ),
+            _ => error(out, "ERR syntax error"),
+        },
         (Some(b"info"), []) => {
             let line = client_line(s);
             encode_verbatim(out, "txt", line.as_bytes(), s.proto)

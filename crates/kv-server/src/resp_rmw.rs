@@ -37,6 +37,7 @@ pub fn is_read_modify_write(name: &str, args: usize) -> bool {
             | "setnx"
             | "msetnx"
     ) || (name == "set" && args > 3)
+        || crate::resp_rename::handles(name)
         || crate::resp_expiry::is_read_modify_write(name, args)
 }
 
@@ -112,6 +113,9 @@ fn fits(shared: &Shared, len: u64, out: &mut Vec<u8>) -> bool {
 /// Runs one read-modify-write command (arity already checked); the caller
 /// holds every other command off.
 pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    if crate::resp_rename::handles(name) {
+        return crate::resp_rename::run(shared, name, rest, out);
+    }
     match name {
         "incr" => incr_by(shared, &rest[0], Some(1), out),
         "decr" => incr_by(shared, &rest[0], Some(-1), out),

@@ -23,9 +23,10 @@ use slab::Slab;
 use crate::cluster::{self, Route, ToWorker, WorkerMailbox};
 use crate::conn::Conn;
 use crate::state::Shared;
+use crate::tls::Stream;
 
-const LISTENER: Token = Token(0);
-const SIGNALS: Token = Token(1);
+/// Listener `i` has token `i`.
+const SIGNALS: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 /// How long shutdown waits for slow clients to take their replies.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -55,11 +56,18 @@ struct WorkerHandle {
     thread: JoinHandle<()>,
 }
 
+/// A listening socket, plain or TLS.
+struct Listener {
+    socket: TcpListener,
+    tls: bool,
+}
+
 /// A bound server, ready to run.
 pub struct Server {
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     shared: Arc<Shared>,
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -75,19 +83,69 @@ impl Server {
         listener: std::net::TcpListener,
         shared: Shared,
     ) -> Result<Server, ServerError> {
-        listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(listener);
-        let addr = listener.local_addr()?;
+        Server::with_listeners(Some(listener), None, shared)
+    }
+
+    /// Serves plain connections on `plain` and TLS connections on `tls`
+    /// (with `shared.tls` set). At least one is given.
+    pub fn with_listeners(
+        plain: Option<std::net::TcpListener>,
+        tls: Option<std::net::TcpListener>,
+        shared: Shared,
+    ) -> Result<Server, ServerError> {
+        let mut listeners = Vec::new();
+        for (l, tls) in [(plain, false), (tls, true)] {
+            if let Some(l) = l {
+                l.set_nonblocking(true)?;
+                let socket = TcpListener::from_std(l);
+                listeners.push(Listener { socket, tls });
+            }
+        }
+        let addr_of = |tls: bool| {
+            listeners
+                .iter()
+                .find(|l| l.tls == tls)
+                .and_then(|l| l.socket.local_addr().ok())
+        };
+        let (plain_addr, tls_addr) = (addr_of(false), addr_of(true));
+        // Peers dial the TLS port with --tls-cluster.
+        let addr = match (plain_addr, tls_addr) {
+            (_, Some(t)) if shared.config.tls_cluster => t,
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => {
+                return Err(ServerError::Io(io::Error::other("no listening socket")));
+            }
+        };
         Ok(Server {
-            listener,
+            listeners,
             shared: Arc::new(shared),
             addr,
+            tls_addr,
         })
     }
 
+    /// The state every event loop shares.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The address actually bound (useful with port 0).
+    /// The address this node is known by (the plain port's, or the TLS
+    /// port's when there is no plain port or with `--tls-cluster`); the
+    /// one actually bound, useful with port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the TLS port, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The address of the plain port, if any.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        let plain = self.listeners.iter().find(|l| !l.tls)?;
+        plain.socket.local_addr().ok()
     }
 
     /// Serves until SIGINT or SIGTERM, then shuts down cleanly and returns
@@ -95,8 +153,10 @@ impl Server {
     pub fn run(mut self) -> Result<Arc<Shared>, ServerError> {
         let mut poll = Poll::new()?;
         let (mut signals, _guards) = signal_pipe()?;
-        poll.registry()
-            .register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(&mut l.socket, Token(i), Interest::READABLE)?;
+        }
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let loops = (0..self.shared.config.worker_threads())
@@ -117,7 +177,7 @@ impl Server {
             .map(|(i, l)| l.spawn(i, self.shared.clone()))
             .collect::<io::Result<Vec<_>>>()?;
         self.accept_until_signal(&mut poll, &workers)?;
-        drop(self.listener);
+        self.listeners.clear();
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         for w in &workers {
             let _ = w.mailbox.waker.wake();
@@ -152,9 +212,16 @@ impl Server {
     }
 
     fn accept_all(&mut self, workers: &[WorkerHandle], next: &mut usize) {
+        for i in 0..self.listeners.len() {
+            self.accept_from(i, workers, next);
+        }
+    }
+
+    fn accept_from(&mut self, i: usize, workers: &[WorkerHandle], next: &mut usize) {
         loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.hand_over(stream, workers, next),
+            let l = &self.listeners[i];
+            match l.socket.accept() {
+                Ok((stream, _)) => self.hand_over(stream, l.tls, workers, next),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -165,13 +232,32 @@ impl Server {
         }
     }
 
-    fn hand_over(&self, mut stream: TcpStream, workers: &[WorkerHandle], next: &mut usize) {
+    fn hand_over(
+        &self,
+        mut stream: TcpStream,
+        tls: bool,
+        workers: &[WorkerHandle],
+        next: &mut usize,
+    ) {
         let c = &self.shared.counters;
         if c.connected.load(Ordering::Relaxed) >= self.shared.config.max_clients {
             c.rejected.fetch_add(1, Ordering::Relaxed);
-            let _ = stream.write(b"-ERR max number of clients reached\r\n");
+            if !tls {
+                let _ = stream.write(b"-ERR max number of clients reached\r\n");
+            }
             return;
         }
+        let stream = match (tls, self.shared.tls.get()) {
+            (false, _) => Stream::Plain(stream),
+            (true, Some(t)) => match t.accept(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("kv-server: cannot start TLS on a connection: {e}");
+                    return;
+                }
+            },
+            (true, None) => return,
+        };
         c.connected.fetch_add(1, Ordering::Relaxed);
         c.connections_received.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
@@ -237,7 +323,7 @@ impl WorkerLoop {
 
 /// A connection and the interest it is registered with.
 struct Slot {
-    conn: Conn<TcpStream>,
+    conn: Conn<Stream>,
     interest: Interest,
 }
 
@@ -295,7 +381,7 @@ impl Worker {
         Ok(())
     }
 
-    fn adopt(&mut self, mut stream: TcpStream) {
+    fn adopt(&mut self, mut stream: Stream) {
         let entry = self.conns.vacant_entry();
         let interest = Interest::READABLE;
         if let Err(e) = self
@@ -379,7 +465,7 @@ impl Worker {
 
 /// Reads (if readable), answers, writes; then, if replies drained below the
 /// high-water mark, answers requests that back-pressure held back.
-fn step(conn: &mut Conn<TcpStream>, shared: &Shared, readable: bool) -> io::Result<()> {
+fn step(conn: &mut Conn<Stream>, shared: &Shared, readable: bool) -> io::Result<()> {
     if readable {
         conn.on_readable(shared)?;
     }

@@ -45,6 +45,10 @@ pub struct Shared {
     /// the middle of a transaction. One gate per loop, each on its own
     /// cache line, so that loops do not contend for one lock word.
     pub exec_gates: Box<[ExecGate]>,
+    /// Per-command figures for the metrics endpoint.
+    pub metrics: crate::metrics::Metrics,
+    /// TLS settings, when a TLS option is given (set once at start).
+    pub tls: std::sync::OnceLock<crate::tls::Tls>,
 }
 
 /// One event loop's share of the transaction gate (see
@@ -71,6 +75,7 @@ impl Shared {
         let exec_gates = (0..config.worker_threads())
             .map(|_| ExecGate::default())
             .collect();
+        let metrics = crate::metrics::Metrics::new(config.worker_threads());
         Shared {
             store,
             config,
@@ -79,7 +84,9 @@ impl Shared {
             over_memory: AtomicBool::new(false),
             started: Instant::now(),
             cluster: std::sync::OnceLock::new(),
+            metrics,
             exec_gates,
+            tls: std::sync::OnceLock::new(),
         }
     }
 
@@ -144,7 +151,7 @@ impl Shared {
             None => "disabled".to_string(),
             Some(d) => format!("{d:?}").to_ascii_lowercase(),
         };
-        let sections: [(&str, Vec<(&str, String)>); 6] = [
+        let sections: [(&str, Vec<(&str, String)>); 7] = [
             (
                 "Server",
                 vec![
@@ -208,6 +215,15 @@ impl Shared {
                     ("rejected_connections", load64(&c.rejected).to_string()),
                     ("oom_rejections", load64(&c.oom_rejections).to_string()),
                     ("protocol_errors", load64(&c.protocol_errors).to_string()),
+                ],
+            ),
+            (
+                "Replication",
+                vec![
+                    ("role", "master".to_string()),
+                    ("connected_slaves", "0".to_string()),
+                    ("master_failover_state", "no-failover".to_string()),
+                    ("master_repl_offset", "0".to_string()),
                 ],
             ),
             (

@@ -4,51 +4,14 @@
 //! restart, and expiry in a 3-node cluster.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kv_testkit::redis_server::{check_script, RawResp as Resp};
 use kv_testkit::{wait_for, ServerProc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 const SECRET: &str = "expiry-test-secret";
-
-/// A RESP connection that sends commands and returns each reply's bytes.
-struct Resp(TcpStream);
-
-impl Resp {
-    fn connect(addr: SocketAddr) -> Resp {
-        let t = TcpStream::connect(addr).expect("connect");
-        t.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        Resp(t)
-    }
-
-    fn call(&mut self, args: &[&str]) -> String {
-        let mut wire = Vec::new();
-        kv_proto::resp::encode_command(&mut wire, args);
-        self.0.write_all(&wire).expect("send");
-        let mut buf = Vec::new();
-        loop {
-            let limits = kv_proto::resp::Limits::default();
-            if let Some((_, used)) = kv_proto::resp::parse_value(&buf, &limits).expect("valid") {
-                assert_eq!(used, buf.len(), "one reply to {args:?}");
-                return String::from_utf8_lossy(&buf).into_owned();
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.0.read(&mut chunk).expect("read");
-            assert!(n > 0, "connection closed after {args:?}");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The integer of an integer reply.
-    fn int(&mut self, args: &[&str]) -> i64 {
-        let r = self.call(args);
-        let n = r.strip_prefix(':').and_then(|r| r.trim_end().parse().ok());
-        n.unwrap_or_else(|| panic!("{args:?} answered {r:?}, not an integer"))
-    }
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -195,66 +158,10 @@ const SCRIPT: &[(&str, &str)] = &[
     ),
 ];
 
-fn run_script(addr: SocketAddr) -> Vec<String> {
-    let mut c = Resp::connect(addr);
-    SCRIPT
-        .iter()
-        .map(|(cmd, _)| c.call(&cmd.split(' ').collect::<Vec<_>>()))
-        .collect()
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// A `redis-server` child on a free loopback port, stopped by pid on drop.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Redis {
-    /// Starts one, or `None` (with a message) if none is on PATH.
-    fn start() -> Option<Redis> {
-        let port = free_port();
-        let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(child) = spawned else {
-            eprintln!("skipped the comparison with Redis: no redis-server on PATH");
-            return None;
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let r = Redis { child, addr };
-        wait_for("redis-server to listen", Duration::from_secs(10), || {
-            TcpStream::connect(addr).is_ok()
-        });
-        Some(r)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn expiry_commands_answer_as_redis_7() {
     let server = ServerProc::start(BIN, &["--no-persistence"]);
-    let got = run_script(server.addr);
-    let redis = Redis::start().map(|r| run_script(r.addr));
-    for (i, (cmd, want)) in SCRIPT.iter().enumerate() {
-        assert_eq!(&got[i], want, "kv-server's reply to {cmd}");
-        if let Some(redis) = &redis {
-            assert_eq!(&redis[i], want, "redis-server's reply to {cmd}");
-        }
-    }
+    check_script(server.addr, SCRIPT);
 }
 
 #[test]

@@ -95,7 +95,8 @@ pub struct Stats {
     pub last_snapshot_entries: u64,
     /// Tombstones dropped by snapshots since open.
     pub tombstones_purged: u64,
-    /// Whether a snapshot is being written now.
+    /// Whether a snapshot is being written now, or was asked for and is
+    /// about to be.
     pub snapshot_running: bool,
     /// The last error of a background task (snapshot or fsync), if any.
     pub last_background_error: Option<String>,
@@ -186,35 +187,64 @@ impl Store {
         f(shard.find(h, key).and_then(|e| e.value_at(now)))
     }
 
-    /// One step of a cursor walk over the live keys in the order of their
-    /// hash, as Redis's `SCAN` does: start with cursor 0, pass back the
-    /// cursor returned, stop when it is 0. A key present for the whole walk
-    /// is returned exactly once, whatever is written meanwhile. Returns up
-    /// to `count` keys and the next cursor.
+    /// One step of a cursor walk over the live keys, as Redis's `SCAN`
+    /// does: start with cursor 0, pass back the cursor returned, stop when
+    /// it is 0. A key present for the whole walk is returned exactly once,
+    /// whatever is written meanwhile. Returns up to `count` keys and the
+    /// next cursor.
+    ///
+    /// The walk goes shard by shard (a key's cursor position is its hash
+    /// with the shard's bits moved to the top, a fixed order), so a step
+    /// reads one shard, or a few when they are sparse: its cost is that of
+    /// a shard, not of the store.
     pub fn scan_cursor(&self, cursor: u64, count: usize) -> (Vec<Vec<u8>>, u64) {
         let count = count.max(1);
-        let mut best: BinaryHeap<(u64, Vec<u8>)> = BinaryHeap::new();
+        let map = &self.inner.map;
+        let shards = map.shard_count();
+        let bits = shards.trailing_zeros();
+        let order = |h: u64| h.rotate_left(32 - bits);
+        let shard_at = |o: u64| {
+            if bits == 0 {
+                0
+            } else {
+                (o >> (64 - bits)) as usize
+            }
+        };
         let now = self.inner.now_ms();
-        for i in 0..self.inner.map.shard_count() {
-            let shard = self.inner.map.read_shard(i);
-            for e in shard.iter().filter(|e| e.live_at(now)) {
-                let h = hash_key(e.key());
-                let full = best.len() == count;
-                if h < cursor || (full && best.peek().is_some_and(|(top, _)| h >= *top)) {
+        let mut page = Vec::with_capacity(count.min(4096));
+        let mut from = cursor;
+        let mut shard = shard_at(cursor);
+        while shard < shards {
+            let need = count - page.len();
+            let mut best: BinaryHeap<(u64, Vec<u8>)> = BinaryHeap::new();
+            for e in map.read_shard(shard).iter().filter(|e| e.live_at(now)) {
+                let o = order(hash_key(e.key()));
+                let full = best.len() == need;
+                if o < from || (full && best.peek().is_some_and(|(top, _)| o >= *top)) {
                     continue;
                 }
                 if full {
                     best.pop();
                 }
-                best.push((h, e.key().to_vec()));
+                best.push((o, e.key().to_vec()));
             }
+            let filled = best.len() == need;
+            let mut found = best.into_sorted_vec();
+            let last = found.last().map(|(o, _)| *o);
+            page.extend(found.drain(..).map(|(_, k)| k));
+            if filled {
+                // More may follow in this shard, after the last one taken.
+                let next = last.and_then(|o| o.checked_add(1)).unwrap_or(0);
+                return (page, next);
+            }
+            shard += 1;
+            from = if bits == 0 {
+                0
+            } else {
+                (shard as u64) << (64 - bits)
+            };
         }
-        let page = best.into_sorted_vec();
-        let next = match page.last() {
-            Some((h, _)) if page.len() == count => h.checked_add(1).unwrap_or(0),
-            _ => 0,
-        };
-        (page.into_iter().map(|(_, k)| k).collect(), next)
+        (page, 0)
     }
 
     /// Drops, from memory, every tombstone whose version timestamp is below
@@ -471,6 +501,24 @@ impl Store {
         best.into_sorted_vec()
     }
 
+    /// Every live key starting with `prefix` for which `keep` holds, in no
+    /// particular order (as Redis's `KEYS`). Copies the matching keys only,
+    /// never a value, and holds one shard's read lock at a time.
+    pub fn keys_matching(&self, prefix: &[u8], keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
+        let now = self.inner.now_ms();
+        let mut found = Vec::new();
+        for i in 0..self.inner.map.shard_count() {
+            let shard = self.inner.map.read_shard(i);
+            found.extend(
+                shard
+                    .iter()
+                    .filter(|e| e.key().starts_with(prefix) && e.live_at(now) && keep(e.key()))
+                    .map(|e| e.key().to_vec()),
+            );
+        }
+        found
+    }
+
     /// The greatest version timestamp the store has seen (tombstones and
     /// purged tombstones included).
     pub fn max_timestamp(&self) -> u64 {
@@ -681,7 +729,7 @@ impl Store {
             log_flushes: self.inner.log.as_ref().map_or(0, Log::flushes),
             last_snapshot_entries: bg.last_snapshot_entries,
             tombstones_purged: bg.tombstones_purged,
-            snapshot_running: bg.snapshot_running,
+            snapshot_running: bg.snapshot_running || bg.snapshot_wanted,
             last_background_error: bg.last_error.clone(),
         }
     }
@@ -773,6 +821,12 @@ fn open_dir(
     }
     let lock = vfs::lock_dir(&*vfs, dir)?;
     let rec = recovery::recover(&*vfs, dir, map, opts.recovery_mode, now_ms)?;
+    // The log since the last snapshot counts toward the trigger across
+    // restarts (unless the test switch puts back the old bug).
+    let since_snapshot = match opts.planted {
+        Some(PlantedBug::LogCountersFromZero) => (0, 0),
+        _ => (rec.report.records_replayed, rec.report.log_bytes_replayed),
+    };
     let log = Log::create(
         vfs,
         dir.to_path_buf(),
@@ -780,7 +834,7 @@ fn open_dir(
         opts.segment_bytes,
         opts.snapshot_trigger,
         rec.snapshot_bytes,
-        (rec.report.records_replayed, rec.report.log_bytes_replayed),
+        since_snapshot,
     )?;
     Ok((log, lock, rec.report))
 }

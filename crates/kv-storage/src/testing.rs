@@ -34,4 +34,9 @@ pub enum PlantedBug {
     /// Directory fsyncs are skipped (after creating a segment, renaming a
     /// snapshot, deleting files).
     SkipDirSync,
+    /// Issue 9, item 11 put back: every open starts the snapshot
+    /// trigger's counters at zero (ignoring the log recovery replayed), and
+    /// no snapshot is taken at open, so a process killed more often than it
+    /// reaches the trigger never compacts its log.
+    LogCountersFromZero,
 }

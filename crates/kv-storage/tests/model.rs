@@ -13,6 +13,8 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
+    /// A whole SCAN-style cursor walk, this many keys a step.
+    Walk(usize),
     Put(Vec<u8>, Vec<u8>),
     /// Put expiring after this many ms.
     PutTtl(Vec<u8>, Vec<u8>, u64),
@@ -62,6 +64,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => key().prop_map(Op::Delete),
         3 => key().prop_map(Op::Get),
         1 => key().prop_map(Op::Scan),
+        1 => (1usize..5).prop_map(Op::Walk),
         1 => (key(), proptest::option::of(key()), 0usize..5).prop_map(|(p, a, n)| Op::Page(p, a, n)),
         1 => Just(Op::Reopen),
         1 => Just(Op::Snapshot),
@@ -189,10 +192,37 @@ fn run(
                 prop_assert_eq!(store.get(&k), model_get(&model, &k, now));
                 prop_assert_eq!(store.contains_key(&k), model_get(&model, &k, now).is_some());
             }
-            Op::Scan(p) => prop_assert_eq!(
-                store.scan_prefix(&p),
-                model_page(&model, now, &p, None, usize::MAX)
-            ),
+            Op::Scan(p) => {
+                let want = model_page(&model, now, &p, None, usize::MAX);
+                let mut keys = store.keys_matching(&p, |k| k.len() % 2 == 0);
+                keys.sort();
+                let want_keys: Vec<Vec<u8>> = want
+                    .iter()
+                    .map(|(k, _)| k.clone())
+                    .filter(|k| k.len() % 2 == 0)
+                    .collect();
+                prop_assert_eq!(keys, want_keys);
+                prop_assert_eq!(store.scan_prefix(&p), want);
+            }
+            Op::Walk(count) => {
+                let mut seen = Vec::new();
+                let mut cursor = 0;
+                loop {
+                    let (keys, next) = store.scan_cursor(cursor, count);
+                    prop_assert!(keys.len() <= count);
+                    seen.extend(keys);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+                seen.sort();
+                let want: Vec<Vec<u8>> = model_page(&model, now, b"", None, usize::MAX)
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+                prop_assert_eq!(seen, want);
+            }
             Op::Page(p, a, n) => prop_assert_eq!(
                 store.scan_page(&p, a.as_deref(), n),
                 model_page(&model, now, &p, a.as_deref(), n)

@@ -17,6 +17,7 @@ pub mod firewall;
 pub mod history;
 pub mod linearizability;
 pub mod netns;
+pub mod redis_server;
 pub mod resp;
 
 use std::io::{BufRead, BufReader};
@@ -42,6 +43,8 @@ pub struct ServerProc {
     readers: Vec<std::thread::JoinHandle<()>>,
     binary: PathBuf,
     args: Vec<String>,
+    /// Environment variables set for the child (and its restarts).
+    env: Vec<(String, String)>,
 }
 
 impl ServerProc {
@@ -58,6 +61,17 @@ impl ServerProc {
 
     /// Starts `binary` on data directory `dir` with `--port 0` plus `args`.
     pub fn start_in(binary: impl AsRef<Path>, dir: &Path, args: &[&str]) -> ServerProc {
+        Self::start_in_env(binary, dir, args, &[])
+    }
+
+    /// Like [`ServerProc::start_in`], with environment variables `env` set
+    /// for the child and every restart of it (test switches, say).
+    pub fn start_in_env(
+        binary: impl AsRef<Path>,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProc {
         let mut s = ServerProc {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: dir.to_path_buf(),
@@ -66,6 +80,10 @@ impl ServerProc {
             readers: Vec::new(),
             binary: binary.as_ref().to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.launch(0);
         s
@@ -78,6 +96,7 @@ impl ServerProc {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -240,11 +259,22 @@ pub fn start_refused(
     dir: &Path,
     args: &[&str],
 ) -> (ExitStatus, Vec<String>) {
+    start_refused_env(binary, dir, args, &[])
+}
+
+/// [`start_refused`] with environment variables `env` set for the child.
+pub fn start_refused_env(
+    binary: impl AsRef<Path>,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ExitStatus, Vec<String>) {
     let binary = binary.as_ref();
     let mut child = Command::new(binary)
         .args(["--port", "0", "--data-dir"])
         .arg(dir)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

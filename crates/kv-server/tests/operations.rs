@@ -1,0 +1,173 @@
+//! What operators rely on: the Prometheus endpoint (`--metrics-port`)
+//! after a known workload shows figures that match what was done, and
+//! `--pidfile` holds the server's pid while it runs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use kv_client::Client;
+use kv_testkit::{wait_for, ServerProc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
+
+/// The endpoint's address, from the line the server prints at start.
+fn metrics_addr(s: &ServerProc) -> SocketAddr {
+    let mut found = None;
+    wait_for("the metrics line", Duration::from_secs(10), || {
+        found = s.output().iter().find_map(|l| {
+            l.split("http://")
+                .nth(1)
+                .and_then(|a| a.strip_suffix("/metrics"))
+                .and_then(|a| a.parse().ok())
+        });
+        found.is_some()
+    });
+    found.expect("metrics address")
+}
+
+/// `GET path` over HTTP/1.1; the status line and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut all = String::new();
+    s.read_to_string(&mut all).expect("read");
+    let (head, body) = all.split_once("\r\n\r\n").expect("an HTTP answer");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample line starting with `name` (with its labels).
+fn sample(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{body}"))
+}
+
+#[test]
+fn a_scrape_shows_the_workload() {
+    let server = ServerProc::start(BIN, &["--no-persistence", "--metrics-port", "0"]);
+    let addr = metrics_addr(&server);
+    let mut c = Client::connect(&server.addr.to_string()).expect("connect");
+    for i in 0..50 {
+        c.put(format!("k{i}").as_bytes(), b"value").expect("put");
+    }
+    for i in 0..20 {
+        c.get(format!("k{i}").as_bytes()).expect("get");
+    }
+    let mut r = redis::Client::open(format!("redis://{}", server.addr))
+        .expect("redis client")
+        .get_connection()
+        .expect("redis connection");
+    for i in 0..7 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("r{i}"))
+            .arg("x")
+            .query(&mut r)
+            .expect("SET");
+    }
+    let e: redis::RedisResult<()> = redis::cmd("INCR").arg("r0").query(&mut r);
+    assert!(e.is_err(), "INCR of a non-number fails");
+
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(sample(&body, "kv_keys"), 57.0);
+    assert_eq!(
+        sample(
+            &body,
+            r#"kv_commands_total{command="put",protocol="native"}"#
+        ),
+        50.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"kv_commands_total{command="get",protocol="native"}"#
+        ),
+        20.0
+    );
+    assert_eq!(
+        sample(&body, r#"kv_commands_total{command="set",protocol="resp"}"#),
+        7.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"kv_command_errors_total{command="incr",protocol="resp"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"kv_command_duration_seconds_count{command="put",protocol="native"}"#
+        ),
+        50.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"kv_command_duration_seconds_bucket{le="+Inf",command="put",protocol="native"}"#
+        ),
+        50.0
+    );
+    assert_eq!(sample(&body, "kv_connected_clients"), 2.0);
+    assert!(sample(&body, "kv_used_memory_bytes") > 0.0);
+    assert!(sample(&body, "kv_rss_bytes") > 0.0);
+    assert!(body.contains("# HELP kv_wal_fsyncs "), "{body}");
+
+    let (status, _) = http_get(addr, "/nope");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+#[test]
+fn a_metrics_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let out = std::process::Command::new(BIN)
+        .args(["--no-persistence", "--port", "0", "--metrics-port", &port])
+        .output()
+        .expect("run kv-server");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_pid_file_holds_the_pid_while_the_server_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("kv.pid");
+    let p = pidfile.to_string_lossy().into_owned();
+    let server = ServerProc::start(BIN, &["--no-persistence", "--pidfile", &p]);
+    let pid = server.pid().to_string();
+    wait_for("the pid file", Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim() == pid)
+    });
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(!pidfile.exists(), "a clean stop removes the pid file");
+
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--no-persistence",
+            "--port",
+            "0",
+            "--pidfile",
+            "/nonexistent/dir/kv.pid",
+        ])
+        .output()
+        .expect("run kv-server");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot write the pid file /nonexistent/dir/kv.pid"),
+        "{err}"
+    );
+}
