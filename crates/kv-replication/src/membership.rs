@@ -27,6 +27,18 @@ pub fn ghost_id(id: &str, generation: u64) -> NodeId {
     format!("{id}{GHOST_MARK}{generation}")
 }
 
+/// The ring epoch of a table made of `digests` (see
+/// [`Membership::epoch`]).
+pub fn epoch_of<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> u64 {
+    digests
+        .into_iter()
+        .map(|d| {
+            let rank = d.status as u64 + 1;
+            d.generation.saturating_mul(16).saturating_add(rank)
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 /// Whether `id` is the ghost of an old generation ([`ghost_id`]).
 pub fn is_ghost(id: &str) -> bool {
     id.contains(GHOST_MARK)
@@ -166,13 +178,7 @@ impl Membership {
     /// that read or write carry it, so that a replica can refuse a
     /// coordinator whose ring is older than its own.
     pub fn epoch(&self) -> u64 {
-        self.members
-            .values()
-            .map(|m| {
-                let rank = m.d.status as u64 + 1;
-                m.d.generation.saturating_mul(16).saturating_add(rank)
-            })
-            .fold(0u64, u64::saturating_add)
+        epoch_of(self.members.values().map(|m| &m.d))
     }
 
     /// What this node knows of `id`.

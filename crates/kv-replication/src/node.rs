@@ -1441,10 +1441,12 @@ impl Node {
             }
         }
         let msg = match msg {
-            PeerMsg::InRing { epoch, request } => match self.fence(from, epoch, *request) {
-                Some(request) => request,
-                None => return,
-            },
+            PeerMsg::InRing { epoch, request } => {
+                match self.fence(now, from, epoch, *request, store) {
+                    Some(request) => request,
+                    None => return,
+                }
+            }
             other => other,
         };
         if self.contact_check
@@ -1588,9 +1590,33 @@ impl Node {
     /// the request, to serve, if this node knows no newer ring; else
     /// `None`, and the coordinator is told this node's members (so that
     /// it adopts the newer ring and asks again).
-    fn fence(&mut self, from: &str, epoch: u64, request: PeerMsg) -> Option<PeerMsg> {
+    ///
+    /// A write refused so is still stored here if this node is one of the
+    /// key's replicas under its own rings (not counted: the coordinator
+    /// sends it again under the newer ring). The coordinator may have
+    /// finished the write with the other replicas' answers, and then never
+    /// sends it again: without this, the copy here would be missing.
+    fn fence(
+        &mut self,
+        now: u64,
+        from: &str,
+        epoch: u64,
+        request: PeerMsg,
+        store: &Store,
+    ) -> Option<PeerMsg> {
         if epoch >= self.members.epoch() || self.cfg.planted.no_ring_fence {
             return Some(request);
+        }
+        if let PeerMsg::Replicate { key, version, .. } = &request {
+            let mine = union(&self.groups(key, true)).contains(&self.cfg.id);
+            if mine
+                && !self.contact_check
+                && self.stale.is_none()
+                && !self.too_far_ahead(now, from, version.ts, "a write")
+            {
+                self.observe(version.ts);
+                let _ack = serve_replica(store, &request);
+            }
         }
         let op = match &request {
             PeerMsg::Replicate { op, .. } | PeerMsg::Read { op, .. } => *op,
@@ -1603,12 +1629,15 @@ impl Node {
     }
 
     /// A replica refused operation `op` for a newer ring than this node's:
-    /// adopt it, and if that changed this node's epoch, start the
-    /// operation again on it (never answering from the old ring).
+    /// adopt it, and once this node's epoch has caught up with the
+    /// replica's, carry the operation on under it (never answering from
+    /// the old ring). The epoch may have caught up before the refusal
+    /// came (gossip brought the same news), and the operation's groups
+    /// may be the same under the new ring: it is carried on all the same,
+    /// else the refusing replica's answer would be missing for good.
     fn on_newer_ring(&mut self, now: u64, from: &str, op: u64, members: &[Digest], store: &Store) {
-        let before = self.members.epoch();
         self.on_gossip(now, from, members);
-        if self.members.epoch() > before {
+        if self.members.epoch() >= crate::membership::epoch_of(members) {
             self.retry_op(now, op, store);
         }
     }
