@@ -38,6 +38,7 @@ pub mod membership;
 pub mod msg;
 pub mod node;
 pub mod outage;
+mod ownership;
 pub mod rebalance;
 pub mod sim;
 

@@ -27,6 +27,18 @@ pub fn ghost_id(id: &str, generation: u64) -> NodeId {
     format!("{id}{GHOST_MARK}{generation}")
 }
 
+/// The ring epoch of a table made of `digests` (see
+/// [`Membership::epoch`]).
+pub fn epoch_of<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> u64 {
+    digests
+        .into_iter()
+        .map(|d| {
+            let rank = d.status as u64 + 1;
+            d.generation.saturating_mul(16).saturating_add(rank)
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 /// Whether `id` is the ghost of an old generation ([`ghost_id`]).
 pub fn is_ghost(id: &str) -> bool {
     id.contains(GHOST_MARK)
@@ -156,6 +168,17 @@ impl Membership {
     /// What this node knows, for gossip.
     pub fn digests(&self) -> Vec<Digest> {
         self.members.values().map(|m| m.d.clone()).collect()
+    }
+
+    /// The ring epoch of this table: a number that every piece of
+    /// membership news merged into it raises (a new member, a later
+    /// status, a new generation, which leaves a ghost behind), and that
+    /// heartbeats leave alone. Of two nodes, the one that knows every
+    /// change the other knows, and more, has the higher epoch; messages
+    /// that read or write carry it, so that a replica can refuse a
+    /// coordinator whose ring is older than its own.
+    pub fn epoch(&self) -> u64 {
+        epoch_of(self.members.values().map(|m| &m.d))
     }
 
     /// What this node knows of `id`.

@@ -290,6 +290,27 @@ pub enum PeerMsg {
     },
     /// Join my cluster (sent by the node an operator told to invite you).
     Invite,
+    /// A request that reads or writes (`Replicate`, `Read`, `ListPage`)
+    /// with the ring epoch of its coordinator (see
+    /// [`crate::membership::Membership::epoch`]). A replica whose epoch is
+    /// higher refuses it with [`PeerMsg::NewerRing`]; otherwise it serves
+    /// `request` as if it had come alone.
+    InRing {
+        /// The coordinator's ring epoch.
+        epoch: u64,
+        /// The request.
+        request: Box<PeerMsg>,
+    },
+    /// A request of operation `op` refused because the replica knows a
+    /// newer ring than its coordinator: what the replica knows of the
+    /// members, so that the coordinator adopts that ring and asks again
+    /// (never answering from the old one).
+    NewerRing {
+        /// The operation refused.
+        op: u64,
+        /// What the replica knows of every member.
+        members: Vec<Digest>,
+    },
     /// A page of a node's keys with versions, tombstones included.
     ListReply {
         /// The operation.

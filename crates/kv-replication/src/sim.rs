@@ -91,6 +91,12 @@ pub struct SimConfig {
     pub clock_jump: u64,
     /// How far ahead of the slowest clock jumps may take a clock (ms).
     pub max_clock_lead: u64,
+    /// Chance per tick (per million) that a node's clock is stepped by
+    /// [`SimConfig::clock_step`], forward or back (as an NTP step does),
+    /// for a few seconds before it is stepped right again.
+    pub clock_step_ppm: u64,
+    /// How far a step moves a clock (ms), e.g. hours; 0: no steps.
+    pub clock_step: u64,
     /// Whether to check, at the end, that every key can be written
     /// through every member.
     pub final_writes: bool,
@@ -129,6 +135,8 @@ impl Default for SimConfig {
             clock_jump_ppm: 2_000,
             clock_jump: 150,
             max_clock_lead: 400,
+            clock_step_ppm: 0,
+            clock_step: 0,
             final_writes: true,
             stream_page: 256,
             far_future_clock: false,
@@ -164,6 +172,8 @@ pub struct Report {
     /// Nodes that came back after an outage too long for their data and
     /// rejoined as a new generation.
     pub fresh_rejoins: usize,
+    /// Clock steps of hours ([`SimConfig::clock_step`]).
+    pub clock_steps: usize,
     /// Crashes that lasted longer than the tombstone grace.
     pub long_outages: usize,
 }
@@ -215,6 +225,9 @@ struct SimNode {
     wipe: bool,
     /// How far its clock is ahead of the simulation's time (ms).
     clock_ahead: u64,
+    /// A step of its clock under way (ms, back if negative), and when it
+    /// is stepped right again.
+    clock_step: (i64, u64),
 }
 
 #[derive(Clone, Debug)]
@@ -300,6 +313,7 @@ impl Sim {
                 contact: None,
                 wipe: false,
                 clock_ahead: 0,
+                clock_step: (0, 0),
             })
             .collect();
         let mut sim = Sim {
@@ -331,9 +345,14 @@ impl Sim {
         sim
     }
 
-    /// Node `i`'s clock (ms): never goes backwards.
+    /// Node `i`'s clock (ms): never goes backwards, except when it is
+    /// stepped back ([`SimConfig::clock_step`]).
     fn clock(&self, i: usize) -> u64 {
-        self.now.saturating_add(self.nodes[i].clock_ahead)
+        let clock = self.now.saturating_add(self.nodes[i].clock_ahead);
+        match self.nodes[i].clock_step.0 {
+            s if s >= 0 => clock.saturating_add(s.unsigned_abs()),
+            s => clock.saturating_sub(s.unsigned_abs()),
+        }
     }
 
     fn node_config(&self, i: usize) -> Config {
@@ -712,6 +731,7 @@ impl Sim {
                 self.drain(i);
             }
             self.clock_jumps();
+            self.clock_steps(faults);
             for i in 0..self.nodes.len() {
                 if self.nodes[i].wipe {
                     self.rejoin_fresh(i);
@@ -721,6 +741,40 @@ impl Sim {
         if faults {
             self.faults();
         }
+    }
+
+    /// Now and then a node's clock is stepped by hours, forward or back,
+    /// and a few seconds later stepped right again.
+    /// Clocks are stepped right as faults heal (`faults` false).
+    fn clock_steps(&mut self, faults: bool) {
+        let now = self.now;
+        for n in &mut self.nodes {
+            if n.clock_step.0 != 0 && (now >= n.clock_step.1 || !faults) {
+                n.clock_step = (0, 0);
+            }
+        }
+        if !faults
+            || self.cfg.clock_step == 0
+            || self.cfg.clock_step_ppm == 0
+            || !self.rng.chance(self.cfg.clock_step_ppm)
+        {
+            return;
+        }
+        // One clock at a time is off by hours, as one node with a broken
+        // time source would be.
+        if self.nodes.iter().any(|n| n.clock_step.0 != 0) {
+            return;
+        }
+        let i = self.rng.below(self.nodes.len() as u64) as usize;
+        let step = i64::try_from(self.cfg.clock_step).unwrap_or(i64::MAX);
+        let step = if self.rng.chance(500_000) {
+            step
+        } else {
+            -step
+        };
+        let until = now + 1000 + self.rng.below(5000);
+        self.nodes[i].clock_step = (step, until);
+        self.report.clock_steps += 1;
     }
 
     /// Now and then a node's clock jumps forward (never further than

@@ -186,6 +186,9 @@ pub struct ClusterHandle {
     /// the event loops hand peers' requests for data to the cluster thread
     /// (which answers none) instead of answering them from the store.
     pub checked: AtomicBool,
+    /// The node's ring epoch: the event loops refuse (hand to the cluster
+    /// thread) replica requests from coordinators on an older ring.
+    pub epoch: std::sync::atomic::AtomicU64,
 }
 
 thread_local! {
@@ -237,6 +240,7 @@ impl ClusterHandle {
             id: id.to_string(),
             observed: std::sync::atomic::AtomicU64::new(0),
             checked: AtomicBool::new(true),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((handle, rx, poll))
     }
@@ -678,6 +682,7 @@ pub fn start(
         id: id.clone(),
         observed: std::sync::atomic::AtomicU64::new(0),
         checked: AtomicBool::new(!node.awaiting_contact_check()),
+        epoch: std::sync::atomic::AtomicU64::new(node.ring_epoch()),
     });
     let (appliers, mut applier_threads) = start_appliers(&shared, &handle)?;
     let (anti_entropy, ae_thread) = start_anti_entropy(&shared, &handle)?;
@@ -935,6 +940,9 @@ impl ClusterThread {
                 self.node.handle_tick(now, &self.shared.store);
                 self.publish(now);
             }
+            self.handle
+                .epoch
+                .store(self.node.ring_epoch(), Ordering::Release);
             self.drain_outputs(now, &mut down_until);
             self.flush_all(now, &mut down_until);
         }

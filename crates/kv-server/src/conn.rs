@@ -703,7 +703,11 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             Ok(msg) => {
                 let (now, max_offset) =
                     (crate::cluster::now_ms(), shared.config.max_clock_offset_ms);
-                if let PeerMsg::Replicate { version, .. } = &msg {
+                let request = match &msg {
+                    PeerMsg::InRing { request, .. } => request.as_ref(),
+                    other => other,
+                };
+                if let PeerMsg::Replicate { version, .. } = request {
                     // One too far ahead is refused (and logged by the node).
                     if !kv_replication::hlc::too_far_ahead(version.ts, now, max_offset) {
                         cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
@@ -717,7 +721,13 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 }
                 // Replica requests are answered here, on this connection;
                 // only coordination goes through the cluster thread.
-                match kv_replication::serve_replica_at(&shared.store, &msg, now, max_offset) {
+                let epoch = cluster.epoch.load(Ordering::Acquire);
+                match kv_replication::node::serve_replica_fenced(
+                    &shared.store,
+                    &msg,
+                    (now, max_offset),
+                    epoch,
+                ) {
                     Some(reply) => match postcard::to_allocvec(&reply) {
                         Ok(payload) => {
                             native::encode_frame(self.out.now(), 0, &Request::Peer { payload })

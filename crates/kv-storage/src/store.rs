@@ -269,6 +269,33 @@ impl Store {
         n
     }
 
+    /// Forgets every entry, value or tombstone, whose position (see
+    /// [`Store::key_position`]) lies in one of the inclusive `ranges`,
+    /// leaving no tombstone behind; then, if any was forgotten, writes a
+    /// snapshot so that the log cannot bring them back at the next open.
+    /// Returns how many were forgotten. For a replica dropping the ranges
+    /// it no longer owns: only safe once other replicas hold them.
+    pub fn drop_ranges(&self, ranges: &[(u64, u64)]) -> Result<usize> {
+        let inside = |p: u64| ranges.iter().any(|&(lo, hi)| lo <= p && p <= hi);
+        let mut n = 0;
+        for i in 0..self.inner.map.shard_count() {
+            let mut shard = self.inner.map.write_shard(i);
+            let doomed: Vec<(u64, Vec<u8>)> = shard
+                .iter()
+                .map(|e| (hash_key(e.key()), e.key()))
+                .filter(|(h, _)| inside(*h))
+                .map(|(h, k)| (h, k.to_vec()))
+                .collect();
+            for (h, key) in doomed {
+                n += usize::from(shard.remove(h, &key).is_some());
+            }
+        }
+        if n > 0 {
+            self.snapshot()?;
+        }
+        Ok(n)
+    }
+
     /// Deletes every key (each leaves a tombstone); returns how many held a
     /// value.
     pub fn delete_all(&self) -> Result<u64> {
