@@ -491,9 +491,12 @@ fn a_coordinator_on_an_old_ring_is_caught_without_fencing() {
 /// replicas disagree after healing. The fix needs the node to tell a
 /// clock step from elapsed time (a monotonic clock for its timers, or a
 /// local store only after a peer accepted the version).
+/// (30 of 200 seeds, all "replicas disagree after healing"; the set
+/// changed when fenced replicas began to store refused writes of their own
+/// keys, which changed every run's course.)
 const KNOWN_CLOCK_STEP: &[u64] = &[
-    2, 6, 19, 22, 37, 49, 58, 62, 63, 64, 73, 78, 92, 94, 95, 96, 134, 138, 142, 143, 150, 158,
-    161, 165, 169, 175, 184, 187, 190, 193, 194,
+    14, 18, 22, 25, 28, 29, 38, 44, 56, 64, 72, 74, 82, 96, 97, 101, 105, 111, 124, 126, 129, 130,
+    138, 153, 163, 178, 189, 192, 197, 199,
 ];
 
 /// Clocks stepped by two hours, forward or back, for a few seconds (as

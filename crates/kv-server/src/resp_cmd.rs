@@ -288,7 +288,12 @@ pub fn run(
 /// watched keys, and unauthenticated when a password is required).
 fn reset(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) {
     let authenticated = shared.config.requirepass.is_none();
+    // The AUTH failure count belongs to the connection: RESET between
+    // guesses must not buy more of them.
+    let (failures, retry_at) = (s.auth_failures, s.auth_retry_at);
     *s = Session::new(authenticated, s.id, s.worker);
+    s.auth_failures = failures;
+    s.auth_retry_at = retry_at;
     simple(out, "RESET");
 }
 

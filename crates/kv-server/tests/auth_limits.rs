@@ -80,3 +80,31 @@ fn a_client_that_mistypes_once_can_still_log_in() {
     assert!(tries < MAX_FAILURES);
     assert_eq!(c.call(&[b"GET", b"k"]).expect("GET"), Reply::Bulk(None));
 }
+
+/// Found by review: RESET (allowed before AUTH) rebuilt the session and
+/// with it the failure count, so `AUTH, AUTH, AUTH, RESET`, repeated, gave
+/// unlimited guesses. The count belongs to the connection.
+#[test]
+fn reset_between_guesses_does_not_reset_the_count() {
+    let s = ServerProc::start(BIN, &["--no-persistence", "--requirepass", "secret"]);
+    let c = TcpStream::connect(s.addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut batch = Vec::new();
+    for i in 0..40 {
+        batch.extend(encode(&[b"AUTH", format!("guess{i}").as_bytes()]));
+        if i % 2 == 1 {
+            batch.extend(encode(&[b"RESET"]));
+        }
+    }
+    (&c).write_all(&batch).expect("write");
+    let mut r = BufReader::new(&c);
+    let mut failures = 0;
+    while let Ok(reply) = read_reply(&mut r) {
+        failures += usize::from(matches!(reply, Reply::Error(_)));
+    }
+    assert_eq!(
+        failures, MAX_FAILURES,
+        "the connection must close after {MAX_FAILURES} failed AUTHs, RESET or not"
+    );
+}
