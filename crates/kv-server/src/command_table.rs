@@ -3,6 +3,9 @@
 //! `COMMAND DOCS` answer, what MULTI checks before queueing, and the
 //! commands of data types kv does not have, refused by name.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 /// One command as `COMMAND INFO` describes it.
 #[derive(Debug)]
 pub struct CommandSpec {
@@ -133,9 +136,26 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec!("localpexpiretime", 2, R, 1, 1, 1, "cluster", "kv: the expiry (as PEXPIRETIME) of this node's own copy of a key, without coordination."),
 ];
 
+/// The position in [`COMMANDS`] of `name` (lower case), if this server
+/// knows it: one hash lookup, as every command looks itself up here (to
+/// run and again to be counted in the metrics).
+pub fn index(name: &str) -> Option<usize> {
+    static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            COMMANDS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name, i))
+                .collect()
+        })
+        .get(name)
+        .copied()
+}
+
 /// The spec of `name` (lower case), if this server knows it.
 pub fn find(name: &str) -> Option<&'static CommandSpec> {
-    COMMANDS.iter().find(|c| c.name == name)
+    index(name).map(|i| &COMMANDS[i])
 }
 
 /// The data type a Redis command works on, for commands of types kv does
@@ -324,4 +344,19 @@ pub fn unsupported_type(name: &str) -> Option<&'static str> {
         .iter()
         .find(|(_, names)| names.contains(&name))
         .map(|(kind, _)| *kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_is_found_at_its_own_place() {
+        for (i, c) in COMMANDS.iter().enumerate() {
+            assert_eq!(index(c.name), Some(i), "{} is listed twice", c.name);
+            assert_eq!(c.name, c.name.to_ascii_lowercase());
+        }
+        assert_eq!(index("nosuchcommand"), None);
+        assert!(find("get").is_some_and(|c| c.name == "get"));
+    }
 }

@@ -99,7 +99,7 @@ impl Metrics {
         let l = &self.loops[worker % self.loops.len()];
         let stat = match proto {
             Protocol::Resp => {
-                let i = COMMANDS.iter().position(|c| c.name == name);
+                let i = crate::command_table::index(name);
                 &l.resp[i.unwrap_or(COMMANDS.len())]
             }
             Protocol::Native => match NATIVE.iter().position(|n| *n == name) {
