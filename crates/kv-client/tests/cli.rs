@@ -1,7 +1,6 @@
 //! The `kv-client` binary against a real server: piped commands, `-c`,
 //! exit codes, and a server that is down.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
@@ -9,35 +8,18 @@ use kv_testkit::ServerProc;
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_kv-client");
 
-/// `kv-server` sits next to `kv-client` in the target directory
-/// (`cargo test --workspace` builds both).
 fn server_binary() -> PathBuf {
-    let bin = PathBuf::from(CLIENT).with_file_name("kv-server");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the workspace's tests (cargo test --workspace --release)",
-        bin.display()
-    );
-    bin
+    kv_testkit::sibling_binary(CLIENT, "kv-server")
 }
 
 fn client(server: &ServerProc, extra: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(CLIENT)
-        .arg(server.addr.ip().to_string())
-        .arg(server.addr.port().to_string())
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kv-client");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("kv-client output")
+    kv_testkit::run_with_stdin(
+        Command::new(CLIENT)
+            .arg(server.addr.ip().to_string())
+            .arg(server.addr.port().to_string())
+            .args(extra),
+        stdin.as_bytes(),
+    )
 }
 
 fn stdout(o: &Output) -> String {
@@ -207,20 +189,10 @@ fn help_names_the_history_file() {
 #[test]
 fn piped_lines_that_are_not_utf8_are_sent_as_bytes() {
     let server = ServerProc::start(server_binary(), &["--no-persistence"]);
-    let mut child = Command::new(CLIENT)
-        .arg(server.addr.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kv-client");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"PUT b \xff\xfe\r\nGET b\nPUT \"k \xe9\" 1\nLIST\nPUT c 2\nGET c")
-        .expect("write stdin");
-    let o = child.wait_with_output().expect("kv-client output");
+    let o = kv_testkit::run_with_stdin(
+        Command::new(CLIENT).arg(server.addr.to_string()),
+        b"PUT b \xff\xfe\r\nGET b\nPUT \"k \xe9\" 1\nLIST\nPUT c 2\nGET c",
+    );
     assert!(o.status.success(), "{o:?}");
     assert_eq!(
         stdout(&o),

@@ -2,9 +2,8 @@
 //! `--csv`/`--json`, `--stat`, `--latency` and `--import`, on one node and
 //! on a three-node cluster.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use kv_client::Client;
@@ -14,31 +13,14 @@ const CLIENT: &str = env!("CARGO_BIN_EXE_kv-client");
 const SECRET: &str = "kv-client-tools-test-secret";
 
 fn server_binary() -> PathBuf {
-    let bin = PathBuf::from(CLIENT).with_file_name("kv-server");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the workspace's tests (cargo test --workspace --release)",
-        bin.display()
-    );
-    bin
+    kv_testkit::sibling_binary(CLIENT, "kv-server")
 }
 
 fn run(server: &ServerProc, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(CLIENT)
-        .arg(server.addr.to_string())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kv-client");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
-    child.wait_with_output().expect("kv-client output")
+    kv_testkit::run_with_stdin(
+        Command::new(CLIENT).arg(server.addr.to_string()).args(args),
+        stdin,
+    )
 }
 
 fn text(b: &[u8]) -> String {

@@ -22,27 +22,17 @@ fn now_ms() -> u64 {
     u64::try_from(d.as_millis()).expect("ms")
 }
 
-fn args(extra: &[&str]) -> Vec<String> {
+fn start(extra: &[&str]) -> ServerProc {
     let grace = GRACE_MS.to_string();
-    let mut v: Vec<String> = [
+    let base = [
         "--cluster-secret",
         SECRET,
         "--tombstone-grace-ms",
         &grace,
         "--hint-window-secs",
         "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
-fn start(extra: &[&str]) -> ServerProc {
-    let a = args(extra);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    ServerProc::start(BIN, &a)
+    ];
+    ServerProc::start(BIN, &[&base[..], extra].concat())
 }
 
 fn wait_members(s: &ServerProc, n: usize) {

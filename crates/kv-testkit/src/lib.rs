@@ -334,6 +334,44 @@ pub fn start_refused_env(
     (status, said)
 }
 
+/// The binary `name` built next to `binary` in the same target directory
+/// (a test of kv-client finds `kv-server` this way, since `cargo test
+/// --workspace` builds both); fails the test, saying how to build it,
+/// if it is missing.
+pub fn sibling_binary(binary: impl AsRef<Path>, name: &str) -> PathBuf {
+    let bin = binary.as_ref().with_file_name(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace --release)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `cmd` to the end with `stdin` written to its standard input,
+/// capturing its standard output and error.
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut input = child.stdin.take().expect("stdin");
+    // From a thread: a child that answers before it has read everything
+    // must not block us on a full pipe.
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child
+        .wait_with_output()
+        .expect("wait for the child's output");
+    let _ = writer.join();
+    out
+}
+
 /// Waits until `cond` holds, polling; fails the test after `deadline`.
 pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
