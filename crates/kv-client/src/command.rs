@@ -1,6 +1,8 @@
 //! The commands of the `kv-client` prompt: parsing a line, running it, and
 //! printing the result.
 
+use std::fmt::Write as _;
+
 use kv_proto::resp::split_args;
 
 use crate::addr::parse_host_port;
@@ -170,8 +172,25 @@ pub fn show(b: &[u8]) -> String {
             return s.to_string();
         }
     }
+    quoted(
+        b,
+        |c| c != ' ' && (c.is_control() || c.is_whitespace()),
+        |out, byte| {
+            let _ = write!(out, "\\x{byte:02x}");
+        },
+    )
+}
+
+/// `b` in double quotes, with `"`, `\`, newline, carriage return and tab
+/// escaped by a backslash; each character for which `escaped` holds, and
+/// each byte that is not UTF-8, written one byte at a time by `byte` (the
+/// prompt's `\xHH`, JSON's `\u00XX`).
+pub(crate) fn quoted(
+    b: &[u8],
+    escaped: impl Fn(char) -> bool,
+    byte: impl Fn(&mut String, u8),
+) -> String {
     let mut out = String::from("\"");
-    let hex = |out: &mut String, byte: u8| out.push_str(&format!("\\x{byte:02x}"));
     for chunk in b.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
@@ -180,18 +199,17 @@ pub fn show(b: &[u8]) -> String {
                 '\n' => out.push_str("\\n"),
                 '\r' => out.push_str("\\r"),
                 '\t' => out.push_str("\\t"),
-                ' ' => out.push(' '),
-                c if c.is_control() || c.is_whitespace() => {
+                c if escaped(c) => {
                     let mut buf = [0; 4];
-                    for &byte in c.encode_utf8(&mut buf).as_bytes() {
-                        hex(&mut out, byte);
+                    for &b in c.encode_utf8(&mut buf).as_bytes() {
+                        byte(&mut out, b);
                     }
                 }
                 c => out.push(c),
             }
         }
-        for &byte in chunk.invalid() {
-            hex(&mut out, byte);
+        for &b in chunk.invalid() {
+            byte(&mut out, b);
         }
     }
     out.push('"');

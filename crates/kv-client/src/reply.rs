@@ -130,27 +130,13 @@ fn csv_field(b: &[u8]) -> String {
 /// A JSON string. Valid UTF-8 is kept (escaped where JSON requires); each
 /// byte of an invalid sequence becomes `\u00XX`, so nothing is dropped.
 fn json_string(b: &[u8]) -> String {
-    let mut out = String::from("\"");
-    for chunk in b.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
-            }
-        }
-        for &byte in chunk.invalid() {
+    crate::command::quoted(
+        b,
+        |c| (c as u32) < 0x20,
+        |out, byte| {
             let _ = write!(out, "\\u{byte:04x}");
-        }
-    }
-    out.push('"');
-    out
+        },
+    )
 }
 
 #[cfg(test)]
