@@ -205,6 +205,7 @@ impl Server {
             // Also on every tick: an accept that failed for lack of file
             // descriptors is retried.
             self.accept_all(workers, &mut next);
+            self.shared.sample_ops();
             if self.shared.config.maxmemory > 0 {
                 self.shared.refresh_memory();
             }

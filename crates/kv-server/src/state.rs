@@ -22,6 +22,47 @@ pub struct Counters {
     pub oom_rejections: AtomicU64,
     /// Protocol errors (connections closed for malformed input).
     pub protocol_errors: AtomicU64,
+    /// Recent samples of the command rate (INFO's
+    /// `instantaneous_ops_per_sec`).
+    pub ops_rate: parking_lot::Mutex<OpsRate>,
+}
+
+/// The command rate over the last 1.6 s, as Redis measures
+/// `instantaneous_ops_per_sec`: the mean of 16 samples taken at least
+/// 100 ms apart.
+#[derive(Default)]
+pub struct OpsRate {
+    /// When the last sample was taken, and the command count then.
+    last: Option<(Instant, u64)>,
+    /// Commands per second of each sample, oldest overwritten first.
+    samples: [u64; OPS_SAMPLES],
+    next: usize,
+}
+
+const OPS_SAMPLES: usize = 16;
+
+impl OpsRate {
+    /// Takes a sample if 100 ms have passed since the last one, given the
+    /// total command count `commands` at `now`.
+    pub fn sample(&mut self, now: Instant, commands: u64) {
+        match self.last {
+            None => self.last = Some((now, commands)),
+            Some((at, count)) => {
+                let ms = now.saturating_duration_since(at).as_millis() as u64;
+                if ms < 100 {
+                    return;
+                }
+                self.samples[self.next] = commands.saturating_sub(count) * 1000 / ms;
+                self.next = (self.next + 1) % OPS_SAMPLES;
+                self.last = Some((now, commands));
+            }
+        }
+    }
+
+    /// The mean of the samples, in commands per second.
+    pub fn per_sec(&self) -> u64 {
+        self.samples.iter().sum::<u64>() / OPS_SAMPLES as u64
+    }
 }
 
 /// State shared by the acceptor and every event loop.
@@ -111,6 +152,16 @@ impl Shared {
     /// Counts one processed command.
     pub fn count_command(&self) {
         self.counters.commands.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Samples the command rate (called by the acceptor's tick, every
+    /// 100 ms or so).
+    pub fn sample_ops(&self) {
+        let commands = self.counters.commands.load(Ordering::Relaxed);
+        self.counters
+            .ops_rate
+            .lock()
+            .sample(Instant::now(), commands);
     }
 
     /// Checks key and value sizes against the limits; the error text names
@@ -212,6 +263,10 @@ impl Shared {
                         load64(&c.connections_received).to_string(),
                     ),
                     ("total_commands_processed", load64(&c.commands).to_string()),
+                    (
+                        "instantaneous_ops_per_sec",
+                        c.ops_rate.lock().per_sec().to_string(),
+                    ),
                     ("rejected_connections", load64(&c.rejected).to_string()),
                     ("oom_rejections", load64(&c.oom_rejections).to_string()),
                     ("protocol_errors", load64(&c.protocol_errors).to_string()),
@@ -321,4 +376,31 @@ pub fn rss_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_ops_rate_is_the_mean_of_the_last_sixteen_samples() {
+        let t0 = Instant::now();
+        let mut r = OpsRate::default();
+        r.sample(t0, 0);
+        assert_eq!(r.per_sec(), 0);
+        // 100 commands every 100 ms: 1000 per second once 16 samples in.
+        for i in 1..=16u64 {
+            r.sample(t0 + Duration::from_millis(100 * i), 100 * i);
+        }
+        assert_eq!(r.per_sec(), 1000);
+        // Too soon after the last sample: ignored.
+        r.sample(t0 + Duration::from_millis(1650), 1_000_000);
+        assert_eq!(r.per_sec(), 1000);
+        // Idle: the rate falls back to 0 as the samples are replaced.
+        for i in 17..=32u64 {
+            r.sample(t0 + Duration::from_millis(100 * i), 1600);
+        }
+        assert_eq!(r.per_sec(), 0);
+    }
 }

@@ -195,3 +195,54 @@ fn sigterm_with_an_idle_client_connected_exits_at_once() {
         .expect("timeout");
     assert_eq!(resp.read_to_end(&mut rest).expect("a clean close"), 0);
 }
+
+/// INFO's `instantaneous_ops_per_sec` (Redis's name) rises while a client
+/// sends commands and falls back once it stops (to the rate of the INFO
+/// calls themselves).
+#[test]
+fn info_shows_the_instantaneous_command_rate() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let server = ServerProc::start(BIN, &["--no-persistence"]);
+    let url = format!("redis://{}", server.addr);
+    let rate = |r: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(r).expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("instantaneous_ops_per_sec:"))
+            .unwrap_or_else(|| panic!("no instantaneous_ops_per_sec in {info}"))
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let mut r = redis::Client::open(url.as_str())
+        .expect("redis client")
+        .get_connection()
+        .expect("redis connection");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let mut c = redis::Client::open(url.as_str())
+            .expect("redis client")
+            .get_connection()
+            .expect("redis connection");
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _: String = redis::cmd("PING").query(&mut c).expect("PING");
+            }
+        })
+    };
+    wait_for(
+        "a rate above 100/s under load",
+        Duration::from_secs(20),
+        || rate(&mut r) > 100,
+    );
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+    // Our own INFO calls count too: one per 200 ms is at most 10/s in
+    // any sample.
+    wait_for("the rate back under 20/s", Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(200));
+        rate(&mut r) < 20
+    });
+}
