@@ -2191,9 +2191,11 @@ impl Node {
                 String::new()
             };
             self.log(format!(
-                "rebalance: receiving {} ranges from {} nodes{note}",
+                "rebalance: receiving {} range{} from {} node{}{note}",
                 st.plan.gains.len(),
-                st.sources.len()
+                if st.plan.gains.len() == 1 { "" } else { "s" },
+                st.sources.len(),
+                if st.sources.len() == 1 { "" } else { "s" },
             ));
             self.stream = Some(st);
         }
@@ -2335,8 +2337,9 @@ impl Node {
         }
         let secs = now.saturating_sub(st.started).max(1) as f64 / 1000.0;
         let line = format!(
-            "rebalance: received all {} ranges: {} keys, {:.2} MB in {:.1} s ({:.1} MB/s)",
+            "rebalance: received all {} range{}: {} keys, {:.2} MB in {:.1} s ({:.1} MB/s)",
             st.plan.gains.len(),
+            if st.plan.gains.len() == 1 { "" } else { "s" },
             st.keys,
             st.bytes as f64 / 1e6,
             secs,

@@ -1000,8 +1000,9 @@ impl ClusterThread {
         let view = self.node.view(now);
         let (n, w, r) = self.node.quorums();
         let mut text = format!(
-            "# cluster: {} members, N={n} W={w} R={r}, this node {}\n",
+            "# cluster: {} member{}, N={n} W={w} R={r}, this node {}\n",
             view.len(),
+            if view.len() == 1 { "" } else { "s" },
             self.handle.id
         );
         if self.node.is_joining() {

@@ -47,7 +47,7 @@ use crate::state::Shared;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The data directory could not be opened or recovered.
-    #[error("cannot open data directory {dir}: {source}")]
+    #[error("{}", storage_message(.dir, .source))]
     Storage {
         /// The directory.
         dir: String,
@@ -198,6 +198,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     })?;
     describe_store(&config, &store);
     let config_pidfile = config.pidfile.clone();
+    let persistent = !config.no_persistence;
     let threads = config.worker_threads();
     let shared = Shared::new(store, config);
     if let Some(tls) = tls {
@@ -228,8 +229,26 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
         Err(_) => return Ok(()), // a worker is still alive: the store flushes when it drops
     };
     shared.store.close().map_err(RunError::Close)?;
-    println!("kv-server: log flushed, bye");
+    if persistent {
+        println!("kv-server: log flushed, bye");
+    } else {
+        println!("kv-server: stopped (no persistence: the data is gone)");
+    }
     Ok(())
+}
+
+/// "cannot open data directory DIR: WHY", without naming the directory
+/// twice when the storage error is about the directory itself.
+fn storage_message(dir: &str, source: &kv_storage::Error) -> String {
+    match source {
+        kv_storage::Error::Io { path, source, .. } if path.display().to_string() == dir => {
+            format!("cannot open data directory {dir}: {source}")
+        }
+        kv_storage::Error::NotADirectory(_) => {
+            format!("cannot open data directory {dir}: it exists and is not a directory")
+        }
+        other => format!("cannot open data directory {dir}: {other}"),
+    }
 }
 
 fn describe_store(config: &Config, store: &Store) {

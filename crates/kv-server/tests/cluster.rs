@@ -253,7 +253,7 @@ fn a_wrong_cluster_secret_is_refused_and_logged() {
                 .iter()
                 .any(|l| l.contains("failed the cluster-secret check"))
     });
-    assert!(client(&a).cluster().expect("view").contains("1 members"));
+    assert!(client(&a).cluster().expect("view").contains("1 member,"));
     // B, still joining, refuses client writes rather than act alone.
     match client(&b).put(b"k", b"v") {
         Err(ClientError::Server {

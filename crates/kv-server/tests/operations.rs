@@ -194,6 +194,11 @@ fn sigterm_with_an_idle_client_connected_exits_at_once() {
     resp.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     assert_eq!(resp.read_to_end(&mut rest).expect("a clean close"), 0);
+    // Without persistence there is no log to flush, and it says so.
+    wait_for("the last line", Duration::from_secs(5), || {
+        server.output().iter().any(|l| l.contains("no persistence"))
+    });
+    assert!(!server.output().iter().any(|l| l.contains("log flushed")));
 }
 
 /// INFO's `instantaneous_ops_per_sec` (Redis's name) rises while a client

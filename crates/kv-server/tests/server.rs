@@ -290,6 +290,9 @@ fn unusable_data_dir_and_bad_flags_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a directory"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    // The directory is named once, not once per layer of the error.
+    let name = file.path().display().to_string();
+    assert_eq!(err.matches(name.as_str()).count(), 1, "{err}");
 
     let out = std::process::Command::new(BIN)
         .args(["--fsync", "sometimes"])

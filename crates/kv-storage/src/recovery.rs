@@ -66,8 +66,9 @@ impl fmt::Display for RecoveryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "recovered {} keys in {:.3}s: {} from snapshot {}, {} log records from {} segments, {} bytes read",
+            "recovered {} key{} in {:.3}s: {} from snapshot {}, {} log record{} from {} segment{}, {} bytes read",
             self.keys,
+            if self.keys == 1 { "" } else { "s" },
             self.elapsed.as_secs_f64(),
             self.snapshot_entries,
             self.snapshot
@@ -75,7 +76,9 @@ impl fmt::Display for RecoveryReport {
                 .and_then(|p| p.file_name())
                 .map_or("(none)".into(), |n| n.to_string_lossy()),
             self.records_replayed,
+            if self.records_replayed == 1 { "" } else { "s" },
             self.segments,
+            if self.segments == 1 { "" } else { "s" },
             self.bytes_read,
         )?;
         for (p, why) in &self.rejected_snapshots {
