@@ -121,6 +121,17 @@ pub enum Admin {
     Remove(String),
 }
 
+impl std::fmt::Display for Admin {
+    /// The command as an operator types it: `JOIN 127.0.0.1:9001`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Admin::Invite(addr) => write!(f, "JOIN {addr}"),
+            Admin::Leave(addr) => write!(f, "LEAVE {addr}"),
+            Admin::Remove(addr) => write!(f, "REMOVE {addr}"),
+        }
+    }
+}
+
 /// Work for an event loop.
 pub enum ToWorker {
     /// A new client connection.
@@ -974,8 +985,8 @@ impl ClusterThread {
                     Admin::Remove(addr) => self.node.remove(now, addr),
                 };
                 match &result {
-                    Ok(text) => println!("kv-server: {cmd:?}: {text}"),
-                    Err(why) => println!("kv-server: {cmd:?} refused: {why}"),
+                    Ok(text) => println!("kv-server: {cmd}: {text}"),
+                    Err(why) => println!("kv-server: {cmd} refused: {why}"),
                 }
                 let response = match result {
                     Ok(text) => Response::Text { text },
@@ -1305,7 +1316,7 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
     match frame.body {
         Response::PeerChallenge { id, nonce, mac } => {
             if id != peer {
-                eprintln!("kv-server: the node dialed at {peer} says it is {id:?}; not talking to it (use the address it advertises)");
+                eprintln!("kv-server: the node dialed at {peer} says it is {id}; not talking to it (use the address it advertises)");
                 return Err(io::Error::other("wrong peer id"));
             }
             let role = native::PeerRole::Listener;

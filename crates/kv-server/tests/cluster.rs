@@ -199,6 +199,11 @@ fn client_join_and_leave_change_the_membership() {
     let mut ca = client(&a);
     let said = ca.join(&b.addr.to_string()).expect("JOIN");
     assert!(said.contains("invited"), "{said}");
+    // The log line names the command as typed, not as Rust prints it.
+    let line = format!("kv-server: JOIN {}: invited", b.addr);
+    wait_for("the JOIN log line", SETTLE, || {
+        a.output().iter().any(|l| l.contains(&line))
+    });
     wait_members(&a, 2);
     wait_members(&b, 2);
     ca.put(b"k", b"v").expect("put in a two-node cluster");
