@@ -71,8 +71,8 @@ pub fn check_interrupted(config: &Config) -> Result<Option<PathBuf>, String> {
             aside.display()
         ));
     }
-    println!(
-        "kv-server: --rejoin-fresh: finishing the interrupted move of the old data of {} into {}",
+    log::info!(
+        "--rejoin-fresh: finishing the interrupted move of the old data of {} into {}",
         dir.display(),
         aside.display()
     );

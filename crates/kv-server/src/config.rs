@@ -206,6 +206,17 @@ pub struct Config {
     #[arg(long, value_name = "PORT")]
     pub metrics_port: Option<u16>,
 
+    /// How much to log: debug, verbose, notice or warning (Redis's
+    /// names). Notice logs what an operator wants to know: members joining,
+    /// going down, coming back and leaving, rebalances, refusals.
+    #[arg(long, value_enum, default_value = "notice", value_name = "LEVEL")]
+    pub loglevel: crate::logging::LogLevel,
+
+    /// Append the log to this file (created if missing) instead of
+    /// writing it to standard output (standard error for warnings).
+    #[arg(long, value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
+
     /// Write the server's process id to this file once it listens, and
     /// remove it on a clean stop (for scripts and service managers).
     #[arg(long, value_name = "FILE")]
@@ -323,8 +334,8 @@ impl Config {
             return Ok(());
         }
         if !self.protected_mode {
-            println!(
-                "kv-server: warning: protected mode is off: anyone who can reach {} may read and write every key",
+            log::warn!(
+                "protected mode is off: anyone who can reach {} may read and write every key",
                 self.listen_addr()
             );
             return Ok(());

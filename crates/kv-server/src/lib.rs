@@ -22,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod dial;
 pub mod glob;
+pub mod logging;
 pub mod metrics;
 pub mod native_cmd;
 pub mod resp_cmd;
@@ -150,6 +151,7 @@ fn plant_log_counters_from_zero() -> bool {
 /// Binds, opens the store, calls `on_ready` with the bound address, and
 /// serves until SIGINT or SIGTERM; then flushes the log and returns.
 pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
+    logging::init(config.loglevel, config.logfile.as_deref()).map_err(RunError::Refused)?;
     config.check_protected_mode().map_err(RunError::Refused)?;
     let tls = tls::Tls::from_config(&config)?;
     // Bind first: a port in use is reported before a long recovery.
@@ -172,10 +174,10 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     };
     let tls_listener = config.tls_listen_addr().map(bind).transpose()?;
     if !cluster::check_peer_config(&config).map_err(RunError::ClusterState)? {
-        println!("kv-server: no --cluster-secret: this node accepts no peers and dials none (a single server; a cluster needs the same --cluster-secret on every node)");
+        log::info!("no --cluster-secret: this node accepts no peers and dials none (a single server; a cluster needs the same --cluster-secret on every node)");
     } else if config.cluster_secret.as_ref().is_some_and(|s| s.len() < 16) {
         // One recorded handshake lets anyone try guesses offline.
-        println!("kv-server: warning: --cluster-secret is short; use at least 16 random characters (24 random bytes in base64, say)");
+        log::warn!("--cluster-secret is short; use at least 16 random characters (24 random bytes in base64, say)");
     }
     // Before the store opens: an interrupted set-aside is refused or
     // finished, then --rejoin-fresh may move the old data aside.
@@ -183,8 +185,8 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     if let Some(aside) =
         finished.or(cluster::check_saved_state(&config).map_err(RunError::ClusterState)?)
     {
-        println!(
-            "kv-server: --rejoin-fresh: the old data is kept in {} (remove it once this node has its ranges again); joining as a new member",
+        log::info!(
+            "--rejoin-fresh: the old data is kept in {} (remove it once this node has its ranges again); joining as a new member",
             aside.display()
         );
     }
@@ -208,10 +210,10 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     let bound = server.local_addr();
     let version = env!("CARGO_PKG_VERSION");
     if let Some(plain) = server.plain_addr() {
-        println!("kv-server {version} listening on {plain} (RESP and native protocol), {threads} event-loop threads");
+        log::info!("version {version} listening on {plain} (RESP and native protocol), {threads} event-loop threads");
     }
     if let Some(tls) = server.tls_addr() {
-        println!("kv-server {version} listening on {tls} (TLS: RESP and native protocol), {threads} event-loop threads");
+        log::info!("version {version} listening on {tls} (TLS: RESP and native protocol), {threads} event-loop threads");
     }
     let _pidfile = match &config_pidfile {
         Some(p) => Some(PidFile::write(p)?),
@@ -220,7 +222,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     if let Some(l) = metrics_listener {
         let at = l.local_addr().map_err(server::ServerError::Io)?;
         metrics::serve(l, Arc::downgrade(server.shared())).map_err(server::ServerError::Io)?;
-        println!("kv-server: Prometheus metrics at http://{at}/metrics");
+        log::info!("Prometheus metrics at http://{at}/metrics");
     }
     on_ready(bound);
     let shared = server.run()?;
@@ -230,9 +232,9 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     };
     shared.store.close().map_err(RunError::Close)?;
     if persistent {
-        println!("kv-server: log flushed, bye");
+        log::info!("log flushed, bye");
     } else {
-        println!("kv-server: stopped (no persistence: the data is gone)");
+        log::info!("stopped (no persistence: the data is gone)");
     }
     Ok(())
 }
@@ -253,10 +255,10 @@ fn storage_message(dir: &str, source: &kv_storage::Error) -> String {
 
 fn describe_store(config: &Config, store: &Store) {
     if config.no_persistence {
-        println!("kv-server: persistence disabled (--no-persistence): data lives in memory only");
+        log::info!("persistence disabled (--no-persistence): data lives in memory only");
     } else {
-        println!(
-            "kv-server: data directory {} (fsync {}): {}",
+        log::info!(
+            "data directory {} (fsync {}): {}",
             config.data_dir.display(),
             format!("{:?}", config.fsync).to_ascii_lowercase(),
             store.recovery_report()

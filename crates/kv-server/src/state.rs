@@ -337,7 +337,7 @@ pub fn handshake_nonce() -> Option<kv_proto::native::Nonce> {
     match getrandom::fill(&mut n) {
         Ok(()) => Some(n),
         Err(e) => {
-            eprintln!("kv-server: no randomness from the OS for a peer handshake: {e}");
+            log::error!("no randomness from the OS for a peer handshake: {e}");
             None
         }
     }
