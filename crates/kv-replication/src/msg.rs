@@ -312,6 +312,12 @@ pub enum PeerMsg {
         op: u64,
         /// What the replica knows of every member.
         members: Vec<Digest>,
+        /// For a write the replica stored all the same (the key is its
+        /// own under its ring): the [`PeerMsg::ReplicateAck`] it would
+        /// have sent. The coordinator takes it as that replica's answer,
+        /// so that it never stamps the write again as if no replica held
+        /// it (a read may have returned it).
+        ack: Option<Box<PeerMsg>>,
     },
     /// A page of a node's keys with versions, tombstones included.
     ListReply {

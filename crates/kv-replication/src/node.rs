@@ -580,29 +580,17 @@ impl Node {
         }
     }
 
-    /// Whether this node may forget the ranges it gave away: every member
-    /// of the rings (joining, normal or leaving; ghosts aside), up or
-    /// down, has shown by gossip the same view of the ring as this node
-    /// (none is still in a rebalance this node saw end: every new owner
-    /// has finished receiving and taken the ring on), and that has held
-    /// for a request timeout (every operation coordinated on an older
-    /// ring, which may have counted this node's copy, has finished). A
-    /// member that stays away holds the cleanup up (the copy is kept, the
-    /// safe side) until it is back or removed.
+    /// Whether this node may forget the ranges it gave away: every live
+    /// member of the rings (joining, normal or leaving) has shown by
+    /// gossip the same view of the ring as this node (none is still in a
+    /// rebalance this node saw end: every new owner has taken the ring
+    /// on, which it does only after it received and flushed its ranges),
+    /// and that has held for a request timeout (every operation
+    /// coordinated on an older ring, which may have counted this node's
+    /// copy, has finished). A member that is down is not waited for: the
+    /// rebalance ended, so if it gained ranges it had them on disk.
     fn ring_settled(&mut self, now: u64) -> bool {
-        let me = self.cfg.id.clone();
-        let transition = self.transition;
-        let lagging = self
-            .members
-            .with_status(&[Status::Joining, Status::Normal, Status::Leaving])
-            .into_iter()
-            .filter(|id| *id != me && !crate::membership::is_ghost(id))
-            .any(|id| {
-                self.members
-                    .digest(&id)
-                    .is_none_or(|d| d.view != transition)
-            });
-        if lagging {
+        if !self.lagging(now).is_empty() {
             self.settled_since = None;
             return false;
         }
@@ -1628,8 +1616,8 @@ impl Node {
                 self.on_read_reply(op, from, state, store);
             }
             PeerMsg::ListReply { op, entries, full } => self.on_list_reply(op, from, entries, full),
-            PeerMsg::RingDiffers { op, members } => {
-                self.on_ring_differs(now, from, op, &members, store)
+            PeerMsg::RingDiffers { op, members, ack } => {
+                self.on_ring_differs(now, from, op, &members, ack, store)
             }
             // Nested envelopes: not sent by any node.
             PeerMsg::InRing { .. } | PeerMsg::OnRing { .. } => {}
@@ -1715,6 +1703,7 @@ impl Node {
         if ring == self.members.ring_id() || self.cfg.planted.no_ring_fence {
             return Some(request);
         }
+        let mut ack = None;
         if let PeerMsg::Replicate { key, version, .. } = &request {
             let mine = union(&self.groups(key, true)).contains(&self.cfg.id);
             if mine
@@ -1722,7 +1711,7 @@ impl Node {
                 && self.stale.is_none()
                 && !self.too_far_ahead(now, from, version.ts, "a write")
             {
-                let _ack = serve_replica(store, &request);
+                ack = serve_replica(store, &request).map(Box::new);
             }
         }
         let op = match &request {
@@ -1731,7 +1720,7 @@ impl Node {
             _ => return Some(request),
         };
         let members = self.members.digests();
-        self.send(from, PeerMsg::RingDiffers { op, members });
+        self.send(from, PeerMsg::RingDiffers { op, members, ack });
         None
     }
 
@@ -1751,9 +1740,17 @@ impl Node {
         from: &str,
         op: u64,
         members: &[Digest],
+        ack: Option<Box<PeerMsg>>,
         store: &Store,
     ) {
         self.on_gossip(now, from, members);
+        // A write the replica stored all the same: its answer counts.
+        if let Some(PeerMsg::ReplicateAck { existed, newer, .. }) = ack.as_deref() {
+            let far = newer.is_some_and(|v| self.too_far_ahead(now, from, v.ts, "a write ack"));
+            if !far {
+                self.on_write_ack(now, op, from, *existed, *newer, store);
+            }
+        }
         self.retry_op(now, op, store);
     }
 
@@ -2505,7 +2502,14 @@ impl Node {
     /// target) to replicas that are alive again.
     fn deliver_hints(&mut self, now: u64) {
         const BATCH: usize = 256;
-        let window = self.cfg.hint_window;
+        // A hint outlives no tombstone: delivered later than half the
+        // grace after it was made, it could bring back a value whose
+        // delete the other replicas have purged since (to a node that
+        // rejoined afresh, say). Anti-entropy repairs the replica instead.
+        let window = match self.cfg.tombstone_grace {
+            0 => self.cfg.hint_window,
+            g => self.cfg.hint_window.min(g / 2),
+        };
         let expired: Vec<(NodeId, Vec<u8>)> = self
             .hints
             .iter()
