@@ -27,16 +27,39 @@ pub fn ghost_id(id: &str, generation: u64) -> NodeId {
     format!("{id}{GHOST_MARK}{generation}")
 }
 
-/// The ring epoch of a table made of `digests` (see
-/// [`Membership::epoch`]).
-pub fn epoch_of<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> u64 {
-    digests
-        .into_iter()
-        .map(|d| {
-            let rank = d.status as u64 + 1;
-            d.generation.saturating_mul(16).saturating_add(rank)
-        })
-        .fold(0u64, u64::saturating_add)
+/// The ring id of a table made of `digests` (see [`Membership::ring_id`]).
+pub fn ring_id_of<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> u64 {
+    let mut read: Vec<&str> = Vec::new();
+    let mut write: Vec<&str> = Vec::new();
+    for d in digests {
+        match d.status {
+            Status::Normal => {
+                read.push(&d.id);
+                write.push(&d.id);
+            }
+            Status::Leaving => read.push(&d.id),
+            Status::Joining => write.push(&d.id),
+            Status::Waiting | Status::Left => {}
+        }
+    }
+    ring_id(&read, &write)
+}
+
+/// The ring id of a read ring and a write ring given by their members:
+/// a hash of both member lists (sorted), never 0.
+pub fn ring_id<S: AsRef<str> + Ord>(read: &[S], write: &[S]) -> u64 {
+    let mut text = String::new();
+    for (tag, list) in [("r", read), ("w", write)] {
+        let mut ids: Vec<&str> = list.iter().map(AsRef::as_ref).collect();
+        ids.sort_unstable();
+        text.push_str(tag);
+        for id in ids {
+            text.push_str(&id.len().to_string());
+            text.push(':');
+            text.push_str(id);
+        }
+    }
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes()) | 1
 }
 
 /// Whether `id` is the ghost of an old generation ([`ghost_id`]).
@@ -170,15 +193,15 @@ impl Membership {
         self.members.values().map(|m| m.d.clone()).collect()
     }
 
-    /// The ring epoch of this table: a number that every piece of
-    /// membership news merged into it raises (a new member, a later
-    /// status, a new generation, which leaves a ghost behind), and that
-    /// heartbeats leave alone. Of two nodes, the one that knows every
-    /// change the other knows, and more, has the higher epoch; messages
-    /// that read or write carry it, so that a replica can refuse a
-    /// coordinator whose ring is older than its own.
-    pub fn epoch(&self) -> u64 {
-        epoch_of(self.members.values().map(|m| &m.d))
+    /// The ring id of this table: a hash of the members of the read ring
+    /// (normal and leaving) and of the write ring (joining and normal),
+    /// the part of the table that decides which nodes replicate a key.
+    /// Two tables with the same id place every key on the same replicas.
+    /// Messages that read or write carry it, and a replica serves them
+    /// only if its own is the same (equality, not an order: two tables
+    /// may each know a change the other lacks, and neither is "newer").
+    pub fn ring_id(&self) -> u64 {
+        ring_id_of(self.members.values().map(|m| &m.d))
     }
 
     /// What this node knows of `id`.

@@ -290,26 +290,34 @@ pub enum PeerMsg {
     },
     /// Join my cluster (sent by the node an operator told to invite you).
     Invite,
-    /// A request that reads or writes (`Replicate`, `Read`, `ListPage`)
-    /// with the ring epoch of its coordinator (see
-    /// [`crate::membership::Membership::epoch`]). A replica whose epoch is
-    /// higher refuses it with [`PeerMsg::NewerRing`]; otherwise it serves
-    /// `request` as if it had come alone.
+    /// The envelope of the version before ring ids: a request with the
+    /// sum its coordinator called a ring epoch. That sum is not an order
+    /// of rings, so it is never sent now, and a node that receives one
+    /// refuses the request with [`PeerMsg::RingDiffers`] (kept so that
+    /// the variants after it keep their numbers on the wire).
     InRing {
-        /// The coordinator's ring epoch.
+        /// The old coordinator's ring epoch (ignored).
         epoch: u64,
         /// The request.
         request: Box<PeerMsg>,
     },
-    /// A request of operation `op` refused because the replica knows a
-    /// newer ring than its coordinator: what the replica knows of the
-    /// members, so that the coordinator adopts that ring and asks again
-    /// (never answering from the old one).
-    NewerRing {
+    /// A request of operation `op` refused because the replica's ring
+    /// differs from its coordinator's ([`PeerMsg::OnRing`]): what the
+    /// replica knows of the members. The coordinator merges it (and sends
+    /// the replica, by gossip, what it knew that the replica lacked), so
+    /// that both then hold the merge of the two tables, and asks again
+    /// (never answering from its old ring).
+    RingDiffers {
         /// The operation refused.
         op: u64,
         /// What the replica knows of every member.
         members: Vec<Digest>,
+        /// For a write the replica stored all the same (the key is its
+        /// own under its ring): the [`PeerMsg::ReplicateAck`] it would
+        /// have sent. The coordinator takes it as that replica's answer,
+        /// so that it never stamps the write again as if no replica held
+        /// it (a read may have returned it).
+        ack: Option<Box<PeerMsg>>,
     },
     /// A page of a node's keys with versions, tombstones included.
     ListReply {
@@ -319,6 +327,17 @@ pub enum PeerMsg {
         entries: Vec<(Vec<u8>, Stamped)>,
         /// Whether the node had more entries after these.
         full: bool,
+    },
+    /// A request that reads or writes (`Replicate`, `Read`, `ListPage`)
+    /// with the ring id of its coordinator (see
+    /// [`crate::membership::Membership::ring_id`]). A replica whose ring
+    /// id differs refuses it with [`PeerMsg::RingDiffers`]; otherwise it
+    /// serves `request` as if it had come alone.
+    OnRing {
+        /// The coordinator's ring id.
+        ring: u64,
+        /// The request.
+        request: Box<PeerMsg>,
     },
 }
 

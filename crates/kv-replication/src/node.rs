@@ -72,6 +72,12 @@ pub struct Config {
     /// How often, at most, the time of the last contact with the cluster
     /// is handed out to be recorded ([`Output::Contact`]).
     pub contact_record_interval: u64,
+    /// Whether the driver runs the cleanup of the ranges this node gave
+    /// away itself, with [`Node::run_cleanup`], once it has published the
+    /// node's ring id to whatever serves replica requests and saved the
+    /// node's state (off: the node runs it inside `handle_*`, as the
+    /// simulator does).
+    pub driver_cleanup: bool,
     /// Bugs planted on purpose, for the simulator's tests to show that it
     /// catches them. All off by default; never turn one on in production.
     #[doc(hidden)]
@@ -108,7 +114,7 @@ pub struct Planted {
     pub no_grace_check: bool,
     /// Replicas serve requests from coordinators on an older ring, and a
     /// coordinator whose rings change goes on with its pending operations
-    /// on the old ones (no ring-epoch fencing).
+    /// on the old ones (no ring fencing).
     pub no_ring_fence: bool,
 }
 
@@ -140,6 +146,7 @@ impl Config {
             max_clock_offset: DEFAULT_MAX_CLOCK_OFFSET,
             tombstone_grace: 4 * 3600 * 1000,
             contact_record_interval: 5000,
+            driver_cleanup: false,
             planted: Planted::default(),
         }
     }
@@ -267,6 +274,10 @@ type WriteValue = (Option<Vec<u8>>, Option<u64>);
 /// test lost copies (not understood yet); the cleanup of the ranges a
 /// node owns in neither ring is enough for the simulator's seeds.
 const FORGET_GAINED: bool = false;
+
+/// How long a failed cleanup (or its snapshot) waits before it is tried
+/// again (ms).
+const CLEANUP_RETRY: u64 = 5000;
 
 /// Versions a write is stamped with at most before it fails as a
 /// conflict (the first and two re-stamps).
@@ -436,6 +447,14 @@ pub struct Node {
     /// The rings changed: the store must forget what this node no longer
     /// owns (see [`crate::ownership`]).
     cleanup_due: bool,
+    /// Since when every member in the rings has shown, by gossip, the
+    /// same view of the ring as this node (see [`Node::ring_settled`]).
+    settled_since: Option<u64>,
+    /// A cleanup forgot entries in memory but its snapshot failed: the
+    /// snapshot is written again (else the log brings them back).
+    snapshot_owed: bool,
+    /// No cleanup or snapshot is tried again before this time.
+    cleanup_retry_at: u64,
     /// Ranges gained in a rebalance just learned of, whose old local
     /// copies the store must forget before the stream fills them.
     forget_gained: Vec<(u64, u64)>,
@@ -520,6 +539,9 @@ impl Node {
             contact_check: false,
             stale: None,
             cleanup_due: true,
+            settled_since: None,
+            snapshot_owed: false,
+            cleanup_retry_at: 0,
             forget_gained: Vec::new(),
             regroup_due: false,
         };
@@ -532,16 +554,75 @@ impl Node {
         // lies outside this node's ranges is forgotten (again, if a crash
         // came between a rebalance's end and its cleanup).
         n.forget_gained.clear();
-        n.clean_up(store);
         n.persist();
+        if !n.cfg.driver_cleanup {
+            n.clean_up(now, store);
+        }
         n
+    }
+
+    /// Runs the cleanup of the ranges this node no longer owns, if one is
+    /// due and allowed (see [`Config::driver_cleanup`]): call it after
+    /// publishing [`Node::ring_id`] (every replica request served under
+    /// an older ring must have finished) and after saving the last
+    /// [`Output::Persist`], so that nothing accepted under an old ring
+    /// lands in a range after it was forgotten, and a restart never finds
+    /// a range forgotten under a membership it did not save.
+    pub fn run_cleanup(&mut self, now: u64, store: &Store) {
+        self.last_now = self.last_now.max(now);
+        self.clean_up(now, store);
+    }
+
+    /// Runs the cleanup inline, unless the driver runs it.
+    fn inline_cleanup(&mut self, now: u64, store: &Store) {
+        if !self.cfg.driver_cleanup {
+            self.clean_up(now, store);
+        }
+    }
+
+    /// Whether this node may forget the ranges it gave away: every live
+    /// member of the rings (joining, normal or leaving) has shown by
+    /// gossip the same view of the ring as this node (none is still in a
+    /// rebalance this node saw end: every new owner has taken the ring
+    /// on, which it does only after it received and flushed its ranges),
+    /// and that has held for a request timeout (every operation
+    /// coordinated on an older ring, which may have counted this node's
+    /// copy, has finished). A member that is down is not waited for: the
+    /// rebalance ended, so if it gained ranges it had them on disk.
+    fn ring_settled(&mut self, now: u64) -> bool {
+        if !self.lagging(now).is_empty() {
+            self.settled_since = None;
+            return false;
+        }
+        let since = *self.settled_since.get_or_insert(now);
+        now >= since.saturating_add(self.cfg.request_timeout)
     }
 
     /// Forgets, in `store`, the data of ranges this node no longer owns in
     /// either ring, and old copies of ranges it has just started to gain
-    /// (see [`crate::ownership`]); logs what it forgot. Idempotent.
-    fn clean_up(&mut self, store: &Store) {
-        if !self.cleanup_due || self.stale.is_some() {
+    /// (see [`crate::ownership`]), once [`Node::ring_settled`] allows;
+    /// logs what it forgot. A failure (the snapshot that makes it
+    /// durable, most likely) is tried again, the snapshot too, every
+    /// [`CLEANUP_RETRY`] ms. Idempotent.
+    fn clean_up(&mut self, now: u64, store: &Store) {
+        if self.stale.is_some() || now < self.cleanup_retry_at {
+            return;
+        }
+        if self.snapshot_owed {
+            match store.snapshot() {
+                Ok(()) => {
+                    self.snapshot_owed = false;
+                    self.log("cleanup: the snapshot that failed is written now".to_string());
+                }
+                Err(e) => {
+                    self.cleanup_retry_at = now.saturating_add(CLEANUP_RETRY);
+                    return self.log(format!(
+                        "cleanup: snapshot failed again, retried later: {e}"
+                    ));
+                }
+            }
+        }
+        if !self.cleanup_due || !self.ring_settled(now) {
             return;
         }
         self.cleanup_due = false;
@@ -563,7 +644,11 @@ impl Node {
                 "cleanup: forgot {n} entries of ranges this node gave away or is receiving afresh"
             )),
             Err(e) => {
+                // Entries may be gone from memory already: the snapshot is
+                // owed even if a retry finds nothing left to forget.
                 self.cleanup_due = true;
+                self.snapshot_owed = true;
+                self.cleanup_retry_at = now.saturating_add(CLEANUP_RETRY);
                 self.log(format!("cleanup failed, retried later: {e}"));
             }
         }
@@ -642,12 +727,12 @@ impl Node {
     }
 
     fn send(&mut self, to: &str, msg: PeerMsg) {
-        // Requests that read or write carry this node's ring epoch, so
-        // that a replica that knows a newer ring refuses them.
+        // Requests that read or write carry this node's ring id, so that
+        // a replica on another ring refuses them.
         let msg = match msg {
             PeerMsg::Replicate { .. } | PeerMsg::Read { .. } | PeerMsg::ListPage { .. } => {
-                PeerMsg::InRing {
-                    epoch: self.members.epoch(),
+                PeerMsg::OnRing {
+                    ring: self.members.ring_id(),
                     request: Box::new(msg),
                 }
             }
@@ -772,10 +857,10 @@ impl Node {
         self.members.status(&self.cfg.id).unwrap_or(Status::Left)
     }
 
-    /// This node's ring epoch (see
-    /// [`crate::membership::Membership::epoch`]).
-    pub fn ring_epoch(&self) -> u64 {
-        self.members.epoch()
+    /// This node's ring id (see
+    /// [`crate::membership::Membership::ring_id`]).
+    pub fn ring_id(&self) -> u64 {
+        self.members.ring_id()
     }
 
     /// Whether a rebalance is under way (as far as this node knows).
@@ -1138,11 +1223,13 @@ impl Node {
         };
         if self.read_ring.nodes() != read.as_slice() {
             self.read_ring = Ring::with_nodes(self.cfg.vnodes, &read);
+            self.settled_since = None;
             self.cleanup_due = true;
             self.regroup_due = true;
         }
         if self.write_ring.nodes() != write.as_slice() {
             self.write_ring = Ring::with_nodes(self.cfg.vnodes, &write);
+            self.settled_since = None;
             self.cleanup_due = true;
             self.regroup_due = true;
         }
@@ -1183,7 +1270,7 @@ impl Node {
     /// A client operation, to be answered with [`Output::Reply`] carrying `id`.
     pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &Store) {
         self.last_now = self.last_now.max(now);
-        self.clean_up(store);
+        self.inline_cleanup(now, store);
         if self.is_joining()
             || self.stale.is_some()
             || self.clock_ahead
@@ -1421,9 +1508,9 @@ impl Node {
 
     /// A message from node `from`.
     pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
-        self.clean_up(store);
+        self.inline_cleanup(now, store);
         self.on_message(now, from, msg, store);
-        self.clean_up(store);
+        self.inline_cleanup(now, store);
         self.regroup_pending(now, store);
     }
 
@@ -1441,8 +1528,13 @@ impl Node {
             }
         }
         let msg = match msg {
-            PeerMsg::InRing { epoch, request } => {
-                match self.fence(now, from, epoch, *request, store) {
+            // The old envelope: its sum says nothing of the ring.
+            PeerMsg::InRing { request, .. } => match self.fence(now, from, 0, *request, store) {
+                Some(request) => request,
+                None => return,
+            },
+            PeerMsg::OnRing { ring, request } => {
+                match self.fence(now, from, ring, *request, store) {
                     Some(request) => request,
                     None => return,
                 }
@@ -1524,10 +1616,11 @@ impl Node {
                 self.on_read_reply(op, from, state, store);
             }
             PeerMsg::ListReply { op, entries, full } => self.on_list_reply(op, from, entries, full),
-            PeerMsg::NewerRing { op, members } => {
-                self.on_newer_ring(now, from, op, &members, store)
+            PeerMsg::RingDiffers { op, members, ack } => {
+                self.on_ring_differs(now, from, op, &members, ack, store)
             }
-            PeerMsg::InRing { .. } => {} // nested: not sent by any node
+            // Nested envelopes: not sent by any node.
+            PeerMsg::InRing { .. } | PeerMsg::OnRing { .. } => {}
             msg @ (PeerMsg::AeDigest { .. }
             | PeerMsg::AeKeys { .. }
             | PeerMsg::AePull { .. }
@@ -1586,27 +1679,31 @@ impl Node {
         }
     }
 
-    /// A request from `from` whose coordinator's ring epoch is `epoch`:
-    /// the request, to serve, if this node knows no newer ring; else
-    /// `None`, and the coordinator is told this node's members (so that
-    /// it adopts the newer ring and asks again).
+    /// A request from `from` whose coordinator's ring id is `ring`: the
+    /// request, to serve, if this node's ring is the same; else `None`,
+    /// and the coordinator is told this node's members (so that it merges
+    /// them, tells this node what it knew that this node lacked, and asks
+    /// again once both agree).
     ///
     /// A write refused so is still stored here if this node is one of the
     /// key's replicas under its own rings (not counted: the coordinator
-    /// sends it again under the newer ring). The coordinator may have
+    /// sends it again under the merged ring). The coordinator may have
     /// finished the write with the other replicas' answers, and then never
-    /// sends it again: without this, the copy here would be missing.
+    /// sends it again: without this, the copy here would be missing. Its
+    /// timestamp is not observed: a refused message does not move the
+    /// clock.
     fn fence(
         &mut self,
         now: u64,
         from: &str,
-        epoch: u64,
+        ring: u64,
         request: PeerMsg,
         store: &Store,
     ) -> Option<PeerMsg> {
-        if epoch >= self.members.epoch() || self.cfg.planted.no_ring_fence {
+        if ring == self.members.ring_id() || self.cfg.planted.no_ring_fence {
             return Some(request);
         }
+        let mut ack = None;
         if let PeerMsg::Replicate { key, version, .. } = &request {
             let mine = union(&self.groups(key, true)).contains(&self.cfg.id);
             if mine
@@ -1614,8 +1711,7 @@ impl Node {
                 && self.stale.is_none()
                 && !self.too_far_ahead(now, from, version.ts, "a write")
             {
-                self.observe(version.ts);
-                let _ack = serve_replica(store, &request);
+                ack = serve_replica(store, &request).map(Box::new);
             }
         }
         let op = match &request {
@@ -1624,22 +1720,38 @@ impl Node {
             _ => return Some(request),
         };
         let members = self.members.digests();
-        self.send(from, PeerMsg::NewerRing { op, members });
+        self.send(from, PeerMsg::RingDiffers { op, members, ack });
         None
     }
 
-    /// A replica refused operation `op` for a newer ring than this node's:
-    /// adopt it, and once this node's epoch has caught up with the
-    /// replica's, carry the operation on under it (never answering from
-    /// the old ring). The epoch may have caught up before the refusal
-    /// came (gossip brought the same news), and the operation's groups
-    /// may be the same under the new ring: it is carried on all the same,
-    /// else the refusing replica's answer would be missing for good.
-    fn on_newer_ring(&mut self, now: u64, from: &str, op: u64, members: &[Digest], store: &Store) {
+    /// A replica refused operation `op` because its ring differs from this
+    /// node's: merge what it knows (if this node knew something it lacked,
+    /// [`Node::on_gossip`] sends it this node's table, so that both then
+    /// hold the merge of the two tables), and carry the operation on under
+    /// the merged ring (never answering from the old one). This converges:
+    /// after the merge this node's table holds the replica's, so their
+    /// rings differ only by news this node has just sent it, and the
+    /// request asked again follows that gossip on the same link. Each
+    /// refusal costs one round trip, and the operation's deadline bounds
+    /// how many it may take while news keeps coming.
+    fn on_ring_differs(
+        &mut self,
+        now: u64,
+        from: &str,
+        op: u64,
+        members: &[Digest],
+        ack: Option<Box<PeerMsg>>,
+        store: &Store,
+    ) {
         self.on_gossip(now, from, members);
-        if self.members.epoch() >= crate::membership::epoch_of(members) {
-            self.retry_op(now, op, store);
+        // A write the replica stored all the same: its answer counts.
+        if let Some(PeerMsg::ReplicateAck { existed, newer, .. }) = ack.as_deref() {
+            let far = newer.is_some_and(|v| self.too_far_ahead(now, from, v.ts, "a write ack"));
+            if !far {
+                self.on_write_ack(now, op, from, *existed, *newer, store);
+            }
         }
+        self.retry_op(now, op, store);
     }
 
     /// Carries pending operation `op` on under the current rings: a read
@@ -2052,7 +2164,7 @@ impl Node {
         if self.stale.is_some() {
             return;
         }
-        self.clean_up(store);
+        self.inline_cleanup(now, store);
         if now >= self.last_gossip + self.cfg.gossip_interval {
             self.last_gossip = now;
             self.gossip_round(now);
@@ -2061,7 +2173,7 @@ impl Node {
             self.deliver_hints(now);
         }
         self.rebalance_tick(now);
-        self.clean_up(store);
+        self.inline_cleanup(now, store);
         self.regroup_pending(now, store);
         let ae = self.cfg.anti_entropy_interval;
         let due =
@@ -2393,7 +2505,14 @@ impl Node {
     /// target) to replicas that are alive again.
     fn deliver_hints(&mut self, now: u64) {
         const BATCH: usize = 256;
-        let window = self.cfg.hint_window;
+        // A hint outlives no tombstone: delivered later than half the
+        // grace after it was made, it could bring back a value whose
+        // delete the other replicas have purged since (to a node that
+        // rejoined afresh, say). Anti-entropy repairs the replica instead.
+        let window = match self.cfg.tombstone_grace {
+            0 => self.cfg.hint_window,
+            g => self.cfg.hint_window.min(g / 2),
+        };
         let expired: Vec<(NodeId, Vec<u8>)> = self
             .hints
             .iter()
@@ -2570,22 +2689,23 @@ pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
     serve_replica_at(store, msg, u64::MAX, u64::MAX)
 }
 
-/// [`serve_replica_at`] for a node whose ring epoch is `epoch` and whose
-/// clock and maximum clock offset are `clock` (ms): a request in an
-/// [`PeerMsg::InRing`] envelope from a coordinator on an older ring is
-/// not answered (`None`: the driver hands it to the node, which refuses
-/// it with [`PeerMsg::NewerRing`]).
+/// [`serve_replica_at`] for a node whose ring id is `ring` and whose
+/// clock and maximum clock offset are `clock` (ms): a request in a
+/// [`PeerMsg::OnRing`] envelope from a coordinator on another ring (or in
+/// the old [`PeerMsg::InRing`] envelope) is not answered (`None`: the
+/// driver hands it to the node, which refuses it with
+/// [`PeerMsg::RingDiffers`]).
 pub fn serve_replica_fenced(
     store: &Store,
     msg: &PeerMsg,
     (now_ms, max_offset_ms): (u64, u64),
-    epoch: u64,
+    ring: u64,
 ) -> Option<PeerMsg> {
     match msg {
-        PeerMsg::InRing { epoch: e, request } if *e >= epoch => {
+        PeerMsg::OnRing { ring: r, request } if *r == ring => {
             serve_replica_at(store, request, now_ms, max_offset_ms)
         }
-        PeerMsg::InRing { .. } => None,
+        PeerMsg::OnRing { .. } | PeerMsg::InRing { .. } => None,
         other => serve_replica_at(store, other, now_ms, max_offset_ms),
     }
 }

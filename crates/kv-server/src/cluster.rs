@@ -197,9 +197,14 @@ pub struct ClusterHandle {
     /// the event loops hand peers' requests for data to the cluster thread
     /// (which answers none) instead of answering them from the store.
     pub checked: AtomicBool,
-    /// The node's ring epoch: the event loops refuse (hand to the cluster
-    /// thread) replica requests from coordinators on an older ring.
-    pub epoch: std::sync::atomic::AtomicU64,
+    /// The node's ring id: the event loops serve replica requests only
+    /// from coordinators on this very ring (others go to the cluster
+    /// thread, which refuses them), and hold the read lock while they
+    /// serve one. So once the cluster thread has written a new id, no
+    /// request accepted under the old one is still being applied: the
+    /// cluster thread writes it before it saves the new membership and
+    /// cleans up the ranges the new ring gave away.
+    pub ring: parking_lot::RwLock<u64>,
 }
 
 thread_local! {
@@ -251,7 +256,7 @@ impl ClusterHandle {
             id: id.to_string(),
             observed: std::sync::atomic::AtomicU64::new(0),
             checked: AtomicBool::new(true),
-            epoch: std::sync::atomic::AtomicU64::new(0),
+            ring: parking_lot::RwLock::new(0),
         };
         Ok((handle, rx, poll))
     }
@@ -653,6 +658,7 @@ pub fn start(
     cfg.number = c.node_id;
     cfg.anti_entropy_interval = c.anti_entropy_ms;
     cfg.offload_anti_entropy = true;
+    cfg.driver_cleanup = true;
     cfg.max_clock_offset = c.max_clock_offset_ms;
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     cfg.stream_rate = c.rebalance_rate;
@@ -693,7 +699,7 @@ pub fn start(
         id: id.clone(),
         observed: std::sync::atomic::AtomicU64::new(0),
         checked: AtomicBool::new(!node.awaiting_contact_check()),
-        epoch: std::sync::atomic::AtomicU64::new(node.ring_epoch()),
+        ring: parking_lot::RwLock::new(node.ring_id()),
     });
     let (appliers, mut applier_threads) = start_appliers(&shared, &handle)?;
     let (anti_entropy, ae_thread) = start_anti_entropy(&shared, &handle)?;
@@ -951,9 +957,15 @@ impl ClusterThread {
                 self.node.handle_tick(now, &self.shared.store);
                 self.publish(now);
             }
-            self.handle
-                .epoch
-                .store(self.node.ring_epoch(), Ordering::Release);
+            // The new ring first (waiting out replica requests served
+            // under the old one), then the new membership saved, and only
+            // then the cleanup of the ranges it gave away.
+            let ring = self.node.ring_id();
+            if *self.handle.ring.read() != ring {
+                *self.handle.ring.write() = ring;
+            }
+            self.drain_outputs(now, &mut down_until);
+            self.node.run_cleanup(now, &self.shared.store);
             self.drain_outputs(now, &mut down_until);
             self.flush_all(now, &mut down_until);
         }

@@ -703,16 +703,6 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             Ok(msg) => {
                 let (now, max_offset) =
                     (crate::cluster::now_ms(), shared.config.max_clock_offset_ms);
-                let request = match &msg {
-                    PeerMsg::InRing { request, .. } => request.as_ref(),
-                    other => other,
-                };
-                if let PeerMsg::Replicate { version, .. } = request {
-                    // One too far ahead is refused (and logged by the node).
-                    if !kv_replication::hlc::too_far_ahead(version.ts, now, max_offset) {
-                        cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
-                    }
-                }
                 // Before a restarted node checked how long it was away,
                 // none of its data leaves and it acknowledges no write
                 // (it may yet give its data up): the node answers nothing.
@@ -720,20 +710,41 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                     return cluster.send(ToCluster::Peer { from, msg });
                 }
                 // Replica requests are answered here, on this connection;
-                // only coordination goes through the cluster thread.
-                let epoch = cluster.epoch.load(Ordering::Acquire);
-                match kv_replication::node::serve_replica_fenced(
-                    &shared.store,
-                    &msg,
-                    (now, max_offset),
-                    epoch,
-                ) {
-                    Some(reply) => match postcard::to_allocvec(&reply) {
-                        Ok(payload) => {
-                            native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
+                // only coordination goes through the cluster thread. The
+                // ring's read lock is held until the request is applied
+                // (see `ClusterHandle::ring`).
+                let served = {
+                    let ring = cluster.ring.read();
+                    kv_replication::node::serve_replica_fenced(
+                        &shared.store,
+                        &msg,
+                        (now, max_offset),
+                        *ring,
+                    )
+                };
+                match served {
+                    Some(reply) => {
+                        // Only a write served here moves the clock (a
+                        // refused one does not; one too far ahead is not
+                        // served, and the node logs it).
+                        let request = match &msg {
+                            PeerMsg::OnRing { request, .. } => request.as_ref(),
+                            other => other,
+                        };
+                        if let (PeerMsg::ReplicateAck { .. }, PeerMsg::Replicate { version, .. }) =
+                            (&reply, request)
+                        {
+                            cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
                         }
-                        Err(e) => eprintln!("kv-server: cannot encode a reply to {from}: {e}"),
-                    },
+                        match postcard::to_allocvec(&reply) {
+                            Ok(payload) => {
+                                native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
+                            }
+                            Err(e) => {
+                                eprintln!("kv-server: cannot encode a reply to {from}: {e}")
+                            }
+                        }
+                    }
                     None => cluster.send(ToCluster::Peer { from, msg }),
                 }
             }
