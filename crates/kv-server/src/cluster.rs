@@ -309,11 +309,11 @@ pub fn check_peer_config(config: &Config) -> Result<bool, String> {
 }
 
 /// Where the node's persistent state lives (None without persistence).
-fn state_path(shared: &Shared) -> Option<PathBuf> {
+pub(crate) fn state_path(shared: &Shared) -> Option<PathBuf> {
     (!shared.config.no_persistence).then(|| shared.config.data_dir.join(STATE_FILE))
 }
 
-fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
+pub(crate) fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
     let bytes = std::fs::read(path?).ok()?;
     match postcard::from_bytes(&bytes) {
         Ok(p) => Some(p),
@@ -350,7 +350,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn save_state(path: &Path, p: &Persisted) {
+pub(crate) fn save_state(path: &Path, p: &Persisted) {
     let result = postcard::to_allocvec(p)
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|bytes| write_durably(path, &bytes));
@@ -624,17 +624,9 @@ fn hint_key(target: &str, key: &[u8]) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_allocvec(&(target, key))
 }
 
-/// Starts the cluster thread. `id` is this node's advertised address.
-pub fn start(
-    shared: Arc<Shared>,
-    id: String,
-    workers: Vec<WorkerMailbox>,
-) -> io::Result<(Arc<ClusterHandle>, std::thread::JoinHandle<()>)> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = mpsc::channel();
-    let c = shared.config.clone();
-    let mut cfg = kv_replication::Config::new(&id);
+/// The replication settings of this node, from its configuration.
+pub(crate) fn node_config(c: &Config, id: &str) -> kv_replication::Config {
+    let mut cfg = kv_replication::Config::new(id);
     cfg.replicas = c.replicas.max(1);
     cfg.write_quorum = c.write_quorum;
     cfg.read_quorum = c.read_quorum;
@@ -646,6 +638,20 @@ pub fn start(
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     cfg.stream_rate = c.rebalance_rate;
     cfg.tombstone_grace = u64::try_from(c.tombstone_grace().as_millis()).unwrap_or(u64::MAX);
+    cfg
+}
+
+/// Starts the cluster thread. `id` is this node's advertised address.
+pub fn start(
+    shared: Arc<Shared>,
+    id: String,
+    workers: Vec<WorkerMailbox>,
+) -> io::Result<(Arc<ClusterHandle>, std::thread::JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    let c = shared.config.clone();
+    let cfg = node_config(&c, &id);
     let path = state_path(&shared);
     let saved = load_state(path.as_ref());
     let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
@@ -883,6 +889,36 @@ fn start_anti_entropy(
     Ok((tx, t))
 }
 
+/// The CLUSTER text: this node's view of the membership.
+pub(crate) fn view_text(node: &Node, me: &str, now: u64) -> String {
+        let view = node.view(now);
+    let (n, w, r) = node.quorums();
+    let mut text = format!(
+        "# cluster: {} members, N={n} W={w} R={r}, this node {}\n",
+        view.len(),
+        me
+    );
+    if node.is_joining() {
+        text.push_str("# this node is not serving yet: it waits to hear from its cluster\n");
+    } else if node.has_left(now) {
+        text.push_str("# this node has left the cluster and serves nothing; stop it\n");
+    }
+    if let Some(p) = node.progress(now) {
+        text.push_str(&format!("# {}\n", p.line()));
+    }
+    for m in view {
+        let mark = if m.id == me { " myself" } else { "" };
+        text.push_str(&format!(
+            "{} {} {} ring-share={:.1}%{mark}\n",
+            m.id,
+            m.state.name(),
+            m.status.name(),
+            m.share * 100.0
+        ));
+    }
+    text
+}
+
 impl ClusterThread {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
@@ -961,9 +997,7 @@ impl ClusterThread {
             ToCluster::Peer { from, msg } => self.node.handle_message(now, &from, msg, store),
             ToCluster::Admin { route, id, cmd } => {
                 let result = match &cmd {
-                    Admin::Invite(_) if self.secret().is_empty() => Err(
-                        "this node has no --cluster-secret, so it has no peers: start every node with the same --cluster-secret".to_string(),
-                    ),
+                    Admin::Invite(_) if self.secret().is_empty() => Err(crate::standalone::NO_PEERS.to_string()),
                     Admin::Invite(addr) => {
                         self.node.invite(addr);
                         Ok(format!(
@@ -997,35 +1031,7 @@ impl ClusterThread {
         self.handle
             .clustered
             .store(is_clustered(&self.node, now), Ordering::Release);
-        let view = self.node.view(now);
-        let (n, w, r) = self.node.quorums();
-        let mut text = format!(
-            "# cluster: {} members, N={n} W={w} R={r}, this node {}\n",
-            view.len(),
-            self.handle.id
-        );
-        if self.node.is_joining() {
-            text.push_str("# this node is not serving yet: it waits to hear from its cluster\n");
-        } else if self.node.has_left(now) {
-            text.push_str("# this node has left the cluster and serves nothing; stop it\n");
-        }
-        if let Some(p) = self.node.progress(now) {
-            text.push_str(&format!("# {}\n", p.line()));
-        }
-        for m in view {
-            let me = if m.id == self.handle.id {
-                " myself"
-            } else {
-                ""
-            };
-            text.push_str(&format!(
-                "{} {} {} ring-share={:.1}%{me}\n",
-                m.id,
-                m.state.name(),
-                m.status.name(),
-                m.share * 100.0
-            ));
-        }
+        let text = view_text(&self.node, &self.handle.id, now);
         *self.handle.view.lock() = text;
     }
 

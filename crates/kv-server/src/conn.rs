@@ -432,10 +432,8 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 "authenticate first (AUTH password)",
             ))
         } else if shared.cluster.get().is_none() {
-            Some(Response::error(
-                ErrorKind::Unsupported,
-                "cluster support is not running",
-            ))
+            // A single server (crate::standalone): it has no secret.
+            Some(Response::error(ErrorKind::Refused, crate::standalone::NO_PEERS))
         } else {
             None
         };

@@ -31,6 +31,7 @@ pub mod resp_rename;
 pub mod resp_rmw;
 pub mod resp_tx;
 pub mod server;
+pub mod standalone;
 pub mod state;
 pub mod tls;
 
