@@ -694,6 +694,7 @@ pub fn start(
     let (anti_entropy, ae_thread) = start_anti_entropy(&shared, &handle)?;
     applier_threads.push(ae_thread);
     let h = handle.clone();
+    let batch_cap = crate::peer_batch::cap(&c);
     let thread = std::thread::Builder::new()
         .name("kv-cluster".into())
         .spawn(move || {
@@ -717,6 +718,7 @@ pub fn start(
                 appliers,
                 anti_entropy,
                 scratch: vec![0; 256 << 10],
+                batch_cap,
                 contact_writer,
             };
             if !plant_serve_before_peer() {
@@ -754,6 +756,12 @@ struct PeerLink {
     /// before this side has proved itself.
     queued: Vec<u8>,
     rbuf: Vec<u8>,
+    /// Whether the peer takes batch frames (its preamble said so).
+    batches: bool,
+    /// Messages of this pass, encoded back to back: one
+    /// [`Request::PeerBatch`] frame at the end of the pass
+    /// ([`crate::peer_batch`]).
+    batch: Vec<u8>,
 }
 
 struct ClusterThread {
@@ -782,6 +790,8 @@ struct ClusterThread {
     anti_entropy: Sender<AeTask>,
     /// Buffer for reading peer links.
     scratch: Vec<u8>,
+    /// Size at which a link's batch is sealed before the pass ends.
+    batch_cap: usize,
     /// Where the last contact with the cluster goes to be recorded.
     contact_writer: Option<Sender<u64>>,
 }
@@ -1161,6 +1171,9 @@ impl ClusterThread {
         for (w, batch) in self.workers.iter().zip(self.replies.iter_mut()) {
             w.deliver_all(std::mem::take(batch));
         }
+        for l in self.peers.values_mut() {
+            crate::peer_batch::seal(&mut l.out, &mut l.batch);
+        }
         let broken: Vec<String> = self
             .peers
             .iter_mut()
@@ -1179,10 +1192,21 @@ impl ClusterThread {
         if !self.peers.contains_key(to) {
             self.connect(to)?;
         }
-        let payload = postcard::to_allocvec(msg).map_err(|e| io::Error::other(e.to_string()))?;
         let Some(link) = self.peers.get_mut(to) else {
             return Ok(());
         };
+        if link.batches && matches!(link.state, LinkState::Ready) {
+            if link.out.len() + link.batch.len() > MAX_PEER_QUEUE {
+                return Ok(()); // drop: the peer is not keeping up
+            }
+            crate::peer_batch::push(&mut link.batch, msg)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            if link.batch.len() >= self.batch_cap {
+                crate::peer_batch::seal(&mut link.out, &mut link.batch);
+            }
+            return Ok(());
+        }
+        let payload = postcard::to_allocvec(msg).map_err(|e| io::Error::other(e.to_string()))?;
         let out = match link.state {
             LinkState::Ready => &mut link.out,
             _ => &mut link.queued,
@@ -1238,6 +1262,8 @@ impl ClusterThread {
                 out,
                 queued: Vec::new(),
                 rbuf: Vec::new(),
+                batches: false,
+                batch: Vec::new(),
             },
         );
         Ok(())
@@ -1297,7 +1323,8 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
         return Ok(false);
     }
     native::check_preamble(&link.rbuf).map_err(|e| io::Error::other(e.to_string()))?;
-    if native::preamble_flags(&link.rbuf) & native::FLAG_PEER_EXPIRY == 0 {
+    let flags = native::preamble_flags(&link.rbuf);
+    if flags & native::FLAG_PEER_EXPIRY == 0 {
         eprintln!("kv-server: {peer} runs an older kv whose peer messages carry no key expiry; not talking to it (upgrade every node of the cluster)");
         return Err(io::Error::other("peer without key expiry"));
     }
@@ -1325,6 +1352,7 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
             native::encode_frame(&mut link.out, 0, &Request::PeerProof { mac });
             link.out.append(&mut link.queued);
             link.state = LinkState::Ready;
+            link.batches = flags & native::FLAG_PEER_BATCH != 0;
             link.rbuf.drain(..native::PREAMBLE_LEN + used);
             Ok(true)
         }
@@ -1350,10 +1378,16 @@ fn take_answers(link: &mut PeerLink) -> io::Result<Vec<PeerMsg>> {
         .map_err(|e| io::Error::other(e.to_string()))?
     {
         used += n;
-        let Request::Peer { payload } = frame.body else {
-            return Err(io::Error::other("unexpected frame from a peer"));
-        };
-        msgs.push(postcard::from_bytes(&payload).map_err(|e| io::Error::other(e.to_string()))?);
+        let bad = |e: postcard::Error| io::Error::other(e.to_string());
+        match frame.body {
+            Request::Peer { payload } => msgs.push(postcard::from_bytes(&payload).map_err(bad)?),
+            Request::PeerBatch { payload } => {
+                for m in crate::peer_batch::Messages::new(&payload) {
+                    msgs.push(m.map_err(bad)?);
+                }
+            }
+            _ => return Err(io::Error::other("unexpected frame from a peer")),
+        }
     }
     link.rbuf.drain(..used);
     Ok(msgs)

@@ -24,6 +24,7 @@ pub mod dial;
 pub mod glob;
 pub mod metrics;
 pub mod native_cmd;
+pub mod peer_batch;
 pub mod resp_cmd;
 pub mod resp_expiry;
 pub mod resp_keys;

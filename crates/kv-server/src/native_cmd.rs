@@ -72,6 +72,7 @@ fn execute_request(shared: &Shared, s: &mut Session, req: Request) -> Response {
         Request::PeerHello { .. }
         | Request::PeerProof { .. }
         | Request::Peer { .. }
+        | Request::PeerBatch { .. }
         | Request::Join { .. }
         | Request::Leave { .. }
         | Request::Remove { .. } => Response::error(
