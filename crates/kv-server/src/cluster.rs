@@ -29,6 +29,8 @@ use crate::config::Config;
 use crate::state::Shared;
 
 const WAKER: Token = Token(usize::MAX);
+/// The shortest interval between two ticks of the node; between them the
+/// thread sleeps until the node next needs one ([`Node::poll_timeout`]).
 const TICK: Duration = Duration::from_millis(20);
 /// Most bytes queued for a peer; beyond, messages are dropped (the
 /// protocol tolerates lost messages: requests time out).
@@ -936,7 +938,12 @@ impl ClusterThread {
         // dropped instead of reconnecting at once.
         let mut down_until: BTreeMap<String, u64> = BTreeMap::new();
         while !self.shared.shutting_down.load(Ordering::SeqCst) {
-            match self.poll.poll(&mut events, Some(TICK)) {
+            // Until the node's next tick (no more often than every TICK),
+            // unless a message or a request comes first; at most a
+            // second (the clock may have stepped back).
+            let due = self.next_tick();
+            let wait = Duration::from_millis(due.saturating_sub(now_ms()).min(1000));
+            match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -981,7 +988,7 @@ impl ClusterThread {
                 }
                 self.take(now, m);
             }
-            if now >= self.last_tick + TICK.as_millis() as u64 {
+            if now >= self.next_tick() {
                 self.last_tick = now;
                 self.node.handle_tick(now, &self.shared.store);
                 self.publish(now);
@@ -993,6 +1000,15 @@ impl ClusterThread {
             self.flush_all(now, &mut down_until);
         }
         Ok(())
+    }
+
+    /// When the node next needs a tick ([`Node::poll_timeout`]), but no
+    /// sooner than TICK after the last one.
+    fn next_tick(&self) -> u64 {
+        let tick = u64::try_from(TICK.as_millis()).unwrap_or(u64::MAX);
+        self.node
+            .poll_timeout()
+            .max(self.last_tick.saturating_add(tick))
     }
 
     fn take(&mut self, now: u64, m: ToCluster) {
