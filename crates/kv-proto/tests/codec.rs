@@ -501,7 +501,13 @@ fn documented_example_bytes() {
 fn peer_payload_bytes_keep_their_encoding() {
     let payload: Vec<u8> = (0..200u8).collect();
     let mut wire = Vec::new();
-    native::encode_frame(&mut wire, 0, &Request::Peer { payload: payload.clone() });
+    native::encode_frame(
+        &mut wire,
+        0,
+        &Request::Peer {
+            payload: payload.clone(),
+        },
+    );
     let as_seq = postcard::to_allocvec(&payload).expect("encode");
     assert!(wire.ends_with(&as_seq), "{wire:?}");
     let (frame, used) = native::decode_frame::<Request>(&wire, 1 << 20)

@@ -27,7 +27,10 @@ fn an_idle_node_sleeps_until_its_next_gossip_round() {
         while n.poll_output().is_some() {}
         let due = n.poll_timeout();
         assert!(due > now, "at {now} the node wants a tick at once ({due})");
-        assert!(due <= now + gossip, "{due} is past the next gossip after {now}");
+        assert!(
+            due <= now + gossip,
+            "{due} is past the next gossip after {now}"
+        );
     }
     // A request is answered at once by a cluster of one: still idle.
     n.handle_client(

@@ -903,7 +903,7 @@ fn start_anti_entropy(
 
 /// The CLUSTER text: this node's view of the membership.
 pub(crate) fn view_text(node: &Node, me: &str, now: u64) -> String {
-        let view = node.view(now);
+    let view = node.view(now);
     let (n, w, r) = node.quorums();
     let mut text = format!(
         "# cluster: {} members, N={n} W={w} R={r}, this node {}\n",
@@ -1023,7 +1023,9 @@ impl ClusterThread {
             ToCluster::Peer { from, msg } => self.node.handle_message(now, &from, msg, store),
             ToCluster::Admin { route, id, cmd } => {
                 let result = match &cmd {
-                    Admin::Invite(_) if self.secret().is_empty() => Err(crate::standalone::NO_PEERS.to_string()),
+                    Admin::Invite(_) if self.secret().is_empty() => {
+                        Err(crate::standalone::NO_PEERS.to_string())
+                    }
                     Admin::Invite(addr) => {
                         self.node.invite(addr);
                         Ok(format!(

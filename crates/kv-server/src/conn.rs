@@ -433,7 +433,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             ))
         } else if shared.cluster.get().is_none() {
             // A single server (crate::standalone): it has no secret.
-            Some(Response::error(ErrorKind::Refused, crate::standalone::NO_PEERS))
+            Some(Response::error(
+                ErrorKind::Refused,
+                crate::standalone::NO_PEERS,
+            ))
         } else {
             None
         };
@@ -799,12 +802,8 @@ fn serve_peer(
     // Replica requests are answered here, on this connection; only
     // coordination goes through the cluster thread.
     let epoch = cluster.epoch.load(Ordering::Acquire);
-    let reply = kv_replication::node::serve_replica_fenced(
-        &shared.store,
-        &msg,
-        (now, max_offset),
-        epoch,
-    );
+    let reply =
+        kv_replication::node::serve_replica_fenced(&shared.store, &msg, (now, max_offset), epoch);
     if reply.is_none() {
         cluster.send(ToCluster::Peer {
             from: from.to_string(),

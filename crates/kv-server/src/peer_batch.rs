@@ -110,9 +110,8 @@ mod tests {
                         expires_at,
                     }
                 }),
-            (any::<u64>(), any::<bool>(), proptest::option::of(ver)).prop_map(
-                |(op, existed, newer)| PeerMsg::ReplicateAck { op, existed, newer }
-            ),
+            (any::<u64>(), any::<bool>(), proptest::option::of(ver))
+                .prop_map(|(op, existed, newer)| PeerMsg::ReplicateAck { op, existed, newer }),
             (any::<u64>(), bytes(40)).prop_map(|(op, key)| PeerMsg::Read { op, key }),
         ]
     }

@@ -48,7 +48,13 @@ pub fn start(shared: &Shared, id: &str) {
     let path = state_path(shared);
     let saved = load_state(path.as_ref());
     let now = now_ms();
-    let mut node = Node::new(node_config(&shared.config, id), now, saved, &shared.store, 0);
+    let mut node = Node::new(
+        node_config(&shared.config, id),
+        now,
+        saved,
+        &shared.store,
+        0,
+    );
     while let Some(out) = node.poll_output() {
         if let (Output::Persist(p), Some(path)) = (out, &path) {
             save_state(path, &p);

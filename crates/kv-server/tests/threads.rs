@@ -66,7 +66,10 @@ fn a_single_server_starts_no_cluster_machinery() {
     // CLUSTER still describes the one node; JOIN is refused with the
     // reason (no secret: no peers).
     let view = c.cluster().expect("CLUSTER");
-    assert!(view.contains("1 members") && view.contains("myself"), "{view}");
+    assert!(
+        view.contains("1 members") && view.contains("myself"),
+        "{view}"
+    );
     let said = c.join("127.0.0.1:1").expect_err("JOIN refused");
     assert!(said.to_string().contains("--cluster-secret"), "{said}");
     assert_eq!(c.get(b"k").expect("GET"), Some(b"v".to_vec()));
