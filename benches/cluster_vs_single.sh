@@ -6,10 +6,13 @@
 #
 # Needs redis-benchmark (apt-get install redis-tools) and a release build.
 # KV_CLUSTER_ARGS adds flags to the cluster nodes (e.g. "--anti-entropy-ms 0").
+# BIN_DIR runs the kv-server and kv-client found there instead (another
+# build, to compare two builds back to back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100000}
-bin=$PWD/target/release/kv-server
+bin_dir=${BIN_DIR:-$PWD/target/release}
+bin=$bin_dir/kv-server
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -38,6 +41,6 @@ wait_port 7212; wait_port 7213
 # Wait until all three are members holding their ranges (joins go one at a
 # time, each copying its ranges first).
 for _ in $(seq 300); do
-  [ "$(target/release/kv-client 127.0.0.1 7211 -c CLUSTER | grep -c ' alive normal ')" = 3 ] && break; sleep 0.1
+  [ "$("$bin_dir"/kv-client 127.0.0.1 7211 -c CLUSTER | grep -c ' alive normal ')" = 3 ] && break; sleep 0.1
 done
 bench 7211 cluster

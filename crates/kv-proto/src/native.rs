@@ -1,7 +1,7 @@
 //! The native protocol: preamble, frames, requests and responses.
 //!
 //! ```text
-//! connection start, both directions: F0 'K' 'V' 'N' | version u16 LE | flags u16 LE (FLAG_PEER_EXPIRY)
+//! connection start, both directions: F0 'K' 'V' 'N' | version u16 LE | flags u16 LE (FLAG_PEER_EXPIRY | FLAG_PEER_BATCH)
 //! then frames:                        length u32 LE | postcard((id u64, body))
 //! ```
 
@@ -20,6 +20,8 @@ pub const PREAMBLE_LEN: usize = 8;
 /// the same with or without it; a node refuses a peer without it, whose
 /// peer messages have another layout.
 pub const FLAG_PEER_EXPIRY: u16 = 1;
+/// Preamble flag: this side takes [`Request::PeerBatch`] frames.
+pub const FLAG_PEER_BATCH: u16 = 2;
 /// Default largest frame a peer accepts (64 MiB of payload).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 /// Bytes of the length prefix.
@@ -55,7 +57,7 @@ pub fn preamble() -> [u8; PREAMBLE_LEN] {
     let mut p = [0; PREAMBLE_LEN];
     p[..4].copy_from_slice(&MAGIC);
     p[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    p[6..8].copy_from_slice(&FLAG_PEER_EXPIRY.to_le_bytes());
+    p[6..8].copy_from_slice(&(FLAG_PEER_EXPIRY | FLAG_PEER_BATCH).to_le_bytes());
     p
 }
 
@@ -154,6 +156,7 @@ pub enum Request {
     /// answered.
     Peer {
         /// The encoded message.
+        #[serde(with = "bytes")]
         payload: Vec<u8>,
     },
     /// Remove the node at `addr` (host:port), which is down, for good: its
@@ -169,6 +172,57 @@ pub enum Request {
         /// `peer_mac(secret, Dialer, dialer nonce, listener nonce, from, id)`.
         mac: Mac,
     },
+    /// Several messages between nodes in one frame: the concatenation of
+    /// their encodings (each self-delimiting), in the order sent. Sent
+    /// only to a side whose preamble has [`FLAG_PEER_BATCH`]. Not
+    /// answered.
+    PeerBatch {
+        /// The encoded messages, back to back.
+        #[serde(with = "bytes")]
+        payload: Vec<u8>,
+    },
+}
+
+/// Serde for byte strings as one run of bytes rather than a sequence of
+/// `u8` (the same postcard encoding, a length then the bytes, but copied
+/// whole instead of byte by byte).
+mod bytes {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(b) = seq.next_element()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
 }
 
 /// Bytes of a handshake nonce.

@@ -34,6 +34,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(from, nonce)| Request::PeerHello { from, nonce }),
         any::<[u8; 32]>().prop_map(|mac| Request::PeerProof { mac }),
         bytes(64).prop_map(|payload| Request::Peer { payload }),
+        bytes(300).prop_map(|payload| Request::PeerBatch { payload }),
     ]
 }
 
@@ -486,11 +487,33 @@ fn documented_example_bytes() {
         },
     );
     assert_eq!(wire, [0x05, 0, 0, 0, 0x07, 0x02, 0x01, 0x01, b'v']);
-    assert_eq!(native::preamble(), [0xF0, b'K', b'V', b'N', 1, 0, 1, 0]);
+    assert_eq!(native::preamble(), [0xF0, b'K', b'V', b'N', 1, 0, 3, 0]);
     assert_eq!(
         native::preamble_flags(&native::preamble()),
-        native::FLAG_PEER_EXPIRY
+        native::FLAG_PEER_EXPIRY | native::FLAG_PEER_BATCH
     );
+}
+
+/// A peer payload is written as one run of bytes, but its encoding is
+/// what it was as a sequence of `u8` (a length, then the bytes): older
+/// nodes read it unchanged.
+#[test]
+fn peer_payload_bytes_keep_their_encoding() {
+    let payload: Vec<u8> = (0..200u8).collect();
+    let mut wire = Vec::new();
+    native::encode_frame(
+        &mut wire,
+        0,
+        &Request::Peer {
+            payload: payload.clone(),
+        },
+    );
+    let as_seq = postcard::to_allocvec(&payload).expect("encode");
+    assert!(wire.ends_with(&as_seq), "{wire:?}");
+    let (frame, used) = native::decode_frame::<Request>(&wire, 1 << 20)
+        .expect("decode")
+        .expect("whole");
+    assert_eq!((frame.body, used), (Request::Peer { payload }, wire.len()));
 }
 
 /// The handshake MAC depends on every input, and each side's tag is

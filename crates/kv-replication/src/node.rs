@@ -2896,6 +2896,44 @@ fn merge_pages(pages: Vec<Page>, limit: u32) -> ClientReply {
     }
 }
 
+impl Node {
+    /// When (ms, on the clock of `now`) the driver must next call
+    /// [`Node::handle_tick`] if no message or client request comes first.
+    /// While anything is under way (requests waiting for replicas, a
+    /// rebalance, a join, a cleanup, a contact check, an early
+    /// anti-entropy round, hints in flight) that is now: the driver ticks
+    /// at its own pace. An idle node needs a tick only for its next gossip
+    /// round or anti-entropy round. A driver may tick earlier or more
+    /// often than this, never later.
+    pub fn poll_timeout(&self) -> u64 {
+        let busy = !self.pending.is_empty()
+            || self.transition != 0
+            || self.stream.is_some()
+            || self.resume.is_some()
+            || self.cleanup_due
+            || self.regroup_due
+            || !self.forget_gained.is_empty()
+            || self.contact_check
+            || !self.hint_ops.is_empty()
+            || self.status() != Status::Normal
+            || self.is_joining()
+            || self.ae_repairs.repeat_now(u64::MAX);
+        if busy {
+            return self.last_now;
+        }
+        let gossip = self.last_gossip.saturating_add(self.cfg.gossip_interval);
+        let ae = self.cfg.anti_entropy_interval;
+        let ae_due = self.last_anti_entropy.saturating_add(ae);
+        // A round that is due but could not start (no peer alive yet) is
+        // tried again with the next gossip round.
+        if ae > 0 && ae_due > self.last_now {
+            gossip.min(ae_due)
+        } else {
+            gossip
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

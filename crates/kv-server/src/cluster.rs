@@ -29,6 +29,8 @@ use crate::config::Config;
 use crate::state::Shared;
 
 const WAKER: Token = Token(usize::MAX);
+/// The shortest interval between two ticks of the node; between them the
+/// thread sleeps until the node next needs one ([`Node::poll_timeout`]).
 const TICK: Duration = Duration::from_millis(20);
 /// Most bytes queued for a peer; beyond, messages are dropped (the
 /// protocol tolerates lost messages: requests time out).
@@ -325,11 +327,11 @@ pub fn check_peer_config(config: &Config) -> Result<bool, String> {
 }
 
 /// Where the node's persistent state lives (None without persistence).
-fn state_path(shared: &Shared) -> Option<PathBuf> {
+pub(crate) fn state_path(shared: &Shared) -> Option<PathBuf> {
     (!shared.config.no_persistence).then(|| shared.config.data_dir.join(STATE_FILE))
 }
 
-fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
+pub(crate) fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
     let bytes = std::fs::read(path?).ok()?;
     match postcard::from_bytes(&bytes) {
         Ok(p) => Some(p),
@@ -366,7 +368,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn save_state(path: &Path, p: &Persisted) {
+pub(crate) fn save_state(path: &Path, p: &Persisted) {
     let result = postcard::to_allocvec(p)
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|bytes| write_durably(path, &bytes));
@@ -640,17 +642,9 @@ fn hint_key(target: &str, key: &[u8]) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_allocvec(&(target, key))
 }
 
-/// Starts the cluster thread. `id` is this node's advertised address.
-pub fn start(
-    shared: Arc<Shared>,
-    id: String,
-    workers: Vec<WorkerMailbox>,
-) -> io::Result<(Arc<ClusterHandle>, std::thread::JoinHandle<()>)> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = mpsc::channel();
-    let c = shared.config.clone();
-    let mut cfg = kv_replication::Config::new(&id);
+/// The replication settings of this node, from its configuration.
+pub(crate) fn node_config(c: &Config, id: &str) -> kv_replication::Config {
+    let mut cfg = kv_replication::Config::new(id);
     cfg.replicas = c.replicas.max(1);
     cfg.write_quorum = c.write_quorum;
     cfg.read_quorum = c.read_quorum;
@@ -663,6 +657,20 @@ pub fn start(
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     cfg.stream_rate = c.rebalance_rate;
     cfg.tombstone_grace = u64::try_from(c.tombstone_grace().as_millis()).unwrap_or(u64::MAX);
+    cfg
+}
+
+/// Starts the cluster thread. `id` is this node's advertised address.
+pub fn start(
+    shared: Arc<Shared>,
+    id: String,
+    workers: Vec<WorkerMailbox>,
+) -> io::Result<(Arc<ClusterHandle>, std::thread::JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    let c = shared.config.clone();
+    let cfg = node_config(&c, &id);
     let path = state_path(&shared);
     let saved = load_state(path.as_ref());
     let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
@@ -705,6 +713,7 @@ pub fn start(
     let (anti_entropy, ae_thread) = start_anti_entropy(&shared, &handle)?;
     applier_threads.push(ae_thread);
     let h = handle.clone();
+    let batch_cap = crate::peer_batch::cap(&c);
     let thread = std::thread::Builder::new()
         .name("kv-cluster".into())
         .spawn(move || {
@@ -728,6 +737,7 @@ pub fn start(
                 appliers,
                 anti_entropy,
                 scratch: vec![0; 256 << 10],
+                batch_cap,
                 contact_writer,
             };
             if !plant_serve_before_peer() {
@@ -765,6 +775,12 @@ struct PeerLink {
     /// before this side has proved itself.
     queued: Vec<u8>,
     rbuf: Vec<u8>,
+    /// Whether the peer takes batch frames (its preamble said so).
+    batches: bool,
+    /// Messages of this pass, encoded back to back: one
+    /// [`Request::PeerBatch`] frame at the end of the pass
+    /// ([`crate::peer_batch`]).
+    batch: Vec<u8>,
 }
 
 struct ClusterThread {
@@ -793,6 +809,8 @@ struct ClusterThread {
     anti_entropy: Sender<AeTask>,
     /// Buffer for reading peer links.
     scratch: Vec<u8>,
+    /// Size at which a link's batch is sealed before the pass ends.
+    batch_cap: usize,
     /// Where the last contact with the cluster goes to be recorded.
     contact_writer: Option<Sender<u64>>,
 }
@@ -900,6 +918,37 @@ fn start_anti_entropy(
     Ok((tx, t))
 }
 
+/// The CLUSTER text: this node's view of the membership.
+pub(crate) fn view_text(node: &Node, me: &str, now: u64) -> String {
+    let view = node.view(now);
+    let (n, w, r) = node.quorums();
+    let mut text = format!(
+        "# cluster: {} member{}, N={n} W={w} R={r}, this node {}\n",
+        view.len(),
+        if view.len() == 1 { "" } else { "s" },
+        me
+    );
+    if node.is_joining() {
+        text.push_str("# this node is not serving yet: it waits to hear from its cluster\n");
+    } else if node.has_left(now) {
+        text.push_str("# this node has left the cluster and serves nothing; stop it\n");
+    }
+    if let Some(p) = node.progress(now) {
+        text.push_str(&format!("# {}\n", p.line()));
+    }
+    for m in view {
+        let mark = if m.id == me { " myself" } else { "" };
+        text.push_str(&format!(
+            "{} {} {} ring-share={:.1}%{mark}\n",
+            m.id,
+            m.state.name(),
+            m.status.name(),
+            m.share * 100.0
+        ));
+    }
+    text
+}
+
 impl ClusterThread {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
@@ -907,7 +956,12 @@ impl ClusterThread {
         // dropped instead of reconnecting at once.
         let mut down_until: BTreeMap<String, u64> = BTreeMap::new();
         while !self.shared.shutting_down.load(Ordering::SeqCst) {
-            match self.poll.poll(&mut events, Some(TICK)) {
+            // Until the node's next tick (no more often than every TICK),
+            // unless a message or a request comes first; at most a
+            // second (the clock may have stepped back).
+            let due = self.next_tick();
+            let wait = Duration::from_millis(due.saturating_sub(now_ms()).min(1000));
+            match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -952,7 +1006,7 @@ impl ClusterThread {
                 }
                 self.take(now, m);
             }
-            if now >= self.last_tick + TICK.as_millis() as u64 {
+            if now >= self.next_tick() {
                 self.last_tick = now;
                 self.node.handle_tick(now, &self.shared.store);
                 self.publish(now);
@@ -972,6 +1026,15 @@ impl ClusterThread {
         Ok(())
     }
 
+    /// When the node next needs a tick ([`Node::poll_timeout`]), but no
+    /// sooner than TICK after the last one.
+    fn next_tick(&self) -> u64 {
+        let tick = u64::try_from(TICK.as_millis()).unwrap_or(u64::MAX);
+        self.node
+            .poll_timeout()
+            .max(self.last_tick.saturating_add(tick))
+    }
+
     fn take(&mut self, now: u64, m: ToCluster) {
         let store = &self.shared.store;
         match m {
@@ -984,9 +1047,9 @@ impl ClusterThread {
             ToCluster::Peer { from, msg } => self.node.handle_message(now, &from, msg, store),
             ToCluster::Admin { route, id, cmd } => {
                 let result = match &cmd {
-                    Admin::Invite(_) if self.secret().is_empty() => Err(
-                        "this node has no --cluster-secret, so it has no peers: start every node with the same --cluster-secret".to_string(),
-                    ),
+                    Admin::Invite(_) if self.secret().is_empty() => {
+                        Err(crate::standalone::NO_PEERS.to_string())
+                    }
                     Admin::Invite(addr) => {
                         self.node.invite(addr);
                         Ok(format!(
@@ -1020,36 +1083,7 @@ impl ClusterThread {
         self.handle
             .clustered
             .store(is_clustered(&self.node, now), Ordering::Release);
-        let view = self.node.view(now);
-        let (n, w, r) = self.node.quorums();
-        let mut text = format!(
-            "# cluster: {} member{}, N={n} W={w} R={r}, this node {}\n",
-            view.len(),
-            if view.len() == 1 { "" } else { "s" },
-            self.handle.id
-        );
-        if self.node.is_joining() {
-            text.push_str("# this node is not serving yet: it waits to hear from its cluster\n");
-        } else if self.node.has_left(now) {
-            text.push_str("# this node has left the cluster and serves nothing; stop it\n");
-        }
-        if let Some(p) = self.node.progress(now) {
-            text.push_str(&format!("# {}\n", p.line()));
-        }
-        for m in view {
-            let me = if m.id == self.handle.id {
-                " myself"
-            } else {
-                ""
-            };
-            text.push_str(&format!(
-                "{} {} {} ring-share={:.1}%{me}\n",
-                m.id,
-                m.state.name(),
-                m.status.name(),
-                m.share * 100.0
-            ));
-        }
+        let text = view_text(&self.node, &self.handle.id, now);
         *self.handle.view.lock() = text;
     }
 
@@ -1179,6 +1213,9 @@ impl ClusterThread {
         for (w, batch) in self.workers.iter().zip(self.replies.iter_mut()) {
             w.deliver_all(std::mem::take(batch));
         }
+        for l in self.peers.values_mut() {
+            crate::peer_batch::seal(&mut l.out, &mut l.batch);
+        }
         let broken: Vec<String> = self
             .peers
             .iter_mut()
@@ -1197,10 +1234,21 @@ impl ClusterThread {
         if !self.peers.contains_key(to) {
             self.connect(to)?;
         }
-        let payload = postcard::to_allocvec(msg).map_err(|e| io::Error::other(e.to_string()))?;
         let Some(link) = self.peers.get_mut(to) else {
             return Ok(());
         };
+        if link.batches && matches!(link.state, LinkState::Ready) {
+            if link.out.len() + link.batch.len() > MAX_PEER_QUEUE {
+                return Ok(()); // drop: the peer is not keeping up
+            }
+            crate::peer_batch::push(&mut link.batch, msg)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            if link.batch.len() >= self.batch_cap {
+                crate::peer_batch::seal(&mut link.out, &mut link.batch);
+            }
+            return Ok(());
+        }
+        let payload = postcard::to_allocvec(msg).map_err(|e| io::Error::other(e.to_string()))?;
         let out = match link.state {
             LinkState::Ready => &mut link.out,
             _ => &mut link.queued,
@@ -1256,6 +1304,8 @@ impl ClusterThread {
                 out,
                 queued: Vec::new(),
                 rbuf: Vec::new(),
+                batches: false,
+                batch: Vec::new(),
             },
         );
         Ok(())
@@ -1315,7 +1365,8 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
         return Ok(false);
     }
     native::check_preamble(&link.rbuf).map_err(|e| io::Error::other(e.to_string()))?;
-    if native::preamble_flags(&link.rbuf) & native::FLAG_PEER_EXPIRY == 0 {
+    let flags = native::preamble_flags(&link.rbuf);
+    if flags & native::FLAG_PEER_EXPIRY == 0 {
         eprintln!("kv-server: {peer} runs an older kv whose peer messages carry no key expiry; not talking to it (upgrade every node of the cluster)");
         return Err(io::Error::other("peer without key expiry"));
     }
@@ -1343,6 +1394,7 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
             native::encode_frame(&mut link.out, 0, &Request::PeerProof { mac });
             link.out.append(&mut link.queued);
             link.state = LinkState::Ready;
+            link.batches = flags & native::FLAG_PEER_BATCH != 0;
             link.rbuf.drain(..native::PREAMBLE_LEN + used);
             Ok(true)
         }
@@ -1368,10 +1420,16 @@ fn take_answers(link: &mut PeerLink) -> io::Result<Vec<PeerMsg>> {
         .map_err(|e| io::Error::other(e.to_string()))?
     {
         used += n;
-        let Request::Peer { payload } = frame.body else {
-            return Err(io::Error::other("unexpected frame from a peer"));
-        };
-        msgs.push(postcard::from_bytes(&payload).map_err(|e| io::Error::other(e.to_string()))?);
+        let bad = |e: postcard::Error| io::Error::other(e.to_string());
+        match frame.body {
+            Request::Peer { payload } => msgs.push(postcard::from_bytes(&payload).map_err(bad)?),
+            Request::PeerBatch { payload } => {
+                for m in crate::peer_batch::Messages::new(&payload) {
+                    msgs.push(m.map_err(bad)?);
+                }
+            }
+            _ => return Err(io::Error::other("unexpected frame from a peer")),
+        }
     }
     link.rbuf.drain(..used);
     Ok(msgs)

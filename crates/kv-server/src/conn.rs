@@ -432,9 +432,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 "authenticate first (AUTH password)",
             ))
         } else if shared.cluster.get().is_none() {
+            // A single server (crate::standalone): it has no secret.
             Some(Response::error(
-                ErrorKind::Unsupported,
-                "cluster support is not running",
+                ErrorKind::Refused,
+                crate::standalone::NO_PEERS,
             ))
         } else {
             None
@@ -581,6 +582,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             Request::PeerHello { from, nonce } => self.peer_hello(shared, id, from, nonce),
             Request::PeerProof { mac } => self.peer_proof(shared, id, &mac),
             Request::Peer { payload } => self.peer_message(shared, &payload),
+            Request::PeerBatch { payload } => self.peer_batch(shared, &payload),
             Request::Join { addr } => self.admin(shared, id, Admin::Invite(addr)),
             Request::Leave { addr } => self.admin(shared, id, Admin::Leave(addr)),
             Request::Remove { addr } => self.admin(shared, id, Admin::Remove(addr)),
@@ -689,63 +691,38 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         self.peer = Some(from);
     }
 
+    /// The proven peer of this connection and the cluster handle; `None`
+    /// (refused, and the connection closes) before the handshake is done.
+    fn proven_peer<'s>(
+        &mut self,
+        shared: &'s Shared,
+    ) -> Option<(String, &'s crate::cluster::ClusterHandle)> {
+        if let (Some(from), Some(cluster)) = (self.peer.clone(), shared.cluster.get()) {
+            return Some((from, cluster));
+        }
+        eprintln!("kv-server: refused a peer message on a connection that did not prove the cluster secret");
+        let r = Response::error(
+            ErrorKind::AuthRequired,
+            "peer messages need a completed peer handshake first",
+        );
+        native::encode_frame(self.out.now(), 0, &r);
+        self.protocol_error(shared);
+        None
+    }
+
     fn peer_message(&mut self, shared: &Shared, payload: &[u8]) {
-        let (Some(from), Some(cluster)) = (self.peer.clone(), shared.cluster.get()) else {
-            eprintln!("kv-server: refused a peer message on a connection that did not prove the cluster secret");
-            let r = Response::error(
-                ErrorKind::AuthRequired,
-                "peer messages need a completed peer handshake first",
-            );
-            native::encode_frame(self.out.now(), 0, &r);
-            return self.protocol_error(shared);
+        let Some((from, cluster)) = self.proven_peer(shared) else {
+            return;
         };
         match postcard::from_bytes::<PeerMsg>(payload) {
             Ok(msg) => {
-                let (now, max_offset) =
-                    (crate::cluster::now_ms(), shared.config.max_clock_offset_ms);
-                // Before a restarted node checked how long it was away,
-                // none of its data leaves and it acknowledges no write
-                // (it may yet give its data up): the node answers nothing.
-                if !cluster.checked.load(Ordering::Acquire) {
-                    return cluster.send(ToCluster::Peer { from, msg });
-                }
-                // Replica requests are answered here, on this connection;
-                // only coordination goes through the cluster thread. The
-                // ring's read lock is held until the request is applied
-                // (see `ClusterHandle::ring`).
-                let served = {
-                    let ring = cluster.ring.read();
-                    kv_replication::node::serve_replica_fenced(
-                        &shared.store,
-                        &msg,
-                        (now, max_offset),
-                        *ring,
-                    )
-                };
-                match served {
-                    Some(reply) => {
-                        // Only a write served here moves the clock (a
-                        // refused one does not; one too far ahead is not
-                        // served, and the node logs it).
-                        let request = match &msg {
-                            PeerMsg::OnRing { request, .. } => request.as_ref(),
-                            other => other,
-                        };
-                        if let (PeerMsg::ReplicateAck { .. }, PeerMsg::Replicate { version, .. }) =
-                            (&reply, request)
-                        {
-                            cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
+                if let Some(reply) = serve_peer(shared, cluster, &from, msg) {
+                    match postcard::to_allocvec(&reply) {
+                        Ok(payload) => {
+                            native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
                         }
-                        match postcard::to_allocvec(&reply) {
-                            Ok(payload) => {
-                                native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
-                            }
-                            Err(e) => {
-                                eprintln!("kv-server: cannot encode a reply to {from}: {e}")
-                            }
-                        }
+                        Err(e) => eprintln!("kv-server: cannot encode a reply to {from}: {e}"),
                     }
-                    None => cluster.send(ToCluster::Peer { from, msg }),
                 }
             }
             Err(e) => {
@@ -754,6 +731,91 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             }
         }
     }
+
+    /// A batch of peer messages ([`crate::peer_batch`]): each is handled
+    /// as a single one would be, and the replies served here go back in
+    /// one batch frame (one frame each to a peer that takes no batches).
+    fn peer_batch(&mut self, shared: &Shared, payload: &[u8]) {
+        let Some((from, cluster)) = self.proven_peer(shared) else {
+            return;
+        };
+        let batched = self.preamble_flags & native::FLAG_PEER_BATCH != 0;
+        let mut replies = Vec::new();
+        for msg in crate::peer_batch::Messages::new(payload) {
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(e) => {
+                    eprintln!("kv-server: malformed message from peer {from}: {e}");
+                    self.protocol_error(shared);
+                    break;
+                }
+            };
+            let Some(reply) = serve_peer(shared, cluster, &from, msg) else {
+                continue;
+            };
+            let encoded = if batched {
+                crate::peer_batch::push(&mut replies, &reply)
+            } else {
+                postcard::to_allocvec(&reply).map(|payload| {
+                    native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
+                })
+            };
+            if let Err(e) = encoded {
+                eprintln!("kv-server: cannot encode a reply to {from}: {e}");
+            }
+        }
+        crate::peer_batch::seal(self.out.now(), &mut replies);
+    }
+}
+
+/// One message from peer `from`: a replica request is answered here (the
+/// reply returned, to go back on this connection); anything else, and
+/// every message before a restarted node checked how long it was away,
+/// goes to the cluster thread.
+fn serve_peer(
+    shared: &Shared,
+    cluster: &crate::cluster::ClusterHandle,
+    from: &str,
+    msg: PeerMsg,
+) -> Option<PeerMsg> {
+    let (now, max_offset) = (crate::cluster::now_ms(), shared.config.max_clock_offset_ms);
+    // Before a restarted node checked how long it was away, none of its
+    // data leaves and it acknowledges no write (it may yet give its data
+    // up): the node answers nothing.
+    if !cluster.checked.load(Ordering::Acquire) {
+        cluster.send(ToCluster::Peer {
+            from: from.to_string(),
+            msg,
+        });
+        return None;
+    }
+    // Replica requests are answered here, on this connection; only
+    // coordination goes through the cluster thread. The ring's read lock
+    // is held until the request is applied (see `ClusterHandle::ring`).
+    let reply = {
+        let ring = cluster.ring.read();
+        kv_replication::node::serve_replica_fenced(&shared.store, &msg, (now, max_offset), *ring)
+    };
+    match &reply {
+        Some(reply) => {
+            // Only a write served here moves the clock (a refused one does
+            // not; one too far ahead is not served, and the node logs it).
+            let request = match &msg {
+                PeerMsg::OnRing { request, .. } => request.as_ref(),
+                other => other,
+            };
+            if let (PeerMsg::ReplicateAck { .. }, PeerMsg::Replicate { version, .. }) =
+                (reply, request)
+            {
+                cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
+            }
+        }
+        None => cluster.send(ToCluster::Peer {
+            from: from.to_string(),
+            msg,
+        }),
+    }
+    reply
 }
 
 /// What a clustered node does with a RESP command.

@@ -25,6 +25,7 @@ pub mod glob;
 pub mod logging;
 pub mod metrics;
 pub mod native_cmd;
+pub mod peer_batch;
 pub mod resp_cmd;
 pub mod resp_expiry;
 pub mod resp_keys;
@@ -32,6 +33,7 @@ pub mod resp_rename;
 pub mod resp_rmw;
 pub mod resp_tx;
 pub mod server;
+pub mod standalone;
 pub mod state;
 pub mod tls;
 

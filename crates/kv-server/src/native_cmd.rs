@@ -65,15 +65,14 @@ fn execute_request(shared: &Shared, s: &mut Session, req: Request) -> Response {
         Request::Info => Response::Text {
             text: shared.info(""),
         },
-        Request::Cluster => match shared.cluster.get() {
-            Some(c) => Response::Text {
-                text: c.view.lock().clone(),
-            },
+        Request::Cluster => match shared.cluster_view() {
+            Some(text) => Response::Text { text },
             None => Response::error(ErrorKind::Unsupported, "cluster support is not running"),
         },
         Request::PeerHello { .. }
         | Request::PeerProof { .. }
         | Request::Peer { .. }
+        | Request::PeerBatch { .. }
         | Request::Join { .. }
         | Request::Leave { .. }
         | Request::Remove { .. } => Response::error(

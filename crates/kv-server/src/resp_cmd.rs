@@ -730,11 +730,11 @@ fn cluster(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
         .first()
         .map(|s| s.to_ascii_lowercase())
         .unwrap_or_default();
-    let Some(c) = shared.cluster.get() else {
+    let Some(view) = shared.cluster_view() else {
         return error(out, "ERR cluster support is not running");
     };
     match sub.as_slice() {
-        b"nodes" | b"info" | b"" => encode_bulk(out, c.view.lock().as_bytes()),
+        b"nodes" | b"info" | b"" => encode_bulk(out, view.as_bytes()),
         _ => error(out, "ERR unknown CLUSTER subcommand (try CLUSTER NODES)"),
     }
 }

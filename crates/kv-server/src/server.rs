@@ -169,8 +169,15 @@ impl Server {
             .advertise
             .clone()
             .unwrap_or_else(|| self.addr.to_string());
-        let (cluster, cluster_thread) = cluster::start(self.shared.clone(), id, mailboxes)?;
-        let _ = self.shared.cluster.set(cluster);
+        // A single server runs no cluster machinery (crate::standalone).
+        let cluster_thread = if crate::standalone::cluster_needed(&self.shared.config) {
+            let (cluster, thread) = cluster::start(self.shared.clone(), id, mailboxes)?;
+            let _ = self.shared.cluster.set(cluster);
+            Some(thread)
+        } else {
+            crate::standalone::start(&self.shared, &id);
+            None
+        };
         let workers = loops
             .into_iter()
             .enumerate()
@@ -185,7 +192,9 @@ impl Server {
         for w in workers {
             let _ = w.thread.join();
         }
-        let _ = cluster_thread.join();
+        if let Some(t) = cluster_thread {
+            let _ = t.join();
+        }
         Ok(self.shared)
     }
 

@@ -79,8 +79,11 @@ pub struct Shared {
     pub over_memory: AtomicBool,
     /// When the server started.
     pub started: Instant,
-    /// The cluster thread's handle, once it runs.
+    /// The cluster thread's handle, once it runs (never on a single
+    /// server: see [`crate::standalone`]).
     pub cluster: std::sync::OnceLock<std::sync::Arc<crate::cluster::ClusterHandle>>,
+    /// The CLUSTER text of a single server, which runs no cluster thread.
+    pub standalone_view: std::sync::OnceLock<String>,
     /// Every command runs holding its event loop's gate shared; EXEC holds
     /// every gate exclusively, so that no other client's command runs in
     /// the middle of a transaction. One gate per loop, each on its own
@@ -125,6 +128,7 @@ impl Shared {
             over_memory: AtomicBool::new(false),
             started: Instant::now(),
             cluster: std::sync::OnceLock::new(),
+            standalone_view: std::sync::OnceLock::new(),
             metrics,
             exec_gates,
             tls: std::sync::OnceLock::new(),
@@ -135,6 +139,15 @@ impl Shared {
     /// then coordinated by the cluster).
     pub fn is_clustered(&self) -> bool {
         self.cluster.get().is_some_and(|c| c.is_clustered())
+    }
+
+    /// The CLUSTER text: the cluster thread's view, or a single server's
+    /// (`None` before either is set up).
+    pub fn cluster_view(&self) -> Option<String> {
+        match self.cluster.get() {
+            Some(c) => Some(c.view.lock().clone()),
+            None => self.standalone_view.get().cloned(),
+        }
     }
 
     /// Re-evaluates the memory limit.
