@@ -2878,6 +2878,10 @@ fn merge_pages(pages: Vec<Page>, limit: u32) -> ClientReply {
 }
 
 #[cfg(test)]
+#[path = "write_path_tests.rs"]
+mod write_path_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use kv_storage::Options;
