@@ -948,7 +948,8 @@ impl Node {
         self.peer_clocks.note(from, clock, now);
         let members = self.members.current();
         self.ahead_of.retain(|id, _| members.contains(id));
-        self.peer_clocks.retain(|id| members.iter().any(|m| m == id));
+        self.peer_clocks
+            .retain(|id| members.iter().any(|m| m == id));
         let n = self.ahead_of.len();
         let ahead_count = self.ahead_of.values().filter(|a| **a).count();
         let now_ahead = ahead_count * 2 > n;

@@ -1473,7 +1473,9 @@ fn encode_shutting_down(to: ReplyTo) -> Vec<u8> {
 fn is_write(to: ReplyTo) -> bool {
     matches!(
         to,
-        ReplyTo::RespSet | ReplyTo::RespDel | ReplyTo::Native(_, NativeKind::Put | NativeKind::Delete)
+        ReplyTo::RespSet
+            | ReplyTo::RespDel
+            | ReplyTo::Native(_, NativeKind::Put | NativeKind::Delete)
     )
 }
 

@@ -16,24 +16,16 @@ const SECRET: &str = "shutdown-test-secret";
 /// Waits until `s` sees `n` alive normal members and serves.
 fn wait_members(s: &ServerProc, n: usize) {
     let mut c = Client::connect(&s.addr.to_string()).expect("connect");
-    let mut last = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        last = c.cluster().expect("cluster view");
-        if last.contains(&format!("{n} members"))
-            && last.matches(" alive normal ").count() == n
-            && !last.contains("not serving")
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} alive normal members not seen by {}: {last}\n{:?}",
-            s.addr,
-            s.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        &format!("{n} alive normal members seen by {}", s.addr),
+        Duration::from_secs(30),
+        || {
+            let view = c.cluster().expect("cluster view");
+            view.contains(&format!("{n} members"))
+                && view.matches(" alive normal ").count() == n
+                && !view.contains("not serving")
+        },
+    );
 }
 
 #[test]
