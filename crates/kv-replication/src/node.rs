@@ -305,6 +305,11 @@ enum Work {
         /// Each replica this try was sent to, with the ring epoch it was
         /// sent under: it is sent again only under a newer epoch.
         sent: BTreeMap<NodeId, u64>,
+        /// A replica refused this try for a newer ring: it may have stored
+        /// it all the same (a replica stores a refused write of a key it
+        /// owns), so a read may have returned it, and it must not be
+        /// re-stamped (it would take effect twice).
+        maybe_stored: bool,
     },
     Read {
         key: Vec<u8>,
@@ -1346,6 +1351,7 @@ impl Node {
             stored: BTreeSet::new(),
             asked: BTreeSet::new(),
             sent: BTreeMap::new(),
+            maybe_stored: false,
         };
         let op = self.new_op(now, client, Groups::new(), work);
         if let Some(p) = self.pending.get_mut(&op) {
@@ -1771,6 +1777,13 @@ impl Node {
     /// may be the same under the new ring: it is carried on all the same,
     /// else the refusing replica's answer would be missing for good.
     fn on_newer_ring(&mut self, now: u64, from: &str, op: u64, members: &[Digest], store: &Store) {
+        if let Some(Pending {
+            work: Work::Write { maybe_stored, .. },
+            ..
+        }) = self.pending.get_mut(&op)
+        {
+            *maybe_stored = true;
+        }
         self.on_gossip(now, from, members);
         if self.members.epoch() >= crate::membership::epoch_of(members) {
             self.retry_op(now, op, store);
@@ -1854,6 +1867,7 @@ impl Node {
                 stored,
                 asked,
                 tries,
+                maybe_stored,
                 ..
             } => {
                 if !p.answered.insert(from.to_string()) {
@@ -1884,7 +1898,7 @@ impl Node {
                 let (Some(n), true) = (*seen_newer, all_answered) else {
                     return;
                 };
-                if stored.is_empty() {
+                if stored.is_empty() && !*maybe_stored {
                     // No replica stored this version, so no read can have
                     // seen it: stamp it again above what they hold.
                     return self.restamp(now, op, n, store);
