@@ -2,6 +2,8 @@
 //! backwards and always exceed every timestamp observed. Nothing in it
 //! wraps: a clock that reaches `u64::MAX` issues no more timestamps.
 
+use std::collections::BTreeMap;
+
 /// The clock. Timestamps are in microseconds-since-epoch units; when
 /// physical time lags what has been seen or issued, the clock counts on by
 /// one per timestamp.
@@ -25,6 +27,17 @@ impl Hlc {
         Some(self.last)
     }
 
+    /// [`Hlc::tick`] with the physical part held at or below `cap` (µs):
+    /// a wall clock read beyond `cap` (one stepped hours ahead of the
+    /// cluster's time) counts for no more than `cap`, so that the clock
+    /// counts on by one from where it is instead of leaping to it. `None`
+    /// only once the clock cannot go higher.
+    pub fn tick_capped(&mut self, now_ms: u64, cap: u64) -> Option<u64> {
+        let next = self.last.checked_add(1)?;
+        self.last = now_ms.saturating_mul(1000).min(cap).max(next);
+        Some(self.last)
+    }
+
     /// Takes note of a timestamp from elsewhere.
     pub fn observe(&mut self, ts: u64) {
         self.last = self.last.max(ts);
@@ -33,6 +46,49 @@ impl Hlc {
     /// The last timestamp issued or observed.
     pub fn last(&self) -> u64 {
         self.last
+    }
+}
+
+/// What the peers' clocks read, from their gossip: an estimate of the
+/// cluster's time that a step of this node's own clock does not move.
+#[derive(Clone, Debug, Default)]
+pub struct PeerClocks {
+    /// Per peer: its clock (ms) in its last gossip, and this node's clock
+    /// when that gossip came.
+    heard: BTreeMap<String, (u64, u64)>,
+}
+
+impl PeerClocks {
+    /// Peer `peer`'s clock read `clock` (ms) in a gossip that came when
+    /// this node's clock read `now`.
+    pub fn note(&mut self, peer: &str, clock: u64, now: u64) {
+        self.heard.insert(peer.to_string(), (clock, now));
+    }
+
+    /// Forgets the peers for which `keep` is false (no longer members).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.heard.retain(|id, _| keep(id));
+    }
+
+    /// The cluster's time (ms) as far as this node can trust it when its
+    /// own clock reads `now`: the lower median of `now` and of each peer's
+    /// last reading, moved on by the time this node's clock says passed
+    /// since, but by `slack` at most (a clock stepped hours ahead must not
+    /// move the estimate with it). One clock stepped hours ahead or back,
+    /// this node's or a peer's, is never the median of three. `None` if no
+    /// peer was heard from.
+    pub fn trusted_now(&self, now: u64, slack: u64) -> Option<u64> {
+        if self.heard.is_empty() {
+            return None;
+        }
+        let mut clocks: Vec<u64> = self
+            .heard
+            .values()
+            .map(|&(clock, at)| clock.saturating_add(now.saturating_sub(at).min(slack)))
+            .collect();
+        clocks.push(now);
+        clocks.sort_unstable();
+        Some(clocks[(clocks.len() - 1) / 2])
     }
 }
 
@@ -45,7 +101,7 @@ pub fn too_far_ahead(ts: u64, now_ms: u64, max_offset_ms: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{too_far_ahead, Hlc};
+    use super::{too_far_ahead, Hlc, PeerClocks};
 
     #[test]
     fn monotonic_and_above_observed() {
@@ -75,5 +131,47 @@ mod tests {
         assert!(!too_far_ahead(1_400_000, 1_000, 500));
         assert!(too_far_ahead(1_500_001, 1_000, 500));
         assert!(!too_far_ahead(u64::MAX, u64::MAX, 500));
+    }
+
+    /// A wall clock read beyond the cap (stepped hours ahead) does not
+    /// move the clock past it: it counts on by one from there.
+    #[test]
+    fn a_capped_tick_never_leaps_past_the_cap() {
+        let mut c = Hlc::default();
+        assert_eq!(c.tick_capped(1_000, 5_000_000), Some(1_000_000));
+        // Stepped two hours ahead: held at the cap, then counting on.
+        let hours = 1_000 + 2 * 3600 * 1000;
+        assert_eq!(c.tick_capped(hours, 1_500_000), Some(1_500_000));
+        assert_eq!(c.tick_capped(hours, 1_500_000), Some(1_500_001));
+        // The cap moves on with the cluster's time; the clock follows.
+        assert_eq!(c.tick_capped(hours, 1_600_000), Some(1_600_000));
+        // Stepped back: counts on by one, never backwards.
+        assert_eq!(c.tick_capped(500, 1_700_000), Some(1_600_001));
+        assert_eq!(c.tick_capped(u64::MAX, u64::MAX), Some(u64::MAX));
+        assert_eq!(c.tick_capped(u64::MAX, u64::MAX), None);
+    }
+
+    /// The trusted time follows the median clock: neither this node's
+    /// clock stepped hours ahead nor a peer's stepped back moves it far,
+    /// and a peer's reading ages by at most the slack.
+    #[test]
+    fn trusted_time_ignores_one_stepped_clock() {
+        let hours = 2 * 3600 * 1000;
+        let t = 10_000_000;
+        let mut p = PeerClocks::default();
+        assert_eq!(p.trusted_now(t, 250), None);
+        p.note("a", t, t);
+        p.note("b", t + 100, t);
+        assert_eq!(p.trusted_now(t + 50, 250), Some(t + 50));
+        // This node stepped hours ahead just after hearing them: their
+        // readings age by the slack at most.
+        assert_eq!(p.trusted_now(t + hours, 250), Some(t + 350));
+        // This node stepped back: its peers' readings stand.
+        assert_eq!(p.trusted_now(t - hours, 250), Some(t));
+        // A peer stepped back.
+        p.note("b", t + 100 - hours, t + 100);
+        assert_eq!(p.trusted_now(t + 100, 250), Some(t + 100));
+        p.retain(|id| id == "a");
+        assert_eq!(p.trusted_now(t + 100, 250), Some(t + 100));
     }
 }

@@ -116,6 +116,13 @@ pub struct Planted {
     /// coordinator whose rings change goes on with its pending operations
     /// on the old ones (no ring fencing).
     pub no_ring_fence: bool,
+    /// Versions are stamped from this node's wall clock however far it
+    /// was stepped ahead of the cluster's time, the coordinator stores its
+    /// own copy without the maximum clock offset check its peers make,
+    /// timestamps are checked against this node's own clock, and timers
+    /// wait for a clock stepped back to come back (the node before the
+    /// clock-step fix).
+    pub wall_clock_stamps: bool,
 }
 
 /// Default maximum clock offset between nodes (ms).
@@ -301,8 +308,20 @@ enum Work {
         /// Replicas that stored this version (or already held it): the
         /// ones that count toward W.
         stored: BTreeSet<NodeId>,
-        /// Replicas this try was sent to (down ones get hints instead).
-        asked: usize,
+        /// The replicas of the current groups this try waits for (down
+        /// ones get hints instead, and this node is left out if it refused
+        /// its own copy): a decision that needs every answer counts theirs
+        /// only, not those of replicas that left the groups.
+        asked: BTreeSet<NodeId>,
+        /// Each replica this try was sent to, with the ring id it was sent
+        /// under: it is sent again only under another ring, or after it
+        /// refused the write ([`PeerMsg::RingDiffers`]).
+        sent: BTreeMap<NodeId, u64>,
+        /// A replica refused this try for a newer ring: it may have stored
+        /// it all the same (a replica stores a refused write of a key it
+        /// owns), so a read may have returned it, and it must not be
+        /// re-stamped (it would take effect twice).
+        maybe_stored: bool,
     },
     Read {
         key: Vec<u8>,
@@ -430,6 +449,9 @@ pub struct Node {
     /// Per peer, whether this node's clock was more than the maximum clock
     /// offset ahead of the peer's at its last gossip.
     ahead_of: BTreeMap<NodeId, bool>,
+    /// The peers' clocks from their gossip: the cluster's time, which
+    /// bounds the versions this node stamps and stores as a coordinator.
+    peer_clocks: crate::hlc::PeerClocks,
     /// Whether this node found its clock too far ahead of most peers: it
     /// coordinates nothing until that changes.
     clock_ahead: bool,
@@ -532,6 +554,7 @@ impl Node {
             last_far_log: 0,
             last_now: now,
             ahead_of: BTreeMap::new(),
+            peer_clocks: crate::hlc::PeerClocks::default(),
             clock_ahead: false,
             numbers: BTreeMap::new(),
             duplicates: BTreeSet::new(),
@@ -943,17 +966,53 @@ impl Node {
             .collect()
     }
 
-    /// A fresh version, or `None` if the clock cannot go any higher.
+    /// A fresh version, or `None` if the clock cannot go any higher. Its
+    /// physical part is held within half the maximum clock offset of the
+    /// cluster's time ([`Node::trusted_now`]): a wall clock stepped hours
+    /// ahead must not stamp versions that every peer refuses (they would
+    /// stay on this node alone, and shadow later writes).
     fn stamp(&mut self, now: u64) -> Option<Ver> {
-        let ts = self.hlc.tick(now)?;
+        let cap = match (self.trusted_now(now), self.clock_bound()) {
+            (Some(t), Some(max)) => t.saturating_add(max / 2).saturating_mul(1000),
+            _ => u64::MAX,
+        };
+        let ts = self.hlc.tick_capped(now, cap)?;
         if ts >= self.floor {
-            self.floor = ts.saturating_add(FLOOR_LEAD);
+            // Within the maximum clock offset, so that a node restarted at
+            // once does not start above what its peers accept.
+            let lead = self
+                .clock_bound()
+                .map_or(FLOOR_LEAD, |m| FLOOR_LEAD.min(m.saturating_mul(500)).max(1));
+            self.floor = ts.saturating_add(lead);
             self.persist();
         }
         Some(Ver {
             ts,
             node: self.number,
         })
+    }
+
+    /// The cluster's time (ms) as this node can trust it, if it heard from
+    /// peers: the median of its clock and theirs (see
+    /// [`crate::hlc::PeerClocks::trusted_now`]). `None` without peers or a
+    /// maximum clock offset.
+    fn trusted_now(&self, now: u64) -> Option<u64> {
+        if self.cfg.planted.wall_clock_stamps {
+            return None;
+        }
+        let max = self.clock_bound()?;
+        self.peer_clocks.trusted_now(now, max / 2)
+    }
+
+    /// Whether this node, as a replica of a write it coordinates, must
+    /// refuse version `ts` as its peers would: more than the maximum clock
+    /// offset ahead of the cluster's time (logged).
+    fn own_copy_too_far_ahead(&mut self, now: u64, ts: u64) -> bool {
+        if self.trusted_now(now).is_none() {
+            return false; // no peer to refuse it either
+        }
+        let me = self.cfg.id.clone();
+        self.too_far_ahead(now, &me, ts, "its own write")
     }
 
     /// Takes note of a timestamp seen elsewhere (unless the planted bug
@@ -977,8 +1036,11 @@ impl Node {
         }
         let ahead = now > clock.saturating_add(max);
         self.ahead_of.insert(from.to_string(), ahead);
+        self.peer_clocks.note(from, clock, now);
         let members = self.members.current();
         self.ahead_of.retain(|id, _| members.contains(id));
+        self.peer_clocks
+            .retain(|id| members.iter().any(|m| m == id));
         let n = self.ahead_of.len();
         let ahead_count = self.ahead_of.values().filter(|a| **a).count();
         let now_ahead = ahead_count * 2 > n;
@@ -1034,22 +1096,34 @@ impl Node {
         (!self.cfg.planted.no_clock_bound).then_some(self.cfg.max_clock_offset)
     }
 
+    /// The clock (ms) timestamps are checked against when this node's
+    /// clock reads `now`: the cluster's time as this node trusts it (see
+    /// [`Node::trusted_now`]), or `now` before it heard from a peer. A
+    /// node whose clock was stepped hours back must not refuse every
+    /// version its peers stamp (it would refuse, and so never learn, that
+    /// its writes lost); one stepped hours ahead must not take versions
+    /// hours ahead of its peers.
+    fn check_clock(&self, now: u64) -> u64 {
+        self.trusted_now(now).unwrap_or(now)
+    }
+
     /// Whether `ts` from `from` is beyond the maximum clock offset ahead of
-    /// this node's clock `now`: if so it is logged (at most once a second)
-    /// and must be refused.
+    /// this node's [`Node::check_clock`] at `now`: if so it is logged (at
+    /// most once a second) and must be refused.
     fn too_far_ahead(&mut self, now: u64, from: &str, ts: u64, what: &str) -> bool {
         let Some(max) = self.clock_bound() else {
             return false;
         };
-        if !crate::hlc::too_far_ahead(ts, now, max) {
+        let clock = self.check_clock(now);
+        if !crate::hlc::too_far_ahead(ts, clock, max) {
             return false;
         }
         self.refused_far += 1;
         if now >= self.last_far_log.saturating_add(1000) {
             self.last_far_log = now;
             self.log(format!(
-                "refused {what} from {from}: timestamp {ts} is {} ms ahead of this node's clock (maximum clock offset {max} ms); {} refused so far",
-                (ts / 1000).saturating_sub(now),
+                "refused {what} from {from}: timestamp {ts} is {} ms ahead of the cluster's time (maximum clock offset {max} ms); {} refused so far",
+                (ts / 1000).saturating_sub(clock),
                 self.refused_far
             ));
         }
@@ -1354,51 +1428,119 @@ impl Node {
             });
             return self.reply(client, ClientReply::Conflict { newer, tries });
         };
-        let groups = self.groups(&key, true);
-        let replicas = union(&groups);
-        let asked = replicas
-            .iter()
-            .filter(|r| **r == self.cfg.id || self.members.state(r, now) != Some(MemberState::Down))
-            .count();
         let work = Work::Write {
             version,
             existed: false,
-            key: key.clone(),
-            value: value.clone(),
+            key,
+            value,
             expires_at,
             tries,
             newer,
             stored: BTreeSet::new(),
-            asked,
+            asked: BTreeSet::new(),
+            sent: BTreeMap::new(),
+            maybe_stored: false,
         };
-        let op = self.new_op(now, client, groups, work);
+        let op = self.new_op(now, client, Groups::new(), work);
         if let Some(p) = self.pending.get_mut(&op) {
             p.deadline = deadline;
         }
-        for r in replicas {
+        self.dispatch_write(now, op, store);
+    }
+
+    /// Sends write `op` (with its version) under the current rings: its
+    /// groups become the key's current ones, and each of their replicas
+    /// that has not answered it, nor been sent it under the current ring
+    /// epoch, gets it: a down one a hint, this node its own copy (unless
+    /// that copy is beyond the maximum clock offset of the cluster's time,
+    /// which its peers refuse too). The first send and every carry-on
+    /// after a ring change (a regroup, or a replica's
+    /// [`PeerMsg::RingDiffers`]) go through here, so that a write is sent to
+    /// each replica once per epoch, however many replicas refused it.
+    /// Finishes the write if its new groups are already met.
+    fn dispatch_write(&mut self, now: u64, op: u64, store: &Store) {
+        let epoch = self.ring_id();
+        let me = self.cfg.id.clone();
+        let Some(p) = self.pending.get(&op) else {
+            return;
+        };
+        let Work::Write {
+            key, sent, version, ..
+        } = &p.work
+        else {
+            return;
+        };
+        let version = *version;
+        let groups = self.groups(key, true);
+        let (mut asked, mut hints, mut sends, mut local) = (BTreeSet::new(), vec![], vec![], false);
+        for r in union(&groups) {
             if crate::membership::is_ghost(&r) {
                 continue; // never up: its ranges are being rebuilt
             }
-            if r != self.cfg.id && self.members.state(&r, now) == Some(MemberState::Down) {
-                self.add_hint(now, r, &key, (value.clone(), expires_at), version);
+            if r != me && self.members.state(&r, now) == Some(MemberState::Down) {
+                hints.push(r);
                 continue;
             }
-            if r == self.cfg.id {
-                let applied = apply_local(store, &key, value.as_deref(), version, expires_at);
-                if let Some((existed, newer)) = applied {
-                    let me = self.cfg.id.clone();
-                    self.on_write_ack(now, op, &me, existed, newer, store);
-                }
-            } else {
-                let msg = PeerMsg::Replicate {
-                    op,
-                    key: key.clone(),
-                    value: value.clone(),
-                    version,
-                    expires_at,
-                };
-                self.send(&r, msg);
+            asked.insert(r.clone());
+            if p.answered.contains(&r) || sent.get(&r) == Some(&epoch) {
+                continue;
             }
+            if r == me {
+                local = true;
+            } else {
+                sends.push(r);
+            }
+        }
+        let refuse_own = local && self.own_copy_too_far_ahead(now, version.ts);
+        if refuse_own {
+            asked.remove(&me);
+        }
+        let Some(p) = self.pending.get_mut(&op) else {
+            return;
+        };
+        p.groups = groups;
+        let Work::Write {
+            key,
+            value,
+            expires_at,
+            sent,
+            asked: waits_for,
+            ..
+        } = &mut p.work
+        else {
+            return;
+        };
+        for r in sends.iter().chain(local.then_some(&me)) {
+            sent.insert(r.clone(), epoch);
+        }
+        *waits_for = asked;
+        let (key, value, expires_at) = (key.clone(), value.clone(), *expires_at);
+        for r in hints {
+            self.add_hint(now, r, &key, (value.clone(), expires_at), version);
+        }
+        for r in sends {
+            let msg = PeerMsg::Replicate {
+                op,
+                key: key.clone(),
+                value: value.clone(),
+                version,
+                expires_at,
+            };
+            self.send(&r, msg);
+        }
+        if local && !refuse_own {
+            let applied = apply_local(store, &key, value.as_deref(), version, expires_at);
+            if let Some((existed, newer)) = applied {
+                self.on_write_ack(now, op, &me, existed, newer, store);
+            }
+        }
+        // The new groups may already be met by what was stored.
+        let met_now = self.pending.get(&op).is_some_and(|p| match &p.work {
+            Work::Write { stored, .. } => met(&p.groups, stored),
+            _ => false,
+        });
+        if met_now {
+            self.finish(op);
         }
     }
 
@@ -1744,11 +1886,29 @@ impl Node {
         store: &Store,
     ) {
         self.on_gossip(now, from, members);
+        // The refusing replica is asked again (once per refusal: the others
+        // keep their sends), also when this node's ring did not change (it
+        // was the replica that lacked news, sent to it just now).
+        if let Some(Pending {
+            work: Work::Write { sent, .. },
+            ..
+        }) = self.pending.get_mut(&op)
+        {
+            sent.remove(from);
+        }
         // A write the replica stored all the same: its answer counts.
         if let Some(PeerMsg::ReplicateAck { existed, newer, .. }) = ack.as_deref() {
             let far = newer.is_some_and(|v| self.too_far_ahead(now, from, v.ts, "a write ack"));
             if !far {
                 self.on_write_ack(now, op, from, *existed, *newer, store);
+            } else if let Some(Pending {
+                work: Work::Write { maybe_stored, .. },
+                ..
+            }) = self.pending.get_mut(&op)
+            {
+                // An answer not believed: the write may be stored there,
+                // so it is never re-stamped.
+                *maybe_stored = true;
             }
         }
         self.retry_op(now, op, store);
@@ -1768,68 +1928,8 @@ impl Node {
                 self.pending.remove(&op);
                 self.send_read(now, deadline, client, key, tries, store)
             }
-            Work::Write { key, .. } => {
-                let key = key.clone();
-                self.resend_write(now, op, &key, store)
-            }
+            Work::Write { .. } => self.dispatch_write(now, op, store),
             Work::List { .. } => {} // not restarted: the client asks again
-        }
-    }
-
-    /// Sends write `op`, with its version, to the replicas of `key`'s
-    /// current groups that have not answered it.
-    fn resend_write(&mut self, now: u64, op: u64, key: &[u8], store: &Store) {
-        let groups = self.groups(key, true);
-        let targets: Vec<NodeId> = union(&groups)
-            .into_iter()
-            .filter(|r| !crate::membership::is_ghost(r))
-            .filter(|r| *r == self.cfg.id || self.members.state(r, now) != Some(MemberState::Down))
-            .collect();
-        let Some(p) = self.pending.get_mut(&op) else {
-            return;
-        };
-        let Work::Write {
-            value,
-            expires_at,
-            version,
-            asked,
-            ..
-        } = &mut p.work
-        else {
-            return;
-        };
-        *asked = targets.len();
-        let (value, expires_at, version) = (value.clone(), *expires_at, *version);
-        let unanswered: Vec<NodeId> = targets
-            .into_iter()
-            .filter(|r| !p.answered.contains(r))
-            .collect();
-        p.groups = groups;
-        for r in unanswered {
-            if r == self.cfg.id {
-                let applied = apply_local(store, key, value.as_deref(), version, expires_at);
-                if let Some((existed, newer)) = applied {
-                    let me = self.cfg.id.clone();
-                    self.on_write_ack(now, op, &me, existed, newer, store);
-                }
-            } else {
-                let msg = PeerMsg::Replicate {
-                    op,
-                    key: key.to_vec(),
-                    value: value.clone(),
-                    version,
-                    expires_at,
-                };
-                self.send(&r, msg);
-            }
-        }
-        // The new groups may already be met by what was stored.
-        let met_now = self.pending.get(&op).is_some_and(|p| match &p.work {
-            Work::Write { stored, .. } => met(&p.groups, stored),
-            _ => false,
-        });
-        if met_now {
-            self.finish(op);
         }
     }
 
@@ -1891,6 +1991,7 @@ impl Node {
                 stored,
                 asked,
                 tries,
+                maybe_stored,
                 ..
             } => {
                 if !p.answered.insert(from.to_string()) {
@@ -1917,10 +2018,11 @@ impl Node {
                     // replica reported a newer, concurrent write.
                     return self.finish(op);
                 }
-                let (Some(n), true) = (*seen_newer, p.answered.len() >= *asked) else {
+                let all_answered = asked.iter().all(|r| p.answered.contains(r));
+                let (Some(n), true) = (*seen_newer, all_answered) else {
                     return;
                 };
-                if stored.is_empty() {
+                if stored.is_empty() && !*maybe_stored {
                     // No replica stored this version, so no read can have
                     // seen it: stamp it again above what they hold.
                     return self.restamp(now, op, n, store);
@@ -2158,8 +2260,35 @@ impl Node {
         self.reply(p.client, reply);
     }
 
+    /// This node's clock went back (stepped, as NTP steps a clock) to
+    /// `now`, before times it already saw: its timers restart from `now`,
+    /// so that gossip, anti-entropy and deadlines do not wait until the
+    /// clock is back where it was (hours, perhaps). A write or read still
+    /// pending gets at most a request timeout from now.
+    fn clock_went_back(&mut self, now: u64) {
+        self.last_now = now;
+        self.last_gossip = self.last_gossip.min(now);
+        self.last_anti_entropy = self.last_anti_entropy.min(now);
+        let latest = now.saturating_add(self.cfg.request_timeout);
+        for p in self.pending.values_mut() {
+            p.deadline = p.deadline.min(latest);
+        }
+        self.converged_since = self.converged_since.map(|t| t.min(now));
+        if let Some(st) = self.stream.as_mut() {
+            st.started = st.started.min(now);
+            st.last_log = st.last_log.min(now);
+            st.last_save = st.last_save.min(now);
+            for src in st.sources.values_mut() {
+                src.asked_at = src.asked_at.map(|t| t.min(now));
+            }
+        }
+    }
+
     /// Time passes: gossip, failure detection, anti-entropy, deadlines.
     pub fn handle_tick(&mut self, now: u64, store: &Store) {
+        if now < self.last_now && !self.cfg.planted.wall_clock_stamps {
+            self.clock_went_back(now);
+        }
         self.last_now = self.last_now.max(now);
         if self.stale.is_some() {
             return;
@@ -2380,8 +2509,9 @@ impl Node {
             return; // a duplicate or a late answer to an earlier request
         }
         let bound = self.clock_bound();
+        let clock = self.check_clock(now);
         let far =
-            |s: &Stamped| bound.is_some_and(|m| crate::hlc::too_far_ahead(s.version.ts, now, m));
+            |s: &Stamped| bound.is_some_and(|m| crate::hlc::too_far_ahead(s.version.ts, clock, m));
         let kept: Vec<(Vec<u8>, Stamped)>;
         let entries = if entries.iter().any(|(_, s)| far(s)) {
             kept = entries.iter().filter(|(_, s)| !far(s)).cloned().collect();
@@ -2598,9 +2728,10 @@ impl Node {
                 0 => 0, // tombstones are kept: none is too old
                 grace => now.saturating_sub(grace).saturating_mul(1000),
             },
-            max_ts: self
-                .clock_bound()
-                .map_or(u64::MAX, |m| now.saturating_add(m).saturating_mul(1000)),
+            max_ts: self.clock_bound().map_or(u64::MAX, |m| {
+                let clock = self.check_clock(now);
+                clock.saturating_add(m).saturating_mul(1000)
+            }),
             work,
         };
         if self.cfg.offload_anti_entropy {
@@ -2933,6 +3064,10 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "write_path_tests.rs"]
+mod write_path_tests;
 
 #[cfg(test)]
 mod tests {

@@ -483,24 +483,26 @@ fn a_coordinator_on_an_old_ring_is_caught_without_fencing() {
     );
 }
 
-/// Seeds of the clock-step run known to fail from a bug not fixed yet: a
-/// node whose clock is stepped hours ahead coordinates writes before its
-/// next gossip shows it is ahead, and stores its own copy, stamped hours
-/// ahead, before any replica refused it; the others refuse that version
-/// (maximum clock offset), so anti-entropy cannot converge and the key's
-/// replicas disagree after healing. The fix needs the node to tell a
-/// clock step from elapsed time (a monotonic clock for its timers, or a
-/// local store only after a peer accepted the version).
-/// (25 of 200 seeds, re-listed from the test's output after the fencing
-/// moved from a sum of the members to ring ids, which changed every run's
-/// course: 26 of the 30 seeds listed before pass now, 21 others fail.
-/// All are "replicas disagree after healing" with versions stamped hours
-/// ahead, except seed 185: a read not linearizable on key3 (not
-/// understood yet; it passed before the change).)
-const KNOWN_CLOCK_STEP: &[u64] = &[
-    3, 4, 6, 10, 18, 37, 42, 49, 54, 67, 74, 93, 118, 119, 130, 131, 140, 150, 154, 168, 175, 182,
-    184, 185, 189,
-];
+/// Seeds of the clock-step run known to fail from a bug not fixed yet.
+/// Empty: 30 of 200 seeds failed (replicas disagreeing after healing)
+/// while a node stepped hours ahead stamped, and stored its own copy of,
+/// versions hours ahead that its peers refused; and a node stepped back
+/// refused its peers' versions and waited hours for its timers. Stamps
+/// are now held within the cluster's time (the median of the clocks),
+/// timestamps are checked against it, the coordinator's own copy is
+/// checked as its peers check theirs, and timers restart when the clock
+/// goes back; [`clock_steps_without_the_cluster_time_are_caught`] plants
+/// the old behaviour back.
+const KNOWN_CLOCK_STEP: &[u64] = &[];
+
+/// Clocks stepped by two hours, forward or back, for a few seconds.
+fn clock_steps() -> SimConfig {
+    SimConfig {
+        clock_step_ppm: 3_000,
+        clock_step: 2 * 3600 * 1000,
+        ..SimConfig::default()
+    }
+}
 
 /// Clocks stepped by two hours, forward or back, for a few seconds (as
 /// NTP steps a clock): the maximum clock offset must keep a node stepped
@@ -509,11 +511,7 @@ const KNOWN_CLOCK_STEP: &[u64] = &[
 /// [`KNOWN_CLOCK_STEP`]).
 #[test]
 fn clocks_stepped_by_hours_keep_the_invariants() {
-    let cfg = SimConfig {
-        clock_step_ppm: 3_000,
-        clock_step: 2 * 3600 * 1000,
-        ..SimConfig::default()
-    };
+    let cfg = clock_steps();
     let test = "clocks_stepped_by_hours_keep_the_invariants";
     let seeds = seeds_up_to(200);
     let reports = check_all(test, &cfg, &seeds, KNOWN_CLOCK_STEP);
@@ -524,6 +522,25 @@ fn clocks_stepped_by_hours_keep_the_invariants() {
         seeds.len()
     );
     assert!(seeds.len() < 20 || steps > seeds.len() / 4, "{steps}");
+}
+
+/// The planted bug: versions stamped from the wall clock however far it
+/// was stepped, the coordinator's own copy stored unchecked, timestamps
+/// checked against the node's own clock and timers waiting for a clock
+/// stepped back (the node before the fix). A node stepped hours ahead
+/// keeps a copy its peers refuse, and the convergence check must catch
+/// the replicas disagreeing.
+#[test]
+fn clock_steps_without_the_cluster_time_are_caught() {
+    let mut cfg = clock_steps();
+    cfg.planted.wall_clock_stamps = true;
+    let (seed, what) = caught_in(
+        &cfg,
+        &seeds_up_to(200),
+        "disagree after healing",
+        "stamping from a clock stepped hours ahead must leave some key's replicas disagreeing",
+    );
+    println!("clock step without the cluster's time caught at seed {seed}: {what}");
 }
 
 /// Seeds of the long-outage runs.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kv_proto::native::{self, ErrorKind, Request, Response};
 use kv_replication::{
@@ -36,6 +36,11 @@ const TICK: Duration = Duration::from_millis(20);
 /// protocol tolerates lost messages: requests time out).
 const MAX_PEER_QUEUE: usize = 64 << 20;
 const RECONNECT_AFTER_MS: u64 = 200;
+/// How long, at shutdown, the cluster thread goes on waiting for the
+/// replicas of the operations it coordinates before it answers them with
+/// an error: under the 5 s the event loops give clients to take their
+/// replies, so that the answer still reaches them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 /// How a reply must be encoded for the client waiting for it.
 #[derive(Clone, Copy, Debug)]
@@ -207,6 +212,8 @@ pub struct ClusterHandle {
     /// cluster thread writes it before it saves the new membership and
     /// cleans up the ranges the new ring gave away.
     pub ring: parking_lot::RwLock<u64>,
+    /// Set once the event loops have stopped (see [`ClusterHandle::stop`]).
+    stop: AtomicBool,
 }
 
 thread_local! {
@@ -239,6 +246,14 @@ impl ClusterHandle {
     pub fn is_clustered(&self) -> bool {
         self.clustered.load(Ordering::Acquire)
     }
+
+    /// Stops the cluster thread, once the event loops have stopped (no
+    /// client is left to answer). At shutdown the cluster thread runs on
+    /// until then, so that the operations it coordinates are answered.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
 }
 
 impl ClusterHandle {
@@ -259,6 +274,7 @@ impl ClusterHandle {
             observed: std::sync::atomic::AtomicU64::new(0),
             checked: AtomicBool::new(true),
             ring: parking_lot::RwLock::new(0),
+            stop: AtomicBool::new(false),
         };
         Ok((handle, rx, poll))
     }
@@ -708,6 +724,7 @@ pub fn start(
         observed: std::sync::atomic::AtomicU64::new(0),
         checked: AtomicBool::new(!node.awaiting_contact_check()),
         ring: parking_lot::RwLock::new(node.ring_id()),
+        stop: AtomicBool::new(false),
     });
     let (appliers, mut applier_threads) = start_appliers(&shared, &handle)?;
     let (anti_entropy, ae_thread) = start_anti_entropy(&shared, &handle)?;
@@ -955,12 +972,21 @@ impl ClusterThread {
         // Peers whose link just failed, and until when messages to them are
         // dropped instead of reconnecting at once.
         let mut down_until: BTreeMap<String, u64> = BTreeMap::new();
-        while !self.shared.shutting_down.load(Ordering::SeqCst) {
+        // At shutdown: when operations still waiting are given up.
+        let mut give_up_at: Option<Instant> = None;
+        while !self.handle.stop.load(Ordering::SeqCst) {
+            if give_up_at.is_none() && self.shared.shutting_down.load(Ordering::SeqCst) {
+                give_up_at = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
             // Until the node's next tick (no more often than every TICK),
             // unless a message or a request comes first; at most a
             // second (the clock may have stepped back).
             let due = self.next_tick();
-            let wait = Duration::from_millis(due.saturating_sub(now_ms()).min(1000));
+            let mut wait = Duration::from_millis(due.saturating_sub(now_ms()).min(1000));
+            if give_up_at.is_some() {
+                // Shutting down: the grace is timed to the tick.
+                wait = wait.min(TICK);
+            }
             match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -1021,6 +1047,9 @@ impl ClusterThread {
             self.drain_outputs(now, &mut down_until);
             self.node.run_cleanup(now, &self.shared.store);
             self.drain_outputs(now, &mut down_until);
+            if give_up_at.is_some_and(|t| Instant::now() >= t) {
+                self.give_up_waiting();
+            }
             self.flush_all(now, &mut down_until);
         }
         Ok(())
@@ -1033,6 +1062,17 @@ impl ClusterThread {
         self.node
             .poll_timeout()
             .max(self.last_tick.saturating_add(tick))
+    }
+
+    /// Shutdown's grace is over: every client operation still waiting for
+    /// replicas (or arriving now) is answered with an error that says the
+    /// node is shutting down and, for a write, that its outcome is
+    /// unknown (some replicas may have stored it).
+    fn give_up_waiting(&mut self) {
+        for (_, (route, to)) in std::mem::take(&mut self.routes) {
+            let bytes = encode_shutting_down(to);
+            self.deliver(route, bytes);
+        }
     }
 
     fn take(&mut self, now: u64, m: ToCluster) {
@@ -1482,12 +1522,7 @@ fn read_link(link: &mut PeerLink, scratch: &mut [u8]) -> io::Result<()> {
 /// may still have been stored by the replicas that were slow or whose
 /// acknowledgement was lost: its outcome is unknown, not failed.
 fn unavailable_text(to: ReplyTo, answered: usize, needed: usize, replicas: usize) -> String {
-    let write = matches!(
-        to,
-        ReplyTo::RespSet
-            | ReplyTo::RespDel
-            | ReplyTo::Native(_, NativeKind::Put | NativeKind::Delete)
-    );
+    let write = is_write(to);
     let mut text = format!(
         "unavailable: only {answered} of {replicas} replicas answered in time (needed {needed})"
     );
@@ -1497,6 +1532,37 @@ fn unavailable_text(to: ReplyTo, answered: usize, needed: usize, replicas: usize
         );
     }
     text
+}
+
+/// The answer to an operation still waiting for its replicas when
+/// shutdown's grace ends.
+fn encode_shutting_down(to: ReplyTo) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut text = String::from(
+        "unavailable: this node is shutting down and stopped waiting for the replicas' answers",
+    );
+    if is_write(to) {
+        text.push_str(
+            "; the outcome is unknown: some replicas may have stored the write, and later reads may return it",
+        );
+    }
+    match to {
+        ReplyTo::Native(id, _) => {
+            native::encode_frame(&mut out, id, &Response::error(ErrorKind::Unavailable, text))
+        }
+        _ => crate::resp_cmd::error(&mut out, &format!("ERR {text}")),
+    }
+    out
+}
+
+/// Whether a client waits for the outcome of a write (SET, DEL, PUT).
+fn is_write(to: ReplyTo) -> bool {
+    matches!(
+        to,
+        ReplyTo::RespSet
+            | ReplyTo::RespDel
+            | ReplyTo::Native(_, NativeKind::Put | NativeKind::Delete)
+    )
 }
 
 /// The refusal of a node that serves nothing: `left` if it has left the

@@ -5,7 +5,9 @@
 //! (round robin) over a channel and wakes it. Each worker owns its
 //! connections and serves them to completion. On SIGINT or SIGTERM the
 //! acceptor stops accepting, the workers answer what they have already
-//! read, flush, and close, and the store's log is flushed.
+//! read, flush, and close, while the cluster thread goes on coordinating
+//! the operations under way (giving them up with an error after a grace);
+//! then the cluster thread stops, and the store's log is flushed.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -189,8 +191,14 @@ impl Server {
         for w in &workers {
             let _ = w.mailbox.waker.wake();
         }
+        // The cluster thread runs on while the event loops drain: the
+        // operations it coordinates are answered (or given up with an
+        // error after its grace), and the replies reach their clients.
         for w in workers {
             let _ = w.thread.join();
+        }
+        if let Some(c) = self.shared.cluster.get() {
+            c.stop();
         }
         if let Some(t) = cluster_thread {
             let _ = t.join();

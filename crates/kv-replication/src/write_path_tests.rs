@@ -1,0 +1,190 @@
+//! The coordinator's write path under ring changes (review finding 6): a
+//! write is sent to each replica once per ring epoch however many
+//! replicas refuse it, and after a regroup only the answers of the new
+//! groups' replicas decide it.
+
+use super::*;
+use kv_storage::Options;
+
+const T0: u64 = 1_000_000;
+
+fn store() -> Store {
+    Store::open(Options::in_memory()).expect("in-memory store")
+}
+
+fn digest(id: &str, status: Status) -> Digest {
+    Digest::new(id, status)
+}
+
+/// Node `a:1` in a cluster of `a:1`, `b:1`, `c:1` (N = 3, W = 2) that has
+/// heard from `b:1`, its outputs drained.
+fn coordinator(s: &Store) -> Node {
+    let members = ["a:1", "b:1", "c:1"]
+        .iter()
+        .map(|id| digest(id, Status::Normal))
+        .collect::<Vec<_>>();
+    let saved = Persisted {
+        members: members.clone(),
+        clock_floor: 0,
+        stream: None,
+    };
+    let mut n = Node::new(Config::new("a:1"), T0, Some(saved), s, 1);
+    let gossip = PeerMsg::Gossip {
+        members,
+        clock: T0,
+        number: node_number("b:1"),
+    };
+    n.handle_message(T0, "b:1", gossip, s);
+    drain(&mut n);
+    n
+}
+
+fn drain(n: &mut Node) -> Vec<Output> {
+    std::iter::from_fn(|| n.poll_output()).collect()
+}
+
+/// The `Replicate` requests among `out`, by destination, with their op.
+fn replicates(out: &[Output]) -> Vec<(NodeId, u64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, msg } => {
+                let msg = match msg {
+                    PeerMsg::OnRing { request, .. } => request.as_ref(),
+                    other => other,
+                };
+                match msg {
+                    PeerMsg::Replicate { op, .. } => Some((to.clone(), *op)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(out: &[Output]) -> Vec<ClientReply> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Reply { reply, .. } => Some(reply.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn put(key: &[u8]) -> ClientOp {
+    ClientOp::Put {
+        key: key.to_vec(),
+        value: b"v".to_vec(),
+        expires_at: None,
+    }
+}
+
+/// Every replica refuses a write for a newer ring (a member this
+/// coordinator had not heard of yet): the write goes again to each
+/// replica once under the newer ring, not once per refusal (N - 1
+/// refusals each resending to the N - 1 others before the fix).
+#[test]
+fn refusals_for_a_newer_ring_resend_once_per_replica() {
+    let s = store();
+    let mut a = coordinator(&s);
+    a.handle_client(T0 + 1, 7, put(b"k"), &s);
+    let first = replicates(&drain(&mut a));
+    assert_eq!(first.len(), 2, "{first:?}");
+    let op = first[0].1;
+    // The replicas know of a fourth member, waiting to join: a newer
+    // epoch, the same replica groups.
+    let newer: Vec<Digest> = ["a:1", "b:1", "c:1"]
+        .iter()
+        .map(|id| digest(id, Status::Normal))
+        .chain([digest("d:1", Status::Waiting)])
+        .collect();
+    let mut resent = Vec::new();
+    for from in ["b:1", "c:1"] {
+        let msg = PeerMsg::RingDiffers {
+            op,
+            members: newer.clone(),
+            ack: None,
+        };
+        a.handle_message(T0 + 2, from, msg, &s);
+        resent.extend(replicates(&drain(&mut a)));
+    }
+    resent.sort();
+    assert_eq!(
+        resent,
+        vec![("b:1".to_string(), op), ("c:1".to_string(), op)],
+        "each replica gets the write once under the newer ring"
+    );
+}
+
+/// After a regroup, a write decided by "every replica answered" counts
+/// only the replicas of its new groups: the answers of a replica that
+/// left them must not make it fail as a conflict before a new replica,
+/// which stores it, has answered.
+#[test]
+fn answers_from_the_old_group_do_not_decide_a_regrouped_write() {
+    let s = store();
+    // A key whose replicas, once d:1 is a member, leave b:1 out and keep
+    // a:1 (the coordinator) and c:1.
+    let four = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ["a:1", "b:1", "c:1", "d:1"]);
+    let key = (0..10_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| {
+            let p = four.preference_list(k, 3);
+            p.contains(&"a:1") && p.contains(&"c:1") && p.contains(&"d:1")
+        })
+        .expect("some key");
+    let mut a = coordinator(&s);
+    a.handle_client(T0 + 1, 7, put(&key), &s);
+    let sent = replicates(&drain(&mut a));
+    let op = sent[0].1;
+    let Some(Pending {
+        work: Work::Write { version, .. },
+        ..
+    }) = a.pending.get(&op)
+    else {
+        panic!("the write is pending");
+    };
+    let newer = Ver {
+        ts: version.ts + 1_000,
+        node: 1,
+    };
+    let lost = |op| PeerMsg::ReplicateAck {
+        op,
+        existed: true,
+        newer: Some(newer),
+    };
+    // b:1 holds a newer version: the write lost there.
+    a.handle_message(T0 + 2, "b:1", lost(op), &s);
+    // d:1 becomes a member: the key's replicas are now a:1, c:1, d:1.
+    let four_members: Vec<Digest> = ["a:1", "b:1", "c:1", "d:1"]
+        .iter()
+        .map(|id| digest(id, Status::Normal))
+        .collect();
+    let gossip = PeerMsg::Gossip {
+        members: four_members,
+        clock: T0 + 3,
+        number: node_number("c:1"),
+    };
+    a.handle_message(T0 + 3, "c:1", gossip, &s);
+    let out = drain(&mut a);
+    assert!(
+        replicates(&out).contains(&("d:1".to_string(), op)),
+        "{out:?}"
+    );
+    // c:1 holds the newer version too; d:1 has not answered yet.
+    a.handle_message(T0 + 4, "c:1", lost(op), &s);
+    let out = drain(&mut a);
+    assert_eq!(replies(&out), vec![], "decided before d:1 answered");
+    // d:1 stores it: a:1 and d:1 are a write quorum of the new group.
+    let ack = PeerMsg::ReplicateAck {
+        op,
+        existed: false,
+        newer: None,
+    };
+    a.handle_message(T0 + 5, "d:1", ack, &s);
+    let out = drain(&mut a);
+    assert!(
+        matches!(replies(&out).as_slice(), [ClientReply::Written { .. }]),
+        "{out:?}"
+    );
+}
