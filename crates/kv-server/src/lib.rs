@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod aside;
 pub mod cluster;
 pub mod command_table;

@@ -16,6 +16,9 @@ pub struct Counters {
     pub connections_received: AtomicU64,
     /// Connections refused because of --max-clients.
     pub rejected: AtomicU64,
+    /// Connections counted as peers, or let in to prove they are (see
+    /// [`crate::admission`]).
+    pub budget: crate::admission::Budget,
     /// Commands and requests processed.
     pub commands: AtomicU64,
     /// Requests refused because of --maxmemory.
