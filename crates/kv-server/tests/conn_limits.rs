@@ -242,3 +242,39 @@ fn over_the_limit_a_client_cannot_pass_as_a_peer() {
     assert_eq!(call(&mut held, "PING"), "+PONG");
     a.stop();
 }
+
+/// Guesses spread over new connections (two each, under the
+/// per-connection delay) are counted per source address: after a burst,
+/// AUTH from this address is not checked, not even the right password;
+/// the right password gets in again once the bucket refills (one failure
+/// allowed per second).
+#[test]
+fn auth_failures_are_limited_per_source_address_across_connections() {
+    let s = ServerProc::start(BIN, &["--no-persistence", "--requirepass", "secret"]);
+    let mut checked = 0;
+    let mut held_back = false;
+    'guessing: for _ in 0..50 {
+        let mut c = connect(s.addr);
+        for i in 0..2 {
+            let reply = call(&mut c, &format!("AUTH guess{checked}-{i}"));
+            assert!(reply.starts_with("-WRONGPASS"), "{reply}");
+            if reply.contains("not checked") {
+                held_back = true;
+                break 'guessing;
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        held_back,
+        "{checked} guesses over new connections were all checked"
+    );
+    assert!(checked <= 30, "{checked} guesses were checked before the limit");
+    let mut c = connect(s.addr);
+    let reply = call(&mut c, "AUTH secret");
+    assert!(reply.contains("not checked"), "the right password was checked: {reply}");
+    wait_for("AUTH to be checked again", DEADLINE, || {
+        call(&mut connect(s.addr), "AUTH secret") == "+OK"
+    });
+    s.stop();
+}
