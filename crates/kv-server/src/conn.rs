@@ -201,6 +201,12 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         self.admission = a;
     }
 
+    /// Counts this connection's failed AUTHs against its source address
+    /// too (see [`crate::auth_limit`]).
+    pub fn set_source(&mut self, shared: &Shared, ip: std::net::IpAddr) {
+        self.session.source = Some((ip, shared.auth_sources.clone()));
+    }
+
     /// Gives back the connection's slot (when it is closed).
     pub fn release(&mut self, shared: &Shared) {
         admission::release(shared, &mut self.admission);

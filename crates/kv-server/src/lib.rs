@@ -17,6 +17,7 @@
 
 pub mod admission;
 pub mod aside;
+pub mod auth_limit;
 pub mod cluster;
 pub mod command_table;
 pub mod config;

@@ -413,8 +413,12 @@ impl Worker {
             seq: 0,
         };
         let authenticated = self.shared.config.requirepass.is_none();
+        let source = stream.peer_addr().ok().map(|a| a.ip());
         let mut conn = Conn::new(stream, authenticated, route);
         conn.admit_as(admission);
+        if let Some(ip) = source {
+            conn.set_source(&self.shared, ip);
+        }
         entry.insert(Slot {
             conn,
             interest,

@@ -52,6 +52,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// TLS settings, when a TLS option is given (set once at start).
     pub tls: std::sync::OnceLock<crate::tls::Tls>,
+    /// Failed AUTHs per source address.
+    pub auth_sources: std::sync::Arc<crate::auth_limit::SourceLimiter>,
 }
 
 /// One event loop's share of the transaction gate (see
@@ -90,6 +92,7 @@ impl Shared {
             metrics,
             exec_gates,
             tls: std::sync::OnceLock::new(),
+            auth_sources: Default::default(),
         }
     }
 
