@@ -195,7 +195,14 @@ mod tests {
         assert_eq!(admit(&s), None);
         let s = shared(&["--max-clients", "0"]);
         assert_eq!(admit(&s), None);
-        let s = shared(&["--max-clients", "0", "--cluster-secret", "x", "--max-peers", "1"]);
+        let s = shared(&[
+            "--max-clients",
+            "0",
+            "--cluster-secret",
+            "x",
+            "--max-peers",
+            "1",
+        ]);
         let mut p = admit(&s).expect("probation");
         assert!(to_peer(&s, &mut p));
         assert_eq!(admit(&s), None, "--max-peers reached: no reserve");

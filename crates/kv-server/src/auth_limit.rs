@@ -34,8 +34,8 @@ struct Bucket {
 
 impl Bucket {
     fn refilled(self, now: Instant) -> f64 {
-        let gained = now.saturating_duration_since(self.at).as_secs_f64()
-            / REFILL_EVERY.as_secs_f64();
+        let gained =
+            now.saturating_duration_since(self.at).as_secs_f64() / REFILL_EVERY.as_secs_f64();
         (self.left + gained).min(f64::from(BURST))
     }
 }

@@ -85,7 +85,8 @@ fn without_timeout_idle_clients_stay_but_an_unfinished_preamble_is_closed() {
     assert_eq!(call(&mut idle, "PING"), "+PONG");
     let mut silent = connect(s.addr);
     let mut half = connect(s.addr);
-    half.write_all(&native::preamble()[..3]).expect("half a preamble");
+    half.write_all(&native::preamble()[..3])
+        .expect("half a preamble");
     wait_closed(&mut half, "a half-sent preamble to be closed");
     assert!(!closed(&mut silent), "a plain idle connection was closed");
     assert_eq!(call(&mut idle, "PING"), "+PONG");
@@ -163,7 +164,13 @@ fn refused(r: Result<Client, ClientError>) -> bool {
 fn peers_join_a_seed_whose_client_slots_are_all_taken() {
     let a = ServerProc::start(
         BIN,
-        &["--no-persistence", "--cluster-secret", SECRET, "--max-clients", "5"],
+        &[
+            "--no-persistence",
+            "--cluster-secret",
+            SECRET,
+            "--max-clients",
+            "5",
+        ],
     );
     let seed = a.addr.to_string();
     let mut held: Vec<TcpStream> = (0..5).map(|_| connect(a.addr)).collect();
@@ -190,7 +197,8 @@ fn peers_join_a_seed_whose_client_slots_are_all_taken() {
         view.contains("2 members") && view.matches(" alive normal ").count() == 2
     });
     for i in 0..20 {
-        cb.put(format!("k{i}").as_bytes(), b"v").expect("put on two nodes");
+        cb.put(format!("k{i}").as_bytes(), b"v")
+            .expect("put on two nodes");
     }
     // Clients are still held to five.
     assert!(refused(Client::connect(&seed)), "a sixth client got in");
@@ -213,7 +221,13 @@ fn peers_join_a_seed_whose_client_slots_are_all_taken() {
 fn over_the_limit_a_client_cannot_pass_as_a_peer() {
     let a = ServerProc::start(
         BIN,
-        &["--no-persistence", "--cluster-secret", SECRET, "--max-clients", "1"],
+        &[
+            "--no-persistence",
+            "--cluster-secret",
+            SECRET,
+            "--max-clients",
+            "1",
+        ],
     );
     let mut held = connect(a.addr);
     assert_eq!(call(&mut held, "PING"), "+PONG");
@@ -269,10 +283,16 @@ fn auth_failures_are_limited_per_source_address_across_connections() {
         held_back,
         "{checked} guesses over new connections were all checked"
     );
-    assert!(checked <= 30, "{checked} guesses were checked before the limit");
+    assert!(
+        checked <= 30,
+        "{checked} guesses were checked before the limit"
+    );
     let mut c = connect(s.addr);
     let reply = call(&mut c, "AUTH secret");
-    assert!(reply.contains("not checked"), "the right password was checked: {reply}");
+    assert!(
+        reply.contains("not checked"),
+        "the right password was checked: {reply}"
+    );
     wait_for("AUTH to be checked again", DEADLINE, || {
         call(&mut connect(s.addr), "AUTH secret") == "+OK"
     });
