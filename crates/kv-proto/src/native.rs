@@ -22,6 +22,11 @@ pub const PREAMBLE_LEN: usize = 8;
 pub const FLAG_PEER_EXPIRY: u16 = 1;
 /// Preamble flag: this side takes [`Request::PeerBatch`] frames.
 pub const FLAG_PEER_BATCH: u16 = 2;
+/// Preamble flag: the connection is a link from another node, which will
+/// prove itself a peer next (`PeerHello`). A server whose client slots are
+/// all taken still lets such a connection in, on a few slots kept for
+/// peers, and refuses it if it then speaks as a client.
+pub const FLAG_PEER_LINK: u16 = 4;
 /// Default largest frame a peer accepts (64 MiB of payload).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 /// Bytes of the length prefix.
@@ -58,6 +63,14 @@ pub fn preamble() -> [u8; PREAMBLE_LEN] {
     p[..4].copy_from_slice(&MAGIC);
     p[4..6].copy_from_slice(&VERSION.to_le_bytes());
     p[6..8].copy_from_slice(&(FLAG_PEER_EXPIRY | FLAG_PEER_BATCH).to_le_bytes());
+    p
+}
+
+/// The preamble a node sends on a link it dials to a peer: [`preamble`]
+/// with [`FLAG_PEER_LINK`].
+pub fn peer_preamble() -> [u8; PREAMBLE_LEN] {
+    let mut p = preamble();
+    p[6..8].copy_from_slice(&(FLAG_PEER_EXPIRY | FLAG_PEER_BATCH | FLAG_PEER_LINK).to_le_bytes());
     p
 }
 

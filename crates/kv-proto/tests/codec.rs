@@ -492,6 +492,13 @@ fn documented_example_bytes() {
         native::preamble_flags(&native::preamble()),
         native::FLAG_PEER_EXPIRY | native::FLAG_PEER_BATCH
     );
+    // A node's link to a peer says so, and takes batches too; the flags
+    // are distinct bits.
+    assert_eq!(
+        native::preamble_flags(&native::peer_preamble()),
+        native::FLAG_PEER_EXPIRY | native::FLAG_PEER_BATCH | native::FLAG_PEER_LINK
+    );
+    assert_eq!(native::FLAG_PEER_BATCH & native::FLAG_PEER_LINK, 0);
 }
 
 /// A peer payload is written as one run of bytes, but its encoding is

@@ -141,8 +141,8 @@ impl std::fmt::Display for Admin {
 
 /// Work for an event loop.
 pub enum ToWorker {
-    /// A new client connection.
-    NewConn(crate::tls::Stream),
+    /// A new connection, and what it counts against.
+    NewConn(crate::tls::Stream, crate::admission::Admission),
     /// An encoded reply for a connection.
     Reply {
         /// The connection's slab token.
@@ -1327,7 +1327,7 @@ impl ClusterThread {
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let mut out = native::preamble().to_vec();
+        let mut out = native::peer_preamble().to_vec();
         let hello = Request::PeerHello {
             from: self.handle.id.clone(),
             nonce,

@@ -89,6 +89,26 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub max_clients: usize,
 
+    /// Most simultaneous connections from other nodes of the cluster
+    /// (counted apart from --max-clients: a connection counts as a peer
+    /// once it proved the cluster secret). Besides, a few connections over
+    /// --max-clients are let in to prove they are peers (see
+    /// docs/security.md).
+    #[arg(long, default_value_t = 1024)]
+    pub max_peers: usize,
+
+    /// Close a client connection idle for this many seconds (0: never),
+    /// like Redis's `timeout`. Peers are not timed out.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub timeout: u64,
+
+    /// Close a connection that has not finished its handshake within this
+    /// many seconds: the TLS handshake, AUTH (with --requirepass), the
+    /// native preamble, or the peer handshake. Always on.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout: u64,
+
     /// Largest value accepted, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_value_bytes: usize,

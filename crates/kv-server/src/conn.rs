@@ -12,6 +12,7 @@ use kv_proto::native::{self, ErrorKind, ProtoError, Request, Response};
 use kv_proto::resp::{self, Limits};
 use kv_replication::{ClientOp, PeerMsg};
 
+use crate::admission::{self, Admission};
 use crate::cluster::{Admin, NativeKind, ReplyTo, Route, ToCluster};
 use crate::native_cmd;
 use crate::resp_cmd::{self, After, Session};
@@ -32,6 +33,8 @@ const UNAUTHENTICATED_MAX_BULK: usize = 16 << 10;
 /// Largest native frame before AUTH or a peer handshake: room for a
 /// password, or a peer's hello or proof.
 const UNAUTHENTICATED_MAX_FRAME: usize = 16 << 10;
+/// What a client over `--max-clients` is told (Redis's words).
+const MAX_CLIENTS_REACHED: &str = "max number of clients reached";
 /// Most bytes read and thrown away after a connection was told it is
 /// being closed; then it is closed outright.
 const DISCARD_LIMIT: usize = 4 << 20;
@@ -51,6 +54,11 @@ pub trait HalfClose {
     /// Whether the other end showed a certificate signed by the CA
     /// (`--tls-ca-cert`).
     fn peer_certified(&self) -> bool {
+        false
+    }
+
+    /// Whether a transport handshake (TLS) is still under way.
+    fn handshaking(&self) -> bool {
         false
     }
 }
@@ -158,6 +166,8 @@ pub struct Conn<S> {
     /// drained: readiness is edge-triggered, so no event will say there is
     /// more, and reading must resume once replies drain.
     read_paused: bool,
+    /// What the connection counts against (see [`crate::admission`]).
+    admission: Admission,
 }
 
 impl<S: Read + Write + HalfClose> Conn<S> {
@@ -181,7 +191,50 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             lingering: false,
             discarded: 0,
             read_paused: false,
+            admission: Admission::Uncounted,
         }
+    }
+
+    /// Sets what the connection counts against; [`Conn::release`] gives
+    /// it back.
+    pub fn admit_as(&mut self, a: Admission) {
+        self.admission = a;
+    }
+
+    /// Counts this connection's failed AUTHs against its source address
+    /// too (see [`crate::auth_limit`]).
+    pub fn set_source(&mut self, shared: &Shared, ip: std::net::IpAddr) {
+        self.session.source = Some((ip, shared.auth_sources.clone()));
+    }
+
+    /// Gives back the connection's slot (when it is closed).
+    pub fn release(&mut self, shared: &Shared) {
+        admission::release(shared, &mut self.admission);
+    }
+
+    /// What the deadlines of [`crate::admission`] need to know.
+    pub fn deadline_state(&self) -> admission::ConnState {
+        let handshake_pending = self.peer.is_none()
+            && (self.admission == Admission::Probation
+                || self.stream.handshaking()
+                || self.handshake.is_some()
+                || self.proto == Proto::NativeAwaitingPreamble
+                || !self.session.authenticated);
+        admission::ConnState {
+            handshake_pending,
+            idle_client: self.peer.is_none()
+                && self.admission != Admission::Probation
+                && self.out.awaiting() == 0,
+        }
+    }
+
+    /// Refuses a connection let in over `--max-clients` that speaks as a
+    /// client: the RESP error line every client understands (a native
+    /// client reads it in place of the preamble), then close.
+    fn refuse_over_limit(&mut self, shared: &Shared) {
+        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        resp_cmd::error(self.out.now(), &format!("ERR {MAX_CLIENTS_REACHED}"));
+        self.closing = true;
     }
 
     /// This connection's unique id.
@@ -345,10 +398,14 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                     } else {
                         Proto::Resp
                     };
+                    if self.proto == Proto::Resp && self.admission == Admission::Probation {
+                        self.refuse_over_limit(shared);
+                        break;
+                    }
                     Some(0)
                 }
                 Proto::Resp => self.resp_step(shared, used),
-                Proto::NativeAwaitingPreamble => self.preamble_step(used),
+                Proto::NativeAwaitingPreamble => self.preamble_step(shared, used),
                 Proto::Native => self.native_step(shared, used),
             };
             match step {
@@ -525,11 +582,16 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     }
 
     /// The native preamble.
-    fn preamble_step(&mut self, at: usize) -> Option<usize> {
+    fn preamble_step(&mut self, shared: &Shared, at: usize) -> Option<usize> {
         match native::check_preamble(&self.rbuf[at..]) {
             Ok(None) => None,
             Ok(Some(_)) => {
                 self.preamble_flags = native::preamble_flags(&self.rbuf[at..]);
+                let link = self.preamble_flags & native::FLAG_PEER_LINK != 0;
+                if self.admission == Admission::Probation && !link {
+                    self.refuse_over_limit(shared);
+                    return None;
+                }
                 self.out.now().extend_from_slice(&native::preamble());
                 self.proto = Proto::Native;
                 Some(native::PREAMBLE_LEN)
@@ -578,6 +640,14 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     }
 
     fn native_request(&mut self, shared: &Shared, id: u64, req: Request) {
+        let handshake = matches!(req, Request::PeerHello { .. } | Request::PeerProof { .. });
+        if self.admission == Admission::Probation && !handshake {
+            shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            let why = format!("{MAX_CLIENTS_REACHED} (only peers may connect now)");
+            let r = Response::error(ErrorKind::Refused, why);
+            native::encode_frame(self.out.now(), id, &r);
+            return self.protocol_error(shared);
+        }
         match req {
             Request::PeerHello { from, nonce } => self.peer_hello(shared, id, from, nonce),
             Request::PeerProof { mac } => self.peer_proof(shared, id, &mac),
@@ -685,6 +755,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         );
         if !ok {
             return self.refuse_peer(shared, id, &from, "wrong cluster secret");
+        }
+        if !admission::to_peer(shared, &mut self.admission) {
+            let why = "too many peer connections (--max-peers)";
+            return self.refuse_peer(shared, id, &from, why);
         }
         // Before any of its messages: answers to it must not be dropped.
         cluster.send(ToCluster::PeerUp(from.clone()));

@@ -15,7 +15,9 @@
 
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod aside;
+pub mod auth_limit;
 pub mod cluster;
 pub mod command_table;
 pub mod config;

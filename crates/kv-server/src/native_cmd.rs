@@ -140,7 +140,7 @@ fn auth(shared: &Shared, s: &mut Session, password: &str) -> Response {
                 }
                 crate::resp_cmd::AuthAttempt::TooSoon => Response::error(
                     ErrorKind::AuthFailed,
-                    "not checked: too many failed attempts on this connection, the last less than 100 ms ago",
+                    "not checked: too many failed attempts on this connection (the last less than 100 ms ago) or from this address (try again in a few seconds)",
                 ),
             }
         }

@@ -47,6 +47,12 @@ pub struct Session {
     pub auth_failures: u32,
     /// Until when, after a failed AUTH, attempts fail unchecked.
     pub auth_retry_at: Option<std::time::Instant>,
+    /// The client's address and where failed AUTHs from it are counted
+    /// (see [`crate::auth_limit`]).
+    pub source: Option<(
+        std::net::IpAddr,
+        std::sync::Arc<crate::auth_limit::SourceLimiter>,
+    )>,
 }
 
 /// Failed AUTH attempts after which a connection is closed.
@@ -68,7 +74,8 @@ pub enum AuthAttempt {
     Accepted,
     /// The password is wrong.
     Wrong,
-    /// Not checked: a failure on this connection was too recent.
+    /// Not checked: a failure on this connection was too recent, or its
+    /// source address failed too often.
     TooSoon,
 }
 
@@ -91,13 +98,22 @@ impl Session {
     /// counts toward [`MAX_AUTH_FAILURES`].
     pub fn try_auth(&mut self, check: impl FnOnce() -> bool) -> AuthAttempt {
         let now = std::time::Instant::now();
-        let outcome = if self.auth_retry_at.is_some_and(|t| now < t) {
+        let source_held = self
+            .source
+            .as_ref()
+            .is_some_and(|(ip, limiter)| !limiter.may_try(*ip, now));
+        let outcome = if source_held || self.auth_retry_at.is_some_and(|t| now < t) {
             AuthAttempt::TooSoon
         } else if check() {
             AuthAttempt::Accepted
         } else {
             AuthAttempt::Wrong
         };
+        if outcome == AuthAttempt::Wrong {
+            if let Some((ip, limiter)) = &self.source {
+                limiter.failed(*ip, now);
+            }
+        }
         if outcome == AuthAttempt::Accepted {
             self.authenticated = true;
         } else {
@@ -118,7 +134,7 @@ impl Session {
 fn auth_too_soon(out: &mut Vec<u8>) {
     error(
         out,
-        "WRONGPASS not checked: too many failed attempts on this connection, the last less than 100 ms ago",
+        "WRONGPASS not checked: too many failed attempts on this connection (the last less than 100 ms ago) or from this address (try again in a few seconds)",
     );
 }
 
@@ -290,8 +306,9 @@ fn reset(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) {
     let authenticated = shared.config.requirepass.is_none();
     // The AUTH failure count belongs to the connection: RESET between
     // guesses must not buy more of them.
-    let (failures, retry_at) = (s.auth_failures, s.auth_retry_at);
+    let (failures, retry_at, source) = (s.auth_failures, s.auth_retry_at, s.source.take());
     *s = Session::new(authenticated, s.id, s.worker);
+    s.source = source;
     s.auth_failures = failures;
     s.auth_retry_at = retry_at;
     simple(out, "RESET");

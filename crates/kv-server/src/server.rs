@@ -22,6 +22,7 @@ use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use crate::admission::{self, Admission, Clock, Overdue};
 use crate::cluster::{self, Route, ToWorker, WorkerMailbox};
 use crate::conn::Conn;
 use crate::state::Shared;
@@ -258,30 +259,34 @@ impl Server {
         next: &mut usize,
     ) {
         let c = &self.shared.counters;
-        if c.connected.load(Ordering::Relaxed) >= self.shared.config.max_clients {
+        // Clients up to --max-clients; over it, a few would-be peers.
+        let Some(admission) = admission::admit(&self.shared) else {
             c.rejected.fetch_add(1, Ordering::Relaxed);
             if !tls {
                 let _ = stream.write(b"-ERR max number of clients reached\r\n");
             }
             return;
-        }
+        };
         let stream = match (tls, self.shared.tls.get()) {
             (false, _) => Stream::Plain(stream),
             (true, Some(t)) => match t.accept(stream) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("kv-server: cannot start TLS on a connection: {e}");
+                    admission::release(&self.shared, &mut { admission });
                     return;
                 }
             },
-            (true, None) => return,
+            (true, None) => {
+                admission::release(&self.shared, &mut { admission });
+                return;
+            }
         };
-        c.connected.fetch_add(1, Ordering::Relaxed);
         c.connections_received.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let w = &workers[*next % workers.len()];
         *next += 1;
-        w.mailbox.deliver(ToWorker::NewConn(stream));
+        w.mailbox.deliver(ToWorker::NewConn(stream, admission));
     }
 }
 
@@ -330,6 +335,7 @@ impl WorkerLoop {
                     conns: Slab::new(),
                     shared,
                     next_conn: 0,
+                    last_sweep: Instant::now(),
                 };
                 if let Err(e) = w.run() {
                     eprintln!("kv-server: worker {i} failed: {e}");
@@ -339,10 +345,11 @@ impl WorkerLoop {
     }
 }
 
-/// A connection and the interest it is registered with.
+/// A connection, the interest it is registered with, and its clock.
 struct Slot {
     conn: Conn<Stream>,
     interest: Interest,
+    clock: Clock,
 }
 
 struct Worker {
@@ -352,13 +359,15 @@ struct Worker {
     conns: Slab<Slot>,
     shared: Arc<Shared>,
     next_conn: u64,
+    /// When connections were last checked against their deadlines.
+    last_sweep: Instant,
 }
 
 impl Worker {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         while !self.shared.shutting_down.load(Ordering::SeqCst) {
-            match self.poll.poll(&mut events, None) {
+            match self.poll.poll(&mut events, Some(admission::SWEEP_EVERY)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -368,6 +377,9 @@ impl Worker {
                     WAKER => self.adopt_new()?,
                     Token(key) => self.serve(key, event.is_readable()),
                 }
+            }
+            if self.last_sweep.elapsed() >= admission::SWEEP_EVERY {
+                self.sweep();
             }
             if let Some(c) = self.shared.cluster.get() {
                 c.flush();
@@ -379,7 +391,7 @@ impl Worker {
     fn adopt_new(&mut self) -> io::Result<()> {
         while let Ok(m) = self.rx.try_recv() {
             match m {
-                ToWorker::NewConn(stream) => self.adopt(stream),
+                ToWorker::NewConn(stream, admission) => self.adopt(stream, admission),
                 ToWorker::Reply {
                     token,
                     conn,
@@ -399,7 +411,7 @@ impl Worker {
         Ok(())
     }
 
-    fn adopt(&mut self, mut stream: Stream) {
+    fn adopt(&mut self, mut stream: Stream, mut admission: Admission) {
         let entry = self.conns.vacant_entry();
         let interest = Interest::READABLE;
         if let Err(e) = self
@@ -407,10 +419,7 @@ impl Worker {
             .registry()
             .register(&mut stream, Token(entry.key()), interest)
         {
-            self.shared
-                .counters
-                .connected
-                .fetch_sub(1, Ordering::Relaxed);
+            admission::release(&self.shared, &mut admission);
             eprintln!("kv-server: cannot register a connection: {e}");
             return;
         }
@@ -422,16 +431,55 @@ impl Worker {
             seq: 0,
         };
         let authenticated = self.shared.config.requirepass.is_none();
+        let source = stream.peer_addr().ok().map(|a| a.ip());
+        let mut conn = Conn::new(stream, authenticated, route);
+        conn.admit_as(admission);
+        if let Some(ip) = source {
+            conn.set_source(&self.shared, ip);
+        }
         entry.insert(Slot {
-            conn: Conn::new(stream, authenticated, route),
+            conn,
             interest,
+            clock: Clock::new(Instant::now()),
         });
+    }
+
+    /// Closes the connections past a deadline: a handshake not finished
+    /// within --handshake-timeout, a client idle for --timeout.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        self.last_sweep = now;
+        let config = &self.shared.config;
+        let overdue: Vec<(usize, Overdue)> = self
+            .conns
+            .iter()
+            .filter_map(|(key, slot)| {
+                let state = slot.conn.deadline_state();
+                admission::overdue(config, &slot.clock, &state, now).map(|o| (key, o))
+            })
+            .collect();
+        let unfinished = overdue
+            .iter()
+            .filter(|(_, o)| *o == Overdue::Handshake)
+            .count();
+        if unfinished > 0 {
+            eprintln!(
+                "kv-server: closed {unfinished} connection(s) that did not finish their handshake (TLS, AUTH or peer) within {} s",
+                config.handshake_timeout
+            );
+        }
+        for (key, _) in overdue {
+            self.close(key);
+        }
     }
 
     fn serve(&mut self, key: usize, readable: bool) {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
+        if readable {
+            slot.clock.last_read = Instant::now();
+        }
         let result = step(&mut slot.conn, &self.shared, readable);
         if result.is_err() || slot.conn.is_done() {
             self.close(key);
@@ -446,10 +494,7 @@ impl Worker {
     fn close(&mut self, key: usize) {
         if let Some(mut slot) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut slot.conn.stream);
-            self.shared
-                .counters
-                .connected
-                .fetch_sub(1, Ordering::Relaxed);
+            slot.conn.release(&self.shared);
         }
     }
 

@@ -16,6 +16,9 @@ pub struct Counters {
     pub connections_received: AtomicU64,
     /// Connections refused because of --max-clients.
     pub rejected: AtomicU64,
+    /// Connections counted as peers, or let in to prove they are (see
+    /// [`crate::admission`]).
+    pub budget: crate::admission::Budget,
     /// Commands and requests processed.
     pub commands: AtomicU64,
     /// Requests refused because of --maxmemory.
@@ -93,6 +96,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// TLS settings, when a TLS option is given (set once at start).
     pub tls: std::sync::OnceLock<crate::tls::Tls>,
+    /// Failed AUTHs per source address.
+    pub auth_sources: std::sync::Arc<crate::auth_limit::SourceLimiter>,
 }
 
 /// One event loop's share of the transaction gate (see
@@ -132,6 +137,7 @@ impl Shared {
             metrics,
             exec_gates,
             tls: std::sync::OnceLock::new(),
+            auth_sources: Default::default(),
         }
     }
 

@@ -442,6 +442,10 @@ impl HalfClose for Stream {
     fn peer_certified(&self) -> bool {
         Stream::peer_certified(self)
     }
+
+    fn handshaking(&self) -> bool {
+        matches!(self, Stream::Tls(t) if t.tls.is_handshaking())
+    }
 }
 
 impl mio::event::Source for Stream {

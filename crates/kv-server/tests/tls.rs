@@ -427,3 +427,83 @@ fn peers_are_refused_on_the_plain_port_with_tls_cluster() {
     unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
     a.wait().expect("a exits");
 }
+
+/// A `--tls-cluster` node that lets TLS clients in without a certificate
+/// (`--tls-auth-clients optional` or `no`): a dialer that comes over TLS
+/// without a client certificate and sends a peer's bytes (the preamble
+/// and a `PeerHello`) is refused as a peer, gets no challenge, and its
+/// connection is closed; the node serves on.
+#[test]
+fn peers_without_a_client_certificate_are_refused_on_the_tls_port() {
+    let k = pki();
+    for auth in ["optional", "no"] {
+        let mut args = cluster_args(&k.ca, &k.nodes[0], None);
+        args.extend(["--tls-auth-clients", auth]);
+        let s = ServerProc::start(BIN, &args);
+        let no_cert = TlsOptions {
+            ca_cert: Some(k.ca.clone()),
+            ..TlsOptions::default()
+        };
+        let mut c = Client::connect_tls(&s.addr.to_string(), &no_cert).expect("TLS connect");
+        let hello = Request::PeerHello {
+            from: "127.0.0.1:1".into(),
+            nonce: [7; 32],
+        };
+        let answer = c.request(&hello);
+        assert!(
+            matches!(&answer, Err(kv_client::ClientError::Server { message, .. }) if message.contains("--tls-cluster")),
+            "--tls-auth-clients {auth}: a peer hello without a certificate was answered with {answer:?}"
+        );
+        assert!(
+            c.ping(b"x").is_err(),
+            "--tls-auth-clients {auth}: the connection stayed open"
+        );
+        wait_for("the refusal to be logged", SETTLE, || {
+            s.output().iter().any(|l| l.contains("refused peer"))
+        });
+        let mut ok = Client::connect_tls(&s.addr.to_string(), &no_cert).expect("TLS connect");
+        assert_eq!(ok.ping(b"y").expect("ping"), b"y");
+        s.stop();
+    }
+}
+
+/// A connection to the TLS port that never finishes the TLS handshake
+/// (sends nothing, or only a few bytes of it) is closed after
+/// `--handshake-timeout`; TLS clients that finished theirs are served.
+#[test]
+fn a_stalled_tls_handshake_is_closed() {
+    use std::io::{ErrorKind, Read, Write};
+    let k = pki();
+    let mut args = tls_args(&k.ca, &k.nodes[0]);
+    args.extend(["--handshake-timeout", "1"]);
+    let s = ServerProc::start(BIN, &args);
+    let mut done = tls_client(&s, &k);
+    let connect = || {
+        let c = std::net::TcpStream::connect(s.addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        c
+    };
+    let mut silent = connect();
+    let mut partial = connect();
+    // The start of a TLS record header (handshake, TLS 1.0 framing).
+    partial.write_all(&[0x16, 0x03, 0x01]).expect("send");
+    let closed = |c: &mut std::net::TcpStream| {
+        let mut buf = [0u8; 1024];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    };
+    wait_for("stalled TLS handshakes to be closed", SETTLE, || {
+        closed(&mut silent) && closed(&mut partial)
+    });
+    assert_eq!(done.ping(b"x").expect("ping"), b"x");
+    s.stop();
+}
