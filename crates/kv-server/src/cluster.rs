@@ -352,7 +352,7 @@ pub(crate) fn load_state(path: Option<&PathBuf>) -> Option<Persisted> {
     match postcard::from_bytes(&bytes) {
         Ok(p) => Some(p),
         Err(e) => {
-            eprintln!("kv-server: ignoring unreadable cluster state: {e}");
+            log::warn!("ignoring unreadable cluster state: {e}");
             None
         }
     }
@@ -389,10 +389,7 @@ pub(crate) fn save_state(path: &Path, p: &Persisted) {
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|bytes| write_durably(path, &bytes));
     if let Err(e) = result {
-        eprintln!(
-            "kv-server: cannot save cluster state {}: {e}",
-            path.display()
-        );
+        log::warn!("cannot save cluster state {}: {e}", path.display());
     }
 }
 
@@ -486,7 +483,7 @@ pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
              {SET_ASIDE_PREFIX}* subdirectory and the node receives its share from the others."
         ));
     }
-    println!("kv-server: --rejoin-fresh: {problem}");
+    log::info!("--rejoin-fresh: {problem}");
     crate::aside::set_aside(dir).map(Some).map_err(|e| {
         format!(
             "--rejoin-fresh: cannot move the old data of {} aside: {e}",
@@ -541,8 +538,8 @@ pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
             match verdict {
                 kv_replication::outage::Verdict::Resume => {
                     if config.rejoin_fresh {
-                        println!(
-                            "kv-server: --rejoin-fresh has no effect: cluster.state is intact and this node was not away for long"
+                        log::info!(
+                            "--rejoin-fresh has no effect: cluster.state is intact and this node was not away for long"
                         );
                     }
                     return Ok(None);
@@ -552,8 +549,8 @@ pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
         }
     };
     if config.resume_after_outage {
-        println!(
-            "kv-server: --resume-after-outage: serving the data in {} although {why}",
+        log::info!(
+            "--resume-after-outage: serving the data in {} although {why}",
             dir.display()
         );
         // The decision is made: the next start checks afresh.
@@ -590,8 +587,8 @@ pub fn check_outage(config: &mut Config) -> Result<Option<PathBuf>, String> {
             config.join.push(m.id);
         }
     }
-    println!(
-        "kv-server: not serving the data in {}: {why}; it is kept in {}, and this node rejoins its cluster as a new generation that rebuilds its ranges from the live replicas (remove the old data once CLUSTER shows this node normal)",
+    log::info!(
+        "not serving the data in {}: {why}; it is kept in {}, and this node rejoins its cluster as a new generation that rebuilds its ranges from the live replicas (remove the old data once CLUSTER shows this node normal)",
         dir.display(),
         aside.display()
     );
@@ -624,7 +621,7 @@ fn start_contact_writer(dir: PathBuf) -> io::Result<Sender<u64>> {
                     t = t.max(later);
                 }
                 if let Err(e) = write_durably(&dir.join(CONTACT_FILE), t.to_string().as_bytes()) {
-                    eprintln!("kv-server: cannot record the last contact with the cluster: {e}");
+                    log::warn!("cannot record the last contact with the cluster: {e}");
                 }
             }
         })?;
@@ -761,7 +758,7 @@ pub fn start(
                 t.publish(now_ms());
             }
             if let Err(e) = t.run() {
-                eprintln!("kv-server: cluster thread failed: {e}");
+                log::warn!("cluster thread failed: {e}");
             }
             // The appliers hold the store: they must be gone before the
             // server closes it.
@@ -908,7 +905,7 @@ fn refuse_far_ahead(
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
-        println!("kv-server: refused {n} streamed entries from {from}: timestamps beyond the maximum clock offset ({max} ms) ahead of this node's clock; {total} refused so far");
+        log::warn!("refused {n} streamed entries from {from}: timestamps beyond the maximum clock offset ({max} ms) ahead of this node's clock; {total} refused so far");
     }
 }
 
@@ -1100,8 +1097,8 @@ impl ClusterThread {
                     Admin::Remove(addr) => self.node.remove(now, addr),
                 };
                 match &result {
-                    Ok(text) => println!("kv-server: {cmd}: {text}"),
-                    Err(why) => println!("kv-server: {cmd} refused: {why}"),
+                    Ok(text) => log::info!("{cmd}: {text}"),
+                    Err(why) => log::warn!("{cmd} refused: {why}"),
                 }
                 let response = match result {
                     Ok(text) => Response::Text { text },
@@ -1140,7 +1137,7 @@ impl ClusterThread {
                     }
                 }
                 Output::Reply { id, reply } => self.reply(id, reply),
-                Output::Log(line) => println!("kv-server: {line}"),
+                Output::Log(line) => log::info!("{line}"),
                 Output::AntiEntropy(task) => {
                     let _ = self.anti_entropy.send(task);
                 }
@@ -1151,8 +1148,8 @@ impl ClusterThread {
                             let dir = path.parent().unwrap_or(Path::new("."));
                             match ensure_marker(dir) {
                                 Ok(()) => self.marked = true,
-                                Err(e) => eprintln!(
-                                    "kv-server: cannot write {}: {e}",
+                                Err(e) => log::warn!(
+                                    "cannot write {}: {e}",
                                     dir.join(MEMBER_MARKER).display()
                                 ),
                             }
@@ -1172,7 +1169,7 @@ impl ClusterThread {
                         continue;
                     };
                     if let Err(e) = self.hints.put(&k, &v) {
-                        eprintln!("kv-server: cannot store a hint for {}: {e}", h.target);
+                        log::warn!("cannot store a hint for {}: {e}", h.target);
                     }
                 }
                 Output::DropHint {
@@ -1181,8 +1178,8 @@ impl ClusterThread {
                     expired,
                 } => {
                     if expired {
-                        println!(
-                            "kv-server: hint for {target} (key {:?}) expired after the hint window; anti-entropy will repair that replica",
+                        log::info!(
+                            "hint for {target} (key {:?}) expired after the hint window; anti-entropy will repair that replica",
                             String::from_utf8_lossy(&key)
                         );
                     }
@@ -1203,12 +1200,12 @@ impl ClusterThread {
     /// supervisor restarting the node would loop: that is an error of its
     /// own (status 78, EX_CONFIG) that says what the operator must do.
     fn rejoin_fresh(&mut self, why: &str) {
-        println!("kv-server: not serving the data of this node: {why}; stopping (start it again with --rejoin-fresh --join HOST:PORT to rebuild its ranges from the live replicas)");
+        log::warn!("not serving the data of this node: {why}; stopping (start it again with --rejoin-fresh --join HOST:PORT to rebuild its ranges from the live replicas)");
         if let Some(path) = &self.state_path {
             let marker = path.with_file_name(REJOIN_MARKER);
             if let Err(e) = write_durably(&marker, why.as_bytes()) {
-                eprintln!(
-                    "kv-server: error: cannot write {}: {e}. The next start would not know that                      this node's data must not be served, so do not restart it as it is: fix the                      cause, then start it with --rejoin-fresh --join HOST:PORT (any live member)                      if the rest of the cluster kept running, or with --resume-after-outage if the                      whole cluster was down as long. Stopping with exit status 78",
+                log::error!(
+                    "cannot write {}: {e}. The next start would not know that                      this node's data must not be served, so do not restart it as it is: fix the                      cause, then start it with --rejoin-fresh --join HOST:PORT (any live member)                      if the rest of the cluster kept running, or with --resume-after-outage if the                      whole cluster was down as long. Stopping with exit status 78",
                     marker.display()
                 );
                 std::process::exit(78);
@@ -1407,7 +1404,7 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
     native::check_preamble(&link.rbuf).map_err(|e| io::Error::other(e.to_string()))?;
     let flags = native::preamble_flags(&link.rbuf);
     if flags & native::FLAG_PEER_EXPIRY == 0 {
-        eprintln!("kv-server: {peer} runs an older kv whose peer messages carry no key expiry; not talking to it (upgrade every node of the cluster)");
+        log::warn!("{peer} runs an older kv whose peer messages carry no key expiry; not talking to it (upgrade every node of the cluster)");
         return Err(io::Error::other("peer without key expiry"));
     }
     let body = &link.rbuf[native::PREAMBLE_LEN..];
@@ -1419,14 +1416,12 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
     match frame.body {
         Response::PeerChallenge { id, nonce, mac } => {
             if id != peer {
-                eprintln!("kv-server: the node dialed at {peer} says it is {id}; not talking to it (use the address it advertises)");
+                log::warn!("the node dialed at {peer} says it is {id}; not talking to it (use the address it advertises)");
                 return Err(io::Error::other("wrong peer id"));
             }
             let role = native::PeerRole::Listener;
             if !native::verify_peer_mac(secret, role, &link.nonce, &nonce, me, peer, &mac) {
-                eprintln!(
-                    "kv-server: peer {peer} failed the cluster-secret check; not talking to it"
-                );
+                log::warn!("peer {peer} failed the cluster-secret check; not talking to it");
                 return Err(io::Error::other("bad proof"));
             }
             let role = native::PeerRole::Dialer;
@@ -1439,13 +1434,11 @@ fn check_challenge(link: &mut PeerLink, me: &str, peer: &str, secret: &[u8]) -> 
             Ok(true)
         }
         Response::Error { message, .. } => {
-            eprintln!("kv-server: peer {peer} refused us: {message}");
+            log::warn!("peer {peer} refused us: {message}");
             Err(io::Error::other("refused"))
         }
         other => {
-            eprintln!(
-                "kv-server: peer {peer} answered the handshake with {other:?}; not talking to it"
-            );
+            log::warn!("peer {peer} answered the handshake with {other:?}; not talking to it");
             Err(io::Error::other("bad handshake"))
         }
     }

@@ -419,8 +419,8 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             self.parser.reset();
         } else if self.rbuf.len() > shared.config.query_buffer_limit() {
             let limit = shared.config.query_buffer_limit();
-            eprintln!(
-                "kv-server: closing a client whose unfinished command passed the query buffer limit ({limit} bytes)"
+            log::warn!(
+                "closing a client whose unfinished command passed the query buffer limit ({limit} bytes)"
             );
             let msg =
                 format!("query buffer limit of {limit} bytes reached; closing the connection");
@@ -678,7 +678,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Refuses a peer handshake step: logs why, answers, closes.
     fn refuse_peer(&mut self, shared: &Shared, id: u64, who: &str, why: &str) {
-        eprintln!("kv-server: refused peer {who:?}: {why}");
+        log::warn!("refused peer {who:?}: {why}");
         let r = Response::error(ErrorKind::AuthFailed, format!("refused as a peer: {why}"));
         native::encode_frame(self.out.now(), id, &r);
         self.protocol_error(shared);
@@ -774,7 +774,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         if let (Some(from), Some(cluster)) = (self.peer.clone(), shared.cluster.get()) {
             return Some((from, cluster));
         }
-        eprintln!("kv-server: refused a peer message on a connection that did not prove the cluster secret");
+        log::warn!("refused a peer message on a connection that did not prove the cluster secret");
         let r = Response::error(
             ErrorKind::AuthRequired,
             "peer messages need a completed peer handshake first",
@@ -795,12 +795,12 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                         Ok(payload) => {
                             native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
                         }
-                        Err(e) => eprintln!("kv-server: cannot encode a reply to {from}: {e}"),
+                        Err(e) => log::warn!("cannot encode a reply to {from}: {e}"),
                     }
                 }
             }
             Err(e) => {
-                eprintln!("kv-server: malformed message from peer {from}: {e}");
+                log::warn!("malformed message from peer {from}: {e}");
                 self.protocol_error(shared);
             }
         }
@@ -819,7 +819,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             let msg = match msg {
                 Ok(msg) => msg,
                 Err(e) => {
-                    eprintln!("kv-server: malformed message from peer {from}: {e}");
+                    log::warn!("malformed message from peer {from}: {e}");
                     self.protocol_error(shared);
                     break;
                 }
@@ -835,7 +835,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 })
             };
             if let Err(e) = encoded {
-                eprintln!("kv-server: cannot encode a reply to {from}: {e}");
+                log::warn!("cannot encode a reply to {from}: {e}");
             }
         }
         crate::peer_batch::seal(self.out.now(), &mut replies);

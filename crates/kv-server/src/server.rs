@@ -217,7 +217,7 @@ impl Server {
                 Err(e) => return Err(e),
             }
             if events.iter().any(|e| e.token() == SIGNALS) {
-                println!("kv-server: signal received, shutting down");
+                log::info!("signal received, shutting down");
                 return Ok(());
             }
             // Also on every tick: an accept that failed for lack of file
@@ -244,7 +244,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    eprintln!("kv-server: accept failed: {e} (will retry)");
+                    log::warn!("accept failed: {e} (will retry)");
                     return;
                 }
             }
@@ -272,7 +272,7 @@ impl Server {
             (true, Some(t)) => match t.accept(stream) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("kv-server: cannot start TLS on a connection: {e}");
+                    log::warn!("cannot start TLS on a connection: {e}");
                     admission::release(&self.shared, &mut { admission });
                     return;
                 }
@@ -338,7 +338,7 @@ impl WorkerLoop {
                     last_sweep: Instant::now(),
                 };
                 if let Err(e) = w.run() {
-                    eprintln!("kv-server: worker {i} failed: {e}");
+                    log::warn!("worker {i} failed: {e}");
                 }
             })?;
         Ok(WorkerHandle { mailbox, thread })
@@ -420,7 +420,7 @@ impl Worker {
             .register(&mut stream, Token(entry.key()), interest)
         {
             admission::release(&self.shared, &mut admission);
-            eprintln!("kv-server: cannot register a connection: {e}");
+            log::warn!("cannot register a connection: {e}");
             return;
         }
         self.next_conn += 1;
@@ -463,8 +463,8 @@ impl Worker {
             .filter(|(_, o)| *o == Overdue::Handshake)
             .count();
         if unfinished > 0 {
-            eprintln!(
-                "kv-server: closed {unfinished} connection(s) that did not finish their handshake (TLS, AUTH or peer) within {} s",
+            log::warn!(
+                "closed {unfinished} connection(s) that did not finish their handshake (TLS, AUTH or peer) within {} s",
                 config.handshake_timeout
             );
         }
@@ -486,7 +486,7 @@ impl Worker {
             return;
         }
         if let Err(e) = update_interest(self.poll.registry(), key, slot) {
-            eprintln!("kv-server: cannot update a connection: {e}");
+            log::warn!("cannot update a connection: {e}");
             self.close(key);
         }
     }

@@ -348,7 +348,7 @@ impl TlsStream {
             // Tell the other side why (an alert), then give up.
             let _ = self.push_some();
             let who = self.sock.peer_addr().map_or("?".into(), |a| a.to_string());
-            eprintln!("kv-server: TLS with {who} failed: {e}");
+            log::warn!("TLS with {who} failed: {e}");
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
         // Handshake messages and key updates to answer.
