@@ -70,20 +70,38 @@ impl PeerClocks {
         self.heard.retain(|id, _| keep(id));
     }
 
-    /// The cluster's time (ms) as far as this node can trust it when its
-    /// own clock reads `now`: the lower median of `now` and of each peer's
-    /// last reading, moved on by the time this node's clock says passed
-    /// since, but by `slack` at most (a clock stepped hours ahead must not
-    /// move the estimate with it). One clock stepped hours ahead or back,
-    /// this node's or a peer's, is never the median of three. `None` if no
-    /// peer was heard from.
-    pub fn trusted_now(&self, now: u64, slack: u64) -> Option<u64> {
-        if self.heard.is_empty() {
-            return None;
+    /// After this node's clock went back by `by` ms: the times readings
+    /// were heard are moved back as much, so that their ages (and which of
+    /// them are stale, see [`PeerClocks::trusted_now`]) stay as they were.
+    pub fn clock_went_back(&mut self, by: u64) {
+        for (_, at) in self.heard.values_mut() {
+            *at = at.saturating_sub(by);
         }
+    }
+
+    /// The cluster's time (ms) as far as this node can trust it when its
+    /// own clock reads `now`: the median of `now` and of each peer's last
+    /// reading, moved on by the time this node's clock says passed since,
+    /// but by `slack` at most (a clock stepped hours ahead must not move
+    /// the estimate with it). One clock stepped hours ahead or back, this
+    /// node's or a peer's, is never the median of three. Of an even count
+    /// the lower middle value is taken: a clock stepped back then costs
+    /// writes that lose (an error the client sees), while the upper one
+    /// would let this node's own clock stepped ahead stamp versions its
+    /// peers refuse.
+    ///
+    /// A reading heard more than `stale` ms before the newest one is left
+    /// out: a peer that went down would otherwise count as a clock falling
+    /// further behind every hour. Staleness is measured between readings,
+    /// not against `now`, so that this node's own clock stepping ahead
+    /// does not make every reading look stale at once. `None` if no peer
+    /// was heard from.
+    pub fn trusted_now(&self, now: u64, slack: u64, stale: u64) -> Option<u64> {
+        let newest = self.heard.values().map(|&(_, at)| at).max()?;
         let mut clocks: Vec<u64> = self
             .heard
             .values()
+            .filter(|&&(_, at)| at.saturating_add(stale) >= newest)
             .map(|&(clock, at)| clock.saturating_add(now.saturating_sub(at).min(slack)))
             .collect();
         clocks.push(now);
@@ -159,19 +177,50 @@ mod tests {
         let hours = 2 * 3600 * 1000;
         let t = 10_000_000;
         let mut p = PeerClocks::default();
-        assert_eq!(p.trusted_now(t, 250), None);
+        assert_eq!(p.trusted_now(t, 250, 3000), None);
         p.note("a", t, t);
         p.note("b", t + 100, t);
-        assert_eq!(p.trusted_now(t + 50, 250), Some(t + 50));
+        assert_eq!(p.trusted_now(t + 50, 250, 3000), Some(t + 50));
         // This node stepped hours ahead just after hearing them: their
         // readings age by the slack at most.
-        assert_eq!(p.trusted_now(t + hours, 250), Some(t + 350));
+        assert_eq!(p.trusted_now(t + hours, 250, 3000), Some(t + 350));
         // This node stepped back: its peers' readings stand.
-        assert_eq!(p.trusted_now(t - hours, 250), Some(t));
+        assert_eq!(p.trusted_now(t - hours, 250, 3000), Some(t));
         // A peer stepped back.
         p.note("b", t + 100 - hours, t + 100);
-        assert_eq!(p.trusted_now(t + 100, 250), Some(t + 100));
+        assert_eq!(p.trusted_now(t + 100, 250, 3000), Some(t + 100));
         p.retain(|id| id == "a");
-        assert_eq!(p.trusted_now(t + 100, 250), Some(t + 100));
+        assert_eq!(p.trusted_now(t + 100, 250, 3000), Some(t + 100));
+    }
+
+    /// A peer not heard from for longer than the staleness bound (down)
+    /// is left out, measured from the newest reading: two down peers must
+    /// not hold the cluster's time back, and this node's clock stepping
+    /// ahead or back must not make every reading stale at once.
+    #[test]
+    fn readings_of_peers_gone_quiet_are_left_out() {
+        let hours = 2 * 3600 * 1000;
+        let t = 10_000_000;
+        let mut p = PeerClocks::default();
+        p.note("a", t, t);
+        p.note("b", t, t);
+        p.note("c", t + 10_000, t + 10_000);
+        p.note("d", t + 10_000, t + 10_000);
+        // a and b went quiet 10 s ago: with them, the lower median of
+        // [t+250, t+250, t+10000, t+10000, own] would be t+250.
+        assert_eq!(p.trusted_now(t + 10_000, 250, 3000), Some(t + 10_000));
+        // This node stepped hours ahead: c and d still count (they are the
+        // newest), and hold the time back.
+        assert_eq!(
+            p.trusted_now(t + 10_000 + hours, 250, 3000),
+            Some(t + 10_250)
+        );
+        // This node stepped back: the readings keep their ages, so a and b
+        // stay out and the live peers' clocks decide.
+        let back = t + 10_000 - hours;
+        p.clock_went_back(hours);
+        p.note("c", t + 10_100, back + 100);
+        p.note("d", t + 10_100, back + 100);
+        assert_eq!(p.trusted_now(back + 100, 250, 3000), Some(t + 10_100));
     }
 }

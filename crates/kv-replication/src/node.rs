@@ -393,6 +393,10 @@ fn union(groups: &Groups) -> Vec<NodeId> {
     out
 }
 
+/// How many refusals for a differing ring an operation is carried on
+/// after at once (see `Node::on_ring_differs`).
+const MAX_RING_RETRIES: u32 = 8;
+
 /// A cluster node's logic. Feed it inputs (`handle_*`), then drain
 /// [`Node::poll_output`].
 pub struct Node {
@@ -446,6 +450,12 @@ pub struct Node {
     last_far_log: u64,
     /// The latest time handed to the node.
     last_now: u64,
+    /// Each other member's state (alive, suspect, down) when last looked
+    /// at, to log the changes.
+    seen_states: BTreeMap<NodeId, MemberState>,
+    /// Per pending operation, how many times a replica refused it for a
+    /// ring that differs ([`PeerMsg::RingDiffers`]).
+    ring_refusals: BTreeMap<u64, u32>,
     /// Per peer, whether this node's clock was more than the maximum clock
     /// offset ahead of the peer's at its last gossip.
     ahead_of: BTreeMap<NodeId, bool>,
@@ -553,6 +563,8 @@ impl Node {
             refused_far: 0,
             last_far_log: 0,
             last_now: now,
+            seen_states: BTreeMap::new(),
+            ring_refusals: BTreeMap::new(),
             ahead_of: BTreeMap::new(),
             peer_clocks: crate::hlc::PeerClocks::default(),
             clock_ahead: false,
@@ -1001,7 +1013,8 @@ impl Node {
             return None;
         }
         let max = self.clock_bound()?;
-        self.peer_clocks.trusted_now(now, max / 2)
+        self.peer_clocks
+            .trusted_now(now, max / 2, self.cfg.down_after)
     }
 
     /// Whether this node, as a replica of a write it coordinates, must
@@ -1896,6 +1909,17 @@ impl Node {
         {
             sent.remove(from);
         }
+        // The merge may have moved the key: the write's groups become the
+        // current ones before the carried answer is counted, so that it
+        // can only complete on a quorum of the key's owners now (not of
+        // the groups it was first sent to).
+        let groups = match self.pending.get(&op).map(|p| &p.work) {
+            Some(Work::Write { key, .. }) => Some(self.groups(key, true)),
+            _ => None,
+        };
+        if let (Some(groups), Some(p)) = (groups, self.pending.get_mut(&op)) {
+            p.groups = groups;
+        }
         // A write the replica stored all the same: its answer counts.
         if let Some(PeerMsg::ReplicateAck { existed, newer, .. }) = ack.as_deref() {
             let far = newer.is_some_and(|v| self.too_far_ahead(now, from, v.ts, "a write ack"));
@@ -1911,7 +1935,16 @@ impl Node {
                 *maybe_stored = true;
             }
         }
-        self.retry_op(now, op, store);
+        // Carried on at once a few times (one round trip each normally
+        // converges); past that, rings that stay different (a table
+        // restored from an old backup, say) would make every operation
+        // bounce at network speed: it waits for the next tick's regroup
+        // or its deadline instead.
+        let refusals = self.ring_refusals.entry(op).or_insert(0);
+        *refusals += 1;
+        if *refusals <= MAX_RING_RETRIES {
+            self.retry_op(now, op, store);
+        }
     }
 
     /// Carries pending operation `op` on under the current rings: a read
@@ -2266,6 +2299,13 @@ impl Node {
     /// clock is back where it was (hours, perhaps). A write or read still
     /// pending gets at most a request timeout from now.
     fn clock_went_back(&mut self, now: u64) {
+        self.peer_clocks
+            .clock_went_back(self.last_now.saturating_sub(now));
+        // A hint made while the clock was ahead must not outlive its
+        // window (it could bring back a value whose delete was purged).
+        for h in self.hints.values_mut() {
+            h.created = h.created.min(now);
+        }
         self.last_now = now;
         self.last_gossip = self.last_gossip.min(now);
         self.last_anti_entropy = self.last_anti_entropy.min(now);
@@ -2281,6 +2321,40 @@ impl Node {
             for src in st.sources.values_mut() {
                 src.asked_at = src.asked_at.map(|t| t.min(now));
             }
+        }
+    }
+
+    /// Logs each member that went suspect or down, or came back, since
+    /// the last look (one line per change, naming the member). Members
+    /// seen for the first time, ghosts and those that left are not
+    /// logged here (joins and leaves are logged as status changes).
+    fn log_state_changes(&mut self, now: u64) {
+        let ids: Vec<NodeId> = self
+            .members
+            .digests()
+            .into_iter()
+            .map(|d| d.id)
+            .filter(|id| *id != self.cfg.id && !crate::membership::is_ghost(id))
+            .collect();
+        for id in ids {
+            let Some(state) = self.members.state(&id, now) else {
+                continue;
+            };
+            let before = self.seen_states.insert(id.clone(), state);
+            let line = match (before, state) {
+                (Some(b), s) if b == s => continue,
+                (None, _) | (_, MemberState::Left) => continue,
+                (Some(_), MemberState::Suspect) => {
+                    format!("member {id} is suspect: not heard from lately")
+                }
+                (Some(_), MemberState::Down) => format!(
+                    "member {id} is down: not heard from for too long; writes for it become hints"
+                ),
+                (Some(b), MemberState::Alive) => {
+                    format!("member {id} is back (it was {})", b.name())
+                }
+            };
+            self.log(line);
         }
     }
 
@@ -2304,6 +2378,9 @@ impl Node {
         self.rebalance_tick(now);
         self.inline_cleanup(now, store);
         self.regroup_pending(now, store);
+        self.log_state_changes(now);
+        let pending = &self.pending;
+        self.ring_refusals.retain(|op, _| pending.contains_key(op));
         let ae = self.cfg.anti_entropy_interval;
         let due =
             now >= self.last_anti_entropy.saturating_add(ae) || self.ae_repairs.repeat_now(now);
@@ -2646,7 +2723,7 @@ impl Node {
         let expired: Vec<(NodeId, Vec<u8>)> = self
             .hints
             .iter()
-            .filter(|(_, h)| h.created + window <= now)
+            .filter(|(_, h)| h.created.saturating_add(window) <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for (target, key) in expired {

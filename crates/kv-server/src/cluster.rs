@@ -1029,7 +1029,10 @@ impl ClusterThread {
                 }
                 self.take(now, m);
             }
-            if now >= self.next_tick() {
+            // A clock stepped back ticks at once: the node's own times
+            // (and so `next_tick`) are on the old clock, and it restarts
+            // its timers only when a tick shows it the step.
+            if now >= self.next_tick() || now < self.last_tick {
                 self.last_tick = now;
                 self.node.handle_tick(now, &self.shared.store);
                 self.publish(now);
@@ -1278,11 +1281,8 @@ impl ClusterThread {
             if link.out.len() + link.batch.len() > MAX_PEER_QUEUE {
                 return Ok(()); // drop: the peer is not keeping up
             }
-            crate::peer_batch::push(&mut link.batch, msg)
+            crate::peer_batch::push_capped(&mut link.out, &mut link.batch, msg, self.batch_cap)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            if link.batch.len() >= self.batch_cap {
-                crate::peer_batch::seal(&mut link.out, &mut link.batch);
-            }
             return Ok(());
         }
         let payload = postcard::to_allocvec(msg).map_err(|e| io::Error::other(e.to_string()))?;

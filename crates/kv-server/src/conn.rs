@@ -613,8 +613,11 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// One native request frame.
     fn native_step(&mut self, shared: &Shared, at: usize) -> Option<usize> {
         // Before AUTH or a peer handshake, a frame is small (AUTH,
-        // PeerHello, PeerProof), as a RESP command is.
-        let max = if self.session.authenticated || self.peer.is_some() {
+        // PeerHello, PeerProof), as a RESP command is; so it is on a slot
+        // kept for peers until the handshake is done (no password needed
+        // there, but no client's frames either).
+        let open = self.session.authenticated && self.admission != Admission::Probation;
+        let max = if open || self.peer.is_some() {
             shared.config.max_request_bytes()
         } else {
             UNAUTHENTICATED_MAX_FRAME
@@ -814,6 +817,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             return;
         };
         let batched = self.preamble_flags & native::FLAG_PEER_BATCH != 0;
+        let cap = crate::peer_batch::cap(&shared.config);
         let mut replies = Vec::new();
         for msg in crate::peer_batch::Messages::new(payload) {
             let msg = match msg {
@@ -828,7 +832,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 continue;
             };
             let encoded = if batched {
-                crate::peer_batch::push(&mut replies, &reply)
+                crate::peer_batch::push_capped(self.out.now(), &mut replies, &reply, cap)
             } else {
                 postcard::to_allocvec(&reply).map(|payload| {
                     native::encode_frame(self.out.now(), 0, &Request::Peer { payload })

@@ -32,6 +32,30 @@ pub fn push(buf: &mut Vec<u8>, msg: &PeerMsg) -> Result<(), postcard::Error> {
     Ok(())
 }
 
+/// Appends `msg` to the batch `buf`, sealing batches into `out` so that
+/// no frame holds more than `cap` bytes of messages: a message that would
+/// take the batch past the cap starts the next one, and a message larger
+/// than the cap travels alone (as in a frame of its own). So a batch never
+/// exceeds what a peer accepts when each message alone fits.
+pub fn push_capped(
+    out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+    msg: &PeerMsg,
+    cap: usize,
+) -> Result<(), postcard::Error> {
+    let start = buf.len();
+    push(buf, msg)?;
+    if buf.len() > cap && start > 0 {
+        let tail = buf.split_off(start);
+        seal(out, buf);
+        buf.extend_from_slice(&tail);
+    }
+    if buf.len() >= cap {
+        seal(out, buf);
+    }
+    Ok(())
+}
+
 /// Seals the batch in `buf` (if any) into one frame appended to `out`,
 /// and leaves `buf` empty with its capacity kept for the next pass.
 pub fn seal(out: &mut Vec<u8>, buf: &mut Vec<u8>) {
@@ -145,14 +169,31 @@ mod tests {
         fn batches_round_trip(msgs in proptest::collection::vec(msg(), 0..40), cap in 1usize..2000) {
             let (mut wire, mut buf) = (Vec::new(), Vec::new());
             for m in &msgs {
-                push(&mut buf, m).expect("encode");
-                if buf.len() >= cap {
-                    seal(&mut wire, &mut buf);
-                    prop_assert!(buf.is_empty());
-                }
+                push_capped(&mut wire, &mut buf, m, cap).expect("encode");
+                prop_assert!(buf.len() < cap);
             }
             seal(&mut wire, &mut buf);
-            prop_assert_eq!(decode_all(&wire), msgs);
+            prop_assert_eq!(decode_all(&wire), msgs.clone());
+            // No frame holds more than the cap unless it is one message.
+            let largest = msgs
+                .iter()
+                .map(|m| postcard::to_allocvec(m).expect("encode").len())
+                .max()
+                .unwrap_or(0);
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                let (frame, used) = native::decode_frame::<Request>(rest, 1 << 30)
+                    .expect("valid frame")
+                    .expect("whole frame");
+                if let Request::PeerBatch { payload } = frame.body {
+                    prop_assert!(
+                        payload.len() <= cap || Messages::new(&payload).count() == 1,
+                        "a batch of {} bytes, cap {cap}, largest message {largest}",
+                        payload.len()
+                    );
+                }
+                rest = &rest[used..];
+            }
         }
 
         /// A cut batch is an error, never a wrong message or a panic.

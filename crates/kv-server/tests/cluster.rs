@@ -1134,3 +1134,23 @@ fn a_write_without_its_quorum_says_its_outcome_is_unknown() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+/// Issue 13: a member that stops answering is logged as suspect, then
+/// down, and as back once it answers again, each line naming it.
+#[test]
+fn members_going_down_and_coming_back_are_logged() {
+    let a = ServerProc::start(BIN, &sec(&[]));
+    let seed = a.addr.to_string();
+    let b = ServerProc::start(BIN, &sec(&["--join", &seed]));
+    wait_members(&a, 2);
+    wait_members(&b, 2);
+    let said = |what: &str| {
+        let line = format!("member {} is {what}", b.addr);
+        a.output().iter().any(|l| l.contains(&line))
+    };
+    b.signal(libc::SIGSTOP);
+    wait_for("a to log b down", SETTLE, || said("down"));
+    assert!(said("suspect"), "suspect is logged before down");
+    b.signal(libc::SIGCONT);
+    wait_for("a to log b back", SETTLE, || said("back"));
+}
