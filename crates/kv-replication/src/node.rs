@@ -3118,7 +3118,6 @@ impl Node {
             || self.transition != 0
             || self.stream.is_some()
             || self.resume.is_some()
-            || self.cleanup_due
             || self.regroup_due
             || !self.forget_gained.is_empty()
             || self.contact_check
@@ -3134,11 +3133,24 @@ impl Node {
         let ae_due = self.last_anti_entropy.saturating_add(ae);
         // A round that is due but could not start (no peer alive yet) is
         // tried again with the next gossip round.
-        if ae > 0 && ae_due > self.last_now {
+        let rounds = if ae > 0 && ae_due > self.last_now {
             gossip.min(ae_due)
         } else {
             gossip
-        }
+        };
+        // A cleanup waits for the ring to stay settled for a request
+        // timeout (news of members comes with gossip, which ticks anyway),
+        // or for its retry time after a failure.
+        let cleanup = if self.cleanup_due || self.snapshot_owed {
+            let settled = match self.settled_since {
+                Some(since) => since.saturating_add(self.cfg.request_timeout),
+                None => self.last_now,
+            };
+            settled.max(self.cleanup_retry_at)
+        } else {
+            u64::MAX
+        };
+        rounds.min(cleanup)
     }
 }
 

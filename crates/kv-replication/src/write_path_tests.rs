@@ -188,3 +188,57 @@ fn answers_from_the_old_group_do_not_decide_a_regrouped_write() {
         "{out:?}"
     );
 }
+
+/// Review finding 1: a replica on a newer ring stores a write it owns and
+/// carries its ack in `RingDiffers`. The merge may move the key away from
+/// the coordinator: the carried ack must count against the key's groups
+/// under the merged ring, not the ones the write was first sent to, or
+/// the coordinator's own copy (soon forgotten as given away) plus that
+/// one ack would complete the write on a single new owner.
+#[test]
+fn an_ack_carried_in_a_refusal_counts_against_the_current_groups() {
+    let s = store();
+    // A key that, once d:1 and e:1 are members, belongs to b:1 and two
+    // newcomers, no longer to a:1 (the coordinator) nor c:1.
+    let five = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ["a:1", "b:1", "c:1", "d:1", "e:1"]);
+    let key = (0..100_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| {
+            let p = five.preference_list(k, 3);
+            p.contains(&"b:1") && !p.contains(&"a:1") && !p.contains(&"c:1")
+        })
+        .expect("some key");
+    let mut a = coordinator(&s);
+    a.handle_client(T0 + 1, 7, put(&key), &s);
+    let sent = replicates(&drain(&mut a));
+    let op = sent[0].1;
+    // b:1 is on the five-member ring, owns the key there, stores the
+    // write and refuses with its ack.
+    let five_members: Vec<Digest> = ["a:1", "b:1", "c:1", "d:1", "e:1"]
+        .iter()
+        .map(|id| digest(id, Status::Normal))
+        .collect();
+    let ack = PeerMsg::ReplicateAck {
+        op,
+        existed: false,
+        newer: None,
+    };
+    let refusal = PeerMsg::RingDiffers {
+        op,
+        members: five_members,
+        ack: Some(Box::new(ack)),
+    };
+    a.handle_message(T0 + 2, "b:1", refusal, &s);
+    let out = drain(&mut a);
+    assert_eq!(
+        replies(&out),
+        vec![],
+        "answered with b:1's ack and a copy a:1 no longer owns"
+    );
+    // The write went on to the key's new owners.
+    let to: Vec<String> = replicates(&out).into_iter().map(|(n, _)| n).collect();
+    assert!(
+        to.contains(&"d:1".to_string()) || to.contains(&"e:1".to_string()),
+        "{out:?}"
+    );
+}
