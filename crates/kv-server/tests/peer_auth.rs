@@ -535,7 +535,7 @@ fn writes_stamped_far_ahead_are_refused_and_the_key_stays_writable() {
     wait_for("the refusal to be logged", DEADLINE, || {
         s.output()
             .iter()
-            .any(|l| l.contains("refused") && l.contains("ahead of this node's clock"))
+            .any(|l| l.contains("refused") && l.contains("ahead of the cluster's time"))
     });
     let mut c = client(&s);
     assert_eq!(
