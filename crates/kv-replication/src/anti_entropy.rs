@@ -209,6 +209,8 @@ pub struct AeOutcome {
     pub observed: u64,
     /// Entries stored because they were newer.
     pub applied: u64,
+    /// Ranges found differing from the peer's.
+    pub differing: u64,
     /// Lines for the node's log.
     pub log: Vec<String>,
     /// Work left for later: the driver runs it once [`AeOutcome::sends`]
@@ -308,6 +310,7 @@ fn on_digest(task: &AeTask, store: &Store, from: &str, theirs: &[(u32, u64)], ou
         .filter(|(i, h)| task.view.shares(from, *i) && mine.get(*i as usize) != Some(h))
         .map(|(i, _)| *i)
         .collect();
+    out.differing += differ.len() as u64;
     for c in 0..CHAINS.min(differ.len()) {
         let chain: Vec<u32> = differ.iter().skip(c).step_by(CHAINS).copied().collect();
         send_page(task, store, from, chain[0], 0, chain[1..].to_vec(), out);

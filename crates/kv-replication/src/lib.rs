@@ -41,6 +41,7 @@ pub mod outage;
 mod ownership;
 pub mod rebalance;
 pub mod sim;
+pub mod stats;
 
 pub use anti_entropy::{AeOutcome, AeTask, AntiEntropy};
 pub use membership::MemberState;
@@ -50,3 +51,4 @@ pub use node::{
     Persisted, Planted,
 };
 pub use rebalance::{Progress, StreamSave};
+pub use stats::NodeStats;

@@ -204,6 +204,12 @@ impl Membership {
         ring_id_of(self.members.values().map(|m| &m.d))
     }
 
+    /// The ids of every member in the table (this node, ghosts and those
+    /// that left included), without copying their digests.
+    pub fn ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.members.keys()
+    }
+
     /// What this node knows of `id`.
     pub fn digest(&self, id: &str) -> Option<&Digest> {
         self.members.get(id).map(|m| &m.d)

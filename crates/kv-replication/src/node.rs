@@ -453,6 +453,8 @@ pub struct Node {
     /// Each other member's state (alive, suspect, down) when last looked
     /// at, to log the changes.
     seen_states: BTreeMap<NodeId, MemberState>,
+    /// What this node has done, for metrics.
+    stats: crate::stats::NodeStats,
     /// Per pending operation, how many times a replica refused it for a
     /// ring that differs ([`PeerMsg::RingDiffers`]).
     ring_refusals: BTreeMap<u64, u32>,
@@ -564,6 +566,7 @@ impl Node {
             last_far_log: 0,
             last_now: now,
             seen_states: BTreeMap::new(),
+            stats: crate::stats::NodeStats::default(),
             ring_refusals: BTreeMap::new(),
             ahead_of: BTreeMap::new(),
             peer_clocks: crate::hlc::PeerClocks::default(),
@@ -780,6 +783,11 @@ impl Node {
     }
 
     fn reply(&mut self, id: u64, reply: ClientReply) {
+        match reply {
+            ClientReply::Unavailable { .. } => self.stats.unavailable += 1,
+            ClientReply::Conflict { .. } => self.stats.conflicts += 1,
+            _ => {}
+        }
         self.out.push_back(Output::Reply { id, reply });
     }
 
@@ -2244,6 +2252,7 @@ impl Node {
 
     /// Writes `newest` to a stale replica (acks count toward `op`, 0: none).
     fn repair(&mut self, op: u64, node: &str, key: &[u8], newest: &Stamped, store: &Store) {
+        self.stats.read_repairs += 1;
         if node == self.cfg.id {
             let (value, expires_at) = (newest.value.as_deref(), newest.expires_at);
             if let Some((was_live, newer)) =
@@ -2329,18 +2338,25 @@ impl Node {
     /// seen for the first time, ghosts and those that left are not
     /// logged here (joins and leaves are logged as status changes).
     fn log_state_changes(&mut self, now: u64) {
-        let ids: Vec<NodeId> = self
-            .members
-            .digests()
-            .into_iter()
-            .map(|d| d.id)
-            .filter(|id| *id != self.cfg.id && !crate::membership::is_ghost(id))
-            .collect();
-        for id in ids {
-            let Some(state) = self.members.state(&id, now) else {
+        // Members gone from the table (forgotten ghosts) leave no entry.
+        let members = &self.members;
+        self.seen_states
+            .retain(|id, _| members.digest(id).is_some());
+        let mut lines = Vec::new();
+        for id in self.members.ids() {
+            if *id == self.cfg.id || crate::membership::is_ghost(id) {
+                continue;
+            }
+            let Some(state) = self.members.state(id, now) else {
                 continue;
             };
-            let before = self.seen_states.insert(id.clone(), state);
+            let before = match self.seen_states.get_mut(id) {
+                Some(seen) => Some(std::mem::replace(seen, state)),
+                None => {
+                    self.seen_states.insert(id.clone(), state);
+                    None
+                }
+            };
             let line = match (before, state) {
                 (Some(b), s) if b == s => continue,
                 (None, _) | (_, MemberState::Left) => continue,
@@ -2354,6 +2370,9 @@ impl Node {
                     format!("member {id} is back (it was {})", b.name())
                 }
             };
+            lines.push(line);
+        }
+        for line in lines {
             self.log(line);
         }
     }
@@ -2389,6 +2408,7 @@ impl Node {
             if self.anti_entropy_round(now, store) {
                 self.last_anti_entropy = now;
                 self.ae_repairs.round_started();
+                self.stats.ae_rounds += 1;
             }
         }
         let expired: Vec<u64> = self
@@ -2454,6 +2474,7 @@ impl Node {
             changed |= self.members.set_status(id, Status::Left);
         }
         if changed {
+            self.stats.rebalances_done += 1;
             self.log(format!(
                 "rebalance done: joined [{}], left [{}]",
                 joining.join(", "),
@@ -2684,6 +2705,11 @@ impl Node {
         self.hints.len()
     }
 
+    /// What this node has done since it started (counters for metrics).
+    pub fn stats(&self) -> &crate::stats::NodeStats {
+        &self.stats
+    }
+
     fn add_hint(
         &mut self,
         now: u64,
@@ -2706,6 +2732,7 @@ impl Node {
         };
         self.hints.insert(slot, hint.clone());
         self.out.push_back(Output::StoreHint(hint));
+        self.stats.hints_stored += 1;
     }
 
     /// Each gossip round: drop expired hints, send the others (a batch per
@@ -2728,6 +2755,7 @@ impl Node {
             .collect();
         for (target, key) in expired {
             self.hints.remove(&(target.clone(), key.clone()));
+            self.stats.hints_expired += 1;
             self.out.push_back(Output::DropHint {
                 target,
                 key,
@@ -2768,6 +2796,7 @@ impl Node {
         let slot = (target, key);
         if self.hints.get(&slot).is_some_and(|h| h.version == version) {
             self.hints.remove(&slot);
+            self.stats.hints_delivered += 1;
             let (target, key) = slot;
             self.out.push_back(Output::DropHint {
                 target,
@@ -2846,6 +2875,8 @@ impl Node {
             self.observe(outcome.observed);
         }
         self.ae_repairs.note(self.last_now, outcome.applied);
+        self.stats.ae_entries_repaired += outcome.applied;
+        self.stats.ae_ranges_differing += outcome.differing;
         for line in outcome.log {
             self.log(line);
         }

@@ -212,8 +212,24 @@ pub struct ClusterHandle {
     /// cluster thread writes it before it saves the new membership and
     /// cleans up the ranges the new ring gave away.
     pub ring: parking_lot::RwLock<u64>,
+    /// The cluster's figures for metrics and INFO, refreshed by the
+    /// cluster thread.
+    pub stats: Mutex<ClusterStats>,
     /// Set once the event loops have stopped (see [`ClusterHandle::stop`]).
     stop: AtomicBool,
+}
+
+/// What the cluster thread publishes for the metrics endpoint and INFO.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterStats {
+    /// The node's counters.
+    pub node: kv_replication::NodeStats,
+    /// Hints held now for replicas that were down.
+    pub hints_pending: u64,
+    /// Each member (this node included) and its state seen from here.
+    pub members: Vec<(String, kv_replication::MemberState)>,
+    /// The rebalance under way, if any.
+    pub rebalance: Option<kv_replication::Progress>,
 }
 
 thread_local! {
@@ -274,6 +290,7 @@ impl ClusterHandle {
             observed: std::sync::atomic::AtomicU64::new(0),
             checked: AtomicBool::new(true),
             ring: parking_lot::RwLock::new(0),
+            stats: Mutex::new(ClusterStats::default()),
             stop: AtomicBool::new(false),
         };
         Ok((handle, rx, poll))
@@ -721,6 +738,7 @@ pub fn start(
         observed: std::sync::atomic::AtomicU64::new(0),
         checked: AtomicBool::new(!node.awaiting_contact_check()),
         ring: parking_lot::RwLock::new(node.ring_id()),
+        stats: Mutex::new(ClusterStats::default()),
         stop: AtomicBool::new(false),
     });
     let (appliers, mut applier_threads) = start_appliers(&shared, &handle)?;
@@ -1125,6 +1143,15 @@ impl ClusterThread {
             .store(is_clustered(&self.node, now), Ordering::Release);
         let text = view_text(&self.node, &self.handle.id, now);
         *self.handle.view.lock() = text;
+        let stats = ClusterStats {
+            node: self.node.stats().clone(),
+            hints_pending: self.node.hint_count() as u64,
+            members: (self.node.view(now).into_iter())
+                .map(|m| (m.id, m.state))
+                .collect(),
+            rebalance: self.node.progress(now),
+        };
+        *self.handle.stats.lock() = stats;
     }
 
     fn drain_outputs(&mut self, now: u64, down_until: &mut BTreeMap<String, u64>) {

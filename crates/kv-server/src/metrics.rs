@@ -16,6 +16,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use kv_storage::Histogram;
+
 use crate::command_table::COMMANDS;
 use crate::state::Shared;
 
@@ -153,6 +155,35 @@ fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> std::
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+fn seconds(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, d: Duration) -> std::fmt::Result {
+    let g = ConstGauge::new(d.as_secs_f64());
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// A storage [`Histogram`] (power-of-two buckets), its values multiplied
+/// by `scale` (1e-6 turns µs into seconds).
+fn histogram(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &Histogram,
+    scale: f64,
+) -> std::fmt::Result {
+    let finite: u64 = h.counts.iter().sum();
+    let buckets: Vec<(f64, u64)> = h
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| (Histogram::bound(i) as f64 * scale, c))
+        .chain(std::iter::once((
+            f64::INFINITY,
+            h.count.saturating_sub(finite),
+        )))
+        .collect();
+    e.encode_descriptor(name, help, None, MetricType::Histogram)?
+        .encode_histogram::<NoLabels>(h.sum as f64 * scale, h.count, &buckets, None)
+}
+
 impl Collector for ServerCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
         let Some(shared) = self.shared.upgrade() else {
@@ -271,14 +302,161 @@ impl Collector for ServerCollector {
             "Entries in the last snapshot.",
             n(st.last_snapshot_entries),
         )?;
+        gauge(
+            &mut e,
+            "kv_last_snapshot_bytes",
+            "Bytes of the last snapshot.",
+            n(st.last_snapshot_bytes),
+        )?;
+        seconds(
+            &mut e,
+            "kv_last_snapshot_duration_seconds",
+            "Time taken to write the last snapshot.",
+            st.last_snapshot_duration,
+        )?;
+        seconds(
+            &mut e,
+            "kv_recovery_duration_seconds",
+            "Time taken at start to load the snapshot and replay the log.",
+            shared.store.recovery_report().elapsed,
+        )?;
+        histogram(
+            &mut e,
+            "kv_wal_fsync_duration_seconds",
+            "Time each flush (fsync) of the write-ahead log took.",
+            &st.log_flush_micros,
+            1e-6,
+        )?;
+        histogram(
+            &mut e,
+            "kv_wal_group_commit_records",
+            "Records made durable by each flush of the write-ahead log (group commit).",
+            &st.group_commit_records,
+            1.0,
+        )?;
         counter(
             &mut e,
             "kv_tombstones_purged",
             "Tombstones dropped by snapshots (past the grace) since start.",
             st.tombstones_purged,
         )?;
+        if let Some(cluster) = shared.cluster.get() {
+            let stats = cluster.stats.lock().clone();
+            cluster_metrics(&stats, &mut e)?;
+        }
         self.commands(&shared, &mut e)
     }
+}
+
+/// The cluster's figures (a clustered node only).
+fn cluster_metrics(
+    s: &crate::cluster::ClusterStats,
+    e: &mut DescriptorEncoder<'_>,
+) -> std::fmt::Result {
+    let n = &s.node;
+    let counters = [
+        (
+            "kv_cluster_unavailable",
+            "Client operations that failed for want of a quorum before the deadline.",
+            n.unavailable,
+        ),
+        (
+            "kv_cluster_conflicts",
+            "Writes refused because replicas kept a newer version.",
+            n.conflicts,
+        ),
+        (
+            "kv_cluster_read_repairs",
+            "Read repairs sent to replicas a read found stale.",
+            n.read_repairs,
+        ),
+        (
+            "kv_cluster_hints_stored",
+            "Hints stored for replicas that were down.",
+            n.hints_stored,
+        ),
+        (
+            "kv_cluster_hints_delivered",
+            "Hints delivered to their replica.",
+            n.hints_delivered,
+        ),
+        (
+            "kv_cluster_hints_expired",
+            "Hints dropped because their window passed before delivery.",
+            n.hints_expired,
+        ),
+        (
+            "kv_cluster_anti_entropy_rounds",
+            "Anti-entropy rounds this node started.",
+            n.ae_rounds,
+        ),
+        (
+            "kv_cluster_anti_entropy_ranges_differing",
+            "Ranges anti-entropy found differing from a peer's.",
+            n.ae_ranges_differing,
+        ),
+        (
+            "kv_cluster_anti_entropy_entries_repaired",
+            "Entries anti-entropy stored because they were newer.",
+            n.ae_entries_repaired,
+        ),
+        (
+            "kv_cluster_rebalances_done",
+            "Rebalances this node saw end.",
+            n.rebalances_done,
+        ),
+    ];
+    for (name, help, v) in counters {
+        counter(e, name, help, v)?;
+    }
+    let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    gauge(
+        e,
+        "kv_cluster_hints_pending",
+        "Hints held now for replicas that were down.",
+        big(s.hints_pending),
+    )?;
+    let mut members = e.encode_descriptor(
+        "kv_cluster_member_state",
+        "Each member's state seen from this node: 1 for its current state.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (id, state) in &s.members {
+        let labels = [("member", id.clone()), ("state", state.name().to_string())];
+        ConstGauge::new(1i64).encode(members.encode_family(&labels)?)?;
+    }
+    let p = s.rebalance.as_ref();
+    gauge(
+        e,
+        "kv_cluster_rebalancing",
+        "1 while a rebalance is under way.",
+        i64::from(p.is_some()),
+    )?;
+    gauge(
+        e,
+        "kv_cluster_rebalance_ranges",
+        "Ranges this node receives in the rebalance under way.",
+        p.map_or(0, |p| big(p.ranges.0 as u64)),
+    )?;
+    gauge(
+        e,
+        "kv_cluster_rebalance_ranges_done",
+        "Of those, ranges complete.",
+        p.map_or(0, |p| big(p.ranges.1 as u64)),
+    )?;
+    gauge(
+        e,
+        "kv_cluster_rebalance_received_bytes",
+        "Bytes received in the rebalance under way.",
+        p.map_or(0, |p| big(p.bytes)),
+    )?;
+    gauge(
+        e,
+        "kv_cluster_rebalance_rate_bytes",
+        "Bytes per second received in the rebalance under way.",
+        p.map_or(0, |p| p.rate as i64),
+    )
 }
 
 impl ServerCollector {

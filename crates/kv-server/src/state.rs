@@ -268,6 +268,24 @@ impl Shared {
                         "last_snapshot_entries",
                         stats.last_snapshot_entries.to_string(),
                     ),
+                    ("last_snapshot_bytes", stats.last_snapshot_bytes.to_string()),
+                    (
+                        "rdb_last_bgsave_time_sec",
+                        if stats.snapshots_taken == 0 {
+                            "-1".to_string()
+                        } else {
+                            stats.last_snapshot_duration.as_secs().to_string()
+                        },
+                    ),
+                    ("log_fsync_avg_us", average(&stats.log_flush_micros, 0)),
+                    (
+                        "log_group_commit_avg_records",
+                        average(&stats.group_commit_records, 2),
+                    ),
+                    (
+                        "recovery_time_ms",
+                        self.store.recovery_report().elapsed.as_millis().to_string(),
+                    ),
                     (
                         "last_background_error",
                         stats.last_background_error.unwrap_or_default(),
@@ -395,6 +413,17 @@ pub fn rss_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
+}
+
+/// The mean of a histogram's observations, with `decimals` digits (0 when
+/// it has none).
+fn average(h: &kv_storage::Histogram, decimals: usize) -> String {
+    let mean = if h.count == 0 {
+        0.0
+    } else {
+        h.sum as f64 / h.count as f64
+    };
+    format!("{mean:.decimals$}")
 }
 
 #[cfg(test)]

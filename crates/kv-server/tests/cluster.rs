@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kv_client::{Client, ClientError};
 use kv_proto::native::{ErrorKind, Request, Response};
+use kv_testkit::metrics::{metrics_addr, sample, scrape, try_sample};
 use kv_testkit::{wait_for, ServerProc};
 use redis::Commands;
 
@@ -310,9 +311,14 @@ fn anti_entropy_gives_a_restarted_node_what_it_missed() {
 
 #[test]
 fn hinted_handoff_delivers_writes_a_down_node_missed() {
-    // Anti-entropy off: only hints can bring the writes to C.
-    let (a, _b, mut c) = start_three(&["--anti-entropy-ms", "0"]);
+    // Anti-entropy off: only hints can bring the writes to C. A's metrics
+    // show c's state and the hints as they are made and delivered.
+    let (a, _b, mut c) = start_three(&["--anti-entropy-ms", "0", "--metrics-port", "0"]);
+    let metrics = metrics_addr(&a);
     let c_addr = c.addr.to_string();
+    let c_state =
+        |state: &str| format!(r#"kv_cluster_member_state{{member="{c_addr}",state="{state}"}}"#);
+    assert_eq!(sample(&scrape(metrics), &c_state("alive")), 1.0);
     c.kill9();
     let mut ca = client(&a);
     wait_for("a to see c down", SETTLE, || {
@@ -325,10 +331,29 @@ fn hinted_handoff_delivers_writes_a_down_node_missed() {
             .expect("put");
     }
     assert!(local_copy(&a, "hinted000").is_some());
+    // Every write whose replicas include c left a hint on its coordinator,
+    // a; the figures are published at a's next tick.
+    let mut body = String::new();
+    wait_for("a's metrics to show c down and its hints", SETTLE, || {
+        body = scrape(metrics);
+        try_sample(&body, &c_state("down")) == Some(1.0)
+            && sample(&body, "kv_cluster_hints_pending") > 0.0
+    });
+    let pending = sample(&body, "kv_cluster_hints_pending");
+    assert_eq!(sample(&body, "kv_cluster_hints_stored_total"), pending);
+    assert_eq!(sample(&body, "kv_cluster_hints_delivered_total"), 0.0);
     c.restart();
     wait_for("c to receive the 100 hinted writes", SETTLE, || {
         (0..100).all(|i| local_copy(&c, &format!("hinted{i:03}")).is_some())
     });
+    wait_for("a's metrics to show the hints delivered", SETTLE, || {
+        body = scrape(metrics);
+        sample(&body, "kv_cluster_hints_pending") == 0.0
+    });
+    assert_eq!(sample(&body, "kv_cluster_hints_delivered_total"), pending);
+    assert_eq!(sample(&body, "kv_cluster_hints_expired_total"), 0.0);
+    assert_eq!(sample(&body, &c_state("alive")), 1.0);
+    assert_eq!(sample(&body, "kv_cluster_unavailable_total"), 0.0);
 }
 
 /// Each node's own version of each key (LOCALGET, pipelined): `None` where

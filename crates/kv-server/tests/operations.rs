@@ -3,50 +3,14 @@
 //! `--pidfile` holds the server's pid while it runs.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use kv_client::Client;
+use kv_testkit::metrics::{http_get, metrics_addr, sample};
 use kv_testkit::{wait_for, ServerProc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
-
-/// The endpoint's address, from the line the server prints at start.
-fn metrics_addr(s: &ServerProc) -> SocketAddr {
-    let mut found = None;
-    wait_for("the metrics line", Duration::from_secs(10), || {
-        found = s.output().iter().find_map(|l| {
-            l.split("http://")
-                .nth(1)
-                .and_then(|a| a.strip_suffix("/metrics"))
-                .and_then(|a| a.parse().ok())
-        });
-        found.is_some()
-    });
-    found.expect("metrics address")
-}
-
-/// `GET path` over HTTP/1.1; the status line and the body.
-fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the metrics port");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
-    let mut all = String::new();
-    s.read_to_string(&mut all).expect("read");
-    let (head, body) = all.split_once("\r\n\r\n").expect("an HTTP answer");
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
-}
-
-/// The value of the sample line starting with `name` (with its labels).
-fn sample(body: &str, name: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{body}"))
-}
 
 #[test]
 fn a_scrape_shows_the_workload() {
@@ -122,6 +86,68 @@ fn a_scrape_shows_the_workload() {
 
     let (status, _) = http_get(addr, "/nope");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+/// A durable node's scrape accounts for its log and snapshots: every
+/// write made durable by exactly one flush, and the snapshot taken after
+/// 40 writes; INFO says the same.
+#[test]
+fn a_scrape_shows_the_log_and_snapshot_figures() {
+    let server = ServerProc::start(
+        BIN,
+        &[
+            "--fsync",
+            "always",
+            "--snapshot-every",
+            "40",
+            "--metrics-port",
+            "0",
+        ],
+    );
+    let addr = metrics_addr(&server);
+    let mut c = Client::connect(&server.addr.to_string()).expect("connect");
+    for i in 0..50 {
+        c.put(format!("k{i}").as_bytes(), b"value").expect("put");
+    }
+    let mut body = String::new();
+    wait_for(
+        "the snapshot after 40 writes",
+        Duration::from_secs(10),
+        || {
+            body = http_get(addr, "/metrics").1;
+            sample(&body, "kv_snapshots_total") >= 1.0
+        },
+    );
+    // One client, one write at a time: each flush carried one record.
+    assert_eq!(sample(&body, "kv_wal_group_commit_records_sum"), 50.0);
+    assert_eq!(sample(&body, "kv_wal_group_commit_records_count"), 50.0);
+    assert_eq!(
+        sample(&body, r#"kv_wal_group_commit_records_bucket{le="1.0"}"#),
+        50.0
+    );
+    let fsyncs = sample(&body, "kv_wal_fsyncs_total");
+    assert!(fsyncs >= 50.0, "{fsyncs}");
+    assert_eq!(sample(&body, "kv_wal_fsync_duration_seconds_count"), fsyncs);
+    assert!(sample(&body, "kv_wal_fsync_duration_seconds_sum") > 0.0);
+    assert!(sample(&body, "kv_last_snapshot_bytes") > 0.0);
+    assert!(sample(&body, "kv_last_snapshot_duration_seconds") > 0.0);
+    assert!(
+        body.contains("# TYPE kv_recovery_duration_seconds gauge"),
+        "{body}"
+    );
+
+    let info = c.info().expect("INFO");
+    let field = |name: &str| -> String {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("log_group_commit_avg_records"), "1.00");
+    assert_ne!(field("last_snapshot_bytes"), "0");
+    assert_eq!(field("rdb_last_bgsave_time_sec"), "0");
+    assert!(field("recovery_time_ms").parse::<u64>().is_ok());
 }
 
 #[test]

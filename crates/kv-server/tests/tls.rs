@@ -388,16 +388,18 @@ fn peers_are_refused_on_the_plain_port_with_tls_cluster() {
             .iter()
             .map(|a| a.to_string()),
     );
-    let mut a = Command::new(BIN)
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start a");
+    let mut a = KillOnDrop(
+        Command::new(BIN)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start a"),
+    );
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     for pipe in [
-        Box::new(a.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-        Box::new(a.stderr.take().expect("stderr")),
+        Box::new(a.0.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(a.0.stderr.take().expect("stderr")),
     ] {
         let log = log.clone();
         std::thread::spawn(move || {
@@ -424,8 +426,21 @@ fn peers_are_refused_on_the_plain_port_with_tls_cluster() {
     let mut c = Client::connect(&seed).expect("plain client");
     assert!(c.cluster().expect("view").contains("1 member,"));
     // SAFETY: a plain system call on our own child's pid.
-    unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
-    a.wait().expect("a exits");
+    unsafe { libc::kill(a.0.id() as i32, libc::SIGTERM) };
+    a.0.wait().expect("a exits");
+}
+
+/// A child server killed (by its pid) and reaped when the test ends, also
+/// when an assertion fails first: no server outlives its test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// A `--tls-cluster` node that lets TLS clients in without a certificate

@@ -5,12 +5,13 @@ use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use crate::clock::SharedClock;
 use crate::error::{Error, IoContext, Result};
+use crate::histogram::Histogram;
 use crate::map::{hash_key, Entry, Shard, ShardedMap, MAX_KEY};
 use crate::options::{Durability, Options};
 use crate::recovery::{self, RecoveryReport};
@@ -44,6 +45,8 @@ struct Background {
     last_error: Option<String>,
     snapshots_taken: u64,
     last_snapshot_entries: u64,
+    last_snapshot_bytes: u64,
+    last_snapshot_duration: Duration,
     tombstones_purged: u64,
 }
 
@@ -91,8 +94,17 @@ pub struct Stats {
     /// Flushes of the log to stable storage since open (with group commit,
     /// fewer than durable writes).
     pub log_flushes: u64,
+    /// Durations of the log's flushes since open, in µs.
+    pub log_flush_micros: Histogram,
+    /// Records made durable by each flush of the log (the group-commit
+    /// sizes), for the flushes that carried any.
+    pub group_commit_records: Histogram,
     /// Entries (tombstones included) in the last snapshot written.
     pub last_snapshot_entries: u64,
+    /// Bytes of the last snapshot written.
+    pub last_snapshot_bytes: u64,
+    /// How long writing the last snapshot took.
+    pub last_snapshot_duration: Duration,
     /// Tombstones dropped by snapshots since open.
     pub tombstones_purged: u64,
     /// Whether a snapshot is being written now, or was asked for and is
@@ -718,6 +730,7 @@ impl Store {
 
     /// Figures for monitoring.
     pub fn stats(&self) -> Stats {
+        let flushes = self.inner.log.as_ref().map(Log::flush_figures);
         let bg = self.inner.bg.lock();
         Stats {
             keys: self.inner.map.len(self.inner.now_ms()) as u64,
@@ -726,8 +739,14 @@ impl Store {
             durability: self.inner.log.as_ref().map(|_| self.inner.durability),
             log_bytes: self.inner.log.as_ref().map_or(0, Log::position),
             snapshots_taken: bg.snapshots_taken,
-            log_flushes: self.inner.log.as_ref().map_or(0, Log::flushes),
+            log_flushes: flushes.as_ref().map_or(0, |f| f.flushes),
+            log_flush_micros: flushes
+                .as_ref()
+                .map_or_else(Histogram::default, |f| f.latency_micros.clone()),
+            group_commit_records: flushes.map_or_else(Histogram::default, |f| f.group_records),
             last_snapshot_entries: bg.last_snapshot_entries,
+            last_snapshot_bytes: bg.last_snapshot_bytes,
+            last_snapshot_duration: bg.last_snapshot_duration,
             tombstones_purged: bg.tombstones_purged,
             snapshot_running: bg.snapshot_running || bg.snapshot_wanted,
             last_background_error: bg.last_error.clone(),
@@ -1035,12 +1054,15 @@ impl Inner {
         };
         let _one_at_a_time = self.snapshot_lock.lock();
         self.bg.lock().snapshot_running = true;
+        let started = Instant::now();
         let result = self.write_snapshot(log);
         let mut bg = self.bg.lock();
         bg.snapshot_running = false;
         let written = result?;
         bg.snapshots_taken += 1;
         bg.last_snapshot_entries = written.entries;
+        bg.last_snapshot_bytes = written.bytes;
+        bg.last_snapshot_duration = started.elapsed();
         bg.tombstones_purged += written.purged;
         Ok(())
     }

@@ -16,6 +16,7 @@
 pub mod firewall;
 pub mod history;
 pub mod linearizability;
+pub mod metrics;
 pub mod netns;
 pub mod redis_server;
 pub mod resp;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+use crate::histogram::Histogram;
 use crate::options::SnapshotTrigger;
 use crate::vfs::{SharedVfs, Vfs};
 use segment::{Segment, SEGMENT_HEADER};
@@ -35,6 +36,8 @@ struct Writer {
     offset: u64,
     /// Bytes appended since open: a position that only grows.
     pos: u64,
+    /// Records appended since open.
+    records: u64,
     /// Rotated-out segments not yet fully synced, with their final length.
     unsynced: Vec<(Arc<Segment>, u64)>,
     ops_since_snapshot: u64,
@@ -43,7 +46,6 @@ struct Writer {
     poisoned: Option<String>,
 }
 
-#[derive(Default)]
 struct SyncState {
     syncing: bool,
     /// Threads parked until a flush covers their position.
@@ -52,6 +54,39 @@ struct SyncState {
     last_flush: Duration,
     /// Flushes done since open.
     flushes: u64,
+    /// Records known durable (of `Writer::records`).
+    flushed_records: u64,
+    /// Flush durations, in µs.
+    latency: Histogram,
+    /// Records made durable by each flush that carried any.
+    groups: Histogram,
+}
+
+/// Buckets of the flush latency histogram: 1 µs to about 1 s.
+const LATENCY_BUCKETS: usize = 21;
+/// Buckets of the group size histogram: 1 to 4096 records.
+const GROUP_BUCKETS: usize = 13;
+
+impl Default for SyncState {
+    fn default() -> SyncState {
+        SyncState {
+            syncing: false,
+            sleepers: Vec::new(),
+            last_flush: Duration::ZERO,
+            flushes: 0,
+            flushed_records: 0,
+            latency: Histogram::new(LATENCY_BUCKETS),
+            groups: Histogram::new(GROUP_BUCKETS),
+        }
+    }
+}
+
+/// What the log's flushes did since open, for monitoring.
+#[derive(Clone, Debug)]
+pub(crate) struct FlushFigures {
+    pub(crate) flushes: u64,
+    pub(crate) latency_micros: Histogram,
+    pub(crate) group_records: Histogram,
 }
 
 /// The open log of a store.
@@ -92,6 +127,7 @@ impl Log {
                 seg: Arc::new(seg),
                 offset: SEGMENT_HEADER as u64,
                 pos: 0,
+                records: 0,
                 unsynced: Vec::new(),
                 ops_since_snapshot: since_snapshot.0,
                 bytes_since_snapshot: since_snapshot.1,
@@ -118,6 +154,7 @@ impl Log {
         w.seg.write_at(w.offset, rec);
         w.offset += len;
         w.pos += len;
+        w.records += 1;
         w.ops_since_snapshot += 1;
         w.bytes_since_snapshot += len;
         Ok(Appended {
@@ -232,8 +269,15 @@ impl Log {
         s.syncing = false;
         s.last_flush = started.elapsed();
         s.flushes += 1;
-        if let Ok(p) = &flushed {
-            self.durable.fetch_max(*p, Ordering::AcqRel);
+        let micros = u64::try_from(s.last_flush.as_micros()).unwrap_or(u64::MAX);
+        s.latency.observe(micros);
+        if let Ok((p, records)) = flushed {
+            self.durable.fetch_max(p, Ordering::AcqRel);
+            if records > s.flushed_records {
+                let group = records - s.flushed_records;
+                s.flushed_records = records;
+                s.groups.observe(group);
+            }
         }
         let sleepers = std::mem::take(&mut s.sleepers);
         drop(s);
@@ -241,6 +285,16 @@ impl Log {
             t.unpark();
         }
         flushed.map(|_| ())
+    }
+
+    /// What the flushes did since open.
+    pub(crate) fn flush_figures(&self) -> FlushFigures {
+        let s = self.sync.lock();
+        FlushFigures {
+            flushes: s.flushes,
+            latency_micros: s.latency.clone(),
+            group_records: s.groups.clone(),
+        }
     }
 
     /// Before a flush: until every announced writer waits for a position
@@ -259,9 +313,10 @@ impl Log {
         }
     }
 
-    /// Flushes everything appended so far; returns the position covered.
-    fn flush_appended(&self) -> Result<u64> {
-        let (old, seg, offset, pos) = {
+    /// Flushes everything appended so far; returns the position and the
+    /// count of records covered.
+    fn flush_appended(&self) -> Result<(u64, u64)> {
+        let (old, seg, offset, pos, records) = {
             let mut w = self.writer.lock();
             if let Some(why) = &w.poisoned {
                 return Err(Error::Poisoned(why.clone()));
@@ -271,6 +326,7 @@ impl Log {
                 w.seg.clone(),
                 w.offset,
                 w.pos,
+                w.records,
             )
         };
         let result = old
@@ -285,7 +341,7 @@ impl Log {
             // pages: we can no longer say what is on disk.
             self.writer.lock().poisoned = Some(e.to_string());
         }
-        result.map(|()| pos)
+        result.map(|()| (pos, records))
     }
 
     /// Flushes everything appended so far and waits for it.
@@ -298,11 +354,6 @@ impl Log {
     /// Threads parked until a flush covers their position.
     pub(crate) fn waiters(&self) -> usize {
         self.sync.lock().sleepers.len()
-    }
-
-    /// Flushes to stable storage since open.
-    pub(crate) fn flushes(&self) -> u64 {
-        self.sync.lock().flushes
     }
 
     /// The data directory.
