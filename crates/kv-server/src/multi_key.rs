@@ -332,3 +332,152 @@ impl InFlight {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use kv_replication::{Stamped, Ver};
+
+    fn shared() -> Shared {
+        let config = crate::config::Config::parse_from(["kv-server", "--no-persistence"]);
+        let store = kv_storage::Store::open(kv_storage::Options::in_memory()).expect("store");
+        Shared::new(store, config)
+    }
+
+    fn route() -> Route {
+        Route {
+            worker: 0,
+            token: 0,
+            conn: 1,
+            seq: 7,
+        }
+    }
+
+    fn value(v: &str) -> ClientReply {
+        ClientReply::Value(Some(Stamped {
+            version: Ver { ts: 1, node: 1 },
+            value: Some(v.as_bytes().to_vec()),
+            expires_at: None,
+        }))
+    }
+
+    fn keys(ks: &[&str]) -> Vec<Cow<'static, [u8]>> {
+        ks.iter()
+            .map(|k| Cow::Owned(k.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Starts `multi`, numbering its operations from 100.
+    fn start(inflight: &mut InFlight, multi: MultiOp) -> Vec<(u64, ClientOp)> {
+        let mut next = 100;
+        inflight.start(route(), multi, || {
+            next += 1;
+            next - 1
+        })
+    }
+
+    fn forward(multi: Option<MultiRoute>) -> MultiOp {
+        match multi {
+            Some(MultiRoute::Forward(m)) => m,
+            _ => panic!("not forwarded"),
+        }
+    }
+
+    #[test]
+    fn replies_in_any_order_answer_in_key_order_with_a_repeated_key_read_once() {
+        let shared = shared();
+        let mut out = Vec::new();
+        let args = keys(&["a", "missing", "a", "b"]);
+        let multi = forward(resp_op(&shared, Protocol::Resp3, b"mget", &args, &mut out));
+        let mut inflight = InFlight::default();
+        let ops = start(&mut inflight, multi);
+        assert_eq!(ops.len(), 3, "a is read once");
+        let left = || false;
+        assert!(matches!(
+            inflight.add(999, value("x"), left),
+            Added::NotMine(_)
+        ));
+        assert!(matches!(
+            inflight.add(102, value("B"), left),
+            Added::Waiting
+        ));
+        assert!(matches!(
+            inflight.add(101, ClientReply::Value(None), left),
+            Added::Waiting
+        ));
+        match inflight.add(100, value("A"), left) {
+            Added::Done(r, bytes) => {
+                assert_eq!(r.seq, 7);
+                assert_eq!(bytes, b"*4\r\n$1\r\nA\r\n_\r\n$1\r\nA\r\n$1\r\nB\r\n");
+            }
+            _ => panic!("not done"),
+        }
+        // A late duplicate of a finished command's reply is not its.
+        assert!(matches!(
+            inflight.add(100, value("A"), left),
+            Added::NotMine(_)
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_says_how_many_keys_were_written_and_shutdown_answers_the_waiting() {
+        let shared = shared();
+        let mut out = Vec::new();
+        let args = keys(&["a", "1", "b", "2", "c", "3"]);
+        let mut inflight = InFlight::default();
+        start(
+            &mut inflight,
+            forward(resp_op(&shared, Protocol::Resp2, b"mset", &args, &mut out)),
+        );
+        let written = ClientReply::Written {
+            version: Ver { ts: 1, node: 1 },
+            existed: false,
+        };
+        let lost = ClientReply::Unavailable {
+            answered: 1,
+            needed: 2,
+            replicas: 3,
+        };
+        assert!(matches!(
+            inflight.add(100, written, || false),
+            Added::Waiting
+        ));
+        assert!(matches!(inflight.add(101, lost, || false), Added::Waiting));
+        match inflight.add(
+            102,
+            ClientReply::Written {
+                version: Ver { ts: 1, node: 1 },
+                existed: true,
+            },
+            || false,
+        ) {
+            Added::Done(_, bytes) => {
+                let text = String::from_utf8(bytes).expect("utf-8");
+                assert!(text.starts_with("-ERR unavailable: only 1 of 3"), "{text}");
+                assert!(
+                    text.ends_with("MSET of several keys is not atomic on a cluster: 2 of 3 keys were written (acknowledged by their quorum)\r\n"),
+                    "{text}"
+                );
+            }
+            _ => panic!("not done"),
+        }
+
+        let args = keys(&["a", "b"]);
+        let del = forward(resp_op(&shared, Protocol::Resp2, b"del", &args, &mut out));
+        start(&mut inflight, del);
+        let answers = inflight.give_up();
+        assert_eq!(answers.len(), 1);
+        let text = String::from_utf8(answers[0].1.clone()).expect("utf-8");
+        assert!(
+            text.starts_with("-ERR unavailable: this node is shutting down"),
+            "{text}"
+        );
+        assert!(text.contains("0 of 2 keys were written"), "{text}");
+        assert!(matches!(
+            inflight.add(100, value("x"), || false),
+            Added::NotMine(_)
+        ));
+    }
+}
