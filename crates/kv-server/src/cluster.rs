@@ -94,6 +94,13 @@ pub enum ToCluster {
         /// How to encode the reply.
         reply: ReplyTo,
     },
+    /// A client command on several keys (see [`crate::multi_key`]).
+    Multi {
+        /// Where the reply goes.
+        route: Route,
+        /// The command, one operation per key.
+        multi: crate::multi_key::MultiOp,
+    },
     /// A message from a peer.
     Peer {
         /// The sender.
@@ -757,6 +764,7 @@ pub fn start(
                 handle: h,
                 workers,
                 routes: BTreeMap::new(),
+                multis: crate::multi_key::InFlight::default(),
                 next_client: 1,
                 replies: Vec::new(),
                 peers: BTreeMap::new(),
@@ -823,6 +831,8 @@ struct ClusterThread {
     handle: Arc<ClusterHandle>,
     workers: Vec<WorkerMailbox>,
     routes: BTreeMap<u64, (Route, ReplyTo)>,
+    /// Commands on several keys whose keys are under way.
+    multis: crate::multi_key::InFlight,
     next_client: u64,
     /// Replies collected per worker during one pass.
     replies: Vec<Vec<ToWorker>>,
@@ -1091,6 +1101,9 @@ impl ClusterThread {
             let bytes = encode_shutting_down(to);
             self.deliver(route, bytes);
         }
+        for (route, bytes) in self.multis.give_up() {
+            self.deliver(route, bytes);
+        }
     }
 
     fn take(&mut self, now: u64, m: ToCluster) {
@@ -1101,6 +1114,16 @@ impl ClusterThread {
                 self.next_client += 1;
                 self.routes.insert(id, (route, reply));
                 self.node.handle_client(now, id, op, store);
+            }
+            ToCluster::Multi { route, multi } => {
+                let next = &mut self.next_client;
+                let next_id = || {
+                    *next += 1;
+                    *next - 1
+                };
+                for (id, op) in self.multis.start(route, multi, next_id) {
+                    self.node.handle_client(now, id, op, store);
+                }
             }
             ToCluster::Peer { from, msg } => self.node.handle_message(now, &from, msg, store),
             ToCluster::Admin { route, id, cmd } => {
@@ -1245,17 +1268,19 @@ impl ClusterThread {
     }
 
     fn reply(&mut self, id: u64, reply: ClientReply) {
+        let node = &self.node;
+        let left = || node.status() == kv_replication::Status::Left || node.has_left(now_ms());
+        let reply = match self.multis.add(id, reply, left) {
+            crate::multi_key::Added::NotMine(reply) => reply,
+            crate::multi_key::Added::Waiting => return,
+            crate::multi_key::Added::Done(route, bytes) => return self.deliver(route, bytes),
+        };
         let Some((route, to)) = self.routes.remove(&id) else {
             return;
         };
         let bytes = match reply {
             // Refused before any replica was asked, because it left.
-            ClientReply::Unavailable { replicas: 0, .. }
-                if self.node.status() == kv_replication::Status::Left
-                    || self.node.has_left(now_ms()) =>
-            {
-                encode_not_serving(to, true)
-            }
+            ClientReply::Unavailable { replicas: 0, .. } if left() => encode_not_serving(to, true),
             reply => encode_reply(to, reply),
         };
         self.deliver(route, bytes);
@@ -1556,7 +1581,7 @@ fn unavailable_text(to: ReplyTo, answered: usize, needed: usize, replicas: usize
 
 /// The answer to an operation still waiting for its replicas when
 /// shutdown's grace ends.
-fn encode_shutting_down(to: ReplyTo) -> Vec<u8> {
+pub(crate) fn encode_shutting_down(to: ReplyTo) -> Vec<u8> {
     let mut out = Vec::new();
     let mut text = String::from(
         "unavailable: this node is shutting down and stopped waiting for the replicas' answers",

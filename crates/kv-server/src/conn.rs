@@ -562,6 +562,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             let proto = self.session.proto;
             match resp_cluster_op(shared, proto, args, self.out.now()) {
                 ClusterRoute::Forward(op, reply) => return self.forward(shared, op, reply),
+                ClusterRoute::ForwardMulti(multi) => {
+                    return self.send_to_cluster(shared, |route| ToCluster::Multi { route, multi })
+                }
                 // Never run locally what the cluster refused.
                 ClusterRoute::Refused => return,
                 ClusterRoute::NotCoordinated => {}
@@ -900,6 +903,8 @@ fn serve_peer(
 enum ClusterRoute {
     /// The cluster coordinates it.
     Forward(ClientOp, ReplyTo),
+    /// The cluster coordinates it, one operation per key.
+    ForwardMulti(crate::multi_key::MultiOp),
     /// It was refused (size or memory); the error is already written.
     Refused,
     /// Not a command the cluster coordinates.
@@ -931,14 +936,20 @@ fn resp_cluster_op(
             (op, ReplyTo::RespSet)
         }
         (b"del" | b"unlink", [k]) => (ClientOp::Delete { key: k.to_vec() }, ReplyTo::RespDel),
-        _ => {
+        (name, keys) => {
+            use crate::multi_key::MultiRoute;
+            match crate::multi_key::resp_op(shared, proto, name, keys, out) {
+                Some(MultiRoute::Forward(multi)) => return ClusterRoute::ForwardMulti(multi),
+                Some(MultiRoute::Refused) => return ClusterRoute::Refused,
+                None => {}
+            }
             return match crate::resp_expiry::cluster_op(shared, proto, args, out) {
                 Some(crate::resp_expiry::Route::Forward(op, reply)) => {
                     ClusterRoute::Forward(op, reply)
                 }
                 Some(crate::resp_expiry::Route::Refused) => ClusterRoute::Refused,
                 None => ClusterRoute::NotCoordinated,
-            }
+            };
         }
     };
     ClusterRoute::Forward(op, reply)
@@ -964,9 +975,8 @@ fn resp_refused_in_cluster(args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> bool {
         _ if crate::resp_rmw::is_read_modify_write(&name, args.len()) => {
             "needs an atomic read-modify-write across replicas, which the cluster does not have yet; nothing was written"
         }
-        "mget" | "mset" | "del" | "unlink" | "exists" | "touch" | "keys" | "scan" | "dbsize"
-        | "flushall" | "flushdb" | "randomkey" | "strlen" | "getrange" | "substr" | "type"
-        | "object" | "memory" => {
+        "keys" | "scan" | "dbsize" | "flushall" | "flushdb" | "randomkey" | "strlen"
+        | "getrange" | "substr" | "type" | "object" | "memory" => {
             "with these arguments is not supported on a cluster yet; use GET, SET, DEL key (or LIST from kv-client)"
         }
         _ => return false,

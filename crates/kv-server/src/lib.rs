@@ -26,6 +26,7 @@ pub mod dial;
 pub mod glob;
 pub mod logging;
 pub mod metrics;
+pub mod multi_key;
 pub mod native_cmd;
 pub mod peer_batch;
 pub mod resp_cmd;
