@@ -1308,6 +1308,40 @@ impl Node {
     /// Rebuilds the rings from the members' statuses; a new rebalance
     /// gets its plan.
     fn recompute_rings(&mut self) {
+        let before = self.transition;
+        self.recompute_rings_quietly();
+        if self.transition == before {
+            return;
+        }
+        let joining = self.members.with_status(&[Status::Joining]);
+        let leaving = self.members.with_status(&[Status::Leaving]);
+        if self.transition == 0 {
+            self.stats.rebalances_done += 1;
+            self.log(format!(
+                "rebalance over: the ring is now [{}]",
+                self.read_ring.nodes().join(", ")
+            ));
+            return;
+        }
+        let gains = self.plan.gains.len();
+        let what = if self.synced == self.transition {
+            "this node has no range to receive".to_string()
+        } else {
+            format!(
+                "this node receives {gains} range{}",
+                if gains == 1 { "" } else { "s" }
+            )
+        };
+        self.log(format!(
+            "rebalance started: joining [{}], leaving [{}]; {what}",
+            joining.join(", "),
+            leaving.join(", ")
+        ));
+    }
+
+    /// [`Node::recompute_rings`] without the log line: the caller says
+    /// what happened.
+    fn recompute_rings_quietly(&mut self) {
         let read = self.members.with_status(&[Status::Normal, Status::Leaving]);
         let write = self.members.with_status(&[Status::Joining, Status::Normal]);
         let transition = if read == write {
@@ -2480,7 +2514,7 @@ impl Node {
                 joining.join(", "),
                 leaving.join(", ")
             ));
-            self.recompute_rings();
+            self.recompute_rings_quietly();
             self.persist();
             self.tell_everyone();
         }

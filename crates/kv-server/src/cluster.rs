@@ -697,6 +697,30 @@ pub(crate) fn node_config(c: &Config, id: &str) -> kv_replication::Config {
     cfg
 }
 
+/// The line a restart on a saved membership logs: whom it rejoins.
+fn log_rejoin(path: &Path, saved: &Persisted, id: &str) {
+    let others: Vec<&str> = saved
+        .members
+        .iter()
+        .filter(|m| {
+            m.id != id
+                && m.status != kv_replication::Status::Left
+                && !kv_replication::membership::is_ghost(&m.id)
+        })
+        .map(|m| m.id.as_str())
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    log::info!(
+        "rejoining the cluster from the saved membership in {}: {} other member{} ({})",
+        path.display(),
+        others.len(),
+        if others.len() == 1 { "" } else { "s" },
+        others.join(", ")
+    );
+}
+
 /// Starts the cluster thread. `id` is this node's advertised address.
 pub fn start(
     shared: Arc<Shared>,
@@ -710,6 +734,9 @@ pub fn start(
     let cfg = node_config(&c, &id);
     let path = state_path(&shared);
     let saved = load_state(path.as_ref());
+    if let (Some(path), Some(saved)) = (&path, &saved) {
+        log_rejoin(path, saved, &id);
+    }
     let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
     let hints = open_hints(&shared)?;
     let mut node = Node::new(cfg, now_ms(), saved, &shared.store, seed);

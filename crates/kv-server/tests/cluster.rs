@@ -293,6 +293,16 @@ fn anti_entropy_gives_a_restarted_node_what_it_missed() {
     }
     c.restart();
     wait_members(&a, 3);
+    // Its log says whom it rejoins, from its saved membership.
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    wait_for("c's rejoin line", SETTLE, || {
+        c.output().iter().any(|l| {
+            l.contains("rejoining the cluster from the saved membership in")
+                && l.contains("2 other members")
+                && l.contains(&a_addr)
+                && l.contains(&b_addr)
+        })
+    });
     // Nobody reads these keys: only anti-entropy can bring them to C.
     wait_for("c to hold all 200 keys it missed", SETTLE, || {
         (0..200).all(|i| local_copy(&c, &format!("missed{i:03}")).is_some())
@@ -510,6 +520,21 @@ fn a_fourth_node_joins_under_load_and_every_key_stays_readable() {
     client(&c).join(&d.addr.to_string()).expect("JOIN");
     for s in [&a, &b, &c, &d] {
         wait_members(s, 4);
+    }
+    // Every node logs the rebalance's start and its end.
+    let d_addr = d.addr.to_string();
+    for s in [&a, &b, &c, &d] {
+        wait_for("every node's rebalance lines", SETTLE, || {
+            let out = s.output();
+            let started = out
+                .iter()
+                .any(|l| l.contains("rebalance started: joining [") && l.contains(&d_addr));
+            let ended = out.iter().any(|l| {
+                l.contains(&format!("rebalance done: joined [{d_addr}]"))
+                    || (l.contains("rebalance over: the ring is now [") && l.contains(&d_addr))
+            });
+            started && ended
+        });
     }
     let (written, reads) = load.finish();
     assert!(
