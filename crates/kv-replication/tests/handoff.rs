@@ -193,6 +193,9 @@ struct Outcome {
     acked: usize,
     lost: Vec<(String, &'static str, ClientReply)>,
     cleanups: Vec<(String, String)>,
+    /// The statuses of `a`, `b` and `f` that `c` showed just before
+    /// healing.
+    before_heal: Vec<Option<Status>>,
 }
 
 /// Five nodes, N = 3, W = R = 2. `a` and `b` are cut off from the rest,
@@ -253,6 +256,7 @@ fn scenario(change: Change, planted: bool) -> Outcome {
         }
     }
     c.run(30_000);
+    let before_heal = ["a", "b", "f"].map(|id| c.status(id, "c")).to_vec();
     c.minority.clear();
     // Settled: every node shows the same statuses for every node.
     let settled = c.run_until(120_000, |c| {
@@ -301,14 +305,15 @@ fn scenario(change: Change, planted: bool) -> Outcome {
         acked: acked.len(),
         lost,
         cleanups,
+        before_heal,
     }
 }
 
-fn check(change: Change) -> usize {
+fn check(change: Change) -> Outcome {
     let o = scenario(change, false);
     println!(
-        "{change:?}: {} writes acknowledged; cleanups: {:?}",
-        o.acked, o.cleanups
+        "{change:?}: {} writes acknowledged; a, b, f before healing: {:?}; cleanups: {:?}",
+        o.acked, o.before_heal, o.cleanups
     );
     assert!(
         o.lost.is_empty(),
@@ -317,7 +322,7 @@ fn check(change: Change) -> usize {
         o.acked,
         &o.lost[..o.lost.len().min(5)]
     );
-    o.acked
+    o
 }
 
 /// Issue 9, a join: `f` cannot finish joining while `a` and `b` are cut
@@ -325,9 +330,12 @@ fn check(change: Change) -> usize {
 /// owners), so after healing it copies the minority's writes.
 #[test]
 fn a_join_during_a_partition_keeps_the_minority_writes() {
-    assert!(
-        check(Change::Join) > 50,
-        "the minority acknowledged too few"
+    let o = check(Change::Join);
+    assert!(o.acked > 50, "the minority acknowledged too few");
+    assert_eq!(
+        o.before_heal[2],
+        Some(Status::Joining),
+        "f joined without a and b"
     );
 }
 
@@ -335,9 +343,13 @@ fn a_join_during_a_partition_keeps_the_minority_writes() {
 /// only once one of them is back.
 #[test]
 fn removing_the_cut_off_nodes_keeps_their_writes() {
-    assert!(
-        check(Change::RemoveBoth) > 50,
-        "the minority acknowledged too few"
+    let o = check(Change::RemoveBoth);
+    assert!(o.acked > 50, "the minority acknowledged too few");
+    let leaving = Some(Status::Leaving);
+    assert_eq!(
+        o.before_heal[..2],
+        [leaving, leaving],
+        "a and b left while cut off"
     );
 }
 
@@ -358,9 +370,11 @@ fn a_join_finished_before_the_cut_keeps_the_minority_writes() {
 fn the_join_scenario_loses_writes_with_the_planted_stream_bug() {
     let o = scenario(Change::Join, true);
     println!(
-        "planted: {} acknowledged, {} reads lost them",
+        "planted: {} acknowledged, f before healing: {:?}, {} reads lost them: {:?}",
         o.acked,
-        o.lost.len()
+        o.before_heal[2],
+        o.lost.len(),
+        o.lost
     );
     assert!(o.acked > 50, "the minority acknowledged too few");
     assert!(!o.lost.is_empty(), "nothing lost with the planted bug");
