@@ -319,6 +319,21 @@ fn joins_and_leaves_during_a_faulty_run_keep_the_invariants() {
     );
 }
 
+/// The first of `seeds` whose run with `cfg` loses an acknowledged write
+/// or reads an older one, with what it found; panics with `expect` if
+/// none does.
+fn lost_or_hidden(cfg: &SimConfig, seeds: &[u64], expect: &str) -> (u64, String) {
+    let found = seeds.iter().find_map(|&seed| {
+        let r = run(seed, cfg);
+        let v = r
+            .violations
+            .into_iter()
+            .find(|v| v.contains("stale read") || v.contains("lost"))?;
+        Some((seed, v))
+    });
+    found.unwrap_or_else(|| panic!("{expect}"))
+}
+
 /// The planted bug for rebalancing: a node that gains ranges and counts
 /// as holding them without copying them first must be caught losing or
 /// hiding acknowledged writes.
@@ -328,15 +343,11 @@ fn joiners_that_skip_copying_their_ranges_are_caught() {
         stream_ranges: false,
         ..rebalancing()
     };
-    let found = seeds().into_iter().find_map(|seed| {
-        let r = run(seed, &cfg);
-        let v = r
-            .violations
-            .into_iter()
-            .find(|v| v.contains("stale read") || v.contains("lost"))?;
-        Some((seed, v))
-    });
-    let (seed, what) = found.expect("skipping the copy must lose or hide some write");
+    let (seed, what) = lost_or_hidden(
+        &cfg,
+        &seeds(),
+        "skipping the copy must lose or hide some write",
+    );
     println!("rebalancing without copying caught at seed {seed}: {what}");
 }
 
@@ -381,15 +392,8 @@ fn ranges_copied_from_live_owners_only_are_caught() {
         .into_iter()
         .filter(|&s| s > 200 || env("KV_SIM_SEED").is_some())
         .collect();
-    let found = seeds.into_iter().find_map(|seed| {
-        let r = run(seed, &cfg);
-        let v = r
-            .violations
-            .into_iter()
-            .find(|v| v.contains("stale read") || v.contains("lost"))?;
-        Some((seed, v))
-    });
-    let (seed, what) = found.expect("copying from live owners only must lose or hide some write");
+    let expect = "copying from live owners only must lose or hide some write";
+    let (seed, what) = lost_or_hidden(&cfg, &seeds, expect);
     println!("copying from live owners only caught at seed {seed}: {what}");
 }
 
