@@ -966,7 +966,29 @@ impl Node {
             })
             .cloned()
             .collect();
-        (!unsynced.is_empty()).then(|| format!("{} to receive ranges", unsynced.join(",")))
+        if unsynced.is_empty() {
+            return None;
+        }
+        let mut w = format!("{} to receive ranges", unsynced.join(","));
+        // This node's copy held up by old owners that are away (cut off,
+        // most likely): say so, they may hold writes no other node has.
+        let away: Vec<&str> = self
+            .stream
+            .iter()
+            .flat_map(|st| {
+                st.sources
+                    .iter()
+                    .filter(|(id, src)| src.cursor.is_some() && !self.members.is_up(id, now))
+                    .map(|(id, _)| id.as_str())
+            })
+            .collect();
+        if !away.is_empty() {
+            w.push_str(&format!(
+                " (this node's copy waits for {}, down: a range is copied from a read quorum of its old owners)",
+                away.join(",")
+            ));
+        }
+        Some(w)
     }
 
     /// Live members whose view of the ring differs from this node's.

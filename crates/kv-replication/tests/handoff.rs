@@ -196,6 +196,8 @@ struct Outcome {
     /// The statuses of `a`, `b` and `f` that `c` showed just before
     /// healing.
     before_heal: Vec<Option<Status>>,
+    /// Every node's log lines.
+    logs: Vec<(String, String)>,
 }
 
 /// Five nodes, N = 3, W = R = 2. `a` and `b` are cut off from the rest,
@@ -306,6 +308,7 @@ fn scenario(change: Change, planted: bool) -> Outcome {
         lost,
         cleanups,
         before_heal,
+        logs: c.logs,
     }
 }
 
@@ -337,6 +340,12 @@ fn a_join_during_a_partition_keeps_the_minority_writes() {
         Some(Status::Joining),
         "f joined without a and b"
     );
+    let said = o
+        .logs
+        .iter()
+        .find(|(id, l)| id == "f" && l.contains("this node's copy waits for"));
+    println!("f said: {said:?}");
+    assert!(said.is_some(), "f never said what its copy waits for");
 }
 
 /// Issue 9, a removal of both cut-off nodes: their ranges are rebuilt
