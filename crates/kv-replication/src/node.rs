@@ -93,6 +93,11 @@ pub struct Planted {
     /// have sent what *they* were asked for, whether or not that was this
     /// range (the accounting before the fix).
     pub any_source_done: bool,
+    /// Rebalancing copies a range from those of its old owners that are
+    /// up, however few (not from a read quorum of them): a new owner ends
+    /// its stream without owners that are cut off, whose writes then only
+    /// they hold when they forget the range (issue 9).
+    pub live_sources_only: bool,
     /// A replica's "not applied, newer held" is counted as an ack: the
     /// coordinator neither re-stamps the write nor fails it.
     pub no_restamp: bool,
@@ -969,7 +974,29 @@ impl Node {
             })
             .cloned()
             .collect();
-        (!unsynced.is_empty()).then(|| format!("{} to receive ranges", unsynced.join(",")))
+        if unsynced.is_empty() {
+            return None;
+        }
+        let mut w = format!("{} to receive ranges", unsynced.join(","));
+        // This node's copy held up by old owners that are away (cut off,
+        // most likely): say so, they may hold writes no other node has.
+        let away: Vec<&str> = self
+            .stream
+            .iter()
+            .flat_map(|st| {
+                st.sources
+                    .iter()
+                    .filter(|(id, src)| src.cursor.is_some() && !self.members.is_up(id, now))
+                    .map(|(id, _)| id.as_str())
+            })
+            .collect();
+        if !away.is_empty() {
+            w.push_str(&format!(
+                " (this node's copy waits for {}, down: a range is copied from a read quorum of its old owners)",
+                away.join(",")
+            ));
+        }
+        Some(w)
     }
 
     /// Live members whose view of the ring differs from this node's.
@@ -2552,7 +2579,17 @@ impl Node {
         if self.stream.is_none() {
             let members = &self.members;
             let up = |id: &str| members.is_up(id, now);
-            let mut st = Stream::new(self.transition, self.plan.clone(), self.resume.as_ref(), up);
+            let mut plan = self.plan.clone();
+            if self.cfg.planted.live_sources_only {
+                for g in &mut plan.gains {
+                    let live: Vec<NodeId> = g.sources.iter().filter(|s| up(s)).cloned().collect();
+                    if !live.is_empty() {
+                        g.need = g.need.min(live.len());
+                        g.sources = live;
+                    }
+                }
+            }
+            let mut st = Stream::new(self.transition, plan, self.resume.as_ref(), up);
             st.planted_any_source_done = self.cfg.planted.any_source_done;
             let resumed = st.resumed();
             let note = if resumed > 0 {
