@@ -160,6 +160,8 @@ pub enum ToWorker {
         seq: u64,
         /// The encoded reply.
         bytes: Vec<u8>,
+        /// Whether the reply is an error (for the per-command figures).
+        failed: bool,
     },
 }
 
@@ -1126,10 +1128,10 @@ impl ClusterThread {
     fn give_up_waiting(&mut self) {
         for (_, (route, to)) in std::mem::take(&mut self.routes) {
             let bytes = encode_shutting_down(to);
-            self.deliver(route, bytes);
+            self.deliver(route, bytes, true);
         }
         for (route, bytes) in self.multis.give_up() {
-            self.deliver(route, bytes);
+            self.deliver(route, bytes, true);
         }
     }
 
@@ -1175,9 +1177,10 @@ impl ClusterThread {
                     Ok(text) => Response::Text { text },
                     Err(why) => Response::error(ErrorKind::Refused, why),
                 };
+                let failed = matches!(response, Response::Error { .. });
                 let mut bytes = Vec::new();
                 native::encode_frame(&mut bytes, id, &response);
-                self.deliver(route, bytes);
+                self.deliver(route, bytes, failed);
             }
             ToCluster::PeerUp(_) => {}
             ToCluster::AntiEntropyDone(outcome) => self.node.anti_entropy_done(outcome),
@@ -1300,20 +1303,28 @@ impl ClusterThread {
         let reply = match self.multis.add(id, reply, left) {
             crate::multi_key::Added::NotMine(reply) => reply,
             crate::multi_key::Added::Waiting => return,
-            crate::multi_key::Added::Done(route, bytes) => return self.deliver(route, bytes),
+            crate::multi_key::Added::Done(route, bytes) => {
+                let failed = bytes.first() == Some(&b'-');
+                return self.deliver(route, bytes, failed);
+            }
         };
         let Some((route, to)) = self.routes.remove(&id) else {
             return;
         };
+        let failed = matches!(
+            reply,
+            ClientReply::Conflict { .. } | ClientReply::Unavailable { .. }
+        );
         let bytes = match reply {
             // Refused before any replica was asked, because it left.
             ClientReply::Unavailable { replicas: 0, .. } if left() => encode_not_serving(to, true),
             reply => encode_reply(to, reply),
         };
-        self.deliver(route, bytes);
+        let failed = failed || (!matches!(to, ReplyTo::Native(..)) && bytes.first() == Some(&b'-'));
+        self.deliver(route, bytes, failed);
     }
 
-    fn deliver(&mut self, route: Route, bytes: Vec<u8>) {
+    fn deliver(&mut self, route: Route, bytes: Vec<u8>, failed: bool) {
         if self.replies.len() < self.workers.len() {
             self.replies.resize_with(self.workers.len(), Vec::new);
         }
@@ -1323,6 +1334,7 @@ impl ClusterThread {
                 conn: route.conn,
                 seq: route.seq,
                 bytes,
+                failed,
             });
         }
     }

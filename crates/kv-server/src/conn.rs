@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use kv_proto::native::{self, ErrorKind, ProtoError, Request, Response};
 use kv_proto::resp::{self, Limits};
@@ -14,6 +15,7 @@ use kv_replication::{ClientOp, PeerMsg};
 
 use crate::admission::{self, Admission};
 use crate::cluster::{Admin, NativeKind, ReplyTo, Route, ToCluster};
+use crate::metrics::{Metrics, Protocol};
 use crate::native_cmd;
 use crate::resp_cmd::{self, After, Session};
 use crate::resp_tx;
@@ -78,6 +80,24 @@ enum Proto {
     Native,
 }
 
+/// A command the cluster answers, for its figures: where they are kept
+/// and when it arrived.
+struct Timed {
+    proto: Protocol,
+    slot: usize,
+    started: Instant,
+}
+
+impl Timed {
+    fn start(proto: Protocol, name: &str) -> Option<Timed> {
+        Some(Timed {
+            proto,
+            slot: Metrics::slot(proto, name)?,
+            started: Instant::now(),
+        })
+    }
+}
+
 /// Replies in request order: those ready go straight to the write buffer
 /// unless an earlier one is still awaited from the cluster.
 #[derive(Default)]
@@ -86,6 +106,8 @@ struct Outbox {
     wpos: usize,
     /// Replies queued behind one still awaited: (sequence, bytes if ready).
     slots: VecDeque<(u64, Option<Vec<u8>>)>,
+    /// The commands awaited from the cluster, for their figures.
+    timed: Vec<(u64, Timed)>,
     next_seq: u64,
 }
 
@@ -109,16 +131,24 @@ impl Outbox {
     }
 
     /// Keeps a place for a reply that comes later; returns its sequence.
-    fn later(&mut self) -> u64 {
+    fn later(&mut self, timed: Option<Timed>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.slots.push_back((seq, None));
+        if let Some(t) = timed {
+            self.timed.push((seq, t));
+        }
         seq
     }
 
     /// Fills the place `seq` and moves every ready reply at the front to
-    /// the write buffer.
-    fn complete(&mut self, seq: u64, bytes: Vec<u8>) {
+    /// the write buffer; returns the command's figures slot, if timed.
+    fn complete(&mut self, seq: u64, bytes: Vec<u8>) -> Option<Timed> {
+        let timed = self
+            .timed
+            .iter()
+            .position(|(s, _)| *s == seq)
+            .map(|i| self.timed.swap_remove(i).1);
         if let Some(slot) = self.slots.iter_mut().find(|(s, _)| *s == seq) {
             slot.1 = Some(bytes);
         }
@@ -127,6 +157,7 @@ impl Outbox {
                 self.wbuf.extend_from_slice(&b);
             }
         }
+        timed
     }
 
     fn awaiting(&self) -> usize {
@@ -274,9 +305,16 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             && (!self.lingering || self.discarded > DISCARD_LIMIT)
     }
 
-    /// A reply from the cluster for request `seq`.
-    pub fn complete(&mut self, seq: u64, bytes: Vec<u8>) {
-        self.out.complete(seq, bytes);
+    /// A reply from the cluster for request `seq`; `failed` if it is an
+    /// error. The command's figures count the time since it arrived.
+    pub fn complete(&mut self, shared: &Shared, seq: u64, bytes: Vec<u8>, failed: bool) {
+        if let Some(t) = self.out.complete(seq, bytes) {
+            let took = t.started.elapsed();
+            let worker = self.route.worker;
+            shared
+                .metrics
+                .record_slot(worker, t.proto, t.slot, took, failed);
+        }
     }
 
     /// Once the last reply of a closing connection is sent: shut our side
@@ -500,22 +538,31 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         if let Some(r) = refusal {
             return native::encode_frame(self.out.now(), id, &r);
         }
-        self.send_to_cluster(shared, |route| ToCluster::Admin { route, id, cmd });
+        self.send_to_cluster(shared, None, |route| ToCluster::Admin { route, id, cmd });
     }
 
     /// Hands a client operation to the cluster; its reply comes later.
-    fn forward(&mut self, shared: &Shared, op: ClientOp, reply: ReplyTo) {
-        self.send_to_cluster(shared, |route| ToCluster::Client { route, op, reply });
+    fn forward(&mut self, shared: &Shared, timed: Option<Timed>, op: ClientOp, reply: ReplyTo) {
+        self.send_to_cluster(shared, timed, |route| ToCluster::Client {
+            route,
+            op,
+            reply,
+        });
     }
 
     /// Sends the cluster thread work whose reply takes the next place in
     /// this connection's reply order.
-    fn send_to_cluster(&mut self, shared: &Shared, work: impl FnOnce(Route) -> ToCluster) {
+    fn send_to_cluster(
+        &mut self,
+        shared: &Shared,
+        timed: Option<Timed>,
+        work: impl FnOnce(Route) -> ToCluster,
+    ) {
         let Some(cluster) = shared.cluster.get() else {
             return;
         };
         shared.count_command();
-        let seq = self.out.later();
+        let seq = self.out.later(timed);
         cluster.send(work(Route { seq, ..self.route }));
     }
 
@@ -560,10 +607,19 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         // queueing; EXEC then refuses it.
         if clustered && self.session.authenticated && self.session.tx.is_none() {
             let proto = self.session.proto;
+            let timed = || {
+                let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+                Timed::start(Protocol::Resp, &name)
+            };
             match resp_cluster_op(shared, proto, args, self.out.now()) {
-                ClusterRoute::Forward(op, reply) => return self.forward(shared, op, reply),
+                ClusterRoute::Forward(op, reply) => {
+                    return self.forward(shared, timed(), op, reply)
+                }
                 ClusterRoute::ForwardMulti(multi) => {
-                    return self.send_to_cluster(shared, |route| ToCluster::Multi { route, multi })
+                    return self.send_to_cluster(shared, timed(), |route| ToCluster::Multi {
+                        route,
+                        multi,
+                    })
                 }
                 // Never run locally what the cluster refused.
                 ClusterRoute::Refused => return,
@@ -666,7 +722,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 let clustered = shared.cluster.get().is_some_and(|c| c.is_clustered());
                 if clustered && self.session.authenticated {
                     match native_cluster_op(shared, id, &req) {
-                        Some(Ok((op, reply))) => return self.forward(shared, op, reply),
+                        Some(Ok((op, reply))) => {
+                            let timed = Timed::start(Protocol::Native, native_cmd::label(&req));
+                            return self.forward(shared, timed, op, reply);
+                        }
                         Some(Err(refusal)) => {
                             return native::encode_frame(self.out.now(), id, &refusal)
                         }

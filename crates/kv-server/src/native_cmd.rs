@@ -8,10 +8,9 @@ use crate::state::Shared;
 /// Largest page a LIST returns, whatever the client asks.
 pub const MAX_LIST_PAGE: u32 = 10_000;
 
-/// Runs one request.
-pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
-    shared.count_command();
-    let name = match &req {
+/// The request's label in the per-command figures.
+pub fn label(req: &Request) -> &'static str {
+    match req {
         Request::Get { .. } => "get",
         Request::Put { .. } => "put",
         Request::Delete { .. } => "delete",
@@ -21,7 +20,13 @@ pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
         Request::Info => "info",
         Request::Cluster => "cluster",
         _ => "other",
-    };
+    }
+}
+
+/// Runs one request.
+pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
+    shared.count_command();
+    let name = label(&req);
     let started = std::time::Instant::now();
     let reply = execute_request(shared, s, req);
     let failed = matches!(reply, Response::Error { .. });

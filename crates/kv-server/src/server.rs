@@ -397,12 +397,13 @@ impl Worker {
                     conn,
                     seq,
                     bytes,
+                    failed,
                 } => {
                     let Some(slot) = self.conns.get_mut(token) else {
                         continue;
                     };
                     if slot.conn.id() == conn {
-                        slot.conn.complete(seq, bytes);
+                        slot.conn.complete(&self.shared, seq, bytes, failed);
                         self.serve(token, false);
                     }
                 }

@@ -319,6 +319,71 @@ fn anti_entropy_gives_a_restarted_node_what_it_missed() {
     }
 }
 
+/// A scrape of a node of a 3-node cluster counts the commands it
+/// coordinated, by command and protocol, with their latency (replicas'
+/// answers included), shows every member alive, and counts a read that
+/// failed for want of a quorum.
+#[test]
+fn a_scrape_of_a_cluster_node_shows_its_commands_members_and_failures() {
+    let (a, mut b, mut c) = start_three(&["--metrics-port", "0", "--request-timeout-ms", "500"]);
+    let metrics = metrics_addr(&a);
+    let mut r = redis::Client::open(format!("redis://{}/", a.addr))
+        .expect("url")
+        .get_connection()
+        .expect("connect");
+    for i in 0..30 {
+        let _: () = r.set(format!("m{i}"), "v").expect("SET");
+    }
+    for i in 0..20 {
+        let _: Option<String> = r.get(format!("m{i}")).expect("GET");
+    }
+    let mut ca = client(&a);
+    for i in 0..10 {
+        ca.put(format!("n{i}").as_bytes(), b"v").expect("put");
+    }
+    let body = scrape(metrics);
+    let resp = |cmd: &str, what: &str| {
+        sample(
+            &body,
+            &format!(r#"{what}{{command="{cmd}",protocol="resp"}}"#),
+        )
+    };
+    assert_eq!(resp("set", "kv_commands_total"), 30.0);
+    assert_eq!(resp("set", "kv_command_errors_total"), 0.0);
+    assert_eq!(resp("set", "kv_command_duration_seconds_count"), 30.0);
+    assert!(resp("set", "kv_command_duration_seconds_sum") > 0.0);
+    assert_eq!(resp("get", "kv_commands_total"), 20.0);
+    assert_eq!(
+        sample(
+            &body,
+            r#"kv_commands_total{command="put",protocol="native"}"#
+        ),
+        10.0
+    );
+    for s in [&a, &b, &c] {
+        let alive = format!(
+            r#"kv_cluster_member_state{{member="{}",state="alive"}}"#,
+            s.addr
+        );
+        assert_eq!(sample(&body, &alive), 1.0, "{body}");
+    }
+    assert_eq!(sample(&body, "kv_cluster_rebalancing"), 0.0);
+    assert_eq!(sample(&body, "kv_cluster_unavailable_total"), 0.0);
+
+    // Without b and c no quorum answers: the GET fails, and is counted.
+    b.kill9();
+    c.kill9();
+    let failed: redis::RedisResult<Option<String>> = r.get("m0");
+    assert!(failed.is_err(), "{failed:?}");
+    let mut body = String::new();
+    wait_for("a's metrics to count the failed read", SETTLE, || {
+        body = scrape(metrics);
+        sample(&body, "kv_cluster_unavailable_total") >= 1.0
+    });
+    let errors = r#"kv_command_errors_total{command="get",protocol="resp"}"#;
+    assert_eq!(sample(&body, errors), 1.0);
+}
+
 #[test]
 fn hinted_handoff_delivers_writes_a_down_node_missed() {
     // Anti-entropy off: only hints can bring the writes to C. A's metrics
