@@ -61,5 +61,5 @@ pub use error::{Error, Result};
 pub use options::{Durability, Options, RecoveryMode, SnapshotTrigger};
 pub use ranges::{RangeKey, RangePage};
 pub use recovery::{RecoveryReport, Truncation};
-pub use store::{Stats, Store, StreamCursor};
+pub use store::{Change, Live, Stats, Store, StreamCursor};
 pub use version::{Version, Versioned};
