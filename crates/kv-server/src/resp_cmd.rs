@@ -221,8 +221,15 @@ fn execute_named(
         return After::Continue;
     }
     if crate::resp_rmw::is_read_modify_write(name, args.len()) {
-        // Nothing else runs between its read and its write.
-        let _exclusive = shared.exclusive_gate();
+        // A command reading and writing several keys holds every other
+        // command off; one on a single key is atomic in the store
+        // (`Store::update`) and needs only its loop's gate, as any command.
+        let (_every_gate, _own_gate);
+        if crate::resp_rmw::is_multi_key(name) {
+            _every_gate = shared.exclusive_gate();
+        } else {
+            _own_gate = shared.command_gate(s.worker);
+        }
         // Checked under the gate: the node may have joined meanwhile.
         if shared.is_clustered() {
             error(

@@ -305,8 +305,8 @@ impl Shared {
                 vec![(
                     "db0",
                     format!(
-                        "keys={},expires={},avg_ttl=0",
-                        stats.keys, stats.expiring_keys
+                        "keys={},expires={},avg_ttl={}",
+                        stats.keys, stats.expiring_keys, stats.avg_ttl_ms
                     ),
                 )],
             ),
