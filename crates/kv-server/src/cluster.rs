@@ -154,6 +154,13 @@ pub enum ToWorker {
         /// The encoded reply.
         bytes: Vec<u8>,
     },
+    /// Close a connection at once (CLIENT KILL).
+    Kill {
+        /// The connection's slab token.
+        token: usize,
+        /// The connection's unique id.
+        conn: u64,
+    },
 }
 
 /// A worker's mailbox.
