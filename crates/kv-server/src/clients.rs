@@ -178,9 +178,15 @@ impl Clients {
 /// Publishes the session's state after command `args` (see
 /// [`Clients`]).
 pub fn publish(s: &Session, args: &[Cow<'_, [u8]>]) {
+    if s.client.is_some() {
+        publish_named(s, &command_name(args));
+    }
+}
+
+/// [`publish`] for a request of the native protocol, named `cmd`.
+pub fn publish_named(s: &Session, cmd: &str) {
     if let Some(c) = &s.client {
-        let cmd = command_name(args);
-        c.shown.lock().update(s, &cmd, Instant::now());
+        c.shown.lock().update(s, cmd, Instant::now());
     }
 }
 
