@@ -163,6 +163,13 @@ pub enum ToWorker {
         /// Whether the reply is an error (for the per-command figures).
         failed: bool,
     },
+    /// Close a connection at once (CLIENT KILL).
+    Kill {
+        /// The connection's slab token.
+        token: usize,
+        /// The connection's unique id.
+        conn: u64,
+    },
 }
 
 /// A worker's mailbox.

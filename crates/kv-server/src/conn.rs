@@ -238,6 +238,12 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         self.session.source = Some((ip, shared.auth_sources.clone()));
     }
 
+    /// Enters the connection's registry entry in its session (see
+    /// [`crate::clients`]).
+    pub fn set_client(&mut self, client: std::sync::Arc<crate::clients::Client>) {
+        self.session.client = Some(client);
+    }
+
     /// Gives back the connection's slot (when it is closed).
     pub fn release(&mut self, shared: &Shared) {
         admission::release(shared, &mut self.admission);

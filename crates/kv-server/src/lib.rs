@@ -18,6 +18,7 @@
 pub mod admission;
 pub mod aside;
 pub mod auth_limit;
+pub mod clients;
 pub mod cluster;
 pub mod command_table;
 pub mod config;

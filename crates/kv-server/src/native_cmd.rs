@@ -29,6 +29,7 @@ pub fn execute(shared: &Shared, s: &mut Session, req: Request) -> Response {
     let name = label(&req);
     let started = std::time::Instant::now();
     let reply = execute_request(shared, s, req);
+    crate::clients::publish_named(s, name);
     let failed = matches!(reply, Response::Error { .. });
     let took = started.elapsed();
     shared.metrics.record(

@@ -47,6 +47,8 @@ pub struct Session {
     pub auth_failures: u32,
     /// Until when, after a failed AUTH, attempts fail unchecked.
     pub auth_retry_at: Option<std::time::Instant>,
+    /// This connection's entry in [`Shared::clients`] (none in tests).
+    pub client: Option<std::sync::Arc<crate::clients::Client>>,
     /// The client's address and where failed AUTHs from it are counted
     /// (see [`crate::auth_limit`]).
     pub source: Option<(
@@ -183,6 +185,7 @@ pub fn execute(
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     let (started, at) = (std::time::Instant::now(), out.len());
     let after = execute_named(shared, s, &name, args, out);
+    crate::clients::publish(s, args);
     let failed = out.get(at) == Some(&b'-');
     let took = started.elapsed();
     shared.metrics.record(
@@ -221,8 +224,15 @@ fn execute_named(
         return After::Continue;
     }
     if crate::resp_rmw::is_read_modify_write(name, args.len()) {
-        // Nothing else runs between its read and its write.
-        let _exclusive = shared.exclusive_gate();
+        // A command reading and writing several keys holds every other
+        // command off; one on a single key is atomic in the store
+        // (`Store::update`) and needs only its loop's gate, as any command.
+        let (_every_gate, _own_gate);
+        if crate::resp_rmw::is_multi_key(name) {
+            _every_gate = shared.exclusive_gate();
+        } else {
+            _own_gate = shared.command_gate(s.worker);
+        }
         // Checked under the gate: the node may have joined meanwhile.
         if shared.is_clustered() {
             error(
@@ -282,7 +292,7 @@ pub fn run(
         "select" => select(rest, out),
         "config" => config(shared, p, rest, out),
         "command" => crate::resp_keys::command(p, rest, out),
-        "client" => client(s, rest, out),
+        "client" => return client(shared, s, args, out),
         "flushall" | "flushdb" => flushall(shared, out),
         "cluster" => cluster(shared, rest, out),
         "localget" => localget(shared, p, rest, out),
@@ -307,8 +317,9 @@ fn reset(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) {
     // The AUTH failure count belongs to the connection: RESET between
     // guesses must not buy more of them.
     let (failures, retry_at, source) = (s.auth_failures, s.auth_retry_at, s.source.take());
+    let client = s.client.take();
     *s = Session::new(authenticated, s.id, s.worker);
-    s.source = source;
+    (s.source, s.client) = (source, client);
     s.auth_failures = failures;
     s.auth_retry_at = retry_at;
     simple(out, "RESET");
@@ -756,7 +767,20 @@ fn cluster(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     }
 }
 
-fn client(s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+/// CLIENT and its subcommands (`args`: CLIENT first).
+fn client(shared: &Shared, s: &mut Session, args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> After {
+    let sub = args.get(1).map(|a| a.to_ascii_lowercase());
+    match sub.as_deref() {
+        Some(b"kill") => return crate::clients::kill(shared, s, args, out),
+        Some(b"list") => crate::clients::list(shared, s, args, out),
+        _ => client_setting(s, args, out),
+    }
+    After::Continue
+}
+
+/// The CLIENT subcommands about this connection alone.
+fn client_setting(s: &mut Session, args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let rest = &args[1..];
     let sub = rest.first().map(|a| a.to_ascii_lowercase());
     match (sub.as_deref(), &rest[1.min(rest.len())..]) {
         (Some(b"setname"), [name]) => {
@@ -806,7 +830,7 @@ fn client(s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
             _ => error(out, "ERR syntax error"),
         },
         (Some(b"info"), []) => {
-            let line = client_line(s);
+            let line = crate::clients::info(s, args);
             encode_verbatim(out, "txt", line.as_bytes(), s.proto)
         }
         _ => {
@@ -817,23 +841,6 @@ fn client(s: &mut Session, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
             )
         }
     }
-}
-
-/// One line of CLIENT INFO / CLIENT LIST in Redis's field names.
-fn client_line(s: &Session) -> String {
-    let text = |v: &Option<Vec<u8>>| {
-        String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned()
-    };
-    let age = s.since.map_or(0, |t| t.elapsed().as_secs());
-    format!(
-        "id={} name={} age={age} db=0 multi=-1 user=default resp={} lib-name={} lib-ver={}
-",
-        s.id,
-        text(&s.name),
-        s.proto.number(),
-        text(&s.lib_name),
-        text(&s.lib_ver),
-    )
 }
 
 fn flushall(shared: &Shared, out: &mut Vec<u8>) {

@@ -24,7 +24,9 @@ use kv_replication::{ClientOp, Hint};
 
 use crate::cluster::ReplyTo;
 use crate::resp_cmd::{error, refuse_write};
+use crate::resp_rmw::{put, update};
 use crate::state::Shared;
+use kv_storage::Change;
 
 /// How an expiry argument is given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,8 +227,8 @@ fn parse_getex<'a>(opts: &'a [Cow<'_, [u8]>]) -> Option<GetexOpts<'a>> {
 }
 
 /// Whether command `name` with `args` (name first) is one of this
-/// module's that reads the key before writing it (run with every other
-/// command held off; refused in a cluster).
+/// module's that reads the key before writing it (one atomic step on the
+/// key; refused in a cluster).
 pub fn is_read_modify_write(name: &str, args: usize) -> bool {
     matches!(
         name,
@@ -292,8 +294,8 @@ pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out
     }
 }
 
-/// `SET key value [NX | XX] [GET] [EX | PX | EXAT | PXAT | KEEPTTL]`; the
-/// caller holds every other command off.
+/// `SET key value [NX | XX] [GET] [EX | PX | EXAT | PXAT | KEEPTTL]`, one
+/// atomic step on the key.
 pub fn set(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     let (key, value) = (&rest[0], &rest[1]);
     let Some(o) = parse_set(&rest[2..]) else {
@@ -307,30 +309,33 @@ pub fn set(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], out: &mut Vec<u
         },
         None => None,
     };
-    let current = live_expiry(shared, key);
-    let old = o.get.then(|| shared.store.get(key)).flatten();
-    let reply_old = |out: &mut Vec<u8>| match &old {
-        Some(v) => encode_bulk(out, v),
-        None => encode_null(out, p),
-    };
-    if (o.nx && current.is_some()) || (o.xx && current.is_none()) {
-        return if o.get {
-            reply_old(out)
-        } else {
-            encode_null(out, p)
+    update(shared, key, out, |cur, out| {
+        let old = cur.map(|c| c.value);
+        let reply_old = |out: &mut Vec<u8>| match old {
+            Some(v) => encode_bulk(out, v),
+            None => encode_null(out, p),
         };
-    }
-    if refuse_write(shared, key, Some(value), out) {
-        return;
-    }
-    let at = if o.keepttl { current.flatten() } else { at };
-    if stored(out, shared.store.put_expiring_at(key, value, at)) {
-        if o.get {
-            reply_old(out);
-        } else {
-            out.extend_from_slice(b"+OK\r\n");
+        if (o.nx && cur.is_some()) || (o.xx && cur.is_none()) {
+            if o.get {
+                reply_old(out);
+            } else {
+                encode_null(out, p);
+            }
+            return Change::Keep;
         }
-    }
+        let at = if o.keepttl {
+            cur.and_then(|c| c.expires_at)
+        } else {
+            at
+        };
+        put(shared, key, value.to_vec(), at, out, |out| {
+            if o.get {
+                reply_old(out);
+            } else {
+                out.extend_from_slice(b"+OK\r\n");
+            }
+        })
+    })
 }
 
 fn getex(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], now: u64, out: &mut Vec<u8>) {
@@ -344,19 +349,19 @@ fn getex(shared: &Shared, p: Protocol, rest: &[Cow<'_, [u8]>], now: u64, out: &m
         },
         None => None,
     };
-    let key = &rest[0];
-    let Some(value) = shared.store.get(key) else {
-        return encode_null(out, p);
-    };
-    let r = match at {
-        Some(at) if at <= now => shared.store.delete(key),
-        Some(at) => shared.store.expire_at(key, at),
-        None if persist => shared.store.persist(key),
-        None => Ok(true),
-    };
-    if stored(out, r) {
-        encode_bulk(out, &value);
-    }
+    update(shared, &rest[0], out, |cur, out| {
+        let Some(c) = cur else {
+            encode_null(out, p);
+            return Change::Keep;
+        };
+        encode_bulk(out, c.value);
+        match at {
+            Some(at) if at <= now => Change::Delete,
+            Some(at) => Change::put(c.value.to_vec(), Some(at)),
+            None if persist && c.expires_at.is_some() => Change::put(c.value.to_vec(), None),
+            None => Change::Keep,
+        }
+    })
 }
 
 /// EXPIRE's condition flags.
@@ -423,26 +428,27 @@ fn expire(shared: &Shared, name: &str, rest: &[Cow<'_, [u8]>], now: u64, out: &m
     let Some(when) = when.filter(|&w| w <= i64::MAX - base).map(|w| w + base) else {
         return invalid_expire(out, name);
     };
-    let Some(current) = live_expiry(shared, &rest[0]) else {
-        return encode_integer(out, 0);
-    };
-    let refused = (f.nx && current.is_some())
-        || (f.xx && current.is_none())
-        || (f.gt && current.is_none_or(|c| when <= c as i64))
-        || (f.lt && current.is_some_and(|c| when >= c as i64));
-    if refused {
-        return encode_integer(out, 0);
-    }
-    let r = if when <= now as i64 {
-        shared.store.delete(&rest[0])
-    } else {
-        shared.store.expire_at(&rest[0], when as u64)
-    };
-    if let Ok(done) = r {
-        encode_integer(out, i64::from(done));
-    } else {
-        stored(out, r);
-    }
+    update(shared, &rest[0], out, |cur, out| {
+        let Some(c) = cur else {
+            encode_integer(out, 0);
+            return Change::Keep;
+        };
+        let current = c.expires_at;
+        let refused = (f.nx && current.is_some())
+            || (f.xx && current.is_none())
+            || (f.gt && current.is_none_or(|c| when <= c as i64))
+            || (f.lt && current.is_some_and(|c| when >= c as i64));
+        if refused {
+            encode_integer(out, 0);
+            return Change::Keep;
+        }
+        encode_integer(out, 1);
+        if when <= now as i64 {
+            Change::Delete
+        } else {
+            Change::put(c.value.to_vec(), Some(when as u64))
+        }
+    })
 }
 
 /// What a clustered node does with one of this module's commands.

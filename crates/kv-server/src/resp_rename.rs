@@ -1,6 +1,6 @@
 //! RENAME, RENAMENX and COPY, with Redis 7's replies and errors. Each
 //! reads one key and writes another, so each runs with every other
-//! command held off (see [`crate::resp_rmw::is_read_modify_write`]) and
+//! command held off (see [`crate::resp_rmw::is_multi_key`]) and
 //! is refused in a cluster. The destination takes the source's expiry.
 //!
 //! The destination is written before the source is deleted, each in its

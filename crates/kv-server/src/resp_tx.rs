@@ -30,6 +30,16 @@ pub struct Queued {
 }
 
 impl Queued {
+    /// How many commands are queued.
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
     /// The state after a MULTI that was refused on a cluster.
     pub fn refused_on_cluster() -> Queued {
         Queued {

@@ -166,6 +166,7 @@ impl Server {
             .map(|_| WorkerLoop::new())
             .collect::<io::Result<Vec<_>>>()?;
         let mailboxes: Vec<WorkerMailbox> = loops.iter().map(|l| l.mailbox.clone()).collect();
+        self.shared.clients.set_mailboxes(mailboxes.clone());
         let id = self
             .shared
             .config
@@ -392,6 +393,11 @@ impl Worker {
         while let Ok(m) = self.rx.try_recv() {
             match m {
                 ToWorker::NewConn(stream, admission) => self.adopt(stream, admission),
+                ToWorker::Kill { token, conn } => {
+                    if self.conns.get(token).is_some_and(|s| s.conn.id() == conn) {
+                        self.close(token);
+                    }
+                }
                 ToWorker::Reply {
                     token,
                     conn,
@@ -432,8 +438,14 @@ impl Worker {
             seq: 0,
         };
         let authenticated = self.shared.config.requirepass.is_none();
-        let source = stream.peer_addr().ok().map(|a| a.ip());
+        let addrs = (stream.peer_addr().ok(), stream.local_addr().ok());
+        let client =
+            self.shared
+                .clients
+                .add(route.conn, (self.index, entry.key()), addrs, stream.fd());
+        let source = addrs.0.map(|a| a.ip());
         let mut conn = Conn::new(stream, authenticated, route);
+        conn.set_client(client);
         conn.admit_as(admission);
         if let Some(ip) = source {
             conn.set_source(&self.shared, ip);
@@ -495,6 +507,7 @@ impl Worker {
     fn close(&mut self, key: usize) {
         if let Some(mut slot) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut slot.conn.stream);
+            self.shared.clients.remove(slot.conn.id());
             slot.conn.release(&self.shared);
         }
     }

@@ -98,6 +98,8 @@ pub struct Shared {
     pub tls: std::sync::OnceLock<crate::tls::Tls>,
     /// Failed AUTHs per source address.
     pub auth_sources: std::sync::Arc<crate::auth_limit::SourceLimiter>,
+    /// The client connections (CLIENT LIST and KILL).
+    pub clients: crate::clients::Clients,
 }
 
 /// One event loop's share of the transaction gate (see
@@ -138,6 +140,7 @@ impl Shared {
             exec_gates,
             tls: std::sync::OnceLock::new(),
             auth_sources: Default::default(),
+            clients: Default::default(),
         }
     }
 
@@ -323,8 +326,8 @@ impl Shared {
                 vec![(
                     "db0",
                     format!(
-                        "keys={},expires={},avg_ttl=0",
-                        stats.keys, stats.expiring_keys
+                        "keys={},expires={},avg_ttl={}",
+                        stats.keys, stats.expiring_keys, stats.avg_ttl_ms
                     ),
                 )],
             ),

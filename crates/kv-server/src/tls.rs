@@ -283,6 +283,16 @@ impl Stream {
         self.sock().peer_addr()
     }
 
+    /// The local address of the socket.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock().local_addr()
+    }
+
+    /// The socket's file descriptor (CLIENT LIST's `fd=`).
+    pub fn fd(&self) -> i64 {
+        i64::from(std::os::fd::AsRawFd::as_raw_fd(self.sock()))
+    }
+
     /// The socket's pending error, if any (a failed connect).
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         self.sock().take_error()

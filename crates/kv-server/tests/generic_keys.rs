@@ -4,6 +4,8 @@
 //! PATH), expiries carried along, a rename that survives a restart, and a
 //! refusal with no side effect in a cluster.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use kv_testkit::redis_server::{check_script, RawResp};
@@ -59,6 +61,20 @@ const SCRIPT: &[(&str, &str)] = &[
     ("CLIENT NO-EVICT on", "+OK\r\n"),
     ("CLIENT NO-EVICT maybe", "-ERR syntax error\r\n"),
     ("CLIENT REPLY ON", "+OK\r\n"),
+    ("CLIENT KILL ID 999999", ":0\r\n"),
+    ("CLIENT KILL 1.2.3.4:5", "-ERR No such client\r\n"),
+    ("CLIENT KILL ADDR 1.2.3.4:5 SKIPME no", ":0\r\n"),
+    (
+        "CLIENT KILL ID abc",
+        "-ERR client-id should be greater than 0\r\n",
+    ),
+    ("CLIENT KILL ID 1 SKIPME maybe", "-ERR syntax error\r\n"),
+    ("CLIENT KILL ID", "-ERR No such client\r\n"),
+    ("CLIENT KILL ID 1 ADDR", "-ERR syntax error\r\n"),
+    ("CLIENT LIST ID abc", "-ERR Invalid client ID\r\n"),
+    ("CLIENT KILL USER nobody", "-ERR No such user 'nobody'\r\n"),
+    ("CLIENT KILL TYPE foo", "-ERR Unknown client type 'foo'\r\n"),
+    ("CLIENT LIST TYPE pubsub", "$0\r\n\r\n"),
 ];
 
 #[test]
@@ -85,6 +101,115 @@ fn info_has_the_replication_section_tools_read() {
         "{off}"
     );
     assert_eq!(c.call(&["PING"]), "+PONG\r\n", "still answered");
+}
+
+/// Sends `args` on a raw connection and reads one line of reply.
+fn call_line(s: &mut TcpStream, args: &[&str]) -> String {
+    let mut wire = Vec::new();
+    kv_proto::resp::encode_command(&mut wire, args);
+    s.write_all(&wire).expect("send");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut byte).expect("read"), 1, "closed after {args:?}");
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// The lines of a CLIENT LIST reply (a bulk string).
+fn client_lines(reply: &str) -> Vec<String> {
+    let body = reply.split_once("\r\n").map_or("", |(_, b)| b);
+    body.lines()
+        .filter(|l| l.starts_with("id="))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The keys of a CLIENT LIST line, in order.
+fn keys_of(line: &str) -> Vec<&str> {
+    line.split(' ')
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[test]
+fn client_list_shows_every_client_and_kill_closes_another() {
+    // Two event loops: the two clients land on different ones.
+    let server = ServerProc::start(BIN, &["--no-persistence", "--threads", "2"]);
+    let mut a = RawResp::connect(server.addr);
+    let mut b = TcpStream::connect(server.addr).expect("connect");
+    b.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert_eq!(a.call(&["CLIENT", "SETNAME", "alpha"]), "+OK\r\n");
+    assert_eq!(call_line(&mut b, &["CLIENT", "SETNAME", "beta"]), "+OK\r\n");
+    let b_id: u64 = call_line(&mut b, &["CLIENT", "ID"])
+        .trim_start_matches(':')
+        .trim_end()
+        .parse()
+        .expect("an id");
+    let a_id = a.int(&["CLIENT", "ID"]);
+
+    let lines = client_lines(&a.call(&["CLIENT", "LIST"]));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let line_of = |name: &str| {
+        let field = format!(" name={name} ");
+        lines
+            .iter()
+            .find(|l| l.contains(&field))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}: {lines:?}"))
+    };
+    let (alpha, beta) = (line_of("alpha"), line_of("beta"));
+    // Redis 7's fields, in Redis's order (7.2 adds lib-name and lib-ver).
+    let redis_keys = "id addr laddr fd name age idle flags db sub psub ssub multi qbuf qbuf-free argv-mem multi-mem rbs rbp obl oll omem tot-mem events cmd user redir resp lib-name lib-ver";
+    for line in [&alpha, &beta] {
+        assert_eq!(keys_of(line).join(" "), redis_keys, "{line}");
+        assert!(line.contains(" flags=N db=0 "), "{line}");
+        assert!(line.contains(&format!(" laddr={} ", server.addr)), "{line}");
+    }
+    let b_addr = b.local_addr().expect("addr");
+    assert!(
+        beta.starts_with(&format!("id={b_id} addr={b_addr} ")),
+        "{beta}"
+    );
+    assert!(beta.contains(" cmd=client|id user=default "), "{beta}");
+    assert!(alpha.starts_with(&format!("id={a_id} ")), "{alpha}");
+    assert!(alpha.contains(" cmd=client|list "), "{alpha}");
+    // CLIENT INFO is the same line for the connection itself.
+    let info = a.call(&["CLIENT", "INFO"]);
+    assert!(info.contains(&format!("id={a_id} addr=")), "{info}");
+    assert!(info.contains(" cmd=client|info "), "{info}");
+
+    // Without SKIPME no, a client does not kill itself.
+    assert_eq!(
+        a.call(&["CLIENT", "KILL", "ID", &a_id.to_string()]),
+        ":0\r\n"
+    );
+    assert_eq!(
+        a.call(&["CLIENT", "KILL", "ID", &b_id.to_string()]),
+        ":1\r\n"
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        b.read(&mut buf).expect("read after the kill"),
+        0,
+        "end of file"
+    );
+    wait_for(
+        "the killed client gone from the list",
+        Duration::from_secs(10),
+        || client_lines(&a.call(&["CLIENT", "LIST"])).len() == 1,
+    );
+    assert_eq!(
+        a.call(&["CLIENT", "KILL", "ID", &b_id.to_string()]),
+        ":0\r\n"
+    );
+    let old_form = ["CLIENT", "KILL", &b_addr.to_string()].map(str::to_string);
+    let old_form: Vec<&str> = old_form.iter().map(String::as_str).collect();
+    assert_eq!(a.call(&old_form), "-ERR No such client\r\n");
+    assert_eq!(a.call(&["PING"]), "+PONG\r\n", "the killer is still served");
 }
 
 #[test]

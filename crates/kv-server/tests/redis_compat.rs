@@ -294,7 +294,17 @@ fn watch_makes_exec_fail_when_another_client_wrote() {
     // A watched key that appears, or is deleted, counts as written; in
     // RESP3 the aborted EXEC is the null.
     assert!(c.text(&["HELLO", "3"]).starts_with('%'));
-    for write in [&["SET", "absent", "now"][..], &["DEL", "k"]] {
+    // Read-modify-writes of one key (one atomic step in the store) count
+    // as writes too.
+    for write in [
+        &["SET", "absent", "now"][..],
+        &["DEL", "k"],
+        &["INCR", "k"],
+        &["APPEND", "k", "x"],
+        &["EXPIRE", "k", "100"],
+        &["SET", "k", "v", "XX", "GET"],
+        &["GETDEL", "k"],
+    ] {
         assert_eq!(c.text(&["WATCH", "absent", "k"]), "+OK\r\n");
         other.text(write);
         assert_eq!(c.text(&["MULTI"]), "+OK\r\n");

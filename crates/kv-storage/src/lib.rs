@@ -63,5 +63,5 @@ pub use histogram::Histogram;
 pub use options::{Durability, Options, RecoveryMode, SnapshotTrigger};
 pub use ranges::{RangeKey, RangePage};
 pub use recovery::{RecoveryReport, Truncation};
-pub use store::{Stats, Store, StreamCursor};
+pub use store::{Change, Live, Stats, Store, StreamCursor};
 pub use version::{Version, Versioned};

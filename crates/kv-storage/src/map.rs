@@ -147,6 +147,8 @@ pub(crate) struct Shard {
     /// key and O(log n) per write of a key with an expiry, and nothing for
     /// keys without one.
     expiring: BTreeSet<(u64, Box<[u8]>)>,
+    /// The sum of the expiries in `expiring` (for the mean time to live).
+    expiring_sum: u128,
 }
 
 /// The hash of one entry (key hash and version) that range hashes XOR
@@ -200,7 +202,7 @@ impl Shard {
                 // Unindex the old state before indexing the new one: both
                 // may have the same expiry.
                 if let Some(item) = index_item(&old) {
-                    self.expiring.remove(&item);
+                    self.unindex(&item);
                 }
             }
             Slot::Vacant(v) => {
@@ -208,7 +210,7 @@ impl Shard {
             }
         }
         if let Some(item) = indexed {
-            self.expiring.insert(item);
+            self.index(item);
         }
     }
 
@@ -230,9 +232,24 @@ impl Shard {
         let (old, _) = found.remove();
         self.account(hash, &old, false);
         if let Some(item) = index_item(&old) {
-            self.expiring.remove(&item);
+            self.unindex(&item);
         }
         Some(old)
+    }
+
+    /// Adds a value with an expiry to the expiry index.
+    fn index(&mut self, item: (u64, Box<[u8]>)) {
+        let t = item.0;
+        if self.expiring.insert(item) {
+            self.expiring_sum += u128::from(t);
+        }
+    }
+
+    /// Takes an item out of the expiry index.
+    fn unindex(&mut self, item: &(u64, Box<[u8]>)) {
+        if self.expiring.remove(item) {
+            self.expiring_sum -= u128::from(item.0);
+        }
     }
 
     fn account(&mut self, hash: u64, e: &Entry, add: bool) {
@@ -282,10 +299,24 @@ impl Shard {
     /// Number of values expired at `now_ms` but not yet turned into
     /// tombstones (work proportional to that number).
     fn expired_count(&self, now_ms: u64) -> usize {
-        match now_ms.checked_add(1) {
-            Some(end) => self.expiring.range(..(end, Box::default())).count(),
-            None => self.expiring.len(),
+        self.expired(now_ms).count()
+    }
+
+    /// The values of the expiry index expired at `now_ms` (at its front).
+    fn expired(&self, now_ms: u64) -> impl Iterator<Item = &(u64, Box<[u8]>)> {
+        self.expiring.iter().take_while(move |(t, _)| *t <= now_ms)
+    }
+
+    /// The live values with an expiry not passed at `now_ms`: how many, and
+    /// the sum of the ms each has left (work proportional to the values
+    /// expired but not yet turned into tombstones).
+    pub(crate) fn expiring_at(&self, now_ms: u64) -> (usize, u128) {
+        let (mut count, mut sum) = (self.expiring.len(), self.expiring_sum);
+        for (t, _) in self.expired(now_ms) {
+            count -= 1;
+            sum -= u128::from(*t);
         }
+        (count, sum - count as u128 * u128::from(now_ms))
     }
 
     /// Turns up to `limit` values expired at `now_ms` into tombstones of
@@ -309,7 +340,7 @@ impl Shard {
                 Some(e) if !e.is_tombstone() && e.expires == t => e.version(),
                 _ => {
                     // Cannot happen: the index follows the table.
-                    self.expiring.remove(&(t, key));
+                    self.unindex(&(t, key));
                     continue;
                 }
             };
@@ -445,15 +476,16 @@ impl ShardedMap {
         total
     }
 
-    /// Number of live keys with an expiry that has not passed at `now_ms`.
-    pub(crate) fn expiring_len(&self, now_ms: u64) -> usize {
-        self.shards
+    /// The live keys with an expiry that has not passed at `now_ms`: how
+    /// many, and the mean ms they have left (0 if none).
+    pub(crate) fn expiring(&self, now_ms: u64) -> (usize, u64) {
+        let (count, sum) = self
+            .shards
             .iter()
-            .map(|s| {
-                let s = s.0.read();
-                s.expiring.len() - s.expired_count(now_ms)
-            })
-            .sum()
+            .map(|s| s.0.read().expiring_at(now_ms))
+            .fold((0, 0), |(c, s), (c1, s1)| (c + c1, s + s1));
+        let mean = if count == 0 { 0 } else { sum / count as u128 };
+        (count, u64::try_from(mean).unwrap_or(u64::MAX))
     }
 
     /// Approximate bytes held by keys, values and table slots.

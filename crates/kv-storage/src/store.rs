@@ -1,5 +1,6 @@
 //! [`Store`]: the engine's public face.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::clock::SharedClock;
 use crate::error::{Error, IoContext, Result};
 use crate::histogram::Histogram;
-use crate::map::{hash_key, Entry, Shard, ShardedMap, MAX_KEY};
+use crate::map::{hash_key, Entry, ShardedMap, MAX_KEY};
 use crate::options::{Durability, Options};
 use crate::recovery::{self, RecoveryReport};
 use crate::snapshot;
@@ -83,6 +84,9 @@ pub struct Stats {
     pub keys: u64,
     /// Live keys that carry an expiry (Redis's `expires=` in `INFO keyspace`).
     pub expiring_keys: u64,
+    /// The mean time those keys have left, in ms (Redis's `avg_ttl=`; 0
+    /// when none has an expiry).
+    pub avg_ttl_ms: u64,
     /// Approximate bytes of memory held by keys, values and table slots.
     pub memory_bytes: u64,
     /// The durability policy, or `None` for an in-memory store.
@@ -368,9 +372,8 @@ impl Store {
     }
 
     fn put_expiring(&self, key: &[u8], value: &[u8], expires: u64) -> Result<Version> {
-        let (node, clock) = (self.inner.node_id, &self.inner.clock);
-        let written = self.inner.write(key, Some(value), expires, |shard, _| {
-            Some(shard.next_version(clock.now_micros(), node))
+        let written = self.inner.write(key, |_, _| {
+            Some(Planned::local(Some(value.into()), expires))
         })?;
         written.ok_or(Error::Closed)
     }
@@ -378,12 +381,64 @@ impl Store {
     /// Deletes `key`, leaving a tombstone; returns whether it held a value
     /// (an expired value counts as none, and is left as it is).
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        let (node, clock) = (self.inner.node_id, &self.inner.clock);
-        let written = self.inner.write(key, None, 0, |shard, cur| {
-            cur.filter(|c| c.live)?;
-            Some(shard.next_version(clock.now_micros(), node))
+        let written = self.inner.write(key, |cur, now| {
+            cur.filter(|e| e.live_at(now))?;
+            Some(Planned::local(None, 0))
         })?;
         Ok(written.is_some())
+    }
+
+    /// Reads and writes `key` in one step that no other write to it can
+    /// come between: `f` sees the key's live value and expiry (`None` if
+    /// it holds no value, or an expired one) and decides the [`Change`];
+    /// its second result is handed back. This is how INCR, APPEND or SET
+    /// NX are made atomic without a lock of their own.
+    ///
+    /// `f` runs under the key's shard lock: keep it short, and never call
+    /// the store from it (that would deadlock). The change is logged under
+    /// the lock; waiting for durability, under [`Durability::Always`],
+    /// happens after the lock is released (sharing an fsync with other
+    /// writers), and this returns only once the change, or for
+    /// [`Change::Keep`] the version `f` saw, is durable. A
+    /// [`Change::Delete`] of a key holding no value writes nothing.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), kv_storage::Error> {
+    /// use kv_storage::{Change, Options, Store};
+    /// let store = Store::open(Options::in_memory())?;
+    /// let bump = |cur: Option<kv_storage::Live<'_>>| {
+    ///     let n: u64 = cur.map_or(0, |c| String::from_utf8_lossy(c.value).parse().unwrap_or(0));
+    ///     (Change::put((n + 1).to_string().into_bytes(), None), n + 1)
+    /// };
+    /// assert_eq!(store.update(b"hits", bump)?, 1);
+    /// assert_eq!(store.update(b"hits", bump)?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn update<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<Live<'_>>) -> (Change, R),
+    ) -> Result<R> {
+        let mut result = None;
+        self.inner.write(key, |cur, now| {
+            let live = cur.filter(|e| e.live_at(now)).map(|e| Live {
+                value: e.value().unwrap_or_default(),
+                expires_at: (e.expires() != 0).then_some(e.expires()),
+            });
+            let held = live.is_some();
+            let (change, r) = f(live);
+            result = Some(r);
+            match change {
+                Change::Keep => None,
+                Change::Delete if !held => None,
+                Change::Delete => Some(Planned::local(None, 0)),
+                Change::Put { value, expires_at } => Some(Planned::local(
+                    Some(value.into()),
+                    stored_expiry(expires_at),
+                )),
+            }
+        })?;
+        result.ok_or(Error::Closed)
     }
 
     /// Makes `key` expire `ttl` from now; returns whether it held a value.
@@ -418,31 +473,14 @@ impl Store {
 
     /// Rewrites the live value of `key` with expiry `expires` (0: none) as a
     /// new version, if `want` accepts its current expiry. Returns whether
-    /// it wrote. The value is read first and written back only if the key
-    /// still holds the same version; a write in between makes it try again.
+    /// it wrote.
     fn rewrite_expiry(&self, key: &[u8], expires: u64, want: impl Fn(u64) -> bool) -> Result<bool> {
-        let (node, clock) = (self.inner.node_id, &self.inner.clock);
-        loop {
-            let h = hash_key(key);
-            let now = self.inner.now_ms();
-            let (value, version) = {
-                let shard = self.inner.map.read(h);
-                let Some(e) = shard.find(h, key).filter(|e| e.live_at(now)) else {
-                    return Ok(false);
-                };
-                if !want(e.expires()) {
-                    return Ok(false);
-                }
-                (e.value().unwrap_or_default().to_vec(), e.version())
-            };
-            let written = self.inner.write(key, Some(&value), expires, |shard, cur| {
-                cur.filter(|c| c.version == version)?;
-                Some(shard.next_version(clock.now_micros(), node))
-            })?;
-            if written.is_some() {
-                return Ok(true);
-            }
-        }
+        let written = self.inner.write(key, |cur, now| {
+            let e = cur.filter(|e| e.live_at(now) && want(e.expires()))?;
+            let value = e.value().unwrap_or_default().to_vec();
+            Some(Planned::local(Some(value.into()), expires))
+        })?;
+        Ok(written.is_some())
     }
 
     /// Every live key starting with `prefix`, with its value, sorted by key.
@@ -640,12 +678,13 @@ impl Store {
         version: Version,
         expires_at: Option<u64>,
     ) -> Result<bool> {
-        let written = self
-            .inner
-            .write(key, value, stored_expiry(expires_at), |_, cur| {
-                let newer = cur.is_none_or(|c| c.version < version);
-                newer.then_some(version)
-            })?;
+        let written = self.inner.write(key, |cur, _| {
+            cur.is_none_or(|c| c.version() < version).then(|| Planned {
+                value: value.map(Cow::Borrowed),
+                expires: stored_expiry(expires_at),
+                stamp: Stamp::Given(version),
+            })
+        })?;
         Ok(written.is_some())
     }
 
@@ -731,10 +770,13 @@ impl Store {
     /// Figures for monitoring.
     pub fn stats(&self) -> Stats {
         let flushes = self.inner.log.as_ref().map(Log::flush_figures);
+        let now = self.inner.now_ms();
+        let (expiring_keys, avg_ttl_ms) = self.inner.map.expiring(now);
         let bg = self.inner.bg.lock();
         Stats {
-            keys: self.inner.map.len(self.inner.now_ms()) as u64,
-            expiring_keys: self.inner.map.expiring_len(self.inner.now_ms()) as u64,
+            keys: self.inner.map.len(now) as u64,
+            expiring_keys: expiring_keys as u64,
+            avg_ttl_ms,
             memory_bytes: self.inner.map.bytes() as u64,
             durability: self.inner.log.as_ref().map(|_| self.inner.durability),
             log_bytes: self.inner.log.as_ref().map_or(0, Log::position),
@@ -881,12 +923,64 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
         .unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
 }
 
-/// What a key holds when a write looks at it.
-#[derive(Clone, Copy)]
-struct Current {
-    version: Version,
-    /// Holds a value that has not expired.
-    live: bool,
+/// A key's live value and expiry, as [`Store::update`] shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Live<'a> {
+    /// The value.
+    pub value: &'a [u8],
+    /// When it expires, in ms since the Unix epoch (`None`: never).
+    pub expires_at: Option<u64>,
+}
+
+/// What [`Store::update`] does with a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Write nothing.
+    Keep,
+    /// Store `value`, expiring at `expires_at` (ms since the Unix epoch;
+    /// `None`: never; a time already past: absent from now on).
+    Put {
+        /// The new value.
+        value: Vec<u8>,
+        /// Its expiry.
+        expires_at: Option<u64>,
+    },
+    /// Delete the key, leaving a tombstone.
+    Delete,
+}
+
+impl Change {
+    /// [`Change::Put`] of `value` expiring at `expires_at`.
+    pub fn put(value: Vec<u8>, expires_at: Option<u64>) -> Change {
+        Change::Put { value, expires_at }
+    }
+}
+
+/// Where a write's version comes from.
+enum Stamp {
+    /// The next local version (the store's clock, above the shard's).
+    Local,
+    /// A version given by the caller (a replicated write).
+    Given(Version),
+}
+
+/// What one write stores, decided under the key's shard lock.
+struct Planned<'v> {
+    /// The value; `None` writes a tombstone.
+    value: Option<Cow<'v, [u8]>>,
+    /// The stored expiry (0: none).
+    expires: u64,
+    stamp: Stamp,
+}
+
+impl<'v> Planned<'v> {
+    fn local(value: Option<Cow<'v, [u8]>>, expires: u64) -> Planned<'v> {
+        Planned {
+            value,
+            expires,
+            stamp: Stamp::Local,
+        }
+    }
 }
 
 impl Inner {
@@ -920,18 +1014,14 @@ impl Inner {
         self.map.expire_all_due(self.now_ms(), EXPIRE_BATCH)
     }
 
-    /// The write path shared by put, delete and apply. `pick` sees the shard
-    /// and the key's current entry and returns the new version, or `None` to
-    /// write nothing.
-    fn write(
+    /// The write path shared by put, delete, update and apply. `pick` sees
+    /// the key's current entry and the time, and returns what to write, or
+    /// `None` to write nothing; it runs under the shard lock.
+    fn write<'v>(
         &self,
         key: &[u8],
-        value: Option<&[u8]>,
-        expires: u64,
-        pick: impl FnOnce(&mut Shard, Option<Current>) -> Option<Version>,
+        pick: impl FnOnce(Option<&Entry>, u64) -> Option<Planned<'v>>,
     ) -> Result<Option<Version>> {
-        let expires = if value.is_some() { expires } else { 0 };
-        check_size(key, value, expires)?;
         let durable_log = self
             .log
             .as_ref()
@@ -940,7 +1030,7 @@ impl Inner {
         if let Some(log) = durable_log {
             log.writer_started();
         }
-        let result = self.write_logged(key, value, expires, pick);
+        let result = self.write_logged(key, pick);
         if let Some(log) = durable_log {
             // A write that found the key already holding a version answers
             // from that version, so it waits for that version's durability
@@ -957,26 +1047,29 @@ impl Inner {
     /// version written (if any) and the log position to wait for: the end
     /// of the new record, or, when nothing is written but the key holds a
     /// version, the end of the log (which covers that version's record).
-    fn write_logged(
+    fn write_logged<'v>(
         &self,
         key: &[u8],
-        value: Option<&[u8]>,
-        expires: u64,
-        pick: impl FnOnce(&mut Shard, Option<Current>) -> Option<Version>,
+        pick: impl FnOnce(Option<&Entry>, u64) -> Option<Planned<'v>>,
     ) -> Result<(Option<Version>, u64)> {
         let h = hash_key(key);
         let now = self.now_ms();
         let mut shard = self.map.write(h);
-        let cur = shard.find(h, key).map(|e| Current {
-            version: e.version(),
-            live: e.live_at(now),
-        });
-        let Some(version) = pick(&mut shard, cur) else {
-            let held = match (&self.log, cur) {
-                (Some(log), Some(_)) => log.position(),
+        let cur = shard.find(h, key);
+        let held = cur.is_some();
+        let Some(plan) = pick(cur, now) else {
+            let held = match (&self.log, held) {
+                (Some(log), true) => log.position(),
                 _ => 0,
             };
             return Ok((None, held));
+        };
+        let value = plan.value.as_deref();
+        let expires = if value.is_some() { plan.expires } else { 0 };
+        check_size(key, value, expires)?;
+        let version = match plan.stamp {
+            Stamp::Local => shard.next_version(self.clock.now_micros(), self.node_id),
+            Stamp::Given(v) => v,
         };
         let appended = match &self.log {
             Some(log) => Some(append(log, key, value, version, expires)?),

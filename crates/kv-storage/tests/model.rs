@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kv_storage::testing::SimClock;
-use kv_storage::{Durability, Options, SnapshotTrigger, Store};
+use kv_storage::{Change, Durability, Options, SnapshotTrigger, Store};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -20,6 +20,8 @@ enum Op {
     PutTtl(Vec<u8>, Vec<u8>, u64),
     Expire(Vec<u8>, u64),
     Persist(Vec<u8>),
+    /// A read-modify-write through `Store::update`.
+    Update(Vec<u8>, Upd),
     Ttl(Vec<u8>),
     /// Move the clock forward this many ms.
     Advance(u64),
@@ -32,6 +34,47 @@ enum Op {
     Reopen,
     Snapshot,
     Flush,
+}
+
+/// What an `Op::Update` does, decided from the key's live state.
+#[derive(Clone, Debug)]
+enum Upd {
+    /// Append these bytes, keeping the expiry (APPEND).
+    Append(Vec<u8>),
+    /// Store the value only if the key holds none (SETNX).
+    SetIfAbsent(Vec<u8>),
+    /// Delete it, answering the old value (GETDEL).
+    Take,
+    /// Keep the value, expiring this many ms from now (EXPIRE).
+    ExpireIn(u64),
+}
+
+fn upd() -> impl Strategy<Value = Upd> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..8).prop_map(Upd::Append),
+        proptest::collection::vec(any::<u8>(), 0..8).prop_map(Upd::SetIfAbsent),
+        Just(Upd::Take),
+        ttl().prop_map(Upd::ExpireIn),
+    ]
+}
+
+/// The change `u` makes to a key whose live state is `cur` at `now`, and
+/// what it answers (the old value).
+fn decide(u: &Upd, cur: Option<(&[u8], Option<u64>)>, now: u64) -> (Change, Option<Vec<u8>>) {
+    let old = cur.map(|(v, _)| v.to_vec());
+    let change = match (u, cur) {
+        (Upd::Append(more), _) => {
+            let mut v = old.clone().unwrap_or_default();
+            v.extend_from_slice(more);
+            Change::put(v, cur.and_then(|(_, t)| t))
+        }
+        (Upd::SetIfAbsent(v), None) => Change::put(v.clone(), None),
+        (Upd::SetIfAbsent(_), Some(_)) => Change::Keep,
+        (Upd::Take, _) => Change::Delete,
+        (Upd::ExpireIn(_), None) => Change::Keep,
+        (Upd::ExpireIn(ms), Some((v, _))) => Change::put(v.to_vec(), Some(now + ms)),
+    };
+    (change, old)
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
@@ -58,6 +101,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (key(), value(), ttl()).prop_map(|(k, v, t)| Op::PutTtl(k, v, t)),
         1 => (key(), ttl()).prop_map(|(k, t)| Op::Expire(k, t)),
         1 => key().prop_map(Op::Persist),
+        4 => (key(), upd()).prop_map(|(k, u)| Op::Update(k, u)),
         2 => key().prop_map(Op::Ttl),
         2 => (0u64..3000).prop_map(Op::Advance),
         1 => Just(Op::Sweep),
@@ -171,6 +215,28 @@ fn run(
                 let expect = e.map(|e| e.1 = None).is_some();
                 prop_assert_eq!(done, expect);
             }
+            Op::Update(k, u) => {
+                let old = store
+                    .update(&k, |cur| {
+                        decide(&u, cur.map(|c| (c.value, c.expires_at)), now)
+                    })
+                    .expect("update");
+                let cur = model.get(&k).filter(|e| live(e, now)).cloned();
+                let (change, expect) =
+                    decide(&u, cur.as_ref().map(|(v, t)| (v.as_slice(), *t)), now);
+                prop_assert_eq!(old, expect);
+                match change {
+                    Change::Keep => {}
+                    Change::Delete => {
+                        if cur.is_some() {
+                            model.remove(&k);
+                        }
+                    }
+                    Change::Put { value, expires_at } => {
+                        model.insert(k, (value, expires_at.map(|t| t.max(1))));
+                    }
+                }
+            }
             Op::Ttl(k) => {
                 let expect = model
                     .get(&k)
@@ -240,6 +306,15 @@ fn run(
         let now = clock.now_ms();
         let live_keys = model.values().filter(|e| live(e, now)).count();
         prop_assert_eq!(store.len(), live_keys);
+        let left: Vec<u64> = model
+            .values()
+            .filter(|e| live(e, now))
+            .filter_map(|e| e.1.map(|t| t - now))
+            .collect();
+        let stats = store.stats();
+        prop_assert_eq!(stats.expiring_keys, left.len() as u64);
+        let mean = left.iter().sum::<u64>().checked_div(left.len() as u64);
+        prop_assert_eq!(stats.avg_ttl_ms, mean.unwrap_or(0));
     }
     let all = store.scan_prefix(b"");
     let expect = model_page(&model, clock.now_ms(), b"", None, usize::MAX);
