@@ -170,10 +170,8 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
         }
         None => None,
     };
-    let bind = |addr| {
-        std::net::TcpListener::bind(addr)
-            .map_err(|source| server::ServerError::Listen { addr, source })
-    };
+    let bind =
+        |addr| server::listen(addr).map_err(|source| server::ServerError::Listen { addr, source });
     let plain = match config.plain_port_on() {
         true => Some(bind(config.listen_addr())?),
         false => None,

@@ -73,11 +73,30 @@ pub struct Server {
     tls_addr: Option<SocketAddr>,
 }
 
+/// Connections the kernel completes and holds for the acceptor (Redis's
+/// `tcp-backlog`): a burst of connections, or an acceptor thread slow to
+/// get a core on a loaded machine, then costs no one a SYN retransmit of
+/// a second. Linux caps it at `net.core.somaxconn` (4096 by default).
+const BACKLOG: i32 = 511;
+
+/// A listening socket on `addr` with [`BACKLOG`] (the standard library's
+/// `bind` uses 128), `SO_REUSEADDR` set as the standard library does.
+pub fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 impl Server {
     /// Binds the listening socket.
     pub fn bind(addr: SocketAddr, shared: Shared) -> Result<Server, ServerError> {
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|source| ServerError::Listen { addr, source })?;
+        let listener = listen(addr).map_err(|source| ServerError::Listen { addr, source })?;
         Server::from_std(listener, shared)
     }
 
