@@ -27,6 +27,7 @@ pub mod dial;
 pub mod glob;
 pub mod logging;
 pub mod metrics;
+mod metrics_http;
 pub mod multi_key;
 pub mod native_cmd;
 pub mod peer_batch;
@@ -225,7 +226,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), RunE
     };
     if let Some(l) = metrics_listener {
         let at = l.local_addr().map_err(server::ServerError::Io)?;
-        metrics::serve(l, Arc::downgrade(server.shared())).map_err(server::ServerError::Io)?;
+        metrics_http::serve(l, Arc::downgrade(server.shared())).map_err(server::ServerError::Io)?;
         log::info!("Prometheus metrics at http://{at}/metrics");
     }
     on_ready(bound);

@@ -3,11 +3,9 @@
 //! endpoint on a small thread that answers `GET /metrics` in the text
 //! exposition format, encoded with `prometheus-client`.
 
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -567,63 +565,4 @@ pub fn render(shared: &Arc<Shared>) -> String {
         out = "# the metrics could not be encoded\n".into();
     }
     out
-}
-
-/// Serves the endpoint on `listener`, on its own thread, until the server
-/// shuts down (the thread is not joined: it may wait in `accept` until the
-/// process ends).
-pub fn serve(
-    listener: TcpListener,
-    shared: Weak<Shared>,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("kv-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                if shared.shutting_down.load(Ordering::Relaxed) {
-                    return;
-                }
-                if let Ok(s) = stream {
-                    let _ = answer(s, &shared);
-                }
-            }
-        })
-}
-
-/// Answers one HTTP request: `GET /metrics` (or `/`), else 404. A request
-/// must arrive within two seconds and fit in 8 KiB.
-fn answer(mut s: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let started = Instant::now();
-    let mut req = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        if req.len() > 8192 || started.elapsed() > Duration::from_secs(2) {
-            return Ok(());
-        }
-        match s.read(&mut buf)? {
-            0 => return Ok(()),
-            n => req.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = req.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ');
-    let (method, path) = (words.next(), words.next());
-    let (status, body) = match (method, path) {
-        (Some(b"GET"), Some(b"/metrics" | b"/")) => ("200 OK", render(shared)),
-        _ => (
-            "404 Not Found",
-            "only GET /metrics is served here\n".to_string(),
-        ),
-    };
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
 }

@@ -150,6 +150,44 @@ fn a_scrape_shows_the_log_and_snapshot_figures() {
     assert!(field("recovery_time_ms").parse::<u64>().is_ok());
 }
 
+/// Connections that send half a request and stall (slowloris) do not hold
+/// up a scrape: it is answered while they are still open, and they are
+/// closed after the endpoint's two seconds.
+#[test]
+fn stalled_connections_do_not_hold_up_a_scrape() {
+    let server = ServerProc::start(BIN, &["--no-persistence", "--metrics-port", "0"]);
+    let addr = metrics_addr(&server);
+    let stalled: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\n").expect("send");
+            s
+        })
+        .collect();
+    let body = kv_testkit::metrics::scrape(addr);
+    assert!(body.contains("kv_connected_clients"), "{body}");
+    for mut s in &stalled {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut b = [0u8; 1];
+        let still_open =
+            matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(
+            still_open,
+            "a stalled connection was closed before the scrape was answered"
+        );
+    }
+    for mut s in &stalled {
+        s.set_nonblocking(false).expect("blocking");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        let n = s
+            .read_to_end(&mut rest)
+            .expect("the server closes a stalled connection");
+        assert_eq!(n, 0, "no answer to half a request");
+    }
+}
+
 #[test]
 fn a_metrics_port_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
