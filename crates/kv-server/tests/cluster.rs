@@ -235,6 +235,19 @@ fn client_join_and_leave_change_the_membership() {
             .expect("view")
             .contains(&format!("{} left", b.addr))
     });
+    // It hears from no one any more: the others are not monitored, rather
+    // than shown as suspect or down.
+    let view = cb.cluster().expect("view");
+    assert!(
+        view.contains(&format!("{} unmonitored normal", a.addr)),
+        "{view}"
+    );
+    // The others count it no more, and keep it in the list as history.
+    wait_for("a to count b out", SETTLE, || {
+        let view = ca.cluster().expect("view");
+        view.starts_with("# cluster: 1 member and 1 that left,")
+            && view.contains(&format!("{} left left", b.addr))
+    });
     // A node that left serves nothing, and says so.
     match cb.get(b"k") {
         Err(ClientError::Server { message, .. }) => {
@@ -701,6 +714,21 @@ fn a_dead_node_is_removed_and_its_ranges_are_rebuilt() {
     let d_addr = d.addr.to_string();
     d.kill9();
     let mut ca = client(&a);
+    // At once, d still looks up: the refusal says why and for how long.
+    match ca.remove(&d_addr) {
+        Err(ClientError::Server {
+            kind: ErrorKind::Refused,
+            message,
+        }) => assert!(
+            message.contains("not yet seen as down")
+                && message.contains("marked down after 3 s")
+                && message.contains("wait until CLUSTER shows it down"),
+            "{message}"
+        ),
+        // A slow machine: a already saw it down.
+        Ok(said) => assert!(said.contains("being removed"), "{said}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     wait_for("a to see d down", SETTLE, || {
         ca.cluster()
             .expect("view")
@@ -708,13 +736,18 @@ fn a_dead_node_is_removed_and_its_ranges_are_rebuilt() {
     });
     let said = ca.remove(&d_addr).expect("REMOVE");
     assert!(
-        said.contains("removed") || said.contains("being removed"),
+        said.contains("removed") || said.contains("already leaving"),
         "{said}"
     );
     wait_for("d to be gone from the ring", SETTLE, || {
         let view = ca.cluster().expect("view");
         view.contains(&format!("{d_addr} left left")) && !view.contains("# rebalance")
     });
+    let view = ca.cluster().expect("view");
+    assert!(
+        view.starts_with("# cluster: 3 members and 1 that left,"),
+        "{view}"
+    );
     // Three nodes, N = 3: every key is on each of them again.
     let n = copies(&[&a, &b, &c], &keys);
     let under = n.iter().filter(|c| **c < 3).count();
@@ -763,6 +796,15 @@ fn a_node_restarted_in_the_middle_of_a_rebalance_resumes_it() {
         before = mb(line);
         before >= 3.5
     });
+    // A source, receiving nothing, says what the rebalance waits for
+    // (it said "0/0 ranges, 0.0 MB, 0 keys, 0.0 MB/s, 100%").
+    let line = wait_rebalancing(&a);
+    assert!(
+        line.contains("this node receives no ranges")
+            && line.contains("; waiting for ")
+            && !line.contains("0/0"),
+        "{line}"
+    );
     d.kill9();
     d.restart();
     // The first progress it reports counts what it had saved before the
