@@ -1225,6 +1225,9 @@ impl ClusterThread {
     }
 
     fn drain_outputs(&mut self, now: u64, down_until: &mut BTreeMap<String, u64>) {
+        // Hints whose window passed, by target: one log line each, not
+        // one per key.
+        let mut expired_hints: BTreeMap<String, u64> = BTreeMap::new();
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, msg } => {
@@ -1277,17 +1280,20 @@ impl ClusterThread {
                     key,
                     expired,
                 } => {
-                    if expired {
-                        log::info!(
-                            "hint for {target} (key {:?}) expired after the hint window; anti-entropy will repair that replica",
-                            String::from_utf8_lossy(&key)
-                        );
-                    }
                     if let Ok(k) = hint_key(&target, &key) {
                         let _ = self.hints.delete(&k);
                     }
+                    if expired {
+                        *expired_hints.entry(target).or_default() += 1;
+                    }
                 }
             }
+        }
+        for (target, n) in expired_hints {
+            log::info!(
+                "{n} hint{} for {target} expired after the hint window, undelivered; anti-entropy will repair that replica",
+                if n == 1 { "" } else { "s" }
+            );
         }
     }
 

@@ -1311,3 +1311,37 @@ fn members_going_down_and_coming_back_are_logged() {
     b.signal(libc::SIGCONT);
     wait_for("a to log b back", SETTLE, || said("back"));
 }
+
+/// Hints whose window passes before their replica comes back are logged,
+/// a line per replica with their number, not a line per key.
+#[test]
+fn expired_hints_are_logged_once_per_replica() {
+    let (a, _b, mut c) = start_three(&["--anti-entropy-ms", "0", "--hint-window-secs", "1"]);
+    let c_addr = c.addr.to_string();
+    c.kill9();
+    let mut ca = client(&a);
+    wait_for("a to see c down", SETTLE, || {
+        ca.cluster()
+            .expect("view")
+            .contains(&format!("{c_addr} down"))
+    });
+    for i in 0..20 {
+        ca.put(format!("held{i:02}").as_bytes(), b"for c")
+            .expect("put");
+    }
+    // Every key has c among its replicas (N = 3 of 3): 20 hints on a.
+    let suffix = format!(" for {c_addr} expired after the hint window, undelivered");
+    let expired = || -> u64 {
+        a.output()
+            .iter()
+            .filter_map(|l| {
+                let (head, _) = l.split_once(&suffix)?;
+                let n = head.rsplit(": ").next()?.split(' ').next()?;
+                n.parse::<u64>().ok()
+            })
+            .sum()
+    };
+    wait_for("a to log its 20 expired hints", SETTLE, || expired() == 20);
+    let per_key = a.output().iter().filter(|l| l.contains("(key ")).count();
+    assert_eq!(per_key, 0, "a line per key: {:?}", a.output());
+}
