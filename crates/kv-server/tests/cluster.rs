@@ -30,6 +30,13 @@ fn client(s: &ServerProc) -> Client {
     Client::connect(&s.addr.to_string()).expect("connect")
 }
 
+/// Waits until the node `c` is connected to shows `addr` as down.
+fn wait_seen_down(c: &mut Client, addr: &str) {
+    wait_for(&format!("{addr} to be seen down"), SETTLE, || {
+        c.cluster().expect("view").contains(&format!("{addr} down"))
+    });
+}
+
 /// Waits until `s` sees `n` members, all alive and normal (no rebalance
 /// under way), and serves.
 fn wait_members(s: &ServerProc, n: usize) {
@@ -409,11 +416,7 @@ fn hinted_handoff_delivers_writes_a_down_node_missed() {
     assert_eq!(sample(&scrape(metrics), &c_state("alive")), 1.0);
     c.kill9();
     let mut ca = client(&a);
-    wait_for("a to see c down", SETTLE, || {
-        ca.cluster()
-            .expect("view")
-            .contains(&format!("{c_addr} down"))
-    });
+    wait_seen_down(&mut ca, &c_addr);
     for i in 0..100 {
         ca.put(format!("hinted{i:03}").as_bytes(), b"held for c")
             .expect("put");
@@ -729,11 +732,7 @@ fn a_dead_node_is_removed_and_its_ranges_are_rebuilt() {
         Ok(said) => assert!(said.contains("being removed"), "{said}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    wait_for("a to see d down", SETTLE, || {
-        ca.cluster()
-            .expect("view")
-            .contains(&format!("{d_addr} down"))
-    });
+    wait_seen_down(&mut ca, &d_addr);
     let said = ca.remove(&d_addr).expect("REMOVE");
     assert!(
         said.contains("removed") || said.contains("already leaving"),
@@ -1320,11 +1319,7 @@ fn expired_hints_are_logged_once_per_replica() {
     let c_addr = c.addr.to_string();
     c.kill9();
     let mut ca = client(&a);
-    wait_for("a to see c down", SETTLE, || {
-        ca.cluster()
-            .expect("view")
-            .contains(&format!("{c_addr} down"))
-    });
+    wait_seen_down(&mut ca, &c_addr);
     for i in 0..20 {
         ca.put(format!("held{i:02}").as_bytes(), b"for c")
             .expect("put");
