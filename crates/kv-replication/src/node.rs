@@ -1262,9 +1262,17 @@ impl Node {
     /// during another rebalance (a dead node may be what holds it up).
     pub fn remove(&mut self, now: u64, node: &str) -> Result<String, String> {
         let status = self.check_member(node)?;
-        if node == self.cfg.id || self.members.is_up(node, now) {
+        if node == self.cfg.id {
             return Err(format!(
-                "{node} is up: use LEAVE to decommission a live node"
+                "{node} is this node: use LEAVE to decommission a live node"
+            ));
+        }
+        if self.members.is_up(node, now) {
+            // Right after a crash it still looks up: say how long until
+            // failure detection marks it down.
+            return Err(format!(
+                "{node} is not yet seen as down (a member is marked down after {} s without a word from it): if it just stopped, wait until CLUSTER shows it down, then REMOVE it; if it is up, use LEAVE to decommission a live node",
+                self.cfg.down_after as f64 / 1000.0
             ));
         }
         match status {

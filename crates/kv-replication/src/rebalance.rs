@@ -333,17 +333,23 @@ impl Progress {
         if !self.leaving.is_empty() {
             s.push_str(&format!(" leaving {}", self.leaving.join(",")));
         }
-        s.push_str(&format!(
-            "; this node: {}/{} ranges, {:.1} MB, {} keys, {:.1} MB/s, {:.0}%",
-            self.ranges.1,
-            self.ranges.0,
-            self.bytes as f64 / 1e6,
-            self.keys,
-            self.rate / 1e6,
-            self.fraction * 100.0
-        ));
-        if let Some(eta) = self.eta_secs {
-            s.push_str(&format!(", {eta:.0} s left"));
+        if self.ranges.0 == 0 {
+            // Figures of nothing (`0/0 ranges, ... 100%`) say nothing:
+            // what the rebalance waits for, below, is the news.
+            s.push_str("; this node receives no ranges");
+        } else {
+            s.push_str(&format!(
+                "; this node: {}/{} ranges, {:.1} MB, {} keys, {:.1} MB/s, {:.0}%",
+                self.ranges.1,
+                self.ranges.0,
+                self.bytes as f64 / 1e6,
+                self.keys,
+                self.rate / 1e6,
+                self.fraction * 100.0
+            ));
+            if let Some(eta) = self.eta_secs {
+                s.push_str(&format!(", {eta:.0} s left"));
+            }
         }
         if let Some(w) = &self.waiting_for {
             s.push_str(&format!("; waiting for {w}"));
@@ -439,6 +445,34 @@ mod tests {
         }
         assert_eq!(st.ranges_done(), 1);
         assert!(!st.complete());
+    }
+
+    /// A node with nothing to receive says what the rebalance waits
+    /// for, not `0/0 ranges, ... 100%`; a receiver keeps its figures.
+    #[test]
+    fn a_node_receiving_nothing_shows_what_the_rebalance_waits_for() {
+        let mut p = Progress {
+            joining: vec!["d:1".into()],
+            leaving: Vec::new(),
+            ranges: (0, 0),
+            bytes: 0,
+            keys: 0,
+            rate: 0.0,
+            fraction: 1.0,
+            eta_secs: None,
+            waiting_for: Some("d:1 to receive ranges".into()),
+        };
+        assert_eq!(
+            p.line(),
+            "rebalance: joining d:1; this node receives no ranges; waiting for d:1 to receive ranges"
+        );
+        p.ranges = (4, 1);
+        p.fraction = 0.25;
+        p.waiting_for = None;
+        assert_eq!(
+            p.line(),
+            "rebalance: joining d:1; this node: 1/4 ranges, 0.0 MB, 0 keys, 0.0 MB/s, 25%"
+        );
     }
 
     #[test]

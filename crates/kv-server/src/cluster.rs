@@ -1000,26 +1000,43 @@ fn start_anti_entropy(
 pub(crate) fn view_text(node: &Node, me: &str, now: u64) -> String {
     let view = node.view(now);
     let (n, w, r) = node.quorums();
+    // Members that left are listed below, as history, but not counted.
+    let gone = view
+        .iter()
+        .filter(|m| m.status == kv_replication::Status::Left)
+        .count();
+    let members = view.len() - gone;
     let mut text = format!(
-        "# cluster: {} member{}, N={n} W={w} R={r}, this node {}\n",
-        view.len(),
-        if view.len() == 1 { "" } else { "s" },
+        "# cluster: {members} member{}{}, N={n} W={w} R={r}, this node {}\n",
+        if members == 1 { "" } else { "s" },
+        if gone == 0 {
+            String::new()
+        } else {
+            format!(" and {gone} that left")
+        },
         me
     );
+    let left = node.has_left(now);
     if node.is_joining() {
         text.push_str("# this node is not serving yet: it waits to hear from its cluster\n");
-    } else if node.has_left(now) {
-        text.push_str("# this node has left the cluster and serves nothing; stop it\n");
+    } else if left {
+        text.push_str("# this node has left the cluster and serves nothing; stop it (it no longer watches the others' health)\n");
     }
     if let Some(p) = node.progress(now) {
         text.push_str(&format!("# {}\n", p.line()));
     }
     for m in view {
         let mark = if m.id == me { " myself" } else { "" };
+        // A node that left hears from no one: the others' silence is not
+        // their being down.
+        let health = if left && m.status != kv_replication::Status::Left {
+            "unmonitored"
+        } else {
+            m.state.name()
+        };
         text.push_str(&format!(
-            "{} {} {} ring-share={:.1}%{mark}\n",
+            "{} {health} {} ring-share={:.1}%{mark}\n",
             m.id,
-            m.state.name(),
             m.status.name(),
             m.share * 100.0
         ));
@@ -1215,6 +1232,9 @@ impl ClusterThread {
     }
 
     fn drain_outputs(&mut self, now: u64, down_until: &mut BTreeMap<String, u64>) {
+        // Hints whose window passed, by target: one log line each, not
+        // one per key.
+        let mut expired_hints: BTreeMap<String, u64> = BTreeMap::new();
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, msg } => {
@@ -1267,17 +1287,20 @@ impl ClusterThread {
                     key,
                     expired,
                 } => {
-                    if expired {
-                        log::info!(
-                            "hint for {target} (key {:?}) expired after the hint window; anti-entropy will repair that replica",
-                            String::from_utf8_lossy(&key)
-                        );
-                    }
                     if let Ok(k) = hint_key(&target, &key) {
                         let _ = self.hints.delete(&k);
                     }
+                    if expired {
+                        *expired_hints.entry(target).or_default() += 1;
+                    }
                 }
             }
+        }
+        for (target, n) in expired_hints {
+            log::info!(
+                "{n} hint{} for {target} expired after the hint window, undelivered; anti-entropy will repair that replica",
+                if n == 1 { "" } else { "s" }
+            );
         }
     }
 

@@ -30,6 +30,13 @@ fn client(s: &ServerProc) -> Client {
     Client::connect(&s.addr.to_string()).expect("connect")
 }
 
+/// Waits until the node `c` is connected to shows `addr` as down.
+fn wait_seen_down(c: &mut Client, addr: &str) {
+    wait_for(&format!("{addr} to be seen down"), SETTLE, || {
+        c.cluster().expect("view").contains(&format!("{addr} down"))
+    });
+}
+
 /// Waits until `s` sees `n` members, all alive and normal (no rebalance
 /// under way), and serves.
 fn wait_members(s: &ServerProc, n: usize) {
@@ -235,6 +242,19 @@ fn client_join_and_leave_change_the_membership() {
             .expect("view")
             .contains(&format!("{} left", b.addr))
     });
+    // It hears from no one any more: the others are not monitored, rather
+    // than shown as suspect or down.
+    let view = cb.cluster().expect("view");
+    assert!(
+        view.contains(&format!("{} unmonitored normal", a.addr)),
+        "{view}"
+    );
+    // The others count it no more, and keep it in the list as history.
+    wait_for("a to count b out", SETTLE, || {
+        let view = ca.cluster().expect("view");
+        view.starts_with("# cluster: 1 member and 1 that left,")
+            && view.contains(&format!("{} left left", b.addr))
+    });
     // A node that left serves nothing, and says so.
     match cb.get(b"k") {
         Err(ClientError::Server { message, .. }) => {
@@ -396,11 +416,7 @@ fn hinted_handoff_delivers_writes_a_down_node_missed() {
     assert_eq!(sample(&scrape(metrics), &c_state("alive")), 1.0);
     c.kill9();
     let mut ca = client(&a);
-    wait_for("a to see c down", SETTLE, || {
-        ca.cluster()
-            .expect("view")
-            .contains(&format!("{c_addr} down"))
-    });
+    wait_seen_down(&mut ca, &c_addr);
     for i in 0..100 {
         ca.put(format!("hinted{i:03}").as_bytes(), b"held for c")
             .expect("put");
@@ -701,20 +717,36 @@ fn a_dead_node_is_removed_and_its_ranges_are_rebuilt() {
     let d_addr = d.addr.to_string();
     d.kill9();
     let mut ca = client(&a);
-    wait_for("a to see d down", SETTLE, || {
-        ca.cluster()
-            .expect("view")
-            .contains(&format!("{d_addr} down"))
-    });
+    // At once, d still looks up: the refusal says why and for how long.
+    match ca.remove(&d_addr) {
+        Err(ClientError::Server {
+            kind: ErrorKind::Refused,
+            message,
+        }) => assert!(
+            message.contains("not yet seen as down")
+                && message.contains("marked down after 3 s")
+                && message.contains("wait until CLUSTER shows it down"),
+            "{message}"
+        ),
+        // A slow machine: a already saw it down.
+        Ok(said) => assert!(said.contains("being removed"), "{said}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    wait_seen_down(&mut ca, &d_addr);
     let said = ca.remove(&d_addr).expect("REMOVE");
     assert!(
-        said.contains("removed") || said.contains("being removed"),
+        said.contains("removed") || said.contains("already leaving"),
         "{said}"
     );
     wait_for("d to be gone from the ring", SETTLE, || {
         let view = ca.cluster().expect("view");
         view.contains(&format!("{d_addr} left left")) && !view.contains("# rebalance")
     });
+    let view = ca.cluster().expect("view");
+    assert!(
+        view.starts_with("# cluster: 3 members and 1 that left,"),
+        "{view}"
+    );
     // Three nodes, N = 3: every key is on each of them again.
     let n = copies(&[&a, &b, &c], &keys);
     let under = n.iter().filter(|c| **c < 3).count();
@@ -763,6 +795,15 @@ fn a_node_restarted_in_the_middle_of_a_rebalance_resumes_it() {
         before = mb(line);
         before >= 3.5
     });
+    // A source, receiving nothing, says what the rebalance waits for
+    // (it said "0/0 ranges, 0.0 MB, 0 keys, 0.0 MB/s, 100%").
+    let line = wait_rebalancing(&a);
+    assert!(
+        line.contains("this node receives no ranges")
+            && line.contains("; waiting for ")
+            && !line.contains("0/0"),
+        "{line}"
+    );
     d.kill9();
     d.restart();
     // The first progress it reports counts what it had saved before the
@@ -1268,4 +1309,34 @@ fn members_going_down_and_coming_back_are_logged() {
     assert!(said("suspect"), "suspect is logged before down");
     b.signal(libc::SIGCONT);
     wait_for("a to log b back", SETTLE, || said("back"));
+}
+
+/// Hints whose window passes before their replica comes back are logged,
+/// a line per replica with their number, not a line per key.
+#[test]
+fn expired_hints_are_logged_once_per_replica() {
+    let (a, _b, mut c) = start_three(&["--anti-entropy-ms", "0", "--hint-window-secs", "1"]);
+    let c_addr = c.addr.to_string();
+    c.kill9();
+    let mut ca = client(&a);
+    wait_seen_down(&mut ca, &c_addr);
+    for i in 0..20 {
+        ca.put(format!("held{i:02}").as_bytes(), b"for c")
+            .expect("put");
+    }
+    // Every key has c among its replicas (N = 3 of 3): 20 hints on a.
+    let suffix = format!(" for {c_addr} expired after the hint window, undelivered");
+    let expired = || -> u64 {
+        a.output()
+            .iter()
+            .filter_map(|l| {
+                let (head, _) = l.split_once(&suffix)?;
+                let n = head.rsplit(": ").next()?.split(' ').next()?;
+                n.parse::<u64>().ok()
+            })
+            .sum()
+    };
+    wait_for("a to log its 20 expired hints", SETTLE, || expired() == 20);
+    let per_key = a.output().iter().filter(|l| l.contains("(key ")).count();
+    assert_eq!(per_key, 0, "a line per key: {:?}", a.output());
 }

@@ -406,3 +406,22 @@ fn cut(vfs: &dyn Vfs, path: &Path, offset: u64, later: &[(u64, PathBuf)]) -> Res
     }
     vfs::sync_dir(vfs, &vfs::parent(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of a kind reads as one ("recovered 1 key", not "1 keys").
+    #[test]
+    fn the_report_says_one_in_the_singular() {
+        let r = RecoveryReport {
+            keys: 1,
+            records_replayed: 1,
+            segments: 1,
+            ..Default::default()
+        };
+        let s = r.to_string();
+        assert!(s.starts_with("recovered 1 key in "), "{s}");
+        assert!(s.contains(", 1 log record from 1 segment, "), "{s}");
+    }
+}
