@@ -255,6 +255,19 @@ fn client_join_and_leave_change_the_membership() {
         view.starts_with("# cluster: 1 member and 1 that left,")
             && view.contains(&format!("{} left left", b.addr))
     });
+    // Both log the leave: its start, and its end.
+    let b_addr = b.addr.to_string();
+    for s in [&a, &b] {
+        wait_for("the leave's log lines", SETTLE, || {
+            let out = s.output();
+            let started = format!("rebalance started: joining [], leaving [{b_addr}]");
+            let done = format!("rebalance done: joined [], left [{b_addr}]");
+            out.iter().any(|l| l.contains(&started))
+                && out
+                    .iter()
+                    .any(|l| l.contains(&done) || l.contains("rebalance over: the ring is now ["))
+        });
+    }
     // A node that left serves nothing, and says so.
     match cb.get(b"k") {
         Err(ClientError::Server { message, .. }) => {
@@ -422,13 +435,14 @@ fn hinted_handoff_delivers_writes_a_down_node_missed() {
             .expect("put");
     }
     assert!(local_copy(&a, "hinted000").is_some());
-    // Every write whose replicas include c left a hint on its coordinator,
-    // a; the figures are published at a's next tick.
+    // Every write (each key has a copy on each of the three nodes) leaves
+    // a hint for c on its coordinator, a, once c has not answered it; the
+    // figures are published at a's next tick.
     let mut body = String::new();
-    wait_for("a's metrics to show c down and its hints", SETTLE, || {
+    wait_for("a's metrics to show c down and its 100 hints", SETTLE, || {
         body = scrape(metrics);
         try_sample(&body, &c_state("down")) == Some(1.0)
-            && sample(&body, "kv_cluster_hints_pending") > 0.0
+            && sample(&body, "kv_cluster_hints_pending") >= 100.0
     });
     let pending = sample(&body, "kv_cluster_hints_pending");
     assert_eq!(sample(&body, "kv_cluster_hints_stored_total"), pending);
