@@ -45,6 +45,7 @@
 
 mod clock;
 mod error;
+mod listing;
 mod map;
 mod options;
 mod ranges;
@@ -58,6 +59,7 @@ mod vfs;
 mod wal;
 
 pub use error::{Error, Result};
+pub use listing::ListPage;
 pub use options::{Durability, Options, RecoveryMode, SnapshotTrigger};
 pub use ranges::{RangeKey, RangePage};
 pub use recovery::{RecoveryReport, Truncation};
