@@ -55,6 +55,9 @@ pub enum ReplyTo {
     RespTtl(crate::resp_expiry::TtlKind),
     /// Native request `id` of this kind.
     Native(u64, NativeKind),
+    /// RESP SCAN, KEYS or DBSIZE: its page replies go to its
+    /// [`crate::cluster_list::Listing`]; this encodes the others (errors).
+    RespListing,
 }
 
 /// Native requests the cluster coordinates.
@@ -110,6 +113,13 @@ pub enum ToCluster {
         id: u64,
         /// The command.
         cmd: Admin,
+    },
+    /// A RESP SCAN, KEYS or DBSIZE to coordinate.
+    Listing {
+        /// Where the reply goes.
+        route: Route,
+        /// What to list.
+        listing: Box<crate::cluster_list::Listing>,
     },
     /// A peer connected to us (it is up again: stop backing off from it).
     PeerUp(String),
@@ -739,6 +749,7 @@ pub fn start(
                 handle: h,
                 workers,
                 routes: BTreeMap::new(),
+                listings: BTreeMap::new(),
                 next_client: 1,
                 replies: Vec::new(),
                 peers: BTreeMap::new(),
@@ -805,6 +816,8 @@ struct ClusterThread {
     handle: Arc<ClusterHandle>,
     workers: Vec<WorkerMailbox>,
     routes: BTreeMap<u64, (Route, ReplyTo)>,
+    /// The SCAN, KEYS and DBSIZE listings under way, by client operation.
+    listings: BTreeMap<u64, Box<crate::cluster_list::Listing>>,
     next_client: u64,
     /// Replies collected per worker during one pass.
     replies: Vec<Vec<ToWorker>>,
@@ -1069,6 +1082,7 @@ impl ClusterThread {
     /// node is shutting down and, for a write, that its outcome is
     /// unknown (some replicas may have stored it).
     fn give_up_waiting(&mut self) {
+        self.listings.clear();
         for (_, (route, to)) in std::mem::take(&mut self.routes) {
             let bytes = encode_shutting_down(to);
             self.deliver(route, bytes);
@@ -1083,6 +1097,9 @@ impl ClusterThread {
                 self.next_client += 1;
                 self.routes.insert(id, (route, reply));
                 self.node.handle_client(now, id, op, store);
+            }
+            ToCluster::Listing { route, listing } => {
+                self.start_listing(now, route, listing);
             }
             ToCluster::Peer { from, msg } => self.node.handle_message(now, &from, msg, store),
             ToCluster::Admin { route, id, cmd } => {
@@ -1217,9 +1234,36 @@ impl ClusterThread {
         std::process::exit(75);
     }
 
+    /// Asks the node for the next page of `listing`.
+    fn start_listing(
+        &mut self,
+        now: u64,
+        route: Route,
+        listing: Box<crate::cluster_list::Listing>,
+    ) {
+        let id = self.next_client;
+        self.next_client += 1;
+        let op = listing.op();
+        self.routes.insert(id, (route, ReplyTo::RespListing));
+        self.listings.insert(id, listing);
+        self.node.handle_client(now, id, op, &self.shared.store);
+    }
+
     fn reply(&mut self, id: u64, reply: ClientReply) {
         let Some((route, to)) = self.routes.remove(&id) else {
             return;
+        };
+        let reply = match (self.listings.remove(&id), reply) {
+            (Some(mut listing), ClientReply::Keys { keys, next }) => {
+                match listing.take(keys, next) {
+                    crate::cluster_list::Step::More => {
+                        self.start_listing(now_ms(), route, listing);
+                    }
+                    crate::cluster_list::Step::Done(bytes) => self.deliver(route, bytes),
+                }
+                return;
+            }
+            (_, reply) => reply,
         };
         let bytes = match reply {
             // Refused before any replica was asked, because it left.
@@ -1632,7 +1676,7 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
             let live = s.filter(|s| s.value_at(now).is_some());
             crate::resp_expiry::encode_ttl(&mut out, kind, live.map(|s| s.expires_at), now)
         }
-        (ReplyTo::RespTtl(_), other) => {
+        (ReplyTo::RespTtl(_) | ReplyTo::RespListing, other) => {
             crate::resp_cmd::error(&mut out, &format!("ERR unexpected cluster reply {other:?}"))
         }
         (ReplyTo::Native(id, kind), reply) => {

@@ -562,6 +562,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             let proto = self.session.proto;
             match resp_cluster_op(shared, proto, args, self.out.now()) {
                 ClusterRoute::Forward(op, reply) => return self.forward(shared, op, reply),
+                ClusterRoute::Listing(listing) => {
+                    let work = |route| ToCluster::Listing { route, listing };
+                    return self.send_to_cluster(shared, work);
+                }
                 // Never run locally what the cluster refused.
                 ClusterRoute::Refused => return,
                 ClusterRoute::NotCoordinated => {}
@@ -900,6 +904,8 @@ fn serve_peer(
 enum ClusterRoute {
     /// The cluster coordinates it.
     Forward(ClientOp, ReplyTo),
+    /// SCAN, KEYS or DBSIZE: the cluster walks its keys.
+    Listing(Box<crate::cluster_list::Listing>),
     /// It was refused (size or memory); the error is already written.
     Refused,
     /// Not a command the cluster coordinates.
@@ -932,6 +938,11 @@ fn resp_cluster_op(
         }
         (b"del" | b"unlink", [k]) => (ClientOp::Delete { key: k.to_vec() }, ReplyTo::RespDel),
         _ => {
+            match crate::cluster_list::Listing::from_resp(args, out) {
+                Some(Ok(listing)) => return ClusterRoute::Listing(Box::new(listing)),
+                Some(Err(())) => return ClusterRoute::Refused,
+                None => {}
+            }
             return match crate::resp_expiry::cluster_op(shared, proto, args, out) {
                 Some(crate::resp_expiry::Route::Forward(op, reply)) => {
                     ClusterRoute::Forward(op, reply)
@@ -964,8 +975,7 @@ fn resp_refused_in_cluster(args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> bool {
         _ if crate::resp_rmw::is_read_modify_write(&name, args.len()) => {
             "needs an atomic read-modify-write across replicas, which the cluster does not have yet; nothing was written"
         }
-        "mget" | "mset" | "del" | "unlink" | "exists" | "touch" | "keys" | "scan" | "dbsize"
-        | "flushall" | "flushdb" | "randomkey" | "strlen" | "getrange" | "substr" | "type"
+        "mget" | "mset" | "del" | "unlink" | "exists" | "touch" | "flushall" | "flushdb" | "randomkey" | "strlen" | "getrange" | "substr" | "type"
         | "object" | "memory" => {
             "with these arguments is not supported on a cluster yet; use GET, SET, DEL key (or LIST from kv-client)"
         }
@@ -1007,6 +1017,7 @@ fn native_cluster_op(
         } => {
             let op = ClientOp::List {
                 prefix: prefix.clone(),
+                from: 0,
                 after: after.clone(),
                 limit: (*limit).clamp(1, native_cmd::MAX_LIST_PAGE),
             };
@@ -1088,6 +1099,7 @@ mod tests {
                 PeerMsg::ListPage {
                     op,
                     prefix,
+                    from: 0,
                     after: None,
                     limit,
                 }

@@ -19,6 +19,7 @@ pub mod admission;
 pub mod aside;
 pub mod auth_limit;
 pub mod cluster;
+pub mod cluster_list;
 pub mod command_table;
 pub mod config;
 pub mod conn;

@@ -155,7 +155,7 @@ impl Store {
         limit: usize,
     ) -> ListPage<Vec<u8>> {
         let now = self.clock_ms();
-        self.page_of(prefix, after, limit, |e| {
+        self.page_of(prefix, 0, after, limit, |e| {
             e.value_at(now).map(<[u8]>::to_vec)
         })
     }
@@ -163,31 +163,40 @@ impl Store {
     /// Like [`Store::list_page`] but with versions and tombstones included
     /// (for merging listings from several replicas); an expired value is
     /// listed as a tombstone with its expiry.
+    ///
+    /// The page starts at hash `from` (a `SCAN` cursor; 0 for all) and
+    /// after `after`, whichever comes later.
     pub fn list_page_versioned(
         &self,
         prefix: &[u8],
+        from: u64,
         after: Option<&[u8]>,
         limit: usize,
     ) -> ListPage<Versioned> {
         let now = self.clock_ms();
-        self.page_of(prefix, after, limit, |e| Some(e.to_versioned(now)))
+        self.page_of(prefix, from, after, limit, |e| Some(e.to_versioned(now)))
     }
 
-    /// Up to `limit` entries starting with `prefix` after `after` for
-    /// which `pick` gives something, in (hash, key) order.
+    /// Up to `limit` entries starting with `prefix`, at hash `from` or
+    /// later and after `after`, for which `pick` gives something, in
+    /// (hash, key) order.
     fn page_of<T>(
         &self,
         prefix: &[u8],
+        from: u64,
         after: Option<&[u8]>,
         limit: usize,
         pick: impl Fn(&Entry) -> Option<T>,
     ) -> ListPage<T> {
         let limit = limit.max(1);
         let budget = examine_budget(limit);
-        let from = after.map_or(0, hash_key);
+        let after_at = after.map(|a| (hash_key(a), a));
+        let start = after_at.map_or(from, |(h, _)| h.max(from));
+        // `after` only matters at its own hash: past it, every key is after.
+        let skip = after_at.filter(|(h, _)| *h == start).map(|(_, a)| a);
         let mut entries = Vec::new();
         let mut examined = 0usize;
-        let stopped = self.walk_from(from, after, |_, e| {
+        let stopped = self.walk_from(start, skip, |_, e| {
             examined += 1;
             if e.key().starts_with(prefix) {
                 if let Some(item) = pick(e) {

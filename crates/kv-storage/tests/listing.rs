@@ -175,3 +175,24 @@ proptest! {
         prop_assert!(seen.values().all(|&n| n == 1), "a key came back twice");
     }
 }
+
+#[test]
+fn a_versioned_page_starts_at_a_hash_and_after_a_key_whichever_is_later() {
+    let store = store_with((0..2000).map(|i| format!("k{i}")));
+    let mut all: Vec<Vec<u8>> = (0..2000).map(|i| format!("k{i}").into_bytes()).collect();
+    all.sort_by_key(|k| (Store::key_position(k), k.clone()));
+    let keys = |p: kv_storage::ListPage<kv_storage::Versioned>| -> Vec<Vec<u8>> {
+        p.entries.into_iter().map(|(k, _)| k).collect()
+    };
+    // From the hash of the 100th key: it and the 9 after it.
+    let from = Store::key_position(&all[100]);
+    let page = store.list_page_versioned(b"", from, None, 10);
+    assert_eq!(keys(page), all[100..110]);
+    // After the 500th key, from a smaller hash: `after` wins.
+    let page = store.list_page_versioned(b"", from, Some(&all[500]), 10);
+    assert_eq!(keys(page), all[501..511]);
+    // After the 50th key but from the 300th key's hash: `from` wins.
+    let from = Store::key_position(&all[300]);
+    let page = store.list_page_versioned(b"", from, Some(&all[50]), 10);
+    assert_eq!(keys(page), all[300..310]);
+}
