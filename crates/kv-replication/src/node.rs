@@ -3066,15 +3066,13 @@ fn read_local(store: &Store, key: &[u8]) -> Option<Stamped> {
     store.get_versioned(key).map(stamped)
 }
 
-fn list_local(
-    store: &Store,
-    prefix: &[u8],
-    from: u64,
-    after: Option<&[u8]>,
-    limit: u32,
-) -> Page {
+fn list_local(store: &Store, prefix: &[u8], from: u64, after: Option<&[u8]>, limit: u32) -> Page {
     let page = store.list_page_versioned(prefix, from, after, limit as usize);
-    let entries = page.entries.into_iter().map(|(k, v)| (k, stamped(v))).collect();
+    let entries = page
+        .entries
+        .into_iter()
+        .map(|(k, v)| (k, stamped(v)))
+        .collect();
     (entries, page.next)
 }
 
@@ -3122,7 +3120,10 @@ fn merge_pages(pages: Vec<Page>, limit: u32) -> ClientReply {
         // Stop only between hashes, so that a SCAN cursor (the next hash)
         // skips no key.
         if keys.len() >= limit as usize && last_of_hash && rest.peek().is_some() {
-            return ClientReply::Keys { keys, next: Some(k) };
+            return ClientReply::Keys {
+                keys,
+                next: Some(k),
+            };
         }
     }
     ClientReply::Keys {

@@ -98,7 +98,10 @@ impl Listing {
 
     /// The operation that asks for the listing's next page.
     pub fn op(&self) -> ClientOp {
-        let prefix = self.pattern.as_deref().map_or(&[][..], glob::literal_prefix);
+        let prefix = self
+            .pattern
+            .as_deref()
+            .map_or(&[][..], glob::literal_prefix);
         ClientOp::List {
             prefix: prefix.to_vec(),
             from: self.from,

@@ -949,7 +949,7 @@ fn resp_cluster_op(
                 }
                 Some(crate::resp_expiry::Route::Refused) => ClusterRoute::Refused,
                 None => ClusterRoute::NotCoordinated,
-            }
+            };
         }
     };
     ClusterRoute::Forward(op, reply)

@@ -62,7 +62,11 @@ fn list_pages_through_a_large_store() {
     c.pipeline(&reqs).expect("pipelined puts");
     let (page, next) = c.list(b"k", None, 1000).expect("page 1");
     assert_eq!(page.len(), 1000);
-    assert_eq!(next.as_ref(), page.last(), "a full page goes on after its last key");
+    assert_eq!(
+        next.as_ref(),
+        page.last(),
+        "a full page goes on after its last key"
+    );
     let mut all = c.list_all(b"k").expect("all");
     assert_eq!(all.len(), 2500);
     all.sort_unstable();
