@@ -46,7 +46,7 @@ fn piped_commands_print_one_result_per_line() {
     // LIST prints in (hash, key) order, not sorted: sort its two lines.
     assert_eq!(
         lines_with_sorted(&stdout(&o), 5..7),
-        "OK\nOK\n1\n\"x\\ny\"\n(nil)\na\n\"b c\"\n1\n0\n\"b c\"\nPONG\n"
+        "OK\nOK\n1\n\"x\\ny\"\n(nil)\n\"b c\"\na\n1\n0\n\"b c\"\nPONG\n"
     );
 }
 
@@ -205,7 +205,7 @@ fn piped_lines_that_are_not_utf8_are_sent_as_bytes() {
     assert!(o.status.success(), "{o:?}");
     assert_eq!(
         lines_with_sorted(&stdout(&o), 3..5),
-        "OK\n\"\\xff\\xfe\"\nOK\nb\n\"k \\xe9\"\nOK\n2\n"
+        "OK\n\"\\xff\\xfe\"\nOK\n\"k \\xe9\"\nb\nOK\n2\n"
     );
 }
 
@@ -221,11 +221,11 @@ fn list_prints_keys_that_read_back() {
     let listed = stdout(&o);
     let mut keys: Vec<&str> = listed.lines().skip(3).collect();
     keys.sort_unstable(); // LIST prints in (hash, key) order
-    assert_eq!(keys, ["\"\\\"x\"", "\"'q'\"", "\"a\\\\b\""], "{listed}");
+    assert_eq!(keys, ["\"'q'\"", "\"\\\"x\"", "\"a\\\\b\""], "{listed}");
     let gets: String = keys.iter().map(|k| format!("GET {k}\n")).collect();
     let o = client(&server, &[], &gets);
     assert!(o.status.success(), "{o:?}");
-    assert_eq!(stdout(&o), "v3\nv1\nv2\n");
+    assert_eq!(stdout(&o), "v1\nv3\nv2\n");
 }
 
 mod show_parse {
