@@ -100,6 +100,9 @@ fn durability() -> impl Strategy<Value = Durability> {
 /// how many values the store expires.
 type Model = BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
 
+/// Keys with their values.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn live(e: &(Vec<u8>, Option<u64>), now: u64) -> bool {
     e.1.is_none_or(|t| now < t)
 }
@@ -108,13 +111,7 @@ fn model_get(m: &Model, k: &[u8], now: u64) -> Option<Vec<u8>> {
     m.get(k).filter(|e| live(e, now)).map(|e| e.0.clone())
 }
 
-fn model_page(
-    m: &Model,
-    now: u64,
-    prefix: &[u8],
-    after: Option<&[u8]>,
-    limit: usize,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn model_page(m: &Model, now: u64, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Pairs {
     m.iter()
         .filter(|(_, e)| live(e, now))
         .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_slice() > a))
@@ -137,7 +134,7 @@ fn model_list_page(
     prefix: &[u8],
     after: Option<&[u8]>,
     limit: usize,
-) -> (Vec<(Vec<u8>, Vec<u8>)>, bool) {
+) -> (Pairs, bool) {
     let mut all = model_page(m, now, prefix, None, usize::MAX);
     all.sort_by(|a, b| position(&a.0).cmp(&position(&b.0)));
     all.retain(|(k, _)| after.is_none_or(|a| position(k) > position(a)));
