@@ -28,8 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|v| String::from_utf8_lossy(&v).into_owned());
     println!("user:0042 = {value:?}");
     println!("user:0007 = {:?}", store.get(b"user:0007"));
-    let page = store.scan_page(b"user:", None, 3);
-    for (k, v) in page {
+    // A page of 3 keys, in (hash, key) order.
+    let page = store.list_page(b"user:", None, 3);
+    for (k, v) in page.entries {
         println!(
             "{} = {}",
             String::from_utf8_lossy(&k),

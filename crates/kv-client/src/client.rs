@@ -300,7 +300,8 @@ impl Client {
         }
     }
 
-    /// Every key starting with `prefix`, in order, fetched page by page.
+    /// Every key starting with `prefix`, fetched page by page, in the
+    /// server's listing order: (hash, key), not sorted by key.
     pub fn list_all(&mut self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, ClientError> {
         let mut all = Vec::new();
         let mut after: Option<Vec<u8>> = None;

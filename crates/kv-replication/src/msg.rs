@@ -203,13 +203,16 @@ pub enum PeerMsg {
         /// Its state, `None` if it never heard of the key.
         state: Option<Stamped>,
     },
-    /// Send me a page of your keys.
+    /// Send me a page of your keys, in (hash, key) order (the hash is the
+    /// key's ring position).
     ListPage {
         /// The operation.
         op: u64,
         /// Key prefix.
         prefix: Vec<u8>,
-        /// Keys after this one.
+        /// Keys whose hash is at least this one (a `SCAN` cursor; 0: all).
+        from: u64,
+        /// Keys after this one in (hash, key) order.
         after: Option<Vec<u8>>,
         /// Most entries.
         limit: u32,
@@ -323,10 +326,12 @@ pub enum PeerMsg {
     ListReply {
         /// The operation.
         op: u64,
-        /// Sorted entries.
+        /// Entries in (hash, key) order.
         entries: Vec<(Vec<u8>, Stamped)>,
-        /// Whether the node had more entries after these.
-        full: bool,
+        /// Where the node stopped, if it has more entries after these:
+        /// the last key it looked at (every key sharing that key's hash
+        /// was looked at too). `None`: the page ends its listing.
+        next: Option<Vec<u8>>,
     },
     /// A request that reads or writes (`Replicate`, `Read`, `ListPage`)
     /// with the ring id of its coordinator (see
@@ -364,11 +369,14 @@ pub enum ClientOp {
         /// The key.
         key: Vec<u8>,
     },
-    /// One page of the cluster's keys.
+    /// One page of the cluster's keys, in (hash, key) order (the hash is
+    /// the key's ring position).
     List {
         /// Key prefix.
         prefix: Vec<u8>,
-        /// Keys after this one.
+        /// Keys whose hash is at least this one (a `SCAN` cursor; 0: all).
+        from: u64,
+        /// Keys after this one in (hash, key) order.
         after: Option<Vec<u8>>,
         /// Page size.
         limit: u32,
@@ -388,11 +396,14 @@ pub enum ClientReply {
         /// Whether any replica that acknowledged held a live value before.
         existed: bool,
     },
-    /// List: live keys in order, and the cursor for the next page.
+    /// List: live keys in (hash, key) order, and the cursor for the next
+    /// page.
     Keys {
         /// The keys.
         keys: Vec<Vec<u8>>,
-        /// Pass as `after` for the next page; `None` at the end.
+        /// Pass as `after` for the next page; `None` at the end. Every key
+        /// sharing its hash was covered, so a `SCAN` may go on at the
+        /// next hash. It need not be one of `keys`.
         next: Option<Vec<u8>>,
     },
     /// Put or Delete not acknowledged: replicas kept a newer version than

@@ -275,7 +275,9 @@ struct StreamPageInfo {
 }
 
 /// One node's page of a listing: entries, and whether it had more.
-type Page = (Vec<(Vec<u8>, Stamped)>, bool);
+/// One node's page of a listing: its entries and where it stopped (see
+/// [`PeerMsg::ListReply`]).
+type Page = (Vec<(Vec<u8>, Stamped)>, Option<Vec<u8>>);
 
 /// A write's value (`None`: a delete) and expiry (ms since the Unix
 /// epoch, `None`: never).
@@ -1458,9 +1460,10 @@ impl Node {
             ClientOp::Get { key } => self.start_read(now, id, key, store),
             ClientOp::List {
                 prefix,
+                from,
                 after,
                 limit,
-            } => self.start_list(now, id, prefix, after, limit, store),
+            } => self.start_list(now, id, (prefix, from, after), limit, store),
         }
     }
 
@@ -1687,8 +1690,7 @@ impl Node {
         &mut self,
         now: u64,
         client: u64,
-        prefix: Vec<u8>,
-        after: Option<Vec<u8>>,
+        (prefix, from, after): (Vec<u8>, u64, Option<Vec<u8>>),
         limit: u32,
         store: &Store,
     ) {
@@ -1712,13 +1714,14 @@ impl Node {
         let op = self.new_op(now, client, vec![(nodes.clone(), needed)], work);
         for node in nodes {
             if node == self.cfg.id {
-                let (entries, full) = list_local(store, &prefix, after.as_deref(), limit);
+                let (entries, next) = list_local(store, &prefix, from, after.as_deref(), limit);
                 let me = self.cfg.id.clone();
-                self.on_list_reply(op, &me, entries, full);
+                self.on_list_reply(op, &me, entries, next);
             } else {
                 let msg = PeerMsg::ListPage {
                     op,
                     prefix: prefix.clone(),
+                    from,
                     after: after.clone(),
                     limit,
                 };
@@ -1847,7 +1850,7 @@ impl Node {
                 }
                 self.on_read_reply(op, from, state, store);
             }
-            PeerMsg::ListReply { op, entries, full } => self.on_list_reply(op, from, entries, full),
+            PeerMsg::ListReply { op, entries, next } => self.on_list_reply(op, from, entries, next),
             PeerMsg::RingDiffers { op, members, ack } => {
                 self.on_ring_differs(now, from, op, &members, ack, store)
             }
@@ -2345,12 +2348,18 @@ impl Node {
         }
     }
 
-    fn on_list_reply(&mut self, op: u64, from: &str, entries: Vec<(Vec<u8>, Stamped)>, full: bool) {
+    fn on_list_reply(
+        &mut self,
+        op: u64,
+        from: &str,
+        entries: Vec<(Vec<u8>, Stamped)>,
+        next: Option<Vec<u8>>,
+    ) {
         let Some(p) = self.answer(op, from) else {
             return;
         };
         if let Work::List { pages, .. } = &mut p.work {
-            pages.push((entries, full));
+            pages.push((entries, next));
         }
         if met(&p.groups, &p.answered) {
             self.finish(op);
@@ -3066,14 +3075,16 @@ pub fn serve_replica_at(
         PeerMsg::ListPage {
             op,
             prefix,
+            from,
             after,
             limit,
         } => {
-            let (entries, full) = list_local(store, prefix, after.as_deref(), (*limit).min(10_000));
+            let limit = (*limit).min(10_000);
+            let (entries, next) = list_local(store, prefix, *from, after.as_deref(), limit);
             Some(PeerMsg::ListReply {
                 op: *op,
                 entries,
-                full,
+                next,
             })
         }
         PeerMsg::StreamReq {
@@ -3165,52 +3176,69 @@ fn read_local(store: &Store, key: &[u8]) -> Option<Stamped> {
     store.get_versioned(key).map(stamped)
 }
 
-fn list_local(store: &Store, prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Page {
-    let mut page = store.scan_page_versioned(prefix, after, limit as usize + 1);
-    let full = page.len() > limit as usize;
-    page.truncate(limit as usize);
-    let entries = page.into_iter().map(|(k, v)| (k, stamped(v))).collect();
-    (entries, full)
+fn list_local(store: &Store, prefix: &[u8], from: u64, after: Option<&[u8]>, limit: u32) -> Page {
+    let page = store.list_page_versioned(prefix, from, after, limit as usize);
+    let entries = page
+        .entries
+        .into_iter()
+        .map(|(k, v)| (k, stamped(v)))
+        .collect();
+    (entries, page.next)
 }
 
 /// Merges the nodes' pages: every key once, its newest state, tombstones
-/// hidden. A node whose page was full may hold keys beyond its last one,
-/// so the merged page stops at the smallest such last key.
+/// hidden, in (hash, key) order. A node that stopped early may hold keys
+/// beyond the hash it stopped at (it covered every key of that hash), so
+/// the merged page ends at the smallest such hash.
 fn merge_pages(pages: Vec<Page>, limit: u32) -> ClientReply {
-    let cut: Option<Vec<u8>> = pages
+    let cut: Option<u64> = pages
         .iter()
-        .filter(|(_, full)| *full)
-        .filter_map(|(e, _)| e.last().map(|(k, _)| k.clone()))
+        .filter_map(|(_, next)| next.as_deref().map(Store::key_position))
         .min();
-    let mut newest: BTreeMap<Vec<u8>, Stamped> = BTreeMap::new();
-    for (entries, _) in pages {
+    let mut newest: BTreeMap<(u64, Vec<u8>), Stamped> = BTreeMap::new();
+    // The stopping points at the cut hash: the next page must start after
+    // the greatest of them (two keys sharing a hash are rare, but a node
+    // may have stopped at a key no other node returned).
+    let mut cut_key: Option<Vec<u8>> = None;
+    for (entries, next) in pages {
+        if let Some(n) = next.filter(|n| Some(Store::key_position(n)) == cut) {
+            cut_key = cut_key.max(Some(n));
+        }
         for (k, s) in entries {
-            if cut.as_ref().is_some_and(|c| &k > c) {
+            let position = (Store::key_position(&k), k);
+            if cut.is_some_and(|c| position.0 > c) {
                 continue;
             }
-            match newest.get(&k) {
+            match newest.get(&position) {
                 Some(cur) if cur.version >= s.version => {}
                 _ => {
-                    newest.insert(k, s);
+                    newest.insert(position, s);
                 }
             }
         }
     }
     let mut keys = Vec::new();
-    let mut last_seen = None;
-    for (k, s) in newest {
-        if keys.len() == limit as usize {
-            break;
-        }
-        last_seen = Some(k.clone());
+    let mut rest = newest.into_iter().peekable();
+    while let Some(((h, k), s)) = rest.next() {
+        let last_of_hash = rest.peek().is_none_or(|((h2, _), _)| *h2 != h);
         if s.value.is_some() {
-            keys.push(k);
+            keys.push(k.clone());
+        }
+        if Some(h) == cut {
+            cut_key = cut_key.max(Some(k.clone()));
+        }
+        // Stop only between hashes, so that a SCAN cursor (the next hash)
+        // skips no key.
+        if keys.len() >= limit as usize && last_of_hash && rest.peek().is_some() {
+            return ClientReply::Keys {
+                keys,
+                next: Some(k),
+            };
         }
     }
-    let more = cut.is_some() || keys.len() == limit as usize;
     ClientReply::Keys {
         keys,
-        next: if more { last_seen } else { None },
+        next: cut.and(cut_key),
     }
 }
 
@@ -3347,7 +3375,8 @@ mod tests {
 
     proptest! {
         /// Paging through the merged listings of several replicas gives
-        /// every live key once, in order, whatever the page size.
+        /// every live key once, in (hash, key) order, whatever the page
+        /// size.
         #[test]
         fn merged_pages_list_every_live_key_once(
             writes in proptest::collection::vec((0u8..40, 0usize..3, 1u64..50, any::<bool>()), 0..120),
@@ -3375,7 +3404,7 @@ mod tests {
             for _ in 0..1000 {
                 let pages: Vec<Page> = stores
                     .iter()
-                    .map(|s| list_local(s, b"k", after.as_deref(), limit))
+                    .map(|s| list_local(s, b"k", 0, after.as_deref(), limit))
                     .collect();
                 let ClientReply::Keys { keys, next } = merge_pages(pages, limit) else {
                     panic!("not keys");
@@ -3386,6 +3415,11 @@ mod tests {
                     None => break,
                 }
             }
+            // Pages come in (hash, key) order, not sorted by key.
+            let position = |k: &Vec<u8>| (Store::key_position(k), k.clone());
+            let ordered = got.windows(2).all(|w| position(&w[0]) < position(&w[1]));
+            prop_assert!(ordered, "pages out of (hash, key) order");
+            got.sort();
             prop_assert_eq!(got, want);
         }
     }

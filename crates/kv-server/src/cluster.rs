@@ -55,6 +55,9 @@ pub enum ReplyTo {
     RespTtl(crate::resp_expiry::TtlKind),
     /// Native request `id` of this kind.
     Native(u64, NativeKind),
+    /// RESP SCAN, KEYS or DBSIZE: its page replies go to its
+    /// [`crate::cluster_list::Listing`]; this encodes the others (errors).
+    RespListing,
 }
 
 /// Native requests the cluster coordinates.
@@ -117,6 +120,13 @@ pub enum ToCluster {
         id: u64,
         /// The command.
         cmd: Admin,
+    },
+    /// A RESP SCAN, KEYS or DBSIZE to coordinate.
+    Listing {
+        /// Where the reply goes.
+        route: Route,
+        /// What to list.
+        listing: Box<crate::cluster_list::Listing>,
     },
     /// A peer connected to us (it is up again: stop backing off from it).
     PeerUp(String),
@@ -801,6 +811,7 @@ pub fn start(
                 workers,
                 routes: BTreeMap::new(),
                 multis: crate::multi_key::InFlight::default(),
+                listings: BTreeMap::new(),
                 next_client: 1,
                 replies: Vec::new(),
                 peers: BTreeMap::new(),
@@ -869,6 +880,8 @@ struct ClusterThread {
     routes: BTreeMap<u64, (Route, ReplyTo)>,
     /// Commands on several keys whose keys are under way.
     multis: crate::multi_key::InFlight,
+    /// The SCAN, KEYS and DBSIZE listings under way, by client operation.
+    listings: BTreeMap<u64, Box<crate::cluster_list::Listing>>,
     next_client: u64,
     /// Replies collected per worker during one pass.
     replies: Vec<Vec<ToWorker>>,
@@ -1150,6 +1163,7 @@ impl ClusterThread {
     /// node is shutting down and, for a write, that its outcome is
     /// unknown (some replicas may have stored it).
     fn give_up_waiting(&mut self) {
+        self.listings.clear();
         for (_, (route, to)) in std::mem::take(&mut self.routes) {
             let bytes = encode_shutting_down(to);
             self.deliver(route, bytes, true);
@@ -1177,6 +1191,9 @@ impl ClusterThread {
                 for (id, op) in self.multis.start(route, multi, next_id) {
                     self.node.handle_client(now, id, op, store);
                 }
+            }
+            ToCluster::Listing { route, listing } => {
+                self.start_listing(now, route, listing);
             }
             ToCluster::Peer { from, msg } => self.node.handle_message(now, &from, msg, store),
             ToCluster::Admin { route, id, cmd } => {
@@ -1327,6 +1344,21 @@ impl ClusterThread {
         std::process::exit(75);
     }
 
+    /// Asks the node for the next page of `listing`.
+    fn start_listing(
+        &mut self,
+        now: u64,
+        route: Route,
+        listing: Box<crate::cluster_list::Listing>,
+    ) {
+        let id = self.next_client;
+        self.next_client += 1;
+        let op = listing.op();
+        self.routes.insert(id, (route, ReplyTo::RespListing));
+        self.listings.insert(id, listing);
+        self.node.handle_client(now, id, op, &self.shared.store);
+    }
+
     fn reply(&mut self, id: u64, reply: ClientReply) {
         let node = &self.node;
         let left = || node.status() == kv_replication::Status::Left || node.has_left(now_ms());
@@ -1340,6 +1372,21 @@ impl ClusterThread {
         };
         let Some((route, to)) = self.routes.remove(&id) else {
             return;
+        };
+        let reply = match (self.listings.remove(&id), reply) {
+            (Some(mut listing), ClientReply::Keys { keys, next }) => {
+                match listing.take(keys, next) {
+                    crate::cluster_list::Step::More => {
+                        self.start_listing(now_ms(), route, listing);
+                    }
+                    crate::cluster_list::Step::Done(bytes) => {
+                        let failed = bytes.first() == Some(&b'-');
+                        self.deliver(route, bytes, failed);
+                    }
+                }
+                return;
+            }
+            (_, reply) => reply,
         };
         let failed = matches!(
             reply,
@@ -1753,7 +1800,7 @@ pub fn encode_reply(to: ReplyTo, reply: ClientReply) -> Vec<u8> {
             let live = s.filter(|s| s.value_at(now).is_some());
             crate::resp_expiry::encode_ttl(&mut out, kind, live.map(|s| s.expires_at), now)
         }
-        (ReplyTo::RespTtl(_), other) => {
+        (ReplyTo::RespTtl(_) | ReplyTo::RespListing, other) => {
             crate::resp_cmd::error(&mut out, &format!("ERR unexpected cluster reply {other:?}"))
         }
         (ReplyTo::Native(id, kind), reply) => {

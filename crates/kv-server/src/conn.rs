@@ -627,6 +627,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                         multi,
                     })
                 }
+                ClusterRoute::Listing(listing) => {
+                    let work = |route| ToCluster::Listing { route, listing };
+                    return self.send_to_cluster(shared, timed(), work);
+                }
                 // Never run locally what the cluster refused.
                 ClusterRoute::Refused => return,
                 ClusterRoute::NotCoordinated => {}
@@ -970,6 +974,8 @@ enum ClusterRoute {
     Forward(ClientOp, ReplyTo),
     /// The cluster coordinates it, one operation per key.
     ForwardMulti(crate::multi_key::MultiOp),
+    /// SCAN, KEYS or DBSIZE: the cluster walks its keys.
+    Listing(Box<crate::cluster_list::Listing>),
     /// It was refused (size or memory); the error is already written.
     Refused,
     /// Not a command the cluster coordinates.
@@ -1008,6 +1014,11 @@ fn resp_cluster_op(
                 Some(MultiRoute::Refused) => return ClusterRoute::Refused,
                 None => {}
             }
+            match crate::cluster_list::Listing::from_resp(args, out) {
+                Some(Ok(listing)) => return ClusterRoute::Listing(Box::new(listing)),
+                Some(Err(())) => return ClusterRoute::Refused,
+                None => {}
+            }
             return match crate::resp_expiry::cluster_op(shared, proto, args, out) {
                 Some(crate::resp_expiry::Route::Forward(op, reply)) => {
                     ClusterRoute::Forward(op, reply)
@@ -1040,8 +1051,8 @@ fn resp_refused_in_cluster(args: &[Cow<'_, [u8]>], out: &mut Vec<u8>) -> bool {
         _ if crate::resp_rmw::is_read_modify_write(&name, args.len()) => {
             "needs an atomic read-modify-write across replicas, which the cluster does not have yet; nothing was written"
         }
-        "keys" | "scan" | "dbsize" | "flushall" | "flushdb" | "randomkey" | "strlen"
-        | "getrange" | "substr" | "type" | "object" | "memory" => {
+        "flushall" | "flushdb" | "randomkey" | "strlen" | "getrange" | "substr" | "type"
+        | "object" | "memory" => {
             "with these arguments is not supported on a cluster yet; use GET, SET, DEL key (or LIST from kv-client)"
         }
         _ => return false,
@@ -1082,6 +1093,7 @@ fn native_cluster_op(
         } => {
             let op = ClientOp::List {
                 prefix: prefix.clone(),
+                from: 0,
                 after: after.clone(),
                 limit: (*limit).clamp(1, native_cmd::MAX_LIST_PAGE),
             };
@@ -1163,6 +1175,7 @@ mod tests {
                 PeerMsg::ListPage {
                     op,
                     prefix,
+                    from: 0,
                     after: None,
                     limit,
                 }

@@ -1,6 +1,16 @@
 //! Redis-style glob patterns for KEYS and SCAN MATCH: `*`, `?`, `[abc]`,
 //! `[^a-z]`, and `\` to quote the next character.
 
+/// The literal start of `pattern`, before its first special character:
+/// every key it matches starts with it.
+pub fn literal_prefix(pattern: &[u8]) -> &[u8] {
+    let end = pattern
+        .iter()
+        .position(|c| matches!(c, b'*' | b'?' | b'[' | b'\\'))
+        .unwrap_or(pattern.len());
+    &pattern[..end]
+}
+
 /// Whether `s` matches `pattern`.
 pub fn matches(pattern: &[u8], s: &[u8]) -> bool {
     // Backtracking over the last `*` only: linear in practice, never

@@ -20,6 +20,7 @@ pub mod aside;
 pub mod auth_limit;
 pub mod clients;
 pub mod cluster;
+pub mod cluster_list;
 pub mod command_table;
 pub mod config;
 pub mod conn;

@@ -121,13 +121,10 @@ fn put(shared: &Shared, key: &[u8], value: &[u8]) -> Response {
 
 fn list(shared: &Shared, prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Response {
     let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
-    let page = shared.store.scan_page(prefix, after, limit);
-    let next = (page.len() == limit)
-        .then(|| page.last().map(|(k, _)| k.clone()))
-        .flatten();
+    let page = shared.store.list_page(prefix, after, limit);
     Response::Keys {
-        keys: page.into_iter().map(|(k, _)| k).collect(),
-        next,
+        keys: page.entries.into_iter().map(|(k, _)| k).collect(),
+        next: page.next,
     }
 }
 

@@ -480,15 +480,10 @@ fn keys(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     let [pattern] = rest else {
         return wrong_arity(out, "keys");
     };
-    // A literal prefix before the first wildcard narrows the scan.
-    let literal = pattern
-        .iter()
-        .position(|c| matches!(c, b'*' | b'?' | b'[' | b'\\'))
-        .unwrap_or(pattern.len());
     // Keys only: `KEYS *` must not copy every value as well.
     let mut found = shared
         .store
-        .keys_matching(&pattern[..literal], |k| glob::matches(pattern, k));
+        .keys_matching(glob::literal_prefix(pattern), |k| glob::matches(pattern, k));
     found.sort_unstable();
     encode_array_header(out, found.len());
     for k in found {
@@ -496,33 +491,68 @@ fn keys(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
     }
 }
 
-fn scan(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+/// A `SCAN` command's arguments: cursor, `MATCH` pattern, `COUNT`.
+pub struct ScanArgs<'a> {
+    /// Where the walk is.
+    pub cursor: u64,
+    /// Keys must match this glob, if given.
+    pub pattern: Option<&'a [u8]>,
+    /// About how many keys a step returns (10 unless given).
+    pub count: usize,
+}
+
+/// Reads `SCAN`'s arguments (after the command name); on a mistake,
+/// writes Redis's error to `out` and returns `None`.
+pub fn scan_args<'a>(rest: &'a [Cow<'_, [u8]>], out: &mut Vec<u8>) -> Option<ScanArgs<'a>> {
     let Some(cursor) = rest.first() else {
-        return wrong_arity(out, "scan");
+        wrong_arity(out, "scan");
+        return None;
     };
     let Some(cursor) = std::str::from_utf8(cursor)
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
     else {
-        return error(out, "ERR invalid cursor");
+        error(out, "ERR invalid cursor");
+        return None;
     };
-    let mut pattern: Option<&[u8]> = None;
-    let mut count = 10usize;
-    let mut opts = rest[1..].chunks(2);
-    for opt in opts.by_ref() {
+    let mut args = ScanArgs {
+        cursor,
+        pattern: None,
+        count: 10,
+    };
+    for opt in rest[1..].chunks(2) {
         let [name, value] = opt else {
-            return error(out, "ERR syntax error");
+            error(out, "ERR syntax error");
+            return None;
         };
         match name.to_ascii_lowercase().as_slice() {
-            b"match" => pattern = Some(value),
+            b"match" => args.pattern = Some(value),
             b"count" => match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
-                Some(n) if n > 0 => count = n,
-                _ => return error(out, "ERR value is not an integer or out of range"),
+                Some(n) if n > 0 => args.count = n,
+                _ => {
+                    error(out, "ERR value is not an integer or out of range");
+                    return None;
+                }
             },
             b"type" => {}
-            _ => return error(out, "ERR syntax error"),
+            _ => {
+                error(out, "ERR syntax error");
+                return None;
+            }
         }
     }
+    Some(args)
+}
+
+fn scan(shared: &Shared, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {
+    let Some(ScanArgs {
+        cursor,
+        pattern,
+        count,
+    }) = scan_args(rest, out)
+    else {
+        return;
+    };
     let (keys, next) = shared.store.scan_cursor(cursor, count.min(100_000));
     let keys: Vec<Vec<u8>> = keys
         .into_iter()

@@ -184,8 +184,8 @@ fn redis_clients_work_against_any_node() {
         assert!(view.contains(&s.addr.to_string()), "{view}");
     }
     // Commands that would give a node-local answer are refused clearly.
-    let err = redis::cmd("DBSIZE")
-        .query::<i64>(&mut ra)
+    let err = redis::cmd("RANDOMKEY")
+        .query::<Option<String>>(&mut ra)
         .expect_err("refused");
     assert!(
         err.to_string().contains("not supported on a cluster"),
@@ -198,6 +198,62 @@ fn redis_clients_work_against_any_node() {
     let mut reply = Vec::new();
     std::io::Read::read_to_end(&mut raw, &mut reply).expect("read");
     assert_eq!(reply, b"+OK\r\n$6\r\nclosed\r\n");
+}
+
+/// A whole `SCAN` walk through the Redis protocol, `count` keys a step;
+/// returns the keys and how many steps it took.
+fn scan_walk(r: &mut redis::Connection, pattern: &str, count: usize) -> (Vec<String>, usize) {
+    let (mut cursor, mut keys, mut steps) = (0u64, Vec::new(), 0);
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query(r)
+            .expect("SCAN");
+        keys.extend(page);
+        steps += 1;
+        if next == 0 {
+            return (keys, steps);
+        }
+        cursor = next;
+    }
+}
+
+#[test]
+fn scan_keys_and_dbsize_cover_the_whole_cluster() {
+    let (a, b, c) = start_three(&[]);
+    put_many(&mut client(&a), 0..3000);
+    assert!(client(&c).delete(key_name(7).as_bytes()).expect("delete"));
+    let want: Vec<String> = (0..3000).filter(|i| *i != 7).map(key_name).collect();
+    let connect = |s: &ServerProc| {
+        redis::Client::open(format!("redis://{}/", s.addr))
+            .expect("url")
+            .get_connection()
+            .expect("connect")
+    };
+    // SCAN through any node walks every node's keys, each once, in pages.
+    let mut rb = connect(&b);
+    let (mut keys, steps) = scan_walk(&mut rb, "*", 100);
+    assert!(steps >= 25, "3000 keys 100 a step took {steps} steps");
+    keys.sort();
+    assert_eq!(keys, want);
+    let (mut keys, _) = scan_walk(&mut connect(&c), "key0001*", 7);
+    keys.sort();
+    let tens: Vec<String> = (10..20).map(key_name).collect();
+    assert_eq!(keys, tens);
+    // KEYS and DBSIZE: whole walks done by the node asked.
+    let mut ra = connect(&a);
+    let mut keys: Vec<String> = ra.keys("key0002?").expect("KEYS");
+    keys.sort();
+    let twenties: Vec<String> = (20..30).map(key_name).collect();
+    assert_eq!(keys, twenties);
+    let all: Vec<String> = ra.keys("*").expect("KEYS *");
+    assert_eq!(all.len(), want.len());
+    let size: i64 = redis::cmd("DBSIZE").query(&mut ra).expect("DBSIZE");
+    assert_eq!(size, 2999);
 }
 
 #[test]

@@ -131,6 +131,7 @@ fn attack_messages(key: &[u8]) -> Vec<PeerMsg> {
         PeerMsg::ListPage {
             op: 2,
             prefix: Vec::new(),
+            from: 0,
             after: None,
             limit: 1000,
         },

@@ -46,6 +46,7 @@
 mod clock;
 mod error;
 mod histogram;
+mod listing;
 mod map;
 mod options;
 mod ranges;
@@ -60,6 +61,7 @@ mod wal;
 
 pub use error::{Error, Result};
 pub use histogram::Histogram;
+pub use listing::ListPage;
 pub use options::{Durability, Options, RecoveryMode, SnapshotTrigger};
 pub use ranges::{RangeKey, RangePage};
 pub use recovery::{RecoveryReport, Truncation};

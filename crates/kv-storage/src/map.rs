@@ -6,7 +6,7 @@
 //! so neither overlaps the shard bits. Each entry keeps key and value in one
 //! allocation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -132,11 +132,13 @@ pub(crate) struct Shard {
     /// Per tracked range, the XOR of [`entry_hash`] over this shard's
     /// entries in it.
     range_hashes: Vec<u64>,
-    /// While ranges are tracked, the key hashes (ring positions) of this
-    /// shard's entries, tombstones included, each with the number of
-    /// entries at it (two keys may share a hash): a range's keys are then
-    /// found without a pass over the shard (see [`crate::ranges`]).
-    pub(crate) positions: BTreeMap<u64, u32>,
+    /// The key hashes (ring positions) of this shard's entries,
+    /// tombstones included, in order (two keys may share one): listings
+    /// and range walks in hash order find their keys without a pass over
+    /// the shard (see [`crate::listing`] and [`crate::ranges`]). A set of
+    /// hashes costs about 14 bytes a key; the entries at a hash are found
+    /// through the table.
+    pub(crate) positions: BTreeSet<u64>,
     /// The live entries that carry an expiry, ordered by expiry: the active
     /// expiry takes due keys from the front. We keep this time-ordered
     /// index rather than sample random keys as Redis does: a `HashTable`
@@ -207,6 +209,7 @@ impl Shard {
             }
             Slot::Vacant(v) => {
                 v.insert(entry);
+                self.positions.insert(hash);
             }
         }
         if let Some(item) = indexed {
@@ -231,6 +234,9 @@ impl Shard {
         let found = self.table.find_entry(hash, |e| e.key() == key).ok()?;
         let (old, _) = found.remove();
         self.account(hash, &old, false);
+        if self.at_hash(hash).next().is_none() {
+            self.positions.remove(&hash);
+        }
         if let Some(item) = index_item(&old) {
             self.unindex(&item);
         }
@@ -256,14 +262,6 @@ impl Shard {
         if !self.bounds.is_empty() {
             let r = range_of(&self.bounds, hash);
             self.range_hashes[r] ^= entry_hash(hash, e.version());
-            if add {
-                *self.positions.entry(hash).or_default() += 1;
-            } else if let Some(n) = self.positions.get_mut(&hash) {
-                *n -= 1;
-                if *n == 0 {
-                    self.positions.remove(&hash);
-                }
-            }
         }
         let live = usize::from(!e.is_tombstone());
         if add {
@@ -372,17 +370,14 @@ impl Shard {
     /// Tracks hashes of these ranges from now on, computing them afresh.
     pub(crate) fn track(&mut self, bounds: Arc<[u64]>) {
         let mut hashes = vec![0u64; bounds.len()];
-        let mut positions = BTreeMap::new();
         if !bounds.is_empty() {
             for e in self.table.iter() {
                 let h = hash_key(e.key());
                 hashes[range_of(&bounds, h)] ^= entry_hash(h, e.version());
-                *positions.entry(h).or_default() += 1;
             }
         }
         self.bounds = bounds;
         self.range_hashes = hashes;
-        self.positions = positions;
     }
 
     /// The tracked ranges' hashes over this shard.
@@ -407,6 +402,8 @@ pub(crate) struct ShardedMap {
     mask: usize,
     /// Entries read by range walks since open (see [`crate::ranges`]).
     pub(crate) range_reads: AtomicU64,
+    /// Entries examined by listings since open (see [`crate::listing`]).
+    pub(crate) list_reads: AtomicU64,
 }
 
 /// The hash used for both shard choice and table position.
@@ -425,6 +422,7 @@ impl ShardedMap {
                 .collect(),
             mask: shards - 1,
             range_reads: AtomicU64::new(0),
+            list_reads: AtomicU64::new(0),
         }
     }
 

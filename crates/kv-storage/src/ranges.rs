@@ -77,14 +77,14 @@ fn clip(windows: &[RangeInclusive<u64>], from: u64, until: u64) -> Vec<RangeIncl
         .collect()
 }
 
-/// The positions of `shard` in `windows`, ascending, with their counts.
+/// The positions of `shard` in `windows`, ascending.
 fn positions<'a>(
     shard: &'a Shard,
     windows: &'a [RangeInclusive<u64>],
-) -> impl Iterator<Item = (u64, u32)> + 'a {
+) -> impl Iterator<Item = u64> + 'a {
     windows
         .iter()
-        .flat_map(move |w| shard.positions.range(w.clone()).map(|(h, n)| (*h, *n)))
+        .flat_map(move |w| shard.positions.range(w.clone()).copied())
 }
 
 impl Store {
@@ -127,7 +127,7 @@ impl Store {
             if shard.bounds() != &bounds {
                 continue; // ranges changed meanwhile: the page is moot
             }
-            for (h, _) in positions(&shard, &windows) {
+            for h in positions(&shard, &windows) {
                 entries.extend(shard.at_hash(h).map(|e| RangeKey {
                     key: e.key().to_vec(),
                     position: h,
@@ -155,13 +155,13 @@ impl Store {
         let mut best: BinaryHeap<u64> = BinaryHeap::with_capacity(max_keys + 1);
         for i in 0..map.shard_count() {
             let shard = map.read_shard(i);
-            for (h, n) in positions(&shard, windows) {
+            for h in positions(&shard, windows) {
                 if best.len() >= max_keys && best.peek().is_some_and(|top| h >= *top) {
                     break;
                 }
-                for _ in 0..n {
-                    best.push(h);
-                }
+                // Keys sharing a hash (rare) count once here: the page
+                // takes them all anyway.
+                best.push(h);
                 while best.len() > max_keys {
                     best.pop();
                 }

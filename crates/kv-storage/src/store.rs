@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -201,66 +200,6 @@ impl Store {
         let now = self.inner.now_ms();
         let shard = self.inner.map.read(h);
         f(shard.find(h, key).and_then(|e| e.value_at(now)))
-    }
-
-    /// One step of a cursor walk over the live keys, as Redis's `SCAN`
-    /// does: start with cursor 0, pass back the cursor returned, stop when
-    /// it is 0. A key present for the whole walk is returned exactly once,
-    /// whatever is written meanwhile. Returns up to `count` keys and the
-    /// next cursor.
-    ///
-    /// The walk goes shard by shard (a key's cursor position is its hash
-    /// with the shard's bits moved to the top, a fixed order), so a step
-    /// reads one shard, or a few when they are sparse: its cost is that of
-    /// a shard, not of the store.
-    pub fn scan_cursor(&self, cursor: u64, count: usize) -> (Vec<Vec<u8>>, u64) {
-        let count = count.max(1);
-        let map = &self.inner.map;
-        let shards = map.shard_count();
-        let bits = shards.trailing_zeros();
-        let order = |h: u64| h.rotate_left(32 - bits);
-        let shard_at = |o: u64| {
-            if bits == 0 {
-                0
-            } else {
-                (o >> (64 - bits)) as usize
-            }
-        };
-        let now = self.inner.now_ms();
-        let mut page = Vec::with_capacity(count.min(4096));
-        let mut from = cursor;
-        let mut shard = shard_at(cursor);
-        while shard < shards {
-            let need = count - page.len();
-            let mut best: BinaryHeap<(u64, Vec<u8>)> = BinaryHeap::new();
-            for e in map.read_shard(shard).iter().filter(|e| e.live_at(now)) {
-                let o = order(hash_key(e.key()));
-                let full = best.len() == need;
-                if o < from || (full && best.peek().is_some_and(|(top, _)| o >= *top)) {
-                    continue;
-                }
-                if full {
-                    best.pop();
-                }
-                best.push((o, e.key().to_vec()));
-            }
-            let filled = best.len() == need;
-            let mut found = best.into_sorted_vec();
-            let last = found.last().map(|(o, _)| *o);
-            page.extend(found.drain(..).map(|(_, k)| k));
-            if filled {
-                // More may follow in this shard, after the last one taken.
-                let next = last.and_then(|o| o.checked_add(1)).unwrap_or(0);
-                return (page, next);
-            }
-            shard += 1;
-            from = if bits == 0 {
-                0
-            } else {
-                (shard as u64) << (64 - bits)
-            };
-        }
-        (page, 0)
     }
 
     /// Drops, from memory, every tombstone whose version timestamp is below
@@ -483,72 +422,23 @@ impl Store {
         Ok(written.is_some())
     }
 
-    /// Every live key starting with `prefix`, with its value, sorted by key.
+    /// Every live key starting with `prefix`, with its value, sorted by key
+    /// (one pass over the store; [`Store::list_page`] lists a page at a
+    /// time).
     pub fn scan_prefix(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.scan_page(prefix, None, usize::MAX)
-    }
-
-    /// One page of a sorted listing: up to `limit` live keys starting with
-    /// `prefix` and greater than `after`, with their values. Pass the last
-    /// key of a page as `after` to get the next one.
-    pub fn scan_page(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         let now = self.inner.now_ms();
-        self.first_keys(prefix, after, limit, |e| {
-            e.value_at(now).map(<[u8]>::to_vec)
-        })
-    }
-
-    /// Like [`Store::scan_page`] but with versions and tombstones included
-    /// (for merging listings from several replicas); an expired value is
-    /// listed as a tombstone with its expiry.
-    pub fn scan_page_versioned(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Vec<(Vec<u8>, Versioned)> {
-        let now = self.inner.now_ms();
-        self.first_keys(prefix, after, limit, |e| Some(e.to_versioned(now)))
-    }
-
-    /// The `limit` smallest keys starting with `prefix` and greater than
-    /// `after` for which `pick` gives something, sorted; a bounded heap
-    /// keeps memory at `limit` entries whatever the store's size.
-    fn first_keys<T: Ord>(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-        pick: impl Fn(&Entry) -> Option<T>,
-    ) -> Vec<(Vec<u8>, T)> {
-        let mut best: BinaryHeap<(Vec<u8>, T)> = BinaryHeap::new();
-        if limit == 0 {
-            return Vec::new();
-        }
+        let mut found = Vec::new();
         for i in 0..self.inner.map.shard_count() {
             let shard = self.inner.map.read_shard(i);
-            for e in shard.iter() {
-                let key = e.key();
-                if !key.starts_with(prefix) || after.is_some_and(|a| key <= a) {
-                    continue;
-                }
-                let full = best.len() == limit;
-                if full && best.peek().is_some_and(|(top, _)| key >= top.as_slice()) {
-                    continue;
-                }
-                let Some(item) = pick(e) else { continue };
-                if full {
-                    best.pop();
-                }
-                best.push((key.to_vec(), item));
-            }
+            found.extend(
+                shard
+                    .iter()
+                    .filter(|e| e.key().starts_with(prefix))
+                    .filter_map(|e| e.value_at(now).map(|v| (e.key().to_vec(), v.to_vec()))),
+            );
         }
-        best.into_sorted_vec()
+        found.sort_unstable();
+        found
     }
 
     /// Every live key starting with `prefix` for which `keep` holds, in no

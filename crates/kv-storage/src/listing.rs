@@ -1,0 +1,226 @@
+//! Listings in key-hash order, a page at a time: `SCAN` cursors and the
+//! paged `LIST`.
+//!
+//! Every shard keeps the hashes of its entries in order
+//! (`Shard::positions`), so a walk merges the shards' ordered hashes and
+//! reads only the entries it returns, plus those a filter passes over: a
+//! page costs O(shards + page · log shards), whatever the store's size.
+//!
+//! The order is (hash, key): ascending xxh3-64 hash of the key, which is
+//! also the key's position on a `kv-ring` ring, then the key's bytes for
+//! the rare keys that share a hash. A walk that resumes after a position
+//! returns every key that was present for the whole walk, once, however
+//! the store changes between pages: positions never move.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering;
+
+use crate::map::{hash_key, Entry, Shard};
+use crate::store::Store;
+use crate::version::Versioned;
+
+/// Most entries one page examines per key asked for: a page with a
+/// filter that few keys pass stops after this many and says where to go
+/// on, so that its cost stays bounded.
+const EXAMINE_PER_KEY: usize = 100;
+
+/// Most entries one page examines, whatever the page size asked for
+/// (above it, only the page size itself).
+const EXAMINE_CAP: usize = 100_000;
+
+/// One page of a listing in (hash, key) order (see [`Store::list_page`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage<T> {
+    /// The keys found, each with what the listing gives for it, in
+    /// (hash, key) order.
+    pub entries: Vec<(Vec<u8>, T)>,
+    /// Where to go on: pass it as `after` for the next page. `None`: the
+    /// listing is complete. A page may be short, even empty, and still
+    /// have a `next` (its filter passed over many keys); `next` need not be
+    /// a key of the page.
+    pub next: Option<Vec<u8>>,
+}
+
+/// What a visitor wants after seeing an entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Go on with the next entry.
+    Go,
+    /// Stop once the entries of the current hash are done.
+    Stop,
+}
+
+/// How many entries a page of `limit` keys may examine.
+fn examine_budget(limit: usize) -> usize {
+    limit
+        .saturating_mul(EXAMINE_PER_KEY)
+        .min(EXAMINE_CAP.max(limit))
+}
+
+impl Store {
+    /// Visits, in (hash, key) order, the entries (tombstones included)
+    /// from hash `from` on, skipping those at or before `after` (a key
+    /// whose hash is `from`), until `visit` says stop. Holds every shard's
+    /// read lock while it walks, taken in shard order. Returns the last
+    /// position visited if it stopped (the entries sharing its hash were
+    /// all visited), `None` if it reached the end.
+    pub(crate) fn walk_from(
+        &self,
+        from: u64,
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(u64, &Entry) -> Flow,
+    ) -> Option<(u64, Vec<u8>)> {
+        let map = self.map();
+        let guards: Vec<_> = (0..map.shard_count()).map(|i| map.read_shard(i)).collect();
+        let mut iters: Vec<_> = guards.iter().map(|g| g.positions.range(from..)).collect();
+        let mut examined = 0u64;
+        let mut heap: BinaryHeap<Reverse<(u64, usize)>> = iters
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, it)| it.next().map(|h| Reverse((*h, i))))
+            .collect();
+        while let Some(Reverse((h, i))) = heap.pop() {
+            let mut flow = Flow::Go;
+            let group = entries_at(&guards[i], h);
+            let skip = |e: &&Entry| h == from && after.is_some_and(|a| e.key() <= a);
+            for e in group.iter().filter(|e| !skip(e)) {
+                examined += 1;
+                if visit(h, e) == Flow::Stop {
+                    flow = Flow::Stop;
+                }
+            }
+            if flow == Flow::Stop {
+                map.list_reads.fetch_add(examined, Ordering::Relaxed);
+                let last = group.last().map_or_else(Vec::new, |e| e.key().to_vec());
+                return Some((h, last));
+            }
+            if let Some(next) = iters[i].next() {
+                heap.push(Reverse((*next, i)));
+            }
+        }
+        map.list_reads.fetch_add(examined, Ordering::Relaxed);
+        None
+    }
+
+    /// Entries examined by listing pages ([`Store::scan_cursor`],
+    /// [`Store::list_page`]) since the store was opened (for tests that
+    /// check a page's cost).
+    #[doc(hidden)]
+    pub fn list_entries_examined(&self) -> u64 {
+        self.map().list_reads.load(Ordering::Relaxed)
+    }
+
+    /// One step of a cursor walk over the live keys, as Redis's `SCAN`
+    /// does: start with cursor 0, pass back the cursor returned, stop when
+    /// it is 0. A key present for the whole walk is returned exactly once,
+    /// whatever is written meanwhile. Returns about `count` keys (more
+    /// only if keys share a hash, fewer if many deleted or expired keys lie
+    /// in the way) and the next cursor.
+    ///
+    /// The cursor is a key hash (a ring position): the walk goes in
+    /// ascending hash order and a step resumes at the hash after the last
+    /// one it returned, so a step costs O(count), not O(store).
+    pub fn scan_cursor(&self, cursor: u64, count: usize) -> (Vec<Vec<u8>>, u64) {
+        let count = count.max(1);
+        let budget = examine_budget(count);
+        let now = self.clock_ms();
+        let mut keys = Vec::with_capacity(count.min(4096));
+        let mut examined = 0usize;
+        let stopped = self.walk_from(cursor, None, |_, e| {
+            examined += 1;
+            if e.live_at(now) {
+                keys.push(e.key().to_vec());
+            }
+            if keys.len() >= count || examined >= budget {
+                Flow::Stop
+            } else {
+                Flow::Go
+            }
+        });
+        let next = stopped.and_then(|(h, _)| h.checked_add(1)).unwrap_or(0);
+        (keys, next)
+    }
+
+    /// One page of a listing in (hash, key) order (the hash is
+    /// [`Store::key_position`]): up to `limit` live keys starting with `prefix`
+    /// and after `after` in that order, with their values. Pass the page's
+    /// [`ListPage::next`] as `after` to get the next one. A page examines
+    /// at most about 100 entries per key asked for (a filter that few keys
+    /// pass may make it short), so its cost does not grow with the store.
+    pub fn list_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> ListPage<Vec<u8>> {
+        let now = self.clock_ms();
+        self.page_of(prefix, 0, after, limit, |e| {
+            e.value_at(now).map(<[u8]>::to_vec)
+        })
+    }
+
+    /// Like [`Store::list_page`] but with versions and tombstones included
+    /// (for merging listings from several replicas); an expired value is
+    /// listed as a tombstone with its expiry.
+    ///
+    /// The page starts at hash `from` (a `SCAN` cursor; 0 for all) and
+    /// after `after`, whichever comes later.
+    pub fn list_page_versioned(
+        &self,
+        prefix: &[u8],
+        from: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> ListPage<Versioned> {
+        let now = self.clock_ms();
+        self.page_of(prefix, from, after, limit, |e| Some(e.to_versioned(now)))
+    }
+
+    /// Up to `limit` entries starting with `prefix`, at hash `from` or
+    /// later and after `after`, for which `pick` gives something, in
+    /// (hash, key) order.
+    fn page_of<T>(
+        &self,
+        prefix: &[u8],
+        from: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+        pick: impl Fn(&Entry) -> Option<T>,
+    ) -> ListPage<T> {
+        let limit = limit.max(1);
+        let budget = examine_budget(limit);
+        let after_at = after.map(|a| (hash_key(a), a));
+        let start = after_at.map_or(from, |(h, _)| h.max(from));
+        // `after` only matters at its own hash: past it, every key is after.
+        let skip = after_at.filter(|(h, _)| *h == start).map(|(_, a)| a);
+        let mut entries = Vec::new();
+        let mut examined = 0usize;
+        let stopped = self.walk_from(start, skip, |_, e| {
+            examined += 1;
+            if e.key().starts_with(prefix) {
+                if let Some(item) = pick(e) {
+                    entries.push((e.key().to_vec(), item));
+                }
+            }
+            if entries.len() >= limit || examined >= budget {
+                Flow::Stop
+            } else {
+                Flow::Go
+            }
+        });
+        ListPage {
+            entries,
+            next: stopped.map(|(_, key)| key),
+        }
+    }
+}
+
+/// The entries of `shard` at hash `h`, sorted by key.
+fn entries_at(shard: &Shard, h: u64) -> Vec<&Entry> {
+    let mut group: Vec<&Entry> = shard.at_hash(h).collect();
+    if group.len() > 1 {
+        group.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+    }
+    group
+}
