@@ -79,8 +79,9 @@ impl Shown {
         copy_if_changed(&mut self.lib_ver, &s.lib_ver);
         self.resp = s.proto.number();
         self.multi = s.tx.as_ref().map_or(-1, |q| q.len() as i64);
-        self.cmd.clear();
-        self.cmd.push_str(cmd);
+        if self.cmd != cmd {
+            self.cmd = cmd.to_string();
+        }
         self.last = now;
     }
 }
@@ -190,10 +191,15 @@ pub fn publish_named(s: &Session, cmd: &str) {
     }
 }
 
+/// Longest command or subcommand name kept for `cmd=` (a client may send
+/// a name of megabytes; no real one is longer).
+const MAX_NAME: usize = 32;
+
 /// Redis's `cmd=`: the command in lower case, with its subcommand for
 /// the commands that have some (`client|list`).
 fn command_name(args: &[Cow<'_, [u8]>]) -> String {
-    let lower = |a: &[u8]| String::from_utf8_lossy(a).to_ascii_lowercase();
+    let lower =
+        |a: &[u8]| String::from_utf8_lossy(&a[..a.len().min(MAX_NAME)]).to_ascii_lowercase();
     let name = args.first().map_or_else(String::new, |a| lower(a));
     let container = matches!(
         name.as_str(),
@@ -274,6 +280,7 @@ pub fn list(shared: &Shared, s: &Session, args: &[Cow<'_, [u8]>], out: &mut Vec<
     publish(s, args);
     let now = Instant::now();
     let mut text = String::new();
+    let ids: Option<std::collections::HashSet<u64>> = ids.map(|v| v.into_iter().collect());
     for c in shared.clients.all() {
         if no_type || ids.as_ref().is_some_and(|ids| !ids.contains(&c.id)) {
             continue;

@@ -837,6 +837,11 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         }
         // Before any of its messages: answers to it must not be dropped.
         cluster.send(ToCluster::PeerUp(from.clone()));
+        // A peer link is no client: CLIENT LIST does not show it, and
+        // CLIENT KILL cannot cut it.
+        if let Some(c) = self.session.client.take() {
+            shared.clients.remove(c.id);
+        }
         self.peer = Some(from);
     }
 

@@ -19,7 +19,8 @@ const REQUEST_TIME: Duration = Duration::from_secs(2);
 const ANSWER_TIME: Duration = Duration::from_secs(5);
 /// Largest request read.
 const MAX_REQUEST: usize = 8192;
-/// Connections served at once; past it the oldest is closed.
+/// Connections served at once; past it the one that has sent least (the
+/// oldest of those) is closed.
 const MAX_CONNECTIONS: usize = 64;
 const LISTENER: Token = Token(usize::MAX);
 
@@ -94,8 +95,14 @@ fn accept(
 ) {
     while let Ok((mut stream, _)) = listener.accept() {
         if conns.len() >= MAX_CONNECTIONS {
-            let oldest = conns.iter().min_by_key(|(_, c)| c.opened).map(|(t, _)| *t);
-            if let Some(t) = oldest {
+            // Make room by closing the oldest of those that have sent
+            // least: a flood of silent connections evicts its own kind
+            // before a scraper whose request is under way.
+            let victim = conns
+                .iter()
+                .min_by_key(|(_, c)| (c.request.len(), c.opened))
+                .map(|(t, _)| *t);
+            if let Some(t) = victim {
                 close(poll, conns, t);
             }
         }
@@ -148,6 +155,9 @@ fn step(c: &mut Scrape, shared: &Arc<Shared>) -> io::Result<()> {
         let mut buf = [0u8; 1024];
         loop {
             match c.stream.read(&mut buf) {
+                // A scraper that half-closes after its request still gets
+                // its answer.
+                Ok(0) if has_head(&c.request) => break,
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => c.request.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -158,7 +168,7 @@ fn step(c: &mut Scrape, shared: &Arc<Shared>) -> io::Result<()> {
                 return Err(io::ErrorKind::InvalidData.into());
             }
         }
-        if !c.request.windows(4).any(|w| w == b"\r\n\r\n") {
+        if !has_head(&c.request) {
             return Ok(());
         }
         c.answer = Some((answer(&c.request, shared), 0));
@@ -175,6 +185,11 @@ fn step(c: &mut Scrape, shared: &Arc<Shared>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the request's head (up to its blank line) has arrived.
+fn has_head(request: &[u8]) -> bool {
+    request.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 /// The whole HTTP answer to `request`: `GET /metrics` (or `/`), else 404.

@@ -495,11 +495,15 @@ fn hinted_handoff_delivers_writes_a_down_node_missed() {
     // a hint for c on its coordinator, a, once c has not answered it; the
     // figures are published at a's next tick.
     let mut body = String::new();
-    wait_for("a's metrics to show c down and its 100 hints", SETTLE, || {
-        body = scrape(metrics);
-        try_sample(&body, &c_state("down")) == Some(1.0)
-            && sample(&body, "kv_cluster_hints_pending") >= 100.0
-    });
+    wait_for(
+        "a's metrics to show c down and its 100 hints",
+        SETTLE,
+        || {
+            body = scrape(metrics);
+            try_sample(&body, &c_state("down")) == Some(1.0)
+                && sample(&body, "kv_cluster_hints_pending") >= 100.0
+        },
+    );
     let pending = sample(&body, "kv_cluster_hints_pending");
     assert_eq!(sample(&body, "kv_cluster_hints_stored_total"), pending);
     assert_eq!(sample(&body, "kv_cluster_hints_delivered_total"), 0.0);
