@@ -13,9 +13,12 @@ use kv_proto::resp::{self, CommandParser, Limits, Value};
 use kv_replication::PeerMsg;
 use kv_storage::testing::fuzz as storage;
 
+/// A target's function: the fuzzer's bytes in, a panic on a failed check.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the names of `fuzz/fuzz_targets/*.rs` and of the
 /// corpus directories), with their functions.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("resp", resp),
     ("native_frame", native_frame),
     ("peer_msg", peer_msg),
@@ -72,7 +75,11 @@ fn commands(mut wire: &[u8], cut: usize) {
         let Ok(Some((args, used))) = whole else {
             return;
         };
-        assert!(used > 0 && used <= wire.len(), "used {used} of {}", wire.len());
+        assert!(
+            used > 0 && used <= wire.len(),
+            "used {used} of {}",
+            wire.len()
+        );
         assert!(args.len() <= limits.max_array, "{} arguments", args.len());
         for a in &args {
             assert!(a.len() <= limits.max_bulk.max(limits.max_inline));
@@ -83,7 +90,11 @@ fn commands(mut wire: &[u8], cut: usize) {
 
 fn values(mut wire: &[u8]) {
     while let Ok(Some((v, used))) = resp::parse_value(wire, &RESP_LIMITS) {
-        assert!(used > 0 && used <= wire.len(), "used {used} of {}", wire.len());
+        assert!(
+            used > 0 && used <= wire.len(),
+            "used {used} of {}",
+            wire.len()
+        );
         check_value(&v, 0);
         let mut once = Vec::new();
         resp::encode(&v, &mut once);
@@ -141,7 +152,11 @@ where
         let mut out = Vec::new();
         native::encode_frame(&mut out, frame.id, &frame.body);
         let again = native::decode_frame::<T>(&out, usize::MAX);
-        assert_eq!(again, Ok(Some((frame, out.len()))), "frame does not survive encoding");
+        assert_eq!(
+            again,
+            Ok(Some((frame, out.len()))),
+            "frame does not survive encoding"
+        );
         wire = &wire[used..];
     }
 }
@@ -207,7 +222,11 @@ pub fn snapshot(data: &[u8]) {
             .flatten()
             .map(|(k, v, _, _)| k.len() + v.as_ref().map_or(0, Vec::len))
             .sum();
-        assert!(bytes <= b.len(), "{bytes} bytes of keys and values in {}", b.len());
+        assert!(
+            bytes <= b.len(),
+            "{bytes} bytes of keys and values in {}",
+            b.len()
+        );
     }
 }
 
@@ -223,14 +242,20 @@ pub fn client_line(data: &[u8]) {
             assert_eq!(again(line), Ok(Some(Command::Put(k, v))));
         }
         Ok(Some(Command::Get(k))) => {
-            assert_eq!(again(format!("get {}", show(&k))), Ok(Some(Command::Get(k))));
+            assert_eq!(
+                again(format!("get {}", show(&k))),
+                Ok(Some(Command::Get(k)))
+            );
         }
         Ok(Some(Command::Delete(k))) => {
             let line = format!("DEL {}", show(&k));
             assert_eq!(again(line), Ok(Some(Command::Delete(k))));
         }
         Ok(Some(Command::List(p))) => {
-            assert_eq!(again(format!("LIST {}", show(&p))), Ok(Some(Command::List(p))));
+            assert_eq!(
+                again(format!("LIST {}", show(&p))),
+                Ok(Some(Command::List(p)))
+            );
         }
         _ => {}
     }

@@ -55,7 +55,14 @@ macro_rules! replay_tests {
     )*};
 }
 
-replay_tests!(resp, native_frame, peer_msg, wal_record, snapshot, client_line);
+replay_tests!(
+    resp,
+    native_frame,
+    peer_msg,
+    wal_record,
+    snapshot,
+    client_line
+);
 
 #[test]
 fn every_target_has_a_fuzz_target_file() {
@@ -133,13 +140,30 @@ mod seeds {
     }
 
     pub fn native_frame() -> Vec<Vec<u8>> {
-        let mut out = vec![native::preamble().to_vec(), native::peer_preamble().to_vec()];
+        let mut out = vec![
+            native::preamble().to_vec(),
+            native::peer_preamble().to_vec(),
+        ];
         let requests = [
-            Request::Ping { payload: b"hi".to_vec() },
-            Request::Put { key: b"k".to_vec(), value: b"v".to_vec() },
-            Request::List { prefix: b"p".to_vec(), after: Some(b"q".to_vec()), limit: 10 },
-            Request::PeerHello { from: "n1".into(), nonce: [7; 32] },
-            Request::PeerBatch { payload: vec![1, 2, 3] },
+            Request::Ping {
+                payload: b"hi".to_vec(),
+            },
+            Request::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+            Request::List {
+                prefix: b"p".to_vec(),
+                after: Some(b"q".to_vec()),
+                limit: 10,
+            },
+            Request::PeerHello {
+                from: "n1".into(),
+                nonce: [7; 32],
+            },
+            Request::PeerBatch {
+                payload: vec![1, 2, 3],
+            },
         ];
         for (i, r) in requests.iter().enumerate() {
             let mut b = Vec::new();
@@ -147,8 +171,13 @@ mod seeds {
             out.push(b);
         }
         let responses = [
-            Response::Value { value: Some(b"v".to_vec()) },
-            Response::Keys { keys: vec![b"a".to_vec(), b"b".to_vec()], next: None },
+            Response::Value {
+                value: Some(b"v".to_vec()),
+            },
+            Response::Keys {
+                keys: vec![b"a".to_vec(), b"b".to_vec()],
+                next: None,
+            },
             Response::error(ErrorKind::Refused, "no"),
         ];
         for (i, r) in responses.iter().enumerate() {
@@ -160,7 +189,10 @@ mod seeds {
     }
 
     pub fn peer_msg() -> Vec<Vec<u8>> {
-        let ver = Ver { ts: 1_700_000_000_000_000, node: 3 };
+        let ver = Ver {
+            ts: 1_700_000_000_000_000,
+            node: 3,
+        };
         let msgs = [
             PeerMsg::Gossip {
                 members: vec![Digest::new("127.0.0.1:7001", Status::Normal)],
@@ -174,14 +206,33 @@ mod seeds {
                 version: ver,
                 expires_at: Some(99),
             },
-            PeerMsg::ReplicateAck { op: 1, existed: true, newer: Some(ver) },
-            PeerMsg::Read { op: 2, key: b"k".to_vec() },
+            PeerMsg::ReplicateAck {
+                op: 1,
+                existed: true,
+                newer: Some(ver),
+            },
+            PeerMsg::Read {
+                op: 2,
+                key: b"k".to_vec(),
+            },
             PeerMsg::ReadReply {
                 op: 2,
-                state: Some(Stamped { version: ver, value: None, expires_at: None }),
+                state: Some(Stamped {
+                    version: ver,
+                    value: None,
+                    expires_at: None,
+                }),
             },
-            PeerMsg::ListPage { op: 3, prefix: b"p".to_vec(), after: None, limit: 100 },
-            PeerMsg::AeDigest { ring: 9, arcs: vec![(0, 11), (1, 12)] },
+            PeerMsg::ListPage {
+                op: 3,
+                prefix: b"p".to_vec(),
+                after: None,
+                limit: 100,
+            },
+            PeerMsg::AeDigest {
+                ring: 9,
+                arcs: vec![(0, 11), (1, 12)],
+            },
         ];
         let mut out: Vec<Vec<u8>> = msgs
             .iter()
@@ -201,7 +252,12 @@ mod seeds {
         let mut out = Vec::new();
         for (key, value, expires) in records {
             let mut b = vec![0];
-            b.extend(encode_wal_record(&WalRecord { version, key, value, expires }));
+            b.extend(encode_wal_record(&WalRecord {
+                version,
+                key,
+                value,
+                expires,
+            }));
             out.push(b);
         }
         let mut zeroed = vec![0];
