@@ -190,18 +190,25 @@ fn round_trip(m: &PeerMsg) {
     assert_eq!(postcard::from_bytes::<PeerMsg>(&bytes).as_ref(), Ok(m));
 }
 
+/// The bytes after the first, with their checksums made to match by `fix`
+/// if the first byte is odd; `None` for no bytes.
+fn checksummed(data: &[u8], fix: impl Fn(&mut [u8])) -> Option<Vec<u8>> {
+    let (&flags, rest) = data.split_first()?;
+    let mut b = rest.to_vec();
+    if flags & 1 == 1 {
+        fix(&mut b);
+    }
+    Some(b)
+}
+
 /// The log record decoder. If the first byte is odd the record's checksum
 /// is first set to match (so the fuzzer gets past it). A record that
 /// decodes is what encoding it writes, byte for byte, and recovery's scan
 /// for valid records finds it.
 pub fn wal_record(data: &[u8]) {
-    let Some((&flags, rest)) = data.split_first() else {
+    let Some(b) = checksummed(data, storage::fix_wal_checksum) else {
         return;
     };
-    let mut b = rest.to_vec();
-    if flags & 1 == 1 {
-        storage::fix_wal_checksum(&mut b);
-    }
     let decoded = storage::decode_wal_record(&b);
     // The scan decodes at every offset: keep it to small inputs.
     let scan = (b.len() <= 512).then(|| storage::any_valid_wal_record(&b));
@@ -215,13 +222,11 @@ pub fn wal_record(data: &[u8]) {
 /// The snapshot parser, as loading a snapshot file runs it. If the first
 /// byte is odd the section and header checksums are first set to match.
 pub fn snapshot(data: &[u8]) {
-    let Some((&flags, rest)) = data.split_first() else {
+    let Some(b) = checksummed(data, |b| {
+        storage::fix_snapshot_checksums(b);
+    }) else {
         return;
     };
-    let mut b = rest.to_vec();
-    if flags & 1 == 1 {
-        storage::fix_snapshot_checksums(&mut b);
-    }
     if let Ok((_, _, sections)) = storage::parse_snapshot(&b) {
         let bytes: usize = sections
             .iter()
