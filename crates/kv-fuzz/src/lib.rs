@@ -80,7 +80,14 @@ fn commands(mut wire: &[u8], cut: usize) {
             "used {used} of {}",
             wire.len()
         );
-        assert!(args.len() <= limits.max_array, "{} arguments", args.len());
+        // A multibulk's count is limited; an inline command's words are
+        // limited only by its length (as in Redis).
+        let most = if wire[0] == b'*' {
+            limits.max_array
+        } else {
+            limits.max_inline
+        };
+        assert!(args.len() <= most, "{} arguments", args.len());
         for a in &args {
             assert!(a.len() <= limits.max_bulk.max(limits.max_inline));
         }
