@@ -263,12 +263,7 @@ pub(crate) fn load(vfs: &dyn Vfs, path: &Path, map: &ShardedMap) -> Result<Loade
 /// least as long as the fixed header.
 fn read(vfs: &dyn Vfs, path: &Path) -> Result<FileBytes, String> {
     let b = vfs.read(path).map_err(|e| format!("open: {e}"))?;
-    if b.len() < FIXED + 8 {
-        return Err(format!(
-            "file is {} bytes, shorter than a snapshot header",
-            b.len()
-        ));
-    }
+    check_size(b.len())?;
     Ok(b)
 }
 
@@ -331,15 +326,7 @@ fn load_section(
     same_layout: bool,
     format: u32,
 ) -> Result<(), String> {
-    let bytes = &b[sec.offset..sec.offset + sec.len];
-    if xxhash_rust::xxh3::xxh3_64(bytes) != sec.checksum {
-        return Err(format!(
-            "section {index} checksum mismatch (byte offset {})",
-            sec.offset
-        ));
-    }
-    let entries = parse_entries(bytes, sec.entries, format)
-        .map_err(|e| format!("section {index} at byte offset {}: {e}", sec.offset))?;
+    let entries = section_entries(b, sec, index, format)?;
     if same_layout {
         let mut shard = map.write_shard(index);
         shard.reserve(entries.len());
@@ -353,6 +340,76 @@ fn load_section(
         }
     }
     Ok(())
+}
+
+/// The entries of section `index`, after checking its checksum.
+fn section_entries(
+    b: &[u8],
+    sec: &Section,
+    index: usize,
+    format: u32,
+) -> Result<Vec<(u64, Entry)>, String> {
+    let bytes = &b[sec.offset..sec.offset + sec.len];
+    if xxhash_rust::xxh3::xxh3_64(bytes) != sec.checksum {
+        return Err(format!(
+            "section {index} checksum mismatch (byte offset {})",
+            sec.offset
+        ));
+    }
+    parse_entries(bytes, sec.entries, format)
+        .map_err(|e| format!("section {index} at byte offset {}: {e}", sec.offset))
+}
+
+/// Parses a whole snapshot file's bytes as [`load`] does, without a map or
+/// threads: the replay start, the entry count and the entries of each
+/// section. For fuzzing (through `testing::fuzz`).
+pub(crate) fn parse(b: &[u8]) -> Result<(u64, u64, Vec<Vec<Entry>>), String> {
+    check_size(b.len())?;
+    let (replay_from, entries, _, sections, format) = parse_header(b)?;
+    let mut out = Vec::with_capacity(sections.len().min(1024));
+    for (i, sec) in sections.iter().enumerate() {
+        let got = section_entries(b, sec, i, format)?;
+        out.push(got.into_iter().map(|(_, e)| e).collect());
+    }
+    Ok((replay_from, entries, out))
+}
+
+/// An error if a file of `len` bytes is too short to be a snapshot.
+fn check_size(len: usize) -> Result<(), String> {
+    if len < FIXED + 8 {
+        return Err(format!(
+            "file is {len} bytes, shorter than a snapshot header"
+        ));
+    }
+    Ok(())
+}
+
+/// Rewrites the checksums of a snapshot's sections and header so that
+/// they match its bytes, where the header's table fits (fuzzing reaches
+/// past them that way). Returns whether it did.
+pub(crate) fn fix_checksums(b: &mut [u8]) -> bool {
+    if b.len() < FIXED + 8 {
+        return false;
+    }
+    let n = u32_le(b, 12) as usize;
+    let Some(table_end) = n
+        .checked_mul(SECTION_ROW)
+        .and_then(|t| t.checked_add(FIXED))
+        .filter(|t| t.saturating_add(8) <= b.len())
+    else {
+        return false;
+    };
+    for i in 0..n {
+        let row = FIXED + i * SECTION_ROW;
+        let (offset, len) = (u64_at(b, row), u64_at(b, row + 8));
+        if let Some(end) = offset.checked_add(len).filter(|&e| e <= b.len() as u64) {
+            let sum = xxhash_rust::xxh3::xxh3_64(&b[offset as usize..end as usize]);
+            b[row + 24..row + 32].copy_from_slice(&sum.to_le_bytes());
+        }
+    }
+    let sum = xxhash_rust::xxh3::xxh3_64(&b[..table_end]);
+    b[table_end..table_end + 8].copy_from_slice(&sum.to_le_bytes());
+    true
 }
 
 fn parse_entries(mut b: &[u8], expect: u64, format: u32) -> Result<Vec<(u64, Entry)>, String> {
