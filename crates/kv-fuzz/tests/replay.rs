@@ -226,8 +226,21 @@ mod seeds {
             PeerMsg::ListPage {
                 op: 3,
                 prefix: b"p".to_vec(),
+                from: 1 << 40,
                 after: None,
                 limit: 100,
+            },
+            PeerMsg::ListReply {
+                op: 3,
+                entries: vec![(
+                    b"pk".to_vec(),
+                    Stamped {
+                        version: ver,
+                        value: Some(Vec::new()),
+                        expires_at: None,
+                    },
+                )],
+                next: Some(b"pk".to_vec()),
             },
             PeerMsg::AeDigest {
                 ring: 9,

@@ -106,8 +106,11 @@ struct Outbox {
     wpos: usize,
     /// Replies queued behind one still awaited: (sequence, bytes if ready).
     slots: VecDeque<(u64, Option<Vec<u8>>)>,
-    /// The commands awaited from the cluster, for their figures.
-    timed: Vec<(u64, Timed)>,
+    /// The commands awaited from the cluster, for their figures, and
+    /// what each weighs (see [`Outbox::weight`]).
+    timed: Vec<(u64, Option<Timed>, usize)>,
+    /// The sum of the weights of the replies awaited.
+    weight: usize,
     next_seq: u64,
 }
 
@@ -130,25 +133,40 @@ impl Outbox {
         }
     }
 
-    /// Keeps a place for a reply that comes later; returns its sequence.
-    fn later(&mut self, timed: Option<Timed>) -> u64 {
+    /// Keeps a place for a reply that comes later, for work of `weight`
+    /// (the cluster operations it starts); returns its sequence.
+    fn later(&mut self, timed: Option<Timed>, weight: usize) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.slots.push_back((seq, None));
-        if let Some(t) = timed {
-            self.timed.push((seq, t));
+        if timed.is_some() || weight != 1 {
+            self.timed.push((seq, timed, weight));
         }
+        self.weight += weight;
         seq
+    }
+
+    /// What the cluster works on for this connection now: one per
+    /// awaited operation on one key, one per key of a command on several,
+    /// [`MAX_IN_FLIGHT`] for a listing (a walk of every key). No more
+    /// requests are read while it is at [`MAX_IN_FLIGHT`], so that one
+    /// connection cannot pile up walks or millions of key operations.
+    fn weight(&self) -> usize {
+        self.weight
     }
 
     /// Fills the place `seq` and moves every ready reply at the front to
     /// the write buffer; returns the command's figures slot, if timed.
     fn complete(&mut self, seq: u64, bytes: Vec<u8>) -> Option<Timed> {
-        let timed = self
-            .timed
-            .iter()
-            .position(|(s, _)| *s == seq)
-            .map(|i| self.timed.swap_remove(i).1);
+        let mut timed = None;
+        let mut weight = 1;
+        if let Some(i) = self.timed.iter().position(|(s, ..)| *s == seq) {
+            let (_, t, w) = self.timed.swap_remove(i);
+            (timed, weight) = (t, w);
+        }
+        if self.slots.iter().any(|(s, b)| *s == seq && b.is_none()) {
+            self.weight = self.weight.saturating_sub(weight);
+        }
         if let Some(slot) = self.slots.iter_mut().find(|(s, _)| *s == seq) {
             slot.1 = Some(bytes);
         }
@@ -284,7 +302,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         !self.closing
             && !self.peer_closed
             && self.out.pending() < HIGH_WATER
-            && self.out.awaiting() < MAX_IN_FLIGHT
+            && self.out.weight() < MAX_IN_FLIGHT
     }
 
     /// Whether the loop should watch for writability.
@@ -484,7 +502,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Whether more buffered requests may be taken now.
     fn wants_read_or_closing_input(&self) -> bool {
-        !self.closing && self.out.pending() < HIGH_WATER && self.out.awaiting() < MAX_IN_FLIGHT
+        !self.closing && self.out.pending() < HIGH_WATER && self.out.weight() < MAX_IN_FLIGHT
     }
 
     /// Writes buffered replies until done or the socket would block.
@@ -544,12 +562,16 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         if let Some(r) = refusal {
             return native::encode_frame(self.out.now(), id, &r);
         }
-        self.send_to_cluster(shared, None, |route| ToCluster::Admin { route, id, cmd });
+        self.send_to_cluster(shared, (None, 1), |route| ToCluster::Admin {
+            route,
+            id,
+            cmd,
+        });
     }
 
     /// Hands a client operation to the cluster; its reply comes later.
     fn forward(&mut self, shared: &Shared, timed: Option<Timed>, op: ClientOp, reply: ReplyTo) {
-        self.send_to_cluster(shared, timed, |route| ToCluster::Client {
+        self.send_to_cluster(shared, (timed, 1), |route| ToCluster::Client {
             route,
             op,
             reply,
@@ -561,14 +583,14 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     fn send_to_cluster(
         &mut self,
         shared: &Shared,
-        timed: Option<Timed>,
+        (timed, weight): (Option<Timed>, usize),
         work: impl FnOnce(Route) -> ToCluster,
     ) {
         let Some(cluster) = shared.cluster.get() else {
             return;
         };
         shared.count_command();
-        let seq = self.out.later(timed);
+        let seq = self.out.later(timed, weight);
         cluster.send(work(Route { seq, ..self.route }));
     }
 
@@ -622,14 +644,14 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                     return self.forward(shared, timed(), op, reply)
                 }
                 ClusterRoute::ForwardMulti(multi) => {
-                    return self.send_to_cluster(shared, timed(), |route| ToCluster::Multi {
-                        route,
-                        multi,
-                    })
+                    let weight = multi.ops.len().max(1);
+                    return self.send_to_cluster(shared, (timed(), weight), |route| {
+                        ToCluster::Multi { route, multi }
+                    });
                 }
                 ClusterRoute::Listing(listing) => {
                     let work = |route| ToCluster::Listing { route, listing };
-                    return self.send_to_cluster(shared, timed(), work);
+                    return self.send_to_cluster(shared, (timed(), MAX_IN_FLIGHT), work);
                 }
                 // Never run locally what the cluster refused.
                 ClusterRoute::Refused => return,

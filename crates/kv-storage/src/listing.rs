@@ -162,7 +162,9 @@ impl Store {
 
     /// Like [`Store::list_page`] but with versions and tombstones included
     /// (for merging listings from several replicas); an expired value is
-    /// listed as a tombstone with its expiry.
+    /// listed as a tombstone with its expiry. Values are left out: a live
+    /// entry's value is listed as empty (`Some` of nothing), so that a page
+    /// of large values costs no copy of them.
     ///
     /// The page starts at hash `from` (a `SCAN` cursor; 0 for all) and
     /// after `after`, whichever comes later.
@@ -174,7 +176,13 @@ impl Store {
         limit: usize,
     ) -> ListPage<Versioned> {
         let now = self.clock_ms();
-        self.page_of(prefix, from, after, limit, |e| Some(e.to_versioned(now)))
+        self.page_of(prefix, from, after, limit, |e| {
+            Some(Versioned {
+                version: e.version(),
+                value: e.value_at(now).map(|_| Vec::new()),
+                expires_at: (e.expires() != 0).then_some(e.expires()),
+            })
+        })
     }
 
     /// Up to `limit` entries starting with `prefix`, at hash `from` or
