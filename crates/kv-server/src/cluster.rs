@@ -1365,6 +1365,11 @@ impl ClusterThread {
         let reply = match self.multis.add(id, reply, left) {
             crate::multi_key::Added::NotMine(reply) => reply,
             crate::multi_key::Added::Waiting => return,
+            crate::multi_key::Added::Next(id, op) => {
+                return self
+                    .node
+                    .handle_client(now_ms(), id, op, &self.shared.store);
+            }
             crate::multi_key::Added::Done(route, bytes) => {
                 let failed = bytes.first() == Some(&b'-');
                 return self.deliver(route, bytes, failed);

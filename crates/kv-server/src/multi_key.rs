@@ -163,7 +163,15 @@ struct Gathering {
     slots: Vec<usize>,
     replies: Vec<Option<ClientReply>>,
     missing: usize,
+    /// Key operations not started yet: at most [`WINDOW`] of a command's
+    /// run at once, the next starting as one ends.
+    queued: std::collections::VecDeque<(u64, ClientOp)>,
 }
+
+/// Key operations of one command under way at once: an MGET of a million
+/// keys must not put a million reads in the peer queues in one pass (past
+/// their cap, messages of other clients would be dropped).
+pub const WINDOW: usize = 1024;
 
 impl Gathering {
     /// Whether a key's reply is that key's success.
@@ -256,6 +264,8 @@ pub enum Added {
     NotMine(ClientReply),
     /// Its command waits for other keys.
     Waiting,
+    /// Its command waits for other keys; this one is to be started now.
+    Next(u64, ClientOp),
     /// Its command is answered: where, and the encoded answer.
     Done(Route, Vec<u8>),
 }
@@ -282,19 +292,23 @@ impl InFlight {
     ) -> Vec<(u64, ClientOp)> {
         let command = self.next;
         self.next += 1;
-        let ops: Vec<(u64, ClientOp)> = multi.ops.into_iter().map(|op| (next_id(), op)).collect();
+        let mut ops: std::collections::VecDeque<(u64, ClientOp)> =
+            multi.ops.into_iter().map(|op| (next_id(), op)).collect();
         for (index, (id, _)) in ops.iter().enumerate() {
             self.parts.insert(*id, (command, index));
         }
+        let total = ops.len();
+        let first: Vec<(u64, ClientOp)> = ops.drain(..total.min(WINDOW)).collect();
         let gathering = Gathering {
             route,
             kind: multi.kind,
             slots: multi.slots,
-            replies: vec![None; ops.len()],
-            missing: ops.len(),
+            replies: vec![None; total],
+            missing: total,
+            queued: ops,
         };
         self.commands.insert(command, gathering);
-        ops
+        first
     }
 
     /// The reply to client operation `id`; `left` says whether this node
@@ -310,7 +324,10 @@ impl InFlight {
             g.missing -= 1;
         }
         if g.missing > 0 {
-            return Added::Waiting;
+            return match g.queued.pop_front() {
+                Some((id, op)) => Added::Next(id, op),
+                None => Added::Waiting,
+            };
         }
         match self.commands.remove(&command) {
             Some(g) => Added::Done(g.route, g.encode(left)),
@@ -419,6 +436,45 @@ mod tests {
             Added::NotMine(_)
         ));
         assert!(out.is_empty());
+    }
+
+    /// An MGET of more keys than the window starts a window's worth, and
+    /// one more as each ends, until every key is answered.
+    #[test]
+    fn a_command_on_many_keys_runs_a_window_of_them_at_once() {
+        let shared = shared();
+        let mut out = Vec::new();
+        let names: Vec<String> = (0..WINDOW + 10).map(|i| format!("k{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let multi = forward(resp_op(
+            &shared,
+            Protocol::Resp2,
+            b"mget",
+            &keys(&names),
+            &mut out,
+        ));
+        let mut inflight = InFlight::default();
+        let mut running: Vec<u64> = start(&mut inflight, multi)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(running.len(), WINDOW);
+        let mut answered = 0;
+        while let Some(id) = running.pop() {
+            answered += 1;
+            match inflight.add(id, ClientReply::Value(None), || false) {
+                Added::Next(next, ClientOp::Get { .. }) => running.push(next),
+                Added::Waiting => {}
+                Added::Done(_, bytes) => {
+                    assert_eq!(answered, WINDOW + 10);
+                    assert!(bytes.starts_with(format!("*{}\r\n", WINDOW + 10).as_bytes()));
+                    return;
+                }
+                _ => panic!("unexpected"),
+            }
+            assert!(running.len() <= WINDOW);
+        }
+        panic!("the command was never answered");
     }
 
     #[test]
