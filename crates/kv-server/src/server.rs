@@ -79,7 +79,7 @@ pub struct Server {
 /// a second. Linux caps it at `net.core.somaxconn` (4096 by default).
 const BACKLOG: i32 = 511;
 
-/// A listening socket on `addr` with [`BACKLOG`] (the standard library's
+/// A listening socket on `addr` with a backlog of 511 (the standard library's
 /// `bind` uses 128), `SO_REUSEADDR` set as the standard library does.
 pub fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
