@@ -2411,10 +2411,10 @@ impl Node {
         }
     }
 
-    /// Logs each member that went suspect or down, or came back, since
-    /// the last look (one line per change, naming the member). Members
-    /// seen for the first time, ghosts and those that left are not
-    /// logged here (joins and leaves are logged as status changes).
+    /// Logs each member that went suspect or down, came back, or left
+    /// (by LEAVE or REMOVE) since the last look: one line per change,
+    /// naming the member. Members seen for the first time and ghosts are
+    /// not logged here (joins are logged with the rebalance they start).
     fn log_state_changes(&mut self, now: u64) {
         // Members gone from the table (forgotten ghosts) leave no entry.
         let members = &self.members;
@@ -2437,7 +2437,10 @@ impl Node {
             };
             let line = match (before, state) {
                 (Some(b), s) if b == s => continue,
-                (None, _) | (_, MemberState::Left) => continue,
+                (None, _) => continue,
+                (Some(_), MemberState::Left) => {
+                    format!("member {id} has left the cluster: it holds no range any more")
+                }
                 (Some(_), MemberState::Suspect) => {
                     format!("member {id} is suspect: not heard from lately")
                 }

@@ -311,8 +311,12 @@ fn client_join_and_leave_change_the_membership() {
         view.starts_with("# cluster: 1 member and 1 that left,")
             && view.contains(&format!("{} left left", b.addr))
     });
-    // Both log the leave: its start, and its end.
+    // Both log the leave: its start, and its end; a says b has left.
     let b_addr = b.addr.to_string();
+    wait_for("a's line saying b left", SETTLE, || {
+        let line = format!("member {b_addr} has left the cluster");
+        a.output().iter().any(|l| l.contains(&line))
+    });
     for s in [&a, &b] {
         wait_for("the leave's log lines", SETTLE, || {
             let out = s.output();
