@@ -47,18 +47,8 @@ wait_port 7201
 bench_runs kv-single 7201 "" "${pids[@]}"
 stop_all
 
-# Nodes of a cluster prove to each other that they share this secret.
-secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-"$bin" --port 7211 --data-dir "$work/n1" --cluster-secret "$secret" ${KV_CLUSTER_ARGS:-} >"$work/n1.log" 2>&1 & pids+=($!)
-wait_port 7211
-"$bin" --port 7212 --data-dir "$work/n2" --join 127.0.0.1:7211 --cluster-secret "$secret" ${KV_CLUSTER_ARGS:-} >"$work/n2.log" 2>&1 & pids+=($!)
-"$bin" --port 7213 --data-dir "$work/n3" --join 127.0.0.1:7211 --cluster-secret "$secret" ${KV_CLUSTER_ARGS:-} >"$work/n3.log" 2>&1 & pids+=($!)
-wait_port 7212; wait_port 7213
-# Wait until all three are members holding their ranges (joins go one at a
-# time, each copying its ranges first).
-for _ in $(seq 300); do
-  [ "$("$bin_dir"/kv-client 127.0.0.1 7211 -c CLUSTER | grep -c ' alive normal ')" = 3 ] && break; sleep 0.1
-done
+# shellcheck disable=SC2086 # KV_CLUSTER_ARGS is a list of flags
+start_kv_cluster "$bin_dir" 7211 "$work" ${KV_CLUSTER_ARGS:-}
 # Every request goes to node 1, which coordinates it; CPU is listed as
 # node 1 + node 2 + node 3.
 bench_runs kv-cluster 7211 "" "${pids[@]}"

@@ -11,6 +11,34 @@ wait_port() {
   exit 1
 }
 
+# start_kv_cluster BIN_DIR PORT DIR [FLAGS...]: starts a 3-node kv cluster
+# (N=3, W=2, R=2) from BIN_DIR's kv-server on 127.0.0.1:PORT, PORT+1 and
+# PORT+2, data and logs under DIR, FLAGS added to every node; appends the
+# pids to the array `pids`; returns once all three are members holding
+# their ranges (joins go one at a time, each copying its ranges first).
+start_kv_cluster() {
+  local bin_dir=$1 port=$2 dir=$3 secret i
+  shift 3
+  # Nodes of a cluster prove to each other that they share this secret.
+  secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  "$bin_dir/kv-server" --port "$port" --data-dir "$dir/n1" --cluster-secret "$secret" "$@" >"$dir/n1.log" 2>&1 &
+  pids+=($!)
+  wait_port "$port"
+  for i in 1 2; do
+    "$bin_dir/kv-server" --port $((port + i)) --data-dir "$dir/n$((i + 1))" --join "127.0.0.1:$port" \
+      --cluster-secret "$secret" "$@" >"$dir/n$((i + 1)).log" 2>&1 &
+    pids+=($!)
+  done
+  wait_port $((port + 1))
+  wait_port $((port + 2))
+  for _ in $(seq 300); do
+    [ "$("$bin_dir/kv-client" 127.0.0.1 "$port" -c CLUSTER | grep -c ' alive normal ')" = 3 ] && return
+    sleep 0.1
+  done
+  echo "the cluster on port $port did not form" >&2
+  exit 1
+}
+
 # cpu_ticks PID...: utime+stime of each process (all its threads), in clock
 # ticks, one number per process. Fields are counted after the ")" that ends
 # the command name, so a name with spaces does not shift them.
