@@ -9,8 +9,9 @@
 # (cpu-clock samples at 999 Hz of the three kv-server processes), and
 # prints each node's share of the samples by thread and by where the time
 # is spent: the kernel (sockets, wake-ups), malloc/free, memcpy and the
-# like, serde (peer messages), std collections, and each crate of ours. Node 1 coordinates every request; nodes 2
-# and 3 only serve its Replicate messages.
+# like, serde (peer messages), std collections, and each crate of ours.
+# Node 1 coordinates every request; nodes 2 and 3 only serve its
+# Replicate messages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/lib_bench.sh
