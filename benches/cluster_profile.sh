@@ -31,8 +31,12 @@ perf record -q -F 999 -p "$(
 )" -o "$work/perf.data" >"$work/perf.log" 2>&1 &
 pids+=($!)
 sleep 0.5
+before=$(cpu_ticks "${nodes[@]}")
 redis-benchmark -p 7241 -t set -n "$n" -c 50 -r 100000 -d 100 -P 16 --csv 2>/dev/null | grep '^"SET"' | tr -d '"' |
   awk -F, '{printf "SET P=16: %.0f rps, p99 %s ms\n", $2, $7}'
+after=$(cpu_ticks "${nodes[@]}")
+paste <(echo "$before") <(echo "$after") | awk -v hz="$(getconf CLK_TCK)" -v n="$n" \
+  '{ us = ($2 - $1) * 1e6 / hz / n; t += us; printf "node%d %.1f us  ", NR, us } END { printf "CPU per request: %.1f us\n", t }'
 # Which node each thread belongs to: perf reports threads by their id.
 for i in 0 1 2; do ls "/proc/${nodes[$i]}/task" | sed "s/\$/ node$((i + 1))/"; done >"$work/threads"
 kill -INT "${pids[3]}"
