@@ -64,7 +64,10 @@ bench_runs() {
       before=$(cpu_ticks "$@")
       # shellcheck disable=SC2086 # EXTRA is a list of flags
       line=$(redis-benchmark -p "$port" $extra -t "$t" -n "$req" -c 50 -r 100000 -d 100 -P "$p" --csv 2>/dev/null |
-        grep -i "^\"$t\"" | tr -d '"')
+        grep -i "^\"$t\"" | tr -d '"') || {
+        echo "redis-benchmark $t P=$p against port $port gave no result" >&2
+        exit 1
+      }
       after=$(cpu_ticks "$@")
       paste <(echo "$before") <(echo "$after") | awk -F'\t' -v line="$line" -v label="$label" -v p="$p" \
         -v hz="$hz" -v req="$req" -v out="${out:-/dev/null}" '
