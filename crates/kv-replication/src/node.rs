@@ -1364,10 +1364,7 @@ impl Node {
         let what = if self.synced == self.transition {
             "this node has no range to receive".to_string()
         } else {
-            format!(
-                "this node receives {gains} range{}",
-                if gains == 1 { "" } else { "s" }
-            )
+            format!("this node receives {}", counted(gains, "range"))
         };
         self.log(format!(
             "rebalance started: joining [{}], leaving [{}]; {what}",
@@ -2620,13 +2617,7 @@ impl Node {
             } else {
                 String::new()
             };
-            self.log(format!(
-                "rebalance: receiving {} range{} from {} node{}{note}",
-                st.plan.gains.len(),
-                if st.plan.gains.len() == 1 { "" } else { "s" },
-                st.sources.len(),
-                if st.sources.len() == 1 { "" } else { "s" },
-            ));
+            self.log(receiving_line(st.plan.gains.len(), st.sources.len(), &note));
             self.stream = Some(st);
         }
         let rate = self.cfg.stream_rate;
@@ -2768,9 +2759,8 @@ impl Node {
         }
         let secs = now.saturating_sub(st.started).max(1) as f64 / 1000.0;
         let line = format!(
-            "rebalance: received all {} range{}: {} keys, {:.2} MB in {:.1} s ({:.1} MB/s)",
-            st.plan.gains.len(),
-            if st.plan.gains.len() == 1 { "" } else { "s" },
+            "rebalance: received all {}: {} keys, {:.2} MB in {:.1} s ({:.1} MB/s)",
+            counted(st.plan.gains.len(), "range"),
             st.keys,
             st.bytes as f64 / 1e6,
             secs,
@@ -3295,6 +3285,21 @@ impl Node {
     }
 }
 
+/// `n` and `noun`, plural unless `n` is 1: "1 range", "3 ranges".
+fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The line a node logs when it starts to receive `ranges` ranges from
+/// `nodes` nodes, `note` appended.
+fn receiving_line(ranges: usize, nodes: usize, note: &str) -> String {
+    format!(
+        "rebalance: receiving {} from {}{note}",
+        counted(ranges, "range"),
+        counted(nodes, "node")
+    )
+}
+
 #[cfg(test)]
 #[path = "write_path_tests.rs"]
 mod write_path_tests;
@@ -3307,6 +3312,25 @@ mod tests {
 
     fn store() -> Store {
         Store::open(Options::in_memory()).expect("in-memory store")
+    }
+
+    /// Issue 13 follow-up: the rebalance line says "1 range", "1 node" in
+    /// the singular and the plural otherwise.
+    #[test]
+    fn the_receiving_line_counts_ranges_and_nodes_in_singular_and_plural() {
+        for (ranges, nodes, want) in [
+            (1, 1, "rebalance: receiving 1 range from 1 node"),
+            (2, 1, "rebalance: receiving 2 ranges from 1 node"),
+            (1, 3, "rebalance: receiving 1 range from 3 nodes"),
+            (595, 3, "rebalance: receiving 595 ranges from 3 nodes"),
+            (0, 0, "rebalance: receiving 0 ranges from 0 nodes"),
+        ] {
+            assert_eq!(receiving_line(ranges, nodes, ""), want);
+        }
+        assert_eq!(
+            receiving_line(1, 1, ", resuming 1 of them"),
+            "rebalance: receiving 1 range from 1 node, resuming 1 of them"
+        );
     }
 
     /// Quorum arithmetic: N capped by the cluster, majorities by default,

@@ -9,6 +9,10 @@
 //! Not atomic: MSET, or a DEL of several keys, that fails on one key may
 //! have written others; its error says how many were acknowledged. Size and
 //! memory limits are checked for every key before anything is sent.
+//!
+//! A failed key ends the command early: no more of its keys are started.
+//! MGET, EXISTS and TOUCH answer the error at once; MSET and DEL answer
+//! once the keys under way are in, to say how many were written.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -182,6 +186,20 @@ impl Gathering {
         }
     }
 
+    /// After a key failed: starts no more of the command's keys (a
+    /// quorum that is gone would make each wait out the request timeout).
+    /// A read is answered at once, the replies still under way ignored; a
+    /// write still waits for those, to count what was written.
+    fn end_early(&mut self, parts: &mut BTreeMap<u64, (u64, usize)>) {
+        for (id, _) in self.queued.drain(..) {
+            parts.remove(&id);
+            self.missing -= 1;
+        }
+        if !self.kind.is_write() {
+            self.missing = 0;
+        }
+    }
+
     /// How many keys' writes were acknowledged so far.
     fn written(&self) -> usize {
         let done = |r: &&Option<ClientReply>| matches!(r, Some(ClientReply::Written { .. }));
@@ -320,8 +338,12 @@ impl InFlight {
         let Some(g) = self.commands.get_mut(&command) else {
             return Added::Waiting;
         };
+        let failed = !g.succeeded(&reply);
         if g.replies[index].replace(reply).is_none() {
             g.missing -= 1;
+        }
+        if failed {
+            g.end_early(&mut self.parts);
         }
         if g.missing > 0 {
             return match g.queued.pop_front() {
@@ -477,6 +499,88 @@ mod tests {
         panic!("the command was never answered");
     }
 
+    /// A reply saying a key's quorum is gone.
+    fn lost() -> ClientReply {
+        ClientReply::Unavailable {
+            answered: 1,
+            needed: 2,
+            replicas: 3,
+        }
+    }
+
+    /// `command` (mget, exists or mset) of more keys than the window:
+    /// the inflight table and the ids of the operations started.
+    fn started_over_a_window(command: &[u8]) -> (InFlight, Vec<u64>) {
+        let shared = shared();
+        let mut out = Vec::new();
+        let per_key = if command == b"mset" { 2 } else { 1 };
+        let args: Vec<Cow<'static, [u8]>> = (0..(WINDOW + 10) * per_key)
+            .map(|i| Cow::Owned(format!("k{i}").into_bytes()))
+            .collect();
+        let multi = forward(resp_op(&shared, Protocol::Resp2, command, &args, &mut out));
+        let mut inflight = InFlight::default();
+        let ids = start(&mut inflight, multi).into_iter().map(|(id, _)| id);
+        (inflight, ids.collect())
+    }
+
+    /// A read whose first key fails is answered at once with that error;
+    /// none of its other keys is started, and the replies still under way
+    /// are ignored.
+    #[test]
+    fn a_read_on_many_keys_answers_the_first_failure_at_once() {
+        for command in [&b"mget"[..], b"exists"] {
+            let (mut inflight, running) = started_over_a_window(command);
+            match inflight.add(running[0], lost(), || false) {
+                Added::Done(_, bytes) => {
+                    let text = String::from_utf8(bytes).expect("utf-8");
+                    assert!(text.starts_with("-ERR unavailable: only 1 of 3"), "{text}");
+                }
+                _ => panic!(
+                    "{} went on after a key failed",
+                    String::from_utf8_lossy(command)
+                ),
+            }
+            for &id in &running[1..] {
+                assert!(matches!(
+                    inflight.add(id, ClientReply::Value(None), || false),
+                    Added::Waiting
+                ));
+            }
+            assert!(inflight.parts.is_empty() && inflight.commands.is_empty());
+        }
+    }
+
+    /// A write whose first key fails starts no more keys, waits for those
+    /// under way and says how many of all its keys were written.
+    #[test]
+    fn a_write_on_many_keys_starts_no_more_after_a_failure_and_counts_the_written() {
+        let (mut inflight, running) = started_over_a_window(b"mset");
+        assert!(matches!(
+            inflight.add(running[0], lost(), || false),
+            Added::Waiting
+        ));
+        let written = || ClientReply::Written {
+            version: Ver { ts: 1, node: 1 },
+            existed: false,
+        };
+        let (last, under_way) = running[1..].split_last().expect("more than one");
+        for &id in under_way {
+            match inflight.add(id, written(), || false) {
+                Added::Waiting => {}
+                _ => panic!("a key was started after a failure"),
+            }
+        }
+        match inflight.add(*last, written(), || false) {
+            Added::Done(_, bytes) => {
+                let text = String::from_utf8(bytes).expect("utf-8");
+                let note = format!("{} of {} keys were written", WINDOW - 1, WINDOW + 10);
+                assert!(text.contains(&note), "{text}");
+            }
+            _ => panic!("not answered once the keys under way were in"),
+        }
+        assert!(inflight.parts.is_empty() && inflight.commands.is_empty());
+    }
+
     #[test]
     fn a_failed_write_says_how_many_keys_were_written_and_shutdown_answers_the_waiting() {
         let shared = shared();
@@ -491,16 +595,14 @@ mod tests {
             version: Ver { ts: 1, node: 1 },
             existed: false,
         };
-        let lost = ClientReply::Unavailable {
-            answered: 1,
-            needed: 2,
-            replicas: 3,
-        };
         assert!(matches!(
             inflight.add(100, written, || false),
             Added::Waiting
         ));
-        assert!(matches!(inflight.add(101, lost, || false), Added::Waiting));
+        assert!(matches!(
+            inflight.add(101, lost(), || false),
+            Added::Waiting
+        ));
         match inflight.add(
             102,
             ClientReply::Written {

@@ -4,7 +4,10 @@
 //! Every shard keeps the hashes of its entries in order
 //! (`Shard::positions`), so a walk merges the shards' ordered hashes and
 //! reads only the entries it returns, plus those a filter passes over: a
-//! page costs O(shards + page · log shards), whatever the store's size.
+//! page costs O(shards + page · log page), whatever the store's size. A
+//! walk holds one shard's lock at a time, so that a page waiting on one
+//! busy shard (locks are fair: a reader waits behind a waiting writer)
+//! does not hold up the writers of the others.
 //!
 //! The order is (hash, key): ascending xxh3-64 hash of the key, which is
 //! also the key's position on a `kv-ring` ring, then the key's bytes for
@@ -12,11 +15,11 @@
 //! returns every key that was present for the whole walk, once, however
 //! the store changes between pages: positions never move.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
 
-use crate::map::{hash_key, Entry, Shard};
+use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
+
+use crate::map::{hash_key, Entry, Shard, ShardedMap};
 use crate::store::Store;
 use crate::version::Versioned;
 
@@ -42,6 +45,13 @@ pub struct ListPage<T> {
     pub next: Option<Vec<u8>>,
 }
 
+/// A shard's write lock held by a test (see [`Store::hold_shard`]);
+/// dropping it lets the shard go.
+#[doc(hidden)]
+pub struct ShardHold<'a> {
+    _guard: RwLockWriteGuard<'a, Shard>,
+}
+
 /// What a visitor wants after seeing an entry.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flow {
@@ -61,46 +71,42 @@ fn examine_budget(limit: usize) -> usize {
 impl Store {
     /// Visits, in (hash, key) order, the entries (tombstones included)
     /// from hash `from` on, skipping those at or before `after` (a key
-    /// whose hash is `from`), until `visit` says stop. Holds every shard's
-    /// read lock while it walks, taken in shard order. Returns the last
-    /// position visited if it stopped (the entries sharing its hash were
-    /// all visited), `None` if it reached the end.
+    /// whose hash is `from`), until `visit` says stop; `want` is about how
+    /// many entries the caller expects to visit. Returns the last position
+    /// visited if it stopped (the entries sharing its hash were all
+    /// visited), `None` if it reached the end.
+    ///
+    /// Holds one shard's read lock at a time, so that a walk waiting on a
+    /// busy shard holds up no writer of another. It goes in rounds: take
+    /// each shard's next positions (`next_positions`), then visit, in
+    /// order, those up to the smallest position at which a shard's batch
+    /// ends, a shard's lock held only while its own entries are visited.
+    /// A key present for the whole round is among the positions taken;
+    /// positions never move, so the next round resumes after the last.
     pub(crate) fn walk_from(
         &self,
         from: u64,
         after: Option<&[u8]>,
+        want: usize,
         mut visit: impl FnMut(u64, &Entry) -> Flow,
     ) -> Option<(u64, Vec<u8>)> {
         let map = self.map();
-        let guards: Vec<_> = (0..map.shard_count()).map(|i| map.read_shard(i)).collect();
-        let mut iters: Vec<_> = guards.iter().map(|g| g.positions.range(from..)).collect();
+        let cap = examine_budget(want.max(1));
+        let mut batch = (want.saturating_mul(2).div_ceil(map.shard_count()) + 2).min(cap);
+        let mut pos = from;
         let mut examined = 0u64;
-        let mut heap: BinaryHeap<Reverse<(u64, usize)>> = iters
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, it)| it.next().map(|h| Reverse((*h, i))))
-            .collect();
-        while let Some(Reverse((h, i))) = heap.pop() {
-            let mut flow = Flow::Go;
-            let group = entries_at(&guards[i], h);
-            let skip = |e: &&Entry| h == from && after.is_some_and(|a| e.key() <= a);
-            for e in group.iter().filter(|e| !skip(e)) {
-                examined += 1;
-                if visit(h, e) == Flow::Stop {
-                    flow = Flow::Stop;
-                }
+        let stopped = loop {
+            let (round, frontier) = next_positions(map, pos, batch);
+            let stop = visit_round(map, &round, (from, after), &mut examined, &mut visit);
+            match (stop, frontier) {
+                (Some(s), _) => break Some(s),
+                (None, Some(f)) => pos = f.saturating_add(1),
+                (None, None) => break None,
             }
-            if flow == Flow::Stop {
-                map.list_reads.fetch_add(examined, Ordering::Relaxed);
-                let last = group.last().map_or_else(Vec::new, |e| e.key().to_vec());
-                return Some((h, last));
-            }
-            if let Some(next) = iters[i].next() {
-                heap.push(Reverse((*next, i)));
-            }
-        }
+            batch = batch.saturating_mul(2).min(cap);
+        };
         map.list_reads.fetch_add(examined, Ordering::Relaxed);
-        None
+        stopped
     }
 
     /// Entries examined by listing pages ([`Store::scan_cursor`],
@@ -109,6 +115,28 @@ impl Store {
     #[doc(hidden)]
     pub fn list_entries_examined(&self) -> u64 {
         self.map().list_reads.load(Ordering::Relaxed)
+    }
+
+    /// Shard locks listings have asked for since the store was opened
+    /// (for tests that must know a walk has reached a shard).
+    #[doc(hidden)]
+    pub fn list_shard_locks(&self) -> u64 {
+        self.map().list_locks.load(Ordering::Relaxed)
+    }
+
+    /// The index of the map shard that holds `key` (for tests).
+    #[doc(hidden)]
+    pub fn shard_of_key(&self, key: &[u8]) -> usize {
+        self.map().shard_of(hash_key(key))
+    }
+
+    /// Takes shard `index`'s write lock and keeps it until the returned
+    /// hold is dropped (for tests that stall one shard).
+    #[doc(hidden)]
+    pub fn hold_shard(&self, index: usize) -> ShardHold<'_> {
+        ShardHold {
+            _guard: self.map().write_shard(index),
+        }
     }
 
     /// One step of a cursor walk over the live keys, as Redis's `SCAN`
@@ -127,7 +155,7 @@ impl Store {
         let now = self.clock_ms();
         let mut keys = Vec::with_capacity(count.min(4096));
         let mut examined = 0usize;
-        let stopped = self.walk_from(cursor, None, |_, e| {
+        let stopped = self.walk_from(cursor, None, count, |_, e| {
             examined += 1;
             if e.live_at(now) {
                 keys.push(e.key().to_vec());
@@ -204,7 +232,7 @@ impl Store {
         let skip = after_at.filter(|(h, _)| *h == start).map(|(_, a)| a);
         let mut entries = Vec::new();
         let mut examined = 0usize;
-        let stopped = self.walk_from(start, skip, |_, e| {
+        let stopped = self.walk_from(start, skip, limit, |_, e| {
             examined += 1;
             if e.key().starts_with(prefix) {
                 if let Some(item) = pick(e) {
@@ -222,6 +250,84 @@ impl Store {
             next: stopped.map(|(_, key)| key),
         }
     }
+}
+
+/// One round of a walk's positions: each shard's first `batch` positions
+/// from `pos` on, each shard's lock held only while its own are read.
+/// Returns those up to the frontier, the smallest position at which a
+/// shard's batch ended with more to come, in ascending order with their
+/// shard, and the frontier (`None`: every shard's positions are in).
+fn next_positions(map: &ShardedMap, pos: u64, batch: usize) -> (Vec<(u64, usize)>, Option<u64>) {
+    let mut round = Vec::new();
+    let mut frontier: Option<u64> = None;
+    for i in 0..map.shard_count() {
+        map.list_locks.fetch_add(1, Ordering::Relaxed);
+        let shard = map.read_shard(i);
+        let mut it = shard.positions.range(pos..).copied();
+        round.extend(it.by_ref().take(batch).map(|h| (h, i)));
+        if it.next().is_some() {
+            let last = round.last().map_or(pos, |&(h, _)| h);
+            frontier = Some(frontier.map_or(last, |f| f.min(last)));
+        }
+    }
+    if let Some(f) = frontier {
+        round.retain(|&(h, _)| h <= f);
+    }
+    round.sort_unstable();
+    (round, frontier)
+}
+
+/// Visits the entries at the positions of `round` in order, skipping
+/// those at or before `after` at hash `from`, one shard's read lock
+/// held at a time (kept while consecutive positions share a shard).
+/// Returns the position and last key of the group at which `visit` said
+/// stop.
+fn visit_round(
+    map: &ShardedMap,
+    round: &[(u64, usize)],
+    (from, after): (u64, Option<&[u8]>),
+    examined: &mut u64,
+    visit: &mut impl FnMut(u64, &Entry) -> Flow,
+) -> Option<(u64, Vec<u8>)> {
+    let mut held: Option<(usize, RwLockReadGuard<'_, Shard>)> = None;
+    for &(h, i) in round {
+        let shard = match held.take() {
+            Some((j, guard)) if j == i => guard,
+            other => {
+                // Let the last shard go before taking the next.
+                drop(other);
+                map.list_locks.fetch_add(1, Ordering::Relaxed);
+                map.read_shard(i)
+            }
+        };
+        let skip = (h == from).then_some(after).flatten();
+        if let Some(last) = visit_group(&shard, h, skip, examined, visit) {
+            return Some((h, last));
+        }
+        held = Some((i, shard));
+    }
+    None
+}
+
+/// Visits the entries of `shard` at hash `h` in key order, past `skip`
+/// if given, counting them in `examined`. Returns the group's last key if
+/// `visit` said stop.
+fn visit_group(
+    shard: &Shard,
+    h: u64,
+    skip: Option<&[u8]>,
+    examined: &mut u64,
+    visit: &mut impl FnMut(u64, &Entry) -> Flow,
+) -> Option<Vec<u8>> {
+    let group = entries_at(shard, h);
+    let mut flow = Flow::Go;
+    for e in group.iter().filter(|e| skip.is_none_or(|a| e.key() > a)) {
+        *examined += 1;
+        if visit(h, e) == Flow::Stop {
+            flow = Flow::Stop;
+        }
+    }
+    (flow == Flow::Stop).then(|| group.last().map_or_else(Vec::new, |e| e.key().to_vec()))
 }
 
 /// The entries of `shard` at hash `h`, sorted by key.

@@ -410,6 +410,9 @@ pub(crate) struct ShardedMap {
     pub(crate) range_reads: AtomicU64,
     /// Entries examined by listings since open (see [`crate::listing`]).
     pub(crate) list_reads: AtomicU64,
+    /// Shard locks listings have asked for since open (for tests that
+    /// must know how far a walk got before it blocked).
+    pub(crate) list_locks: AtomicU64,
 }
 
 /// The hash used for both shard choice and table position.
@@ -429,6 +432,7 @@ impl ShardedMap {
             mask: shards - 1,
             range_reads: AtomicU64::new(0),
             list_reads: AtomicU64::new(0),
+            list_locks: AtomicU64::new(0),
         }
     }
 

@@ -18,6 +18,7 @@
 //! ```
 
 pub use crate::clock::SimClock;
+pub use crate::listing::ShardHold;
 pub use crate::vfs::sim::{Crash, SimFs, SECTOR};
 
 /// A bug planted in the engine with

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kv_storage::{Options, Store};
 use proptest::prelude::*;
@@ -195,4 +196,65 @@ fn a_versioned_page_starts_at_a_hash_and_after_a_key_whichever_is_later() {
     let from = Store::key_position(&all[300]);
     let page = store.list_page_versioned(b"", from, Some(&all[50]), 10);
     assert_eq!(keys(page), all[300..310]);
+}
+
+/// Waits up to `deadline` for `done`, polling.
+fn wait_for(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done()
+}
+
+/// A key that the map keeps in shard `index`.
+fn key_in_shard(store: &Store, index: usize) -> Vec<u8> {
+    (0u32..)
+        .map(|i| format!("k{i}").into_bytes())
+        .find(|k| store.shard_of_key(k) == index)
+        .expect("a key for every shard")
+}
+
+/// Issue 11 review: a walk takes one shard's lock at a time, so a walk
+/// stalled on one busy shard does not stall writes to the others (a walk
+/// that held every shard's read lock while it waited for the last one
+/// queued writers of every shard behind it).
+#[test]
+fn a_walk_blocked_on_one_shard_lets_writes_to_the_others_through() {
+    const SHARDS: usize = 4;
+    let store = Arc::new(Store::open(Options::in_memory().shards(SHARDS)).expect("open"));
+    for s in 0..SHARDS {
+        store.put(&key_in_shard(&store, s), b"v").expect("put");
+    }
+    let other = key_in_shard(&store, 0);
+    let hold = store.hold_shard(SHARDS - 1);
+    let locks_before = store.list_shard_locks();
+    let walker = {
+        let store = store.clone();
+        std::thread::spawn(move || store.scan_cursor(0, 1000).0.len())
+    };
+    let reached_last = wait_for(Duration::from_secs(20), || {
+        store.list_shard_locks() - locks_before >= SHARDS as u64
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.put(&other, b"w").expect("put");
+            let _ = tx.send(());
+        })
+    };
+    let write_done = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    drop(hold);
+    writer.join().expect("writer");
+    assert_eq!(walker.join().expect("walker"), SHARDS);
+    assert!(reached_last, "the walk never asked for the last shard");
+    assert!(
+        write_done,
+        "a write to shard 0 waited for a walk stalled on shard {}",
+        SHARDS - 1
+    );
 }
