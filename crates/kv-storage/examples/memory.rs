@@ -127,28 +127,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             report(&format!("{i} keys"), dir);
         }
     };
-    match args.map {
-        Some("yardstick") => {
-            let y = Yardstick::default();
-            for i in 0..n {
-                trace(i, None);
+    if let Some(name) = args.map {
+        let (y, s) = (Yardstick::default(), StdYardstick::default());
+        for i in 0..n {
+            trace(i, None);
+            if name == "yardstick" {
                 y.put(&key(i), &VALUE);
+            } else {
+                s.put(&key(i), &VALUE);
             }
-            println!("yardstick: {} keys in {:.2?}", y.len(), start.elapsed());
-            report("after load", None);
-            return Ok(());
         }
-        Some(_) => {
-            let y = StdYardstick::default();
-            for i in 0..n {
-                trace(i, None);
-                y.put(&key(i), &VALUE);
-            }
-            println!("std yardstick: {} keys in {:.2?}", y.len(), start.elapsed());
-            report("after load", None);
-            return Ok(());
-        }
-        None => {}
+        let len = y.len() + s.len();
+        println!("{name}: {len} keys in {:.2?}", start.elapsed());
+        report("after load", None);
+        return Ok(());
     }
     let tmp = tempfile::tempdir()?;
     let dir = args
