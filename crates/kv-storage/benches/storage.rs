@@ -1,19 +1,24 @@
 //! Criterion benchmarks for kv-storage: `cargo bench -p kv-storage`.
 //!
 //! 16-byte keys, 100-byte values, a 1,000,000-key store. Each store figure
-//! sits beside the same operation on a 64-way sharded
-//! `parking_lot::RwLock<HashMap>` (the yardstick: the fastest a concurrent
-//! in-memory map with no durability at all can be). Set `KV_BENCH_KEYS` to
-//! use fewer keys for a quick run.
+//! sits beside the same operation on the yardstick (`common/yardstick.rs`:
+//! a 64-way sharded `parking_lot::RwLock<hashbrown::HashTable>` with one
+//! xxh3 hash per operation and key and value in one allocation, the fastest
+//! a concurrent in-memory map with no durability at all can reasonably be).
+//! Keys are built and shuffled before any clock starts; a timed operation is
+//! the call itself. `get` returns a copy of the value, `get_with` lends it.
+//! Set `KV_BENCH_KEYS` to use fewer keys for a quick run.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kv_storage::{Durability, Options, SnapshotTrigger, Store};
-use parking_lot::RwLock;
+
+#[path = "common/yardstick.rs"]
+mod yardstick;
+use yardstick::{key, Yardstick, VALUE};
 
 fn keys() -> u64 {
     std::env::var("KV_BENCH_KEYS")
@@ -22,19 +27,7 @@ fn keys() -> u64 {
         .unwrap_or(1_000_000)
 }
 
-/// `key0000000000042`: 16 bytes, built without allocating.
-fn key(mut i: u64) -> [u8; 16] {
-    let mut k = *b"key0000000000000";
-    for slot in k[3..].iter_mut().rev() {
-        *slot = b'0' + (i % 10) as u8;
-        i /= 10;
-    }
-    k
-}
-
-const VALUE: [u8; 100] = [b'v'; 100];
-
-/// A small, fast generator so that key choice costs little.
+/// A small, fast generator (xorshift).
 struct Rng(u64);
 
 impl Rng {
@@ -46,45 +39,35 @@ impl Rng {
     }
 }
 
-/// The yardstick: a sharded `RwLock<HashMap>` with xxh3 shard choice.
-struct Yardstick {
-    shards: Vec<RwLock<HashMap<Vec<u8>, Vec<u8>>>>,
+/// Keys `0..n` in a random order, built before any clock starts: the timed
+/// loops only step through this array.
+fn shuffled_keys(n: u64) -> Vec<[u8; 16]> {
+    let mut keys: Vec<[u8; 16]> = (0..n).map(key).collect();
+    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+    for i in (1..keys.len()).rev() {
+        keys.swap(i, r.next(i as u64 + 1) as usize);
+    }
+    keys
 }
 
-impl Yardstick {
-    fn new(n: u64) -> Self {
-        let y = Yardstick {
-            shards: (0..64).map(|_| RwLock::new(HashMap::new())).collect(),
-        };
-        for i in 0..n {
-            y.put(&key(i), &VALUE);
-        }
-        y
-    }
-    fn shard(&self, k: &[u8]) -> &RwLock<HashMap<Vec<u8>, Vec<u8>>> {
-        &self.shards[(xxhash_rust::xxh3::xxh3_64(k) >> 32) as usize & 63]
-    }
-    fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
-        self.shard(k).read().get(k).cloned()
-    }
-    fn put(&self, k: &[u8], v: &[u8]) {
-        self.shard(k).write().insert(k.to_vec(), v.to_vec());
-    }
-}
-
-/// Runs `op` on `threads` threads for `iters` operations in all.
-fn parallel<F>(threads: u64, iters: u64, op: F) -> Duration
+/// Runs `op` on `threads` threads for `iters` operations in all; thread `t`
+/// walks `keys` from its own starting point, wrapping around.
+fn parallel<F>(threads: u64, iters: u64, keys: &[[u8; 16]], op: F) -> Duration
 where
-    F: Fn(&mut Rng) + Send + Sync,
+    F: Fn(&[u8; 16]) + Send + Sync,
 {
     let op = &op;
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
             s.spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1));
+                let mut i = (t as usize * keys.len()) / threads as usize;
                 for _ in 0..iters / threads {
-                    op(&mut rng);
+                    op(&keys[i]);
+                    i += 1;
+                    if i == keys.len() {
+                        i = 0;
+                    }
                 }
             });
         }
@@ -103,26 +86,47 @@ fn filled_store(dir: &std::path::Path, durability: Durability, n: u64) -> Store 
     Store::open(Options::new(dir).durability(durability)).expect("reopen")
 }
 
+/// A yardstick holding keys `0..n`.
+fn filled_yardstick(n: u64) -> Yardstick {
+    let y = Yardstick::default();
+    for i in 0..n {
+        y.put(&key(i), &VALUE);
+    }
+    y
+}
+
+/// `get` copies the value out (`Store::get` returns a `Vec`); `get_with`
+/// lends it to a closure that only looks at its length.
 fn get(c: &mut Criterion) {
     let n = keys();
     let dir = tempfile::tempdir().expect("tempdir");
     let store = filled_store(dir.path(), Durability::No, n);
-    let yard = Yardstick::new(n);
+    let yard = filled_yardstick(n);
+    let ks = shuffled_keys(n);
     let mut g = c.benchmark_group("get");
     g.throughput(Throughput::Elements(1));
     for threads in [1u64, 2] {
+        let run = |b: &mut criterion::Bencher, op: &(dyn Fn(&[u8; 16]) + Sync)| {
+            b.iter_custom(|iters| parallel(threads, iters, &ks, op))
+        };
         g.bench_function(BenchmarkId::new("kv-storage", threads), |b| {
-            b.iter_custom(|iters| {
-                parallel(threads, iters, |r| {
-                    black_box(store.get(&key(r.next(n))));
-                })
+            run(b, &|k| {
+                black_box(store.get(k));
             })
         });
         g.bench_function(BenchmarkId::new("yardstick", threads), |b| {
-            b.iter_custom(|iters| {
-                parallel(threads, iters, |r| {
-                    black_box(yard.get(&key(r.next(n))));
-                })
+            run(b, &|k| {
+                black_box(yard.get(k));
+            })
+        });
+        g.bench_function(BenchmarkId::new("kv-storage-get_with", threads), |b| {
+            run(b, &|k| {
+                black_box(store.get_with(k, |v| v.map(<[u8]>::len)));
+            })
+        });
+        g.bench_function(BenchmarkId::new("yardstick-get_with", threads), |b| {
+            run(b, &|k| {
+                black_box(yard.get_with(k, |v| v.map(<[u8]>::len)));
             })
         });
     }
@@ -131,6 +135,7 @@ fn get(c: &mut Criterion) {
 
 fn put(c: &mut Criterion) {
     let n = keys();
+    let ks = shuffled_keys(n);
     let mut g = c.benchmark_group("put");
     g.throughput(Throughput::Elements(1));
     for (name, durability) in [
@@ -143,17 +148,17 @@ fn put(c: &mut Criterion) {
         for threads in [1u64, 2] {
             g.bench_function(BenchmarkId::new(name, threads), |b| {
                 b.iter_custom(|iters| {
-                    parallel(threads, iters, |r| {
-                        store.put(&key(r.next(n)), &VALUE).expect("put");
+                    parallel(threads, iters, &ks, |k| {
+                        store.put(k, &VALUE).expect("put");
                     })
                 })
             });
         }
     }
-    let yard = Yardstick::new(n);
+    let yard = filled_yardstick(n);
     for threads in [1u64, 2] {
         g.bench_function(BenchmarkId::new("yardstick", threads), |b| {
-            b.iter_custom(|iters| parallel(threads, iters, |r| yard.put(&key(r.next(n)), &VALUE)))
+            b.iter_custom(|iters| parallel(threads, iters, &ks, |k| yard.put(k, &VALUE)))
         });
     }
     g.finish();
@@ -162,14 +167,15 @@ fn put(c: &mut Criterion) {
 fn group_commit(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(filled_store(dir.path(), Durability::Always, 10_000));
+    let ks = shuffled_keys(1_000_000);
     let mut g = c.benchmark_group("always_group_commit");
     g.throughput(Throughput::Elements(1));
     for writers in [1u64, 8, 64] {
         g.bench_function(BenchmarkId::new("writers", writers), |b| {
             b.iter_custom(|iters| {
                 let iters = iters.max(writers);
-                parallel(writers, iters, |r| {
-                    store.put(&key(r.next(1_000_000)), &VALUE).expect("put");
+                parallel(writers, iters, &ks, |k| {
+                    store.put(k, &VALUE).expect("put");
                 })
             })
         });

@@ -59,6 +59,7 @@ pub(crate) fn verify(vfs: &dyn Vfs, path: &Path) -> Result<(), String> {
         if xxhash_rust::xxh3::xxh3_64(bytes) != sec.checksum {
             return Err(format!("section {i} checksum mismatch"));
         }
+        b.release(sec.offset, sec.offset + sec.len);
     }
     Ok(())
 }
@@ -234,6 +235,7 @@ pub(crate) fn load(vfs: &dyn Vfs, path: &Path, map: &ShardedMap) -> Result<Loade
                             return Ok(());
                         };
                         load_section(b, sec, i, map, same_layout, format)?;
+                        bytes.release(sec.offset, sec.offset + sec.len);
                     }
                 })
             })

@@ -197,9 +197,10 @@ impl Store {
     /// Keep `f` short: writers to the shard wait for it.
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> R {
         let h = hash_key(key);
-        let now = self.inner.now_ms();
         let shard = self.inner.map.read(h);
-        f(shard.find(h, key).and_then(|e| e.value_at(now)))
+        f(shard
+            .find(h, key)
+            .and_then(|e| e.value_now(|| self.inner.now_ms())))
     }
 
     /// Drops, from memory, every tombstone whose version timestamp is below

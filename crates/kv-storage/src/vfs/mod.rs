@@ -85,6 +85,27 @@ pub(crate) enum FileBytes {
     Owned(Vec<u8>),
 }
 
+impl FileBytes {
+    /// Drops the whole pages of `from..to` from a mapping (nothing for owned
+    /// bytes): once a reader is done with a part of a large file, its pages
+    /// need not stay in the process's RSS. The bytes stay readable: a later
+    /// read faults them in again from the page cache.
+    pub(crate) fn release(&self, from: usize, to: usize) {
+        const PAGE: usize = 4096;
+        let FileBytes::Mapped(m) = self else { return };
+        let start = from.div_ceil(PAGE) * PAGE;
+        let end = to.min(m.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: a read-only mapping of a file nobody changes while the
+            // directory lock is held: dropping its pages loses nothing, and
+            // the bytes read the same when faulted in again.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+}
+
 impl std::ops::Deref for FileBytes {
     type Target = [u8];
 

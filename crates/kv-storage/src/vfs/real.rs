@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -57,7 +58,11 @@ impl Vfs for RealFs {
             .create_new(true)
             .open(path)?;
         match MmapOptions::new().len(capacity as usize).map_raw(&file) {
-            Ok(map) => Ok(Box::new(MappedLog { file, map })),
+            Ok(map) => Ok(Box::new(MappedLog {
+                file,
+                map,
+                released: AtomicU64::new(0),
+            })),
             Err(e) => {
                 // Leave no file behind, so that a later attempt can create
                 // it (see `Segment::create`).
@@ -115,7 +120,14 @@ impl Vfs for RealFs {
 struct MappedLog {
     file: File,
     map: MmapRaw,
+    /// Bytes below this were released from the mapping as they were
+    /// written (see [`MappedLog::write_at`]).
+    released: AtomicU64,
 }
+
+/// The log releases the pages it has written from its mapping in steps of
+/// this many bytes, without waiting for a sync.
+const RELEASE_STEP: u64 = 1 << 20;
 
 impl LogFile for MappedLog {
     fn allocate(&self, len: u64) -> io::Result<()> {
@@ -133,6 +145,19 @@ impl LogFile for MappedLog {
                 self.map.as_mut_ptr().add(offset as usize),
                 bytes.len(),
             );
+        }
+        // Appends only move forward: the whole steps below the end of this
+        // write are written for good. Drop their pages from the mapping now
+        // rather than at the next sync (never, under `Durability::No`): a
+        // dirty page of a shared file mapping stays dirty in the page cache
+        // when unmapped, so the kernel still writes it back and a later
+        // `msync` of the range still flushes it, but the process does not
+        // carry up to a second's worth of log in its RSS.
+        let done = (offset + bytes.len() as u64) / RELEASE_STEP * RELEASE_STEP;
+        let from = self.released.load(Ordering::Relaxed);
+        if done > from {
+            self.release(from, done);
+            self.released.store(done, Ordering::Relaxed);
         }
     }
 
@@ -163,7 +188,7 @@ impl MappedLog {
         let end = to / PAGE * PAGE;
         if end > start {
             // SAFETY: a shared file mapping: dropping its pages loses nothing
-            // (they are synced and stay in the page cache), and no writer
+            // (synced or dirty, they stay in the page cache), and no writer
             // touches bytes below `to`, which are all written already.
             let _ = unsafe {
                 self.map.unchecked_advise_range(
