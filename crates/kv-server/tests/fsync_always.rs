@@ -62,9 +62,7 @@ fn pipelined_writes_share_an_fsync_and_survive_kill_9() {
     server.restart();
     let mut c = RespConn::connect(server.addr, timeout).expect("connect");
     for i in [0, WRITES / 2, WRITES - 1] {
-        let got = c
-            .call(&[b"GET", format!("k{i}").as_bytes()])
-            .expect("GET");
+        let got = c.call(&[b"GET", format!("k{i}").as_bytes()]).expect("GET");
         assert_eq!(got, Reply::Bulk(Some(format!("v{i}").into_bytes())), "k{i}");
     }
 }
