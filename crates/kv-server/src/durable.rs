@@ -82,32 +82,32 @@ impl Parked {
         });
     }
 
-    /// The furthest ticket held, if any.
+    /// The furthest ticket held, if any (the last: a connection's tickets
+    /// are taken in request order from a log position that only grows).
     pub fn latest(&self) -> Option<Ticket> {
-        self.held.iter().map(|h| h.ticket).max()
+        self.held.back().map(|h| h.ticket)
     }
 
     /// Takes the replies whose tickets are durable, and those whose
-    /// tickets failed (as errors).
+    /// tickets failed (as errors), from the front: the first one still
+    /// pending, and every one after it, stays.
     pub fn settle(&mut self, store: &Store) -> Vec<Released> {
         let mut out = Vec::new();
-        let mut kept = VecDeque::new();
-        for h in self.held.drain(..) {
-            match store.is_durable(h.ticket) {
-                Ok(false) => kept.push_back(h),
-                Ok(true) => out.push(Released {
-                    seq: h.seq,
-                    bytes: h.bytes,
-                    failed: false,
-                }),
-                Err(e) => out.push(Released {
-                    seq: h.seq,
-                    bytes: h.wire.storage_error(&e),
-                    failed: true,
-                }),
-            }
+        while let Some(h) = self.held.front() {
+            let failed = match store.is_durable(h.ticket) {
+                Ok(false) => break,
+                Ok(true) => None,
+                Err(e) => Some(e),
+            };
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            out.push(Released {
+                seq: h.seq,
+                bytes: failed.as_ref().map_or(h.bytes, |e| h.wire.storage_error(e)),
+                failed: failed.is_some(),
+            });
         }
-        self.held = kept;
         out
     }
 }
