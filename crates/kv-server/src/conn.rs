@@ -15,6 +15,7 @@ use kv_replication::{ClientOp, PeerMsg};
 
 use crate::admission::{self, Admission};
 use crate::cluster::{Admin, NativeKind, ReplyTo, Route, ToCluster};
+use crate::durable::{Parked, Wire};
 use crate::metrics::{Metrics, Protocol};
 use crate::native_cmd;
 use crate::resp_cmd::{self, After, Session};
@@ -191,6 +192,8 @@ pub struct Conn<S> {
     route: Route,
     rbuf: Vec<u8>,
     out: Outbox,
+    /// Replies waiting for their writes' fsync (see [`crate::durable`]).
+    parked: Parked,
     proto: Proto,
     /// Where the RESP command in `rbuf` stopped parsing (resumed on the
     /// next read, never re-parsed from its first byte).
@@ -229,6 +232,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             route,
             rbuf: Vec::new(),
             out: Outbox::default(),
+            parked: Parked::default(),
             proto: Proto::Unknown,
             parser: resp::CommandParser::default(),
             session: Session::new(authenticated, route.conn, route.worker),
@@ -339,6 +343,44 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 .metrics
                 .record_slot(worker, t.proto, t.slot, took, failed);
         }
+    }
+
+    /// The furthest ticket of the replies held for durability, if any: the
+    /// loop asks the store to flush up to it.
+    pub fn parked_ticket(&self) -> Option<kv_storage::Ticket> {
+        self.parked.latest()
+    }
+
+    /// Releases, in their places, the held replies whose writes are now
+    /// durable (or failed to be); returns whether any was.
+    pub fn settle_durable(&mut self, shared: &Shared) -> bool {
+        let released = self.parked.settle(&shared.store);
+        let any = !released.is_empty();
+        for r in released {
+            self.complete(shared, r.seq, r.bytes, r.failed);
+        }
+        any
+    }
+
+    /// Runs a command in the event loop with its writes deferred: its
+    /// reply goes out in order now, or, if its writes need an fsync
+    /// (`--fsync always`), is held until they are durable.
+    fn run_local<R>(
+        &mut self,
+        shared: &Shared,
+        wire: Wire,
+        run: impl FnOnce(&mut Session, &mut Vec<u8>) -> R,
+    ) -> R {
+        let out = self.out.now();
+        let start = out.len();
+        let session = &mut self.session;
+        let done = shared.store.deferring(|| run(session, out));
+        if let Some(ticket) = done.ticket {
+            let bytes = out.split_off(start);
+            let seq = self.out.later(None, 1);
+            self.parked.park(seq, ticket, bytes, wire);
+        }
+        done.value
     }
 
     /// Once the last reply of a closing connection is sent: shut our side
@@ -665,7 +707,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 return;
             }
         }
-        if resp_cmd::execute(shared, &mut self.session, args, self.out.now()) == After::Close
+        let run = |session: &mut Session, out: &mut Vec<u8>| {
+            resp_cmd::execute(shared, session, args, out)
+        };
+        if self.run_local(shared, Wire::Resp, run) == After::Close
             || self.session.too_many_auth_failures()
         {
             self.closing = true;
@@ -764,8 +809,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                         None => {}
                     }
                 }
-                let reply = native_cmd::execute(shared, &mut self.session, req);
-                native::encode_frame(self.out.now(), id, &reply);
+                self.run_local(shared, Wire::Native(id), |session, out| {
+                    let reply = native_cmd::execute(shared, session, req);
+                    native::encode_frame(out, id, &reply);
+                });
                 if self.session.too_many_auth_failures() {
                     self.closing = true;
                 }

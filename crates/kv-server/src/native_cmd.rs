@@ -150,6 +150,7 @@ fn auth(shared: &Shared, s: &mut Session, password: &str) -> Response {
     }
 }
 
-fn storage_error(e: &kv_storage::Error) -> Response {
+/// The response to a storage failure.
+pub fn storage_error(e: &kv_storage::Error) -> Response {
     Response::error(ErrorKind::Internal, format!("storage failure: {e}"))
 }

@@ -9,6 +9,7 @@
 //! the operations under way (giving them up with an error after a grace);
 //! then the cluster thread stops, and the store's log is flushed.
 
+use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -185,6 +186,12 @@ impl Server {
             .map(|_| WorkerLoop::new())
             .collect::<io::Result<Vec<_>>>()?;
         let mailboxes: Vec<WorkerMailbox> = loops.iter().map(|l| l.mailbox.clone()).collect();
+        // Replies held for durability are released when a flush is done.
+        for m in &mailboxes {
+            let waker = m.waker.clone();
+            let wake = move || drop(waker.wake());
+            self.shared.store.on_durable(Arc::new(wake));
+        }
         self.shared.clients.set_mailboxes(mailboxes.clone());
         let id = self
             .shared
@@ -356,6 +363,7 @@ impl WorkerLoop {
                     shared,
                     next_conn: 0,
                     last_sweep: Instant::now(),
+                    parked: BTreeSet::new(),
                 };
                 if let Err(e) = w.run() {
                     log::warn!("worker {i} failed: {e}");
@@ -381,6 +389,9 @@ struct Worker {
     next_conn: u64,
     /// When connections were last checked against their deadlines.
     last_sweep: Instant,
+    /// Connections holding replies until their writes are durable (see
+    /// [`crate::durable`]).
+    parked: BTreeSet<usize>,
 }
 
 impl Worker {
@@ -398,6 +409,7 @@ impl Worker {
                     Token(key) => self.serve(key, event.is_readable()),
                 }
             }
+            self.settle_parked();
             if self.last_sweep.elapsed() >= admission::SWEEP_EVERY {
                 self.sweep();
             }
@@ -435,6 +447,27 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// At the end of a pass: releases the held replies whose writes are
+    /// durable, then asks the store for one flush covering the rest.
+    fn settle_parked(&mut self) {
+        let mut latest = None;
+        for key in std::mem::take(&mut self.parked) {
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if slot.conn.settle_durable(&self.shared) {
+                self.serve(key, false);
+            }
+            if let Some(t) = self.conns.get(key).and_then(|s| s.conn.parked_ticket()) {
+                latest = latest.max(Some(t));
+                self.parked.insert(key);
+            }
+        }
+        if let Some(t) = latest {
+            self.shared.store.request_durable(t);
+        }
     }
 
     fn adopt(&mut self, mut stream: Stream, mut admission: Admission) {
@@ -517,6 +550,9 @@ impl Worker {
             self.close(key);
             return;
         }
+        if slot.conn.parked_ticket().is_some() {
+            self.parked.insert(key);
+        }
         if let Err(e) = update_interest(self.poll.registry(), key, slot) {
             log::warn!("cannot update a connection: {e}");
             self.close(key);
@@ -551,6 +587,7 @@ impl Worker {
                     self.serve(key, false);
                 }
             }
+            self.settle_parked();
             // An idle client that has its replies need not be waited for.
             let quiet: Vec<usize> = self
                 .conns

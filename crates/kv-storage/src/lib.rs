@@ -32,7 +32,9 @@
 //! here), then any mix of [`Store::get`], [`Store::put`], [`Store::delete`],
 //! [`Store::scan_prefix`] from any number of threads, and [`Store::close`]
 //! (or drop). [`Store::flush`] forces durability now; [`Store::snapshot`]
-//! compacts now. The replication layer uses the versioned calls
+//! compacts now. An event loop that must not block on the fsync of
+//! [`Durability::Always`] writes through [`Store::deferring`] and holds its
+//! replies until [`Store::is_durable`] says so. The replication layer uses the versioned calls
 //! [`Store::apply`], [`Store::get_versioned`] and [`Store::iter_versioned`].
 //!
 //! Durability: every write that returned survives `kill -9`, because the log
@@ -44,6 +46,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod clock;
+mod durable;
 mod error;
 mod histogram;
 mod listing;
@@ -59,6 +62,7 @@ mod version;
 mod vfs;
 mod wal;
 
+pub use durable::{Deferred, DurableListener, Ticket};
 pub use error::{Error, Result};
 pub use histogram::Histogram;
 pub use listing::ListPage;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::clock::SharedClock;
+use crate::durable::{self, Commit, Deferred, DurableListener, Ticket};
 use crate::error::{Error, IoContext, Result};
 use crate::histogram::Histogram;
 use crate::map::{hash_key, Entry, ShardedMap, MAX_KEY};
@@ -63,6 +64,9 @@ struct Inner {
     /// Signalled when the snapshot thread finishes a snapshot.
     bg_idle: Condvar,
     snapshot_lock: Mutex<()>,
+    /// Flushes asked for by deferred writers, for the committing thread.
+    commit: Mutex<Commit>,
+    commit_changed: Condvar,
     _lock: Option<DirLock>,
 }
 
@@ -166,6 +170,8 @@ impl Store {
             bg_changed: Condvar::new(),
             bg_idle: Condvar::new(),
             snapshot_lock: Mutex::new(()),
+            commit: Mutex::new(Commit::default()),
+            commit_changed: Condvar::new(),
             _lock: lock,
         });
         let workers = start_workers(&inner, &opts);
@@ -718,6 +724,57 @@ impl Store {
         }
     }
 
+    /// Runs `f`, in which writes to this store on this thread do not wait
+    /// for their fsync under [`Durability::Always`]: each is applied (and
+    /// readable by everyone) and logged, and returns at once. The
+    /// [`Deferred`] result carries the [`Ticket`] they need before `f`'s
+    /// result may be reported as durable: ask for the flush with
+    /// [`Store::request_durable`], learn of it with [`Store::on_durable`],
+    /// check with [`Store::is_durable`]. Under other policies, or for an
+    /// in-memory store, `f` runs as it would anyway and the ticket is
+    /// `None`. Writes to other stores inside `f` block as usual.
+    pub fn deferring<R>(&self, f: impl FnOnce() -> R) -> Deferred<R> {
+        if self.inner.blocking_log().is_none() {
+            return Deferred {
+                value: f(),
+                ticket: None,
+            };
+        }
+        let (value, needed) = durable::scope(self.inner.id(), f);
+        let ticket = (needed > 0).then_some(Ticket(needed));
+        Deferred { value, ticket }
+    }
+
+    /// Whether the writes a ticket was given for are on stable storage:
+    /// `Ok(false)` while they may still be, an error (the store is then
+    /// read-only, see [`Error::Poisoned`]) once a failed fsync means they
+    /// never will be. Never blocks on the disk.
+    pub fn is_durable(&self, ticket: Ticket) -> Result<bool> {
+        self.inner
+            .log
+            .as_ref()
+            .map_or(Ok(true), |l| l.is_durable(ticket.0))
+    }
+
+    /// Asks the store's committing thread to make the log durable up to
+    /// `ticket`, and returns at once. Writes deferred until then share the
+    /// flush (group commit), with each other and with blocking writers.
+    /// Listeners given to [`Store::on_durable`] are called once the flush
+    /// is done or has failed.
+    pub fn request_durable(&self, ticket: Ticket) {
+        let mut c = self.inner.commit.lock();
+        if ticket.0 > c.wanted {
+            c.wanted = ticket.0;
+            self.inner.commit_changed.notify_one();
+        }
+    }
+
+    /// Calls `wake` after every flush run for [`Store::request_durable`]
+    /// (it ran on the store's committing thread; keep it short).
+    pub fn on_durable(&self, wake: DurableListener) {
+        self.inner.commit.lock().listeners.push(wake);
+    }
+
     /// Stops the background threads and flushes the log to stable storage.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
@@ -725,6 +782,8 @@ impl Store {
 
     fn shutdown(&mut self) -> Result<()> {
         self.inner.bg.lock().shutdown = true;
+        self.inner.commit.lock().shutdown = true;
+        self.inner.commit_changed.notify_all();
         self.inner.bg_changed.notify_all();
         self.inner.bg_idle.notify_all();
         for w in self.workers.drain(..) {
@@ -801,6 +860,10 @@ fn start_workers(inner: &Arc<Inner>, opts: &Options) -> Vec<JoinHandle<()>> {
     if opts.durability == Durability::EverySec {
         let (me, every) = (inner.clone(), opts.fsync_interval);
         workers.push(spawn("kv-fsync", move || me.fsync_loop(every)));
+    }
+    if opts.durability == Durability::Always {
+        let me = inner.clone();
+        workers.push(spawn("kv-commit", move || me.commit_loop()));
     }
     let me = inner.clone();
     workers.push(spawn("kv-snapshot", move || me.snapshot_loop()));
@@ -879,6 +942,50 @@ impl Inner {
         self.clock.now_ms()
     }
 
+    /// This store's identity for the deferring scope of [`crate::durable`].
+    fn id(&self) -> usize {
+        self as *const Inner as usize
+    }
+
+    /// The log, when its writers wait for their fsync (`always`).
+    fn blocking_log(&self) -> Option<&Log> {
+        self.log
+            .as_ref()
+            .filter(|_| self.durability == Durability::Always)
+            .filter(|_| self.planted != Some(PlantedBug::NoFsyncAlways))
+    }
+
+    /// The committing thread of `always`: runs the flushes asked for by
+    /// [`Store::request_durable`], then calls the listeners.
+    fn commit_loop(&self) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        let mut c = self.commit.lock();
+        loop {
+            while !c.shutdown && c.wanted <= c.served {
+                self.commit_changed.wait(&mut c);
+            }
+            if c.shutdown {
+                return;
+            }
+            let want = c.wanted;
+            drop(c);
+            log.writer_started();
+            if let Err(e) = log.wait_durable(want) {
+                self.bg.lock().last_error = Some(e.to_string());
+            }
+            c = self.commit.lock();
+            c.served = want;
+            let listeners = c.listeners.clone();
+            drop(c);
+            for wake in &listeners {
+                wake();
+            }
+            c = self.commit.lock();
+        }
+    }
+
     /// The background expiry: every `every`, turn the values whose expiry
     /// has passed into tombstones, a batch per shard lock at a time.
     fn expire_loop(&self, every: Duration) {
@@ -913,11 +1020,16 @@ impl Inner {
         key: &[u8],
         pick: impl FnOnce(Option<&Entry>, u64) -> Option<Planned<'v>>,
     ) -> Result<Option<Version>> {
-        let durable_log = self
-            .log
-            .as_ref()
-            .filter(|_| self.durability == Durability::Always)
-            .filter(|_| self.planted != Some(PlantedBug::NoFsyncAlways));
+        let durable_log = self.blocking_log();
+        if durable_log.is_some() && durable::deferred(self.id()) {
+            // The caller holds the acknowledgement until the position is
+            // durable (Store::deferring).
+            let result = self.write_logged(key, pick);
+            if let Ok((_, end)) = &result {
+                durable::need(self.id(), *end);
+            }
+            return result.map(|(version, _)| version);
+        }
         if let Some(log) = durable_log {
             log.writer_started();
         }

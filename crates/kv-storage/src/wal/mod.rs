@@ -351,6 +351,19 @@ impl Log {
         self.wait_durable(pos)
     }
 
+    /// Whether every record up to `pos` is on stable storage: `Ok(false)`
+    /// while it may still become so, an error once a failed flush means
+    /// it never will.
+    pub(crate) fn is_durable(&self, pos: u64) -> Result<bool> {
+        if self.durable.load(Ordering::Acquire) >= pos {
+            return Ok(true);
+        }
+        match &self.writer.lock().poisoned {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(false),
+        }
+    }
+
     /// Threads parked until a flush covers their position.
     pub(crate) fn waiters(&self) -> usize {
         self.sync.lock().sleepers.len()
