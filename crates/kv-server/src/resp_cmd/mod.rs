@@ -263,6 +263,7 @@ pub fn refuse_write(shared: &Shared, key: &[u8], value: Option<&[u8]>, out: &mut
     false
 }
 
-fn storage_error(out: &mut Vec<u8>, e: &kv_storage::Error) {
+/// Answers a storage failure (`ERR storage failure: ...`).
+pub fn storage_error(out: &mut Vec<u8>, e: &kv_storage::Error) {
     error(out, &format!("ERR storage failure: {e}"));
 }
