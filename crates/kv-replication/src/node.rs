@@ -1056,6 +1056,22 @@ impl Node {
             .trusted_now(now, max / 2, self.cfg.down_after)
     }
 
+    /// The cluster's time (ms) as this node trusts it when its clock reads
+    /// `now` (the clock it checks timestamps against), if it heard from
+    /// peers; for a driver to publish with
+    /// [`crate::hlc::SharedClock::publish`] to threads that check
+    /// timestamps for it.
+    pub fn cluster_time(&self, now: u64) -> Option<u64> {
+        self.trusted_now(now)
+    }
+
+    /// How far, at most, the cluster's time moves on by this node's clock
+    /// between two peers' readings (ms): the slack of a
+    /// [`crate::hlc::SharedClock`] published from [`Node::cluster_time`].
+    pub fn cluster_time_slack(&self) -> u64 {
+        self.clock_bound().map_or(u64::MAX, |m| m / 2)
+    }
+
     /// Whether this node, as a replica of a write it coordinates, must
     /// refuse version `ts` as its peers would: more than the maximum clock
     /// offset ahead of the cluster's time (logged).

@@ -294,7 +294,9 @@ fn a_refusing_replica_that_owns_the_key_stores_the_write_and_its_ack_counts() {
     b.handle_message(T0 + 2, "a:1", to_b, &sb);
 
     // b:1 stored the write although it refused it, and says so.
-    let stored = sb.get_versioned(&key).expect("b:1 stores the write it owns");
+    let stored = sb
+        .get_versioned(&key)
+        .expect("b:1 stores the write it owns");
     let refusal = drain(&mut b)
         .into_iter()
         .find_map(|o| match o {

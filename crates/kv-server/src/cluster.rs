@@ -238,6 +238,11 @@ pub struct ClusterHandle {
     /// cluster thread writes it before it saves the new membership and
     /// cleans up the ranges the new ring gave away.
     pub ring: parking_lot::RwLock<u64>,
+    /// The cluster's time as the node trusts it, published by the cluster
+    /// thread: the event loops check replicated writes' timestamps against
+    /// it, as the node does, not against this host's wall clock, which
+    /// may have been stepped.
+    pub clock: kv_replication::hlc::SharedClock,
     /// The cluster's figures for metrics and INFO, refreshed by the
     /// cluster thread.
     pub stats: Mutex<ClusterStats>,
@@ -316,6 +321,7 @@ impl ClusterHandle {
             observed: std::sync::atomic::AtomicU64::new(0),
             checked: AtomicBool::new(true),
             ring: parking_lot::RwLock::new(0),
+            clock: kv_replication::hlc::SharedClock::new(250),
             stats: Mutex::new(ClusterStats::default()),
             stop: AtomicBool::new(false),
         };
@@ -791,6 +797,7 @@ pub fn start(
         observed: std::sync::atomic::AtomicU64::new(0),
         checked: AtomicBool::new(!node.awaiting_contact_check()),
         ring: parking_lot::RwLock::new(node.ring_id()),
+        clock: kv_replication::hlc::SharedClock::new(node.cluster_time_slack()),
         stats: Mutex::new(ClusterStats::default()),
         stop: AtomicBool::new(false),
     });
@@ -931,7 +938,8 @@ fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Resu
                     return;
                 };
                 if let PeerMsg::StreamPage { entries, .. } = &mut msg {
-                    refuse_far_ahead(&shared, &refused, &from, entries);
+                    let now = handle.clock.now(now_ms());
+                    refuse_far_ahead(&shared, &refused, &from, entries, now);
                     let Some(ts) = kv_replication::apply_entries(&shared.store, entries) else {
                         continue; // the node asks for the page again
                     };
@@ -956,7 +964,7 @@ struct Refused {
 }
 
 /// Drops from `entries` those stamped beyond the maximum clock offset
-/// ahead of this node's clock, as the write path (`Replicate`) and the
+/// ahead of the cluster's time `now`, as the write path (`Replicate`) and the
 /// node's own handling of a page do: such a timestamp comes from a clock
 /// far off or a forged message, and stored it would freeze the key. Logs
 /// them at most once a second, with the count so far.
@@ -965,8 +973,9 @@ fn refuse_far_ahead(
     refused: &Refused,
     from: &str,
     entries: &mut Vec<(Vec<u8>, kv_replication::Stamped)>,
+    now: u64,
 ) {
-    let (now, max) = (now_ms(), shared.config.max_clock_offset_ms);
+    let max = shared.config.max_clock_offset_ms;
     let far = |ts| kv_replication::hlc::too_far_ahead(ts, now, max);
     let before = entries.len();
     entries.retain(|(_, s)| !far(s.version.ts));
@@ -1138,6 +1147,7 @@ impl ClusterThread {
             if *self.handle.ring.read() != ring {
                 *self.handle.ring.write() = ring;
             }
+            self.handle.clock.publish(now, self.node.cluster_time(now));
             self.drain_outputs(now, &mut down_until);
             self.node.run_cleanup(now, &self.shared.store);
             self.drain_outputs(now, &mut down_until);
