@@ -915,6 +915,15 @@ impl Node {
         self.members.ring_id()
     }
 
+    /// Whether this node is receiving the ranges of rebalance
+    /// `transition` now (a stream page of another transition is ignored:
+    /// a driver that applies pages off its thread must not store it).
+    pub fn receives_stream(&self, transition: u64) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(|s| s.transition == transition)
+    }
+
     /// Whether a rebalance is under way (as far as this node knows).
     pub fn rebalancing(&self) -> bool {
         self.transition != 0
@@ -2939,6 +2948,7 @@ impl Node {
     fn dispatch_ae(&mut self, now: u64, work: AeWork, store: &Store) {
         let task = AeTask {
             view: self.ae_view(),
+            epoch: self.ring_id(),
             old_before: match self.cfg.tombstone_grace {
                 0 => 0, // tombstones are kept: none is too old
                 grace => now.saturating_sub(grace).saturating_mul(1000),

@@ -902,7 +902,7 @@ struct ClusterThread {
     /// Durable hints for replicas that were down, in `data_dir/hints`.
     hints: Store,
     /// Rebalancing pages to apply off this thread.
-    appliers: Sender<(String, PeerMsg)>,
+    appliers: Sender<(String, u64, PeerMsg)>,
     /// Anti-entropy work to run off this thread.
     anti_entropy: Sender<AeTask>,
     /// Buffer for reading peer links.
@@ -914,9 +914,14 @@ struct ClusterThread {
 }
 
 /// Where rebalancing pages go to be applied, and the threads applying them.
-type Appliers = (Sender<(String, PeerMsg)>, Vec<std::thread::JoinHandle<()>>);
+type Appliers = (
+    Sender<(String, u64, PeerMsg)>,
+    Vec<std::thread::JoinHandle<()>>,
+);
 
-/// Threads that apply the entries of rebalancing pages to the store, then
+/// Threads that apply the entries of rebalancing pages to the store (each
+/// fenced by the ring id it was received under, see
+/// [`crate::fenced_apply`]), then
 /// hand the pages (now without entries) to the cluster thread for its
 /// bookkeeping: copying ranges in is the heaviest work of a rebalance and
 /// would otherwise stall coordination. Pages of one source come one at a
@@ -924,7 +929,7 @@ type Appliers = (Sender<(String, PeerMsg)>, Vec<std::thread::JoinHandle<()>>);
 /// offset are refused and logged, as on every other write path. They stop
 /// once the sender is dropped.
 fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Result<Appliers> {
-    let (tx, rx) = mpsc::channel::<(String, PeerMsg)>();
+    let (tx, rx) = mpsc::channel::<(String, u64, PeerMsg)>();
     let rx = Arc::new(Mutex::new(rx));
     let mut threads = Vec::new();
     let refused = Arc::new(Refused::default());
@@ -934,14 +939,20 @@ fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Resu
         let t = std::thread::Builder::new()
             .name(format!("kv-rebalance-{i}"))
             .spawn(move || loop {
-                let Ok((from, mut msg)) = rx.lock().recv() else {
+                let Ok((from, epoch, mut msg)) = rx.lock().recv() else {
                     return;
                 };
                 if let PeerMsg::StreamPage { entries, .. } = &mut msg {
                     let now = handle.clock.now(now_ms());
                     refuse_far_ahead(&shared, &refused, &from, entries, now);
-                    let Some(ts) = kv_replication::apply_entries(&shared.store, entries) else {
-                        continue; // the node asks for the page again
+                    // Stored only under the ring it was received on: once
+                    // the ring moved on, the cleanup may have forgotten
+                    // the range (see `fenced_apply`).
+                    let store = &shared.store;
+                    let Some(ts) =
+                        crate::fenced_apply::apply_page(store, &handle.ring, epoch, entries)
+                    else {
+                        continue; // the node asks for the page again, if still wanted
                     };
                     handle.observed.fetch_max(ts, Ordering::AcqRel);
                     *entries = Vec::new();
@@ -1010,7 +1021,10 @@ fn start_anti_entropy(
         .name("kv-anti-entropy".into())
         .spawn(move || {
             while let Ok(task) = rx.recv() {
-                let outcome = ae.run(task, &shared.store);
+                // Run only under the ring the task was made on (see
+                // `fenced_apply`).
+                let outcome =
+                    crate::fenced_apply::run_ae(&mut ae, task, &shared.store, &handle.ring);
                 handle.send(ToCluster::AntiEntropyDone(outcome));
                 handle.flush();
             }
@@ -1102,10 +1116,19 @@ impl ClusterThread {
                         Ok(msgs) => {
                             for msg in msgs {
                                 match msg {
-                                    PeerMsg::StreamPage { ref entries, .. }
-                                        if !entries.is_empty() =>
+                                    // Applied off this thread, fenced by the
+                                    // ring (see `fenced_apply`); a page of a
+                                    // rebalance this node is not receiving is
+                                    // the node's to ignore.
+                                    PeerMsg::StreamPage {
+                                        ref entries,
+                                        transition,
+                                        ..
+                                    } if !entries.is_empty()
+                                        && self.node.receives_stream(transition) =>
                                     {
-                                        let _ = self.appliers.send((peer.clone(), msg));
+                                        let epoch = self.node.ring_id();
+                                        let _ = self.appliers.send((peer.clone(), epoch, msg));
                                     }
                                     msg => self.node.handle_message(
                                         now,

@@ -25,6 +25,7 @@ pub mod command_table;
 pub mod config;
 pub mod conn;
 pub mod dial;
+pub mod fenced_apply;
 pub mod glob;
 pub mod logging;
 pub mod metrics;
