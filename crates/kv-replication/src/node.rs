@@ -10,6 +10,7 @@ use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
 use crate::hlc::Hlc;
 use crate::membership::{MemberState, Membership};
 use crate::msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
+use crate::ownership::CleanupJob;
 use crate::rebalance::{self, Progress, Stream, StreamSave};
 
 /// Settings of a node. Times are in milliseconds.
@@ -78,6 +79,12 @@ pub struct Config {
     /// node's state (off: the node runs it inside `handle_*`, as the
     /// simulator does).
     pub driver_cleanup: bool,
+    /// Whether the cleanup's work on the store (forgetting the ranges
+    /// given away, and the snapshot after it) runs off the thread that
+    /// drives the node: the node hands it out as [`Output::Cleanup`] and
+    /// the driver reports back with [`Node::cleanup_done`]. Off: the node
+    /// runs it where the cleanup is decided.
+    pub offload_cleanup: bool,
     /// Bugs planted on purpose, for the simulator's tests to show that it
     /// catches them. All off by default; never turn one on in production.
     #[doc(hidden)]
@@ -166,6 +173,7 @@ impl Config {
             tombstone_grace: 4 * 3600 * 1000,
             contact_record_interval: 5000,
             driver_cleanup: false,
+            offload_cleanup: false,
             planted: Planted::default(),
         }
     }
@@ -221,6 +229,12 @@ pub enum Output {
     /// joins the cluster (as `--rejoin-fresh` does). Until then the node
     /// serves nothing.
     RejoinFresh(String),
+    /// A cleanup to run off the thread that drives the node (only with
+    /// [`Config::offload_cleanup`]): run it with [`CleanupJob::run`] and
+    /// hand the result to [`Node::cleanup_done`]. Until then the node
+    /// starts no other cleanup, and keeps the job from forgetting any
+    /// range a ring change gives back to it.
+    Cleanup(Arc<CleanupJob>),
 }
 
 /// A write held for a replica that was down (hinted handoff). It never
@@ -503,6 +517,8 @@ pub struct Node {
     forget_gained: Vec<(u64, u64)>,
     /// The rings changed: pending operations are started again on them.
     regroup_due: bool,
+    /// The cleanup running off this thread ([`Config::offload_cleanup`]).
+    cleanup_job: Option<Arc<CleanupJob>>,
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
@@ -591,6 +607,7 @@ impl Node {
             cleanup_retry_at: 0,
             forget_gained: Vec::new(),
             regroup_due: false,
+            cleanup_job: None,
         };
         n.numbers.insert(n.number, n.cfg.id.clone());
         if let Some(d) = n.members.digest(&n.cfg.id) {
@@ -652,40 +669,88 @@ impl Node {
     /// durable, most likely) is tried again, the snapshot too, every
     /// [`CLEANUP_RETRY`] ms. Idempotent.
     fn clean_up(&mut self, now: u64, store: &Store) {
-        if self.stale.is_some() || now < self.cleanup_retry_at {
+        if self.stale.is_some() || now < self.cleanup_retry_at || self.cleanup_job.is_some() {
             return;
         }
         if self.snapshot_owed {
-            match store.snapshot() {
-                Ok(()) => {
-                    self.snapshot_owed = false;
-                    self.log("cleanup: the snapshot that failed is written now".to_string());
-                }
-                Err(e) => {
-                    self.cleanup_retry_at = now.saturating_add(CLEANUP_RETRY);
-                    return self.log(format!(
-                        "cleanup: snapshot failed again, retried later: {e}"
-                    ));
-                }
+            if self.cfg.offload_cleanup {
+                return self.offload_cleanup(Vec::new(), true);
+            }
+            let result = store.snapshot().map(|()| 0);
+            self.cleanup_result(now, result, true);
+            if self.snapshot_owed {
+                return;
             }
         }
         if !self.cleanup_due || !self.ring_settled(now) {
             return;
         }
         self.cleanup_due = false;
-        let me = self.cfg.id.clone();
-        let mut owned = crate::ownership::owned(&self.read_ring, self.n_of(&self.read_ring), &me);
-        if self.transition != 0 {
-            let n = self.n_of(&self.write_ring);
-            owned.extend(crate::ownership::owned(&self.write_ring, n, &me));
-        }
-        let mut doomed = crate::ownership::complement(&crate::ownership::merge(owned));
+        let mut doomed = crate::ownership::complement(&self.owned_ranges());
         doomed.append(&mut self.forget_gained);
         let doomed = crate::ownership::merge(doomed);
         if doomed.is_empty() {
             return;
         }
-        match store.drop_ranges(&doomed) {
+        if self.cfg.offload_cleanup {
+            return self.offload_cleanup(doomed, false);
+        }
+        let result = store.drop_ranges(&doomed);
+        self.cleanup_result(now, result, false);
+    }
+
+    /// The ranges this node owns in its rings (sorted, merged): the read
+    /// ring's, and the write ring's during a rebalance.
+    fn owned_ranges(&self) -> Vec<(u64, u64)> {
+        let me = &self.cfg.id;
+        let mut owned = crate::ownership::owned(&self.read_ring, self.n_of(&self.read_ring), me);
+        if self.transition != 0 {
+            let n = self.n_of(&self.write_ring);
+            owned.extend(crate::ownership::owned(&self.write_ring, n, me));
+        }
+        crate::ownership::merge(owned)
+    }
+
+    /// Hands a cleanup to the driver to run off this thread.
+    fn offload_cleanup(&mut self, doomed: Vec<(u64, u64)>, snapshot_only: bool) {
+        let job = Arc::new(CleanupJob::new(doomed, snapshot_only));
+        self.cleanup_job = Some(job.clone());
+        self.out.push_back(Output::Cleanup(job));
+    }
+
+    /// The driver ran the [`Output::Cleanup`] job handed out last:
+    /// `result` is what [`CleanupJob::run`] returned (the error as text).
+    pub fn cleanup_done(&mut self, now: u64, result: Result<usize, String>) {
+        self.last_now = self.last_now.max(now);
+        let Some(job) = self.cleanup_job.take() else {
+            return;
+        };
+        self.cleanup_result(now, result, job.snapshot_only());
+    }
+
+    /// Logs a cleanup's outcome; a failure is tried again later.
+    fn cleanup_result<E: std::fmt::Display>(
+        &mut self,
+        now: u64,
+        result: Result<usize, E>,
+        snapshot_only: bool,
+    ) {
+        if snapshot_only {
+            match result {
+                Ok(_) => {
+                    self.snapshot_owed = false;
+                    self.log("cleanup: the snapshot that failed is written now".to_string());
+                }
+                Err(e) => {
+                    self.cleanup_retry_at = now.saturating_add(CLEANUP_RETRY);
+                    self.log(format!(
+                        "cleanup: snapshot failed again, retried later: {e}"
+                    ));
+                }
+            }
+            return;
+        }
+        match result {
             Ok(0) => {}
             Ok(n) => self.log(format!(
                 "cleanup: forgot {n} entries of ranges this node gave away or is receiving afresh"
@@ -1456,6 +1521,12 @@ impl Node {
                     self.forget_gained.extend(gained);
                 }
             }
+        }
+        if let Some(job) = &self.cleanup_job {
+            // Ranges given back to this node are not forgotten: the job
+            // waits for the shard it is cleaning, and cleans the others
+            // without them, before anything is written there.
+            job.keep(&self.owned_ranges());
         }
         self.members.set_mine(self.transition, self.synced);
     }
@@ -3326,6 +3397,10 @@ impl Node {
 #[cfg(test)]
 #[path = "write_path_tests.rs"]
 mod write_path_tests;
+
+#[cfg(test)]
+#[path = "cleanup_tests.rs"]
+mod cleanup_tests;
 
 #[cfg(test)]
 mod tests {

@@ -132,6 +132,9 @@ pub enum ToCluster {
     PeerUp(String),
     /// The anti-entropy thread finished a task.
     AntiEntropyDone(AeOutcome),
+    /// The cleanup thread ran the node's cleanup (how many entries it
+    /// forgot, or why it failed).
+    CleanupDone(Result<usize, String>),
 }
 
 /// An operator command for the cluster.
@@ -715,6 +718,7 @@ pub(crate) fn node_config(c: &Config, id: &str) -> kv_replication::Config {
     cfg.anti_entropy_interval = c.anti_entropy_ms;
     cfg.offload_anti_entropy = true;
     cfg.driver_cleanup = true;
+    cfg.offload_cleanup = true;
     cfg.max_clock_offset = c.max_clock_offset_ms;
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     cfg.stream_rate = c.rebalance_rate;
@@ -804,6 +808,8 @@ pub fn start(
     let (appliers, mut applier_threads) = start_appliers(&shared, &handle)?;
     let (anti_entropy, ae_thread) = start_anti_entropy(&shared, &handle)?;
     applier_threads.push(ae_thread);
+    let (cleanup, cleanup_thread) = start_cleanup(&shared, &handle)?;
+    applier_threads.push(cleanup_thread);
     let h = handle.clone();
     let batch_cap = crate::peer_batch::cap(&c);
     let thread = std::thread::Builder::new()
@@ -830,6 +836,7 @@ pub fn start(
                 hints,
                 appliers,
                 anti_entropy,
+                cleanup,
                 scratch: vec![0; 256 << 10],
                 batch_cap,
                 contact_writer,
@@ -905,6 +912,8 @@ struct ClusterThread {
     appliers: Sender<(String, u64, PeerMsg)>,
     /// Anti-entropy work to run off this thread.
     anti_entropy: Sender<AeTask>,
+    /// Cleanups to run off this thread.
+    cleanup: Sender<Arc<kv_replication::CleanupJob>>,
     /// Buffer for reading peer links.
     scratch: Vec<u8>,
     /// Size at which a link's batch is sealed before the pass ends.
@@ -1026,6 +1035,33 @@ fn start_anti_entropy(
                 let outcome =
                     crate::fenced_apply::run_ae(&mut ae, task, &shared.store, &handle.ring);
                 handle.send(ToCluster::AntiEntropyDone(outcome));
+                handle.flush();
+            }
+        })?;
+    Ok((tx, t))
+}
+
+/// The thread that runs the node's cleanups (forgetting the ranges this
+/// node gave away, then a snapshot): on a large store that takes seconds,
+/// which would stall every request the cluster thread coordinates. While
+/// one runs, the node keeps it from forgetting a range that a ring change
+/// gives back ([`kv_replication::CleanupJob`]). It stops once the sender
+/// is dropped.
+fn start_cleanup(
+    shared: &Arc<Shared>,
+    handle: &Arc<ClusterHandle>,
+) -> io::Result<(
+    Sender<Arc<kv_replication::CleanupJob>>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (tx, rx) = mpsc::channel::<Arc<kv_replication::CleanupJob>>();
+    let (shared, handle) = (shared.clone(), handle.clone());
+    let t = std::thread::Builder::new()
+        .name("kv-cleanup".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                let result = job.run(&shared.store).map_err(|e| e.to_string());
+                handle.send(ToCluster::CleanupDone(result));
                 handle.flush();
             }
         })?;
@@ -1258,6 +1294,7 @@ impl ClusterThread {
             }
             ToCluster::PeerUp(_) => {}
             ToCluster::AntiEntropyDone(outcome) => self.node.anti_entropy_done(outcome),
+            ToCluster::CleanupDone(result) => self.node.cleanup_done(now, result),
         }
     }
 
@@ -1300,6 +1337,9 @@ impl ClusterThread {
                 Output::Log(line) => log::info!("{line}"),
                 Output::AntiEntropy(task) => {
                     let _ = self.anti_entropy.send(task);
+                }
+                Output::Cleanup(job) => {
+                    let _ = self.cleanup.send(job);
                 }
                 Output::Persist(p) => {
                     if let Some(path) = &self.state_path {
