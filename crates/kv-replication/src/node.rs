@@ -662,9 +662,10 @@ impl Node {
         now >= since.saturating_add(self.cfg.request_timeout)
     }
 
-    /// Forgets, in `store`, the data of ranges this node no longer owns in
-    /// either ring, and old copies of ranges it has just started to gain
-    /// (see [`crate::ownership`]), once [`Node::ring_settled`] allows;
+    /// Forgets, in `store` (or hands out, with
+    /// [`Config::offload_cleanup`]), the data of ranges this node no longer
+    /// owns in either ring (see [`crate::ownership`]), once
+    /// [`Node::ring_settled`] allows;
     /// logs what it forgot. A failure (the snapshot that makes it
     /// durable, most likely) is tried again, the snapshot too, every
     /// [`CLEANUP_RETRY`] ms. Idempotent.

@@ -3,13 +3,14 @@
 //! A node keeps data only for the ranges it is a replica of in the read
 //! ring or the write ring (see [`crate::rebalance`]). Once a rebalance that
 //! moved a range away from it has ended (the new owners have it), it
-//! forgets its copy; and when it first learns of a rebalance in which it
-//! gains a range, it forgets whatever it still holds of that range (a copy
-//! kept from before, which may hold values whose deletes were purged since)
-//! and takes the range only from the stream. So an old copy of a range
-//! never comes back to life when the range comes back. Both steps are
-//! idempotent, and the first runs again at every start, so a crash between
-//! a rebalance's end and the cleanup leaves nothing behind.
+//! forgets its copy, so an old copy of a range (which may hold values
+//! whose deletes were purged since) never comes back to life when the
+//! range comes back. The cleanup is idempotent and runs again at every
+//! start, so a crash between a rebalance's end and the cleanup leaves
+//! nothing behind. A driver may run it on another thread
+//! ([`CleanupJob`]). (Forgetting, at the start of a rebalance, the old
+//! copies of the ranges a node gains is only a planted bug:
+//! [`crate::Planted::forget_gained`].)
 
 use kv_ring::Ring;
 
