@@ -179,6 +179,12 @@ impl AeView {
 pub struct AeTask {
     /// The ring it runs on.
     pub view: Arc<AeView>,
+    /// The node's ring id ([`crate::Node::ring_id`]) when the task was
+    /// made: a driver that runs tasks on another thread stores what they
+    /// apply only while its published ring id is still this one (see the
+    /// server's fenced appliers), so that no task made under a ring
+    /// writes a range after a later ring's cleanup forgot it.
+    pub epoch: u64,
     /// Tombstones with a timestamp below this (µs) are past the grace.
     pub old_before: u64,
     /// Timestamps above this (µs) are too far ahead: not stored.
@@ -451,6 +457,7 @@ fn serve(task: &AeTask, store: &Store, to: &str, mut keys: Vec<Vec<u8>>, out: &m
     if !keys.is_empty() {
         out.next = Some(AeTask {
             view: task.view.clone(),
+            epoch: task.epoch,
             old_before: task.old_before,
             max_ts: task.max_ts,
             work: AeWork::Serve(to.to_string(), keys),

@@ -3,6 +3,7 @@
 //! wraps: a clock that reaches `u64::MAX` issues no more timestamps.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The clock. Timestamps are in microseconds-since-epoch units; when
 /// physical time lags what has been seen or issued, the clock counts on by
@@ -110,6 +111,62 @@ impl PeerClocks {
     }
 }
 
+/// The cluster's time ([`PeerClocks::trusted_now`]) as the thread that
+/// drives the node last computed it, published for other threads (a
+/// server's event loops checking replicated writes against the maximum
+/// clock offset), so that they judge timestamps against the same clock as
+/// the node, not against their own wall clock, which may have been
+/// stepped.
+///
+/// A reading moves on by the wall-clock time passed since it was
+/// published, but by `slack` ms at most, as the node's own estimate does:
+/// a wall clock stepped ahead between two publications moves it no
+/// further, one stepped back not at all. A reader that catches the two
+/// halves of a publication apart is off by at most `slack` too.
+#[derive(Debug, Default)]
+pub struct SharedClock {
+    /// The cluster's time at the last publication (ms; 0: none known,
+    /// the wall clock is used).
+    cluster: AtomicU64,
+    /// The wall clock at the last publication (ms).
+    at: AtomicU64,
+    /// How far a reading moves on at most (ms).
+    slack: u64,
+}
+
+impl SharedClock {
+    /// A clock with nothing published yet (it reads the wall clock), whose
+    /// readings move on by `slack` ms at most.
+    pub fn new(slack: u64) -> SharedClock {
+        SharedClock {
+            slack,
+            ..SharedClock::default()
+        }
+    }
+
+    /// The node's thread, whose wall clock reads `now`, publishes the
+    /// cluster's time (`None`: no peer heard from, the wall clock stands).
+    pub fn publish(&self, now: u64, cluster: Option<u64>) {
+        match cluster {
+            Some(c) => {
+                self.at.store(now, Ordering::Release);
+                self.cluster.store(c.max(1), Ordering::Release);
+            }
+            None => self.cluster.store(0, Ordering::Release),
+        }
+    }
+
+    /// The cluster's time (ms) when this thread's wall clock reads `wall`.
+    pub fn now(&self, wall: u64) -> u64 {
+        let cluster = self.cluster.load(Ordering::Acquire);
+        if cluster == 0 {
+            return wall;
+        }
+        let at = self.at.load(Ordering::Acquire);
+        cluster.saturating_add(wall.saturating_sub(at).min(self.slack))
+    }
+}
+
 /// Whether timestamp `ts` (µs) is more than `max_offset_ms` ahead of the
 /// wall clock `now_ms`: such a timestamp comes from a clock too far off,
 /// or a forged message, and must be neither stored nor observed.
@@ -119,7 +176,7 @@ pub fn too_far_ahead(ts: u64, now_ms: u64, max_offset_ms: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{too_far_ahead, Hlc, PeerClocks};
+    use super::{too_far_ahead, Hlc, PeerClocks, SharedClock};
 
     #[test]
     fn monotonic_and_above_observed() {
@@ -222,5 +279,24 @@ mod tests {
         p.note("c", t + 10_100, back + 100);
         p.note("d", t + 10_100, back + 100);
         assert_eq!(p.trusted_now(back + 100, 250, 3000), Some(t + 10_100));
+    }
+
+    /// The published cluster time moves on with the wall clock, by the
+    /// slack at most, and not back: a wall clock stepped an hour either way
+    /// after a publication reads within the slack of the cluster's time.
+    #[test]
+    fn a_published_cluster_time_ignores_a_stepped_wall_clock() {
+        let t = 1_700_000_000_000;
+        let hour = 3600 * 1000;
+        let c = SharedClock::new(250);
+        assert_eq!(c.now(t), t, "nothing published: the wall clock");
+        c.publish(t, Some(t - 40));
+        assert_eq!(c.now(t + 100), t + 60);
+        assert_eq!(c.now(t + hour), t - 40 + 250, "stepped ahead");
+        assert_eq!(c.now(t - hour), t - 40, "stepped back");
+        c.publish(t + hour, Some(t + 10));
+        assert_eq!(c.now(t + hour + 5), t + 15);
+        c.publish(t, None);
+        assert_eq!(c.now(t + hour), t + hour, "no peer: the wall clock");
     }
 }

@@ -50,5 +50,6 @@ pub use node::{
     apply_entries, serve_replica, serve_replica_at, Config, Hint, MemberInfo, Node, Output,
     Persisted, Planted,
 };
+pub use ownership::CleanupJob;
 pub use rebalance::{Progress, StreamSave};
 pub use stats::NodeStats;

@@ -10,6 +10,7 @@ use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
 use crate::hlc::Hlc;
 use crate::membership::{MemberState, Membership};
 use crate::msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
+use crate::ownership::CleanupJob;
 use crate::rebalance::{self, Progress, Stream, StreamSave};
 
 /// Settings of a node. Times are in milliseconds.
@@ -78,6 +79,12 @@ pub struct Config {
     /// node's state (off: the node runs it inside `handle_*`, as the
     /// simulator does).
     pub driver_cleanup: bool,
+    /// Whether the cleanup's work on the store (forgetting the ranges
+    /// given away, and the snapshot after it) runs off the thread that
+    /// drives the node: the node hands it out as [`Output::Cleanup`] and
+    /// the driver reports back with [`Node::cleanup_done`]. Off: the node
+    /// runs it where the cleanup is decided.
+    pub offload_cleanup: bool,
     /// Bugs planted on purpose, for the simulator's tests to show that it
     /// catches them. All off by default; never turn one on in production.
     #[doc(hidden)]
@@ -128,6 +135,13 @@ pub struct Planted {
     /// wait for a clock stepped back to come back (the node before the
     /// clock-step fix).
     pub wall_clock_stamps: bool,
+    /// A node that learns of a rebalance in which it gains ranges forgets
+    /// its old copies of them at its next cleanup (once the ring has
+    /// settled), which may come after pages of the stream and writes
+    /// made under the new write ring landed there: the node then counts
+    /// the ranges as received without them (the `FORGET_GAINED` switch,
+    /// once a constant, whose cause was not understood).
+    pub forget_gained: bool,
 }
 
 /// Default maximum clock offset between nodes (ms).
@@ -159,6 +173,7 @@ impl Config {
             tombstone_grace: 4 * 3600 * 1000,
             contact_record_interval: 5000,
             driver_cleanup: false,
+            offload_cleanup: false,
             planted: Planted::default(),
         }
     }
@@ -214,6 +229,12 @@ pub enum Output {
     /// joins the cluster (as `--rejoin-fresh` does). Until then the node
     /// serves nothing.
     RejoinFresh(String),
+    /// A cleanup to run off the thread that drives the node (only with
+    /// [`Config::offload_cleanup`]): run it with [`CleanupJob::run`] and
+    /// hand the result to [`Node::cleanup_done`]. Until then the node
+    /// starts no other cleanup, and keeps the job from forgetting any
+    /// range a ring change gives back to it.
+    Cleanup(Arc<CleanupJob>),
 }
 
 /// A write held for a replica that was down (hinted handoff). It never
@@ -282,12 +303,6 @@ type Page = (Vec<(Vec<u8>, Stamped)>, Option<Vec<u8>>);
 /// A write's value (`None`: a delete) and expiry (ms since the Unix
 /// epoch, `None`: never).
 type WriteValue = (Option<Vec<u8>>, Option<u64>);
-
-/// Whether a node that learns of a rebalance forgets its old copies of
-/// the ranges it gains. Off: with it on, the server's leave-under-load
-/// test lost copies (not understood yet); the cleanup of the ranges a
-/// node owns in neither ring is enough for the simulator's seeds.
-const FORGET_GAINED: bool = false;
 
 /// How long a failed cleanup (or its snapshot) waits before it is tried
 /// again (ms).
@@ -497,10 +512,13 @@ pub struct Node {
     /// No cleanup or snapshot is tried again before this time.
     cleanup_retry_at: u64,
     /// Ranges gained in a rebalance just learned of, whose old local
-    /// copies the store must forget before the stream fills them.
+    /// copies the store forgets at the next cleanup: only with the
+    /// planted bug [`Planted::forget_gained`].
     forget_gained: Vec<(u64, u64)>,
     /// The rings changed: pending operations are started again on them.
     regroup_due: bool,
+    /// The cleanup running off this thread ([`Config::offload_cleanup`]).
+    cleanup_job: Option<Arc<CleanupJob>>,
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
@@ -589,6 +607,7 @@ impl Node {
             cleanup_retry_at: 0,
             forget_gained: Vec::new(),
             regroup_due: false,
+            cleanup_job: None,
         };
         n.numbers.insert(n.number, n.cfg.id.clone());
         if let Some(d) = n.members.digest(&n.cfg.id) {
@@ -643,47 +662,96 @@ impl Node {
         now >= since.saturating_add(self.cfg.request_timeout)
     }
 
-    /// Forgets, in `store`, the data of ranges this node no longer owns in
-    /// either ring, and old copies of ranges it has just started to gain
-    /// (see [`crate::ownership`]), once [`Node::ring_settled`] allows;
+    /// Forgets, in `store` (or hands out, with
+    /// [`Config::offload_cleanup`]), the data of ranges this node no longer
+    /// owns in either ring (see [`crate::ownership`]), once
+    /// [`Node::ring_settled`] allows;
     /// logs what it forgot. A failure (the snapshot that makes it
     /// durable, most likely) is tried again, the snapshot too, every
     /// [`CLEANUP_RETRY`] ms. Idempotent.
     fn clean_up(&mut self, now: u64, store: &Store) {
-        if self.stale.is_some() || now < self.cleanup_retry_at {
+        if self.stale.is_some() || now < self.cleanup_retry_at || self.cleanup_job.is_some() {
             return;
         }
         if self.snapshot_owed {
-            match store.snapshot() {
-                Ok(()) => {
-                    self.snapshot_owed = false;
-                    self.log("cleanup: the snapshot that failed is written now".to_string());
-                }
-                Err(e) => {
-                    self.cleanup_retry_at = now.saturating_add(CLEANUP_RETRY);
-                    return self.log(format!(
-                        "cleanup: snapshot failed again, retried later: {e}"
-                    ));
-                }
+            if self.cfg.offload_cleanup {
+                return self.offload_cleanup(Vec::new(), true);
+            }
+            let result = store.snapshot().map(|()| 0);
+            self.cleanup_result(now, result, true);
+            if self.snapshot_owed {
+                return;
             }
         }
         if !self.cleanup_due || !self.ring_settled(now) {
             return;
         }
         self.cleanup_due = false;
-        let me = self.cfg.id.clone();
-        let mut owned = crate::ownership::owned(&self.read_ring, self.n_of(&self.read_ring), &me);
-        if self.transition != 0 {
-            let n = self.n_of(&self.write_ring);
-            owned.extend(crate::ownership::owned(&self.write_ring, n, &me));
-        }
-        let mut doomed = crate::ownership::complement(&crate::ownership::merge(owned));
+        let mut doomed = crate::ownership::complement(&self.owned_ranges());
         doomed.append(&mut self.forget_gained);
         let doomed = crate::ownership::merge(doomed);
         if doomed.is_empty() {
             return;
         }
-        match store.drop_ranges(&doomed) {
+        if self.cfg.offload_cleanup {
+            return self.offload_cleanup(doomed, false);
+        }
+        let result = store.drop_ranges(&doomed);
+        self.cleanup_result(now, result, false);
+    }
+
+    /// The ranges this node owns in its rings (sorted, merged): the read
+    /// ring's, and the write ring's during a rebalance.
+    fn owned_ranges(&self) -> Vec<(u64, u64)> {
+        let me = &self.cfg.id;
+        let mut owned = crate::ownership::owned(&self.read_ring, self.n_of(&self.read_ring), me);
+        if self.transition != 0 {
+            let n = self.n_of(&self.write_ring);
+            owned.extend(crate::ownership::owned(&self.write_ring, n, me));
+        }
+        crate::ownership::merge(owned)
+    }
+
+    /// Hands a cleanup to the driver to run off this thread.
+    fn offload_cleanup(&mut self, doomed: Vec<(u64, u64)>, snapshot_only: bool) {
+        let job = Arc::new(CleanupJob::new(doomed, snapshot_only));
+        self.cleanup_job = Some(job.clone());
+        self.out.push_back(Output::Cleanup(job));
+    }
+
+    /// The driver ran the [`Output::Cleanup`] job handed out last:
+    /// `result` is what [`CleanupJob::run`] returned (the error as text).
+    pub fn cleanup_done(&mut self, now: u64, result: Result<usize, String>) {
+        self.last_now = self.last_now.max(now);
+        let Some(job) = self.cleanup_job.take() else {
+            return;
+        };
+        self.cleanup_result(now, result, job.snapshot_only());
+    }
+
+    /// Logs a cleanup's outcome; a failure is tried again later.
+    fn cleanup_result<E: std::fmt::Display>(
+        &mut self,
+        now: u64,
+        result: Result<usize, E>,
+        snapshot_only: bool,
+    ) {
+        if snapshot_only {
+            match result {
+                Ok(_) => {
+                    self.snapshot_owed = false;
+                    self.log("cleanup: the snapshot that failed is written now".to_string());
+                }
+                Err(e) => {
+                    self.cleanup_retry_at = now.saturating_add(CLEANUP_RETRY);
+                    self.log(format!(
+                        "cleanup: snapshot failed again, retried later: {e}"
+                    ));
+                }
+            }
+            return;
+        }
+        match result {
             Ok(0) => {}
             Ok(n) => self.log(format!(
                 "cleanup: forgot {n} entries of ranges this node gave away or is receiving afresh"
@@ -913,6 +981,15 @@ impl Node {
         self.members.ring_id()
     }
 
+    /// Whether this node is receiving the ranges of rebalance
+    /// `transition` now (a stream page of another transition is ignored:
+    /// a driver that applies pages off its thread must not store it).
+    pub fn receives_stream(&self, transition: u64) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(|s| s.transition == transition)
+    }
+
     /// Whether a rebalance is under way (as far as this node knows).
     pub fn rebalancing(&self) -> bool {
         self.transition != 0
@@ -1052,6 +1129,22 @@ impl Node {
         let max = self.clock_bound()?;
         self.peer_clocks
             .trusted_now(now, max / 2, self.cfg.down_after)
+    }
+
+    /// The cluster's time (ms) as this node trusts it when its clock reads
+    /// `now` (the clock it checks timestamps against), if it heard from
+    /// peers; for a driver to publish with
+    /// [`crate::hlc::SharedClock::publish`] to threads that check
+    /// timestamps for it.
+    pub fn cluster_time(&self, now: u64) -> Option<u64> {
+        self.trusted_now(now)
+    }
+
+    /// How far, at most, the cluster's time moves on by this node's clock
+    /// between two peers' readings (ms): the slack of a
+    /// [`crate::hlc::SharedClock`] published from [`Node::cluster_time`].
+    pub fn cluster_time_slack(&self) -> u64 {
+        self.clock_bound().map_or(u64::MAX, |m| m / 2)
     }
 
     /// Whether this node, as a replica of a write it coordinates, must
@@ -1417,7 +1510,7 @@ impl Node {
                 if self.plan.gains.is_empty() || !self.cfg.stream_ranges {
                     self.synced = transition;
                 }
-                if self.synced != transition && FORGET_GAINED {
+                if self.synced != transition && self.cfg.planted.forget_gained {
                     let gained = self
                         .plan
                         .gains
@@ -1426,6 +1519,12 @@ impl Node {
                     self.forget_gained.extend(gained);
                 }
             }
+        }
+        if let Some(job) = &self.cleanup_job {
+            // Ranges given back to this node are not forgotten: the job
+            // waits for the shard it is cleaning, and cleans the others
+            // without them, before anything is written there.
+            job.keep(&self.owned_ranges());
         }
         self.members.set_mine(self.transition, self.synced);
     }
@@ -2911,6 +3010,7 @@ impl Node {
     fn dispatch_ae(&mut self, now: u64, work: AeWork, store: &Store) {
         let task = AeTask {
             view: self.ae_view(),
+            epoch: self.ring_id(),
             old_before: match self.cfg.tombstone_grace {
                 0 => 0, // tombstones are kept: none is too old
                 grace => now.saturating_sub(grace).saturating_mul(1000),
@@ -3303,6 +3403,10 @@ fn receiving_line(ranges: usize, nodes: usize, note: &str) -> String {
 #[cfg(test)]
 #[path = "write_path_tests.rs"]
 mod write_path_tests;
+
+#[cfg(test)]
+#[path = "cleanup_tests.rs"]
+mod cleanup_tests;
 
 #[cfg(test)]
 mod tests {

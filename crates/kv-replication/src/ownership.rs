@@ -3,13 +3,14 @@
 //! A node keeps data only for the ranges it is a replica of in the read
 //! ring or the write ring (see [`crate::rebalance`]). Once a rebalance that
 //! moved a range away from it has ended (the new owners have it), it
-//! forgets its copy; and when it first learns of a rebalance in which it
-//! gains a range, it forgets whatever it still holds of that range (a copy
-//! kept from before, which may hold values whose deletes were purged since)
-//! and takes the range only from the stream. So an old copy of a range
-//! never comes back to life when the range comes back. Both steps are
-//! idempotent, and the first runs again at every start, so a crash between
-//! a rebalance's end and the cleanup leaves nothing behind.
+//! forgets its copy, so an old copy of a range (which may hold values
+//! whose deletes were purged since) never comes back to life when the
+//! range comes back. The cleanup is idempotent and runs again at every
+//! start, so a crash between a rebalance's end and the cleanup leaves
+//! nothing behind. A driver may run it on another thread
+//! ([`CleanupJob`]). (Forgetting, at the start of a rebalance, the old
+//! copies of the ranges a node gains is only a planted bug:
+//! [`crate::Planted::forget_gained`].)
 
 use kv_ring::Ring;
 
@@ -81,6 +82,89 @@ pub(crate) fn complement(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
+/// The positions of the sorted, merged `ranges` that are not in the
+/// sorted, merged `minus`.
+pub(crate) fn subtract(ranges: &[(u64, u64)], minus: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let keep = complement(minus);
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < ranges.len() && j < keep.len() {
+        let lo = ranges[i].0.max(keep[j].0);
+        let hi = ranges[i].1.min(keep[j].1);
+        if lo <= hi {
+            out.push((lo, hi));
+        }
+        if ranges[i].1 < keep[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// A cleanup run off the thread that drives the node (see
+/// [`crate::Config::offload_cleanup`]): the ranges to forget, which the
+/// node shrinks, while the job runs, by every range a ring change gives
+/// back to it, before anything is written there under the new ring (see
+/// [`kv_storage::Store::drop_ranges_while`]). So a range that comes back
+/// during the drop keeps the writes made after it came back.
+#[derive(Debug)]
+pub struct CleanupJob {
+    /// What is still to be forgotten (sorted, merged intervals).
+    doomed: std::sync::RwLock<Vec<(u64, u64)>>,
+    /// A snapshot owed by an earlier cleanup whose snapshot failed, with
+    /// nothing to forget.
+    snapshot_only: bool,
+}
+
+impl PartialEq for CleanupJob {
+    /// The same job (jobs are compared by identity).
+    fn eq(&self, other: &CleanupJob) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for CleanupJob {}
+
+impl CleanupJob {
+    pub(crate) fn new(doomed: Vec<(u64, u64)>, snapshot_only: bool) -> CleanupJob {
+        CleanupJob {
+            doomed: std::sync::RwLock::new(doomed),
+            snapshot_only,
+        }
+    }
+
+    /// Runs the job against `store`: how many entries it forgot.
+    pub fn run(&self, store: &kv_storage::Store) -> kv_storage::Result<usize> {
+        if self.snapshot_only {
+            return store.snapshot().map(|()| 0);
+        }
+        store.drop_ranges_while(|| self.doomed.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The ranges `owned` (sorted, merged) are this node's again: they
+    /// are not forgotten. Returns once no shard is being cleaned with the
+    /// old ranges.
+    pub(crate) fn keep(&self, owned: &[(u64, u64)]) {
+        let mut doomed = self.doomed.write().unwrap_or_else(|e| e.into_inner());
+        *doomed = subtract(&doomed, owned);
+    }
+
+    /// Whether this is the retry of a snapshot, with nothing to forget.
+    pub(crate) fn snapshot_only(&self) -> bool {
+        self.snapshot_only
+    }
+
+    /// What is still to be forgotten.
+    pub fn doomed(&self) -> Vec<(u64, u64)> {
+        self.doomed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +196,17 @@ mod tests {
                 prop_assert_eq!(within(&rest, p), !replica);
             }
         }
+    }
+
+    #[test]
+    fn subtract_keeps_what_is_not_taken_away() {
+        assert_eq!(
+            subtract(&[(0, 9), (20, 29)], &[(5, 22)]),
+            vec![(0, 4), (23, 29)]
+        );
+        assert_eq!(subtract(&[(0, u64::MAX)], &[]), vec![(0, u64::MAX)]);
+        assert_eq!(subtract(&[(3, 4)], &[(0, u64::MAX)]), vec![]);
+        assert_eq!(subtract(&[(3, 4), (8, 9)], &[(4, 8)]), vec![(3, 3), (9, 9)]);
     }
 
     #[test]

@@ -485,6 +485,8 @@ impl Sim {
                 Output::Persist(p) => self.nodes[i].saved = Some(p),
                 // The simulator runs anti-entropy inline (no offload).
                 Output::AntiEntropy(_) => {}
+                // And its cleanups too (no offload).
+                Output::Cleanup(_) => {}
                 Output::Log(line) => {
                     if line.starts_with("rebalance done") {
                         self.report.rebalances += 1;

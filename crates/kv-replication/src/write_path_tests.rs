@@ -242,3 +242,89 @@ fn an_ack_carried_in_a_refusal_counts_against_the_current_groups() {
         "{out:?}"
     );
 }
+
+/// The path of simulator seed 281 (join/leave run), driven by hand: a
+/// replica on a newer ring refuses a write from a coordinator on an older
+/// one, but owns the key under its ring, so it stores the write and
+/// carries its ack in the refusal. The coordinator counts that ack as the
+/// replica's answer: with its own copy, a write quorum holds the version
+/// and the client hears OK at once. Ignored, the ack would leave the
+/// write waiting (and, with every other replica holding a newer version,
+/// re-stamped as if no replica held it, although a read may have
+/// returned the copy stored here).
+#[test]
+fn a_refusing_replica_that_owns_the_key_stores_the_write_and_its_ack_counts() {
+    let s = store();
+    let mut a = coordinator(&s);
+    // b:1 knows of a fourth member joining (a newer ring id), and the key
+    // stays with a:1 and b:1 under both rings.
+    let newer: Vec<Digest> = ["a:1", "b:1", "c:1"]
+        .iter()
+        .map(|id| digest(id, Status::Normal))
+        .chain([digest("d:1", Status::Joining)])
+        .collect();
+    let four = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ["a:1", "b:1", "c:1", "d:1"]);
+    let key = (0..10_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| {
+            let p = four.preference_list(k, 3);
+            p.contains(&"a:1") && p.contains(&"b:1")
+        })
+        .expect("some key");
+    let sb = store();
+    let saved = Persisted {
+        members: newer,
+        clock_floor: 0,
+        stream: None,
+    };
+    let mut b = Node::new(Config::new("b:1"), T0, Some(saved), &sb, 2);
+    drain(&mut b);
+    assert_ne!(a.ring_id(), b.ring_id());
+
+    a.handle_client(T0 + 1, 7, put(&key), &s);
+    let out = drain(&mut a);
+    let to_b = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Send { to, msg } if to == "b:1" => Some(msg),
+            _ => None,
+        })
+        .expect("the write goes to b:1");
+    assert!(matches!(to_b, PeerMsg::OnRing { .. }), "{to_b:?}");
+    b.handle_message(T0 + 2, "a:1", to_b, &sb);
+
+    // b:1 stored the write although it refused it, and says so.
+    let stored = sb
+        .get_versioned(&key)
+        .expect("b:1 stores the write it owns");
+    let refusal = drain(&mut b)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Send {
+                to,
+                msg: msg @ PeerMsg::RingDiffers { .. },
+            } if to == "a:1" => Some(msg),
+            _ => None,
+        })
+        .expect("b:1 refuses the write");
+    let PeerMsg::RingDiffers { ack: Some(ack), .. } = &refusal else {
+        panic!("the refusal carries b:1's ack: {refusal:?}");
+    };
+    assert!(
+        matches!(**ack, PeerMsg::ReplicateAck { newer: None, .. }),
+        "{ack:?}"
+    );
+
+    // a:1's copy and b:1's carried ack are a write quorum: OK at once,
+    // with the version b:1 stored, before b:1 is asked again.
+    a.handle_message(T0 + 3, "b:1", refusal, &s);
+    let out = drain(&mut a);
+    assert_eq!(
+        replies(&out),
+        vec![ClientReply::Written {
+            version: Ver::from(stored.version),
+            existed: false
+        }],
+        "the ack carried in the refusal is b:1's answer"
+    );
+}

@@ -176,6 +176,7 @@ const C: &str = "127.0.0.1:7003";
 fn task(ring: &kv_ring::Ring, me: &str, from: &str, msg: PeerMsg) -> AeTask {
     AeTask {
         view: Arc::new(AeView::new(ring, 2, me)),
+        epoch: 0,
         old_before: 0,
         max_ts: u64::MAX,
         work: AeWork::Message(from.to_string(), msg),

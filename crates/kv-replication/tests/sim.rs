@@ -35,6 +35,15 @@ fn seeds() -> Vec<u64> {
     seeds_up_to(500)
 }
 
+/// [`seeds`] above `first` (all of them when replaying one seed): a
+/// planted-bug search that starts near the first seed known to show it.
+fn seeds_after(first: u64) -> Vec<u64> {
+    seeds()
+        .into_iter()
+        .filter(|&s| s > first || env("KV_SIM_SEED").is_some())
+        .collect()
+}
+
 /// Shard `k`'s part of the main run's seeds.
 fn shard_seeds(k: u64) -> Vec<u64> {
     if env("KV_SIM_SEED").is_some() {
@@ -388,10 +397,7 @@ fn ranges_copied_from_live_owners_only_are_caught() {
     cfg.read_repair = false;
     // The first seed that shows it is 211: the search starts at 201 to
     // take seconds, not a minute and a half (KV_SIM_SEED replays one).
-    let seeds: Vec<u64> = seeds()
-        .into_iter()
-        .filter(|&s| s > 200 || env("KV_SIM_SEED").is_some())
-        .collect();
+    let seeds = seeds_after(200);
     let expect = "copying from live owners only must lose or hide some write";
     let (seed, what) = lost_or_hidden(&cfg, &seeds, expect);
     println!("copying from live owners only caught at seed {seed}: {what}");
@@ -641,4 +647,23 @@ fn no_grace_check_on_restart_is_caught() {
     let (seed, what) =
         found.expect("without the grace check some delete must come back after a long outage");
     println!("no grace check on restart caught at seed {seed}: {what}");
+}
+
+/// The planted bug `forget_gained`: a node that gains ranges in a
+/// rebalance forgets its old copies of them before the stream fills them
+/// again, although it is already in the write ring, so that writes it
+/// acknowledged under the new ring go with them. A read must be caught
+/// missing one.
+#[test]
+fn forgetting_old_copies_of_gained_ranges_is_caught() {
+    let mut cfg = rebalancing();
+    cfg.planted.forget_gained = true;
+    cfg.anti_entropy = false;
+    cfg.read_repair = false;
+    // The first seed that shows it is 50 (a stale read right after a
+    // rebalance ended): the search starts at 41 to take seconds.
+    let seeds = seeds_after(40);
+    let expect = "forgetting the old copies of gained ranges must lose or hide some write";
+    let (seed, what) = lost_or_hidden(&cfg, &seeds, expect);
+    println!("forgetting gained ranges caught at seed {seed}: {what}");
 }

@@ -132,6 +132,9 @@ pub enum ToCluster {
     PeerUp(String),
     /// The anti-entropy thread finished a task.
     AntiEntropyDone(AeOutcome),
+    /// The cleanup thread ran the node's cleanup (how many entries it
+    /// forgot, or why it failed).
+    CleanupDone(Result<usize, String>),
 }
 
 /// An operator command for the cluster.
@@ -238,6 +241,11 @@ pub struct ClusterHandle {
     /// cluster thread writes it before it saves the new membership and
     /// cleans up the ranges the new ring gave away.
     pub ring: parking_lot::RwLock<u64>,
+    /// The cluster's time as the node trusts it, published by the cluster
+    /// thread: the event loops check replicated writes' timestamps against
+    /// it, as the node does, not against this host's wall clock, which
+    /// may have been stepped.
+    pub clock: kv_replication::hlc::SharedClock,
     /// The cluster's figures for metrics and INFO, refreshed by the
     /// cluster thread.
     pub stats: Mutex<ClusterStats>,
@@ -316,6 +324,7 @@ impl ClusterHandle {
             observed: std::sync::atomic::AtomicU64::new(0),
             checked: AtomicBool::new(true),
             ring: parking_lot::RwLock::new(0),
+            clock: kv_replication::hlc::SharedClock::new(250),
             stats: Mutex::new(ClusterStats::default()),
             stop: AtomicBool::new(false),
         };
@@ -709,6 +718,7 @@ pub(crate) fn node_config(c: &Config, id: &str) -> kv_replication::Config {
     cfg.anti_entropy_interval = c.anti_entropy_ms;
     cfg.offload_anti_entropy = true;
     cfg.driver_cleanup = true;
+    cfg.offload_cleanup = true;
     cfg.max_clock_offset = c.max_clock_offset_ms;
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     cfg.stream_rate = c.rebalance_rate;
@@ -791,12 +801,15 @@ pub fn start(
         observed: std::sync::atomic::AtomicU64::new(0),
         checked: AtomicBool::new(!node.awaiting_contact_check()),
         ring: parking_lot::RwLock::new(node.ring_id()),
+        clock: kv_replication::hlc::SharedClock::new(node.cluster_time_slack()),
         stats: Mutex::new(ClusterStats::default()),
         stop: AtomicBool::new(false),
     });
     let (appliers, mut applier_threads) = start_appliers(&shared, &handle)?;
     let (anti_entropy, ae_thread) = start_anti_entropy(&shared, &handle)?;
     applier_threads.push(ae_thread);
+    let (cleanup, cleanup_thread) = start_cleanup(&shared, &handle)?;
+    applier_threads.push(cleanup_thread);
     let h = handle.clone();
     let batch_cap = crate::peer_batch::cap(&c);
     let thread = std::thread::Builder::new()
@@ -823,6 +836,7 @@ pub fn start(
                 hints,
                 appliers,
                 anti_entropy,
+                cleanup,
                 scratch: vec![0; 256 << 10],
                 batch_cap,
                 contact_writer,
@@ -895,9 +909,11 @@ struct ClusterThread {
     /// Durable hints for replicas that were down, in `data_dir/hints`.
     hints: Store,
     /// Rebalancing pages to apply off this thread.
-    appliers: Sender<(String, PeerMsg)>,
+    appliers: Sender<(String, u64, PeerMsg)>,
     /// Anti-entropy work to run off this thread.
     anti_entropy: Sender<AeTask>,
+    /// Cleanups to run off this thread.
+    cleanup: Sender<Arc<kv_replication::CleanupJob>>,
     /// Buffer for reading peer links.
     scratch: Vec<u8>,
     /// Size at which a link's batch is sealed before the pass ends.
@@ -907,9 +923,14 @@ struct ClusterThread {
 }
 
 /// Where rebalancing pages go to be applied, and the threads applying them.
-type Appliers = (Sender<(String, PeerMsg)>, Vec<std::thread::JoinHandle<()>>);
+type Appliers = (
+    Sender<(String, u64, PeerMsg)>,
+    Vec<std::thread::JoinHandle<()>>,
+);
 
-/// Threads that apply the entries of rebalancing pages to the store, then
+/// Threads that apply the entries of rebalancing pages to the store (each
+/// fenced by the ring id it was received under, see
+/// [`crate::fenced_apply`]), then
 /// hand the pages (now without entries) to the cluster thread for its
 /// bookkeeping: copying ranges in is the heaviest work of a rebalance and
 /// would otherwise stall coordination. Pages of one source come one at a
@@ -917,7 +938,7 @@ type Appliers = (Sender<(String, PeerMsg)>, Vec<std::thread::JoinHandle<()>>);
 /// offset are refused and logged, as on every other write path. They stop
 /// once the sender is dropped.
 fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Result<Appliers> {
-    let (tx, rx) = mpsc::channel::<(String, PeerMsg)>();
+    let (tx, rx) = mpsc::channel::<(String, u64, PeerMsg)>();
     let rx = Arc::new(Mutex::new(rx));
     let mut threads = Vec::new();
     let refused = Arc::new(Refused::default());
@@ -927,13 +948,20 @@ fn start_appliers(shared: &Arc<Shared>, handle: &Arc<ClusterHandle>) -> io::Resu
         let t = std::thread::Builder::new()
             .name(format!("kv-rebalance-{i}"))
             .spawn(move || loop {
-                let Ok((from, mut msg)) = rx.lock().recv() else {
+                let Ok((from, epoch, mut msg)) = rx.lock().recv() else {
                     return;
                 };
                 if let PeerMsg::StreamPage { entries, .. } = &mut msg {
-                    refuse_far_ahead(&shared, &refused, &from, entries);
-                    let Some(ts) = kv_replication::apply_entries(&shared.store, entries) else {
-                        continue; // the node asks for the page again
+                    let now = handle.clock.now(now_ms());
+                    refuse_far_ahead(&shared, &refused, &from, entries, now);
+                    // Stored only under the ring it was received on: once
+                    // the ring moved on, the cleanup may have forgotten
+                    // the range (see `fenced_apply`).
+                    let store = &shared.store;
+                    let Some(ts) =
+                        crate::fenced_apply::apply_page(store, &handle.ring, epoch, entries)
+                    else {
+                        continue; // the node asks for the page again, if still wanted
                     };
                     handle.observed.fetch_max(ts, Ordering::AcqRel);
                     *entries = Vec::new();
@@ -956,7 +984,7 @@ struct Refused {
 }
 
 /// Drops from `entries` those stamped beyond the maximum clock offset
-/// ahead of this node's clock, as the write path (`Replicate`) and the
+/// ahead of the cluster's time `now`, as the write path (`Replicate`) and the
 /// node's own handling of a page do: such a timestamp comes from a clock
 /// far off or a forged message, and stored it would freeze the key. Logs
 /// them at most once a second, with the count so far.
@@ -965,8 +993,9 @@ fn refuse_far_ahead(
     refused: &Refused,
     from: &str,
     entries: &mut Vec<(Vec<u8>, kv_replication::Stamped)>,
+    now: u64,
 ) {
-    let (now, max) = (now_ms(), shared.config.max_clock_offset_ms);
+    let max = shared.config.max_clock_offset_ms;
     let far = |ts| kv_replication::hlc::too_far_ahead(ts, now, max);
     let before = entries.len();
     entries.retain(|(_, s)| !far(s.version.ts));
@@ -1001,8 +1030,38 @@ fn start_anti_entropy(
         .name("kv-anti-entropy".into())
         .spawn(move || {
             while let Ok(task) = rx.recv() {
-                let outcome = ae.run(task, &shared.store);
+                // Run only under the ring the task was made on (see
+                // `fenced_apply`).
+                let outcome =
+                    crate::fenced_apply::run_ae(&mut ae, task, &shared.store, &handle.ring);
                 handle.send(ToCluster::AntiEntropyDone(outcome));
+                handle.flush();
+            }
+        })?;
+    Ok((tx, t))
+}
+
+/// The thread that runs the node's cleanups (forgetting the ranges this
+/// node gave away, then a snapshot): on a large store that takes seconds,
+/// which would stall every request the cluster thread coordinates. While
+/// one runs, the node keeps it from forgetting a range that a ring change
+/// gives back ([`kv_replication::CleanupJob`]). It stops once the sender
+/// is dropped.
+fn start_cleanup(
+    shared: &Arc<Shared>,
+    handle: &Arc<ClusterHandle>,
+) -> io::Result<(
+    Sender<Arc<kv_replication::CleanupJob>>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (tx, rx) = mpsc::channel::<Arc<kv_replication::CleanupJob>>();
+    let (shared, handle) = (shared.clone(), handle.clone());
+    let t = std::thread::Builder::new()
+        .name("kv-cleanup".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                let result = job.run(&shared.store).map_err(|e| e.to_string());
+                handle.send(ToCluster::CleanupDone(result));
                 handle.flush();
             }
         })?;
@@ -1093,10 +1152,19 @@ impl ClusterThread {
                         Ok(msgs) => {
                             for msg in msgs {
                                 match msg {
-                                    PeerMsg::StreamPage { ref entries, .. }
-                                        if !entries.is_empty() =>
+                                    // Applied off this thread, fenced by the
+                                    // ring (see `fenced_apply`); a page of a
+                                    // rebalance this node is not receiving is
+                                    // the node's to ignore.
+                                    PeerMsg::StreamPage {
+                                        ref entries,
+                                        transition,
+                                        ..
+                                    } if !entries.is_empty()
+                                        && self.node.receives_stream(transition) =>
                                     {
-                                        let _ = self.appliers.send((peer.clone(), msg));
+                                        let epoch = self.node.ring_id();
+                                        let _ = self.appliers.send((peer.clone(), epoch, msg));
                                     }
                                     msg => self.node.handle_message(
                                         now,
@@ -1138,6 +1206,7 @@ impl ClusterThread {
             if *self.handle.ring.read() != ring {
                 *self.handle.ring.write() = ring;
             }
+            self.handle.clock.publish(now, self.node.cluster_time(now));
             self.drain_outputs(now, &mut down_until);
             self.node.run_cleanup(now, &self.shared.store);
             self.drain_outputs(now, &mut down_until);
@@ -1225,6 +1294,7 @@ impl ClusterThread {
             }
             ToCluster::PeerUp(_) => {}
             ToCluster::AntiEntropyDone(outcome) => self.node.anti_entropy_done(outcome),
+            ToCluster::CleanupDone(result) => self.node.cleanup_done(now, result),
         }
     }
 
@@ -1267,6 +1337,9 @@ impl ClusterThread {
                 Output::Log(line) => log::info!("{line}"),
                 Output::AntiEntropy(task) => {
                     let _ = self.anti_entropy.send(task);
+                }
+                Output::Cleanup(job) => {
+                    let _ = self.cleanup.send(job);
                 }
                 Output::Persist(p) => {
                     if let Some(path) = &self.state_path {

@@ -1002,7 +1002,10 @@ fn serve_peer(
     from: &str,
     msg: PeerMsg,
 ) -> Option<PeerMsg> {
-    let (now, max_offset) = (crate::cluster::now_ms(), shared.config.max_clock_offset_ms);
+    // The cluster's time, as the node checks timestamps (not this host's
+    // wall clock, which may have been stepped).
+    let now = cluster.clock.now(crate::cluster::now_ms());
+    let max_offset = shared.config.max_clock_offset_ms;
     // Before a restarted node checked how long it was away, none of its
     // data leaves and it acknowledges no write (it may yet give its data
     // up): the node answers nothing.
@@ -1358,5 +1361,47 @@ mod tests {
                 at += native::LENGTH_PREFIX + len;
             }
         }
+    }
+
+    /// The fast replica path judges a write's timestamp against the
+    /// cluster's time the cluster thread published, not this host's wall
+    /// clock: with the wall clock stepped an hour ahead of the cluster, a
+    /// write stamped an hour ahead is not stored here but handed to the
+    /// cluster thread (which refuses and logs it), as the node would.
+    #[test]
+    fn the_fast_replica_path_checks_timestamps_against_the_cluster_time() {
+        let config = crate::config::Config::parse_from(["kv-server", "--no-persistence"]);
+        let store = kv_storage::Store::open(kv_storage::Options::in_memory()).expect("store");
+        let shared = Shared::new(store, config);
+        let (handle, rx, _poll) =
+            crate::cluster::ClusterHandle::detached("127.0.0.1:1").expect("handle");
+        let wall = crate::cluster::now_ms();
+        let hour = 3600 * 1000;
+        // The cluster's time is an hour behind this host's wall clock.
+        handle.clock.publish(wall, Some(wall - hour));
+        let write = |key: &[u8], ms: u64| PeerMsg::Replicate {
+            op: 1,
+            key: key.to_vec(),
+            value: Some(b"v".to_vec()),
+            version: Ver {
+                ts: ms * 1000,
+                node: 7,
+            },
+            expires_at: None,
+        };
+        let far = serve_peer(&shared, &handle, "127.0.0.2:1", write(b"far", wall));
+        assert_eq!(
+            far, None,
+            "a write an hour ahead of the cluster is not served here"
+        );
+        assert_eq!(shared.store.get(b"far"), None);
+        handle.flush();
+        assert_eq!(rx.try_iter().count(), 1, "it goes to the cluster thread");
+        let near = serve_peer(&shared, &handle, "127.0.0.2:1", write(b"near", wall - hour));
+        assert!(
+            matches!(near, Some(PeerMsg::ReplicateAck { .. })),
+            "{near:?}"
+        );
+        assert_eq!(shared.store.get(b"near"), Some(b"v".to_vec()));
     }
 }

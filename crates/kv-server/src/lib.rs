@@ -26,6 +26,7 @@ pub mod config;
 pub mod conn;
 pub mod dial;
 pub mod durable;
+pub mod fenced_apply;
 pub mod glob;
 pub mod logging;
 pub mod metrics;

@@ -238,9 +238,26 @@ impl Store {
     /// Returns how many were forgotten. For a replica dropping the ranges
     /// it no longer owns: only safe once other replicas hold them.
     pub fn drop_ranges(&self, ranges: &[(u64, u64)]) -> Result<usize> {
-        let inside = |p: u64| ranges.iter().any(|&(lo, hi)| lo <= p && p <= hi);
+        let ranges = ranges.to_vec();
+        self.drop_ranges_while(|| &ranges)
+    }
+
+    /// [`Store::drop_ranges`] for ranges that may shrink while it runs
+    /// (on a thread of its own, while the ring changes): `ranges` is
+    /// called once per shard, and the guard it returns is held while that
+    /// shard is cleaned. So a caller that shrinks the ranges under the
+    /// guard's lock (a range given back to this node) and only then writes
+    /// to them never has those writes forgotten: a shard cleaned before
+    /// held only the old entries, a shard cleaned after sees the ranges
+    /// shrunk.
+    pub fn drop_ranges_while<G>(&self, ranges: impl Fn() -> G) -> Result<usize>
+    where
+        G: std::ops::Deref<Target = Vec<(u64, u64)>>,
+    {
         let mut n = 0;
         for i in 0..self.inner.map.shard_count() {
+            let ranges = ranges();
+            let inside = |p: u64| ranges.iter().any(|&(lo, hi)| lo <= p && p <= hi);
             let mut shard = self.inner.map.write_shard(i);
             let doomed: Vec<(u64, Vec<u8>)> = shard
                 .iter()
