@@ -280,7 +280,8 @@ impl Server {
     ) {
         let c = &self.shared.counters;
         // Clients up to --max-clients; over it, a few would-be peers.
-        let Some(admission) = admission::admit(&self.shared) else {
+        let source = stream.peer_addr().ok().map(|a| a.ip());
+        let Some(admission) = admission::admit(&self.shared, source) else {
             c.rejected.fetch_add(1, Ordering::Relaxed);
             if !tls {
                 let _ = stream.write(b"-ERR max number of clients reached\r\n");
