@@ -172,8 +172,12 @@ mod tests {
         }
         assert!(l.may_try(ip("10.0.0.1"), t0));
         assert!(l.may_try(ip("10.0.0.1"), t0 + TRUSTED_FOR / 2));
+        let late = t0 + TRUSTED_FOR;
+        for _ in 0..BURST {
+            l.failed(ip("10.0.0.1"), late);
+        }
         assert!(
-            !l.may_try(ip("10.0.0.1"), t0 + TRUSTED_FOR),
+            !l.may_try(ip("10.0.0.1"), late),
             "the trust runs out; the bucket holds again"
         );
         for _ in 0..BURST {

@@ -4,13 +4,13 @@
 //! preamble, the peer handshake) within `--handshake-timeout` is closed;
 //! peers do not share `--max-clients` with clients.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use kv_client::{Client, ClientError};
 use kv_proto::native::{self, Request, Response};
-use kv_testkit::{wait_for, ServerProc};
+use kv_testkit::{closed_by_server as closed, wait_for, ServerProc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 /// Far above the 1 s timeouts the tests set: only a server that never
@@ -38,23 +38,6 @@ fn call(s: &mut TcpStream, line: &str) -> String {
         }
     }
     String::from_utf8_lossy(&got).trim_end().to_string()
-}
-
-/// Whether the server closed `s` (what it sent before is skipped).
-fn closed(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(20)))
-        .expect("timeout");
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 fn wait_closed(s: &mut TcpStream, what: &str) {

@@ -5,14 +5,14 @@
 //! `kv_connected_peers` (metrics) count the authenticated links other
 //! nodes opened to a node.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use kv_proto::native::{self, peer_mac, PeerRole, Request, Response};
 use kv_testkit::metrics::{metrics_addr, scrape, try_sample};
 use kv_testkit::resp::{Reply, RespConn};
-use kv_testkit::{wait_for, ServerProc};
+use kv_testkit::{closed_by_server as closed, wait_for, ServerProc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 /// Far above the handshake deadlines the tests set: only a server that
@@ -31,23 +31,6 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     let s: TcpStream = s.into();
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     s
-}
-
-/// Whether the server closed `s` (what it sent before is skipped).
-fn closed(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(20)))
-        .expect("timeout");
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 /// Reads the server's preamble and its first frame, as a response; what
