@@ -497,8 +497,11 @@ impl Worker {
             .count();
         if unfinished > 0 {
             log::warn!(
-                "closed {unfinished} connection(s) that did not finish their handshake (TLS, AUTH or peer) within {} s",
-                config.handshake_timeout
+                "closed {unfinished} connection(s) that did not finish their handshake (TLS, AUTH or peer) within {} s ({} s on a slot kept for peers)",
+                config.handshake_timeout,
+                admission::PROBATION_DEADLINE
+                    .as_secs()
+                    .min(config.handshake_timeout)
             );
         }
         for (key, _) in overdue {
