@@ -158,6 +158,7 @@ mod seeds {
                 limit: 10,
             },
             Request::PeerHello {
+                version: native::PEER_PROTOCOL_VERSION,
                 from: "n1".into(),
                 nonce: [7; 32],
             },

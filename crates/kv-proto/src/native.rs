@@ -27,6 +27,14 @@ pub const FLAG_PEER_BATCH: u16 = 2;
 /// all taken still lets such a connection in, on a few slots kept for
 /// peers, and refuses it if it then speaks as a client.
 pub const FLAG_PEER_LINK: u16 = 4;
+/// The layout of the messages between nodes ([`Request::Peer`],
+/// [`Request::PeerBatch`] and the replication messages inside them), sent
+/// in [`Request::PeerHello`]. A node refuses a link whose other end speaks
+/// another version, in one log line naming both, rather than fail later
+/// on a message it cannot decode. Raise it whenever a peer message's
+/// encoding changes. Version 1 is the layout from before the hello carried
+/// a version.
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 /// Default largest frame a peer accepts (64 MiB of payload).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 /// Bytes of the length prefix.
@@ -160,6 +168,9 @@ pub enum Request {
     /// is and its fresh random nonce. The listener answers
     /// [`Response::PeerChallenge`]; see [`peer_mac`].
     PeerHello {
+        /// The dialer's [`PEER_PROTOCOL_VERSION`]. First, so that any later
+        /// layout of the hello still starts with it.
+        version: u16,
         /// The dialing node's id (its advertised host:port).
         from: String,
         /// The dialer's nonce: [`NONCE_LEN`] bytes from a CSPRNG.

@@ -30,8 +30,13 @@ fn request() -> impl Strategy<Value = Request> {
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Join { addr }),
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Leave { addr }),
         "[a-z0-9.:]{0,21}".prop_map(|addr| Request::Remove { addr }),
-        ("[a-z0-9.:]{0,21}", any::<[u8; 32]>())
-            .prop_map(|(from, nonce)| Request::PeerHello { from, nonce }),
+        (any::<u16>(), "[a-z0-9.:]{0,21}", any::<[u8; 32]>()).prop_map(|(version, from, nonce)| {
+            Request::PeerHello {
+                version,
+                from,
+                nonce,
+            }
+        }),
         any::<[u8; 32]>().prop_map(|mac| Request::PeerProof { mac }),
         bytes(64).prop_map(|payload| Request::Peer { payload }),
         bytes(300).prop_map(|payload| Request::PeerBatch { payload }),

@@ -11,12 +11,18 @@
 //!   the node accepts peers at all: it must send the peer preamble
 //!   (`FLAG_PEER_LINK`) and complete the peer handshake; a connection that
 //!   speaks as a client there is refused with the usual "max number of
-//!   clients reached".
+//!   clients reached". One source address (an IPv4 address, or an IPv6
+//!   /64 network) holds at most [`PEER_RESERVE_PER_SOURCE`] of those
+//!   slots at once, so a stranger cannot hold them all and keep the
+//!   nodes on other addresses out.
 //! - Deadlines: a connection that has not finished its handshake (TLS,
-//!   the native preamble, AUTH with `--requirepass`, the peer handshake,
-//!   probation) within `--handshake-timeout` seconds is closed; a client
-//!   idle for `--timeout` seconds (when not 0) is closed.
+//!   the native preamble, AUTH with `--requirepass`, the peer handshake)
+//!   within `--handshake-timeout` seconds is closed, one on probation
+//!   within [`PROBATION_DEADLINE`] if that is shorter; a client idle for
+//!   `--timeout` seconds (when not 0) is closed.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -29,13 +35,23 @@ use crate::state::Shared;
 /// deadline.
 pub const PEER_RESERVE: usize = 64;
 
+/// Slots of [`PEER_RESERVE`] one source address may hold at once. Nodes
+/// that share an address (several on one host) each need one while their
+/// link to this node is proving itself, a round trip.
+pub const PEER_RESERVE_PER_SOURCE: usize = 8;
+
+/// The longest a connection on probation has to prove it is a peer
+/// (shorter when `--handshake-timeout` is).
+pub const PROBATION_DEADLINE: Duration = Duration::from_secs(5);
+
 /// What a connection counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     /// A client slot (`--max-clients`).
     Client,
-    /// A slot kept for would-be peers: must prove it is a peer.
-    Probation,
+    /// A slot kept for would-be peers, held by a source (its key in
+    /// [`Budget::probation_sources`], if known): must prove it is a peer.
+    Probation(Option<IpAddr>),
     /// A proven peer (`--max-peers`).
     Peer,
     /// Counted nowhere (released already, or never admitted).
@@ -49,11 +65,22 @@ pub struct Budget {
     pub peers: AtomicUsize,
     /// Would-be peers let in over `--max-clients`.
     pub probation: AtomicUsize,
+    /// Of those, how many each source holds (sources holding none are
+    /// removed).
+    pub probation_sources: parking_lot::Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Admits a new connection, or `None` (refused: no client slot and no
-/// room kept for peers). Clients are counted in `counters.connected`.
-pub fn admit(shared: &Shared) -> Option<Admission> {
+impl Admission {
+    /// Whether the connection is on a slot kept for would-be peers.
+    pub fn is_probation(&self) -> bool {
+        matches!(self, Admission::Probation(_))
+    }
+}
+
+/// Admits a new connection from `source`, or `None` (refused: no client
+/// slot, and no room kept for peers or none left for this source).
+/// Clients are counted in `counters.connected`.
+pub fn admit(shared: &Shared, source: Option<IpAddr>) -> Option<Admission> {
     let c = &shared.counters;
     let config = &shared.config;
     if take(&c.connected, config.max_clients) {
@@ -61,10 +88,19 @@ pub fn admit(shared: &Shared) -> Option<Admission> {
     }
     let accepts_peers = crate::state::cluster_secret(config).is_some();
     let peers_full = c.budget.peers.load(Ordering::Relaxed) >= config.max_peers;
-    if accepts_peers && !peers_full && take(&c.budget.probation, PEER_RESERVE) {
-        return Some(Admission::Probation);
+    if !accepts_peers || peers_full {
+        return None;
     }
-    None
+    let source = source.map(crate::auth_limit::source_key);
+    let mut sources = c.budget.probation_sources.lock();
+    let held = source.map_or(0, |ip| sources.get(&ip).copied().unwrap_or(0));
+    if held >= PEER_RESERVE_PER_SOURCE || !take(&c.budget.probation, PEER_RESERVE) {
+        return None;
+    }
+    if let Some(ip) = source {
+        *sources.entry(ip).or_insert(0) += 1;
+    }
+    Some(Admission::Probation(source))
 }
 
 /// Moves a connection that just proved it is a peer to the peers'
@@ -87,7 +123,18 @@ pub fn release(shared: &Shared, a: &mut Admission) {
     let c = &shared.counters;
     let counter = match a {
         Admission::Client => &c.connected,
-        Admission::Probation => &c.budget.probation,
+        Admission::Probation(source) => {
+            if let Some(ip) = source {
+                let mut sources = c.budget.probation_sources.lock();
+                if let Some(n) = sources.get_mut(ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        sources.remove(ip);
+                    }
+                }
+            }
+            &c.budget.probation
+        }
         Admission::Peer => &c.budget.peers,
         Admission::Uncounted => return,
     };
@@ -138,13 +185,18 @@ pub enum Overdue {
 pub struct ConnState {
     /// A handshake is not finished (TLS, preamble, AUTH, peer, probation).
     pub handshake_pending: bool,
+    /// On a slot kept for would-be peers (see [`PROBATION_DEADLINE`]).
+    pub probation: bool,
     /// A client (not a peer) with no request in flight.
     pub idle_client: bool,
 }
 
 /// Whether a connection is past a deadline at `now`.
 pub fn overdue(config: &Config, clock: &Clock, s: &ConnState, now: Instant) -> Option<Overdue> {
-    let handshake = Duration::from_secs(config.handshake_timeout);
+    let mut handshake = Duration::from_secs(config.handshake_timeout);
+    if s.probation {
+        handshake = handshake.min(PROBATION_DEADLINE);
+    }
     if s.handshake_pending && now.saturating_duration_since(clock.opened) >= handshake {
         return Some(Overdue::Handshake);
     }
@@ -169,16 +221,16 @@ mod tests {
     #[test]
     fn peers_have_room_when_client_slots_are_full() {
         let s = shared(&["--max-clients", "2", "--cluster-secret", "x"]);
-        let mut clients: Vec<_> = (0..2).map(|_| admit(&s).expect("client")).collect();
+        let mut clients: Vec<_> = (0..2).map(|_| admit(&s, None).expect("client")).collect();
         assert!(clients.iter().all(|a| *a == Admission::Client));
-        let mut p = admit(&s).expect("probation");
-        assert_eq!(p, Admission::Probation);
+        let mut p = admit(&s, None).expect("probation");
+        assert_eq!(p, Admission::Probation(None));
         assert!(to_peer(&s, &mut p));
         assert_eq!(s.counters.budget.peers.load(Ordering::Relaxed), 1);
         assert_eq!(s.counters.budget.probation.load(Ordering::Relaxed), 0);
         // A client that proves it is a peer frees its client slot.
         assert!(to_peer(&s, &mut clients[0]));
-        assert_eq!(admit(&s), Some(Admission::Client));
+        assert_eq!(admit(&s, None), Some(Admission::Client));
         for a in clients.iter_mut().chain([&mut p]) {
             release(&s, a);
             release(&s, a);
@@ -190,11 +242,11 @@ mod tests {
     #[test]
     fn the_reserve_is_bounded_and_absent_without_a_secret() {
         let s = shared(&["--max-clients", "0", "--cluster-secret", "x"]);
-        let held: Vec<_> = (0..PEER_RESERVE).map(|_| admit(&s)).collect();
-        assert!(held.iter().all(|a| *a == Some(Admission::Probation)));
-        assert_eq!(admit(&s), None);
+        let held: Vec<_> = (0..PEER_RESERVE).map(|_| admit(&s, None)).collect();
+        assert!(held.iter().all(|a| *a == Some(Admission::Probation(None))));
+        assert_eq!(admit(&s, None), None);
         let s = shared(&["--max-clients", "0"]);
-        assert_eq!(admit(&s), None);
+        assert_eq!(admit(&s, None), None);
         let s = shared(&[
             "--max-clients",
             "0",
@@ -203,9 +255,30 @@ mod tests {
             "--max-peers",
             "1",
         ]);
-        let mut p = admit(&s).expect("probation");
+        let mut p = admit(&s, None).expect("probation");
         assert!(to_peer(&s, &mut p));
-        assert_eq!(admit(&s), None, "--max-peers reached: no reserve");
+        assert_eq!(admit(&s, None), None, "--max-peers reached: no reserve");
+    }
+
+    #[test]
+    fn one_source_holds_a_share_of_the_reserve() {
+        let s = shared(&["--max-clients", "0", "--cluster-secret", "x"]);
+        let ip = |t: &str| Some(t.parse::<IpAddr>().expect("ip"));
+        let mut stranger: Vec<_> = (0..PEER_RESERVE_PER_SOURCE)
+            .map(|_| admit(&s, ip("10.0.0.1")).expect("probation"))
+            .collect();
+        assert_eq!(admit(&s, ip("10.0.0.1")), None, "over its share");
+        let mut other = admit(&s, ip("10.0.0.2")).expect("another source");
+        assert!(other.is_probation());
+        release(&s, &mut stranger[0]);
+        assert!(admit(&s, ip("10.0.0.1")).is_some(), "a slot given back");
+        release(&s, &mut other);
+        assert!(!s
+            .counters
+            .budget
+            .probation_sources
+            .lock()
+            .contains_key(&"10.0.0.2".parse::<IpAddr>().expect("ip")));
     }
 
     #[test]
@@ -215,10 +288,12 @@ mod tests {
         let clock = Clock::new(t0);
         let pending = ConnState {
             handshake_pending: true,
+            probation: false,
             idle_client: false,
         };
         let idle = ConnState {
             handshake_pending: false,
+            probation: false,
             idle_client: true,
         };
         let at = |secs| t0 + Duration::from_secs(secs);
@@ -231,6 +306,16 @@ mod tests {
         assert_eq!(
             overdue(&s.config, &clock, &idle, at(5)),
             Some(Overdue::Idle)
+        );
+        let long = shared(&["--handshake-timeout", "60"]);
+        let probation = ConnState {
+            probation: true,
+            ..pending
+        };
+        assert_eq!(overdue(&long.config, &clock, &pending, at(5)), None);
+        assert_eq!(
+            overdue(&long.config, &clock, &probation, t0 + PROBATION_DEADLINE),
+            Some(Overdue::Handshake)
         );
         let off = shared(&[]);
         assert_eq!(overdue(&off.config, &clock, &idle, at(100_000)), None);

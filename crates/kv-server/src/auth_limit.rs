@@ -8,6 +8,15 @@
 //! empty, AUTH attempts from it fail without being checked (nothing
 //! waits). A source whose bucket is full again is forgotten; at most
 //! [`MAX_SOURCES`] sources are tracked at once.
+//!
+//! Many clients can share one address (behind a NAT, say), a guesser
+//! among them. So that the guesser does not lock the others out, a
+//! source from which an AUTH succeeded in the last [`TRUSTED_FOR`] is not
+//! held back by its bucket. Every connection from it is still held by its
+//! own limits (the retry delay, and closing after
+//! [`crate::resp_cmd::MAX_AUTH_FAILURES`]): a success elsewhere does not
+//! reset them. The price: a guesser who shares an address with a client
+//! that logs in is held only by those per-connection limits.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,6 +28,9 @@ use parking_lot::Mutex;
 pub const BURST: u32 = 30;
 /// One more failed AUTH is allowed per this much time.
 pub const REFILL_EVERY: Duration = Duration::from_secs(1);
+/// How long after a successful AUTH from a source the source is not held
+/// back by its bucket.
+pub const TRUSTED_FOR: Duration = Duration::from_secs(10 * 60);
 /// Most sources tracked; past it, the ones whose bucket is full again are
 /// forgotten (at most once a second), and if none is, a new source is not
 /// tracked: it is held only by the per-connection limit (failing open
@@ -49,13 +61,15 @@ pub struct SourceLimiter {
 #[derive(Debug, Default)]
 struct Inner {
     buckets: HashMap<IpAddr, Bucket>,
+    /// When an AUTH from each source last succeeded (see [`TRUSTED_FOR`]).
+    trusted: HashMap<IpAddr, Instant>,
     /// When full buckets were last forgotten.
     pruned_at: Option<Instant>,
 }
 
 /// The key a source is counted under: an IPv6 address's /64 network (one
 /// host usually holds all of it), an IPv4 address itself.
-fn key(ip: IpAddr) -> IpAddr {
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -69,21 +83,44 @@ fn key(ip: IpAddr) -> IpAddr {
 }
 
 impl SourceLimiter {
-    /// Whether an AUTH from `ip` may be checked now (its bucket is not
-    /// empty).
+    /// Whether an AUTH from `ip` may be checked now: its bucket is not
+    /// empty, or an AUTH from it succeeded in the last [`TRUSTED_FOR`].
     pub fn may_try(&self, ip: IpAddr, now: Instant) -> bool {
         let inner = self.inner.lock();
-        inner
-            .buckets
-            .get(&key(ip))
-            .is_none_or(|b| b.refilled(now) >= 1.0)
+        let trusted = inner
+            .trusted
+            .get(&source_key(ip))
+            .is_some_and(|t| now.saturating_duration_since(*t) < TRUSTED_FOR);
+        trusted
+            || inner
+                .buckets
+                .get(&source_key(ip))
+                .is_none_or(|b| b.refilled(now) >= 1.0)
+    }
+
+    /// Counts a successful AUTH from `ip`: for [`TRUSTED_FOR`], the source
+    /// is not held back by its bucket. At most [`MAX_SOURCES`] sources are
+    /// remembered (past it, the ones whose trust ran out are forgotten;
+    /// if none has, this one is not remembered).
+    pub fn succeeded(&self, ip: IpAddr, now: Instant) {
+        let mut inner = self.inner.lock();
+        let trusted = &mut inner.trusted;
+        if trusted.len() >= MAX_SOURCES && !trusted.contains_key(&source_key(ip)) {
+            trusted.retain(|_, t| now.saturating_duration_since(*t) < TRUSTED_FOR);
+            if trusted.len() >= MAX_SOURCES {
+                return;
+            }
+        }
+        trusted.insert(source_key(ip), now);
     }
 
     /// Counts a failed AUTH from `ip`.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
         let mut inner = self.inner.lock();
-        let Inner { buckets, pruned_at } = &mut *inner;
-        let known = buckets.contains_key(&key(ip));
+        let Inner {
+            buckets, pruned_at, ..
+        } = &mut *inner;
+        let known = buckets.contains_key(&source_key(ip));
         let prune_due = pruned_at.is_none_or(|t| now.saturating_duration_since(t) >= REFILL_EVERY);
         if !known && buckets.len() >= MAX_SOURCES && prune_due {
             buckets.retain(|_, b| b.refilled(now) < f64::from(BURST));
@@ -92,7 +129,7 @@ impl SourceLimiter {
         if !known && buckets.len() >= MAX_SOURCES {
             return;
         }
-        let b = buckets.entry(key(ip)).or_insert(Bucket {
+        let b = buckets.entry(source_key(ip)).or_insert(Bucket {
             left: f64::from(BURST),
             at: now,
         });
@@ -123,6 +160,30 @@ mod tests {
         assert!(l.may_try(ip("10.0.0.2"), t0), "another source is not held");
         assert!(!l.may_try(ip("10.0.0.1"), t0 + REFILL_EVERY / 2));
         assert!(l.may_try(ip("10.0.0.1"), t0 + REFILL_EVERY));
+    }
+
+    #[test]
+    fn a_source_that_logged_in_recently_is_not_held_back() {
+        let l = SourceLimiter::default();
+        let t0 = Instant::now();
+        l.succeeded(ip("10.0.0.1"), t0);
+        for _ in 0..BURST * 2 {
+            l.failed(ip("10.0.0.1"), t0);
+        }
+        assert!(l.may_try(ip("10.0.0.1"), t0));
+        assert!(l.may_try(ip("10.0.0.1"), t0 + TRUSTED_FOR / 2));
+        let late = t0 + TRUSTED_FOR;
+        for _ in 0..BURST {
+            l.failed(ip("10.0.0.1"), late);
+        }
+        assert!(
+            !l.may_try(ip("10.0.0.1"), late),
+            "the trust runs out; the bucket holds again"
+        );
+        for _ in 0..BURST {
+            l.failed(ip("10.0.0.2"), t0);
+        }
+        assert!(!l.may_try(ip("10.0.0.2"), t0), "another source is held");
     }
 
     #[test]

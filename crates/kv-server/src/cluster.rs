@@ -1572,6 +1572,7 @@ impl ClusterThread {
         )?;
         let mut out = native::peer_preamble().to_vec();
         let hello = Request::PeerHello {
+            version: native::PEER_PROTOCOL_VERSION,
             from: self.handle.id.clone(),
             nonce,
         };

@@ -60,6 +60,12 @@ pub trait HalfClose {
         false
     }
 
+    /// Whether the other end's CA-signed certificate is valid for the host
+    /// of the node id `id` (see [`crate::tls::Stream::certified_for`]).
+    fn certified_for(&self, _id: &str) -> bool {
+        false
+    }
+
     /// Whether a transport handshake (TLS) is still under way.
     fn handshaking(&self) -> bool {
         false
@@ -274,15 +280,16 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// What the deadlines of [`crate::admission`] need to know.
     pub fn deadline_state(&self) -> admission::ConnState {
         let handshake_pending = self.peer.is_none()
-            && (self.admission == Admission::Probation
+            && (self.admission.is_probation()
                 || self.stream.handshaking()
                 || self.handshake.is_some()
                 || self.proto == Proto::NativeAwaitingPreamble
                 || !self.session.authenticated);
         admission::ConnState {
             handshake_pending,
+            probation: self.admission.is_probation(),
             idle_client: self.peer.is_none()
-                && self.admission != Admission::Probation
+                && !self.admission.is_probation()
                 && self.out.awaiting() == 0,
         }
     }
@@ -502,7 +509,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                     } else {
                         Proto::Resp
                     };
-                    if self.proto == Proto::Resp && self.admission == Admission::Probation {
+                    if self.proto == Proto::Resp && self.admission.is_probation() {
                         self.refuse_over_limit(shared);
                         break;
                     }
@@ -724,7 +731,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             Ok(Some(_)) => {
                 self.preamble_flags = native::preamble_flags(&self.rbuf[at..]);
                 let link = self.preamble_flags & native::FLAG_PEER_LINK != 0;
-                if self.admission == Admission::Probation && !link {
+                if self.admission.is_probation() && !link {
                     self.refuse_over_limit(shared);
                     return None;
                 }
@@ -752,7 +759,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         // PeerHello, PeerProof), as a RESP command is; so it is on a slot
         // kept for peers until the handshake is done (no password needed
         // there, but no client's frames either).
-        let open = self.session.authenticated && self.admission != Admission::Probation;
+        let open = self.session.authenticated && !self.admission.is_probation();
         let max = if open || self.peer.is_some() {
             shared.config.max_request_bytes()
         } else {
@@ -780,7 +787,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     fn native_request(&mut self, shared: &Shared, id: u64, req: Request) {
         let handshake = matches!(req, Request::PeerHello { .. } | Request::PeerProof { .. });
-        if self.admission == Admission::Probation && !handshake {
+        if self.admission.is_probation() && !handshake {
             shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
             let why = format!("{MAX_CLIENTS_REACHED} (only peers may connect now)");
             let r = Response::error(ErrorKind::Refused, why);
@@ -788,7 +795,11 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             return self.protocol_error(shared);
         }
         match req {
-            Request::PeerHello { from, nonce } => self.peer_hello(shared, id, from, nonce),
+            Request::PeerHello {
+                version,
+                from,
+                nonce,
+            } => self.peer_hello(shared, id, version, from, nonce),
             Request::PeerProof { mac } => self.peer_proof(shared, id, &mac),
             Request::Peer { payload } => self.peer_message(shared, &payload),
             Request::PeerBatch { payload } => self.peer_batch(shared, &payload),
@@ -831,7 +842,14 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// Step 1 of the handshake (see `docs/security.md`): the dialer says
     /// who it is and sends its nonce; this side answers with its own nonce
     /// and its MAC over both, proving it knows the secret.
-    fn peer_hello(&mut self, shared: &Shared, id: u64, from: String, nonce: native::Nonce) {
+    fn peer_hello(
+        &mut self,
+        shared: &Shared,
+        id: u64,
+        version: u16,
+        from: String,
+        nonce: native::Nonce,
+    ) {
         let Some(secret) = crate::state::cluster_secret(&shared.config) else {
             return self.refuse_peer(
                 shared,
@@ -840,9 +858,18 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 "this node accepts no peers (started without --cluster-secret)",
             );
         };
+        if version != native::PEER_PROTOCOL_VERSION {
+            let why = crate::peer_version::mismatch(shared, &from, version);
+            return self.refuse_peer(shared, id, &from, &why);
+        }
         if shared.config.tls_cluster && !self.stream.peer_certified() {
             let why =
                 "--tls-cluster: peers connect over TLS with a certificate the cluster's CA signed";
+            return self.refuse_peer(shared, id, &from, why);
+        }
+        if shared.config.tls_cluster && !self.stream.certified_for(&from) {
+            let why =
+                "--tls-cluster: its certificate is not valid for the host of the id it claims";
             return self.refuse_peer(shared, id, &from, why);
         }
         if let Some(proven) = &self.peer {
@@ -1299,8 +1326,11 @@ mod tests {
     /// or a peer frame of arbitrary bytes.
     fn attack_frame() -> impl Strategy<Value = Request> {
         prop_oneof![
-            ("[a-z0-9.:]{0,12}", any::<[u8; 32]>())
-                .prop_map(|(from, nonce)| Request::PeerHello { from, nonce }),
+            ("[a-z0-9.:]{0,12}", any::<[u8; 32]>()).prop_map(|(from, nonce)| Request::PeerHello {
+                version: native::PEER_PROTOCOL_VERSION,
+                from,
+                nonce
+            }),
             any::<[u8; 32]>().prop_map(|mac| Request::PeerProof { mac }),
             peer_msg().prop_map(|m| Request::Peer {
                 payload: postcard::to_allocvec(&m).expect("encode"),

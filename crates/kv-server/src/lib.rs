@@ -34,6 +34,7 @@ mod metrics_http;
 pub mod multi_key;
 pub mod native_cmd;
 pub mod peer_batch;
+pub mod peer_version;
 pub mod resp_cmd;
 pub mod resp_expiry;
 pub mod resp_keys;

@@ -225,6 +225,12 @@ impl Collector for ServerCollector {
         )?;
         gauge(
             &mut e,
+            "kv_connected_peers",
+            "Links other nodes opened to this node that proved they are peers (one per peer and direction; this node's own links to others are not counted).",
+            n(c.budget.peers.load(Ordering::Relaxed) as u64),
+        )?;
+        gauge(
+            &mut e,
             "kv_max_clients",
             "The --max-clients limit.",
             n(shared.config.max_clients as u64),

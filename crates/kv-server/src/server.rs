@@ -287,7 +287,8 @@ impl Server {
     ) {
         let c = &self.shared.counters;
         // Clients up to --max-clients; over it, a few would-be peers.
-        let Some(admission) = admission::admit(&self.shared) else {
+        let source = stream.peer_addr().ok().map(|a| a.ip());
+        let Some(admission) = admission::admit(&self.shared, source) else {
             c.rejected.fetch_add(1, Ordering::Relaxed);
             if !tls {
                 let _ = stream.write(b"-ERR max number of clients reached\r\n");
@@ -529,8 +530,11 @@ impl Worker {
             .count();
         if unfinished > 0 {
             log::warn!(
-                "closed {unfinished} connection(s) that did not finish their handshake (TLS, AUTH or peer) within {} s",
-                config.handshake_timeout
+                "closed {unfinished} connection(s) that did not finish their handshake (TLS, AUTH or peer) within {} s ({} s on a slot kept for peers)",
+                config.handshake_timeout,
+                admission::PROBATION_DEADLINE
+                    .as_secs()
+                    .min(config.handshake_timeout)
             );
         }
         for (key, _) in overdue {

@@ -241,6 +241,7 @@ impl Shared {
                 vec![
                     ("connected_clients", load(&c.connected).to_string()),
                     ("maxclients", self.config.max_clients.to_string()),
+                    ("connected_peers", load(&c.budget.peers).to_string()),
                 ],
             ),
             (

@@ -323,6 +323,26 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Whether the other end's certificate (CA-signed, see
+    /// [`Stream::peer_certified`]) is valid for the host of `id`, a node id
+    /// (its advertised `host:port`): an IP address SAN for an IP host, a
+    /// DNS SAN for a name. The same check a dialer makes on the node it
+    /// dials ([`Tls::dial`]), so a certificate binds the hosts it names.
+    pub fn certified_for(&self, id: &str) -> bool {
+        let Stream::Tls(t) = self else {
+            return false;
+        };
+        let Some(end) = t.tls.peer_certificates().and_then(|c| c.first()) else {
+            return false;
+        };
+        let (Ok(cert), Ok(name)) = (webpki::EndEntityCert::try_from(end), server_name(id)) else {
+            return false;
+        };
+        self.peer_certified() && cert.verify_is_valid_for_subject_name(&name).is_ok()
+    }
+}
+
 impl TlsStream {
     /// Sends the records rustls holds until the socket would block.
     fn push(&mut self) -> io::Result<()> {
@@ -451,6 +471,10 @@ impl HalfClose for Stream {
 
     fn peer_certified(&self) -> bool {
         Stream::peer_certified(self)
+    }
+
+    fn certified_for(&self, id: &str) -> bool {
+        Stream::certified_for(self, id)
     }
 
     fn handshaking(&self) -> bool {

@@ -4,13 +4,13 @@
 //! preamble, the peer handshake) within `--handshake-timeout` is closed;
 //! peers do not share `--max-clients` with clients.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use kv_client::{Client, ClientError};
 use kv_proto::native::{self, Request, Response};
-use kv_testkit::{wait_for, ServerProc};
+use kv_testkit::{closed_by_server as closed, wait_for, ServerProc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 /// Far above the 1 s timeouts the tests set: only a server that never
@@ -38,23 +38,6 @@ fn call(s: &mut TcpStream, line: &str) -> String {
         }
     }
     String::from_utf8_lossy(&got).trim_end().to_string()
-}
-
-/// Whether the server closed `s` (what it sent before is skipped).
-fn closed(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(20)))
-        .expect("timeout");
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 fn wait_closed(s: &mut TcpStream, what: &str) {
@@ -142,6 +125,7 @@ fn a_peer_handshake_left_unfinished_is_closed() {
     let mut c = connect(s.addr);
     let mut out = native::preamble().to_vec();
     let hello = Request::PeerHello {
+        version: native::PEER_PROTOCOL_VERSION,
         from: "127.0.0.1:1".into(),
         nonce: [7; 32],
     };
@@ -296,5 +280,37 @@ fn auth_failures_are_limited_per_source_address_across_connections() {
     wait_for("AUTH to be checked again", DEADLINE, || {
         call(&mut connect(s.addr), "AUTH secret") == "+OK"
     });
+    s.stop();
+}
+
+/// Clients behind one address (a NAT) with a guesser among them: a source
+/// that authenticated recently is not held back by the source-wide limit,
+/// so the right password still gets in after the guesser spent the
+/// source's burst; the guesser's own connection still closes after its
+/// ten failures.
+#[test]
+fn a_source_that_authenticated_recently_is_not_held_back_by_a_guesser() {
+    let s = ServerProc::start(BIN, &["--no-persistence", "--requirepass", "secret"]);
+    assert_eq!(call(&mut connect(s.addr), "AUTH secret"), "+OK");
+    // More failures than the source's burst, two per connection (under
+    // the per-connection delay).
+    for i in 0..40 {
+        let mut c = connect(s.addr);
+        for j in 0..2 {
+            let reply = call(&mut c, &format!("AUTH guess{i}-{j}"));
+            assert!(reply.starts_with("-WRONGPASS"), "{reply}");
+        }
+    }
+    let mut guesser = connect(s.addr);
+    for i in 0..kv_server::resp_cmd::MAX_AUTH_FAILURES {
+        let reply = call(&mut guesser, &format!("AUTH again{i}"));
+        assert!(reply.starts_with("-WRONGPASS"), "{reply}");
+    }
+    wait_closed(&mut guesser, "the guesser's connection to close");
+    assert_eq!(
+        call(&mut connect(s.addr), "AUTH secret"),
+        "+OK",
+        "a client behind the guesser's address was held back"
+    );
     s.stop();
 }

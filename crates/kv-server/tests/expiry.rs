@@ -388,6 +388,7 @@ fn a_peer_without_expiry_in_its_messages_is_refused() {
     s.write_all(&old).expect("preamble");
     let mut wire = Vec::new();
     let hello = Request::PeerHello {
+        version: native::PEER_PROTOCOL_VERSION,
         from: "127.0.0.1:1".into(),
         nonce: [7; 32],
     };

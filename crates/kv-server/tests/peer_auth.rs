@@ -214,6 +214,7 @@ const DIALER_NONCE: Nonce = [7; 32];
 
 fn hello(from: &str) -> Request {
     Request::PeerHello {
+        version: native::PEER_PROTOCOL_VERSION,
         from: from.to_string(),
         nonce: DIALER_NONCE,
     }

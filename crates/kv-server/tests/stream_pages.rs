@@ -50,6 +50,7 @@ fn replica_state(s: &ServerProc, key: &[u8]) -> Option<Stamped> {
     let mine: Nonce = [7; 32];
     let mut out = Vec::new();
     let hello = Request::PeerHello {
+        version: native::PEER_PROTOCOL_VERSION,
         from: me.to_string(),
         nonce: mine,
     };
@@ -121,6 +122,7 @@ fn a_streamed_entry_stamped_far_ahead_is_refused() {
     let Request::PeerHello {
         from,
         nonce: theirs,
+        ..
     } = f.body
     else {
         panic!("no hello: {:?}", f.body);

@@ -20,7 +20,8 @@ const SECRET: &str = "tls-test-cluster-secret";
 const SETTLE: Duration = Duration::from_secs(30);
 
 /// A directory with a cluster CA, three node certificates, a client
-/// certificate, and a rogue CA with one node certificate.
+/// certificate, one for a node on 127.0.0.2, and a rogue CA with one node
+/// certificate.
 struct Pki {
     _dir: tempfile::TempDir,
     ca: PathBuf,
@@ -28,6 +29,8 @@ struct Pki {
     client: Certified,
     rogue_ca: PathBuf,
     rogue: Certified,
+    /// Signed by the cluster CA for a node on 127.0.0.2 only.
+    elsewhere: Certified,
 }
 
 fn pki() -> Pki {
@@ -38,6 +41,7 @@ fn pki() -> Pki {
         ca: ca.cert(),
         nodes: (1..=3).map(|i| ca.sign(&format!("node{i}"))).collect(),
         client: ca.sign("client"),
+        elsewhere: ca.sign_for("elsewhere", &["127.0.0.2"]),
         rogue: rogue_ca.sign("rogue"),
         rogue_ca: rogue_ca.cert(),
         _dir: dir,
@@ -341,6 +345,45 @@ fn a_node_whose_certificate_the_ca_did_not_sign_cannot_join() {
     a.stop();
 }
 
+/// With `--tls-cluster`, a certificate binds the host it names: a
+/// certificate the cluster's CA signed for a node on 127.0.0.2 cannot
+/// claim the id of a node on 127.0.0.1 (the hello is refused, with no
+/// challenge, and logged); the same certificate claiming an id on its own
+/// host gets the challenge.
+#[test]
+fn a_certificate_for_one_node_cannot_claim_another_nodes_id() {
+    let k = pki();
+    let c = ServerProc::start(BIN, &cluster_args(&k.ca, &k.nodes[0], None));
+    let as_b = TlsOptions {
+        cert: Some(k.elsewhere.cert.clone()),
+        key: Some(k.elsewhere.key.clone()),
+        ..client_tls(&k)
+    };
+    let hello = |from: &str| Request::PeerHello {
+        version: native::PEER_PROTOCOL_VERSION,
+        from: from.into(),
+        nonce: [7; 32],
+    };
+    let mut conn = Client::connect_tls(&c.addr.to_string(), &as_b).expect("TLS connect");
+    let answer = conn.request(&hello("127.0.0.1:7001"));
+    assert!(
+        matches!(&answer, Err(kv_client::ClientError::Server { message, .. }) if message.contains("not valid for the host")),
+        "a certificate for 127.0.0.2 claiming 127.0.0.1:7001 was answered with {answer:?}"
+    );
+    wait_for("the refusal to be logged", SETTLE, || {
+        c.output()
+            .iter()
+            .any(|l| l.contains("refused peer") && l.contains("127.0.0.1:7001"))
+    });
+    let mut conn = Client::connect_tls(&c.addr.to_string(), &as_b).expect("TLS connect");
+    let answer = conn.request(&hello("127.0.0.2:7002"));
+    assert!(
+        matches!(&answer, Ok(Response::PeerChallenge { .. })),
+        "a certificate for 127.0.0.2 claiming 127.0.0.2:7002 was answered with {answer:?}"
+    );
+    c.stop();
+}
+
 /// Sends the native preamble and a `PeerHello` over plain TCP to `addr`;
 /// returns the answer.
 fn plain_peer_hello(addr: &str) -> Response {
@@ -349,6 +392,7 @@ fn plain_peer_hello(addr: &str) -> Response {
     s.set_read_timeout(Some(SETTLE)).expect("timeout");
     let mut out = native::preamble().to_vec();
     let hello = Request::PeerHello {
+        version: native::PEER_PROTOCOL_VERSION,
         from: "127.0.0.1:1".into(),
         nonce: [7; 32],
     };
@@ -461,6 +505,7 @@ fn peers_without_a_client_certificate_are_refused_on_the_tls_port() {
         };
         let mut c = Client::connect_tls(&s.addr.to_string(), &no_cert).expect("TLS connect");
         let hello = Request::PeerHello {
+            version: native::PEER_PROTOCOL_VERSION,
             from: "127.0.0.1:1".into(),
             nonce: [7; 32],
         };

@@ -382,6 +382,26 @@ pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// Whether the server closed `s`: reads (and skips) what it sent, waiting
+/// at most 20 ms for more; `false` while the connection is open and
+/// quiet. Leaves a 20 ms read timeout on `s`.
+pub fn closed_by_server(s: &mut std::net::TcpStream) -> bool {
+    use std::io::{ErrorKind, Read};
+    s.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Sends `n` RESP `SET` commands (values of `value_len` bytes) down one
 /// connection as fast as the socket takes them, from a second thread,
 /// while this thread reads the replies; returns how many `+OK` came back

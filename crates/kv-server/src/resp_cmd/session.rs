@@ -97,9 +97,11 @@ impl Session {
         } else {
             AuthAttempt::Wrong
         };
-        if outcome == AuthAttempt::Wrong {
-            if let Some((ip, limiter)) = &self.source {
-                limiter.failed(*ip, now);
+        if let Some((ip, limiter)) = &self.source {
+            match outcome {
+                AuthAttempt::Wrong => limiter.failed(*ip, now),
+                AuthAttempt::Accepted => limiter.succeeded(*ip, now),
+                AuthAttempt::TooSoon => {}
             }
         }
         if outcome == AuthAttempt::Accepted {

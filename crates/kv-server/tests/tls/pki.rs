@@ -45,9 +45,16 @@ impl Ca {
     }
 
     /// A certificate for `who`, valid for 127.0.0.1 and localhost, as
-    /// server and as client.
+    /// server and as client (the names the walk-through in
+    /// `docs/security.md` puts in its certificates).
     pub fn sign(&self, who: &str) -> Certified {
-        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        self.sign_for(who, &["127.0.0.1", "localhost"])
+    }
+
+    /// A certificate for `who`, valid for `names` (IP addresses or DNS
+    /// names), as server and as client.
+    pub fn sign_for(&self, who: &str, names: &[&str]) -> Certified {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("params");
         params.distinguished_name.push(DnType::CommonName, who);
         params.extended_key_usages = vec![
