@@ -99,13 +99,27 @@ impl PeerClocks {
     /// was heard from.
     pub fn trusted_now(&self, now: u64, slack: u64, stale: u64) -> Option<u64> {
         let newest = self.heard.values().map(|&(_, at)| at).max()?;
-        let mut clocks: Vec<u64> = self
+        let fresh = self
             .heard
             .values()
             .filter(|&&(_, at)| at.saturating_add(stale) >= newest)
-            .map(|&(clock, at)| clock.saturating_add(now.saturating_sub(at).min(slack)))
-            .collect();
-        clocks.push(now);
+            .map(|&(clock, at)| clock.saturating_add(now.saturating_sub(at).min(slack)));
+        // Called for every write: a cluster's few peers fit on the stack.
+        let mut small = [0u64; 16];
+        let mut large = Vec::new();
+        let clocks: &mut [u64] = if self.heard.len() < small.len() {
+            let mut n = 0;
+            for c in fresh {
+                small[n] = c;
+                n += 1;
+            }
+            small[n] = now;
+            &mut small[..=n]
+        } else {
+            large.extend(fresh);
+            large.push(now);
+            &mut large
+        };
         clocks.sort_unstable();
         Some(clocks[(clocks.len() - 1) / 2])
     }

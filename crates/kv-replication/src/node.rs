@@ -840,6 +840,11 @@ impl Node {
     }
 
     fn send(&mut self, to: &str, msg: PeerMsg) {
+        self.send_to(to.to_string(), msg);
+    }
+
+    /// [`Node::send`] to an id the caller already owns.
+    fn send_to(&mut self, to: NodeId, msg: PeerMsg) {
         // Requests that read or write carry this node's ring id, so that
         // a replica on another ring refuses them.
         let msg = match msg {
@@ -851,10 +856,7 @@ impl Node {
             }
             other => other,
         };
-        self.out.push_back(Output::Send {
-            to: to.to_string(),
-            msg,
-        });
+        self.out.push_back(Output::Send { to, msg });
     }
 
     fn reply(&mut self, id: u64, reply: ClientReply) {
@@ -1151,8 +1153,13 @@ impl Node {
     /// refuse version `ts` as its peers would: more than the maximum clock
     /// offset ahead of the cluster's time (logged).
     fn own_copy_too_far_ahead(&mut self, now: u64, ts: u64) -> bool {
-        if self.trusted_now(now).is_none() {
+        let Some(clock) = self.trusted_now(now) else {
             return false; // no peer to refuse it either
+        };
+        // What `too_far_ahead` decides, without copying this node's id
+        // for every write that is within bounds.
+        if (self.clock_bound()).is_none_or(|max| !crate::hlc::too_far_ahead(ts, clock, max)) {
+            return false;
         }
         let me = self.cfg.id.clone();
         self.too_far_ahead(now, &me, ts, "its own write")
@@ -1654,7 +1661,12 @@ impl Node {
             return;
         };
         let Work::Write {
-            key, sent, version, ..
+            key,
+            value,
+            expires_at,
+            sent,
+            version,
+            ..
         } = &p.work
         else {
             return;
@@ -1662,22 +1674,37 @@ impl Node {
         let version = *version;
         let groups = self.groups(key, true);
         let (mut asked, mut hints, mut sends, mut local) = (BTreeSet::new(), vec![], vec![], false);
-        for r in union(&groups) {
-            if crate::membership::is_ghost(&r) {
-                continue; // never up: its ranges are being rebuilt
-            }
-            if r != me && self.members.state(&r, now) == Some(MemberState::Down) {
-                hints.push(r);
-                continue;
-            }
-            asked.insert(r.clone());
-            if p.answered.contains(&r) || sent.get(&r) == Some(&epoch) {
-                continue;
-            }
-            if r == me {
-                local = true;
-            } else {
-                sends.push(r);
+        // Every node of the groups once, in order (as `union`, without
+        // copying the ids), each message built here from the write's own
+        // key and value: one copy per replica, none in between.
+        for (i, (g, _)) in groups.iter().enumerate() {
+            for r in g {
+                if groups[..i].iter().any(|(h, _)| h.contains(r)) {
+                    continue;
+                }
+                if crate::membership::is_ghost(r) {
+                    continue; // never up: its ranges are being rebuilt
+                }
+                if *r != me && self.members.state(r, now) == Some(MemberState::Down) {
+                    hints.push(r.clone());
+                    continue;
+                }
+                asked.insert(r.clone());
+                if p.answered.contains(r) || sent.get(r) == Some(&epoch) {
+                    continue;
+                }
+                if *r == me {
+                    local = true;
+                } else {
+                    let msg = PeerMsg::Replicate {
+                        op,
+                        key: key.clone(),
+                        value: value.clone(),
+                        version,
+                        expires_at: *expires_at,
+                    };
+                    sends.push((r.clone(), msg));
+                }
             }
         }
         let refuse_own = local && self.own_copy_too_far_ahead(now, version.ts);
@@ -1699,29 +1726,29 @@ impl Node {
         else {
             return;
         };
-        for r in sends.iter().chain(local.then_some(&me)) {
+        for (r, _) in &sends {
             sent.insert(r.clone(), epoch);
         }
+        if local {
+            sent.insert(me.clone(), epoch);
+        }
         *waits_for = asked;
-        let (key, value, expires_at) = (key.clone(), value.clone(), *expires_at);
-        for r in hints {
-            self.add_hint(now, r, &key, (value.clone(), expires_at), version);
-        }
-        for r in sends {
-            let msg = PeerMsg::Replicate {
-                op,
-                key: key.clone(),
-                value: value.clone(),
-                version,
-                expires_at,
-            };
-            self.send(&r, msg);
-        }
-        if local && !refuse_own {
-            let applied = apply_local(store, &key, value.as_deref(), version, expires_at);
-            if let Some((existed, newer)) = applied {
-                self.on_write_ack(now, op, &me, existed, newer, store);
+        let hinted = (!hints.is_empty()).then(|| (key.clone(), value.clone(), *expires_at));
+        // The store does not see the messages: applying the own copy
+        // before they are queued changes nothing a peer or client sees.
+        let applied = (local && !refuse_own)
+            .then(|| apply_local(store, key, value.as_deref(), version, *expires_at))
+            .flatten();
+        if let Some((key, value, expires_at)) = hinted {
+            for r in hints {
+                self.add_hint(now, r, &key, (value.clone(), expires_at), version);
             }
+        }
+        for (r, msg) in sends {
+            self.send_to(r, msg);
+        }
+        if let Some((existed, newer)) = applied {
+            self.on_write_ack(now, op, &me, existed, newer, store);
         }
         // The new groups may already be met by what was stored.
         let met_now = self.pending.get(&op).is_some_and(|p| match &p.work {
