@@ -4,7 +4,8 @@
 //! Every shard keeps the hashes of its entries in order
 //! (`Shard::positions`), so a walk merges the shards' ordered hashes and
 //! reads only the entries it returns, plus those a filter passes over: a
-//! page costs O(shards + page · log page), whatever the store's size. A
+//! page costs O(shards + examined · log shards), whatever the store's size
+//! and however its keys are spread over the shards. A
 //! walk holds one shard's lock at a time, so that a page waiting on one
 //! busy shard (locks are fair: a reader waits behind a waiting writer)
 //! does not hold up the writers of the others.
@@ -15,6 +16,8 @@
 //! returns every key that was present for the whole walk, once, however
 //! the store changes between pages: positions never move.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::Ordering;
 
 use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
@@ -77,12 +80,13 @@ impl Store {
     /// visited), `None` if it reached the end.
     ///
     /// Holds one shard's read lock at a time, so that a walk waiting on a
-    /// busy shard holds up no writer of another. It goes in rounds: take
-    /// each shard's next positions (`next_positions`), then visit, in
-    /// order, those up to the smallest position at which a shard's batch
-    /// ends, a shard's lock held only while its own entries are visited.
-    /// A key present for the whole round is among the positions taken;
-    /// positions never move, so the next round resumes after the last.
+    /// busy shard holds up no writer of another. Each shard's positions
+    /// are read ahead in batches (`Cursor`), under that shard's lock
+    /// alone, and merged in order; a shard's next batch starts right after
+    /// its last position, so no position of a shard is passed over, and a
+    /// key present for the whole walk is visited. Only a shard whose batch
+    /// ran out is read again, so a page holds at most one batch per shard
+    /// and reads O(shards + visited) positions however the keys are spread.
     pub(crate) fn walk_from(
         &self,
         from: u64,
@@ -91,20 +95,52 @@ impl Store {
         mut visit: impl FnMut(u64, &Entry) -> Flow,
     ) -> Option<(u64, Vec<u8>)> {
         let map = self.map();
-        let cap = examine_budget(want.max(1));
-        let mut batch = (want.saturating_mul(2).div_ceil(map.shard_count()) + 2).min(cap);
-        let mut pos = from;
+        let first = (want.saturating_mul(2).div_ceil(map.shard_count())).saturating_add(2);
+        let mut cursors: Vec<Cursor> = (0..map.shard_count())
+            .map(|i| Cursor::new(map, i, from, first))
+            .collect();
+        let mut heads: BinaryHeap<Reverse<(u64, usize)>> = cursors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.head().map(|h| Reverse((h, i))))
+            .collect();
+        let mut held: Option<(usize, RwLockReadGuard<'_, Shard>)> = None;
         let mut examined = 0u64;
         let stopped = loop {
-            let (round, frontier) = next_positions(map, pos, batch);
-            let stop = visit_round(map, &round, (from, after), &mut examined, &mut visit);
-            match (stop, frontier) {
-                (Some(s), _) => break Some(s),
-                (None, Some(f)) => pos = f.saturating_add(1),
-                (None, None) => break None,
+            let Some(Reverse((h, i))) = heads.pop() else {
+                break None;
+            };
+            let shard = match held.take() {
+                Some((j, guard)) if j == i => guard,
+                other => {
+                    // Let the last shard go before taking the next.
+                    drop(other);
+                    map.list_locks.fetch_add(1, Ordering::Relaxed);
+                    map.read_shard(i)
+                }
+            };
+            let skip = (h == from).then_some(after).flatten();
+            if let Some(last) = visit_group(&shard, h, skip, &mut examined, &mut visit) {
+                break Some((h, last));
             }
-            batch = batch.saturating_mul(2).min(cap);
+            let cursor = &mut cursors[i];
+            cursor.pending.pop_front();
+            if cursor.pending.is_empty() && !cursor.done {
+                // Reading this shard's next batch takes its lock again:
+                // let go of the one held, so only one is ever held.
+                drop(shard);
+                match h.checked_add(1) {
+                    Some(next) => cursor.refill(map, next),
+                    None => cursor.done = true,
+                }
+            } else {
+                held = Some((i, shard));
+            }
+            if let Some(next) = cursors[i].head() {
+                heads.push(Reverse((next, i)));
+            }
         };
+        drop(held);
         map.list_reads.fetch_add(examined, Ordering::Relaxed);
         stopped
     }
@@ -122,6 +158,13 @@ impl Store {
     #[doc(hidden)]
     pub fn list_shard_locks(&self) -> u64 {
         self.map().list_locks.load(Ordering::Relaxed)
+    }
+
+    /// Positions read ahead by listings since the store was opened (for
+    /// tests that check a page's cost however the keys are spread).
+    #[doc(hidden)]
+    pub fn list_positions_read(&self) -> u64 {
+        self.map().list_positions.load(Ordering::Relaxed)
     }
 
     /// The index of the map shard that holds `key` (for tests).
@@ -252,61 +295,53 @@ impl Store {
     }
 }
 
-/// One round of a walk's positions: each shard's first `batch` positions
-/// from `pos` on, each shard's lock held only while its own are read.
-/// Returns those up to the frontier, the smallest position at which a
-/// shard's batch ended with more to come, in ascending order with their
-/// shard, and the frontier (`None`: every shard's positions are in).
-fn next_positions(map: &ShardedMap, pos: u64, batch: usize) -> (Vec<(u64, usize)>, Option<u64>) {
-    let mut round = Vec::new();
-    let mut frontier: Option<u64> = None;
-    for i in 0..map.shard_count() {
-        map.list_locks.fetch_add(1, Ordering::Relaxed);
-        let shard = map.read_shard(i);
-        let mut it = shard.positions.range(pos..).copied();
-        round.extend(it.by_ref().take(batch).map(|h| (h, i)));
-        if it.next().is_some() {
-            let last = round.last().map_or(pos, |&(h, _)| h);
-            frontier = Some(frontier.map_or(last, |f| f.min(last)));
-        }
-    }
-    if let Some(f) = frontier {
-        round.retain(|&(h, _)| h <= f);
-    }
-    round.sort_unstable();
-    (round, frontier)
+/// Most positions a walk reads ahead from one shard at a time.
+const READ_AHEAD_CAP: usize = 4096;
+
+/// A walk's read-ahead of one shard's positions, in ascending order.
+struct Cursor {
+    /// The shard.
+    shard: usize,
+    /// Positions read and not yet visited.
+    pending: VecDeque<u64>,
+    /// Whether the shard had no position past the last one read.
+    done: bool,
+    /// How many positions the next read takes (doubling, capped).
+    batch: usize,
 }
 
-/// Visits the entries at the positions of `round` in order, skipping
-/// those at or before `after` at hash `from`, one shard's read lock
-/// held at a time (kept while consecutive positions share a shard).
-/// Returns the position and last key of the group at which `visit` said
-/// stop.
-fn visit_round(
-    map: &ShardedMap,
-    round: &[(u64, usize)],
-    (from, after): (u64, Option<&[u8]>),
-    examined: &mut u64,
-    visit: &mut impl FnMut(u64, &Entry) -> Flow,
-) -> Option<(u64, Vec<u8>)> {
-    let mut held: Option<(usize, RwLockReadGuard<'_, Shard>)> = None;
-    for &(h, i) in round {
-        let shard = match held.take() {
-            Some((j, guard)) if j == i => guard,
-            other => {
-                // Let the last shard go before taking the next.
-                drop(other);
-                map.list_locks.fetch_add(1, Ordering::Relaxed);
-                map.read_shard(i)
-            }
+impl Cursor {
+    /// A cursor on shard `shard`, with its first `batch` positions from
+    /// `from` on already read.
+    fn new(map: &ShardedMap, shard: usize, from: u64, batch: usize) -> Cursor {
+        let mut c = Cursor {
+            shard,
+            pending: VecDeque::new(),
+            done: false,
+            batch: batch.clamp(1, READ_AHEAD_CAP),
         };
-        let skip = (h == from).then_some(after).flatten();
-        if let Some(last) = visit_group(&shard, h, skip, examined, visit) {
-            return Some((h, last));
-        }
-        held = Some((i, shard));
+        c.refill(map, from);
+        c
     }
-    None
+
+    /// Reads the shard's next batch of positions from `from` on, under
+    /// its read lock alone.
+    fn refill(&mut self, map: &ShardedMap, from: u64) {
+        map.list_locks.fetch_add(1, Ordering::Relaxed);
+        let shard = map.read_shard(self.shard);
+        let mut it = shard.positions.range(from..).copied();
+        let before = self.pending.len();
+        self.pending.extend(it.by_ref().take(self.batch));
+        map.list_positions
+            .fetch_add((self.pending.len() - before) as u64, Ordering::Relaxed);
+        self.done = it.next().is_none();
+        self.batch = self.batch.saturating_mul(2).min(READ_AHEAD_CAP);
+    }
+
+    /// The next position to visit.
+    fn head(&self) -> Option<u64> {
+        self.pending.front().copied()
+    }
 }
 
 /// Visits the entries of `shard` at hash `h` in key order, past `skip`

@@ -425,6 +425,8 @@ pub(crate) struct ShardedMap {
     /// Shard locks listings have asked for since open (for tests that
     /// must know how far a walk got before it blocked).
     pub(crate) list_locks: AtomicU64,
+    /// Positions read ahead by listings (for tests).
+    pub(crate) list_positions: AtomicU64,
 }
 
 /// The hash used for both shard choice and table position.
@@ -445,6 +447,7 @@ impl ShardedMap {
             range_reads: AtomicU64::new(0),
             list_reads: AtomicU64::new(0),
             list_locks: AtomicU64::new(0),
+            list_positions: AtomicU64::new(0),
         }
     }
 

@@ -258,3 +258,45 @@ fn a_walk_blocked_on_one_shard_lets_writes_to_the_others_through() {
         SHARDS - 1
     );
 }
+
+/// Keys crowded into one shard and a narrow stretch of hashes (which
+/// anyone who may write can find by trying keys) must not make a page
+/// read ahead each other shard's positions over and over: a page reads
+/// about what it examines, plus one read-ahead per shard.
+#[test]
+fn a_crowded_shard_does_not_make_a_page_read_every_shard_again_and_again() {
+    const SHARDS: usize = 64;
+    let store = Store::open(Options::in_memory().shards(SHARDS)).expect("open");
+    let window = u64::MAX / 8;
+    let (mut crowded, mut i) = (0, 0u64);
+    while crowded < 20_000 {
+        let key = format!("crowd-{i}");
+        i += 1;
+        if store.shard_of_key(key.as_bytes()) == 0 && Store::key_position(key.as_bytes()) < window {
+            store.put(key.as_bytes(), b"v").expect("put");
+            crowded += 1;
+        }
+    }
+    for j in 0..200_000 {
+        store
+            .put(format!("spread-{j}").as_bytes(), b"v")
+            .expect("put");
+    }
+    // A prefix no key has: the page examines its whole budget
+    // (100 entries per key asked for) and returns nothing.
+    let (read, examined) = (store.list_positions_read(), store.list_entries_examined());
+    let page = store.list_page(b"no-such-prefix", None, 1000);
+    assert!(page.entries.is_empty());
+    assert!(
+        page.next.is_some(),
+        "the budget ends the page before the store does"
+    );
+    let read = store.list_positions_read() - read;
+    let examined = store.list_entries_examined() - examined;
+    assert_eq!(examined, 100_000, "the page examines its whole budget");
+    let bound = 2 * examined + (SHARDS as u64) * 4096;
+    assert!(
+        read <= bound,
+        "a page that examined {examined} entries read {read} positions (bound {bound})"
+    );
+}
