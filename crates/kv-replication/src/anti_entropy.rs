@@ -283,6 +283,14 @@ impl AntiEntropy {
         out
     }
 
+    /// Has the store keep range hashes for `task`'s ring: a pass over
+    /// every key the first time a ring is seen, which a driver may do
+    /// before it takes any lock that [`AntiEntropy::run`] needs (run does
+    /// it itself otherwise).
+    pub fn prepare(&mut self, task: &AeTask, store: &Store) {
+        self.track(&task.view, store);
+    }
+
     /// Has the store keep range hashes (and its index by position) for the
     /// view's ring, recomputed only when the ring changes.
     fn track(&mut self, view: &AeView, store: &Store) {

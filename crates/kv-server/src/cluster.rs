@@ -1060,12 +1060,20 @@ fn start_cleanup(
         .name("kv-cleanup".into())
         .spawn(move || {
             while let Ok(job) = rx.recv() {
-                let result = job.run(&shared.store).map_err(|e| e.to_string());
+                let result = run_cleanup_job(&job, &shared.store);
                 handle.send(ToCluster::CleanupDone(result));
                 handle.flush();
             }
         })?;
     Ok((tx, t))
+}
+
+/// Runs a cleanup, turning a panic into an error: the node must hear
+/// back from every cleanup it starts, or it never starts another.
+fn run_cleanup_job(job: &kv_replication::CleanupJob, store: &Store) -> Result<usize, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(store)))
+        .map_err(|_| "the cleanup panicked".to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// The CLUSTER text: this node's view of the membership.
@@ -1339,7 +1347,13 @@ impl ClusterThread {
                     let _ = self.anti_entropy.send(task);
                 }
                 Output::Cleanup(job) => {
-                    let _ = self.cleanup.send(job);
+                    if let Err(mpsc::SendError(job)) = self.cleanup.send(job) {
+                        // The cleanup thread is gone: clean up here rather
+                        // than never again.
+                        log::warn!("the cleanup thread has stopped; cleaning up on the cluster thread");
+                        let result = run_cleanup_job(&job, &self.shared.store);
+                        self.node.cleanup_done(now, result);
+                    }
                 }
                 Output::Persist(p) => {
                     if let Some(path) = &self.state_path {

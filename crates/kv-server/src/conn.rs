@@ -126,14 +126,31 @@ impl Outbox {
         self.wbuf.len() - self.wpos
     }
 
+    /// Bytes of replies this connection holds: those ready to write and
+    /// those queued behind a reply still awaited (from the cluster, or an
+    /// fsync). Reading stops past [`HIGH_WATER`], so that replies queued
+    /// behind one awaited reply cannot grow without bound. Ready replies
+    /// in a row share one slot, so there are at most about twice as many
+    /// slots as awaited replies ([`MAX_IN_FLIGHT`]) to add up.
+    fn held(&self) -> usize {
+        let queued: usize = self
+            .slots
+            .iter()
+            .map(|(_, b)| b.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.pending() + queued
+    }
+
     /// Where to write a reply available now.
     fn now(&mut self) -> &mut Vec<u8> {
         if self.slots.is_empty() {
             return &mut self.wbuf;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.slots.push_back((seq, Some(Vec::new())));
+        if !matches!(self.slots.back(), Some((_, Some(_)))) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.slots.push_back((seq, Some(Vec::new())));
+        }
         match self.slots.back_mut() {
             Some((_, Some(v))) => v,
             _ => &mut self.wbuf,
@@ -312,7 +329,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     pub fn wants_read(&self) -> bool {
         !self.closing
             && !self.peer_closed
-            && self.out.pending() < HIGH_WATER
+            && self.out.held() < HIGH_WATER
             && self.out.weight() < MAX_IN_FLIGHT
     }
 
@@ -551,7 +568,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Whether more buffered requests may be taken now.
     fn wants_read_or_closing_input(&self) -> bool {
-        !self.closing && self.out.pending() < HIGH_WATER && self.out.weight() < MAX_IN_FLIGHT
+        !self.closing && self.out.held() < HIGH_WATER && self.out.weight() < MAX_IN_FLIGHT
     }
 
     /// Writes buffered replies until done or the socket would block.

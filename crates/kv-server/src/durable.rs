@@ -308,6 +308,34 @@ mod tests {
 
     /// A failed fsync: the held replies become the error a blocking write
     /// answers, never OK.
+    /// Replies queued behind a parked one count against the connection's
+    /// output limit: a client that pipelines a write and then many reads
+    /// of a large value, and does not read its replies, holds about
+    /// [`crate::conn::HIGH_WATER`], not a copy of the value per read.
+    #[test]
+    fn replies_behind_a_parked_one_are_bounded() {
+        let fs = SimFs::new();
+        let shared = shared(&fs);
+        let big = vec![b'x'; 1 << 20];
+        shared.store.put(b"big", &big).expect("put");
+        let get = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n";
+        let mut input = SET.to_vec();
+        for _ in 0..200 {
+            input.extend_from_slice(get);
+        }
+        fs.hold_syncs(true);
+        let mut c = conn(1, &input);
+        c.on_readable(&shared).expect("read");
+        assert!(
+            !c.wants_read() && c.has_input(),
+            "the connection went on reading and answering GETs of 1 MiB behind a SET \
+             waiting for its fsync (wants to read: {}, requests left: {})",
+            c.wants_read(),
+            c.has_input()
+        );
+        fs.hold_syncs(false);
+    }
+
     #[test]
     fn a_failed_fsync_answers_an_error_not_ok() {
         let fs = SimFs::new();

@@ -46,7 +46,8 @@ pub fn apply_page(
 
 /// Runs anti-entropy `task` against `store` if the published `ring` is
 /// still the ring the task was made under (holding its read lock
-/// meanwhile); an empty outcome if not (the next round starts afresh on
+/// meanwhile, but not while the store first rehashes its keys for a new
+/// ring); an empty outcome if not (the next round starts afresh on
 /// the new ring).
 pub fn run_ae(
     ae: &mut AntiEntropy,
@@ -54,6 +55,14 @@ pub fn run_ae(
     store: &Store,
     ring: &parking_lot::RwLock<u64>,
 ) -> AeOutcome {
+    if *ring.read() != task.epoch {
+        return AeOutcome::default();
+    }
+    // Rehashing every key for a new ring takes seconds on a large store:
+    // done before the lock, so that a ring change (the cluster thread's
+    // write lock, and behind it every event loop serving a replica) never
+    // waits for it.
+    ae.prepare(&task, store);
     let ring = ring.read();
     if *ring != task.epoch {
         return AeOutcome::default();
