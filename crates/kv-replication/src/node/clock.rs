@@ -1,0 +1,238 @@
+//! The node's clock: stamping versions, the trusted cluster time, peers' clocks
+//! and the bounds on how far ahead a timestamp may be.
+
+use super::*;
+
+/// How far ahead of the clock the persisted floor is set (µs): the floor is
+/// saved once per this much clock progress.
+const FLOOR_LEAD: u64 = 2_000_000;
+
+impl Node {
+    /// A fresh version, or `None` if the clock cannot go any higher. Its
+    /// physical part is held within half the maximum clock offset of the
+    /// cluster's time ([`Node::trusted_now`]): a wall clock stepped hours
+    /// ahead must not stamp versions that every peer refuses (they would
+    /// stay on this node alone, and shadow later writes).
+    pub(super) fn stamp(&mut self, now: u64) -> Option<Ver> {
+        let cap = match (self.trusted_now(now), self.clock_bound()) {
+            (Some(t), Some(max)) => t.saturating_add(max / 2).saturating_mul(1000),
+            _ => u64::MAX,
+        };
+        let ts = self.hlc.tick_capped(now, cap)?;
+        if ts >= self.floor {
+            // Within the maximum clock offset, so that a node restarted at
+            // once does not start above what its peers accept.
+            let lead = self
+                .clock_bound()
+                .map_or(FLOOR_LEAD, |m| FLOOR_LEAD.min(m.saturating_mul(500)).max(1));
+            self.floor = ts.saturating_add(lead);
+            self.persist();
+        }
+        Some(Ver {
+            ts,
+            node: self.number,
+        })
+    }
+
+    /// The cluster's time (ms) as this node can trust it, if it heard from
+    /// peers: the median of its clock and theirs (see
+    /// [`crate::hlc::PeerClocks::trusted_now`]). `None` without peers or a
+    /// maximum clock offset.
+    fn trusted_now(&self, now: u64) -> Option<u64> {
+        if self.cfg.planted.wall_clock_stamps {
+            return None;
+        }
+        let max = self.clock_bound()?;
+        self.peer_clocks
+            .trusted_now(now, max / 2, self.cfg.down_after)
+    }
+
+    /// The cluster's time (ms) as this node trusts it when its clock reads
+    /// `now` (the clock it checks timestamps against), if it heard from
+    /// peers; for a driver to publish with
+    /// [`crate::hlc::SharedClock::publish`] to threads that check
+    /// timestamps for it.
+    pub fn cluster_time(&self, now: u64) -> Option<u64> {
+        self.trusted_now(now)
+    }
+
+    /// How far, at most, the cluster's time moves on by this node's clock
+    /// between two peers' readings (ms): the slack of a
+    /// [`crate::hlc::SharedClock`] published from [`Node::cluster_time`].
+    pub fn cluster_time_slack(&self) -> u64 {
+        self.clock_bound().map_or(u64::MAX, |m| m / 2)
+    }
+
+    /// Whether this node, as a replica of a write it coordinates, must
+    /// refuse version `ts` as its peers would: more than the maximum clock
+    /// offset ahead of the cluster's time (logged).
+    pub(super) fn own_copy_too_far_ahead(&mut self, now: u64, ts: u64) -> bool {
+        let Some(clock) = self.trusted_now(now) else {
+            return false; // no peer to refuse it either
+        };
+        // What `too_far_ahead` decides, without copying this node's id
+        // for every write that is within bounds.
+        if (self.clock_bound()).is_none_or(|max| !crate::hlc::too_far_ahead(ts, clock, max)) {
+            return false;
+        }
+        let me = self.cfg.id.clone();
+        self.too_far_ahead(now, &me, ts, "its own write")
+    }
+
+    /// Takes note of a timestamp seen elsewhere (unless the planted bug
+    /// says not to). Callers check it with [`Node::too_far_ahead`] first.
+    pub(super) fn observe(&mut self, ts: u64) {
+        if !self.cfg.planted.no_hlc_observe {
+            self.hlc.observe(ts);
+        }
+    }
+
+    /// Compares this node's clock `now` with a peer's (sent in its
+    /// gossip). A node whose clock is more than the maximum clock offset
+    /// ahead of most peers it hears from stops coordinating (its versions
+    /// would be refused everywhere), and says so in the log.
+    pub(super) fn note_peer_clock(&mut self, now: u64, from: &str, clock: u64) {
+        let Some(max) = self.clock_bound() else {
+            return;
+        };
+        if from == self.cfg.id {
+            return;
+        }
+        let ahead = now > clock.saturating_add(max);
+        self.ahead_of.insert(from.to_string(), ahead);
+        self.peer_clocks.note(from, clock, now);
+        let members = self.members.current();
+        self.ahead_of.retain(|id, _| members.contains(id));
+        self.peer_clocks
+            .retain(|id| members.iter().any(|m| m == id));
+        let n = self.ahead_of.len();
+        let ahead_count = self.ahead_of.values().filter(|a| **a).count();
+        let now_ahead = ahead_count * 2 > n;
+        if now_ahead != self.clock_ahead {
+            self.clock_ahead = now_ahead;
+            self.log(if now_ahead {
+                format!(
+                    "this node's clock is more than the maximum clock offset ({max} ms) ahead of {ahead_count} of {n} peers ({from}'s reads {clock}, ours {now}): it coordinates no operation until the clock is fixed"
+                )
+            } else {
+                "this node's clock is back within the maximum clock offset of its peers: coordinating again".to_string()
+            });
+        }
+    }
+
+    /// Node numbers make versions unique, so two nodes of a cluster must
+    /// never share one: the first node heard with a number keeps it, and
+    /// any other node gossiping the same number is refused (all its
+    /// messages ignored) and logged.
+    pub(super) fn check_number(&mut self, from: &str, number: u32) {
+        if self.duplicates.contains(from) {
+            return;
+        }
+        match self.numbers.get(&number) {
+            Some(holder) if holder != from => {
+                let holder = holder.clone();
+                self.duplicates.insert(from.to_string());
+                self.log(format!(
+                    "refused {from}: its version number {number} is already {holder}'s; node numbers (--node-id, or the hash of the address) must be unique in a cluster"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.numbers.retain(|_, id| id != from);
+                self.numbers.insert(number, from.to_string());
+            }
+        }
+    }
+
+    /// Nodes refused because their version number is another node's.
+    pub fn refused_duplicates(&self) -> Vec<NodeId> {
+        self.duplicates.iter().cloned().collect()
+    }
+
+    /// Whether this node stopped coordinating because its clock is too far
+    /// ahead of its peers'.
+    pub fn clock_too_far_ahead(&self) -> bool {
+        self.clock_ahead
+    }
+
+    /// The maximum clock offset in force (`None`: none, a planted bug).
+    pub(super) fn clock_bound(&self) -> Option<u64> {
+        (!self.cfg.planted.no_clock_bound).then_some(self.cfg.max_clock_offset)
+    }
+
+    /// The clock (ms) timestamps are checked against when this node's
+    /// clock reads `now`: the cluster's time as this node trusts it (see
+    /// [`Node::trusted_now`]), or `now` before it heard from a peer. A
+    /// node whose clock was stepped hours back must not refuse every
+    /// version its peers stamp (it would refuse, and so never learn, that
+    /// its writes lost); one stepped hours ahead must not take versions
+    /// hours ahead of its peers.
+    pub(super) fn check_clock(&self, now: u64) -> u64 {
+        self.trusted_now(now).unwrap_or(now)
+    }
+
+    /// Whether `ts` from `from` is beyond the maximum clock offset ahead of
+    /// this node's [`Node::check_clock`] at `now`: if so it is logged (at
+    /// most once a second) and must be refused.
+    pub(super) fn too_far_ahead(&mut self, now: u64, from: &str, ts: u64, what: &str) -> bool {
+        let Some(max) = self.clock_bound() else {
+            return false;
+        };
+        let clock = self.check_clock(now);
+        if !crate::hlc::too_far_ahead(ts, clock, max) {
+            return false;
+        }
+        self.refused_far += 1;
+        if now >= self.last_far_log.saturating_add(1000) {
+            self.last_far_log = now;
+            self.log(format!(
+                "refused {what} from {from}: timestamp {ts} is {} ms ahead of the cluster's time (maximum clock offset {max} ms); {} refused so far",
+                (ts / 1000).saturating_sub(clock),
+                self.refused_far
+            ));
+        }
+        true
+    }
+
+    /// Takes note of a version timestamp seen elsewhere (for example by a
+    /// driver that answered a replica request with [`serve_replica`]), so
+    /// that later writes this node coordinates are newer.
+    /// A timestamp more than the maximum clock offset ahead of `now` is
+    /// refused.
+    pub fn observe_timestamp(&mut self, now: u64, ts: u64) {
+        if !self.too_far_ahead(now, "a driver", ts, "a timestamp") {
+            self.observe(ts);
+        }
+    }
+
+    /// This node's clock went back (stepped, as NTP steps a clock) to
+    /// `now`, before times it already saw: its timers restart from `now`,
+    /// so that gossip, anti-entropy and deadlines do not wait until the
+    /// clock is back where it was (hours, perhaps). A write or read still
+    /// pending gets at most a request timeout from now.
+    pub(super) fn clock_went_back(&mut self, now: u64) {
+        self.peer_clocks
+            .clock_went_back(self.last_now.saturating_sub(now));
+        // A hint made while the clock was ahead must not outlive its
+        // window (it could bring back a value whose delete was purged).
+        for h in self.hints.values_mut() {
+            h.created = h.created.min(now);
+        }
+        self.last_now = now;
+        self.last_gossip = self.last_gossip.min(now);
+        self.last_anti_entropy = self.last_anti_entropy.min(now);
+        let latest = now.saturating_add(self.cfg.request_timeout);
+        for p in self.pending.values_mut() {
+            p.deadline = p.deadline.min(latest);
+        }
+        self.converged_since = self.converged_since.map(|t| t.min(now));
+        if let Some(st) = self.stream.as_mut() {
+            st.started = st.started.min(now);
+            st.last_log = st.last_log.min(now);
+            st.last_save = st.last_save.min(now);
+            for src in st.sources.values_mut() {
+                src.asked_at = src.asked_at.map(|t| t.min(now));
+            }
+        }
+    }
+}

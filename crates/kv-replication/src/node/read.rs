@@ -1,0 +1,249 @@
+//! The coordinator's read path (quorum reads, read repair) and listings.
+
+use super::*;
+
+/// One node's page of a listing: entries, and whether it had more.
+/// One node's page of a listing: its entries and where it stopped (see
+/// [`PeerMsg::ListReply`]).
+pub(super) type Page = (Vec<(Vec<u8>, Stamped)>, Option<Vec<u8>>);
+
+/// Rounds of queries a read makes at most when its repair keeps finding
+/// newer versions.
+pub(super) const READ_TRIES: u32 = 3;
+
+impl Node {
+    pub(super) fn start_read(&mut self, now: u64, client: u64, key: Vec<u8>, store: &Store) {
+        let deadline = now + self.cfg.request_timeout;
+        self.send_read(now, deadline, client, key, 1, store);
+    }
+
+    /// Sends round `tries` of a read's queries (a retry keeps the first
+    /// round's deadline).
+    pub(super) fn send_read(
+        &mut self,
+        now: u64,
+        deadline: u64,
+        client: u64,
+        key: Vec<u8>,
+        tries: u32,
+        store: &Store,
+    ) {
+        let groups = self.groups(&key, false);
+        let replicas = union(&groups);
+        let work = Work::Read {
+            key: key.clone(),
+            best: None,
+            seen: Vec::new(),
+            holders: None,
+            tries,
+        };
+        let op = self.new_op(now, client, groups, work);
+        if let Some(p) = self.pending.get_mut(&op) {
+            p.deadline = deadline;
+        }
+        for node in replicas {
+            if crate::membership::is_ghost(&node) {
+                continue; // never up, never answers: its ranges are rebuilt
+            }
+            if node == self.cfg.id {
+                let state = read_local(store, &key);
+                let me = self.cfg.id.clone();
+                self.on_read_reply(op, &me, state, store);
+            } else {
+                self.send(
+                    &node,
+                    PeerMsg::Read {
+                        op,
+                        key: key.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn start_list(
+        &mut self,
+        now: u64,
+        client: u64,
+        (prefix, from, after): (Vec<u8>, u64, Option<Vec<u8>>),
+        limit: u32,
+        store: &Store,
+    ) {
+        let limit = limit.clamp(1, 10_000);
+        let mut nodes: Vec<NodeId> = self.read_ring.nodes().to_vec();
+        for n in self.write_ring.nodes() {
+            if !nodes.contains(n) {
+                nodes.push(n.clone());
+            }
+        }
+        nodes.retain(|n| self.members.is_up(n, now));
+        let work = Work::List {
+            limit,
+            pages: Vec::new(),
+        };
+        // Each key's replicas among the nodes that answer must overlap its
+        // last write quorum: with at most W - 1 nodes silent, at least
+        // N - W + 1 of its replicas answer, and that overlaps W.
+        let (_, w, _) = self.quorums();
+        let needed = nodes.len().saturating_sub(w - 1).max(1);
+        let op = self.new_op(now, client, vec![(nodes.clone(), needed)], work);
+        for node in nodes {
+            if node == self.cfg.id {
+                let (entries, next) = list_local(store, &prefix, from, after.as_deref(), limit);
+                let me = self.cfg.id.clone();
+                self.on_list_reply(op, &me, entries, next);
+            } else {
+                let msg = PeerMsg::ListPage {
+                    op,
+                    prefix: prefix.clone(),
+                    from,
+                    after: after.clone(),
+                    limit,
+                };
+                self.send(&node, msg);
+            }
+        }
+    }
+
+    pub(super) fn on_read_reply(
+        &mut self,
+        op: u64,
+        from: &str,
+        state: Option<Stamped>,
+        store: &Store,
+    ) {
+        let Some(p) = self.answer(op, from) else {
+            return;
+        };
+        if let Work::Read {
+            best,
+            seen,
+            holders,
+            ..
+        } = &mut p.work
+        {
+            if holders.is_some() {
+                // Repair of `best` has begun: a later answer must not
+                // change what this read returns.
+                return;
+            }
+            seen.push((from.to_string(), state.as_ref().map(|s| s.version)));
+            if let Some(s) = state {
+                if best.as_ref().is_none_or(|b| s.version > b.version) {
+                    *best = Some(s);
+                }
+            }
+        }
+        if met(&p.groups, &p.answered) {
+            self.conclude_read(op, store);
+        }
+    }
+
+    /// A read has its quorum. If fewer than W of the replicas that answered
+    /// hold the newest version, write it back to the stale ones and answer
+    /// only once W hold it (blocking read repair: two quorum reads in a row
+    /// never go backwards). Otherwise answer now and repair stale replicas
+    /// in the background.
+    fn conclude_read(&mut self, op: u64, store: &Store) {
+        let (wq, read_repair) = (self.cfg.write_quorum, self.cfg.read_repair);
+        let Some(p) = self.pending.get_mut(&op) else {
+            return;
+        };
+        let Work::Read {
+            key,
+            best,
+            seen,
+            holders,
+            ..
+        } = &mut p.work
+        else {
+            return;
+        };
+        if holders.is_some() {
+            return; // already repairing
+        }
+        let Some(newest_version) = best.as_ref().map(|b| b.version) else {
+            return self.finish(op);
+        };
+        let is_fresh = |v: &Option<Ver>| *v == Some(newest_version);
+        if !read_repair || seen.iter().all(|(_, v)| is_fresh(v)) {
+            return self.finish(op);
+        }
+        let stale: Vec<NodeId> = seen
+            .iter()
+            .filter(|(_, v)| !is_fresh(v))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let fresh: BTreeSet<NodeId> = seen
+            .iter()
+            .filter(|(_, v)| is_fresh(v))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let blocking = !met_write(&p.groups, &fresh, wq);
+        if blocking {
+            *holders = Some(fresh);
+        }
+        let key = key.clone();
+        let Some(newest) = best.clone() else {
+            return self.finish(op);
+        };
+        let repair_op = if blocking { op } else { 0 };
+        for node in stale {
+            self.repair(repair_op, &node, &key, &newest, store);
+        }
+        if !blocking {
+            self.finish(op);
+        }
+    }
+
+    /// Writes `newest` to a stale replica (acks count toward `op`, 0: none).
+    pub(super) fn repair(
+        &mut self,
+        op: u64,
+        node: &str,
+        key: &[u8],
+        newest: &Stamped,
+        store: &Store,
+    ) {
+        self.stats.read_repairs += 1;
+        if node == self.cfg.id {
+            let (value, expires_at) = (newest.value.as_deref(), newest.expires_at);
+            if let Some((was_live, newer)) =
+                apply_local(store, key, value, newest.version, expires_at)
+            {
+                // A repair's replica holds `newest` (or something newer,
+                // which makes the read ask again).
+                let me = self.cfg.id.clone();
+                let now = self.last_now;
+                self.on_write_ack(now, op, &me, was_live, newer, store);
+            }
+        } else {
+            let msg = PeerMsg::Replicate {
+                op,
+                key: key.to_vec(),
+                value: newest.value.clone(),
+                version: newest.version,
+                expires_at: newest.expires_at,
+            };
+            self.send(node, msg);
+        }
+    }
+
+    pub(super) fn on_list_reply(
+        &mut self,
+        op: u64,
+        from: &str,
+        entries: Vec<(Vec<u8>, Stamped)>,
+        next: Option<Vec<u8>>,
+    ) {
+        let Some(p) = self.answer(op, from) else {
+            return;
+        };
+        if let Work::List { pages, .. } = &mut p.work {
+            pages.push((entries, next));
+        }
+        if met(&p.groups, &p.answered) {
+            self.finish(op);
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! Client requests and the coordinator's write path: operations waiting for
+//! replicas, quorums, re-stamps and answers.
+
+use super::*;
+
+/// A write's value (`None`: a delete) and expiry (ms since the Unix
+/// epoch, `None`: never).
+pub(super) type WriteValue = (Option<Vec<u8>>, Option<u64>);
+
+/// Versions a write is stamped with at most before it fails as a
+/// conflict (the first and two re-stamps).
+const WRITE_TRIES: u32 = 3;
+
+pub(super) enum Work {
+    Write {
+        version: Ver,
+        existed: bool,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        expires_at: Option<u64>,
+        /// Versions tried so far (this one included).
+        tries: u32,
+        /// The newest version a replica reported holding instead.
+        newer: Option<Ver>,
+        /// Replicas that stored this version (or already held it): the
+        /// ones that count toward W.
+        stored: BTreeSet<NodeId>,
+        /// The replicas of the current groups this try waits for (down
+        /// ones get hints instead, and this node is left out if it refused
+        /// its own copy): a decision that needs every answer counts theirs
+        /// only, not those of replicas that left the groups.
+        asked: BTreeSet<NodeId>,
+        /// Each replica this try was sent to, with the ring id it was sent
+        /// under: it is sent again only under another ring, or after it
+        /// refused the write ([`PeerMsg::RingDiffers`]).
+        sent: BTreeMap<NodeId, u64>,
+        /// A replica refused this try for a newer ring: it may have stored
+        /// it all the same (a replica stores a refused write of a key it
+        /// owns), so a read may have returned it, and it must not be
+        /// re-stamped (it would take effect twice).
+        maybe_stored: bool,
+    },
+    Read {
+        key: Vec<u8>,
+        best: Option<Stamped>,
+        /// Each answering replica's version.
+        seen: Vec<(NodeId, Option<Ver>)>,
+        /// While repairing: the replicas known to hold `best`.
+        holders: Option<BTreeSet<NodeId>>,
+        /// Rounds of queries so far (this one included).
+        tries: u32,
+    },
+    List {
+        limit: u32,
+        pages: Vec<Page>,
+    },
+}
+
+/// The replica sets an operation must reach, each with the answers it
+/// needs from it: one set, or two during a rebalance (read ring and write
+/// ring).
+pub(super) type Groups = Vec<(Vec<NodeId>, usize)>;
+
+pub(super) struct Pending {
+    pub(super) client: u64,
+    pub(super) deadline: u64,
+    pub(super) groups: Groups,
+    pub(super) answered: BTreeSet<NodeId>,
+    pub(super) work: Work,
+}
+
+impl Node {
+    /// A client operation, to be answered with [`Output::Reply`] carrying `id`.
+    pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &Store) {
+        self.last_now = self.last_now.max(now);
+        self.inline_cleanup(now, store);
+        if self.is_joining()
+            || self.stale.is_some()
+            || self.clock_ahead
+            || self.status() == Status::Left
+            || self.read_ring.nodes().is_empty()
+        {
+            let reply = ClientReply::Unavailable {
+                answered: 0,
+                needed: 1,
+                replicas: 0,
+            };
+            return self.reply(id, reply);
+        }
+        match op {
+            ClientOp::Put {
+                key,
+                value,
+                expires_at,
+            } => self.start_write(now, id, key, (Some(value), expires_at), store),
+            ClientOp::Delete { key } => self.start_write(now, id, key, (None, None), store),
+            ClientOp::Get { key } => self.start_read(now, id, key, store),
+            ClientOp::List {
+                prefix,
+                from,
+                after,
+                limit,
+            } => self.start_list(now, id, (prefix, from, after), limit, store),
+        }
+    }
+
+    pub(super) fn new_op(&mut self, now: u64, client: u64, groups: Groups, work: Work) -> u64 {
+        let op = self.next_op;
+        self.next_op += 1;
+        self.pending.insert(
+            op,
+            Pending {
+                client,
+                deadline: now + self.cfg.request_timeout,
+                groups,
+                answered: BTreeSet::new(),
+                work,
+            },
+        );
+        op
+    }
+
+    fn start_write(
+        &mut self,
+        now: u64,
+        client: u64,
+        key: Vec<u8>,
+        value: WriteValue,
+        store: &Store,
+    ) {
+        let deadline = now + self.cfg.request_timeout;
+        self.send_write(now, deadline, client, key, value, 1, None, store);
+    }
+
+    /// Stamps a write (try number `tries`) and sends it to its replicas.
+    /// A retry keeps the first try's deadline.
+    #[allow(clippy::too_many_arguments)]
+    fn send_write(
+        &mut self,
+        now: u64,
+        deadline: u64,
+        client: u64,
+        key: Vec<u8>,
+        (value, expires_at): WriteValue,
+        tries: u32,
+        newer: Option<Ver>,
+        store: &Store,
+    ) {
+        let Some(version) = self.stamp(now) else {
+            self.log(format!(
+                "write of {} refused: the clock cannot go above {}",
+                String::from_utf8_lossy(&key),
+                self.hlc.last()
+            ));
+            let newer = newer.unwrap_or(Ver {
+                ts: u64::MAX,
+                node: u32::MAX,
+            });
+            return self.reply(client, ClientReply::Conflict { newer, tries });
+        };
+        let work = Work::Write {
+            version,
+            existed: false,
+            key,
+            value,
+            expires_at,
+            tries,
+            newer,
+            stored: BTreeSet::new(),
+            asked: BTreeSet::new(),
+            sent: BTreeMap::new(),
+            maybe_stored: false,
+        };
+        let op = self.new_op(now, client, Groups::new(), work);
+        if let Some(p) = self.pending.get_mut(&op) {
+            p.deadline = deadline;
+        }
+        self.dispatch_write(now, op, store);
+    }
+
+    /// Sends write `op` (with its version) under the current rings: its
+    /// groups become the key's current ones, and each of their replicas
+    /// that has not answered it, nor been sent it under the current ring
+    /// epoch, gets it: a down one a hint, this node its own copy (unless
+    /// that copy is beyond the maximum clock offset of the cluster's time,
+    /// which its peers refuse too). The first send and every carry-on
+    /// after a ring change (a regroup, or a replica's
+    /// [`PeerMsg::RingDiffers`]) go through here, so that a write is sent to
+    /// each replica once per epoch, however many replicas refused it.
+    /// Finishes the write if its new groups are already met.
+    pub(super) fn dispatch_write(&mut self, now: u64, op: u64, store: &Store) {
+        let epoch = self.ring_id();
+        let me = self.cfg.id.clone();
+        let Some(p) = self.pending.get(&op) else {
+            return;
+        };
+        let Work::Write {
+            key,
+            value,
+            expires_at,
+            sent,
+            version,
+            ..
+        } = &p.work
+        else {
+            return;
+        };
+        let version = *version;
+        let groups = self.groups(key, true);
+        let (mut asked, mut hints, mut sends, mut local) = (BTreeSet::new(), vec![], vec![], false);
+        // Every node of the groups once, in order (as `union`, without
+        // copying the ids), each message built here from the write's own
+        // key and value: one copy per replica, none in between.
+        for (i, (g, _)) in groups.iter().enumerate() {
+            for r in g {
+                if groups[..i].iter().any(|(h, _)| h.contains(r)) {
+                    continue;
+                }
+                if crate::membership::is_ghost(r) {
+                    continue; // never up: its ranges are being rebuilt
+                }
+                if *r != me && self.members.state(r, now) == Some(MemberState::Down) {
+                    hints.push(r.clone());
+                    continue;
+                }
+                asked.insert(r.clone());
+                if p.answered.contains(r) || sent.get(r) == Some(&epoch) {
+                    continue;
+                }
+                if *r == me {
+                    local = true;
+                } else {
+                    let msg = PeerMsg::Replicate {
+                        op,
+                        key: key.clone(),
+                        value: value.clone(),
+                        version,
+                        expires_at: *expires_at,
+                    };
+                    sends.push((r.clone(), msg));
+                }
+            }
+        }
+        let refuse_own = local && self.own_copy_too_far_ahead(now, version.ts);
+        if refuse_own {
+            asked.remove(&me);
+        }
+        let Some(p) = self.pending.get_mut(&op) else {
+            return;
+        };
+        p.groups = groups;
+        let Work::Write {
+            key,
+            value,
+            expires_at,
+            sent,
+            asked: waits_for,
+            ..
+        } = &mut p.work
+        else {
+            return;
+        };
+        for (r, _) in &sends {
+            sent.insert(r.clone(), epoch);
+        }
+        if local {
+            sent.insert(me.clone(), epoch);
+        }
+        *waits_for = asked;
+        let hinted = (!hints.is_empty()).then(|| (key.clone(), value.clone(), *expires_at));
+        // The store does not see the messages: applying the own copy
+        // before they are queued changes nothing a peer or client sees.
+        let applied = (local && !refuse_own)
+            .then(|| apply_local(store, key, value.as_deref(), version, *expires_at))
+            .flatten();
+        if let Some((key, value, expires_at)) = hinted {
+            for r in hints {
+                self.add_hint(now, r, &key, (value.clone(), expires_at), version);
+            }
+        }
+        for (r, msg) in sends {
+            self.send_to(r, msg);
+        }
+        if let Some((existed, newer)) = applied {
+            self.on_write_ack(now, op, &me, existed, newer, store);
+        }
+        // The new groups may already be met by what was stored.
+        let met_now = self.pending.get(&op).is_some_and(|p| match &p.work {
+            Work::Write { stored, .. } => met(&p.groups, stored),
+            _ => false,
+        });
+        if met_now {
+            self.finish(op);
+        }
+    }
+
+    /// Registers an answer from `from`; false if it is late or a duplicate.
+    pub(super) fn answer(&mut self, op: u64, from: &str) -> Option<&mut Pending> {
+        let p = self.pending.get_mut(&op)?;
+        if !p.answered.insert(from.to_string()) {
+            return None;
+        }
+        Some(p)
+    }
+
+    pub(super) fn on_write_ack(
+        &mut self,
+        now: u64,
+        op: u64,
+        from: &str,
+        was_live: bool,
+        newer: Option<Ver>,
+        store: &Store,
+    ) {
+        if let Some((target, key, version)) = self.hint_ops.remove(&op) {
+            if target == from {
+                self.hint_delivered(target, key, version);
+            }
+            return;
+        }
+        let planted_no_restamp = self.cfg.planted.no_restamp;
+        let planted_eager_restamp = self.cfg.planted.eager_restamp;
+        let Some(p) = self.pending.get_mut(&op) else {
+            return;
+        };
+        match &mut p.work {
+            Work::Write {
+                existed,
+                version,
+                newer: seen_newer,
+                stored,
+                asked,
+                tries,
+                maybe_stored,
+                ..
+            } => {
+                if !p.answered.insert(from.to_string()) {
+                    return;
+                }
+                let lost = newer.filter(|n| *n > *version && !planted_no_restamp);
+                if let (Some(n), true) = (lost, planted_eager_restamp) {
+                    *seen_newer = (*seen_newer).max(Some(n));
+                    return self.restamp(now, op, n, store);
+                }
+                match lost {
+                    // The write lost on this replica: it is not the newest
+                    // there, so it does not count toward W.
+                    Some(n) => *seen_newer = (*seen_newer).max(Some(n)),
+                    None => {
+                        stored.insert(from.to_string());
+                        *existed |= was_live;
+                    }
+                }
+                if met(&p.groups, stored) {
+                    // W replicas held nothing newer when it landed, so no
+                    // write acknowledged before this one began is newer
+                    // (quorums intersect): an OK is true, even if another
+                    // replica reported a newer, concurrent write.
+                    return self.finish(op);
+                }
+                let all_answered = asked.iter().all(|r| p.answered.contains(r));
+                let (Some(n), true) = (*seen_newer, all_answered) else {
+                    return;
+                };
+                if stored.is_empty() && !*maybe_stored {
+                    // No replica stored this version, so no read can have
+                    // seen it: stamp it again above what they hold.
+                    return self.restamp(now, op, n, store);
+                }
+                // Some replicas stored it, so a read may have returned it:
+                // writing the value again under a new version could make
+                // it appear twice around a newer write (not linearizable).
+                // It sits below the newer write, which replaces it, and
+                // the client hears that the write did not win.
+                // The clock takes note, so that a retry stamps above it.
+                let tries = *tries;
+                let client = p.client;
+                self.pending.remove(&op);
+                self.observe(n.ts);
+                self.reply(client, ClientReply::Conflict { newer: n, tries });
+            }
+            // A read repair's write landed: done once a write quorum, or
+            // every replica that answered, holds the newest version.
+            Work::Read {
+                holders: Some(holders),
+                seen,
+                best,
+                key,
+                tries,
+            } => {
+                let best_version = best.as_ref().map(|b| b.version);
+                let newer = newer.filter(|_| !self.cfg.planted.repair_ignores_newer);
+                if let Some(n) = newer.filter(|n| Some(*n) > best_version) {
+                    // The repair found a version newer than the one this
+                    // read would return, which may have been acknowledged
+                    // before a write this read saw began (a coordinator's
+                    // clock behind): returning it could go back in time.
+                    // Ask again, a bounded number of times.
+                    let (key, tries) = (key.clone(), *tries);
+                    let (client, deadline) = (p.client, p.deadline);
+                    let answered = p.answered.len();
+                    let needed = p.groups.iter().map(|(_, n)| *n).max().unwrap_or(1);
+                    let replicas = union(&p.groups).len();
+                    self.pending.remove(&op);
+                    self.observe(n.ts);
+                    if tries >= READ_TRIES {
+                        let reply = ClientReply::Unavailable {
+                            answered,
+                            needed,
+                            replicas,
+                        };
+                        return self.reply(client, reply);
+                    }
+                    let now = now.max(self.last_now);
+                    return self.send_read(now, deadline, client, key, tries + 1, store);
+                }
+                let fresh = holders.insert(from.to_string());
+                let everyone = seen.iter().all(|(n, _)| holders.contains(n));
+                if fresh && (everyone || met_write(&p.groups, holders, self.cfg.write_quorum)) {
+                    self.finish(op);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A replica of write `op` holds `newer`, newer than the write's
+    /// version: drop this try and stamp the write again above `newer`
+    /// (the clock takes note of it), or fail it as a conflict after
+    /// [`WRITE_TRIES`] versions.
+    fn restamp(&mut self, now: u64, op: u64, newer: Ver, store: &Store) {
+        let Some(p) = self.pending.remove(&op) else {
+            return;
+        };
+        let Work::Write {
+            key,
+            value,
+            expires_at,
+            tries,
+            newer: seen,
+            ..
+        } = p.work
+        else {
+            return;
+        };
+        let newer = seen.max(Some(newer)).unwrap_or(newer);
+        if tries >= WRITE_TRIES {
+            self.log(format!(
+                "write of {} failed: replicas kept {newer:?}, newer, after {tries} versions",
+                String::from_utf8_lossy(&key)
+            ));
+            return self.reply(p.client, ClientReply::Conflict { newer, tries });
+        }
+        self.observe(newer.ts);
+        self.send_write(
+            now,
+            p.deadline,
+            p.client,
+            key,
+            (value, expires_at),
+            tries + 1,
+            Some(newer),
+            store,
+        );
+    }
+
+    pub(super) fn finish(&mut self, op: u64) {
+        let Some(p) = self.pending.remove(&op) else {
+            return;
+        };
+        let reply = match p.work {
+            Work::Write {
+                version, existed, ..
+            } => ClientReply::Written { version, existed },
+            Work::Read { best, .. } => ClientReply::Value(best),
+            Work::List { limit, pages } => merge_pages(pages, limit),
+        };
+        self.reply(p.client, reply);
+    }
+}
+
+/// Whether `have` holds enough members of every group (`have` may hold
+/// others: a write carried on under new groups keeps its old answers).
+pub(super) fn met(groups: &Groups, have: &BTreeSet<NodeId>) -> bool {
+    groups
+        .iter()
+        .all(|(g, need)| g.iter().filter(|n| have.contains(*n)).count() >= *need)
+}
+
+/// Whether `have` holds a write quorum of every group (what a read repair
+/// must reach).
+pub(super) fn met_write(
+    groups: &Groups,
+    have: &BTreeSet<NodeId>,
+    write_quorum: Option<usize>,
+) -> bool {
+    if let [(g, _)] = groups.as_slice() {
+        return have.len() >= quorum_of(write_quorum, g.len());
+    }
+    groups.iter().all(|(g, _)| {
+        g.iter().filter(|n| have.contains(*n)).count() >= quorum_of(write_quorum, g.len())
+    })
+}
+
+/// The quorum of a replica set of `n`: `configured`, or a majority.
+pub(super) fn quorum_of(configured: Option<usize>, n: usize) -> usize {
+    let n = n.max(1);
+    configured.unwrap_or(n / 2 + 1).clamp(1, n)
+}
+
+/// Every node of the groups, once, in order.
+pub(super) fn union(groups: &Groups) -> Vec<NodeId> {
+    if let [(only, _)] = groups.as_slice() {
+        return only.clone();
+    }
+    let mut out: Vec<NodeId> = Vec::new();
+    for (g, _) in groups {
+        for n in g {
+            if !out.contains(n) {
+                out.push(n.clone());
+            }
+        }
+    }
+    out
+}
