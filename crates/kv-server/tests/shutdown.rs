@@ -49,7 +49,7 @@ fn a_write_waiting_for_its_replicas_at_sigterm_gets_a_reply() {
     wait_members(&a, 2);
     wait_members(&b, 2);
     // b stops answering: a write through a waits for b's ack.
-    b.signal(libc::SIGSTOP);
+    b.pause();
     let mut conn = TcpStream::connect(a.addr).expect("connect");
     conn.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")
         .expect("send SET");

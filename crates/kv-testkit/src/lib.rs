@@ -155,6 +155,33 @@ impl ServerProc {
         }
     }
 
+    /// Stops the process with SIGSTOP and waits until every one of its
+    /// threads is stopped. `kill(2)` only queues the signal: a thread
+    /// running on another core may still handle a message in the moment
+    /// after it returns.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        wait_for("every thread stopped by SIGSTOP", DEADLINE, || {
+            let Ok(dir) = std::fs::read_dir(&tasks) else {
+                return false;
+            };
+            dir.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        // The state follows the command name in parentheses.
+                        let after = &stat[stat.rfind(')')? + 1..];
+                        after
+                            .split_whitespace()
+                            .next()
+                            .map(|s| s == "T" || s == "t")
+                    })
+                    .unwrap_or(false)
+            })
+        });
+    }
+
     /// The exit status if the process has exited, without waiting.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         let status = self.child.as_mut()?.try_wait().expect("wait")?;
