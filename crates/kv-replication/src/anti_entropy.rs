@@ -51,6 +51,7 @@ use std::sync::Arc;
 use kv_ring::Ring;
 use kv_storage::{RangeKey, Store, Version};
 
+use crate::event::Event;
 use crate::msg::{AeKey, AeValue, NodeId, PeerMsg, Ver};
 
 /// Most keys in one page of an exchange: a range of a large store (about
@@ -207,7 +208,7 @@ pub enum AeWork {
 }
 
 /// What running an [`AeTask`] produced.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AeOutcome {
     /// Messages to send.
     pub sends: Vec<(NodeId, PeerMsg)>,
@@ -217,8 +218,8 @@ pub struct AeOutcome {
     pub applied: u64,
     /// Ranges found differing from the peer's.
     pub differing: u64,
-    /// Lines for the node's log.
-    pub log: Vec<String>,
+    /// Events for the node's log.
+    pub log: Vec<Event>,
     /// Work left for later: the driver runs it once [`AeOutcome::sends`]
     /// are sent, so that a task holds at most one message of values.
     pub next: Option<AeTask>,
@@ -261,11 +262,12 @@ impl AntiEntropy {
                 PeerMsg::AePull { keys } if keys.len() > MAX_PULL_KEYS => {
                     self.refused_pulls += 1;
                     if self.refused_pulls.is_power_of_two() {
-                        out.log.push(format!(
-                            "anti-entropy: refused a pull of {} keys from {from} (at most {MAX_PULL_KEYS}); {} refused so far",
-                            keys.len(),
-                            self.refused_pulls
-                        ));
+                        out.log.push(Event::AePullRefused {
+                            keys: keys.len(),
+                            from,
+                            max: MAX_PULL_KEYS,
+                            refused: self.refused_pulls,
+                        });
                     }
                 }
                 PeerMsg::AePull { mut keys } => {

@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod anti_entropy;
+pub mod event;
 pub mod hlc;
 pub mod membership;
 pub mod msg;
@@ -44,6 +45,7 @@ pub mod sim;
 pub mod stats;
 
 pub use anti_entropy::{AeOutcome, AeTask, AntiEntropy};
+pub use event::{Event, Refused};
 pub use membership::MemberState;
 pub use msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
 pub use node::{

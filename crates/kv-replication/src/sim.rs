@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use kv_storage::{Options, Store};
 
+use crate::event::Event;
 use crate::msg::{ClientOp, ClientReply, PeerMsg, Status, Ver};
 use crate::node::{Config, Hint, Node, Output, Persisted, Planted};
 
@@ -487,8 +488,8 @@ impl Sim {
                 Output::AntiEntropy(_) => {}
                 // And its cleanups too (no offload).
                 Output::Cleanup(_) => {}
-                Output::Log(line) => {
-                    if line.starts_with("rebalance done") {
+                Output::Event(event) => {
+                    if let Event::RebalanceDone { .. } = event {
                         self.report.rebalances += 1;
                         // Read every key in the seconds right after, before
                         // anti-entropy can hide a range copied short.
@@ -499,7 +500,7 @@ impl Sim {
                         }
                     }
                     if std::env::var_os("KV_SIM_DEBUG").is_some() {
-                        eprintln!("{} {}: {line}", self.now, self.nodes[i].id);
+                        eprintln!("{} {}: {event}", self.now, self.nodes[i].id);
                     }
                 }
                 Output::Contact(t) => self.nodes[i].contact = Some(t),

@@ -102,7 +102,7 @@ impl Cluster {
                 Output::Reply { id: op, reply } => {
                     self.replies.insert((id.to_string(), op), reply);
                 }
-                Output::Log(line) => self.logs.push((id.to_string(), line)),
+                Output::Event(e) => self.logs.push((id.to_string(), e.to_string())),
                 _ => {}
             }
         }

@@ -76,7 +76,7 @@ impl Node {
             return false;
         }
         let me = self.cfg.id.clone();
-        self.too_far_ahead(now, &me, ts, "its own write")
+        self.too_far_ahead(now, &me, ts, Refused::OwnWrite)
     }
 
     /// Takes note of a timestamp seen elsewhere (unless the planted bug
@@ -111,11 +111,16 @@ impl Node {
         if now_ahead != self.clock_ahead {
             self.clock_ahead = now_ahead;
             self.log(if now_ahead {
-                format!(
-                    "this node's clock is more than the maximum clock offset ({max} ms) ahead of {ahead_count} of {n} peers ({from}'s reads {clock}, ours {now}): it coordinates no operation until the clock is fixed"
-                )
+                Event::ClockAhead {
+                    max_offset_ms: max,
+                    ahead_of: ahead_count,
+                    peers: n,
+                    from: from.to_string(),
+                    their_clock_ms: clock,
+                    our_clock_ms: now,
+                }
             } else {
-                "this node's clock is back within the maximum clock offset of its peers: coordinating again".to_string()
+                Event::ClockBack
             });
         }
     }
@@ -132,9 +137,11 @@ impl Node {
             Some(holder) if holder != from => {
                 let holder = holder.clone();
                 self.duplicates.insert(from.to_string());
-                self.log(format!(
-                    "refused {from}: its version number {number} is already {holder}'s; node numbers (--node-id, or the hash of the address) must be unique in a cluster"
-                ));
+                self.log(Event::DuplicateNumber {
+                    from: from.to_string(),
+                    number,
+                    holder,
+                });
             }
             Some(_) => {}
             None => {
@@ -174,7 +181,7 @@ impl Node {
     /// Whether `ts` from `from` is beyond the maximum clock offset ahead of
     /// this node's [`Node::check_clock`] at `now`: if so it is logged (at
     /// most once a second) and must be refused.
-    pub(super) fn too_far_ahead(&mut self, now: u64, from: &str, ts: u64, what: &str) -> bool {
+    pub(super) fn too_far_ahead(&mut self, now: u64, from: &str, ts: u64, what: Refused) -> bool {
         let Some(max) = self.clock_bound() else {
             return false;
         };
@@ -183,13 +190,19 @@ impl Node {
             return false;
         }
         self.refused_far += 1;
-        if now >= self.last_far_log.saturating_add(1000) {
-            self.last_far_log = now;
-            self.log(format!(
-                "refused {what} from {from}: timestamp {ts} is {} ms ahead of the cluster's time (maximum clock offset {max} ms); {} refused so far",
-                (ts / 1000).saturating_sub(clock),
-                self.refused_far
-            ));
+        if self
+            .last_far_log
+            .is_none_or(|t| now >= t.saturating_add(1000))
+        {
+            self.last_far_log = Some(now);
+            self.log(Event::RefusedFarAhead {
+                what,
+                from: from.to_string(),
+                ts,
+                ahead_ms: (ts / 1000).saturating_sub(clock),
+                max_offset_ms: max,
+                refused: self.refused_far,
+            });
         }
         true
     }
@@ -200,7 +213,7 @@ impl Node {
     /// A timestamp more than the maximum clock offset ahead of `now` is
     /// refused.
     pub fn observe_timestamp(&mut self, now: u64, ts: u64) {
-        if !self.too_far_ahead(now, "a driver", ts, "a timestamp") {
+        if !self.too_far_ahead(now, "a driver", ts, Refused::Timestamp) {
             self.observe(ts);
         }
     }

@@ -184,8 +184,8 @@ impl Node {
         self.ae_repairs.note(self.last_now, outcome.applied);
         self.stats.ae_entries_repaired += outcome.applied;
         self.stats.ae_ranges_differing += outcome.differing;
-        for line in outcome.log {
-            self.log(line);
+        for event in outcome.log {
+            self.log(event);
         }
         for (to, msg) in outcome.sends {
             self.send(&to, msg);

@@ -45,9 +45,7 @@ impl Node {
             if let Some(why) =
                 crate::outage::stale_at_first_contact(last, now, clock, grace, max_offset)
             {
-                self.log(format!(
-                    "giving up this node's data and rejoining as a new generation: {why}"
-                ));
+                self.log(Event::RejoiningFresh { why: why.clone() });
                 self.stale = Some(why.clone());
                 self.out.push_back(Output::RejoinFresh(why));
                 return false;
@@ -231,7 +229,10 @@ impl Node {
 
     pub(super) fn change_status(&mut self, node: &str, status: Status) {
         if self.members.set_status(node, status) {
-            self.log(format!("{node} is now {}", status.name()));
+            self.log(Event::StatusChanged {
+                id: node.to_string(),
+                status,
+            });
             self.recompute_rings();
             self.persist();
             self.tell_everyone();
@@ -256,12 +257,14 @@ impl Node {
 
     pub(super) fn on_invite(&mut self, now: u64, from: &str) {
         if self.members.current().len() <= 1 && self.status() == Status::Normal {
-            self.log(format!("invited by {from}: joining its cluster"));
+            self.log(Event::Invited {
+                by: from.to_string(),
+            });
             self.join(now, from);
         } else {
-            self.log(format!(
-                "invitation from {from} ignored: this node is already in a cluster"
-            ));
+            self.log(Event::InviteIgnored {
+                by: from.to_string(),
+            });
         }
     }
 

@@ -10,6 +10,7 @@ use kv_ring::Ring;
 use kv_storage::Store;
 
 use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
+use crate::event::{Event, Refused};
 use crate::hlc::Hlc;
 use crate::membership::{MemberState, Membership};
 use crate::msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
@@ -39,7 +40,7 @@ pub use self::output::{Hint, MemberInfo, Output, Persisted};
 pub use self::replica::{apply_entries, serve_replica, serve_replica_at, serve_replica_fenced};
 
 use self::read::{Page, READ_TRIES};
-use self::rebalancing::{counted, StreamPageInfo};
+use self::rebalancing::StreamPageInfo;
 use self::replica::{apply_local, list_local, merge_pages, read_local};
 use self::write::{met, met_write, quorum_of, union, Groups, Pending, Work, WriteValue};
 
@@ -93,7 +94,7 @@ pub struct Node {
     /// Messages refused for a timestamp too far ahead, and when that was
     /// last logged.
     refused_far: u64,
-    last_far_log: u64,
+    last_far_log: Option<u64>,
     /// The latest time handed to the node.
     last_now: u64,
     /// Each other member's state (alive, suspect, down) when last looked
@@ -197,7 +198,7 @@ impl Node {
             hint_ops: BTreeMap::new(),
             next_hint_op: u64::MAX,
             refused_far: 0,
-            last_far_log: 0,
+            last_far_log: None,
             last_now: now,
             seen_states: BTreeMap::new(),
             stats: crate::stats::NodeStats::default(),
@@ -286,8 +287,8 @@ impl Node {
         }));
     }
 
-    fn log(&mut self, line: String) {
-        self.out.push_back(Output::Log(line));
+    fn log(&mut self, event: Event) {
+        self.out.push_back(Output::Event(event));
     }
 
     fn random(&mut self) -> u64 {
@@ -412,9 +413,9 @@ impl Node {
             return; // nothing of the old data leaves before the check
         }
         let far = match &msg {
-            PeerMsg::Replicate { version, .. } => Some((version.ts, "a write")),
-            PeerMsg::ReadReply { state: Some(s), .. } => Some((s.version.ts, "a read reply")),
-            PeerMsg::ReplicateAck { newer: Some(v), .. } => Some((v.ts, "a write ack")),
+            PeerMsg::Replicate { version, .. } => Some((version.ts, Refused::Write)),
+            PeerMsg::ReadReply { state: Some(s), .. } => Some((s.version.ts, Refused::ReadReply)),
+            PeerMsg::ReplicateAck { newer: Some(v), .. } => Some((v.ts, Refused::WriteAck)),
             _ => None,
         };
         if let Some((ts, what)) = far {
@@ -510,21 +511,14 @@ impl Node {
                     None
                 }
             };
+            let id = id.clone();
             let line = match (before, state) {
                 (Some(b), s) if b == s => continue,
                 (None, _) => continue,
-                (Some(_), MemberState::Left) => {
-                    format!("member {id} has left the cluster: it holds no range any more")
-                }
-                (Some(_), MemberState::Suspect) => {
-                    format!("member {id} is suspect: not heard from lately")
-                }
-                (Some(_), MemberState::Down) => format!(
-                    "member {id} is down: not heard from for too long; writes for it become hints"
-                ),
-                (Some(b), MemberState::Alive) => {
-                    format!("member {id} is back (it was {})", b.name())
-                }
+                (Some(_), MemberState::Left) => Event::MemberLeft { id },
+                (Some(_), MemberState::Suspect) => Event::MemberSuspect { id },
+                (Some(_), MemberState::Down) => Event::MemberDown { id },
+                (Some(was), MemberState::Alive) => Event::MemberBack { id, was },
             };
             lines.push(line);
         }

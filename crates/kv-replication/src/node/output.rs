@@ -4,7 +4,7 @@
 use super::*;
 
 /// What the driver must do for the node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// Send `msg` to node `to`.
     Send {
@@ -27,8 +27,8 @@ pub enum Output {
     /// and pass it back to [`Node::restore_hints`] after a restart.
     StoreHint(Hint),
     /// Something worth a line in the log (rebalance progress, members
-    /// joining and leaving).
-    Log(String),
+    /// joining and leaving); its `Display` is the line.
+    Event(Event),
     /// Anti-entropy work to run off the coordinating thread (only with
     /// [`Config::offload_anti_entropy`]): run it with
     /// [`AntiEntropy::run`] and hand the outcome to

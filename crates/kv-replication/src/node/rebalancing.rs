@@ -133,29 +133,29 @@ impl Node {
             match result {
                 Ok(_) => {
                     self.snapshot_owed = false;
-                    self.log("cleanup: the snapshot that failed is written now".to_string());
+                    self.log(Event::CleanupSnapshotWritten);
                 }
                 Err(e) => {
                     self.cleanup_retry_at = now.saturating_add(CLEANUP_RETRY);
-                    self.log(format!(
-                        "cleanup: snapshot failed again, retried later: {e}"
-                    ));
+                    self.log(Event::CleanupSnapshotFailed {
+                        error: e.to_string(),
+                    });
                 }
             }
             return;
         }
         match result {
             Ok(0) => {}
-            Ok(n) => self.log(format!(
-                "cleanup: forgot {n} entries of ranges this node gave away or is receiving afresh"
-            )),
+            Ok(entries) => self.log(Event::CleanupForgot { entries }),
             Err(e) => {
                 // Entries may be gone from memory already: the snapshot is
                 // owed even if a retry finds nothing left to forget.
                 self.cleanup_due = true;
                 self.snapshot_owed = true;
                 self.cleanup_retry_at = now.saturating_add(CLEANUP_RETRY);
-                self.log(format!("cleanup failed, retried later: {e}"));
+                self.log(Event::CleanupFailed {
+                    error: e.to_string(),
+                });
             }
         }
     }
@@ -317,11 +317,10 @@ impl Node {
         }
         if changed {
             self.stats.rebalances_done += 1;
-            self.log(format!(
-                "rebalance done: joined [{}], left [{}]",
-                joining.join(", "),
-                leaving.join(", ")
-            ));
+            self.log(Event::RebalanceDone {
+                joined: joining,
+                left: leaving,
+            });
             self.recompute_rings_quietly();
             self.persist();
             self.tell_everyone();
@@ -373,15 +372,11 @@ impl Node {
             let mut st = Stream::new(self.transition, plan, self.resume.as_ref(), up);
             st.planted_any_source_done = self.cfg.planted.any_source_done;
             let resumed = st.resumed();
-            let note = if resumed > 0 {
-                format!(
-                    ", resuming {resumed} of them where they stopped ({:.1} MB received before)",
-                    st.bytes as f64 / 1e6
-                )
-            } else {
-                String::new()
-            };
-            self.log(receiving_line(st.plan.gains.len(), st.sources.len(), &note));
+            self.log(Event::RebalanceReceiving {
+                ranges: st.plan.gains.len(),
+                nodes: st.sources.len(),
+                resumed: (resumed > 0).then_some((resumed, st.bytes)),
+            });
             self.stream = Some(st);
         }
         let rate = self.cfg.stream_rate;
@@ -460,9 +455,10 @@ impl Node {
         let entries = if entries.iter().any(|(_, s)| far(s)) {
             kept = entries.iter().filter(|(_, s)| !far(s)).cloned().collect();
             let refused = entries.len() - kept.len();
-            self.log(format!(
-                "refused {refused} streamed entries from {from}: timestamps beyond the maximum clock offset"
-            ));
+            self.log(Event::StreamRefused {
+                entries: refused,
+                from: from.to_string(),
+            });
             &kept[..]
         } else {
             entries
@@ -513,7 +509,7 @@ impl Node {
         if !st.complete() {
             if now >= st.last_log + 5000 {
                 if let Some(p) = self.progress(now) {
-                    self.log(p.line());
+                    self.log(Event::RebalanceProgress(p));
                 }
                 if let Some(st) = self.stream.as_mut() {
                     st.last_log = now;
@@ -521,15 +517,12 @@ impl Node {
             }
             return;
         }
-        let secs = now.saturating_sub(st.started).max(1) as f64 / 1000.0;
-        let line = format!(
-            "rebalance: received all {}: {} keys, {:.2} MB in {:.1} s ({:.1} MB/s)",
-            counted(st.plan.gains.len(), "range"),
-            st.keys,
-            st.bytes as f64 / 1e6,
-            secs,
-            st.bytes as f64 / 1e6 / secs
-        );
+        let line = Event::RebalanceReceived {
+            ranges: st.plan.gains.len(),
+            keys: st.keys,
+            bytes: st.bytes,
+            elapsed_ms: now.saturating_sub(st.started).max(1),
+        };
         self.log(line);
         self.synced = self.transition;
         self.resume = None;
@@ -537,19 +530,4 @@ impl Node {
         self.persist();
         self.tell_everyone();
     }
-}
-
-/// `n` and `noun`, plural unless `n` is 1: "1 range", "3 ranges".
-pub(super) fn counted(n: usize, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
-}
-
-/// The line a node logs when it starts to receive `ranges` ranges from
-/// `nodes` nodes, `note` appended.
-pub(super) fn receiving_line(ranges: usize, nodes: usize, note: &str) -> String {
-    format!(
-        "rebalance: receiving {} from {}{note}",
-        counted(ranges, "range"),
-        counted(nodes, "node")
-    )
 }

@@ -20,23 +20,17 @@ impl Node {
         let leaving = self.members.with_status(&[Status::Leaving]);
         if self.transition == 0 {
             self.stats.rebalances_done += 1;
-            self.log(format!(
-                "rebalance over: the ring is now [{}]",
-                self.read_ring.nodes().join(", ")
-            ));
+            self.log(Event::RebalanceOver {
+                ring: self.read_ring.nodes().to_vec(),
+            });
             return;
         }
-        let gains = self.plan.gains.len();
-        let what = if self.synced == self.transition {
-            "this node has no range to receive".to_string()
-        } else {
-            format!("this node receives {}", counted(gains, "range"))
-        };
-        self.log(format!(
-            "rebalance started: joining [{}], leaving [{}]; {what}",
-            joining.join(", "),
-            leaving.join(", ")
-        ));
+        let receives = (self.synced != self.transition).then_some(self.plan.gains.len());
+        self.log(Event::RebalanceStarted {
+            joining,
+            leaving,
+            receives,
+        });
     }
 
     /// [`Node::recompute_rings`] without the log line: the caller says
@@ -132,7 +126,7 @@ impl Node {
             if mine
                 && !self.contact_check
                 && self.stale.is_none()
-                && !self.too_far_ahead(now, from, version.ts, "a write")
+                && !self.too_far_ahead(now, from, version.ts, Refused::Write)
             {
                 ack = serve_replica(store, &request).map(Box::new);
             }
@@ -190,7 +184,7 @@ impl Node {
         }
         // A write the replica stored all the same: its answer counts.
         if let Some(PeerMsg::ReplicateAck { existed, newer, .. }) = ack.as_deref() {
-            let far = newer.is_some_and(|v| self.too_far_ahead(now, from, v.ts, "a write ack"));
+            let far = newer.is_some_and(|v| self.too_far_ahead(now, from, v.ts, Refused::WriteAck));
             if !far {
                 self.on_write_ack(now, op, from, *existed, *newer, store);
             } else if let Some(Pending {

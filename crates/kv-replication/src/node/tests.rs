@@ -1,31 +1,11 @@
 //! Unit tests of the node state machine.
 
-use super::rebalancing::receiving_line;
 use super::*;
 use kv_storage::Options;
 use proptest::prelude::*;
 
 fn store() -> Store {
     Store::open(Options::in_memory()).expect("in-memory store")
-}
-
-/// Issue 13 follow-up: the rebalance line says "1 range", "1 node" in
-/// the singular and the plural otherwise.
-#[test]
-fn the_receiving_line_counts_ranges_and_nodes_in_singular_and_plural() {
-    for (ranges, nodes, want) in [
-        (1, 1, "rebalance: receiving 1 range from 1 node"),
-        (2, 1, "rebalance: receiving 2 ranges from 1 node"),
-        (1, 3, "rebalance: receiving 1 range from 3 nodes"),
-        (595, 3, "rebalance: receiving 595 ranges from 3 nodes"),
-        (0, 0, "rebalance: receiving 0 ranges from 0 nodes"),
-    ] {
-        assert_eq!(receiving_line(ranges, nodes, ""), want);
-    }
-    assert_eq!(
-        receiving_line(1, 1, ", resuming 1 of them"),
-        "rebalance: receiving 1 range from 1 node, resuming 1 of them"
-    );
 }
 
 /// Quorum arithmetic: N capped by the cluster, majorities by default,
@@ -84,7 +64,7 @@ fn a_duplicate_node_number_is_refused() {
     assert!(!a.members.current().contains(&"b:1".to_string()));
     let logs: Vec<String> = std::iter::from_fn(|| a.poll_output())
         .filter_map(|o| match o {
-            Output::Log(l) => Some(l),
+            Output::Event(e) => Some(e.to_string()),
             _ => None,
         })
         .collect();

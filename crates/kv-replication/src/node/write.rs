@@ -147,11 +147,10 @@ impl Node {
         store: &Store,
     ) {
         let Some(version) = self.stamp(now) else {
-            self.log(format!(
-                "write of {} refused: the clock cannot go above {}",
-                String::from_utf8_lossy(&key),
-                self.hlc.last()
-            ));
+            self.log(Event::ClockExhausted {
+                key,
+                last: self.hlc.last(),
+            });
             let newer = newer.unwrap_or(Ver {
                 ts: u64::MAX,
                 node: u32::MAX,
@@ -445,10 +444,7 @@ impl Node {
         };
         let newer = seen.max(Some(newer)).unwrap_or(newer);
         if tries >= WRITE_TRIES {
-            self.log(format!(
-                "write of {} failed: replicas kept {newer:?}, newer, after {tries} versions",
-                String::from_utf8_lossy(&key)
-            ));
+            self.log(Event::WriteGaveUp { key, newer, tries });
             return self.reply(p.client, ClientReply::Conflict { newer, tries });
         }
         self.observe(newer.ts);

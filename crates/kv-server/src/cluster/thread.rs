@@ -327,7 +327,7 @@ impl ClusterThread {
                     }
                 }
                 Output::Reply { id, reply } => self.reply(id, reply),
-                Output::Log(line) => log::info!("{line}"),
+                Output::Event(event) => log::info!("{event}"),
                 Output::AntiEntropy(task) => {
                     let _ = self.anti_entropy.send(task);
                 }
