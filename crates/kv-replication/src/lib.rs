@@ -32,6 +32,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin_error;
 pub mod anti_entropy;
 pub mod event;
 pub mod hlc;
@@ -44,10 +45,13 @@ pub mod rebalance;
 pub mod sim;
 pub mod stats;
 
+pub use admin_error::AdminError;
 pub use anti_entropy::{AeOutcome, AeTask, AntiEntropy};
 pub use event::{Event, Refused};
 pub use membership::MemberState;
-pub use msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
+pub use msg::{
+    ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver, MAX_LIST_PAGE,
+};
 pub use node::{
     apply_entries, serve_replica, serve_replica_at, Config, Hint, MemberInfo, Node, Output,
     Persisted, Planted,

@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 /// A node's identity: the address other nodes and clients reach it at.
 pub type NodeId = String;
 
+/// Most entries one page of a listing holds, whatever was asked: a
+/// coordinator caps a client's LIST at this, and a replica a
+/// [`PeerMsg::ListPage`].
+pub const MAX_LIST_PAGE: u32 = 10_000;
+
 /// A version on the wire (timestamp, node number); see
 /// [`kv_storage::Version`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -214,7 +219,7 @@ pub enum PeerMsg {
         from: u64,
         /// Keys after this one in (hash, key) order.
         after: Option<Vec<u8>>,
-        /// Most entries.
+        /// Most entries (capped at [`MAX_LIST_PAGE`]).
         limit: u32,
     },
     /// Anti-entropy, step 1: the sender's hash of each range of its read

@@ -148,8 +148,8 @@ pub(crate) struct Stream {
     /// What each source is asked for.
     pub asks: BTreeMap<NodeId, Vec<(u64, u64)>>,
     pub sources: BTreeMap<NodeId, Source>,
-    /// When receiving began (ms); 0 until it does.
-    pub started: u64,
+    /// When receiving began (ms); `None` until it does.
+    pub started: Option<u64>,
     pub bytes: u64,
     pub keys: u64,
     pub last_log: u64,
@@ -192,7 +192,7 @@ impl Stream {
             plan,
             asks,
             sources,
-            started: 0,
+            started: None,
             bytes: saved.map_or(0, |s| s.bytes),
             keys: saved.map_or(0, |s| s.keys),
             last_log: 0,

@@ -15,16 +15,17 @@
 use std::borrow::Cow;
 
 use kv_proto::resp::{encode_array_header, encode_bulk, encode_integer};
-use kv_replication::ClientOp;
+use kv_replication::{ClientOp, MAX_LIST_PAGE};
 
 use crate::{glob, resp_cmd};
 
-/// Keys asked of the replicas per page of a `KEYS` or `DBSIZE` walk.
-const WALK_PAGE: u32 = 10_000;
+/// Keys asked of the replicas per page of a `KEYS` or `DBSIZE` walk (the
+/// most they answer).
+const WALK_PAGE: u32 = MAX_LIST_PAGE;
 
 /// Most keys one cluster `SCAN` step asks for (as on one node, a larger
 /// `COUNT` is capped).
-const MAX_SCAN_COUNT: usize = 10_000;
+const MAX_SCAN_COUNT: usize = MAX_LIST_PAGE as usize;
 
 /// Which command a listing answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

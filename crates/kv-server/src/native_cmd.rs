@@ -6,7 +6,7 @@ use crate::resp_cmd::Session;
 use crate::state::Shared;
 
 /// Largest page a LIST returns, whatever the client asks.
-pub const MAX_LIST_PAGE: u32 = 10_000;
+pub use kv_replication::MAX_LIST_PAGE;
 
 /// The request's label in the per-command figures.
 pub fn label(req: &Request) -> &'static str {

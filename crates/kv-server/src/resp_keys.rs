@@ -12,9 +12,7 @@ use crate::command_table::{self, CommandSpec};
 use crate::resp_cmd::error;
 use crate::state::Shared;
 
-/// Bytes an entry costs beyond its key and value, as the store counts it
-/// for `--maxmemory`.
-const ENTRY_OVERHEAD: usize = 16;
+use kv_storage::ENTRY_OVERHEAD;
 
 /// Runs one of this module's commands (arity already checked).
 pub fn run(shared: &Shared, p: Protocol, name: &str, rest: &[Cow<'_, [u8]>], out: &mut Vec<u8>) {

@@ -416,7 +416,7 @@ pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+        .map_or(0, |pages| pages * kv_storage::PAGE_SIZE as u64)
 }
 
 /// The mean of a histogram's observations, with `decimals` digits (0 when

@@ -71,3 +71,12 @@ pub use ranges::{RangeKey, RangePage};
 pub use recovery::{RecoveryReport, Truncation};
 pub use store::{Change, Live, Stats, Store, StreamCursor};
 pub use version::{Version, Versioned};
+
+/// Bytes an entry counts for beyond its key and value wherever pages and
+/// transfers are measured (a stream page's budget, an anti-entropy page,
+/// rebalancing figures, `MEMORY USAGE`): about its version and framing.
+pub const ENTRY_OVERHEAD: usize = 16;
+
+/// The memory page size assumed: 4 KiB, as on x86-64 Linux (the pages of a
+/// mapping dropped from memory, the pages `/proc` counts).
+pub const PAGE_SIZE: usize = 4096;

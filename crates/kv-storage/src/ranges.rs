@@ -192,7 +192,7 @@ fn cut_at_bytes(entries: &mut Vec<RangeKey>, max_bytes: usize) -> Option<u64> {
             return Some(entries[i - 1].position);
         }
         while i < entries.len() && entries[i].position == h {
-            bytes += entries[i].key.len() + 16;
+            bytes += entries[i].key.len() + crate::ENTRY_OVERHEAD;
             i += 1;
         }
     }

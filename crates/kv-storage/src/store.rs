@@ -665,7 +665,7 @@ impl Store {
                     };
                     return (out, Some(next));
                 }
-                bytes += e.key().len() + e.value().map_or(0, <[u8]>::len) + 16;
+                bytes += e.key().len() + e.value().map_or(0, <[u8]>::len) + crate::ENTRY_OVERHEAD;
                 out.push((e.key().to_vec(), e.to_versioned(now)));
                 last = Some(h);
             }

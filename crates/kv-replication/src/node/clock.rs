@@ -240,7 +240,7 @@ impl Node {
         }
         self.converged_since = self.converged_since.map(|t| t.min(now));
         if let Some(st) = self.stream.as_mut() {
-            st.started = st.started.min(now);
+            st.started = st.started.map(|t| t.min(now));
             st.last_log = st.last_log.min(now);
             st.last_save = st.last_save.min(now);
             for src in st.sources.values_mut() {

@@ -147,21 +147,22 @@ impl Node {
     /// its ranges stream to their new owners, and it leaves the ring once
     /// they hold them. Refused while another node joins or leaves.
     /// Returns what happened, or why not.
-    pub fn leave(&mut self, now: u64, node: &str) -> Result<String, String> {
+    pub fn leave(&mut self, now: u64, node: &str) -> Result<String, AdminError> {
         let status = self.check_member(node)?;
         if !self.members.is_up(node, now) {
-            return Err(format!(
-                "{node} is down: REMOVE it instead, to rebuild its ranges from the other replicas"
-            ));
+            return Err(AdminError::Down { node: node.into() });
         }
         if status != Status::Normal {
-            return Err(format!("{node} is {}, not a normal member", status.name()));
+            return Err(AdminError::NotNormal {
+                node: node.into(),
+                status,
+            });
         }
         if let Some(busy) = self.busy() {
             return Err(busy);
         }
         if self.read_ring.nodes().len() <= 1 {
-            return Err(format!("{node} is the only member holding data"));
+            return Err(AdminError::OnlyHolder { node: node.into() });
         }
         self.change_status(node, Status::Leaving);
         Ok(format!(
@@ -172,20 +173,18 @@ impl Node {
     /// Removes `node`, which must be down, for good: its ranges are
     /// rebuilt on their new owners from the surviving replicas. Allowed
     /// during another rebalance (a dead node may be what holds it up).
-    pub fn remove(&mut self, now: u64, node: &str) -> Result<String, String> {
+    pub fn remove(&mut self, now: u64, node: &str) -> Result<String, AdminError> {
         let status = self.check_member(node)?;
         if node == self.cfg.id {
-            return Err(format!(
-                "{node} is this node: use LEAVE to decommission a live node"
-            ));
+            return Err(AdminError::IsSelf { node: node.into() });
         }
         if self.members.is_up(node, now) {
             // Right after a crash it still looks up: say how long until
             // failure detection marks it down.
-            return Err(format!(
-                "{node} is not yet seen as down (a member is marked down after {} s without a word from it): if it just stopped, wait until CLUSTER shows it down, then REMOVE it; if it is up, use LEAVE to decommission a live node",
-                self.cfg.down_after as f64 / 1000.0
-            ));
+            return Err(AdminError::NotYetDown {
+                node: node.into(),
+                down_after_ms: self.cfg.down_after,
+            });
         }
         match status {
             // It holds no range yet: it simply goes.
@@ -195,7 +194,7 @@ impl Node {
             }
             Status::Normal => {
                 if self.read_ring.nodes().len() <= 1 {
-                    return Err(format!("{node} is the only member holding data"));
+                    return Err(AdminError::OnlyHolder { node: node.into() });
                 }
                 self.change_status(node, Status::Leaving);
                 Ok(format!(
@@ -206,25 +205,20 @@ impl Node {
         }
     }
 
-    fn check_member(&self, node: &str) -> Result<Status, String> {
+    fn check_member(&self, node: &str) -> Result<Status, AdminError> {
         match self.members.status(node) {
-            None => Err(format!("{node} is not a member of this cluster")),
-            Some(Status::Left) => Err(format!("{node} has already left")),
+            None => Err(AdminError::NotMember { node: node.into() }),
+            Some(Status::Left) => Err(AdminError::AlreadyLeft { node: node.into() }),
             Some(s) => Ok(s),
         }
     }
 
     /// Why another join or leave cannot start now, if it cannot.
-    pub(super) fn busy(&self) -> Option<String> {
+    pub(super) fn busy(&self) -> Option<AdminError> {
         let moving = self
             .members
             .with_status(&[Status::Joining, Status::Leaving]);
-        (self.transition != 0 || !moving.is_empty()).then(|| {
-            format!(
-                "a rebalance is under way ({}); one node joins or leaves at a time, retry when CLUSTER shows it done",
-                moving.join(", ")
-            )
-        })
+        (self.transition != 0 || !moving.is_empty()).then_some(AdminError::Busy { moving })
     }
 
     pub(super) fn change_status(&mut self, node: &str, status: Status) {

@@ -9,11 +9,14 @@ use std::sync::Arc;
 use kv_ring::Ring;
 use kv_storage::Store;
 
+use crate::admin_error::AdminError;
 use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
 use crate::event::{Event, Refused};
 use crate::hlc::Hlc;
 use crate::membership::{MemberState, Membership};
-use crate::msg::{ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver};
+use crate::msg::{
+    ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver, MAX_LIST_PAGE,
+};
 use crate::ownership::CleanupJob;
 use crate::rebalance::{self, Progress, Stream, StreamSave};
 

@@ -69,7 +69,7 @@ impl Node {
         limit: u32,
         store: &Store,
     ) {
-        let limit = limit.clamp(1, 10_000);
+        let limit = limit.clamp(1, MAX_LIST_PAGE);
         let mut nodes: Vec<NodeId> = self.read_ring.nodes().to_vec();
         for n in self.write_ring.nodes() {
             if !nodes.contains(n) {

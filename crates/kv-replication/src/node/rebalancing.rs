@@ -204,8 +204,8 @@ impl Node {
             p.bytes = st.bytes;
             p.keys = st.keys;
             p.fraction = st.progress();
-            if st.started > 0 && now > st.started {
-                let secs = (now - st.started) as f64 / 1000.0;
+            if let Some(started) = st.started.filter(|t| now > *t) {
+                let secs = (now - started) as f64 / 1000.0;
                 p.rate = st.bytes as f64 / secs;
                 if p.fraction > 0.01 && p.fraction < 1.0 {
                     p.eta_secs = Some(secs * (1.0 - p.fraction) / p.fraction);
@@ -392,10 +392,8 @@ impl Node {
             let Some(st) = self.stream.as_mut() else {
                 return;
             };
-            if st.started == 0 {
-                st.started = now;
-            }
-            let allowance = rate.saturating_mul(now - st.started) / 1000 + u64::from(page);
+            let started = *st.started.get_or_insert(now);
+            let allowance = rate.saturating_mul(now - started) / 1000 + u64::from(page);
             let mut budget = if rate == 0 {
                 u64::MAX
             } else {
@@ -521,7 +519,7 @@ impl Node {
             ranges: st.plan.gains.len(),
             keys: st.keys,
             bytes: st.bytes,
-            elapsed_ms: now.saturating_sub(st.started).max(1),
+            elapsed_ms: now.saturating_sub(st.started.unwrap_or(now)).max(1),
         };
         self.log(line);
         self.synced = self.transition;

@@ -269,8 +269,8 @@ impl ClusterThread {
                             "invited {addr}: if it is alone it joins, one node at a time (CLUSTER shows progress)"
                         ))
                     }
-                    Admin::Leave(addr) => self.node.leave(now, addr),
-                    Admin::Remove(addr) => self.node.remove(now, addr),
+                    Admin::Leave(addr) => self.node.leave(now, addr).map_err(|e| e.to_string()),
+                    Admin::Remove(addr) => self.node.remove(now, addr).map_err(|e| e.to_string()),
                 };
                 match &result {
                     Ok(text) => log::info!("{cmd}: {text}"),

@@ -91,7 +91,7 @@ impl FileBytes {
     /// need not stay in the process's RSS. The bytes stay readable: a later
     /// read faults them in again from the page cache.
     pub(crate) fn release(&self, from: usize, to: usize) {
-        const PAGE: usize = 4096;
+        const PAGE: usize = crate::PAGE_SIZE;
         let FileBytes::Mapped(m) = self else { return };
         let start = from.div_ceil(PAGE) * PAGE;
         let end = to.min(m.len()) / PAGE * PAGE;

@@ -182,7 +182,7 @@ impl LogFile for MappedLog {
 
 impl MappedLog {
     fn release(&self, from: u64, to: u64) {
-        const PAGE: u64 = 4096;
+        const PAGE: u64 = crate::PAGE_SIZE as u64;
         // The first page holds the header, rewritten after every flush.
         let start = (from / PAGE * PAGE).max(PAGE);
         let end = to / PAGE * PAGE;
