@@ -5,7 +5,7 @@
 //! ([`Node::handle_message`]) and the passing of time
 //! ([`Node::handle_tick`]), each with the current time as an argument; its
 //! outputs, drained with [`Node::poll_output`], are messages to send,
-//! replies to clients, and state to persist. It applies replicated writes
+//! replies to clients, state to persist, and [`Event`]s to log. It applies replicated writes
 //! to the local [`kv_storage::Store`] it is handed, but never opens a
 //! socket, starts a thread, sleeps or reads a clock, and draws randomness
 //! from a seed: the same code runs under `kv-server` and under the
