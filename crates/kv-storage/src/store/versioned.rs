@@ -10,6 +10,9 @@ use crate::version::{Version, Versioned};
 use super::write::{Planned, Stamp};
 use super::{stored_expiry, Store};
 
+#[cfg(doc)]
+use crate::options::Durability;
+
 impl Store {
     /// The greatest version timestamp the store has seen (tombstones and
     /// purged tombstones included).
