@@ -19,7 +19,13 @@ fn digest(id: &str, status: Status) -> Digest {
 /// Node `a:1` in a cluster of `a:1`, `b:1`, `c:1` (N = 3, W = 2) that has
 /// heard from `b:1`, its outputs drained.
 fn coordinator(s: &Store) -> Node {
-    let members = ["a:1", "b:1", "c:1"]
+    coordinator_among(s, &["a:1", "b:1", "c:1"])
+}
+
+/// Node `a:1` in a cluster of the normal members `ids` (N = 3, W = 2)
+/// that has heard from `b:1`, its outputs drained.
+fn coordinator_among(s: &Store, ids: &[&str]) -> Node {
+    let members = ids
         .iter()
         .map(|id| digest(id, Status::Normal))
         .collect::<Vec<_>>();
@@ -326,5 +332,94 @@ fn a_refusing_replica_that_owns_the_key_stores_the_write_and_its_ack_counts() {
             existed: false
         }],
         "the ack carried in the refusal is b:1's answer"
+    );
+}
+
+/// Simulator seed 5544 (main run), driven by hand. A coordinator sends a
+/// write to the key's replicas; one of them stores it but its ack is lost
+/// (a partition), so a read may return the write from there (and read
+/// repair spread it). Newer writes then replace it everywhere. The ring
+/// changes and the coordinator sends the write again, under the new ring,
+/// to every replica that has not answered: each now holds the newer
+/// version and says so. That answer says nothing of the first copy,
+/// already replaced: the write must not be re-stamped above the newer
+/// version (it would take effect a second time, after a write that
+/// replaced it), and the client hears that it did not win.
+#[test]
+fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second_send() {
+    let s = store();
+    // A key of b:1, c:1, d:1 among four members, and of b:1, d:1, e:1
+    // once e:1 is one: never of a:1, the coordinator.
+    let four = ["a:1", "b:1", "c:1", "d:1"];
+    let five = ["a:1", "b:1", "c:1", "d:1", "e:1"];
+    let owners = |ids: &[&str], k: &[u8]| {
+        let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ids);
+        let mut p: Vec<String> = ring
+            .preference_list(k, 3)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        p.sort();
+        p
+    };
+    let key = (0..100_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| {
+            owners(&four, k) == ["b:1", "c:1", "d:1"] && owners(&five, k) == ["b:1", "d:1", "e:1"]
+        })
+        .expect("some key");
+    let mut a = coordinator_among(&s, &four);
+    a.handle_client(T0 + 1, 7, put(&key), &s);
+    let mut first = replicates(&drain(&mut a));
+    first.sort();
+    let to: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, ["b:1", "c:1", "d:1"], "{first:?}");
+    let op = first[0].1;
+    let Some(Pending {
+        work: Work::Write { version, .. },
+        ..
+    }) = a.pending.get(&op)
+    else {
+        panic!("the write is pending");
+    };
+    let version = *version;
+    // b:1 stored the write, but its ack never came; c:1 and d:1 never got
+    // it. e:1 becomes a member: the key moves from c:1 to e:1.
+    let members: Vec<Digest> = five.iter().map(|id| digest(id, Status::Normal)).collect();
+    let gossip = PeerMsg::Gossip {
+        members,
+        clock: T0 + 300,
+        number: node_number("d:1"),
+    };
+    a.handle_message(T0 + 300, "d:1", gossip, &s);
+    let mut again = replicates(&drain(&mut a));
+    again.sort();
+    let to: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, ["b:1", "d:1", "e:1"], "sent again under the new ring");
+    // Meanwhile newer writes replaced it on b:1 and reached d:1 and e:1:
+    // every replica of the new group answers that it holds a newer one.
+    let newer = Ver {
+        ts: version.ts + 1_000,
+        node: 1,
+    };
+    let mut out = Vec::new();
+    for from in ["b:1", "d:1", "e:1"] {
+        let lost = PeerMsg::ReplicateAck {
+            op,
+            existed: true,
+            newer: Some(newer),
+        };
+        a.handle_message(T0 + 310, from, lost, &s);
+        out.extend(drain(&mut a));
+    }
+    assert_eq!(
+        replicates(&out),
+        vec![],
+        "re-stamped although b:1 may have stored (and a read returned) the first version"
+    );
+    assert_eq!(
+        replies(&out),
+        vec![ClientReply::Conflict { newer, tries: 1 }],
+        "{out:?}"
     );
 }
