@@ -36,11 +36,12 @@ pub(super) enum Work {
         sent: BTreeMap<NodeId, u64>,
         /// A replica may hold this version without this node knowing: it
         /// refused this try for a newer ring (a replica stores a refused
-        /// write of a key it owns), or it was sent this try before under
+        /// write of a key it owns), it was sent this try before under
         /// another ring and never answered (sent again, its answer speaks
         /// of the second copy only; left out of the new groups, it is no
-        /// longer waited for). A read may have returned that copy, so the
-        /// write must not be re-stamped (it would take effect twice).
+        /// longer waited for), or it was down and got a hint. A read may
+        /// have returned that copy, so the write must not be re-stamped
+        /// (it would take effect twice).
         maybe_stored: bool,
     },
     Read {
@@ -274,7 +275,9 @@ impl Node {
         else {
             return;
         };
-        *maybe_stored |= resent || dropped;
+        // A hint may land on its replica (and be read there) before the
+        // write is decided, and its delivery is no answer to the write.
+        *maybe_stored |= resent || dropped || !hints.is_empty();
         for (r, _) in &sends {
             sent.insert(r.clone(), epoch);
         }

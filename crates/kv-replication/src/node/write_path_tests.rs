@@ -423,3 +423,111 @@ fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second
         "{out:?}"
     );
 }
+
+/// The same through hinted handoff: a write for a key whose replica
+/// `d:1` is down leaves a hint for it; `d:1` comes back and the hint
+/// delivers the write's version there (so a read may return it) before
+/// the other replicas answer that they hold a newer one. The hint's
+/// delivery is not an answer to the write: it must not be re-stamped.
+#[test]
+fn a_write_that_left_a_hint_is_not_re_stamped() {
+    let s = store();
+    // A key of b:1, c:1 and d:1, not of a:1 (the coordinator).
+    let four = ["a:1", "b:1", "c:1", "d:1"];
+    let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, four);
+    let key = (0..100_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| !ring.preference_list(k, 3).contains(&"a:1"))
+        .expect("some key");
+    let mut a = coordinator_among(&s, &four);
+    // Long after the start, b:1 and c:1 are heard from, d:1 is not: down.
+    let t1 = T0 + 10_000;
+    let beat = |id: &str, now: u64| {
+        let mut d = digest(id, Status::Normal);
+        d.heartbeat = now;
+        PeerMsg::Gossip {
+            members: vec![d],
+            clock: now,
+            number: node_number(id),
+        }
+    };
+    for id in ["b:1", "c:1"] {
+        a.handle_message(t1, id, beat(id, t1), &s);
+    }
+    drain(&mut a);
+    assert_eq!(a.members.state("d:1", t1), Some(MemberState::Down));
+    a.handle_client(t1, 7, put(&key), &s);
+    let out = drain(&mut a);
+    let mut sent = replicates(&out);
+    sent.sort();
+    let to: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, ["b:1", "c:1"], "{out:?}");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::StoreHint(h) if h.target == "d:1")),
+        "{out:?}"
+    );
+    let op = sent[0].1;
+    let Some(Pending {
+        work: Work::Write { version, .. },
+        ..
+    }) = a.pending.get(&op)
+    else {
+        panic!("the write is pending");
+    };
+    let version = *version;
+    // d:1 is back; the next gossip round delivers the hint, and d:1
+    // stores it.
+    let t2 = t1 + 10;
+    a.handle_message(t2, "d:1", beat("d:1", t2), &s);
+    drain(&mut a);
+    let t3 = t1 + 1_000;
+    a.handle_tick(t3, &s);
+    let out = drain(&mut a);
+    let hinted = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send { to, msg } if to == "d:1" => match msg {
+                PeerMsg::OnRing { request, .. } => match request.as_ref() {
+                    PeerMsg::Replicate { op, version: v, .. } if *v == version => Some(*op),
+                    _ => None,
+                },
+                PeerMsg::Replicate { op, version: v, .. } if *v == version => Some(*op),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the hint goes to d:1: {out:?}"));
+    let stored = PeerMsg::ReplicateAck {
+        op: hinted,
+        existed: false,
+        newer: None,
+    };
+    a.handle_message(t3 + 1, "d:1", stored, &s);
+    drain(&mut a);
+    // b:1 and c:1 hold a newer version.
+    let newer = Ver {
+        ts: version.ts + 1_000,
+        node: 1,
+    };
+    let mut out = Vec::new();
+    for from in ["b:1", "c:1"] {
+        let lost = PeerMsg::ReplicateAck {
+            op,
+            existed: true,
+            newer: Some(newer),
+        };
+        a.handle_message(t3 + 2, from, lost, &s);
+        out.extend(drain(&mut a));
+    }
+    assert_eq!(
+        replicates(&out),
+        vec![],
+        "re-stamped although its hint put the first version on d:1"
+    );
+    assert_eq!(
+        replies(&out),
+        vec![ClientReply::Conflict { newer, tries: 1 }],
+        "{out:?}"
+    );
+}
