@@ -51,6 +51,14 @@ fn drain(n: &mut Node) -> Vec<Output> {
 
 /// The `Replicate` requests among `out`, by destination, with their op.
 fn replicates(out: &[Output]) -> Vec<(NodeId, u64)> {
+    versioned_replicates(out)
+        .into_iter()
+        .map(|(to, op, _)| (to, op))
+        .collect()
+}
+
+/// [`replicates`] with the version each carries.
+fn versioned_replicates(out: &[Output]) -> Vec<(NodeId, u64, Ver)> {
     out.iter()
         .filter_map(|o| match o {
             Output::Send { to, msg } => {
@@ -59,13 +67,47 @@ fn replicates(out: &[Output]) -> Vec<(NodeId, u64)> {
                     other => other,
                 };
                 match msg {
-                    PeerMsg::Replicate { op, .. } => Some((to.clone(), *op)),
+                    PeerMsg::Replicate { op, version, .. } => Some((to.clone(), *op, *version)),
                     _ => None,
                 }
             }
             _ => None,
         })
         .collect()
+}
+
+/// The version pending write `op` of `n` is stamped with.
+fn pending_version(n: &Node, op: u64) -> Ver {
+    match n.pending.get(&op) {
+        Some(Pending {
+            work: Work::Write { version, .. },
+            ..
+        }) => *version,
+        _ => panic!("write {op} is pending"),
+    }
+}
+
+/// Each of `replicas` answers write `op` of `n` that it holds `newer`;
+/// what `n` outputs then.
+fn all_hold_newer(
+    n: &mut Node,
+    s: &Store,
+    now: u64,
+    op: u64,
+    replicas: &[&str],
+    newer: Ver,
+) -> Vec<Output> {
+    let mut out = Vec::new();
+    for from in replicas {
+        let lost = PeerMsg::ReplicateAck {
+            op,
+            existed: true,
+            newer: Some(newer),
+        };
+        n.handle_message(now, from, lost, s);
+        out.extend(drain(n));
+    }
+    out
 }
 
 fn replies(out: &[Output]) -> Vec<ClientReply> {
@@ -143,15 +185,8 @@ fn answers_from_the_old_group_do_not_decide_a_regrouped_write() {
     a.handle_client(T0 + 1, 7, put(&key), &s);
     let sent = replicates(&drain(&mut a));
     let op = sent[0].1;
-    let Some(Pending {
-        work: Work::Write { version, .. },
-        ..
-    }) = a.pending.get(&op)
-    else {
-        panic!("the write is pending");
-    };
     let newer = Ver {
-        ts: version.ts + 1_000,
+        ts: pending_version(&a, op).ts + 1_000,
         node: 1,
     };
     let lost = |op| PeerMsg::ReplicateAck {
@@ -375,14 +410,7 @@ fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second
     let to: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(to, ["b:1", "c:1", "d:1"], "{first:?}");
     let op = first[0].1;
-    let Some(Pending {
-        work: Work::Write { version, .. },
-        ..
-    }) = a.pending.get(&op)
-    else {
-        panic!("the write is pending");
-    };
-    let version = *version;
+    let version = pending_version(&a, op);
     // b:1 stored the write, but its ack never came; c:1 and d:1 never got
     // it. e:1 becomes a member: the key moves from c:1 to e:1.
     let members: Vec<Digest> = five.iter().map(|id| digest(id, Status::Normal)).collect();
@@ -402,16 +430,7 @@ fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second
         ts: version.ts + 1_000,
         node: 1,
     };
-    let mut out = Vec::new();
-    for from in ["b:1", "d:1", "e:1"] {
-        let lost = PeerMsg::ReplicateAck {
-            op,
-            existed: true,
-            newer: Some(newer),
-        };
-        a.handle_message(T0 + 310, from, lost, &s);
-        out.extend(drain(&mut a));
-    }
+    let out = all_hold_newer(&mut a, &s, T0 + 310, op, &["b:1", "d:1", "e:1"], newer);
     assert_eq!(
         replicates(&out),
         vec![],
@@ -468,14 +487,7 @@ fn a_write_that_left_a_hint_is_not_re_stamped() {
         "{out:?}"
     );
     let op = sent[0].1;
-    let Some(Pending {
-        work: Work::Write { version, .. },
-        ..
-    }) = a.pending.get(&op)
-    else {
-        panic!("the write is pending");
-    };
-    let version = *version;
+    let version = pending_version(&a, op);
     // d:1 is back; the next gossip round delivers the hint, and d:1
     // stores it.
     let t2 = t1 + 10;
@@ -484,19 +496,9 @@ fn a_write_that_left_a_hint_is_not_re_stamped() {
     let t3 = t1 + 1_000;
     a.handle_tick(t3, &s);
     let out = drain(&mut a);
-    let hinted = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Send { to, msg } if to == "d:1" => match msg {
-                PeerMsg::OnRing { request, .. } => match request.as_ref() {
-                    PeerMsg::Replicate { op, version: v, .. } if *v == version => Some(*op),
-                    _ => None,
-                },
-                PeerMsg::Replicate { op, version: v, .. } if *v == version => Some(*op),
-                _ => None,
-            },
-            _ => None,
-        })
+    let hinted = versioned_replicates(&out)
+        .into_iter()
+        .find_map(|(to, op, v)| (to == "d:1" && v == version).then_some(op))
         .unwrap_or_else(|| panic!("the hint goes to d:1: {out:?}"));
     let stored = PeerMsg::ReplicateAck {
         op: hinted,
@@ -510,16 +512,7 @@ fn a_write_that_left_a_hint_is_not_re_stamped() {
         ts: version.ts + 1_000,
         node: 1,
     };
-    let mut out = Vec::new();
-    for from in ["b:1", "c:1"] {
-        let lost = PeerMsg::ReplicateAck {
-            op,
-            existed: true,
-            newer: Some(newer),
-        };
-        a.handle_message(t3 + 2, from, lost, &s);
-        out.extend(drain(&mut a));
-    }
+    let out = all_hold_newer(&mut a, &s, t3 + 2, op, &["b:1", "c:1"], newer);
     assert_eq!(
         replicates(&out),
         vec![],
