@@ -34,10 +34,14 @@ pub(super) enum Work {
         /// under: it is sent again only under another ring, or after it
         /// refused the write ([`PeerMsg::RingDiffers`]).
         sent: BTreeMap<NodeId, u64>,
-        /// A replica refused this try for a newer ring: it may have stored
-        /// it all the same (a replica stores a refused write of a key it
-        /// owns), so a read may have returned it, and it must not be
-        /// re-stamped (it would take effect twice).
+        /// A replica may hold this version without this node knowing: it
+        /// refused this try for a newer ring (a replica stores a refused
+        /// write of a key it owns), it was sent this try before under
+        /// another ring and never answered (sent again, its answer speaks
+        /// of the second copy only; left out of the new groups, it is no
+        /// longer waited for), or it was down and got a hint. A read may
+        /// have returned that copy, so the write must not be re-stamped
+        /// (it would take effect twice).
         maybe_stored: bool,
     },
     Read {
@@ -207,6 +211,10 @@ impl Node {
         let version = *version;
         let groups = self.groups(key, true);
         let (mut asked, mut hints, mut sends, mut local) = (BTreeSet::new(), vec![], vec![], false);
+        // Whether a replica sent this version under another ring, and not
+        // heard from, is sent it again: its first copy may have landed
+        // and been read, and its answer now tells of the second only.
+        let mut resent = false;
         // Every node of the groups once, in order (as `union`, without
         // copying the ids), each message built here from the write's own
         // key and value: one copy per replica, none in between.
@@ -229,6 +237,7 @@ impl Node {
                 if *r == me {
                     local = true;
                 } else {
+                    resent |= sent.contains_key(r);
                     let msg = PeerMsg::Replicate {
                         op,
                         key: key.clone(),
@@ -240,6 +249,11 @@ impl Node {
                 }
             }
         }
+        // A replica sent it under another ring that is no longer waited
+        // for, and not heard from, may hold it too.
+        let dropped = sent
+            .keys()
+            .any(|r| *r != me && !asked.contains(r) && !p.answered.contains(r));
         let refuse_own = local && self.own_copy_too_far_ahead(now, version.ts);
         if refuse_own {
             asked.remove(&me);
@@ -254,11 +268,15 @@ impl Node {
             expires_at,
             sent,
             asked: waits_for,
+            maybe_stored,
             ..
         } = &mut p.work
         else {
             return;
         };
+        // A hint may land on its replica (and be read there) before the
+        // write is decided, and its delivery is no answer to the write.
+        *maybe_stored |= resent || dropped || !hints.is_empty();
         for (r, _) in &sends {
             sent.insert(r.clone(), epoch);
         }

@@ -19,7 +19,13 @@ fn digest(id: &str, status: Status) -> Digest {
 /// Node `a:1` in a cluster of `a:1`, `b:1`, `c:1` (N = 3, W = 2) that has
 /// heard from `b:1`, its outputs drained.
 fn coordinator(s: &Store) -> Node {
-    let members = ["a:1", "b:1", "c:1"]
+    coordinator_among(s, &["a:1", "b:1", "c:1"])
+}
+
+/// Node `a:1` in a cluster of the normal members `ids` (N = 3, W = 2)
+/// that has heard from `b:1`, its outputs drained.
+fn coordinator_among(s: &Store, ids: &[&str]) -> Node {
+    let members = ids
         .iter()
         .map(|id| digest(id, Status::Normal))
         .collect::<Vec<_>>();
@@ -45,6 +51,14 @@ fn drain(n: &mut Node) -> Vec<Output> {
 
 /// The `Replicate` requests among `out`, by destination, with their op.
 fn replicates(out: &[Output]) -> Vec<(NodeId, u64)> {
+    versioned_replicates(out)
+        .into_iter()
+        .map(|(to, op, _)| (to, op))
+        .collect()
+}
+
+/// [`replicates`] with the version each carries.
+fn versioned_replicates(out: &[Output]) -> Vec<(NodeId, u64, Ver)> {
     out.iter()
         .filter_map(|o| match o {
             Output::Send { to, msg } => {
@@ -53,13 +67,47 @@ fn replicates(out: &[Output]) -> Vec<(NodeId, u64)> {
                     other => other,
                 };
                 match msg {
-                    PeerMsg::Replicate { op, .. } => Some((to.clone(), *op)),
+                    PeerMsg::Replicate { op, version, .. } => Some((to.clone(), *op, *version)),
                     _ => None,
                 }
             }
             _ => None,
         })
         .collect()
+}
+
+/// The version pending write `op` of `n` is stamped with.
+fn pending_version(n: &Node, op: u64) -> Ver {
+    match n.pending.get(&op) {
+        Some(Pending {
+            work: Work::Write { version, .. },
+            ..
+        }) => *version,
+        _ => panic!("write {op} is pending"),
+    }
+}
+
+/// Each of `replicas` answers write `op` of `n` that it holds `newer`;
+/// what `n` outputs then.
+fn all_hold_newer(
+    n: &mut Node,
+    s: &Store,
+    now: u64,
+    op: u64,
+    replicas: &[&str],
+    newer: Ver,
+) -> Vec<Output> {
+    let mut out = Vec::new();
+    for from in replicas {
+        let lost = PeerMsg::ReplicateAck {
+            op,
+            existed: true,
+            newer: Some(newer),
+        };
+        n.handle_message(now, from, lost, s);
+        out.extend(drain(n));
+    }
+    out
 }
 
 fn replies(out: &[Output]) -> Vec<ClientReply> {
@@ -137,15 +185,8 @@ fn answers_from_the_old_group_do_not_decide_a_regrouped_write() {
     a.handle_client(T0 + 1, 7, put(&key), &s);
     let sent = replicates(&drain(&mut a));
     let op = sent[0].1;
-    let Some(Pending {
-        work: Work::Write { version, .. },
-        ..
-    }) = a.pending.get(&op)
-    else {
-        panic!("the write is pending");
-    };
     let newer = Ver {
-        ts: version.ts + 1_000,
+        ts: pending_version(&a, op).ts + 1_000,
         node: 1,
     };
     let lost = |op| PeerMsg::ReplicateAck {
@@ -326,5 +367,160 @@ fn a_refusing_replica_that_owns_the_key_stores_the_write_and_its_ack_counts() {
             existed: false
         }],
         "the ack carried in the refusal is b:1's answer"
+    );
+}
+
+/// Simulator seed 5544 (main run), driven by hand. A coordinator sends a
+/// write to the key's replicas; one of them stores it but its ack is lost
+/// (a partition), so a read may return the write from there (and read
+/// repair spread it). Newer writes then replace it everywhere. The ring
+/// changes and the coordinator sends the write again, under the new ring,
+/// to every replica that has not answered: each now holds the newer
+/// version and says so. That answer says nothing of the first copy,
+/// already replaced: the write must not be re-stamped above the newer
+/// version (it would take effect a second time, after a write that
+/// replaced it), and the client hears that it did not win.
+#[test]
+fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second_send() {
+    let s = store();
+    // A key of b:1, c:1, d:1 among four members, and of b:1, d:1, e:1
+    // once e:1 is one: never of a:1, the coordinator.
+    let four = ["a:1", "b:1", "c:1", "d:1"];
+    let five = ["a:1", "b:1", "c:1", "d:1", "e:1"];
+    let owners = |ids: &[&str], k: &[u8]| {
+        let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ids);
+        let mut p: Vec<String> = ring
+            .preference_list(k, 3)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        p.sort();
+        p
+    };
+    let key = (0..100_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| {
+            owners(&four, k) == ["b:1", "c:1", "d:1"] && owners(&five, k) == ["b:1", "d:1", "e:1"]
+        })
+        .expect("some key");
+    let mut a = coordinator_among(&s, &four);
+    a.handle_client(T0 + 1, 7, put(&key), &s);
+    let mut first = replicates(&drain(&mut a));
+    first.sort();
+    let to: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, ["b:1", "c:1", "d:1"], "{first:?}");
+    let op = first[0].1;
+    let version = pending_version(&a, op);
+    // b:1 stored the write, but its ack never came; c:1 and d:1 never got
+    // it. e:1 becomes a member: the key moves from c:1 to e:1.
+    let members: Vec<Digest> = five.iter().map(|id| digest(id, Status::Normal)).collect();
+    let gossip = PeerMsg::Gossip {
+        members,
+        clock: T0 + 300,
+        number: node_number("d:1"),
+    };
+    a.handle_message(T0 + 300, "d:1", gossip, &s);
+    let mut again = replicates(&drain(&mut a));
+    again.sort();
+    let to: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, ["b:1", "d:1", "e:1"], "sent again under the new ring");
+    // Meanwhile newer writes replaced it on b:1 and reached d:1 and e:1:
+    // every replica of the new group answers that it holds a newer one.
+    let newer = Ver {
+        ts: version.ts + 1_000,
+        node: 1,
+    };
+    let out = all_hold_newer(&mut a, &s, T0 + 310, op, &["b:1", "d:1", "e:1"], newer);
+    assert_eq!(
+        replicates(&out),
+        vec![],
+        "re-stamped although b:1 may have stored (and a read returned) the first version"
+    );
+    assert_eq!(
+        replies(&out),
+        vec![ClientReply::Conflict { newer, tries: 1 }],
+        "{out:?}"
+    );
+}
+
+/// The same through hinted handoff: a write for a key whose replica
+/// `d:1` is down leaves a hint for it; `d:1` comes back and the hint
+/// delivers the write's version there (so a read may return it) before
+/// the other replicas answer that they hold a newer one. The hint's
+/// delivery is not an answer to the write: it must not be re-stamped.
+#[test]
+fn a_write_that_left_a_hint_is_not_re_stamped() {
+    let s = store();
+    // A key of b:1, c:1 and d:1, not of a:1 (the coordinator).
+    let four = ["a:1", "b:1", "c:1", "d:1"];
+    let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, four);
+    let key = (0..100_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| !ring.preference_list(k, 3).contains(&"a:1"))
+        .expect("some key");
+    let mut a = coordinator_among(&s, &four);
+    // Long after the start, b:1 and c:1 are heard from, d:1 is not: down.
+    let t1 = T0 + 10_000;
+    let beat = |id: &str, now: u64| {
+        let mut d = digest(id, Status::Normal);
+        d.heartbeat = now;
+        PeerMsg::Gossip {
+            members: vec![d],
+            clock: now,
+            number: node_number(id),
+        }
+    };
+    for id in ["b:1", "c:1"] {
+        a.handle_message(t1, id, beat(id, t1), &s);
+    }
+    drain(&mut a);
+    assert_eq!(a.members.state("d:1", t1), Some(MemberState::Down));
+    a.handle_client(t1, 7, put(&key), &s);
+    let out = drain(&mut a);
+    let mut sent = replicates(&out);
+    sent.sort();
+    let to: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, ["b:1", "c:1"], "{out:?}");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::StoreHint(h) if h.target == "d:1")),
+        "{out:?}"
+    );
+    let op = sent[0].1;
+    let version = pending_version(&a, op);
+    // d:1 is back; the next gossip round delivers the hint, and d:1
+    // stores it.
+    let t2 = t1 + 10;
+    a.handle_message(t2, "d:1", beat("d:1", t2), &s);
+    drain(&mut a);
+    let t3 = t1 + 1_000;
+    a.handle_tick(t3, &s);
+    let out = drain(&mut a);
+    let hinted = versioned_replicates(&out)
+        .into_iter()
+        .find_map(|(to, op, v)| (to == "d:1" && v == version).then_some(op))
+        .unwrap_or_else(|| panic!("the hint goes to d:1: {out:?}"));
+    let stored = PeerMsg::ReplicateAck {
+        op: hinted,
+        existed: false,
+        newer: None,
+    };
+    a.handle_message(t3 + 1, "d:1", stored, &s);
+    drain(&mut a);
+    // b:1 and c:1 hold a newer version.
+    let newer = Ver {
+        ts: version.ts + 1_000,
+        node: 1,
+    };
+    let out = all_hold_newer(&mut a, &s, t3 + 2, op, &["b:1", "c:1"], newer);
+    assert_eq!(
+        replicates(&out),
+        vec![],
+        "re-stamped although its hint put the first version on d:1"
+    );
+    assert_eq!(
+        replies(&out),
+        vec![ClientReply::Conflict { newer, tries: 1 }],
+        "{out:?}"
     );
 }
