@@ -4,9 +4,11 @@
 //! Versions ([`Version`], [`Versioned`]), key positions
 //! ([`key_position`], [`range_of_key`]) and the pages and cursors of
 //! walks over the store ([`ListPage`], [`RangePage`], [`StreamCursor`]).
-//! It holds data and pure functions only: no I/O, no threads, no clock.
-//! So `kv-replication` can read and write versioned data without
-//! depending on the engine that stores it.
+//! It also holds the storage port, [`ReplicaStore`]: the store operations
+//! the replication layer calls, which `kv-storage` implements for its
+//! `Store`. It holds data, pure functions and that trait only: no I/O, no
+//! threads, no clock. So `kv-replication` can read and write versioned
+//! data without depending on the engine that stores it.
 //!
 //! ```
 //! use kv_types::{key_position, range_of_key, Version};
@@ -24,9 +26,11 @@
 #![deny(missing_docs)]
 
 mod listing;
+mod port;
 mod ranges;
 mod version;
 
 pub use listing::{ListPage, StreamCursor};
+pub use port::{RangesGuard, ReplicaStore, StoreError};
 pub use ranges::{key_position, range_of, range_of_key, RangeKey, RangePage};
 pub use version::{Version, Versioned};

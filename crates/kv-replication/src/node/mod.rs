@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use kv_ring::Ring;
-use kv_storage::Store;
+use kv_types::ReplicaStore;
 
 use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
 use crate::hlc::Hlc;
@@ -152,7 +152,7 @@ impl Node {
     ///
     /// A node started for the first time is a cluster of one (status
     /// normal) until [`Node::join`] makes it wait for its turn to join.
-    pub fn new(cfg: Config, now: u64, saved: Option<Persisted>, store: &Store, seed: u64) -> Node {
+    pub fn new(cfg: Config, now: u64, saved: Option<Persisted>, store: &dyn ReplicaStore, seed: u64) -> Node {
         let (suspect, down) = (cfg.suspect_after, cfg.down_after);
         let first_round = now
             .saturating_sub(cfg.anti_entropy_interval)
@@ -363,14 +363,14 @@ impl Node {
     }
 
     /// A message from node `from`.
-    pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
+    pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &dyn ReplicaStore) {
         self.inline_cleanup(now, store);
         self.on_message(now, from, msg, store);
         self.inline_cleanup(now, store);
         self.regroup_pending(now, store);
     }
 
-    fn on_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
+    fn on_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &dyn ReplicaStore) {
         self.last_now = self.last_now.max(now);
         if let PeerMsg::Gossip { number, .. } = &msg {
             self.check_number(from, *number);
@@ -534,7 +534,7 @@ impl Node {
     }
 
     /// Time passes: gossip, failure detection, anti-entropy, deadlines.
-    pub fn handle_tick(&mut self, now: u64, store: &Store) {
+    pub fn handle_tick(&mut self, now: u64, store: &dyn ReplicaStore) {
         if now < self.last_now && !self.cfg.planted.wall_clock_stamps {
             self.clock_went_back(now);
         }

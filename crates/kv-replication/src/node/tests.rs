@@ -2,7 +2,7 @@
 
 use super::rebalancing::receiving_line;
 use super::*;
-use kv_storage::Options;
+use kv_storage::{Options, Store};
 use proptest::prelude::*;
 
 fn store() -> Store {
