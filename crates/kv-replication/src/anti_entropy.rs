@@ -317,7 +317,13 @@ fn start(task: &AeTask, store: &dyn ReplicaStore, peer: &str, out: &mut AeOutcom
 
 /// Step 2: the ranges that differ, in chains, each started with our first
 /// page of its first range.
-fn on_digest(task: &AeTask, store: &dyn ReplicaStore, from: &str, theirs: &[(u32, u64)], out: &mut AeOutcome) {
+fn on_digest(
+    task: &AeTask,
+    store: &dyn ReplicaStore,
+    from: &str,
+    theirs: &[(u32, u64)],
+    out: &mut AeOutcome,
+) {
     let mine = store.range_hashes();
     let differ: Vec<u32> = theirs
         .iter()
@@ -435,7 +441,13 @@ fn on_keys(
 /// ([`AeOutcome::next`]), which the driver runs once this message is
 /// sent. So a task holds one message of values at a time, however many
 /// keys or however large the values.
-fn serve(task: &AeTask, store: &dyn ReplicaStore, to: &str, mut keys: Vec<Vec<u8>>, out: &mut AeOutcome) {
+fn serve(
+    task: &AeTask,
+    store: &dyn ReplicaStore,
+    to: &str,
+    mut keys: Vec<Vec<u8>>,
+    out: &mut AeOutcome,
+) {
     let mut batch = Vec::new();
     let mut bytes = 0;
     let mut used = 0;

@@ -152,7 +152,13 @@ impl Node {
     ///
     /// A node started for the first time is a cluster of one (status
     /// normal) until [`Node::join`] makes it wait for its turn to join.
-    pub fn new(cfg: Config, now: u64, saved: Option<Persisted>, store: &dyn ReplicaStore, seed: u64) -> Node {
+    pub fn new(
+        cfg: Config,
+        now: u64,
+        saved: Option<Persisted>,
+        store: &dyn ReplicaStore,
+        seed: u64,
+    ) -> Node {
         let (suspect, down) = (cfg.suspect_after, cfg.down_after);
         let first_round = now
             .saturating_sub(cfg.anti_entropy_interval)
@@ -640,8 +646,9 @@ impl Node {
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
-/// every platform, so that seeded runs replay.
-pub(crate) fn splitmix64(state: &mut u64) -> u64 {
+/// every platform, so that seeded runs replay (the node's own choices,
+/// and the simulator in the test tree).
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

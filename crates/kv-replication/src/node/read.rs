@@ -12,7 +12,13 @@ pub(super) type Page = (Vec<(Vec<u8>, Stamped)>, Option<Vec<u8>>);
 pub(super) const READ_TRIES: u32 = 3;
 
 impl Node {
-    pub(super) fn start_read(&mut self, now: u64, client: u64, key: Vec<u8>, store: &dyn ReplicaStore) {
+    pub(super) fn start_read(
+        &mut self,
+        now: u64,
+        client: u64,
+        key: Vec<u8>,
+        store: &dyn ReplicaStore,
+    ) {
         let deadline = now + self.cfg.request_timeout;
         self.send_read(now, deadline, client, key, 1, store);
     }
