@@ -101,3 +101,31 @@ impl ReplicaStore for Store {
         Ok(Store::flush(self)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Options;
+
+    #[test]
+    fn the_port_reaches_the_store_and_keeps_its_error_messages() {
+        let store = Store::open(Options::in_memory()).expect("in-memory store");
+        let port: &dyn ReplicaStore = &store;
+        let v = Version::new(7, 1);
+        assert_eq!(port.apply_with_expiry(b"k", Some(b"v"), v, None), Ok(true));
+        assert_eq!(
+            port.apply_with_expiry(b"k", None, Version::new(6, 1), None),
+            Ok(false)
+        );
+        assert_eq!(port.get_versioned(b"k").map(|x| x.version), Some(v));
+        assert!(port.contains_key(b"k"));
+        assert_eq!(port.max_timestamp(), 7);
+        assert_eq!(port.drop_ranges(&[(0, u64::MAX)]), Ok(1));
+        assert!(!port.contains_key(b"k"));
+        let e = Error::NotADirectory("/tmp/x".into());
+        assert_eq!(
+            StoreError::from(Error::NotADirectory("/tmp/x".into())).message(),
+            e.to_string()
+        );
+    }
+}
