@@ -10,7 +10,7 @@
 //! 2. B picks the ranges whose hashes differ and splits them into a few
 //!    chains. For the first range of each chain it sends its first page of
 //!    keys and versions ([`PeerMsg::AeKeys`]), read with
-//!    [`Store::range_page`]: only that range is read, and a page holds at
+//!    [`ReplicaStore::range_page`]: only that range is read, and a page holds at
 //!    most [`PAGE_KEYS`] keys.
 //! 3. The receiver of a page reads its own page of the same window of key
 //!    positions (cut short at its own page size), sends the values it holds
@@ -49,7 +49,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kv_ring::Ring;
-use kv_storage::{RangeKey, Store, Version};
+use kv_types::{RangeKey, ReplicaStore, Version};
 
 use crate::event::Event;
 use crate::msg::{AeKey, AeValue, NodeId, PeerMsg, Ver};
@@ -163,7 +163,7 @@ impl AeView {
 
     /// Whether this node and `peer` both replicate the range of `key`.
     fn shares_key(&self, peer: &str, key: &[u8]) -> bool {
-        let arc = Store::range_of_key(&self.bounds, key);
+        let arc = kv_types::range_of_key(&self.bounds, key);
         self.shares(peer, arc as u32)
     }
 
@@ -237,7 +237,7 @@ pub struct AntiEntropy {
 
 impl AntiEntropy {
     /// Runs `task` against `store`.
-    pub fn run(&mut self, mut task: AeTask, store: &Store) -> AeOutcome {
+    pub fn run(&mut self, mut task: AeTask, store: &dyn ReplicaStore) -> AeOutcome {
         self.track(&task.view, store);
         let mut out = AeOutcome::default();
         // Taken out (not cloned): a message may carry a megabyte of values.
@@ -289,13 +289,13 @@ impl AntiEntropy {
     /// every key the first time a ring is seen, which a driver may do
     /// before it takes any lock that [`AntiEntropy::run`] needs (run does
     /// it itself otherwise).
-    pub fn prepare(&mut self, task: &AeTask, store: &Store) {
+    pub fn prepare(&mut self, task: &AeTask, store: &dyn ReplicaStore) {
         self.track(&task.view, store);
     }
 
     /// Has the store keep range hashes (and its index by position) for the
     /// view's ring, recomputed only when the ring changes.
-    fn track(&mut self, view: &AeView, store: &Store) {
+    fn track(&mut self, view: &AeView, store: &dyn ReplicaStore) {
         if self.tracked != view.ring {
             store.track_ranges(&view.bounds);
             self.tracked = view.ring;
@@ -304,7 +304,7 @@ impl AntiEntropy {
 }
 
 /// Step 1: our hashes of the ranges we share with `peer`.
-fn start(task: &AeTask, store: &Store, peer: &str, out: &mut AeOutcome) {
+fn start(task: &AeTask, store: &dyn ReplicaStore, peer: &str, out: &mut AeOutcome) {
     let mine = store.range_hashes();
     let arcs = task
         .view
@@ -319,7 +319,13 @@ fn start(task: &AeTask, store: &Store, peer: &str, out: &mut AeOutcome) {
 
 /// Step 2: the ranges that differ, in chains, each started with our first
 /// page of its first range.
-fn on_digest(task: &AeTask, store: &Store, from: &str, theirs: &[(u32, u64)], out: &mut AeOutcome) {
+fn on_digest(
+    task: &AeTask,
+    store: &dyn ReplicaStore,
+    from: &str,
+    theirs: &[(u32, u64)],
+    out: &mut AeOutcome,
+) {
     let mine = store.range_hashes();
     let differ: Vec<u32> = theirs
         .iter()
@@ -336,7 +342,7 @@ fn on_digest(task: &AeTask, store: &Store, from: &str, theirs: &[(u32, u64)], ou
 /// Our page of range `arc` from position `lo` on, to `to`.
 fn send_page(
     task: &AeTask,
-    store: &Store,
+    store: &dyn ReplicaStore,
     to: &str,
     arc: u32,
     lo: u64,
@@ -375,7 +381,7 @@ struct Page {
 /// differences, and go on with our next page.
 fn on_keys(
     task: &AeTask,
-    store: &Store,
+    store: &dyn ReplicaStore,
     from: &str,
     page: Page,
     theirs: Vec<AeKey>,
@@ -400,7 +406,7 @@ fn on_keys(
         .collect();
     let (mut push, mut pull) = (Vec::new(), Vec::new());
     for t in theirs {
-        let pos = Store::key_position(&t.key);
+        let pos = kv_types::key_position(&t.key);
         if pos < page.lo || pos > end {
             continue; // beyond our page: compared on a later turn
         }
@@ -437,7 +443,13 @@ fn on_keys(
 /// ([`AeOutcome::next`]), which the driver runs once this message is
 /// sent. So a task holds one message of values at a time, however many
 /// keys or however large the values.
-fn serve(task: &AeTask, store: &Store, to: &str, mut keys: Vec<Vec<u8>>, out: &mut AeOutcome) {
+fn serve(
+    task: &AeTask,
+    store: &dyn ReplicaStore,
+    to: &str,
+    mut keys: Vec<Vec<u8>>,
+    out: &mut AeOutcome,
+) {
     let mut batch = Vec::new();
     let mut bytes = 0;
     let mut used = 0;
@@ -477,7 +489,7 @@ fn serve(task: &AeTask, store: &Store, to: &str, mut keys: Vec<Vec<u8>>, out: &m
 
 /// Stores the states received that are newer than ours, except
 /// timestamps too far ahead and old tombstones for keys we lack.
-fn apply(task: &AeTask, store: &Store, entries: &[AeValue], out: &mut AeOutcome) {
+fn apply(task: &AeTask, store: &dyn ReplicaStore, entries: &[AeValue], out: &mut AeOutcome) {
     for e in entries {
         if e.version.ts > task.max_ts {
             continue;

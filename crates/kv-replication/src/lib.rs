@@ -5,11 +5,16 @@
 //! ([`Node::handle_message`]) and the passing of time
 //! ([`Node::handle_tick`]), each with the current time as an argument; its
 //! outputs, drained with [`Node::poll_output`], are messages to send,
-//! replies to clients, state to persist, and [`Event`]s to log. It applies replicated writes
-//! to the local [`kv_storage::Store`] it is handed, but never opens a
-//! socket, starts a thread, sleeps or reads a clock, and draws randomness
-//! from a seed: the same code runs under `kv-server` and under the
-//! deterministic [`sim`]ulator.
+//! replies to clients, state to persist, and [`Event`]s to log. It reads and writes the local
+//! replica's data through the storage port it is handed,
+//! [`kv_types::ReplicaStore`] (`kv-server` and the simulator pass a
+//! `kv_storage::Store`); this crate depends on `kv-types`, not on the
+//! storage engine. It never opens a socket, starts a thread, sleeps or
+//! reads a clock, and draws randomness from a seed: the same code runs
+//! under `kv-server` and under the deterministic simulator of this crate's
+//! tests (`tests/simulator/`, run by `tests/sim.rs`). The port's writes are
+//! still synchronous: a write it applies returns once the store has made
+//! it as durable as its policy says, on the calling thread.
 //!
 //! What it does: membership by gossip with heartbeats and incarnations
 //! ([`membership`]); keys placed on a [`kv_ring::Ring`]; every write
@@ -42,7 +47,6 @@ pub mod node;
 pub mod outage;
 mod ownership;
 pub mod rebalance;
-pub mod sim;
 pub mod stats;
 
 pub use admin_error::AdminError;

@@ -11,7 +11,7 @@ pub type NodeId = String;
 pub const MAX_LIST_PAGE: u32 = 10_000;
 
 /// A version on the wire (timestamp, node number); see
-/// [`kv_storage::Version`].
+/// [`kv_types::Version`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Ver {
     /// Hybrid-logical-clock timestamp.
@@ -20,14 +20,14 @@ pub struct Ver {
     pub node: u32,
 }
 
-impl From<Ver> for kv_storage::Version {
+impl From<Ver> for kv_types::Version {
     fn from(v: Ver) -> Self {
-        kv_storage::Version::new(v.ts, v.node)
+        kv_types::Version::new(v.ts, v.node)
     }
 }
 
-impl From<kv_storage::Version> for Ver {
-    fn from(v: kv_storage::Version) -> Self {
+impl From<kv_types::Version> for Ver {
+    fn from(v: kv_types::Version) -> Self {
         Ver {
             ts: v.timestamp,
             node: v.node,

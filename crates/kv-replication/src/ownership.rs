@@ -13,6 +13,7 @@
 //! [`crate::Planted::forget_gained`].)
 
 use kv_ring::Ring;
+use kv_types::{RangesGuard, ReplicaStore, StoreError};
 
 /// The inclusive position intervals, sorted and merged, of the ranges for
 /// which `me` is among the first `n` replicas of `ring`.
@@ -107,7 +108,7 @@ pub(crate) fn subtract(ranges: &[(u64, u64)], minus: &[(u64, u64)]) -> Vec<(u64,
 /// [`crate::Config::offload_cleanup`]): the ranges to forget, which the
 /// node shrinks, while the job runs, by every range a ring change gives
 /// back to it, before anything is written there under the new ring (see
-/// [`kv_storage::Store::drop_ranges_while`]). So a range that comes back
+/// [`ReplicaStore::drop_ranges_while`]). So a range that comes back
 /// during the drop keeps the writes made after it came back.
 #[derive(Debug)]
 pub struct CleanupJob {
@@ -136,11 +137,13 @@ impl CleanupJob {
     }
 
     /// Runs the job against `store`: how many entries it forgot.
-    pub fn run(&self, store: &kv_storage::Store) -> kv_storage::Result<usize> {
+    pub fn run(&self, store: &dyn ReplicaStore) -> Result<usize, StoreError> {
         if self.snapshot_only {
             return store.snapshot().map(|()| 0);
         }
-        store.drop_ranges_while(|| self.doomed.read().unwrap_or_else(|e| e.into_inner()))
+        store.drop_ranges_while(&|| {
+            RangesGuard::new(self.doomed.read().unwrap_or_else(|e| e.into_inner()))
+        })
     }
 
     /// The ranges `owned` (sorted, merged) are this node's again: they

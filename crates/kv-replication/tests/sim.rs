@@ -9,8 +9,10 @@
 //! failing seed, the command that replays exactly that test and seed;
 //! `benches/sim_soak.sh` runs 20,000 seeds.
 
-use kv_replication::sim::{run, Report, SimConfig};
+mod simulator;
+
 use kv_testkit::linearizability::{self, Op, OpKind};
+use simulator::{run, Report, SimConfig};
 
 /// Tests the main faulty run is split into.
 const SHARDS: u64 = 4;

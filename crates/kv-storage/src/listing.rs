@@ -25,6 +25,7 @@ use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
 use crate::map::{hash_key, Entry, Shard, ShardedMap};
 use crate::store::Store;
 use crate::version::Versioned;
+use kv_types::ListPage;
 
 /// Most entries one page examines per key asked for: a page with a
 /// filter that few keys pass stops after this many and says where to go
@@ -34,19 +35,6 @@ const EXAMINE_PER_KEY: usize = 100;
 /// Most entries one page examines, whatever the page size asked for
 /// (above it, only the page size itself).
 const EXAMINE_CAP: usize = 100_000;
-
-/// One page of a listing in (hash, key) order (see [`Store::list_page`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ListPage<T> {
-    /// The keys found, each with what the listing gives for it, in
-    /// (hash, key) order.
-    pub entries: Vec<(Vec<u8>, T)>,
-    /// Where to go on: pass it as `after` for the next page. `None`: the
-    /// listing is complete. A page may be short, even empty, and still
-    /// have a `next` (its filter passed over many keys); `next` need not be
-    /// a key of the page.
-    pub next: Option<Vec<u8>>,
-}
 
 /// A shard's write lock held by a test (see [`Store::hold_shard`]);
 /// dropping it lets the shard go.

@@ -186,17 +186,9 @@ fn index_item(e: &Entry) -> Option<(u64, Box<[u8]>)> {
     (!e.is_tombstone() && e.expires != 0).then(|| (e.expires, Box::from(e.key())))
 }
 
-/// The tracked range holding key hash `h`: range `i` is
-/// `(bounds[i-1], bounds[i]]`, range 0 also takes what lies above the last
-/// bound (the ranges wrap around, like a ring).
-pub(crate) fn range_of(bounds: &[u64], h: u64) -> usize {
-    let i = bounds.partition_point(|&b| b < h);
-    if i == bounds.len() {
-        0
-    } else {
-        i
-    }
-}
+/// The tracked range holding key hash `h` (defined in `kv-types`, shared
+/// with the replication layer).
+pub(crate) use kv_types::range_of;
 
 impl Shard {
     pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<&Entry> {

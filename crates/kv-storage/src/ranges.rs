@@ -19,33 +19,7 @@ use std::sync::atomic::Ordering;
 
 use crate::map::{hash_key, Shard};
 use crate::store::Store;
-use crate::version::Version;
-
-/// One entry of a [`RangePage`]: a key, where it lies, and its version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RangeKey {
-    /// The key.
-    pub key: Vec<u8>,
-    /// Its hash: its position on the ring (see [`Store::key_position`]).
-    pub position: u64,
-    /// The version of its current state.
-    pub version: Version,
-    /// Whether that state is a tombstone (a delete, or a value that has
-    /// expired).
-    pub tombstone: bool,
-}
-
-/// A page of a walk over one tracked range (see [`Store::range_page`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RangePage {
-    /// The range's entries with a hash in `[from, covered_to]`, tombstones
-    /// included, in ascending hash order.
-    pub entries: Vec<RangeKey>,
-    /// The last hash the page covers: every entry of the range up to it
-    /// is in the page. Equal to the `until` asked for once the window is
-    /// done; otherwise continue from `covered_to + 1`.
-    pub covered_to: u64,
-}
+use kv_types::{RangeKey, RangePage};
 
 /// The hash windows that make up range `range` of `bounds`, in ascending
 /// order: range `i` is `(bounds[i-1], bounds[i]]`, range 0 also takes what

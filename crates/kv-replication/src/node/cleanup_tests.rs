@@ -4,7 +4,7 @@
 //! there since it came back.
 
 use super::*;
-use kv_storage::{Options, Version};
+use kv_storage::{Options, Store, Version};
 
 const T0: u64 = 1_000_000;
 

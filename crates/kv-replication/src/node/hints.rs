@@ -114,7 +114,7 @@ impl Node {
 
     /// Starts an anti-entropy round with a random live peer; `false` if
     /// there is none.
-    pub(super) fn anti_entropy_round(&mut self, now: u64, store: &Store) -> bool {
+    pub(super) fn anti_entropy_round(&mut self, now: u64, store: &dyn ReplicaStore) -> bool {
         let peers: Vec<NodeId> = self
             .read_ring
             .nodes()
@@ -133,7 +133,7 @@ impl Node {
     }
 
     /// Runs anti-entropy work inline, or hands it to the driver.
-    pub(super) fn dispatch_ae(&mut self, now: u64, work: AeWork, store: &Store) {
+    pub(super) fn dispatch_ae(&mut self, now: u64, work: AeWork, store: &dyn ReplicaStore) {
         let task = AeTask {
             view: self.ae_view(),
             epoch: self.ring_id(),

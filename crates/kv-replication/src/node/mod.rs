@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use kv_ring::Ring;
-use kv_storage::Store;
+use kv_types::ReplicaStore;
 
 use crate::admin_error::AdminError;
 use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
@@ -156,7 +156,13 @@ impl Node {
     ///
     /// A node started for the first time is a cluster of one (status
     /// normal) until [`Node::join`] makes it wait for its turn to join.
-    pub fn new(cfg: Config, now: u64, saved: Option<Persisted>, store: &Store, seed: u64) -> Node {
+    pub fn new(
+        cfg: Config,
+        now: u64,
+        saved: Option<Persisted>,
+        store: &dyn ReplicaStore,
+        seed: u64,
+    ) -> Node {
         let (suspect, down) = (cfg.suspect_after, cfg.down_after);
         let first_round = now
             .saturating_sub(cfg.anti_entropy_interval)
@@ -367,14 +373,14 @@ impl Node {
     }
 
     /// A message from node `from`.
-    pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
+    pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &dyn ReplicaStore) {
         self.inline_cleanup(now, store);
         self.on_message(now, from, msg, store);
         self.inline_cleanup(now, store);
         self.regroup_pending(now, store);
     }
 
-    fn on_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &Store) {
+    fn on_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &dyn ReplicaStore) {
         self.last_now = self.last_now.max(now);
         if let PeerMsg::Gossip { number, .. } = &msg {
             self.check_number(from, *number);
@@ -531,7 +537,7 @@ impl Node {
     }
 
     /// Time passes: gossip, failure detection, anti-entropy, deadlines.
-    pub fn handle_tick(&mut self, now: u64, store: &Store) {
+    pub fn handle_tick(&mut self, now: u64, store: &dyn ReplicaStore) {
         if now < self.last_now && !self.cfg.planted.wall_clock_stamps {
             self.clock_went_back(now);
         }
@@ -637,8 +643,9 @@ impl Node {
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on
-/// every platform, so that seeded runs replay.
-pub(crate) fn splitmix64(state: &mut u64) -> u64 {
+/// every platform, so that seeded runs replay (the node's own choices,
+/// and the simulator in the test tree).
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

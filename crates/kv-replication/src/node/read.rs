@@ -12,7 +12,13 @@ pub(super) type Page = (Vec<(Vec<u8>, Stamped)>, Option<Vec<u8>>);
 pub(super) const READ_TRIES: u32 = 3;
 
 impl Node {
-    pub(super) fn start_read(&mut self, now: u64, client: u64, key: Vec<u8>, store: &Store) {
+    pub(super) fn start_read(
+        &mut self,
+        now: u64,
+        client: u64,
+        key: Vec<u8>,
+        store: &dyn ReplicaStore,
+    ) {
         let deadline = now + self.cfg.request_timeout;
         self.send_read(now, deadline, client, key, 1, store);
     }
@@ -26,7 +32,7 @@ impl Node {
         client: u64,
         key: Vec<u8>,
         tries: u32,
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) {
         let groups = self.groups(&key, false);
         let replicas = union(&groups);
@@ -67,7 +73,7 @@ impl Node {
         client: u64,
         (prefix, from, after): (Vec<u8>, u64, Option<Vec<u8>>),
         limit: u32,
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) {
         let limit = limit.clamp(1, MAX_LIST_PAGE);
         let mut nodes: Vec<NodeId> = self.read_ring.nodes().to_vec();
@@ -110,7 +116,7 @@ impl Node {
         op: u64,
         from: &str,
         state: Option<Stamped>,
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) {
         let Some(p) = self.answer(op, from) else {
             return;
@@ -144,7 +150,7 @@ impl Node {
     /// only once W hold it (blocking read repair: two quorum reads in a row
     /// never go backwards). Otherwise answer now and repair stale replicas
     /// in the background.
-    fn conclude_read(&mut self, op: u64, store: &Store) {
+    fn conclude_read(&mut self, op: u64, store: &dyn ReplicaStore) {
         let (wq, read_repair) = (self.cfg.write_quorum, self.cfg.read_repair);
         let Some(p) = self.pending.get_mut(&op) else {
             return;
@@ -203,7 +209,7 @@ impl Node {
         node: &str,
         key: &[u8],
         newest: &Stamped,
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) {
         self.stats.read_repairs += 1;
         if node == self.cfg.id {

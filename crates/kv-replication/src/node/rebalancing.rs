@@ -25,13 +25,13 @@ impl Node {
     /// [`Output::Persist`], so that nothing accepted under an old ring
     /// lands in a range after it was forgotten, and a restart never finds
     /// a range forgotten under a membership it did not save.
-    pub fn run_cleanup(&mut self, now: u64, store: &Store) {
+    pub fn run_cleanup(&mut self, now: u64, store: &dyn ReplicaStore) {
         self.last_now = self.last_now.max(now);
         self.clean_up(now, store);
     }
 
     /// Runs the cleanup inline, unless the driver runs it.
-    pub(super) fn inline_cleanup(&mut self, now: u64, store: &Store) {
+    pub(super) fn inline_cleanup(&mut self, now: u64, store: &dyn ReplicaStore) {
         if !self.cfg.driver_cleanup {
             self.clean_up(now, store);
         }
@@ -62,7 +62,7 @@ impl Node {
     /// logs what it forgot. A failure (the snapshot that makes it
     /// durable, most likely) is tried again, the snapshot too, every
     /// [`CLEANUP_RETRY`] ms. Idempotent.
-    pub(super) fn clean_up(&mut self, now: u64, store: &Store) {
+    pub(super) fn clean_up(&mut self, now: u64, store: &dyn ReplicaStore) {
         if self.stale.is_some() || now < self.cleanup_retry_at || self.cleanup_job.is_some() {
             return;
         }
@@ -431,7 +431,7 @@ impl Node {
         from: &str,
         page: StreamPageInfo,
         entries: &[(Vec<u8>, Stamped)],
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) {
         let Some(st) = self.stream.as_mut() else {
             return;

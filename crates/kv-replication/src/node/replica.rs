@@ -7,7 +7,7 @@ use super::*;
 /// `Replicate`, `Read` and `ListPage` — so that a driver can answer them
 /// where they arrive, without going through the node. `None` for any other
 /// message (and for a write the store failed to apply: no ack).
-pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
+pub fn serve_replica(store: &dyn ReplicaStore, msg: &PeerMsg) -> Option<PeerMsg> {
     serve_replica_at(store, msg, u64::MAX, u64::MAX)
 }
 
@@ -18,7 +18,7 @@ pub fn serve_replica(store: &Store, msg: &PeerMsg) -> Option<PeerMsg> {
 /// driver hands it to the node, which refuses it with
 /// [`PeerMsg::RingDiffers`]).
 pub fn serve_replica_fenced(
-    store: &Store,
+    store: &dyn ReplicaStore,
     msg: &PeerMsg,
     (now_ms, max_offset_ms): (u64, u64),
     ring: u64,
@@ -37,7 +37,7 @@ pub fn serve_replica_fenced(
 /// further ahead than that is refused (`None`, nothing stored, so that a
 /// driver hands it to the node, which logs it).
 pub fn serve_replica_at(
-    store: &Store,
+    store: &dyn ReplicaStore,
     msg: &PeerMsg,
     now_ms: u64,
     max_offset_ms: u64,
@@ -88,13 +88,13 @@ pub fn serve_replica_at(
             cursor,
             max_bytes,
         } => {
-            let from = kv_storage::StreamCursor {
+            let from = kv_types::StreamCursor {
                 shard: cursor.0,
                 hash: cursor.1,
             };
             let max = (*max_bytes).clamp(1, 16 << 20) as usize;
             let (page, next) =
-                store.stream_page(from, max, |k| rebalance::key_in_ranges(ranges, k));
+                store.stream_page(from, max, &|k| rebalance::key_in_ranges(ranges, k));
             let progress = next.map_or(1_000_000, |c| {
                 let within = c.hash as f64 / 2f64.powi(64);
                 ((f64::from(c.shard) + within) / store.shard_count() as f64 * 1e6) as u32
@@ -123,7 +123,7 @@ fn entry_bytes(key: &[u8], s: &Stamped) -> u64 {
 /// Applies streamed entries to the store (each only if newer than what it
 /// holds). Returns the greatest version timestamp among them, or `None`
 /// if the store failed (the page will be asked for again).
-pub fn apply_entries(store: &Store, entries: &[(Vec<u8>, Stamped)]) -> Option<u64> {
+pub fn apply_entries(store: &dyn ReplicaStore, entries: &[(Vec<u8>, Stamped)]) -> Option<u64> {
     let mut max_ts = 0;
     for (key, s) in entries {
         store
@@ -139,7 +139,7 @@ pub fn apply_entries(store: &Store, entries: &[(Vec<u8>, Stamped)]) -> Option<u6
 /// `Some((was_live, Some(v)))` if not applied because the store holds `v`,
 /// newer; `None` if the store failed.
 pub(super) fn apply_local(
-    store: &Store,
+    store: &dyn ReplicaStore,
     key: &[u8],
     value: Option<&[u8]>,
     version: Ver,
@@ -159,7 +159,7 @@ pub(super) fn apply_local(
     Some((was_live, held.filter(|h| *h > version)))
 }
 
-fn stamped(v: kv_storage::Versioned) -> Stamped {
+fn stamped(v: kv_types::Versioned) -> Stamped {
     Stamped {
         version: v.version.into(),
         value: v.value,
@@ -167,12 +167,12 @@ fn stamped(v: kv_storage::Versioned) -> Stamped {
     }
 }
 
-pub(super) fn read_local(store: &Store, key: &[u8]) -> Option<Stamped> {
+pub(super) fn read_local(store: &dyn ReplicaStore, key: &[u8]) -> Option<Stamped> {
     store.get_versioned(key).map(stamped)
 }
 
 pub(super) fn list_local(
-    store: &Store,
+    store: &dyn ReplicaStore,
     prefix: &[u8],
     from: u64,
     after: Option<&[u8]>,
@@ -194,7 +194,7 @@ pub(super) fn list_local(
 pub(super) fn merge_pages(pages: Vec<Page>, limit: u32) -> ClientReply {
     let cut: Option<u64> = pages
         .iter()
-        .filter_map(|(_, next)| next.as_deref().map(Store::key_position))
+        .filter_map(|(_, next)| next.as_deref().map(kv_types::key_position))
         .min();
     let mut newest: BTreeMap<(u64, Vec<u8>), Stamped> = BTreeMap::new();
     // The stopping points at the cut hash: the next page must start after
@@ -202,11 +202,11 @@ pub(super) fn merge_pages(pages: Vec<Page>, limit: u32) -> ClientReply {
     // may have stopped at a key no other node returned).
     let mut cut_key: Option<Vec<u8>> = None;
     for (entries, next) in pages {
-        if let Some(n) = next.filter(|n| Some(Store::key_position(n)) == cut) {
+        if let Some(n) = next.filter(|n| Some(kv_types::key_position(n)) == cut) {
             cut_key = cut_key.max(Some(n));
         }
         for (k, s) in entries {
-            let position = (Store::key_position(&k), k);
+            let position = (kv_types::key_position(&k), k);
             if cut.is_some_and(|c| position.0 > c) {
                 continue;
             }

@@ -115,7 +115,7 @@ impl Node {
         from: &str,
         ring: u64,
         request: PeerMsg,
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) -> Option<PeerMsg> {
         if ring == self.members.ring_id() || self.cfg.planted.no_ring_fence {
             return Some(request);
@@ -158,7 +158,7 @@ impl Node {
         op: u64,
         members: &[Digest],
         ack: Option<Box<PeerMsg>>,
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) {
         self.on_gossip(now, from, members);
         // The refusing replica is asked again (once per refusal: the others
@@ -213,7 +213,7 @@ impl Node {
     /// starts again (with its deadline); a write keeps its version (so
     /// that it never takes effect twice) and is sent to every replica of
     /// its new groups that has not answered.
-    fn retry_op(&mut self, now: u64, op: u64, store: &Store) {
+    fn retry_op(&mut self, now: u64, op: u64, store: &dyn ReplicaStore) {
         let Some(p) = self.pending.get(&op) else {
             return;
         };
@@ -230,7 +230,7 @@ impl Node {
 
     /// After the rings changed: every pending read or write whose replica
     /// groups changed starts again under the new ones.
-    pub(super) fn regroup_pending(&mut self, now: u64, store: &Store) {
+    pub(super) fn regroup_pending(&mut self, now: u64, store: &dyn ReplicaStore) {
         if !std::mem::take(&mut self.regroup_due) || self.cfg.planted.no_ring_fence {
             return;
         }

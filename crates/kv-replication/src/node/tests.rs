@@ -1,7 +1,7 @@
 //! Unit tests of the node state machine.
 
 use super::*;
-use kv_storage::Options;
+use kv_storage::{Options, Store};
 use proptest::prelude::*;
 
 fn store() -> Store {

@@ -75,7 +75,7 @@ pub(super) struct Pending {
 
 impl Node {
     /// A client operation, to be answered with [`Output::Reply`] carrying `id`.
-    pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &Store) {
+    pub fn handle_client(&mut self, now: u64, id: u64, op: ClientOp, store: &dyn ReplicaStore) {
         self.last_now = self.last_now.max(now);
         self.inline_cleanup(now, store);
         if self.is_joining()
@@ -130,7 +130,7 @@ impl Node {
         client: u64,
         key: Vec<u8>,
         value: WriteValue,
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) {
         let deadline = now + self.cfg.request_timeout;
         self.send_write(now, deadline, client, key, value, 1, None, store);
@@ -148,7 +148,7 @@ impl Node {
         (value, expires_at): WriteValue,
         tries: u32,
         newer: Option<Ver>,
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) {
         let Some(version) = self.stamp(now) else {
             self.log(Event::ClockExhausted {
@@ -191,7 +191,7 @@ impl Node {
     /// [`PeerMsg::RingDiffers`]) go through here, so that a write is sent to
     /// each replica once per epoch, however many replicas refused it.
     /// Finishes the write if its new groups are already met.
-    pub(super) fn dispatch_write(&mut self, now: u64, op: u64, store: &Store) {
+    pub(super) fn dispatch_write(&mut self, now: u64, op: u64, store: &dyn ReplicaStore) {
         let epoch = self.ring_id();
         let me = self.cfg.id.clone();
         let Some(p) = self.pending.get(&op) else {
@@ -327,7 +327,7 @@ impl Node {
         from: &str,
         was_live: bool,
         newer: Option<Ver>,
-        store: &Store,
+        store: &dyn ReplicaStore,
     ) {
         if let Some((target, key, version)) = self.hint_ops.remove(&op) {
             if target == from {
@@ -445,7 +445,7 @@ impl Node {
     /// version: drop this try and stamp the write again above `newer`
     /// (the clock takes note of it), or fail it as a conflict after
     /// [`WRITE_TRIES`] versions.
-    fn restamp(&mut self, now: u64, op: u64, newer: Ver, store: &Store) {
+    fn restamp(&mut self, now: u64, op: u64, newer: Ver, store: &dyn ReplicaStore) {
         let Some(p) = self.pending.remove(&op) else {
             return;
         };

@@ -4,7 +4,7 @@
 //! groups' replicas decide it.
 
 use super::*;
-use kv_storage::Options;
+use kv_storage::{Options, Store};
 
 const T0: u64 = 1_000_000;
 

@@ -72,15 +72,7 @@ struct Inner {
     _lock: Option<DirLock>,
 }
 
-/// Where a walk with [`Store::stream_page`] stands: a shard and the
-/// smallest key hash still to visit in it. Start at `StreamCursor::default()`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct StreamCursor {
-    /// The shard.
-    pub shard: u32,
-    /// The smallest key hash still to visit in it.
-    pub hash: u64,
-}
+pub use kv_types::StreamCursor;
 
 /// Figures describing a store, for monitoring.
 #[derive(Clone, Debug)]
