@@ -73,10 +73,7 @@ pub use recovery::{RecoveryReport, Truncation};
 pub use store::{Change, Live, Stats, Store, StreamCursor};
 pub use version::{Version, Versioned};
 
-/// Bytes an entry counts for beyond its key and value wherever pages and
-/// transfers are measured (a stream page's budget, an anti-entropy page,
-/// rebalancing figures, `MEMORY USAGE`): about its version and framing.
-pub const ENTRY_OVERHEAD: usize = 16;
+pub use kv_types::ENTRY_OVERHEAD;
 
 /// The memory page size assumed: 4 KiB, as on x86-64 Linux (the pages of a
 /// mapping dropped from memory, the pages `/proc` counts).

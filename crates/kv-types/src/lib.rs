@@ -34,3 +34,8 @@ pub use listing::{ListPage, StreamCursor};
 pub use port::{RangesGuard, ReplicaStore, StoreError};
 pub use ranges::{key_position, range_of, range_of_key, RangeKey, RangePage};
 pub use version::{Version, Versioned};
+
+/// Bytes an entry counts for beyond its key and value wherever pages and
+/// transfers are measured (a stream page's budget, an anti-entropy page,
+/// rebalancing figures, `MEMORY USAGE`): about its version and framing.
+pub const ENTRY_OVERHEAD: usize = 16;

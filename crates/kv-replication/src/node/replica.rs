@@ -117,7 +117,7 @@ pub fn serve_replica_at(
 
 /// Bytes an entry counts for in rebalancing figures.
 fn entry_bytes(key: &[u8], s: &Stamped) -> u64 {
-    (key.len() + s.value.as_ref().map_or(0, Vec::len) + kv_storage::ENTRY_OVERHEAD) as u64
+    (key.len() + s.value.as_ref().map_or(0, Vec::len) + kv_types::ENTRY_OVERHEAD) as u64
 }
 
 /// Applies streamed entries to the store (each only if newer than what it
