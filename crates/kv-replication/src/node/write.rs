@@ -39,7 +39,9 @@ pub(super) enum Work {
         /// write of a key it owns), it was sent this try before under
         /// another ring and never answered (sent again, its answer speaks
         /// of the second copy only; left out of the new groups, it is no
-        /// longer waited for), or it was down and got a hint. A read may
+        /// longer waited for; this node included, whose failed local
+        /// apply may have left the version readable), or it was down and
+        /// got a hint. A read may
         /// have returned that copy, so the write must not be re-stamped
         /// (it would take effect twice).
         maybe_stored: bool,
@@ -234,10 +236,12 @@ impl Node {
                 if p.answered.contains(r) || sent.get(r) == Some(&epoch) {
                     continue;
                 }
+                // Its own store too: a local apply that failed may have
+                // left the version readable all the same.
+                resent |= sent.contains_key(r);
                 if *r == me {
                     local = true;
                 } else {
-                    resent |= sent.contains_key(r);
                     let msg = PeerMsg::Replicate {
                         op,
                         key: key.clone(),
@@ -250,10 +254,11 @@ impl Node {
             }
         }
         // A replica sent it under another ring that is no longer waited
-        // for, and not heard from, may hold it too.
+        // for, and not heard from, may hold it too (this node as well,
+        // after a local apply that failed).
         let dropped = sent
             .keys()
-            .any(|r| *r != me && !asked.contains(r) && !p.answered.contains(r));
+            .any(|r| !asked.contains(r) && !p.answered.contains(r));
         let refuse_own = local && self.own_copy_too_far_ahead(now, version.ts);
         if refuse_own {
             asked.remove(&me);

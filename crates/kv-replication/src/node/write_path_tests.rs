@@ -18,13 +18,13 @@ fn digest(id: &str, status: Status) -> Digest {
 
 /// Node `a:1` in a cluster of `a:1`, `b:1`, `c:1` (N = 3, W = 2) that has
 /// heard from `b:1`, its outputs drained.
-fn coordinator(s: &Store) -> Node {
+fn coordinator(s: &dyn ReplicaStore) -> Node {
     coordinator_among(s, &["a:1", "b:1", "c:1"])
 }
 
 /// Node `a:1` in a cluster of the normal members `ids` (N = 3, W = 2)
 /// that has heard from `b:1`, its outputs drained.
-fn coordinator_among(s: &Store, ids: &[&str]) -> Node {
+fn coordinator_among(s: &dyn ReplicaStore, ids: &[&str]) -> Node {
     let members = ids
         .iter()
         .map(|id| digest(id, Status::Normal))
@@ -91,7 +91,7 @@ fn pending_version(n: &Node, op: u64) -> Ver {
 /// what `n` outputs then.
 fn all_hold_newer(
     n: &mut Node,
-    s: &Store,
+    s: &dyn ReplicaStore,
     now: u64,
     op: u64,
     replicas: &[&str],
@@ -522,5 +522,206 @@ fn a_write_that_left_a_hint_is_not_re_stamped() {
         replies(&out),
         vec![ClientReply::Conflict { newer, tries: 1 }],
         "{out:?}"
+    );
+}
+
+/// A store whose next versioned write is applied (readable) but then
+/// reported failed, as a write whose fsync failed after it reached the
+/// map would be.
+struct FailsAfterApplying {
+    inner: Store,
+    fail_next: std::sync::atomic::AtomicBool,
+}
+
+impl ReplicaStore for FailsAfterApplying {
+    fn get_versioned(&self, key: &[u8]) -> Option<kv_types::Versioned> {
+        self.inner.get_versioned(key)
+    }
+    fn contains_key(&self, key: &[u8]) -> bool {
+        self.inner.contains_key(key)
+    }
+    fn apply_with_expiry(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: kv_types::Version,
+        expires_at: Option<u64>,
+    ) -> Result<bool, kv_types::StoreError> {
+        let applied = ReplicaStore::apply_with_expiry(&self.inner, key, value, version, expires_at);
+        if self
+            .fail_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(kv_types::StoreError::new("fsync failed"));
+        }
+        applied
+    }
+    fn max_timestamp(&self) -> u64 {
+        self.inner.max_timestamp()
+    }
+    fn list_page_versioned(
+        &self,
+        prefix: &[u8],
+        from: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> kv_types::ListPage<kv_types::Versioned> {
+        ReplicaStore::list_page_versioned(&self.inner, prefix, from, after, limit)
+    }
+    fn stream_page(
+        &self,
+        from: kv_types::StreamCursor,
+        max_bytes: usize,
+        want: &dyn Fn(&[u8]) -> bool,
+    ) -> (
+        Vec<(Vec<u8>, kv_types::Versioned)>,
+        Option<kv_types::StreamCursor>,
+    ) {
+        ReplicaStore::stream_page(&self.inner, from, max_bytes, want)
+    }
+    fn shard_count(&self) -> usize {
+        ReplicaStore::shard_count(&self.inner)
+    }
+    fn track_ranges(&self, bounds: &[u64]) {
+        ReplicaStore::track_ranges(&self.inner, bounds)
+    }
+    fn range_hashes(&self) -> Vec<u64> {
+        ReplicaStore::range_hashes(&self.inner)
+    }
+    fn range_page(
+        &self,
+        range: usize,
+        from: u64,
+        until: u64,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> kv_types::RangePage {
+        ReplicaStore::range_page(&self.inner, range, from, until, max_keys, max_bytes)
+    }
+    fn drop_ranges(&self, ranges: &[(u64, u64)]) -> Result<usize, kv_types::StoreError> {
+        ReplicaStore::drop_ranges(&self.inner, ranges)
+    }
+    fn drop_ranges_while<'a>(
+        &self,
+        ranges: &'a dyn Fn() -> kv_types::RangesGuard<'a>,
+    ) -> Result<usize, kv_types::StoreError> {
+        ReplicaStore::drop_ranges_while(&self.inner, ranges)
+    }
+    fn snapshot(&self) -> Result<(), kv_types::StoreError> {
+        ReplicaStore::snapshot(&self.inner)
+    }
+    fn flush(&self) -> Result<(), kv_types::StoreError> {
+        ReplicaStore::flush(&self.inner)
+    }
+}
+
+/// The coordinator's own copy: its store took the write but reported a
+/// failure (the value is readable there all the same), so the write did
+/// not count it. After a regroup the write is applied locally again, and
+/// a newer version landed there meanwhile: the coordinator answers
+/// itself "newer", as every other replica does. Its first copy may have
+/// been read, so the write must not be re-stamped.
+#[test]
+fn a_write_whose_own_copy_failed_is_not_re_stamped() {
+    let s = FailsAfterApplying {
+        inner: store(),
+        fail_next: std::sync::atomic::AtomicBool::new(false),
+    };
+    // A key of a:1, b:1, c:1 among four members, and of a:1, b:1, e:1
+    // once e:1 is one.
+    let four = ["a:1", "b:1", "c:1", "d:1"];
+    let five = ["a:1", "b:1", "c:1", "d:1", "e:1"];
+    let owners = |ids: &[&str], k: &[u8]| {
+        let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ids);
+        let mut p: Vec<String> = ring
+            .preference_list(k, 3)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        p.sort();
+        p
+    };
+    let key = (0..100_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| {
+            owners(&four, k) == ["a:1", "b:1", "c:1"] && owners(&five, k) == ["a:1", "b:1", "e:1"]
+        })
+        .expect("some key");
+    let mut a = coordinator_among(&s, &four);
+    s.fail_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    a.handle_client(T0 + 1, 7, put(&key), &s);
+    let mut first = replicates(&drain(&mut a));
+    first.sort();
+    let to: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, ["b:1", "c:1"], "{first:?}");
+    let op = first[0].1;
+    let version = pending_version(&a, op);
+    assert!(
+        s.inner.get_versioned(&key).is_some(),
+        "the failed own copy is readable"
+    );
+    // b:1 and c:1 already hold a newer version, and it lands on a:1 too.
+    let newer = Ver {
+        ts: version.ts + 1_000,
+        node: 1,
+    };
+    let out = all_hold_newer(&mut a, &s, T0 + 5, op, &["b:1", "c:1"], newer);
+    assert_eq!(replies(&out), vec![], "waits for its own copy: {out:?}");
+    ReplicaStore::apply_with_expiry(&s.inner, &key, Some(b"newer"), newer.into(), None)
+        .expect("newer write");
+    // e:1 becomes a member: the key moves from c:1 to e:1.
+    let members: Vec<Digest> = five.iter().map(|id| digest(id, Status::Normal)).collect();
+    let gossip = PeerMsg::Gossip {
+        members,
+        clock: T0 + 300,
+        number: node_number("d:1"),
+    };
+    a.handle_message(T0 + 300, "d:1", gossip, &s);
+    let again = replicates(&drain(&mut a));
+    let to: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, ["e:1"], "sent to the new replica only");
+    let out = all_hold_newer(&mut a, &s, T0 + 310, op, &["e:1"], newer);
+    assert_eq!(
+        replicates(&out),
+        vec![],
+        "re-stamped although the coordinator's own failed copy of the first version is readable"
+    );
+    assert_eq!(
+        replies(&out),
+        vec![ClientReply::Conflict { newer, tries: 1 }],
+        "{out:?}"
+    );
+}
+
+/// Guard for the rule above: a write whose coordinator's clock is behind,
+/// with no regroup, no hint and no failure, is still re-stamped above
+/// the newer version every replica holds.
+#[test]
+fn a_plain_write_behind_a_newer_version_is_still_re_stamped() {
+    let s = store();
+    // A key of b:1, c:1 and d:1, not of a:1 (the coordinator).
+    let four = ["a:1", "b:1", "c:1", "d:1"];
+    let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, four);
+    let key = (0..100_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| !ring.preference_list(k, 3).contains(&"a:1"))
+        .expect("some key");
+    let mut a = coordinator_among(&s, &four);
+    a.handle_client(T0 + 1, 7, put(&key), &s);
+    let mut sent = replicates(&drain(&mut a));
+    sent.sort();
+    let to: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(to, ["b:1", "c:1", "d:1"], "{sent:?}");
+    let op = sent[0].1;
+    let version = pending_version(&a, op);
+    let newer = Ver {
+        ts: version.ts + 1_000,
+        node: 1,
+    };
+    let out = all_hold_newer(&mut a, &s, T0 + 5, op, &to, newer);
+    let again = versioned_replicates(&out);
+    assert!(
+        !again.is_empty() && again.iter().all(|(_, _, v)| *v > newer),
+        "re-stamped above {newer:?}: {out:?}"
     );
 }
