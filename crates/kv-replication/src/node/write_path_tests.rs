@@ -110,6 +110,49 @@ fn all_hold_newer(
     out
 }
 
+const FIVE: [&str; 5] = ["a:1", "b:1", "c:1", "d:1", "e:1"];
+
+/// The three owners of `key` among `ids` (N = 3), sorted.
+fn owners(ids: &[&str], key: &[u8]) -> Vec<String> {
+    let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ids);
+    let mut p: Vec<String> = ring
+        .preference_list(key, 3)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    p.sort();
+    p
+}
+
+/// A key owned by `before` among `a:1`..`d:1`, and by `after` once
+/// `e:1` is a member too.
+fn key_moving(before: [&str; 3], after: [&str; 3]) -> Vec<u8> {
+    (0..100_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| owners(&FIVE[..4], k) == before && owners(&FIVE, k) == after)
+        .expect("some key")
+}
+
+/// A key of `b:1`, `c:1` and `d:1` among `a:1`..`d:1`, not of `a:1`
+/// (the coordinator).
+fn foreign_key() -> Vec<u8> {
+    (0..100_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| owners(&FIVE[..4], k) == ["b:1", "c:1", "d:1"])
+        .expect("some key")
+}
+
+/// `n` hears, through `d:1`'s gossip, that `e:1` is a member.
+fn e_joins(n: &mut Node, s: &dyn ReplicaStore, now: u64) {
+    let members: Vec<Digest> = FIVE.iter().map(|id| digest(id, Status::Normal)).collect();
+    let gossip = PeerMsg::Gossip {
+        members,
+        clock: now,
+        number: node_number("d:1"),
+    };
+    n.handle_message(now, "d:1", gossip, s);
+}
+
 fn replies(out: &[Output]) -> Vec<ClientReply> {
     out.iter()
         .filter_map(|o| match o {
@@ -386,23 +429,7 @@ fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second
     // A key of b:1, c:1, d:1 among four members, and of b:1, d:1, e:1
     // once e:1 is one: never of a:1, the coordinator.
     let four = ["a:1", "b:1", "c:1", "d:1"];
-    let five = ["a:1", "b:1", "c:1", "d:1", "e:1"];
-    let owners = |ids: &[&str], k: &[u8]| {
-        let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ids);
-        let mut p: Vec<String> = ring
-            .preference_list(k, 3)
-            .into_iter()
-            .map(String::from)
-            .collect();
-        p.sort();
-        p
-    };
-    let key = (0..100_000)
-        .map(|i| format!("key{i}").into_bytes())
-        .find(|k| {
-            owners(&four, k) == ["b:1", "c:1", "d:1"] && owners(&five, k) == ["b:1", "d:1", "e:1"]
-        })
-        .expect("some key");
+    let key = key_moving(["b:1", "c:1", "d:1"], ["b:1", "d:1", "e:1"]);
     let mut a = coordinator_among(&s, &four);
     a.handle_client(T0 + 1, 7, put(&key), &s);
     let mut first = replicates(&drain(&mut a));
@@ -413,13 +440,7 @@ fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second
     let version = pending_version(&a, op);
     // b:1 stored the write, but its ack never came; c:1 and d:1 never got
     // it. e:1 becomes a member: the key moves from c:1 to e:1.
-    let members: Vec<Digest> = five.iter().map(|id| digest(id, Status::Normal)).collect();
-    let gossip = PeerMsg::Gossip {
-        members,
-        clock: T0 + 300,
-        number: node_number("d:1"),
-    };
-    a.handle_message(T0 + 300, "d:1", gossip, &s);
+    e_joins(&mut a, &s, T0 + 300);
     let mut again = replicates(&drain(&mut a));
     again.sort();
     let to: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
@@ -451,13 +472,8 @@ fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second
 #[test]
 fn a_write_that_left_a_hint_is_not_re_stamped() {
     let s = store();
-    // A key of b:1, c:1 and d:1, not of a:1 (the coordinator).
     let four = ["a:1", "b:1", "c:1", "d:1"];
-    let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, four);
-    let key = (0..100_000)
-        .map(|i| format!("key{i}").into_bytes())
-        .find(|k| !ring.preference_list(k, 3).contains(&"a:1"))
-        .expect("some key");
+    let key = foreign_key();
     let mut a = coordinator_among(&s, &four);
     // Long after the start, b:1 and c:1 are heard from, d:1 is not: down.
     let t1 = T0 + 10_000;
@@ -630,23 +646,7 @@ fn a_write_whose_own_copy_failed_is_not_re_stamped() {
     // A key of a:1, b:1, c:1 among four members, and of a:1, b:1, e:1
     // once e:1 is one.
     let four = ["a:1", "b:1", "c:1", "d:1"];
-    let five = ["a:1", "b:1", "c:1", "d:1", "e:1"];
-    let owners = |ids: &[&str], k: &[u8]| {
-        let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ids);
-        let mut p: Vec<String> = ring
-            .preference_list(k, 3)
-            .into_iter()
-            .map(String::from)
-            .collect();
-        p.sort();
-        p
-    };
-    let key = (0..100_000)
-        .map(|i| format!("key{i}").into_bytes())
-        .find(|k| {
-            owners(&four, k) == ["a:1", "b:1", "c:1"] && owners(&five, k) == ["a:1", "b:1", "e:1"]
-        })
-        .expect("some key");
+    let key = key_moving(["a:1", "b:1", "c:1"], ["a:1", "b:1", "e:1"]);
     let mut a = coordinator_among(&s, &four);
     s.fail_next.store(true, std::sync::atomic::Ordering::SeqCst);
     a.handle_client(T0 + 1, 7, put(&key), &s);
@@ -670,13 +670,7 @@ fn a_write_whose_own_copy_failed_is_not_re_stamped() {
     ReplicaStore::apply_with_expiry(&s.inner, &key, Some(b"newer"), newer.into(), None)
         .expect("newer write");
     // e:1 becomes a member: the key moves from c:1 to e:1.
-    let members: Vec<Digest> = five.iter().map(|id| digest(id, Status::Normal)).collect();
-    let gossip = PeerMsg::Gossip {
-        members,
-        clock: T0 + 300,
-        number: node_number("d:1"),
-    };
-    a.handle_message(T0 + 300, "d:1", gossip, &s);
+    e_joins(&mut a, &s, T0 + 300);
     let again = replicates(&drain(&mut a));
     let to: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(to, ["e:1"], "sent to the new replica only");
@@ -699,13 +693,8 @@ fn a_write_whose_own_copy_failed_is_not_re_stamped() {
 #[test]
 fn a_plain_write_behind_a_newer_version_is_still_re_stamped() {
     let s = store();
-    // A key of b:1, c:1 and d:1, not of a:1 (the coordinator).
     let four = ["a:1", "b:1", "c:1", "d:1"];
-    let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, four);
-    let key = (0..100_000)
-        .map(|i| format!("key{i}").into_bytes())
-        .find(|k| !ring.preference_list(k, 3).contains(&"a:1"))
-        .expect("some key");
+    let key = foreign_key();
     let mut a = coordinator_among(&s, &four);
     a.handle_client(T0 + 1, 7, put(&key), &s);
     let mut sent = replicates(&drain(&mut a));
