@@ -34,6 +34,8 @@ mod write;
 #[cfg(test)]
 mod cleanup_tests;
 #[cfg(test)]
+mod failing_store;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod write_path_tests;

@@ -1,0 +1,97 @@
+//! Test support: a storage port whose writes can fail after they took
+//! effect, as a write whose fsync failed after it reached the map does.
+
+use kv_storage::Store;
+use kv_types::ReplicaStore;
+
+/// A store whose next versioned write is applied (readable) but then
+/// reported failed, as a write whose fsync failed after it reached the
+/// map would be.
+pub(super) struct FailsAfterApplying {
+    /// The store that does the work.
+    pub(super) inner: Store,
+    /// Whether the next versioned write reports a failure.
+    pub(super) fail_next: std::sync::atomic::AtomicBool,
+}
+
+impl ReplicaStore for FailsAfterApplying {
+    fn get_versioned(&self, key: &[u8]) -> Option<kv_types::Versioned> {
+        self.inner.get_versioned(key)
+    }
+    fn contains_key(&self, key: &[u8]) -> bool {
+        self.inner.contains_key(key)
+    }
+    fn apply_with_expiry(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: kv_types::Version,
+        expires_at: Option<u64>,
+    ) -> Result<bool, kv_types::StoreError> {
+        let applied = ReplicaStore::apply_with_expiry(&self.inner, key, value, version, expires_at);
+        if self
+            .fail_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(kv_types::StoreError::new("fsync failed"));
+        }
+        applied
+    }
+    fn max_timestamp(&self) -> u64 {
+        self.inner.max_timestamp()
+    }
+    fn list_page_versioned(
+        &self,
+        prefix: &[u8],
+        from: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> kv_types::ListPage<kv_types::Versioned> {
+        ReplicaStore::list_page_versioned(&self.inner, prefix, from, after, limit)
+    }
+    fn stream_page(
+        &self,
+        from: kv_types::StreamCursor,
+        max_bytes: usize,
+        want: &dyn Fn(&[u8]) -> bool,
+    ) -> (
+        Vec<(Vec<u8>, kv_types::Versioned)>,
+        Option<kv_types::StreamCursor>,
+    ) {
+        ReplicaStore::stream_page(&self.inner, from, max_bytes, want)
+    }
+    fn shard_count(&self) -> usize {
+        ReplicaStore::shard_count(&self.inner)
+    }
+    fn track_ranges(&self, bounds: &[u64]) {
+        ReplicaStore::track_ranges(&self.inner, bounds)
+    }
+    fn range_hashes(&self) -> Vec<u64> {
+        ReplicaStore::range_hashes(&self.inner)
+    }
+    fn range_page(
+        &self,
+        range: usize,
+        from: u64,
+        until: u64,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> kv_types::RangePage {
+        ReplicaStore::range_page(&self.inner, range, from, until, max_keys, max_bytes)
+    }
+    fn drop_ranges(&self, ranges: &[(u64, u64)]) -> Result<usize, kv_types::StoreError> {
+        ReplicaStore::drop_ranges(&self.inner, ranges)
+    }
+    fn drop_ranges_while<'a>(
+        &self,
+        ranges: &'a dyn Fn() -> kv_types::RangesGuard<'a>,
+    ) -> Result<usize, kv_types::StoreError> {
+        ReplicaStore::drop_ranges_while(&self.inner, ranges)
+    }
+    fn snapshot(&self) -> Result<(), kv_types::StoreError> {
+        ReplicaStore::snapshot(&self.inner)
+    }
+    fn flush(&self) -> Result<(), kv_types::StoreError> {
+        ReplicaStore::flush(&self.inner)
+    }
+}
