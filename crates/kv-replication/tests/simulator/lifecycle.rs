@@ -238,7 +238,10 @@ impl Sim {
         if self.rng.chance(self.cfg.drop_ppm) {
             return;
         }
-        let copies = if self.rng.chance(self.cfg.dup_ppm) {
+        // Drawn for every message, so that a seed's run does not depend
+        // on which messages may be duplicated.
+        let twice = self.rng.chance(self.cfg.dup_ppm);
+        let copies = if twice && !is_write_request(&msg) {
             2
         } else {
             1
@@ -269,5 +272,24 @@ impl Sim {
         let Some(node) = n.node.as_mut() else { return };
         node.handle_message(now, &from, m.msg, &n.store);
         self.drain(m.to);
+    }
+}
+
+/// Whether `msg` is a `Replicate` (in its ring envelope or not). The
+/// server's transport delivers each message at most once: a link is one
+/// TCP stream, and nothing queued on a broken link is sent again. The
+/// coordinator relies on that for writes: when every replica it waits for
+/// answers that it holds a newer version, no replica stored this one and
+/// it may be stamped again. A replica that got the same `Replicate` twice
+/// (stored the first copy, whose ack was lost, then a newer write, then
+/// answered the second copy "newer") would break that (issue 9), so the
+/// simulated network does not duplicate writes, as TCP does not.
+fn is_write_request(msg: &PeerMsg) -> bool {
+    match msg {
+        PeerMsg::Replicate { .. } => true,
+        PeerMsg::OnRing { request, .. } | PeerMsg::InRing { request, .. } => {
+            is_write_request(request)
+        }
+        _ => false,
     }
 }
