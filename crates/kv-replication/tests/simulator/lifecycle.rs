@@ -275,18 +275,23 @@ impl Sim {
     }
 }
 
-/// Whether `msg` is a `Replicate` (in its ring envelope or not). The
-/// server's transport delivers each message at most once: a link is one
-/// TCP stream, and nothing queued on a broken link is sent again. The
-/// coordinator relies on that for writes: when every replica it waits for
-/// answers that it holds a newer version, no replica stored this one and
-/// it may be stamped again. A replica that got the same `Replicate` twice
-/// (stored the first copy, whose ack was lost, then a newer write, then
-/// answered the second copy "newer") would break that (issue 9), so the
-/// simulated network does not duplicate writes, as TCP does not.
+/// Whether `msg` is a `Replicate` (in its ring envelope or not) or a
+/// replica's refusal of one for a different ring. The server's transport
+/// delivers each message at most once: a link is one TCP stream, and
+/// nothing queued on a broken link is sent again. The coordinator relies
+/// on that for writes: each copy of a write it sends is answered at most
+/// once, and it sends a replica another copy only under a new ring or
+/// after that replica refused the last one. When every replica it waits
+/// for answers that it holds a newer version, and none may hold the write
+/// otherwise, no replica stored it and it may be stamped again. A copy
+/// delivered twice (the first stored with its ack lost, then a newer
+/// write, then the second answered "newer held"), or a refusal delivered
+/// twice (two more copies in flight for one refusal) would break that
+/// (issue 9), so the simulated network does not duplicate these, as TCP
+/// does not.
 fn is_write_request(msg: &PeerMsg) -> bool {
     match msg {
-        PeerMsg::Replicate { .. } => true,
+        PeerMsg::Replicate { .. } | PeerMsg::RingDiffers { .. } => true,
         PeerMsg::OnRing { request, .. } | PeerMsg::InRing { request, .. } => {
             is_write_request(request)
         }
