@@ -68,18 +68,39 @@ impl Node {
                 expired: true,
             });
         }
+        // A hint whose target no longer owns its key (the range moved
+        // while it was down) is dropped, not delivered: stored there, the
+        // value would sit in a range the target does not own, which its
+        // cleanup has already forgotten, and come back to life if the
+        // range ever returns (a delete purged meanwhile with it). The new
+        // owners got the write from the rebalance. Checked only for the
+        // hints about to be sent (a batch per target), so a round costs
+        // no ring lookup per hint held.
         let mut sent: BTreeMap<NodeId, usize> = BTreeMap::new();
-        let ready: Vec<Hint> = self
-            .hints
-            .values()
-            .filter(|h| self.members.state(&h.target, now) == Some(MemberState::Alive))
-            .filter(|h| {
-                let n = sent.entry(h.target.clone()).or_default();
+        let (mut ready, mut moved): (Vec<Hint>, Vec<(NodeId, Vec<u8>)>) = (vec![], vec![]);
+        for ((target, key), h) in &self.hints {
+            if self.members.state(target, now) != Some(MemberState::Alive) {
+                continue;
+            }
+            let n = sent.entry(target.clone()).or_default();
+            if *n >= BATCH {
+                continue;
+            }
+            if union(&self.groups(key, true)).contains(target) {
                 *n += 1;
-                *n <= BATCH
-            })
-            .cloned()
-            .collect();
+                ready.push(h.clone());
+            } else {
+                moved.push((target.clone(), key.clone()));
+            }
+        }
+        for (target, key) in moved {
+            self.hints.remove(&(target.clone(), key.clone()));
+            self.out.push_back(Output::DropHint {
+                target,
+                key,
+                expired: false,
+            });
+        }
         // Unanswered deliveries of the last round are simply sent again.
         self.hint_ops.clear();
         for h in ready {

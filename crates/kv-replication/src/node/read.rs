@@ -235,6 +235,13 @@ impl Node {
         }
     }
 
+    /// Whether `node` is a replica of `key` in the read ring or, during
+    /// a rebalance, in the write ring.
+    fn owns(&self, node: &str, key: &[u8]) -> bool {
+        let holds = |ring: &Ring| ring.preference_list(key, self.n_of(ring)).contains(&node);
+        holds(&self.read_ring) || (self.transition != 0 && holds(&self.write_ring))
+    }
+
     pub(super) fn on_list_reply(
         &mut self,
         op: u64,
@@ -242,6 +249,15 @@ impl Node {
         entries: Vec<(Vec<u8>, Stamped)>,
         next: Option<Vec<u8>>,
     ) {
+        if !self.pending.contains_key(&op) {
+            return;
+        }
+        // Only what `from` holds of keys it owns (in the read or the write
+        // ring) counts: between the end of a rebalance and its cleanup it
+        // still holds ranges it gave away, whose deletes the owners may
+        // since have purged.
+        let mut entries = entries;
+        entries.retain(|(k, _)| self.owns(from, k));
         let Some(p) = self.answer(op, from) else {
             return;
         };

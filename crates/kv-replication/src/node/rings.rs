@@ -200,11 +200,26 @@ impl Node {
         // Carried on at once a few times (one round trip each normally
         // converges); past that, rings that stay different (a table
         // restored from an old backup, say) would make every operation
-        // bounce at network speed: it waits for the next tick's regroup
-        // or its deadline instead.
+        // bounce at network speed: it is carried on at each tick instead
+        // ([`Node::retry_refused`]), until the rings agree or its deadline
+        // passes.
         let refusals = self.ring_refusals.entry(op).or_insert(0);
         *refusals += 1;
         if *refusals <= MAX_RING_RETRIES {
+            self.retry_op(now, op, store);
+        }
+    }
+
+    /// Each tick: carries on the operations refused for a different ring
+    /// more often than they are carried on at once. (The refusals already
+    /// took the replica out of the write's sends and set its groups to
+    /// the current ones, so no regroup would ever ask that replica again.)
+    pub(super) fn retry_refused(&mut self, now: u64, store: &dyn ReplicaStore) {
+        let ops: Vec<u64> = (self.ring_refusals.iter())
+            .filter(|&(op, n)| *n > MAX_RING_RETRIES && self.pending.contains_key(op))
+            .map(|(op, _)| *op)
+            .collect();
+        for op in ops {
             self.retry_op(now, op, store);
         }
     }

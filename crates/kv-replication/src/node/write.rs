@@ -285,7 +285,10 @@ impl Node {
         for (r, _) in &sends {
             sent.insert(r.clone(), epoch);
         }
-        if local {
+        // Its own copy is sent only when applied: one refused as too far
+        // ahead was stored nowhere, and must not count as a copy that may
+        // have landed when the write is dispatched again.
+        if local && !refuse_own {
             sent.insert(me.clone(), epoch);
         }
         *waits_for = asked;

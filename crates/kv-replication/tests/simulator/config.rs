@@ -19,7 +19,11 @@ pub struct SimConfig {
     pub keys: usize,
     /// Chance that a message is dropped, per million.
     pub drop_ppm: u64,
-    /// Chance that a message is delivered twice, per million.
+    /// Chance that a message is delivered twice, per million. A write's
+    /// `Replicate`, and a refusal of one, are never delivered twice: the
+    /// server's transport (one TCP stream per link, nothing sent again on
+    /// it) cannot do that, and the coordinator's re-stamp rule relies on
+    /// it (see `is_write_request` in lifecycle.rs).
     pub dup_ppm: u64,
     /// Largest message delay in ms (delays are uniform in 1..=this).
     pub max_delay: u64,

@@ -238,7 +238,10 @@ impl Sim {
         if self.rng.chance(self.cfg.drop_ppm) {
             return;
         }
-        let copies = if self.rng.chance(self.cfg.dup_ppm) {
+        // Drawn for every message, so that a seed's run does not depend
+        // on which messages may be duplicated.
+        let twice = self.rng.chance(self.cfg.dup_ppm);
+        let copies = if twice && !is_write_request(&msg) {
             2
         } else {
             1
@@ -269,5 +272,29 @@ impl Sim {
         let Some(node) = n.node.as_mut() else { return };
         node.handle_message(now, &from, m.msg, &n.store);
         self.drain(m.to);
+    }
+}
+
+/// Whether `msg` is a `Replicate` (in its ring envelope or not) or a
+/// replica's refusal of one for a different ring. The server's transport
+/// delivers each message at most once: a link is one TCP stream, and
+/// nothing queued on a broken link is sent again. The coordinator relies
+/// on that for writes: each copy of a write it sends is answered at most
+/// once, and it sends a replica another copy only under a new ring or
+/// after that replica refused the last one. When every replica it waits
+/// for answers that it holds a newer version, and none may hold the write
+/// otherwise, no replica stored it and it may be stamped again. A copy
+/// delivered twice (the first stored with its ack lost, then a newer
+/// write, then the second answered "newer held"), or a refusal delivered
+/// twice (two more copies in flight for one refusal) would break that
+/// (issue 9), so the simulated network does not duplicate these, as TCP
+/// does not.
+fn is_write_request(msg: &PeerMsg) -> bool {
+    match msg {
+        PeerMsg::Replicate { .. } | PeerMsg::RingDiffers { .. } => true,
+        PeerMsg::OnRing { request, .. } | PeerMsg::InRing { request, .. } => {
+            is_write_request(request)
+        }
+        _ => false,
     }
 }

@@ -154,7 +154,15 @@ pub fn start(
     if let (Some(path), Some(saved)) = (&path, &saved) {
         log_rejoin(path, saved, &id);
     }
-    let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
+    // Random where the OS gives randomness: the node draws its first
+    // operation numbers from it, which must differ from its previous
+    // incarnation's (a late answer to an old request must not match).
+    let mut random = [0u8; 8];
+    let random = match getrandom::fill(&mut random) {
+        Ok(()) => u64::from_le_bytes(random),
+        Err(_) => 0,
+    };
+    let seed = random ^ now_ms() ^ u64::from(std::process::id()).rotate_left(32);
     let hints = open_hints(&shared)?;
     let mut node = Node::new(cfg, now_ms(), saved, &shared.store, seed);
     let contact_writer = if shared.config.no_persistence {
