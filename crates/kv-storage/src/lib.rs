@@ -47,6 +47,7 @@
 
 mod clock;
 mod durable;
+mod entry;
 mod error;
 mod histogram;
 mod listing;
