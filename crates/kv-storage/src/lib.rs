@@ -54,6 +54,7 @@ mod listing;
 mod map;
 mod options;
 mod port;
+mod positions;
 mod ranges;
 mod recovery;
 mod snapshot;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::positions::Positions;
 use crate::version::{Version, Versioned};
 
 pub(crate) use crate::entry::{Entry, MAX_KEY};
@@ -68,9 +69,9 @@ impl Entry {
     }
 }
 
-/// Memory one key hash costs in [`Shard::positions`], roughly (a B-tree
-/// node's share: measured at about 16.6 bytes per key at 1M keys).
-const POSITION_BYTES: usize = 16;
+/// Memory one key hash costs in [`Shard::positions`], roughly (runs
+/// between half and wholly full: about 12 bytes a random hash).
+const POSITION_BYTES: usize = 12;
 
 /// One shard: a hash table plus counters kept up to date under its lock.
 #[derive(Default)]
@@ -92,9 +93,9 @@ pub(crate) struct Shard {
     /// tombstones included, in order (two keys may share one): listings
     /// and range walks in hash order find their keys without a pass over
     /// the shard (see [`crate::listing`] and [`crate::ranges`]). A set of
-    /// hashes costs about 14 bytes a key; the entries at a hash are found
-    /// through the table.
-    pub(crate) positions: BTreeSet<u64>,
+    /// hashes costs about 12 bytes a key (see [`crate::positions`]); the
+    /// entries at a hash are found through the table.
+    pub(crate) positions: Positions,
     /// The live entries that carry an expiry, ordered by expiry: the active
     /// expiry takes due keys from the front. We keep this time-ordered
     /// index rather than sample random keys as Redis does: a `HashTable`
@@ -184,7 +185,7 @@ impl Shard {
         let found = self.table.find_entry(hash, |e| e.key() == key).ok()?;
         let (old, _) = found.remove();
         self.account(hash, &old, false);
-        if self.at_hash(hash).next().is_none() && self.positions.remove(&hash) {
+        if self.at_hash(hash).next().is_none() && self.positions.remove(hash) {
             self.bytes -= POSITION_BYTES;
         }
         if let Some(item) = index_item(&old) {
