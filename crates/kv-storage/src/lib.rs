@@ -47,12 +47,14 @@
 
 mod clock;
 mod durable;
+mod entry;
 mod error;
 mod histogram;
 mod listing;
 mod map;
 mod options;
 mod port;
+mod positions;
 mod ranges;
 mod recovery;
 mod snapshot;

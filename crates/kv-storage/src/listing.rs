@@ -317,7 +317,7 @@ impl Cursor {
     fn refill(&mut self, map: &ShardedMap, from: u64) {
         map.list_locks.fetch_add(1, Ordering::Relaxed);
         let shard = map.read_shard(self.shard);
-        let mut it = shard.positions.range(from..).copied();
+        let mut it = shard.positions.range(from..);
         let before = self.pending.len();
         self.pending.extend(it.by_ref().take(self.batch));
         map.list_positions

@@ -3,8 +3,8 @@
 //! A key's 64-bit xxh3 hash is computed once: bits 32.. pick the shard, and
 //! the whole hash is handed to the shard's `hashbrown::HashTable`, whose
 //! bucket index uses the low bits and whose control bytes use the top seven,
-//! so neither overlaps the shard bits. Each entry keeps key and value in one
-//! allocation.
+//! so neither overlaps the shard bits. Each entry is a 24-byte slot with
+//! key, value and expiry in one allocation (see [`crate::entry`]).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
@@ -13,58 +13,18 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::positions::Positions;
 use crate::version::{Version, Versioned};
 
-/// High bit of `Entry::key_len`: the entry is a tombstone.
-const TOMBSTONE: u32 = 1 << 31;
+pub(crate) use crate::entry::{Entry, MAX_KEY};
 
-/// The largest key the map accepts.
-pub(crate) const MAX_KEY: usize = (TOMBSTONE - 1) as usize;
-
-/// One key's current state.
-pub(crate) struct Entry {
-    /// Key bytes followed by value bytes (no value bytes for a tombstone).
-    data: Box<[u8]>,
-    timestamp: u64,
-    /// When the value expires, in ms since the Unix epoch; 0: never. A
-    /// tombstone keeps the expiry of the value it replaced when the
-    /// expiry is what ended it (so that purging waits for the grace
-    /// period counted from the expiry, not from the write).
-    expires: u64,
-    node: u32,
-    /// Length of the key; the high bit marks a tombstone.
-    key_len: u32,
-}
-
+/// What the map reads from an entry besides its layout (see
+/// [`crate::entry`] for the layout).
 impl Entry {
-    /// An entry; `expires` is the expiry in ms since the Unix epoch, 0 for
-    /// none.
-    pub(crate) fn new(key: &[u8], value: Option<&[u8]>, version: Version, expires: u64) -> Entry {
-        let mut data = Vec::with_capacity(key.len() + value.map_or(0, <[u8]>::len));
-        data.extend_from_slice(key);
-        let mut key_len = key.len() as u32;
-        match value {
-            Some(v) => data.extend_from_slice(v),
-            None => key_len |= TOMBSTONE,
-        }
-        Entry {
-            data: data.into_boxed_slice(),
-            timestamp: version.timestamp,
-            expires,
-            node: version.node,
-            key_len,
-        }
-    }
-
-    /// The expiry in ms since the Unix epoch, 0 for none.
-    pub(crate) fn expires(&self) -> u64 {
-        self.expires
-    }
-
     /// Whether the entry holds a value at time `now_ms` (not a tombstone,
     /// not expired). A value expires when the clock reaches its expiry.
     pub(crate) fn live_at(&self, now_ms: u64) -> bool {
-        !self.is_tombstone() && (self.expires == 0 || now_ms < self.expires)
+        !self.is_tombstone() && (!self.has_expiry() || now_ms < self.expires())
     }
 
     /// The value at time `now_ms`: `None` for a tombstone or an expired
@@ -78,32 +38,11 @@ impl Entry {
     /// processor from overlapping one lookup's cache misses with the next
     /// one's, so reads of keys without an expiry skip it.
     pub(crate) fn value_now(&self, now_ms: impl FnOnce() -> u64) -> Option<&[u8]> {
-        if self.expires == 0 {
+        if !self.has_expiry() {
             self.value()
         } else {
             self.value_at(now_ms())
         }
-    }
-
-    pub(crate) fn key(&self) -> &[u8] {
-        &self.data[..(self.key_len & !TOMBSTONE) as usize]
-    }
-
-    /// The value, or `None` for a tombstone.
-    pub(crate) fn value(&self) -> Option<&[u8]> {
-        if self.is_tombstone() {
-            None
-        } else {
-            Some(&self.data[self.key_len as usize..])
-        }
-    }
-
-    pub(crate) fn is_tombstone(&self) -> bool {
-        self.key_len & TOMBSTONE != 0
-    }
-
-    pub(crate) fn version(&self) -> Version {
-        Version::new(self.timestamp, self.node)
     }
 
     /// The entry as the versioned API shows it at time `now_ms`: an expired
@@ -112,25 +51,27 @@ impl Entry {
         Versioned {
             version: self.version(),
             value: self.value_at(now_ms).map(<[u8]>::to_vec),
-            expires_at: (self.expires != 0).then_some(self.expires),
+            expires_at: self.has_expiry().then(|| self.expires()),
         }
     }
 
     /// Whether a tombstone may be purged at `before` (a version timestamp,
     /// µs): its delete, and the expiry that ended it if any, lie before it.
     pub(crate) fn purgeable(&self, before: u64) -> bool {
-        self.is_tombstone() && self.timestamp < before && self.expires.saturating_mul(1000) < before
+        self.is_tombstone()
+            && self.version().timestamp < before
+            && self.expires().saturating_mul(1000) < before
     }
 
     /// Heap and table bytes this entry costs, roughly.
     fn footprint(&self) -> usize {
-        self.data.len() + std::mem::size_of::<Entry>() + 1
+        self.heap_len() + std::mem::size_of::<Entry>() + 1
     }
 }
 
-/// Memory one key hash costs in [`Shard::positions`], roughly (a B-tree
-/// node's share: measured at about 16.6 bytes per key at 1M keys).
-const POSITION_BYTES: usize = 16;
+/// Memory one key hash costs in [`Shard::positions`], roughly (runs
+/// between half and wholly full: about 12 bytes a random hash).
+const POSITION_BYTES: usize = 12;
 
 /// One shard: a hash table plus counters kept up to date under its lock.
 #[derive(Default)]
@@ -152,9 +93,9 @@ pub(crate) struct Shard {
     /// tombstones included, in order (two keys may share one): listings
     /// and range walks in hash order find their keys without a pass over
     /// the shard (see [`crate::listing`] and [`crate::ranges`]). A set of
-    /// hashes costs about 14 bytes a key; the entries at a hash are found
-    /// through the table.
-    pub(crate) positions: BTreeSet<u64>,
+    /// hashes costs about 12 bytes a key (see [`crate::positions`]); the
+    /// entries at a hash are found through the table.
+    pub(crate) positions: Positions,
     /// The live entries that carry an expiry, ordered by expiry: the active
     /// expiry takes due keys from the front. We keep this time-ordered
     /// index rather than sample random keys as Redis does: a `HashTable`
@@ -183,7 +124,7 @@ pub(crate) fn entry_hash(key_hash: u64, version: Version) -> u64 {
 /// What the expiry index of a shard holds for an entry: a live value with
 /// an expiry.
 fn index_item(e: &Entry) -> Option<(u64, Box<[u8]>)> {
-    (!e.is_tombstone() && e.expires != 0).then(|| (e.expires, Box::from(e.key())))
+    (!e.is_tombstone() && e.has_expiry()).then(|| (e.expires(), Box::from(e.key())))
 }
 
 /// The tracked range holding key hash `h` (defined in `kv-types`, shared
@@ -200,7 +141,7 @@ impl Shard {
     pub(crate) fn insert(&mut self, hash: u64, entry: Entry) {
         use hashbrown::hash_table::Entry as Slot;
         self.account(hash, &entry, true);
-        self.clock = self.clock.max(entry.timestamp);
+        self.clock = self.clock.max(entry.version().timestamp);
         let indexed = index_item(&entry);
         let slot = self
             .table
@@ -244,7 +185,7 @@ impl Shard {
         let found = self.table.find_entry(hash, |e| e.key() == key).ok()?;
         let (old, _) = found.remove();
         self.account(hash, &old, false);
-        if self.at_hash(hash).next().is_none() && self.positions.remove(&hash) {
+        if self.at_hash(hash).next().is_none() && self.positions.remove(hash) {
             self.bytes -= POSITION_BYTES;
         }
         if let Some(item) = index_item(&old) {
@@ -345,7 +286,7 @@ impl Shard {
         for (t, key) in due.into_iter().take(limit) {
             let h = hash_key(&key);
             let version = match self.find(h, &key) {
-                Some(e) if !e.is_tombstone() && e.expires == t => e.version(),
+                Some(e) if !e.is_tombstone() && e.expires() == t => e.version(),
                 _ => {
                     // Cannot happen: the index follows the table.
                     self.unindex(&(t, key));

@@ -58,7 +58,7 @@ fn positions<'a>(
 ) -> impl Iterator<Item = u64> + 'a {
     windows
         .iter()
-        .flat_map(move |w| shard.positions.range(w.clone()).copied())
+        .flat_map(move |w| shard.positions.range(w.clone()))
 }
 
 impl Store {

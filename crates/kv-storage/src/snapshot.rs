@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{IoContext, Result};
-use crate::map::{hash_key, Entry, ShardedMap};
+use crate::map::{hash_key, Entry, ShardedMap, MAX_KEY};
 use crate::version::Version;
 use crate::vfs::{self, FileBytes, Vfs};
 use crate::wal::record::u64_at;
@@ -434,6 +434,9 @@ fn parse_entries(mut b: &[u8], expect: u64, format: u32) -> Result<Vec<(u64, Ent
         let end = header + key_len + val_len;
         if end > b.len() || (tombstone && val_len != 0) {
             return Err("entry lengths exceed the section".into());
+        }
+        if key_len > MAX_KEY {
+            return Err("entry key longer than the map accepts".into());
         }
         let key = &b[header..header + key_len];
         let value = (!tombstone).then(|| &b[header + key_len..end]);

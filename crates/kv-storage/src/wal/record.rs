@@ -179,6 +179,11 @@ pub(crate) fn decode(b: &[u8]) -> Result<(Record<'_>, usize), Invalid> {
     if key_len > body.len() {
         return Err(Invalid::Malformed("key length exceeds record"));
     }
+    if key_len > crate::map::MAX_KEY {
+        // No write of such a key is accepted (`check_size`): the map
+        // cannot hold it.
+        return Err(Invalid::Malformed("key longer than the map accepts"));
+    }
     let (key, rest) = body.split_at(key_len);
     let value = match kind {
         KIND_PUT | KIND_PUT_EXPIRING => Some(rest),
