@@ -98,3 +98,52 @@ pub fn run_cleanup_job(job: &CleanupJob, store: &dyn ReplicaStore) -> Result<usi
         .map_err(|_| "the cleanup panicked".to_string())?
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::Ver;
+    use kv_storage::{Options, Store};
+
+    fn stamped(ts: u64) -> Stamped {
+        Stamped {
+            version: Ver { ts, node: 9 },
+            value: Some(b"v".to_vec()),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn a_page_of_another_ring_stores_nothing() {
+        let s = Store::open(Options::in_memory()).expect("store");
+        let entries = vec![(b"k".to_vec(), stamped(5_000))];
+        assert_eq!(apply_page_fenced(&s, 2, 1, &entries), None);
+        assert_eq!(s.get(b"k"), None, "stored under a ring no longer published");
+        assert_eq!(apply_page_fenced(&s, 1, 1, &entries), Some(5_000));
+        assert_eq!(s.get(b"k"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn entries_beyond_the_maximum_offset_are_refused() {
+        // Now is 1,000 ms, the offset 500 ms: 1,500 ms (in µs) is the last
+        // timestamp taken.
+        let mut entries = vec![
+            (b"a".to_vec(), stamped(1_500_000)),
+            (b"b".to_vec(), stamped(1_500_001)),
+        ];
+        assert_eq!(refuse_far_ahead(&mut entries, 1_000, 500), 1);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].0, b"a".to_vec());
+    }
+
+    #[test]
+    fn a_cleanup_job_forgets_its_ranges() {
+        let s = Store::open(Options::in_memory()).expect("store");
+        s.apply(b"k", Some(b"v"), kv_storage::Version::new(1, 1))
+            .expect("apply");
+        let p = kv_ring::key_position(b"k");
+        let job = CleanupJob::new(vec![(p, p)], false);
+        assert_eq!(run_cleanup_job(&job, &s), Ok(1));
+        assert_eq!(s.get(b"k"), None);
+    }
+}

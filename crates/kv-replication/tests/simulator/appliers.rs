@@ -64,7 +64,12 @@ impl Sim {
     /// rebalance it receives goes to its appliers (as the server's cluster
     /// thread sends it, tagged with the node's ring id); anything else is
     /// returned, for the node.
-    pub(super) fn to_appliers(&mut self, i: usize, from: &str, msg: PeerMsg) -> Option<PeerMsg> {
+    pub(super) fn hand_to_appliers(
+        &mut self,
+        i: usize,
+        from: &str,
+        msg: PeerMsg,
+    ) -> Option<PeerMsg> {
         if !self.appliers {
             return Some(msg);
         }

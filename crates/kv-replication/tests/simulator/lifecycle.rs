@@ -267,7 +267,7 @@ impl Sim {
             return;
         }
         let from = self.nodes[m.from].id.clone();
-        let Some(msg) = self.to_appliers(m.to, &from, m.msg) else {
+        let Some(msg) = self.hand_to_appliers(m.to, &from, m.msg) else {
             return;
         };
         let now = self.clock(m.to);
