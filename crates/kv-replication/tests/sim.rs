@@ -674,7 +674,9 @@ fn forgetting_old_copies_of_gained_ranges_is_caught() {
 /// driving thread (the server's `kv-cleanup`, modelled by the simulator's
 /// appliers) forgets every range it was handed, even one that a ring
 /// change gave back to the node before it ran, so that writes made there
-/// since go with it. A read must be caught missing one.
+/// since go with it. A read must be caught missing one. The first seed
+/// that shows it is 15 (12 of seeds 1..=100 do; none does without the
+/// planted bug, over 1,098 rebalances).
 #[test]
 fn a_cleanup_that_forgets_ranges_given_back_is_caught() {
     let mut cfg = rebalancing();
