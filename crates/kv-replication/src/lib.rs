@@ -44,6 +44,7 @@ pub mod hlc;
 pub mod membership;
 pub mod msg;
 pub mod node;
+pub mod offload;
 pub mod outage;
 mod ownership;
 pub mod rebalance;

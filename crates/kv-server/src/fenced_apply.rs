@@ -1,28 +1,17 @@
 //! The stores made by the threads that work beside the cluster thread —
 //! the rebalance appliers (entries of stream pages) and the anti-entropy
 //! thread (values a peer sent) — fenced by the ring id the cluster thread
-//! publishes in [`crate::cluster::ClusterHandle::ring`].
+//! publishes in [`crate::cluster::ClusterHandle::ring`]: a thin adapter
+//! that holds the read lock of the published id around the fenced
+//! functions of [`kv_replication::offload`], whose module comment explains
+//! the race they close (the simulator runs the same functions).
 //!
-//! The race they close: the cluster thread hands a page or a task over
-//! under ring R1, in which this node owns the range. Before the other
-//! thread runs it, the ring changes to R2, in which the node owns the
-//! range no more, R2 settles and the cleanup forgets the range
-//! (`Store::drop_ranges`). Stored after that, the entries would be ghost
-//! data of a range the node does not own: nothing forgets them again,
-//! and they come back to life when the range comes back to this node
-//! (a value whose delete the owners have purged in the meantime with it).
-//!
-//! The fence: each piece of work carries the ring id under which the
-//! cluster thread made it, and is applied holding the read lock of the
-//! published ring id, only if that id is still the same. The cluster
-//! thread publishes a new id under the write lock before anything else
-//! happens under the new ring — before it saves the membership and before
-//! the cleanup runs — so any store under the old id has finished by then,
-//! and any later one is refused. (A ring that changes and comes back,
-//! R1 → R2 → R1, lets work made under the first R1 through: its ranges
-//! are this node's again, and its entries are versioned, so they replace
-//! nothing newer.)
+//! The cluster thread publishes a new id under the write lock before
+//! anything else happens under the new ring — before it saves the
+//! membership and before the cleanup runs — so any store under the old id
+//! has finished by then, and any later one is refused.
 
+use kv_replication::offload::{apply_page_fenced, run_ae_fenced};
 use kv_replication::{AeOutcome, AeTask, AntiEntropy, Stamped};
 use kv_storage::Store;
 
@@ -38,10 +27,7 @@ pub fn apply_page(
     entries: &[(Vec<u8>, Stamped)],
 ) -> Option<u64> {
     let ring = ring.read();
-    if *ring != epoch {
-        return None;
-    }
-    kv_replication::apply_entries(store, entries)
+    apply_page_fenced(store, *ring, epoch, entries)
 }
 
 /// Runs anti-entropy `task` against `store` if the published `ring` is
@@ -64,10 +50,7 @@ pub fn run_ae(
     // waits for it.
     ae.prepare(&task, store);
     let ring = ring.read();
-    if *ring != task.epoch {
-        return AeOutcome::default();
-    }
-    ae.run(task, store)
+    run_ae_fenced(ae, task, store, *ring)
 }
 
 #[cfg(test)]

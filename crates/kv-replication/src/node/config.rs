@@ -132,6 +132,11 @@ pub struct Planted {
     /// the ranges as received without them (the `FORGET_GAINED` switch,
     /// once a constant, whose cause was not understood).
     pub forget_gained: bool,
+    /// A cleanup handed out to run off the driving thread
+    /// ([`Config::offload_cleanup`]) forgets every range it was given,
+    /// even those a ring change gave back to this node before it ran
+    /// (no [`crate::CleanupJob`] fence): writes made there since are lost.
+    pub no_cleanup_keep: bool,
 }
 
 /// Default maximum clock offset between nodes (ms).

@@ -54,7 +54,8 @@ pub enum Output {
     /// serves nothing.
     RejoinFresh(String),
     /// A cleanup to run off the thread that drives the node (only with
-    /// [`Config::offload_cleanup`]): run it with [`CleanupJob::run`] and
+    /// [`Config::offload_cleanup`]): run it with
+    /// [`crate::offload::run_cleanup_job`] (or [`CleanupJob::run`]) and
     /// hand the result to [`Node::cleanup_done`]. Until then the node
     /// starts no other cleanup, and keeps the job from forgetting any
     /// range a ring change gives back to it.

@@ -169,6 +169,15 @@ impl Node {
             .is_some_and(|s| s.transition == transition)
     }
 
+    /// What the entries of a stream page applied off the driving thread
+    /// are checked against when this node's clock reads `now` (see
+    /// [`crate::offload::refuse_far_ahead`]): the clock timestamps are
+    /// checked against and the maximum clock offset, as for a page the
+    /// node applies itself; `None` if no offset is in force.
+    pub fn stream_clock_bound(&self, now: u64) -> Option<(u64, u64)> {
+        self.clock_bound().map(|max| (self.check_clock(now), max))
+    }
+
     /// Whether a rebalance is under way (as far as this node knows).
     pub fn rebalancing(&self) -> bool {
         self.transition != 0

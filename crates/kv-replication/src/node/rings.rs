@@ -87,7 +87,11 @@ impl Node {
                 }
             }
         }
-        if let Some(job) = &self.cleanup_job {
+        if let Some(job) = self
+            .cleanup_job
+            .as_ref()
+            .filter(|_| !self.cfg.planted.no_cleanup_keep)
+        {
             // Ranges given back to this node are not forgotten: the job
             // waits for the shard it is cleaning, and cleans the others
             // without them, before anything is written there.

@@ -82,6 +82,11 @@ pub struct SimConfig {
     /// back with a clock far in the future (so far that its timestamps
     /// would reach `u64::MAX`).
     pub far_future_clock: bool,
+    /// Whether nodes apply the entries of stream pages and run their
+    /// cleanups later, off their driving thread, as the server's
+    /// appliers and cleanup thread do (see `appliers.rs`); `None`: for
+    /// half the seeds, chosen by the seed.
+    pub appliers: Option<bool>,
 }
 
 impl Default for SimConfig {
@@ -116,6 +121,7 @@ impl Default for SimConfig {
             final_writes: true,
             stream_page: 256,
             far_future_clock: false,
+            appliers: None,
         }
     }
 }
@@ -152,6 +158,11 @@ pub struct Report {
     pub clock_steps: usize,
     /// Crashes that lasted longer than the tombstone grace.
     pub long_outages: usize,
+    /// Stream pages the appliers stored nothing of, because the ring
+    /// changed after they were received (the fence).
+    pub pages_fenced: usize,
+    /// Cleanups run off the nodes' driving threads.
+    pub offloaded_cleanups: usize,
 }
 
 /// One client operation in [`Report::history`]. Times are the simulation's

@@ -39,6 +39,8 @@ impl Sim {
             done: Vec::new(),
             written: BTreeMap::new(),
             deletes_issued: BTreeMap::new(),
+            appliers: Sim::appliers_for(seed, cfg),
+            offloaded: BTreeMap::new(),
             report: Report::default(),
         };
         if cfg.clock_skew > 0 {
@@ -80,12 +82,14 @@ impl Sim {
         c.planted = self.cfg.planted;
         c.tombstone_grace = self.cfg.purge_tombstones_after.unwrap_or(0);
         c.contact_record_interval = 100;
+        c.offload_cleanup = self.appliers;
         c
     }
 
     pub(super) fn start_node(&mut self, i: usize) {
         let seed = self.rng.next();
         let cfg = self.node_config(i);
+        self.drop_work(i);
         let n = &mut self.nodes[i];
         let now = self.now.saturating_add(n.clock_ahead);
         let mut node = Node::new(cfg, now, n.saved.clone(), &n.store, seed);
@@ -190,8 +194,7 @@ impl Sim {
                 Output::Persist(p) => self.nodes[i].saved = Some(p),
                 // The simulator runs anti-entropy inline (no offload).
                 Output::AntiEntropy(_) => {}
-                // And its cleanups too (no offload).
-                Output::Cleanup(_) => {}
+                Output::Cleanup(job) => self.cleanup_handed_out(i, job),
                 Output::Event(event) => {
                     if let Event::RebalanceDone { .. } = event {
                         self.report.rebalances += 1;
@@ -267,10 +270,13 @@ impl Sim {
             return;
         }
         let from = self.nodes[m.from].id.clone();
+        let Some(msg) = self.hand_to_appliers(m.to, &from, m.msg) else {
+            return;
+        };
         let now = self.clock(m.to);
         let n = &mut self.nodes[m.to];
         let Some(node) = n.node.as_mut() else { return };
-        node.handle_message(now, &from, m.msg, &n.store);
+        node.handle_message(now, &from, msg, &n.store);
         self.drain(m.to);
     }
 }

@@ -24,9 +24,10 @@
 //! store); `tests/sim.rs` runs it over many seeds.
 //!
 //! The files: `config` (what a run does, what it found), `lifecycle`
-//! (starting and restarting nodes, the network), `workload` (the
-//! clients), `faults`, `timeline` (the run's phases) and `checks` (the
-//! invariants).
+//! (starting and restarting nodes, the network), `appliers` (the
+//! server's rebalance appliers and cleanup thread, run later), `workload`
+//! (the clients), `faults`, `timeline` (the run's phases) and `checks`
+//! (the invariants).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -37,6 +38,7 @@ use kv_replication::event::Event;
 use kv_replication::msg::{ClientOp, ClientReply, PeerMsg, Status, Ver};
 use kv_replication::node::{Config, Hint, Node, Output, Persisted};
 
+mod appliers;
 mod checks;
 mod config;
 mod faults;
@@ -133,6 +135,12 @@ struct Sim {
     deletes_issued: BTreeMap<usize, Vec<u64>>,
     /// Every value a client asked to write, with its key (values are unique).
     written: BTreeMap<Vec<u8>, usize>,
+    /// Whether this run models the appliers and the cleanup thread
+    /// (`appliers`).
+    appliers: bool,
+    /// Their work, by when it runs (ms, then order queued): the node it is
+    /// for, and what.
+    offloaded: BTreeMap<(u64, u64), (usize, appliers::Work)>,
     report: Report,
 }
 

@@ -17,6 +17,7 @@ impl Sim {
             };
             self.deliver(m);
         }
+        self.run_work();
         if !self.scheduled.is_empty() {
             self.issue_scheduled();
         }

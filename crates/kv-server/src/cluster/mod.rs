@@ -327,10 +327,7 @@ fn refuse_far_ahead(
     now: u64,
 ) {
     let max = shared.config.max_clock_offset_ms;
-    let far = |ts| kv_replication::hlc::too_far_ahead(ts, now, max);
-    let before = entries.len();
-    entries.retain(|(_, s)| !far(s.version.ts));
-    let n = (before - entries.len()) as u64;
+    let n = kv_replication::offload::refuse_far_ahead(entries, now, max) as u64;
     if n == 0 {
         return;
     }
@@ -391,21 +388,10 @@ fn start_cleanup(
         .name("kv-cleanup".into())
         .spawn(move || {
             while let Ok(job) = rx.recv() {
-                let result = run_cleanup_job(&job, &shared.store);
+                let result = kv_replication::offload::run_cleanup_job(&job, &shared.store);
                 handle.send(ToCluster::CleanupDone(result));
                 handle.flush();
             }
         })?;
     Ok((tx, t))
-}
-
-/// Runs a cleanup, turning a panic into an error: the node must hear
-/// back from every cleanup it starts, or it never starts another.
-fn run_cleanup_job(
-    job: &kv_replication::CleanupJob,
-    store: &kv_storage::Store,
-) -> Result<usize, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(store)))
-        .map_err(|_| "the cleanup panicked".to_string())?
-        .map_err(|e| e.to_string())
 }

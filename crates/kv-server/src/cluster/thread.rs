@@ -338,7 +338,8 @@ impl ClusterThread {
                         log::warn!(
                             "the cleanup thread has stopped; cleaning up on the cluster thread"
                         );
-                        let result = super::run_cleanup_job(&job, &self.shared.store);
+                        let result =
+                            kv_replication::offload::run_cleanup_job(&job, &self.shared.store);
                         self.node.cleanup_done(now, result);
                     }
                 }
