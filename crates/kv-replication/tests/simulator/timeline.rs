@@ -17,6 +17,7 @@ impl Sim {
             };
             self.deliver(m);
         }
+        self.end_floor_saves();
         if !self.scheduled.is_empty() {
             self.issue_scheduled();
         }
