@@ -78,6 +78,10 @@ pub struct SimConfig {
     /// back with a clock far in the future (so far that its timestamps
     /// would reach `u64::MAX`).
     pub far_future_clock: bool,
+    /// Whether nodes hand their clock floor out to be saved in the
+    /// background, each save lasting a while (as the server does); off:
+    /// it rides in their state, saved at once (the runs from before).
+    pub floor_saves: bool,
 }
 
 impl Default for SimConfig {
@@ -112,6 +116,7 @@ impl Default for SimConfig {
             final_writes: true,
             stream_page: 256,
             far_future_clock: false,
+            floor_saves: true,
         }
     }
 }

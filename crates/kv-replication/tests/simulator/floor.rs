@@ -13,11 +13,13 @@ const SLOW: u64 = 400;
 
 impl Sim {
     /// Node `i` asks for `floor` to be saved: it is, after a delay, unless
-    /// the node crashes first.
+    /// the node crashes first. The delays come from a generator of their
+    /// own (seeded from the run's seed), so that the rest of a run draws
+    /// what it drew before floors were saved apart.
     pub(super) fn save_floor_later(&mut self, i: usize, floor: u64) {
-        let mut delay = 1 + self.rng.below(USUAL);
-        if self.rng.below(SLOW_IN) == 0 {
-            delay += self.rng.below(SLOW);
+        let mut delay = 1 + self.floor_rng.below(USUAL);
+        if self.floor_rng.below(SLOW_IN) == 0 {
+            delay += self.floor_rng.below(SLOW);
         }
         let at = self.now + delay;
         let run = self.nodes[i].incarnation;

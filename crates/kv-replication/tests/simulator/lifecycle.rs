@@ -31,6 +31,7 @@ impl Sim {
             in_flight: BTreeMap::new(),
             seq: 0,
             floor_saves: Vec::new(),
+            floor_rng: Rng(seed ^ 0xF100_12),
             stamped: BTreeMap::new(),
             cut: vec![vec![false; cfg.nodes + cfg.joiners]; cfg.nodes + cfg.joiners],
             heal_at: 0,
@@ -84,7 +85,7 @@ impl Sim {
         c.planted = self.cfg.planted;
         c.tombstone_grace = self.cfg.purge_tombstones_after.unwrap_or(0);
         c.contact_record_interval = 100;
-        c.offload_floor = true;
+        c.offload_floor = self.cfg.floor_saves;
         c
     }
 

@@ -123,6 +123,8 @@ struct Sim {
     /// Floor saves under way: when each ends, the node and its
     /// incarnation that asked, the floor.
     floor_saves: Vec<(u64, usize, u64, u64)>,
+    /// Draws how long each floor save lasts.
+    floor_rng: Rng,
     /// Each version sent in a `Replicate`, with a hash of its write.
     stamped: BTreeMap<Ver, u64>,
     /// Blocked directed links.
