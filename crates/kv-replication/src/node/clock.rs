@@ -113,20 +113,20 @@ impl Node {
         self.floor = floor;
         for w in std::mem::take(&mut self.floor_waiting) {
             let value = (w.value, w.expires_at);
-            self.send_write(now, w.deadline, w.client, w.key, value, w.tries, w.newer, store);
+            self.send_write(
+                now, w.deadline, w.client, w.key, value, w.tries, w.newer, store,
+            );
         }
-    }
-
-    /// The clock floor last reported saved (µs): no version this node
-    /// stamped is at or above it.
-    pub fn saved_floor(&self) -> u64 {
-        self.floor
     }
 
     /// Answers the writes that waited for a floor until their deadline
     /// (the floor was never reported saved): no replica was asked.
     pub(super) fn expire_floor_waiting(&mut self, now: u64) {
-        while self.floor_waiting.front().is_some_and(|w| w.deadline <= now) {
+        while self
+            .floor_waiting
+            .front()
+            .is_some_and(|w| w.deadline <= now)
+        {
             let Some(w) = self.floor_waiting.pop_front() else {
                 break;
             };

@@ -133,7 +133,11 @@ fn no_version_at_or_above_the_saved_floor_leaves_the_node() {
     }
     let end = T0 + 2000;
     d.report(&mut n, &s, end, end);
-    assert!(d.problems.is_empty(), "{:#?}", &d.problems[..d.problems.len().min(5)]);
+    assert!(
+        d.problems.is_empty(),
+        "{:#?}",
+        &d.problems[..d.problems.len().min(5)]
+    );
     assert!(d.failed.is_empty(), "{:?}", d.failed);
     assert_eq!(d.written.len(), 2000, "every write answered");
 }
@@ -150,7 +154,10 @@ fn writes_are_answered_while_a_floor_save_is_outstanding() {
     // The first floor is saved at once; every later one is held back.
     d.report(&mut n, &s, T0, T0);
     let first = d.saved;
-    assert!(first > T0 * 1000, "a first floor asked for at the start: {first}");
+    assert!(
+        first > T0 * 1000,
+        "a first floor asked for at the start: {first}"
+    );
     let mut answered_while_held = 0;
     let mut waiting = Vec::new();
     for i in 0..1000 {
@@ -166,7 +173,11 @@ fn writes_are_answered_while_a_floor_save_is_outstanding() {
             waiting.push(i);
         }
     }
-    assert!(d.problems.is_empty(), "{:#?}", &d.problems[..d.problems.len().min(5)]);
+    assert!(
+        d.problems.is_empty(),
+        "{:#?}",
+        &d.problems[..d.problems.len().min(5)]
+    );
     assert!(
         answered_while_held > 0,
         "no write answered while a floor save was under way (asked {:?}, saved {})",
@@ -179,9 +190,17 @@ fn writes_are_answered_while_a_floor_save_is_outstanding() {
     assert!(waiting.iter().all(|i| T0 + i >= first / 1000));
     let now = T0 + 1000;
     d.report(&mut n, &s, now, now);
-    assert!(d.problems.is_empty(), "{:#?}", &d.problems[..d.problems.len().min(5)]);
+    assert!(
+        d.problems.is_empty(),
+        "{:#?}",
+        &d.problems[..d.problems.len().min(5)]
+    );
     assert!(d.failed.is_empty(), "{:?}", d.failed);
-    assert_eq!(d.written.len(), 1000, "the waiting writes answered once saved");
+    assert_eq!(
+        d.written.len(),
+        1000,
+        "the waiting writes answered once saved"
+    );
 }
 
 /// A write waiting for a floor that is never reported saved (the disk

@@ -25,7 +25,12 @@ fn a_restarted_node_stamps_above_every_version_it_stamped() {
     let (mut a, _b, _c) = start_three(&[]);
     let keys: Vec<String> = (0..300).map(|i| format!("floor-{i}")).collect();
     let mut ca = client(&a);
-    put_values(&mut ca, 0..300, |i| format!("floor-{i}"), |_| b"first".to_vec());
+    put_values(
+        &mut ca,
+        0..300,
+        |i| format!("floor-{i}"),
+        |_| b"first".to_vec(),
+    );
     // Its own copies (each applied before the write was acknowledged).
     let first = stamps(&a, &keys);
     drop(ca);
@@ -42,7 +47,12 @@ fn a_restarted_node_stamps_above_every_version_it_stamped() {
     a.restart();
     wait_members(&a, 3);
     let mut ca = client(&a);
-    put_values(&mut ca, 0..300, |i| format!("floor-{i}"), |_| b"second".to_vec());
+    put_values(
+        &mut ca,
+        0..300,
+        |i| format!("floor-{i}"),
+        |_| b"second".to_vec(),
+    );
     let second = stamps(&a, &keys);
     let lowest = second.iter().min().copied().unwrap_or(0);
     assert!(
