@@ -73,6 +73,13 @@ impl Driver {
         }
     }
 
+    /// Checks that nothing went wrong and no write failed.
+    fn assert_clean(&self) {
+        let first = &self.problems[..self.problems.len().min(5)];
+        assert!(first.is_empty(), "{first:#?}");
+        assert!(self.failed.is_empty(), "{:?}", self.failed);
+    }
+
     /// Reports saved every floor asked for at or before `upto`.
     fn report(&mut self, n: &mut Node, s: &dyn ReplicaStore, now: u64, upto: u64) {
         let (done, left): (Vec<_>, Vec<_>) = self.asked.iter().partition(|(_, at)| *at <= upto);
@@ -133,12 +140,7 @@ fn no_version_at_or_above_the_saved_floor_leaves_the_node() {
     }
     let end = T0 + 2000;
     d.report(&mut n, &s, end, end);
-    assert!(
-        d.problems.is_empty(),
-        "{:#?}",
-        &d.problems[..d.problems.len().min(5)]
-    );
-    assert!(d.failed.is_empty(), "{:?}", d.failed);
+    d.assert_clean();
     assert_eq!(d.written.len(), 2000, "every write answered");
 }
 
@@ -190,12 +192,7 @@ fn writes_are_answered_while_a_floor_save_is_outstanding() {
     assert!(waiting.iter().all(|i| T0 + i >= first / 1000));
     let now = T0 + 1000;
     d.report(&mut n, &s, now, now);
-    assert!(
-        d.problems.is_empty(),
-        "{:#?}",
-        &d.problems[..d.problems.len().min(5)]
-    );
-    assert!(d.failed.is_empty(), "{:?}", d.failed);
+    d.assert_clean();
     assert_eq!(
         d.written.len(),
         1000,

@@ -31,7 +31,7 @@ impl Sim {
             in_flight: BTreeMap::new(),
             seq: 0,
             floor_saves: Vec::new(),
-            floor_rng: Rng(seed ^ 0xF100_12),
+            floor_rng: Rng(seed ^ 0x00F1_0012),
             stamped: BTreeMap::new(),
             cut: vec![vec![false; cfg.nodes + cfg.joiners]; cfg.nodes + cfg.joiners],
             heal_at: 0,

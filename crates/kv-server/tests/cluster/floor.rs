@@ -4,9 +4,21 @@
 
 use super::*;
 
-/// The timestamps of the versions `s` holds of `keys` (all of them).
-fn stamps(s: &ServerProc, keys: &[String]) -> Vec<u64> {
-    local_versions(s, keys)
+/// How many keys each round of writes writes.
+const KEYS: u32 = 300;
+
+fn key(i: u32) -> String {
+    format!("floor-{i}")
+}
+
+/// Writes `value` to [`KEYS`] keys through `s`; the timestamps of the
+/// versions `s` then holds of them (its own copies, each applied before
+/// the write was acknowledged).
+fn write_through(s: &ServerProc, value: &[u8]) -> Vec<u64> {
+    let mut c = client(s);
+    put_values(&mut c, 0..KEYS, key, |_| value.to_vec());
+    let keys: Vec<String> = (0..KEYS).map(key).collect();
+    local_versions(s, &keys)
         .into_iter()
         .map(|v| {
             let v = v.expect("a copy of every key");
@@ -23,17 +35,7 @@ fn stamps(s: &ServerProc, keys: &[String]) -> Vec<u64> {
 #[test]
 fn a_restarted_node_stamps_above_every_version_it_stamped() {
     let (mut a, _b, _c) = start_three(&[]);
-    let keys: Vec<String> = (0..300).map(|i| format!("floor-{i}")).collect();
-    let mut ca = client(&a);
-    put_values(
-        &mut ca,
-        0..300,
-        |i| format!("floor-{i}"),
-        |_| b"first".to_vec(),
-    );
-    // Its own copies (each applied before the write was acknowledged).
-    let first = stamps(&a, &keys);
-    drop(ca);
+    let first = write_through(&a, b"first");
     a.kill9();
     let path = a.data_dir.join("cluster.floor");
     let text = std::fs::read_to_string(&path)
@@ -46,14 +48,7 @@ fn a_restarted_node_stamps_above_every_version_it_stamped() {
     );
     a.restart();
     wait_members(&a, 3);
-    let mut ca = client(&a);
-    put_values(
-        &mut ca,
-        0..300,
-        |i| format!("floor-{i}"),
-        |_| b"second".to_vec(),
-    );
-    let second = stamps(&a, &keys);
+    let second = write_through(&a, b"second");
     let lowest = second.iter().min().copied().unwrap_or(0);
     assert!(
         lowest > floor,
