@@ -1,6 +1,6 @@
 //! Issue 12: a single server (no `--cluster-secret`, no `--join`, no
 //! saved membership) starts no cluster machinery: no cluster thread, no
-//! rebalance appliers, no anti-entropy thread, no contact writer and no
+//! rebalance appliers, no anti-entropy thread, no contact writer, no floor writer and no
 //! hint store. A node started with a cluster secret runs all of it, and
 //! can still be invited into a cluster at runtime.
 
@@ -14,12 +14,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 const SECRET: &str = "threads-test-cluster-secret";
 
 /// The threads a cluster node runs beside the event loops.
-const CLUSTER_THREADS: [&str; 5] = [
+const CLUSTER_THREADS: [&str; 6] = [
     "kv-cluster",
     "kv-rebalance-0",
     "kv-rebalance-1",
     "kv-anti-entropy",
     "kv-contact",
+    "kv-floor",
 ];
 
 /// The names of the threads of process `pid`, from /proc.

@@ -4,34 +4,139 @@
 use super::*;
 
 /// How far ahead of the clock the persisted floor is set (µs): the floor is
-/// saved once per this much clock progress.
+/// saved once per this much clock progress (capped by half the maximum
+/// clock offset, see [`Node::floor_lead`]).
 const FLOOR_LEAD: u64 = 2_000_000;
 
+/// Why a write could not be stamped.
+pub(super) enum NoStamp {
+    /// The clock cannot go any higher.
+    Exhausted,
+    /// The clock is at the floor last reported saved: the write waits for
+    /// the next ([`Node::floor_saved`]).
+    FloorPending,
+}
+
+/// A write waiting for a clock floor to be saved before it is stamped.
+pub(super) struct FloorWaiting {
+    pub(super) deadline: u64,
+    pub(super) client: u64,
+    pub(super) key: Vec<u8>,
+    pub(super) value: Option<Vec<u8>>,
+    pub(super) expires_at: Option<u64>,
+    pub(super) tries: u32,
+    pub(super) newer: Option<Ver>,
+}
+
 impl Node {
-    /// A fresh version, or `None` if the clock cannot go any higher. Its
-    /// physical part is held within half the maximum clock offset of the
-    /// cluster's time ([`Node::trusted_now`]): a wall clock stepped hours
-    /// ahead must not stamp versions that every peer refuses (they would
-    /// stay on this node alone, and shadow later writes).
-    pub(super) fn stamp(&mut self, now: u64) -> Option<Ver> {
+    /// A fresh version, or why there is none: the clock cannot go any
+    /// higher, or (with [`Config::offload_floor`]) it is at the clock
+    /// floor last reported saved. Its physical part is held within half
+    /// the maximum clock offset of the cluster's time
+    /// ([`Node::trusted_now`]): a wall clock stepped hours ahead must not
+    /// stamp versions that every peer refuses (they would stay on this
+    /// node alone, and shadow later writes).
+    ///
+    /// After a restart the clock starts above the floor saved last, so a
+    /// version at or above it must not leave the node (sent, or applied
+    /// to its store) before a higher floor is saved: the node could stamp
+    /// it again, with another value. Without the offload the new floor
+    /// goes out in an [`Output::Persist`] ahead of the messages that carry
+    /// the version, and counts as saved at once. With it, the next floor
+    /// is asked for ([`Output::SaveFloor`]) once the clock comes within
+    /// half a lead of the last one asked for, and versions are stamped
+    /// only below the floor reported saved ([`Node::floor_saved`]).
+    pub(super) fn stamp(&mut self, now: u64) -> Result<Ver, NoStamp> {
         let cap = match (self.trusted_now(now), self.clock_bound()) {
             (Some(t), Some(max)) => t.saturating_add(max / 2).saturating_mul(1000),
             _ => u64::MAX,
         };
-        let ts = self.hlc.tick_capped(now, cap)?;
-        if ts >= self.floor {
-            // Within the maximum clock offset, so that a node restarted at
-            // once does not start above what its peers accept.
-            let lead = self
-                .clock_bound()
-                .map_or(FLOOR_LEAD, |m| FLOOR_LEAD.min(m.saturating_mul(500)).max(1));
-            self.floor = ts.saturating_add(lead);
-            self.persist();
-        }
-        Some(Ver {
+        let lead = self.floor_lead();
+        let ts = if self.cfg.offload_floor {
+            // Where the clock is: its last timestamp, or the physical
+            // time if that is later.
+            let at = now.saturating_mul(1000).min(cap).max(self.hlc.last());
+            if at.saturating_add(lead / 2) >= self.floor_asked {
+                self.ask_floor(at.saturating_add(lead));
+            }
+            let limit = self.floor.saturating_sub(1);
+            if self.hlc.last() == u64::MAX {
+                return Err(NoStamp::Exhausted);
+            }
+            // Writes already waiting go first.
+            if self.hlc.last() >= limit || !self.floor_waiting.is_empty() {
+                return Err(NoStamp::FloorPending);
+            }
+            // Above the clock's last, so at most `limit`.
+            (self.hlc.tick_capped(now, cap.min(limit))).ok_or(NoStamp::Exhausted)?
+        } else {
+            let ts = self.hlc.tick_capped(now, cap).ok_or(NoStamp::Exhausted)?;
+            if ts >= self.floor {
+                self.floor = ts.saturating_add(lead);
+                self.persist();
+            }
+            ts
+        };
+        Ok(Ver {
             ts,
             node: self.number,
         })
+    }
+
+    /// How far ahead of the clock a floor is set (µs): a floor is saved
+    /// once per this much clock progress. Within the maximum clock
+    /// offset, so that a node restarted at once does not start above what
+    /// its peers accept.
+    pub(super) fn floor_lead(&self) -> u64 {
+        self.clock_bound()
+            .map_or(FLOOR_LEAD, |m| FLOOR_LEAD.min(m.saturating_mul(500)).max(1))
+    }
+
+    /// Asks the driver to save clock floor `floor` (unless one as high
+    /// was asked for).
+    pub(super) fn ask_floor(&mut self, floor: u64) {
+        if floor > self.floor_asked {
+            self.floor_asked = floor;
+            self.out.push_back(Output::SaveFloor(floor));
+        }
+    }
+
+    /// The driver saved clock floor `floor` durably (asked for with
+    /// [`Output::SaveFloor`]): the node may stamp versions below it, and
+    /// the writes that waited for it are stamped and sent now, in the
+    /// order they came.
+    pub fn floor_saved(&mut self, now: u64, floor: u64, store: &dyn ReplicaStore) {
+        self.last_now = self.last_now.max(now);
+        if floor <= self.floor {
+            return;
+        }
+        self.floor = floor;
+        for w in std::mem::take(&mut self.floor_waiting) {
+            let value = (w.value, w.expires_at);
+            self.send_write(
+                now, w.deadline, w.client, w.key, value, w.tries, w.newer, store,
+            );
+        }
+    }
+
+    /// Answers the writes that waited for a floor until their deadline
+    /// (the floor was never reported saved): no replica was asked.
+    pub(super) fn expire_floor_waiting(&mut self, now: u64) {
+        while self
+            .floor_waiting
+            .front()
+            .is_some_and(|w| w.deadline <= now)
+        {
+            let Some(w) = self.floor_waiting.pop_front() else {
+                break;
+            };
+            let reply = ClientReply::Unavailable {
+                answered: 0,
+                needed: 1,
+                replicas: 0,
+            };
+            self.reply(w.client, reply);
+        }
     }
 
     /// The cluster's time (ms) as this node can trust it, if it heard from
@@ -237,6 +342,9 @@ impl Node {
         let latest = now.saturating_add(self.cfg.request_timeout);
         for p in self.pending.values_mut() {
             p.deadline = p.deadline.min(latest);
+        }
+        for w in &mut self.floor_waiting {
+            w.deadline = w.deadline.min(latest);
         }
         self.converged_since = self.converged_since.map(|t| t.min(now));
         if let Some(st) = self.stream.as_mut() {

@@ -75,6 +75,14 @@ pub struct Config {
     /// the driver reports back with [`Node::cleanup_done`]. Off: the node
     /// runs it where the cleanup is decided.
     pub offload_cleanup: bool,
+    /// Whether the clock floor is saved off the thread that drives the
+    /// node: the node asks for it ahead of need with [`Output::SaveFloor`]
+    /// and stamps only below the floor the driver reported saved with
+    /// [`Node::floor_saved`]; a write that finds the clock at that floor
+    /// waits for the next report. Off: the floor rides in
+    /// [`Output::Persist`], counted saved at once, so the driver must carry
+    /// out the outputs in order (the save before the messages after it).
+    pub offload_floor: bool,
     /// Bugs planted on purpose, for the simulator's tests to show that it
     /// catches them. All off by default; never turn one on in production.
     #[doc(hidden)]
@@ -169,6 +177,7 @@ impl Config {
             contact_record_interval: 5000,
             driver_cleanup: false,
             offload_cleanup: false,
+            offload_floor: false,
             planted: Planted::default(),
         }
     }

@@ -38,6 +38,8 @@ mod failing_store;
 #[cfg(test)]
 mod incarnation_tests;
 #[cfg(test)]
+mod floor_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod write_path_tests;
@@ -77,7 +79,12 @@ pub struct Node {
     /// member waits for news before coordinating).
     heard_peer: bool,
     hlc: Hlc,
+    /// The clock floor saved last (µs): every version stamped is below it.
     floor: u64,
+    /// The highest floor asked for ([`Config::offload_floor`]).
+    floor_asked: u64,
+    /// Writes waiting for a floor to be saved, in the order they came.
+    floor_waiting: VecDeque<clock::FloorWaiting>,
     rng: u64,
     pending: BTreeMap<u64, Pending>,
     /// The next operation's number. Answers are matched to operations by
@@ -200,6 +207,8 @@ impl Node {
             heard_peer,
             hlc: Hlc::starting_above(floor),
             floor,
+            floor_asked: floor,
+            floor_waiting: VecDeque::new(),
             rng: seed | 1,
             pending: BTreeMap::new(),
             next_op: first_ops(seed).0,
@@ -247,6 +256,11 @@ impl Node {
         // came between a rebalance's end and its cleanup).
         n.forget_gained.clear();
         n.persist();
+        if n.cfg.offload_floor {
+            // The first floor at once, for the first writes not to wait.
+            let at = now.saturating_mul(1000).max(floor);
+            n.ask_floor(at.saturating_add(n.floor_lead()));
+        }
         if !n.cfg.driver_cleanup {
             n.clean_up(now, store);
         }
@@ -580,6 +594,7 @@ impl Node {
                 self.stats.ae_rounds += 1;
             }
         }
+        self.expire_floor_waiting(now);
         let expired: Vec<u64> = self
             .pending
             .iter()
@@ -613,6 +628,7 @@ impl Node {
     /// often than this, never later.
     pub fn poll_timeout(&self) -> u64 {
         let busy = !self.pending.is_empty()
+            || !self.floor_waiting.is_empty()
             || self.transition != 0
             || self.stream.is_some()
             || self.resume.is_some()

@@ -60,6 +60,12 @@ pub enum Output {
     /// starts no other cleanup, and keeps the job from forgetting any
     /// range a ring change gives back to it.
     Cleanup(Arc<CleanupJob>),
+    /// Save this clock floor (µs) durably, off the thread that drives the
+    /// node (only with [`Config::offload_floor`]), then report it with
+    /// [`Node::floor_saved`]; after a restart pass the greatest floor
+    /// saved back in [`Persisted::clock_floor`]. Nothing waits for it but
+    /// the writes that find the clock at the floor last reported.
+    SaveFloor(u64),
 }
 
 /// A write held for a replica that was down (hinted handoff). It never

@@ -141,7 +141,7 @@ impl Node {
     /// Stamps a write (try number `tries`) and sends it to its replicas.
     /// A retry keeps the first try's deadline.
     #[allow(clippy::too_many_arguments)]
-    fn send_write(
+    pub(super) fn send_write(
         &mut self,
         now: u64,
         deadline: u64,
@@ -152,16 +152,23 @@ impl Node {
         newer: Option<Ver>,
         store: &dyn ReplicaStore,
     ) {
-        let Some(version) = self.stamp(now) else {
-            self.log(Event::ClockExhausted {
-                key,
-                last: self.hlc.last(),
-            });
-            let newer = newer.unwrap_or(Ver {
-                ts: u64::MAX,
-                node: u32::MAX,
-            });
-            return self.reply(client, ClientReply::Conflict { newer, tries });
+        let version = match self.stamp(now) {
+            Ok(version) => version,
+            Err(clock::NoStamp::FloorPending) => {
+                let w = clock::FloorWaiting {
+                    deadline,
+                    client,
+                    key,
+                    value,
+                    expires_at,
+                    tries,
+                    newer,
+                };
+                return self.floor_waiting.push_back(w);
+            }
+            Err(clock::NoStamp::Exhausted) => {
+                return self.clock_exhausted(client, key, tries, newer);
+            }
         };
         let work = Work::Write {
             version,
@@ -181,6 +188,19 @@ impl Node {
             p.deadline = deadline;
         }
         self.dispatch_write(now, op, store);
+    }
+
+    /// The clock cannot go any higher: write `client` fails as a conflict.
+    fn clock_exhausted(&mut self, client: u64, key: Vec<u8>, tries: u32, newer: Option<Ver>) {
+        self.log(Event::ClockExhausted {
+            key,
+            last: self.hlc.last(),
+        });
+        let newer = newer.unwrap_or(Ver {
+            ts: u64::MAX,
+            node: u32::MAX,
+        });
+        self.reply(client, ClientReply::Conflict { newer, tries });
     }
 
     /// Sends write `op` (with its version) under the current rings: its

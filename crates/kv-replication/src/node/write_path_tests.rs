@@ -7,9 +7,9 @@ use super::failing_store::FailsAfterApplying;
 use super::*;
 use kv_storage::{Options, Store};
 
-const T0: u64 = 1_000_000;
+pub(super) const T0: u64 = 1_000_000;
 
-fn store() -> Store {
+pub(super) fn store() -> Store {
     Store::open(Options::in_memory()).expect("in-memory store")
 }
 
@@ -26,6 +26,16 @@ fn coordinator(s: &dyn ReplicaStore) -> Node {
 /// Node `a:1` in a cluster of the normal members `ids` (N = 3, W = 2)
 /// that has heard from `b:1`, its outputs drained.
 fn coordinator_among(s: &dyn ReplicaStore, ids: &[&str]) -> Node {
+    coordinator_with(s, ids, Config::new("a:1")).0
+}
+
+/// [`coordinator_among`] with configuration `cfg` (for `a:1`), and the
+/// outputs drained.
+pub(super) fn coordinator_with(
+    s: &dyn ReplicaStore,
+    ids: &[&str],
+    cfg: Config,
+) -> (Node, Vec<Output>) {
     let members = ids
         .iter()
         .map(|id| digest(id, Status::Normal))
@@ -35,18 +45,18 @@ fn coordinator_among(s: &dyn ReplicaStore, ids: &[&str]) -> Node {
         clock_floor: 0,
         stream: None,
     };
-    let mut n = Node::new(Config::new("a:1"), T0, Some(saved), s, 1);
+    let mut n = Node::new(cfg, T0, Some(saved), s, 1);
     let gossip = PeerMsg::Gossip {
         members,
         clock: T0,
         number: node_number("b:1"),
     };
     n.handle_message(T0, "b:1", gossip, s);
-    drain(&mut n);
-    n
+    let out = drain(&mut n);
+    (n, out)
 }
 
-fn drain(n: &mut Node) -> Vec<Output> {
+pub(super) fn drain(n: &mut Node) -> Vec<Output> {
     std::iter::from_fn(|| n.poll_output()).collect()
 }
 
@@ -59,7 +69,7 @@ fn replicates(out: &[Output]) -> Vec<(NodeId, u64)> {
 }
 
 /// [`replicates`] with the version each carries.
-fn versioned_replicates(out: &[Output]) -> Vec<(NodeId, u64, Ver)> {
+pub(super) fn versioned_replicates(out: &[Output]) -> Vec<(NodeId, u64, Ver)> {
     out.iter()
         .filter_map(|o| match o {
             Output::Send { to, msg } => {

@@ -87,6 +87,10 @@ pub struct SimConfig {
     /// appliers and cleanup thread do (see `appliers.rs`); `None`: for
     /// half the seeds, chosen by the seed.
     pub appliers: Option<bool>,
+    /// Whether nodes hand their clock floor out to be saved in the
+    /// background, each save lasting a while (as the server does); off:
+    /// it rides in their state, saved at once (the runs from before).
+    pub floor_saves: bool,
 }
 
 impl Default for SimConfig {
@@ -122,6 +126,7 @@ impl Default for SimConfig {
             stream_page: 256,
             far_future_clock: false,
             appliers: None,
+            floor_saves: true,
         }
     }
 }

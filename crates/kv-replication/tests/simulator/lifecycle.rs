@@ -15,6 +15,8 @@ impl Sim {
                 hints: BTreeMap::new(),
                 down_until: 0,
                 contact: None,
+                floor: 0,
+                incarnation: 0,
                 wipe: false,
                 clock_ahead: 0,
                 clock_step: (0, 0),
@@ -28,6 +30,9 @@ impl Sim {
             queue: BinaryHeap::new(),
             in_flight: BTreeMap::new(),
             seq: 0,
+            floor_saves: Vec::new(),
+            floor_rng: Rng(seed ^ 0x00F1_0012),
+            stamped: BTreeMap::new(),
             cut: vec![vec![false; cfg.nodes + cfg.joiners]; cfg.nodes + cfg.joiners],
             heal_at: 0,
             clients: BTreeMap::new(),
@@ -83,6 +88,7 @@ impl Sim {
         c.tombstone_grace = self.cfg.purge_tombstones_after.unwrap_or(0);
         c.contact_record_interval = 100;
         c.offload_cleanup = self.appliers;
+        c.offload_floor = self.cfg.floor_saves;
         c
     }
 
@@ -92,7 +98,13 @@ impl Sim {
         self.drop_work(i);
         let n = &mut self.nodes[i];
         let now = self.now.saturating_add(n.clock_ahead);
-        let mut node = Node::new(cfg, now, n.saved.clone(), &n.store, seed);
+        n.incarnation += 1;
+        // The floor saved apart from the state, as the server does.
+        let saved = n.saved.clone().map(|mut s| {
+            s.clock_floor = s.clock_floor.max(n.floor);
+            s
+        });
+        let mut node = Node::new(cfg, now, saved, &n.store, seed);
         node.restore_hints(n.hints.values().cloned());
         n.node = Some(node);
     }
@@ -137,6 +149,7 @@ impl Sim {
         n.saved = None;
         n.hints.clear();
         n.contact = None;
+        n.floor = 0;
         n.wipe = false;
         self.start_node(i);
         let seeds: Vec<String> = (0..self.nodes.len())
@@ -176,6 +189,7 @@ impl Sim {
             };
             match out {
                 Output::Send { to, msg } => {
+                    self.note_stamp(&msg);
                     let bytes = postcard::to_allocvec(&msg).unwrap_or_default();
                     self.report.trace = mix(self.report.trace, &bytes);
                     self.report.trace = mix(self.report.trace, to.as_bytes());
@@ -211,6 +225,7 @@ impl Sim {
                     }
                 }
                 Output::Contact(t) => self.nodes[i].contact = Some(t),
+                Output::SaveFloor(floor) => self.save_floor_later(i, floor),
                 Output::RejoinFresh(why) => {
                     if std::env::var_os("KV_SIM_DEBUG").is_some() {
                         eprintln!("{} {} gives up its data: {why}", self.now, self.nodes[i].id);

@@ -42,6 +42,7 @@ mod appliers;
 mod checks;
 mod config;
 mod faults;
+mod floor;
 mod lifecycle;
 mod timeline;
 mod workload;
@@ -72,6 +73,11 @@ struct SimNode {
     down_until: u64,
     /// Its durable record of the last contact with the cluster.
     contact: Option<u64>,
+    /// The greatest clock floor it saved ([`Output::SaveFloor`]).
+    floor: u64,
+    /// How many times it was started: a floor save under way when it
+    /// crashed is lost.
+    incarnation: u64,
     /// It gave its data up: it restarts on an empty store as a new
     /// generation.
     wipe: bool,
@@ -116,6 +122,13 @@ struct Sim {
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
     in_flight: BTreeMap<usize, Message>,
     seq: u64,
+    /// Floor saves under way: when each ends, the node and its
+    /// incarnation that asked, the floor.
+    floor_saves: Vec<(u64, usize, u64, u64)>,
+    /// Draws how long each floor save lasts.
+    floor_rng: Rng,
+    /// Each version sent in a `Replicate`, with a hash of its write.
+    stamped: BTreeMap<Ver, u64>,
     /// Blocked directed links.
     cut: Vec<Vec<bool>>,
     heal_at: u64,

@@ -18,6 +18,7 @@ impl Sim {
             self.deliver(m);
         }
         self.run_work();
+        self.end_floor_saves();
         if !self.scheduled.is_empty() {
             self.issue_scheduled();
         }

@@ -101,6 +101,8 @@ pub enum ToCluster {
     /// The cleanup thread ran the node's cleanup (how many entries it
     /// forgot, or why it failed).
     CleanupDone(Result<usize, String>),
+    /// The floor writer saved this clock floor durably.
+    FloorSaved(u64),
 }
 
 /// An operator command for the cluster.

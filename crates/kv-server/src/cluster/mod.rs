@@ -37,11 +37,11 @@ pub use messages::{Admin, NativeKind, ReplyTo, Route, ToCluster, ToWorker, Worke
 pub(crate) use reply::encode_shutting_down;
 pub use reply::{encode_not_serving, encode_reply};
 pub use state_files::{
-    check_outage, check_saved_state, CONTACT_FILE, MEMBER_MARKER, REJOIN_MARKER, SET_ASIDE_PREFIX,
-    STATE_FILE,
+    check_outage, check_saved_state, CONTACT_FILE, FLOOR_FILE, MEMBER_MARKER, REJOIN_MARKER,
+    SET_ASIDE_PREFIX, STATE_FILE,
 };
 pub(crate) use state_files::{load_state, save_state, state_path, sync_dir, write_durably};
-use state_files::{log_rejoin, open_hints, read_contact};
+use state_files::{log_rejoin, open_hints, read_contact, start_floor_writer, with_saved_floor};
 pub(crate) use thread::view_text;
 use thread::ClusterThread;
 
@@ -131,6 +131,7 @@ pub(crate) fn node_config(c: &Config, id: &str) -> kv_replication::Config {
     cfg.offload_anti_entropy = true;
     cfg.driver_cleanup = true;
     cfg.offload_cleanup = true;
+    cfg.offload_floor = true;
     cfg.max_clock_offset = c.max_clock_offset_ms;
     cfg.hint_window = c.hint_window_secs.saturating_mul(1000);
     cfg.stream_rate = c.rebalance_rate;
@@ -150,7 +151,10 @@ pub fn start(
     let c = shared.config.clone();
     let cfg = node_config(&c, &id);
     let path = state_path(&shared);
-    let saved = load_state(path.as_ref());
+    let mut saved = load_state(path.as_ref());
+    if !shared.config.no_persistence {
+        saved = with_saved_floor(saved, &shared.config.data_dir);
+    }
     if let (Some(path), Some(saved)) = (&path, &saved) {
         log_rejoin(path, saved, &id);
     }
@@ -206,6 +210,14 @@ pub fn start(
     applier_threads.push(ae_thread);
     let (cleanup, cleanup_thread) = start_cleanup(&shared, &handle)?;
     applier_threads.push(cleanup_thread);
+    // Without persistence there is no floor to save (nor a restart).
+    let floor_writer = if shared.config.no_persistence {
+        None
+    } else {
+        let (tx, t) = start_floor_writer(shared.config.data_dir.clone(), handle.clone())?;
+        applier_threads.push(t);
+        Some(tx)
+    };
     let h = handle.clone();
     let batch_cap = crate::peer_batch::cap(&c);
     let thread = std::thread::Builder::new()
@@ -236,6 +248,7 @@ pub fn start(
                 scratch: vec![0; 256 << 10],
                 batch_cap,
                 contact_writer,
+                floor_writer,
             };
             if !plant_serve_before_peer() {
                 t.publish(now_ms());

@@ -4,12 +4,14 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use kv_replication::Persisted;
 use kv_storage::{Options, Store};
 
-use super::now_ms;
+use super::{now_ms, ClusterHandle, ToCluster};
 use crate::config::Config;
 use crate::state::Shared;
 
@@ -25,6 +27,13 @@ pub const MEMBER_MARKER: &str = "cluster.member";
 /// A file holding the last time (ms since the epoch, in decimal) this
 /// node was in contact with its cluster, rewritten durably now and then.
 pub const CONTACT_FILE: &str = "cluster.contact";
+
+/// A file holding the node's clock floor (µs, in decimal): after a
+/// restart the node stamps versions only above it. Rewritten durably off
+/// the cluster thread, ahead of need ([`kv_replication::Output::SaveFloor`]);
+/// at a start the greater of it and the floor in [`STATE_FILE`] (which
+/// data directories from before this file hold) counts.
+pub const FLOOR_FILE: &str = "cluster.floor";
 
 /// A file written when the running node found it was away for longer
 /// than the tombstone grace allows (its first peer's clock said so): at
@@ -187,11 +196,74 @@ pub fn check_saved_state(config: &Config) -> Result<Option<PathBuf>, String> {
 
 /// The recorded last contact in `dir`, if there is a readable one.
 pub(super) fn read_contact(dir: &Path) -> Option<u64> {
-    std::fs::read_to_string(dir.join(CONTACT_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    read_number(&dir.join(CONTACT_FILE))
+}
+
+/// The number (in decimal) file `path` holds, if it is readable.
+fn read_number(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The saved state, with the clock floor saved apart ([`FLOOR_FILE`]) if
+/// that one is higher.
+pub(super) fn with_saved_floor(saved: Option<Persisted>, dir: &Path) -> Option<Persisted> {
+    let floor = read_number(&dir.join(FLOOR_FILE)).unwrap_or(0);
+    saved.map(|mut s| {
+        s.clock_floor = s.clock_floor.max(floor);
+        s
+    })
+}
+
+/// Saves the clock floors the node asks for ([`FLOOR_FILE`]) off the
+/// cluster thread, and reports each saved one back to it
+/// ([`ToCluster::FloorSaved`]): the node stamps versions only below the
+/// floor reported, and asks for the next one ahead of need, so that no
+/// fsync of it stops coordination. Of floors asked meanwhile only the
+/// highest is written. A failed save is logged and tried again a second
+/// later (until then, writes that reach the floor wait). Stops when the
+/// sender is dropped.
+pub(super) fn start_floor_writer(
+    dir: PathBuf,
+    handle: Arc<ClusterHandle>,
+) -> io::Result<(Sender<u64>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel::<u64>();
+    let path = dir.join(FLOOR_FILE);
+    let t = std::thread::Builder::new()
+        .name("kv-floor".into())
+        .spawn(move || {
+            let Ok(mut floor) = rx.recv() else {
+                return;
+            };
+            loop {
+                while let Ok(later) = rx.try_recv() {
+                    floor = floor.max(later);
+                }
+                let wait = match write_durably(&path, floor.to_string().as_bytes()) {
+                    Ok(()) => {
+                        handle.send(ToCluster::FloorSaved(floor));
+                        handle.flush();
+                        None
+                    }
+                    Err(e) => {
+                        log::warn!("cannot save the clock floor in {}: {e}", path.display());
+                        Some(Duration::from_secs(1))
+                    }
+                };
+                let next = match wait {
+                    None => rx.recv().map_err(|_| ()),
+                    Some(d) => match rx.recv_timeout(d) {
+                        Ok(f) => Ok(f),
+                        Err(RecvTimeoutError::Timeout) => Ok(floor),
+                        Err(RecvTimeoutError::Disconnected) => Err(()),
+                    },
+                };
+                match next {
+                    Ok(f) => floor = floor.max(f),
+                    Err(()) => return,
+                }
+            }
+        })?;
+    Ok((tx, t))
 }
 
 /// Checks, before the store opens, that a cluster member restarting on

@@ -59,6 +59,9 @@ pub(super) struct ClusterThread {
     pub(super) batch_cap: usize,
     /// Where the last contact with the cluster goes to be recorded.
     pub(super) contact_writer: Option<Sender<u64>>,
+    /// Where the clock floors the node asks for go to be saved (`None`:
+    /// without persistence, where nothing is saved).
+    pub(super) floor_writer: Option<Sender<u64>>,
 }
 
 /// The CLUSTER text: this node's view of the membership.
@@ -288,6 +291,7 @@ impl ClusterThread {
             ToCluster::PeerUp(_) => {}
             ToCluster::AntiEntropyDone(outcome) => self.node.anti_entropy_done(outcome),
             ToCluster::CleanupDone(result) => self.node.cleanup_done(now, result),
+            ToCluster::FloorSaved(floor) => self.node.floor_saved(now, floor, store),
         }
     }
 
@@ -364,6 +368,17 @@ impl ClusterThread {
                         let _ = w.send(t);
                     }
                 }
+                // Saved off this thread, and reported back; nothing to
+                // save without persistence. Should the writer be gone,
+                // the floor is never reported (writes that reach it wait).
+                Output::SaveFloor(floor) => match &self.floor_writer {
+                    Some(w) => {
+                        if w.send(floor).is_err() {
+                            log::warn!("the clock floor writer has stopped");
+                        }
+                    }
+                    None => self.node.floor_saved(now, floor, &self.shared.store),
+                },
                 Output::RejoinFresh(why) => self.rejoin_fresh(&why),
                 Output::StoreHint(h) => {
                     let (Ok(k), Ok(v)) = (hint_key(&h.target, &h.key), postcard::to_allocvec(&h))

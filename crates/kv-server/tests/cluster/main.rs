@@ -10,6 +10,7 @@ use kv_testkit::metrics::{metrics_addr, sample, scrape, try_sample};
 use kv_testkit::{wait_for, ServerProc};
 use redis::Commands;
 
+mod floor;
 mod membership;
 mod rebalance;
 mod repair;
