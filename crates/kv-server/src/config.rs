@@ -113,8 +113,8 @@ pub struct Config {
     #[arg(long, default_value_t = 64 << 20)]
     pub max_value_bytes: usize,
 
-    /// Largest key accepted, in bytes.
-    #[arg(long, default_value_t = 64 << 10)]
+    /// Largest key accepted, in bytes (at most 512 MiB, Redis's limit).
+    #[arg(long, default_value_t = 64 << 10, value_parser = parse_max_key_bytes)]
     pub max_key_bytes: usize,
 
     /// Most bytes one client's unfinished command may take in the server's
@@ -490,6 +490,23 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    /// A key longer than Redis allows is refused at the flag: the store's
+    /// files hold keys of at most 1 GiB − 1.
+    #[test]
+    fn max_key_bytes_is_capped_at_redis_limit() {
+        let parse = |v: &str| Config::try_parse_from(["kv-server", "--max-key-bytes", v]);
+        assert_eq!(
+            parse("536870912").map(|c| c.max_key_bytes).ok(),
+            Some(512 << 20)
+        );
+        let e = parse("1073741824")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("512 MiB"), "{e}");
+        assert!(parse("0").is_err());
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_bytes("0"), Ok(0));
@@ -520,4 +537,20 @@ mod tests {
         let c = Config::try_parse_args_from(["kv-server", "3000"]).expect("one port");
         assert_eq!(c.listen_addr().port(), 3000);
     }
+}
+
+/// The largest `--max-key-bytes`: Redis's key limit, 512 MiB, well inside
+/// what the store's log and snapshots hold (1 GiB − 1).
+pub const MAX_KEY_BYTES_LIMIT: usize = 512 << 20;
+
+fn parse_max_key_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("not a number of bytes: {e}"))?;
+    if n == 0 || n > MAX_KEY_BYTES_LIMIT {
+        return Err(format!(
+            "must be between 1 and {MAX_KEY_BYTES_LIMIT} (512 MiB, the largest key Redis accepts)"
+        ));
+    }
+    Ok(n)
 }

@@ -36,9 +36,9 @@ mod cleanup_tests;
 #[cfg(test)]
 mod failing_store;
 #[cfg(test)]
-mod incarnation_tests;
-#[cfg(test)]
 mod floor_tests;
+#[cfg(test)]
+mod incarnation_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
