@@ -398,8 +398,11 @@ fn ranges_copied_from_live_owners_only_are_caught() {
     cfg.anti_entropy = false;
     cfg.read_repair = false;
     cfg.floor_saves = false;
-    // With the floor saved in the state, at once (the seeds were searched
-    // so), the first seed that shows it is 211: the search starts at 201 to
+    cfg.appliers = Some(false);
+    cfg.dup_writes = true;
+    // The seeds were searched with the floor saved in the state at once,
+    // no appliers' model, and writes duplicated like other messages: the
+    // first seed that shows it is 211: the search starts at 201 to
     // take seconds, not a minute and a half (KV_SIM_SEED replays one).
     let seeds = seeds_after(200);
     let expect = "copying from live owners only must lose or hide some write";
@@ -517,8 +520,11 @@ fn a_read_that_returns_what_its_repair_found_outdated_is_caught() {
 fn a_coordinator_on_an_old_ring_is_caught_without_fencing() {
     let mut cfg = SimConfig::default();
     cfg.planted.no_ring_fence = true;
-    // The seed was found with the floor saved in the state, at once.
+    // The seed was found with the floor saved in the state at once, no
+    // appliers' model, and writes duplicated like other messages.
     cfg.floor_saves = false;
+    cfg.appliers = Some(false);
+    cfg.dup_writes = true;
     let r = run(env("KV_SIM_SEED").unwrap_or(14653), &cfg);
     let stale = r.violations.iter().find(|v| v.contains("stale read"));
     assert!(

@@ -25,6 +25,10 @@ pub struct SimConfig {
     /// it) cannot do that, and the coordinator's re-stamp rule relies on
     /// it (see `is_write_request` in lifecycle.rs).
     pub dup_ppm: u64,
+    /// Whether writes and their refusals are duplicated too, as other
+    /// messages are (a transport the server does not have): only for
+    /// planted-bug tests whose seeds were found that way.
+    pub dup_writes: bool,
     /// Largest message delay in ms (delays are uniform in 1..=this).
     pub max_delay: u64,
     /// Whether to partition the network now and then.
@@ -104,6 +108,7 @@ impl Default for SimConfig {
             keys: 8,
             drop_ppm: 20_000,
             dup_ppm: 20_000,
+            dup_writes: false,
             max_delay: 30,
             partitions: true,
             crashes: true,

@@ -259,7 +259,7 @@ impl Sim {
         // Drawn for every message, so that a seed's run does not depend
         // on which messages may be duplicated.
         let twice = self.rng.chance(self.cfg.dup_ppm);
-        let copies = if twice && !is_write_request(&msg) {
+        let copies = if twice && (self.cfg.dup_writes || !is_write_request(&msg)) {
             2
         } else {
             1
