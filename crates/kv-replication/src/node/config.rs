@@ -132,6 +132,12 @@ pub struct Planted {
     /// the ranges as received without them (the `FORGET_GAINED` switch,
     /// once a constant, whose cause was not understood).
     pub forget_gained: bool,
+    /// The entry point drivers serve replica requests with
+    /// ([`super::arrive`], in the view [`Node::replica_view`] hands them)
+    /// acknowledges a replicated write without storing it; the node
+    /// serving a request itself stores it. Only a driver that runs the
+    /// entry point shows it.
+    pub front_acks_unstored: bool,
 }
 
 /// Default maximum clock offset between nodes (ms).
