@@ -129,7 +129,9 @@ fn a_write_too_far_ahead_goes_to_the_node_and_is_not_stored() {
     assert!(sent.is_empty(), "{sent:?}");
     assert!(s.get_versioned(b"k").is_none(), "stored by the node");
     assert!(
-        logged.iter().any(|l| l.starts_with("refused") && l.contains("from b:1")),
+        logged
+            .iter()
+            .any(|l| l.starts_with("refused") && l.contains("from b:1")),
         "not logged: {logged:?}"
     );
 }
