@@ -74,12 +74,13 @@ fn serve(
     }
     let request = match msg {
         PeerMsg::OnRing { ring, request } if *ring == view.ring => request.as_ref(),
-        // The old envelope's sum says nothing of the ring.
         PeerMsg::OnRing { request, .. } | PeerMsg::InRing { request, .. }
             if view.planted.no_ring_fence =>
         {
             request.as_ref()
         }
+        // Another ring, or the old envelope, whose sum says nothing of the
+        // ring: the node refuses it.
         PeerMsg::OnRing { .. } | PeerMsg::InRing { .. } => return None,
         other => other,
     };
