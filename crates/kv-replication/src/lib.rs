@@ -58,7 +58,7 @@ pub use msg::{
     ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver, MAX_LIST_PAGE,
 };
 pub use node::{
-    apply_entries, serve_replica, serve_replica_at, Config, Hint, MemberInfo, Node, Output,
+    apply_entries, arrive, serve_replica, Arrival, Config, Hint, MemberInfo, Node, Output,
     Persisted, Planted,
 };
 pub use ownership::CleanupJob;

@@ -534,6 +534,20 @@ fn a_coordinator_on_an_old_ring_is_caught_without_fencing() {
     );
 }
 
+/// The entry point that serves replica requests where they arrive
+/// ([`kv_replication::arrive`]: a server's event loops, and the
+/// simulator's delivery) planted to acknowledge writes it does not store,
+/// while the node itself stores what reaches it: acknowledged writes are
+/// lost, which only a simulator that runs that entry point can see.
+#[test]
+fn an_entry_point_that_acknowledges_unstored_writes_is_caught() {
+    let mut cfg = SimConfig::default();
+    cfg.planted.front_acks_unstored = true;
+    let expect = "writes acknowledged where they arrive but not stored must be caught";
+    let (seed, what) = lost_or_hidden(&cfg, &seeds(), expect);
+    println!("entry point acknowledging unstored writes caught at seed {seed}: {what}");
+}
+
 /// Seeds of the clock-step run known to fail from a bug not fixed yet.
 /// Empty: 30 of 200 seeds failed (replicas disagreeing after healing)
 /// while a node stepped hours ahead stamped, and stored its own copy of,

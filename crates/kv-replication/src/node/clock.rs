@@ -313,7 +313,7 @@ impl Node {
     }
 
     /// Takes note of a version timestamp seen elsewhere (for example by a
-    /// driver that answered a replica request with [`serve_replica`]), so
+    /// driver that served a replica request with [`arrive`]), so
     /// that later writes this node coordinates are newer.
     /// A timestamp more than the maximum clock offset ahead of `now` is
     /// refused.

@@ -145,6 +145,12 @@ pub struct Planted {
     /// even those a ring change gave back to this node before it ran
     /// (no [`crate::CleanupJob`] fence): writes made there since are lost.
     pub no_cleanup_keep: bool,
+    /// The entry point drivers serve replica requests with
+    /// ([`super::arrive`], in the view [`Node::replica_view`] hands them)
+    /// acknowledges a replicated write without storing it; the node
+    /// serving a request itself stores it. Only a driver that runs the
+    /// entry point shows it.
+    pub front_acks_unstored: bool,
 }
 
 /// Default maximum clock offset between nodes (ms).

@@ -220,7 +220,7 @@ fn a_hint_is_delivered_to_a_replica_that_no_longer_owns_the_key() {
     };
     let d = Node::new(Config::new("d:1"), t4, Some(saved), &sd, 3);
     for msg in &to_d {
-        let _ = serve_replica_fenced(&sd, msg, (t4, 500), d.ring_id());
+        let _ = arrive(&sd, &d.replica_view(t4), msg.clone());
     }
     let ghost = sd.get_versioned(&key);
     assert!(

@@ -22,6 +22,7 @@ use crate::rebalance::{self, Progress, Stream, StreamSave};
 
 mod clock;
 mod config;
+mod front;
 mod hints;
 mod membership;
 mod output;
@@ -38,6 +39,8 @@ mod failing_store;
 #[cfg(test)]
 mod floor_tests;
 #[cfg(test)]
+mod front_tests;
+#[cfg(test)]
 mod incarnation_tests;
 #[cfg(test)]
 mod tests;
@@ -45,8 +48,9 @@ mod tests;
 mod write_path_tests;
 
 pub use self::config::{Config, Planted, DEFAULT_MAX_CLOCK_OFFSET};
+pub use self::front::{arrive, Arrival, ReplicaView};
 pub use self::output::{Hint, MemberInfo, Output, Persisted};
-pub use self::replica::{apply_entries, serve_replica, serve_replica_at, serve_replica_fenced};
+pub use self::replica::{apply_entries, serve_replica};
 
 use self::read::{Page, READ_TRIES};
 use self::rebalancing::StreamPageInfo;
@@ -416,6 +420,18 @@ impl Node {
                 return;
             }
         }
+        // A replica request: served as the drivers serve it where it
+        // arrives (with what this node knows now); what that refuses is
+        // refused below, and logged.
+        let msg = match front::arrive(store, &self.own_view(now), msg) {
+            front::Arrival::Served { reply, observed } => {
+                if let Some(ts) = observed {
+                    self.observe(ts);
+                }
+                return self.send(from, reply);
+            }
+            front::Arrival::ToNode(msg) => msg,
+        };
         let msg = match msg {
             // The old envelope: its sum says nothing of the ring.
             PeerMsg::InRing { request, .. } => match self.fence(now, from, 0, *request, store) {
@@ -455,12 +471,6 @@ impl Node {
                 return; // neither stored, observed nor counted
             }
         }
-        if let PeerMsg::Replicate { version, .. } = &msg {
-            self.observe(version.ts);
-        }
-        if let Some(reply) = serve_replica(store, &msg) {
-            return self.send(from, reply);
-        }
         match msg {
             PeerMsg::Gossip {
                 members,
@@ -470,7 +480,7 @@ impl Node {
                 self.note_peer_clock(now, from, clock);
                 self.on_gossip(now, from, &members)
             }
-            // Answered by serve_replica above (a store failure: no answer).
+            // Served by `arrive` above, unless the store failed (no answer).
             PeerMsg::Replicate { .. }
             | PeerMsg::Read { .. }
             | PeerMsg::ListPage { .. }

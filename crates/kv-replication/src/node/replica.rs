@@ -4,49 +4,11 @@
 use super::*;
 
 /// Answers the requests a replica serves from its store alone —
-/// `Replicate`, `Read` and `ListPage` — so that a driver can answer them
-/// where they arrive, without going through the node. `None` for any other
+/// `Replicate`, `Read`, `ListPage` and `StreamReq` — with no check of who
+/// asks, on which ring, or how far ahead a write's timestamp is (drivers
+/// go through [`super::arrive`], which makes them). `None` for any other
 /// message (and for a write the store failed to apply: no ack).
 pub fn serve_replica(store: &dyn ReplicaStore, msg: &PeerMsg) -> Option<PeerMsg> {
-    serve_replica_at(store, msg, u64::MAX, u64::MAX)
-}
-
-/// [`serve_replica_at`] for a node whose ring id is `ring` and whose
-/// clock and maximum clock offset are `clock` (ms): a request in a
-/// [`PeerMsg::OnRing`] envelope from a coordinator on another ring (or in
-/// the old [`PeerMsg::InRing`] envelope) is not answered (`None`: the
-/// driver hands it to the node, which refuses it with
-/// [`PeerMsg::RingDiffers`]).
-pub fn serve_replica_fenced(
-    store: &dyn ReplicaStore,
-    msg: &PeerMsg,
-    (now_ms, max_offset_ms): (u64, u64),
-    ring: u64,
-) -> Option<PeerMsg> {
-    match msg {
-        PeerMsg::OnRing { ring: r, request } if *r == ring => {
-            serve_replica_at(store, request, now_ms, max_offset_ms)
-        }
-        PeerMsg::OnRing { .. } | PeerMsg::InRing { .. } => None,
-        other => serve_replica_at(store, other, now_ms, max_offset_ms),
-    }
-}
-
-/// [`serve_replica`] for a node whose clock reads `now_ms` and whose
-/// maximum clock offset is `max_offset_ms`: a write whose timestamp is
-/// further ahead than that is refused (`None`, nothing stored, so that a
-/// driver hands it to the node, which logs it).
-pub fn serve_replica_at(
-    store: &dyn ReplicaStore,
-    msg: &PeerMsg,
-    now_ms: u64,
-    max_offset_ms: u64,
-) -> Option<PeerMsg> {
-    if let PeerMsg::Replicate { version, .. } = msg {
-        if crate::hlc::too_far_ahead(version.ts, now_ms, max_offset_ms) {
-            return None;
-        }
-    }
     match msg {
         PeerMsg::Replicate {
             op,

@@ -188,15 +188,7 @@ impl Sim {
                 return;
             };
             match out {
-                Output::Send { to, msg } => {
-                    self.note_stamp(&msg);
-                    let bytes = postcard::to_allocvec(&msg).unwrap_or_default();
-                    self.report.trace = mix(self.report.trace, &bytes);
-                    self.report.trace = mix(self.report.trace, to.as_bytes());
-                    if let Some(j) = self.index_of(&to) {
-                        self.transmit(i, j, msg);
-                    }
-                }
+                Output::Send { to, msg } => self.send(i, &to, msg),
                 Output::Reply { id, reply } => {
                     if std::env::var_os("KV_SIM_DEBUG").is_some() {
                         eprintln!("{} {} reply {id} {reply:?}", self.now, self.nodes[i].id);
@@ -252,6 +244,17 @@ impl Sim {
         }
     }
 
+    /// Node `i` sends `msg` to the node whose id is `to` (traced).
+    fn send(&mut self, i: usize, to: &str, msg: PeerMsg) {
+        self.note_stamp(&msg);
+        let bytes = postcard::to_allocvec(&msg).unwrap_or_default();
+        self.report.trace = mix(self.report.trace, &bytes);
+        self.report.trace = mix(self.report.trace, to.as_bytes());
+        if let Some(j) = self.index_of(to) {
+            self.transmit(i, j, msg);
+        }
+    }
+
     pub(super) fn transmit(&mut self, from: usize, to: usize, msg: PeerMsg) {
         if self.rng.chance(self.cfg.drop_ppm) {
             return;
@@ -291,7 +294,18 @@ impl Sim {
         let now = self.clock(m.to);
         let n = &mut self.nodes[m.to];
         let Some(node) = n.node.as_mut() else { return };
-        node.handle_message(now, &from, msg, &n.store);
+        // As a server's event loop does: a replica request is served where
+        // it arrives, its answer sent back on the link and its timestamp
+        // observed by the node; the rest goes to the node.
+        match kv_replication::arrive(&n.store, &node.replica_view(now), msg) {
+            Arrival::Served { reply, observed } => {
+                if let Some(ts) = observed {
+                    node.observe_timestamp(now, ts);
+                }
+                self.send(m.to, &from, reply);
+            }
+            Arrival::ToNode(msg) => node.handle_message(now, &from, msg, &n.store),
+        }
         self.drain(m.to);
     }
 }

@@ -36,7 +36,7 @@ use kv_storage::{Options, Store};
 
 use kv_replication::event::Event;
 use kv_replication::msg::{ClientOp, ClientReply, PeerMsg, Status, Ver};
-use kv_replication::node::{Config, Hint, Node, Output, Persisted};
+use kv_replication::node::{Arrival, Config, Hint, Node, Output, Persisted};
 
 mod appliers;
 mod checks;

@@ -33,7 +33,8 @@ pub struct ClusterHandle {
     /// writes they applied themselves; the node's clock stays above it.
     pub observed: std::sync::atomic::AtomicU64,
     /// False while a node restarted on its data has not yet checked, at
-    /// its first contact, that it was not away for too long: until then
+    /// its first contact, that it was not away for too long, and once it
+    /// gave its data up ([`kv_replication::Node::serves_peers`]): then
     /// the event loops hand peers' requests for data to the cluster thread
     /// (which answers none) instead of answering them from the store.
     pub checked: AtomicBool,

@@ -199,7 +199,7 @@ pub fn start(
         view: Mutex::new(String::new()),
         id: id.clone(),
         observed: std::sync::atomic::AtomicU64::new(0),
-        checked: AtomicBool::new(!node.awaiting_contact_check()),
+        checked: AtomicBool::new(node.serves_peers()),
         ring: parking_lot::RwLock::new(node.ring_id()),
         clock: kv_replication::hlc::SharedClock::new(node.cluster_time_slack()),
         stats: Mutex::new(ClusterStats::default()),

@@ -298,7 +298,7 @@ impl ClusterThread {
     pub(super) fn publish(&self, now: u64) {
         self.handle
             .checked
-            .store(!self.node.awaiting_contact_check(), Ordering::Release);
+            .store(self.node.serves_peers(), Ordering::Release);
         self.handle
             .clustered
             .store(is_clustered(&self.node, now), Ordering::Release);

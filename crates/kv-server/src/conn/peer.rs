@@ -5,7 +5,8 @@ use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 
 use kv_proto::native::{self, ErrorKind, Request, Response};
-use kv_replication::PeerMsg;
+use kv_replication::node::ReplicaView;
+use kv_replication::{Arrival, PeerMsg};
 
 use super::{Conn, HalfClose};
 use crate::admission;
@@ -204,54 +205,50 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 /// One message from peer `from`: a replica request is answered here (the
 /// reply returned, to go back on this connection); anything else, and
 /// every message before a restarted node checked how long it was away,
-/// goes to the cluster thread.
+/// goes to the cluster thread. A thin adapter over
+/// [`kv_replication::arrive`], the entry point the simulator drives too.
 fn serve_peer(
     shared: &Shared,
     cluster: &crate::cluster::ClusterHandle,
     from: &str,
     msg: PeerMsg,
 ) -> Option<PeerMsg> {
-    // The cluster's time, as the node checks timestamps (not this host's
-    // wall clock, which may have been stepped).
-    let now = cluster.clock.now(crate::cluster::now_ms());
-    let max_offset = shared.config.max_clock_offset_ms;
-    // Before a restarted node checked how long it was away, none of its
-    // data leaves and it acknowledges no write (it may yet give its data
-    // up): the node answers nothing.
-    if !cluster.checked.load(Ordering::Acquire) {
-        cluster.send(ToCluster::Peer {
-            from: from.to_string(),
-            msg,
-        });
-        return None;
-    }
     // Replica requests are answered here, on this connection; only
     // coordination goes through the cluster thread. The ring's read lock
     // is held until the request is applied (see `ClusterHandle::ring`).
-    let reply = {
+    let arrival = {
         let ring = cluster.ring.read();
-        kv_replication::node::serve_replica_fenced(&shared.store, &msg, (now, max_offset), *ring)
+        let view = ReplicaView {
+            ring: *ring,
+            // Before a restarted node checked how long it was away, none
+            // of its data leaves and it acknowledges no write (it may yet
+            // give its data up): the node answers nothing.
+            serving: cluster.checked.load(Ordering::Acquire),
+            // The cluster's time, as the node checks timestamps (not this
+            // host's wall clock, which may have been stepped).
+            clock_ms: cluster.clock.now(crate::cluster::now_ms()),
+            max_offset_ms: shared.config.max_clock_offset_ms,
+            planted: Default::default(),
+        };
+        kv_replication::arrive(&shared.store, &view, msg)
     };
-    match &reply {
-        Some(reply) => {
+    match arrival {
+        Arrival::Served { reply, observed } => {
             // Only a write served here moves the clock (a refused one does
             // not; one too far ahead is not served, and the node logs it).
-            let request = match &msg {
-                PeerMsg::OnRing { request, .. } => request.as_ref(),
-                other => other,
-            };
-            if let (PeerMsg::ReplicateAck { .. }, PeerMsg::Replicate { version, .. }) =
-                (reply, request)
-            {
-                cluster.observed.fetch_max(version.ts, Ordering::AcqRel);
+            if let Some(ts) = observed {
+                cluster.observed.fetch_max(ts, Ordering::AcqRel);
             }
+            Some(reply)
         }
-        None => cluster.send(ToCluster::Peer {
-            from: from.to_string(),
-            msg,
-        }),
+        Arrival::ToNode(msg) => {
+            cluster.send(ToCluster::Peer {
+                from: from.to_string(),
+                msg,
+            });
+            None
+        }
     }
-    reply
 }
 
 #[cfg(test)]
