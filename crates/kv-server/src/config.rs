@@ -486,6 +486,22 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// The largest `--max-key-bytes`: Redis's key limit, 512 MiB, well inside
+/// what the store's log and snapshots hold (1 GiB − 1).
+pub const MAX_KEY_BYTES_LIMIT: usize = 512 << 20;
+
+fn parse_max_key_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("not a number of bytes: {e}"))?;
+    if n == 0 || n > MAX_KEY_BYTES_LIMIT {
+        return Err(format!(
+            "must be between 1 and {MAX_KEY_BYTES_LIMIT} (512 MiB, the largest key Redis accepts)"
+        ));
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,20 +553,4 @@ mod tests {
         let c = Config::try_parse_args_from(["kv-server", "3000"]).expect("one port");
         assert_eq!(c.listen_addr().port(), 3000);
     }
-}
-
-/// The largest `--max-key-bytes`: Redis's key limit, 512 MiB, well inside
-/// what the store's log and snapshots hold (1 GiB − 1).
-pub const MAX_KEY_BYTES_LIMIT: usize = 512 << 20;
-
-fn parse_max_key_bytes(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .parse()
-        .map_err(|e| format!("not a number of bytes: {e}"))?;
-    if n == 0 || n > MAX_KEY_BYTES_LIMIT {
-        return Err(format!(
-            "must be between 1 and {MAX_KEY_BYTES_LIMIT} (512 MiB, the largest key Redis accepts)"
-        ));
-    }
-    Ok(n)
 }
