@@ -2,7 +2,7 @@
 //! majority quorums through drops, duplicates, delays, partitions and
 //! crashes; each planted bug must be caught.
 //!
-//! The main faulty-run test is split into [`SHARDS`] tests that the test
+//! The main faulty-run test is split into `SHARDS` tests (simulator/seeds.rs) that the test
 //! harness runs in parallel, 2,000 seeds in all by default.
 //! `KV_SIM_SEEDS=N` runs seeds 1..=N instead (shared out the same way),
 //! `KV_SIM_SEED=S` replays one seed. A failing test prints, for every
@@ -12,50 +12,8 @@
 mod simulator;
 
 use kv_testkit::linearizability::{self, Op, OpKind};
+use simulator::seeds::{env, replay, seeds, seeds_after, seeds_up_to, shard_seeds};
 use simulator::{run, Report, SimConfig};
-
-/// Tests the main faulty run is split into.
-const SHARDS: u64 = 4;
-
-/// Seeds of the main faulty run, in all, unless `KV_SIM_SEEDS` says.
-const MAIN_SEEDS: u64 = 2000;
-
-fn env(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|s| s.parse().ok())
-}
-
-/// Seeds 1..=`default` (or `KV_SIM_SEEDS`), or only `KV_SIM_SEED`.
-fn seeds_up_to(default: u64) -> Vec<u64> {
-    if let Some(s) = env("KV_SIM_SEED") {
-        return vec![s];
-    }
-    (1..=env("KV_SIM_SEEDS").unwrap_or(default)).collect()
-}
-
-/// Seeds for the planted-bug searches and the rebalancing runs.
-fn seeds() -> Vec<u64> {
-    seeds_up_to(500)
-}
-
-/// [`seeds`] above `first` (all of them when replaying one seed): a
-/// planted-bug search that starts near the first seed known to show it.
-fn seeds_after(first: u64) -> Vec<u64> {
-    seeds()
-        .into_iter()
-        .filter(|&s| s > first || env("KV_SIM_SEED").is_some())
-        .collect()
-}
-
-/// Shard `k`'s part of the main run's seeds.
-fn shard_seeds(k: u64) -> Vec<u64> {
-    if env("KV_SIM_SEED").is_some() {
-        return seeds_up_to(0);
-    }
-    seeds_up_to(MAIN_SEEDS)
-        .into_iter()
-        .filter(|s| (s - 1) % SHARDS == k)
-        .collect()
-}
 
 /// Seeds of the main run known to fail from a bug not fixed yet, listed
 /// (not skipped) so that they stay visible: each is run, its violations
@@ -64,13 +22,6 @@ fn shard_seeds(k: u64) -> Vec<u64> {
 /// using the ring from before a rebalance ended) passes since the course
 /// of the runs changed.
 const KNOWN_STALE_RING: &[u64] = &[];
-
-/// The command that replays test `test` with `seed` alone.
-fn replay(test: &str, seed: u64) -> String {
-    format!(
-        "KV_SIM_SEED={seed} cargo test --release -p kv-replication --test sim {test} -- --exact"
-    )
-}
 
 /// Checks a run's client history with the per-key linearizability
 /// checker; the violation, described, if it is not linearizable.

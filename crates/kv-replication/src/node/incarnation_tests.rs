@@ -3,6 +3,7 @@
 //! no longer owns its key, and a write refused for a newer ring too often
 //! to be carried on at once.
 
+use super::write_path_tests::{owners, replies};
 use super::*;
 use kv_storage::{Options, Store};
 
@@ -56,15 +57,6 @@ fn sends_to<'a>(out: &'a [Output], to: &str) -> Vec<&'a PeerMsg> {
         .collect()
 }
 
-fn replies(out: &[Output]) -> Vec<ClientReply> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Reply { reply, .. } => Some(reply.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// A key of b:1, c:1, d:1 (not of a:1) among a:1..d:1.
 fn foreign_key() -> Vec<u8> {
     let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ["a:1", "b:1", "c:1", "d:1"]);
@@ -109,18 +101,6 @@ fn a_reply_to_the_previous_incarnation_answers_a_new_request() {
         !matches!(got.as_slice(), [ClientReply::Value(Some(_))]),
         "GET k2 answered {got:?}; a:1 now holds k2 = {k2_now:?}"
     );
-}
-
-/// The three owners of `key` among `ids` (N = 3), sorted.
-fn owners(ids: &[&str], key: &[u8]) -> Vec<String> {
-    let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ids);
-    let mut p: Vec<String> = ring
-        .preference_list(key, 3)
-        .into_iter()
-        .map(String::from)
-        .collect();
-    p.sort();
-    p
 }
 
 /// A hint outlives its target's ownership: a write to a key of b:1, c:1,

@@ -93,7 +93,7 @@ pub struct Node {
     pending: BTreeMap<u64, Pending>,
     /// The next operation's number. Answers are matched to operations by
     /// number alone, so each start draws its first number at random (see
-    /// [`first_ops`]): a late answer to a request of the node's previous
+    /// [`write::first_ops`]): a late answer to a request of the node's previous
     /// incarnation must not answer a new one.
     next_op: u64,
     last_gossip: u64,
@@ -215,7 +215,7 @@ impl Node {
             floor_waiting: VecDeque::new(),
             rng: seed | 1,
             pending: BTreeMap::new(),
-            next_op: first_ops(seed).0,
+            next_op: write::first_ops(seed).0,
             last_gossip: 0,
             // The first round soon after a start: a node back from an
             // outage is the one most likely to miss writes.
@@ -227,7 +227,7 @@ impl Node {
             seeds: Vec::new(),
             hints: BTreeMap::new(),
             hint_ops: BTreeMap::new(),
-            next_hint_op: first_ops(seed).1,
+            next_hint_op: write::first_ops(seed).1,
             refused_far: 0,
             last_far_log: None,
             last_now: now,
@@ -676,22 +676,6 @@ impl Node {
         };
         rounds.min(cleanup)
     }
-}
-
-/// The first numbers of a node's client operations and of its hint
-/// deliveries, drawn from `seed`: client operations count up from a
-/// random point below 2^62, hint deliveries down from one above 2^63, so
-/// the two never meet (2^62 operations) and a restarted node's numbers
-/// are unrelated to its previous incarnation's. A late answer to an old
-/// request then matches no new one (the odds per
-/// answer, for a million requests in flight, under one in 2^40), where numbers starting at 1
-/// on every start made it answer the new request of the same number,
-/// for another key (`incarnation_tests.rs`).
-fn first_ops(seed: u64) -> (u64, u64) {
-    let mut state = seed ^ 0x6f70_5f6e_756d_6265; // apart from the node's rng
-    let ops = (splitmix64(&mut state) >> 2).max(1);
-    let hints = u64::MAX - (splitmix64(&mut state) >> 2);
-    (ops, hints)
 }
 
 /// The next number of a splitmix64 generator: small, fast, and the same on

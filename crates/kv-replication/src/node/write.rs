@@ -565,3 +565,19 @@ pub(super) fn union(groups: &Groups) -> Vec<NodeId> {
     }
     out
 }
+
+/// The first numbers of a node's client operations and of its hint
+/// deliveries, drawn from `seed`: client operations count up from a
+/// random point below 2^62, hint deliveries down from one above 2^63, so
+/// the two never meet (2^62 operations) and a restarted node's numbers
+/// are unrelated to its previous incarnation's. A late answer to an old
+/// request then matches no new one (the odds per
+/// answer, for a million requests in flight, under one in 2^40), where numbers starting at 1
+/// on every start made it answer the new request of the same number,
+/// for another key (`incarnation_tests.rs`).
+pub(super) fn first_ops(seed: u64) -> (u64, u64) {
+    let mut state = seed ^ 0x6f70_5f6e_756d_6265; // apart from the node's rng
+    let ops = (splitmix64(&mut state) >> 2).max(1);
+    let hints = u64::MAX - (splitmix64(&mut state) >> 2);
+    (ops, hints)
+}

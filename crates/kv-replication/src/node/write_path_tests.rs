@@ -124,7 +124,7 @@ fn all_hold_newer(
 const FIVE: [&str; 5] = ["a:1", "b:1", "c:1", "d:1", "e:1"];
 
 /// The three owners of `key` among `ids` (N = 3), sorted.
-fn owners(ids: &[&str], key: &[u8]) -> Vec<String> {
+pub(super) fn owners(ids: &[&str], key: &[u8]) -> Vec<String> {
     let ring = Ring::with_nodes(kv_ring::DEFAULT_VNODES, ids);
     let mut p: Vec<String> = ring
         .preference_list(key, 3)
@@ -164,7 +164,8 @@ fn e_joins(n: &mut Node, s: &dyn ReplicaStore, now: u64) {
     n.handle_message(now, "d:1", gossip, s);
 }
 
-fn replies(out: &[Output]) -> Vec<ClientReply> {
+/// The client replies among `out`.
+pub(super) fn replies(out: &[Output]) -> Vec<ClientReply> {
     out.iter()
         .filter_map(|o| match o {
             Output::Reply { reply, .. } => Some(reply.clone()),

@@ -26,7 +26,7 @@
 //! The files: `config` (what a run does, what it found), `lifecycle`
 //! (starting and restarting nodes, the network), `appliers` (the
 //! server's rebalance appliers and cleanup thread, run later), `workload`
-//! (the clients), `faults`, `timeline` (the run's phases) and `checks`
+//! (the clients), `faults`, `timeline` (the run's phases), `seeds` (which seeds a test runs) and `checks`
 //! (the invariants).
 
 use std::cmp::Reverse;
@@ -44,6 +44,7 @@ mod config;
 mod faults;
 mod floor;
 mod lifecycle;
+pub mod seeds;
 mod timeline;
 mod workload;
 
