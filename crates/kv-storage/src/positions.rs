@@ -68,6 +68,10 @@ impl Positions {
         };
         run.remove(at);
         let left = run.len();
+        // A run that has lost most of its hashes gives memory back.
+        if run.capacity() >= 4 * left.max(4) {
+            run.shrink_to(2 * left);
+        }
         if left == 0 {
             self.runs.remove(i);
         } else if self
@@ -79,6 +83,11 @@ impl Positions {
             // leave many nearly empty runs behind.
             let next = self.runs.remove(i + 1);
             self.runs[i].extend_from_slice(&next);
+        } else if i > 0 && self.runs[i - 1].len() + left <= CHUNK / 2 {
+            // The same with the run before (deletes in ascending order
+            // thin each run after its neighbour before was looked at).
+            let run = self.runs.remove(i);
+            self.runs[i - 1].extend_from_slice(&run);
         }
         true
     }
@@ -205,6 +214,85 @@ mod tests {
         let bytes: usize = set.runs.iter().map(|r| r.capacity() * 8).sum();
         let per_hash = bytes as f64 / set.len() as f64;
         assert!((8.0..13.0).contains(&per_hash), "{per_hash} bytes a hash");
+    }
+
+    /// Removals that leave one hash in each run (deletes in hash order,
+    /// as a SCAN walks) must not leave the set at about 2 KiB a hash: a
+    /// remove merges thin runs with the run before as well as after, and
+    /// a run that lost most of its hashes shrinks (review of slim).
+    #[test]
+    fn thinned_runs_do_not_cost_kilobytes_a_hash() {
+        let mut set = Positions::default();
+        for h in 0..100_000u64 {
+            set.insert(h * 1_000);
+        }
+        // Thin each run, first to last, down to its first hash.
+        let firsts: Vec<u64> = set.runs.iter().map(|r| r[0]).collect();
+        for run in set.runs.iter().map(|r| r[1..].to_vec()).collect::<Vec<_>>() {
+            for h in run {
+                assert!(set.remove(h));
+            }
+        }
+        assert_eq!(set.range(..).collect::<Vec<_>>(), firsts);
+        let bytes: usize = set
+            .runs
+            .iter()
+            .map(|r| r.capacity() * 8 + 24)
+            .sum::<usize>()
+            + set.runs.capacity() * 24;
+        let per_hash = bytes as f64 / set.len() as f64;
+        assert!(
+            per_hash < 40.0,
+            "{per_hash} bytes a hash over {} runs of {} hashes",
+            set.runs.len(),
+            set.len()
+        );
+    }
+
+    /// Every bound at, just before and just after each run's first and
+    /// last hash, and at 0 and u64::MAX, against a `BTreeSet`.
+    #[test]
+    fn ranges_at_run_boundaries() {
+        let mut set = Positions::default();
+        let mut model = BTreeSet::new();
+        for h in (0..3_000u64)
+            .map(|i| i * 3 + 1)
+            .chain([0, u64::MAX, u64::MAX - 1])
+        {
+            set.insert(h);
+            model.insert(h);
+        }
+        for h in (0..3_000u64).filter(|i| i % 7 == 0).map(|i| i * 3 + 1) {
+            set.remove(h);
+            model.remove(&h);
+        }
+        let mut points = vec![0, 1, u64::MAX, u64::MAX - 1, u64::MAX - 2];
+        for r in &set.runs {
+            for p in [r[0], r[r.len() - 1]] {
+                points.extend([p.wrapping_sub(1), p, p.wrapping_add(1)]);
+            }
+        }
+        let bounds = |p: u64| [Included(p), Excluded(p)];
+        for &a in &points {
+            for s in bounds(a).into_iter().chain([Unbounded]) {
+                for &b in &points {
+                    for e in bounds(b).into_iter().chain([Unbounded]) {
+                        let valid = match (s, e) {
+                            (Included(x), Included(y)) => x <= y,
+                            (Included(x) | Excluded(x), Included(y) | Excluded(y)) => x < y,
+                            _ => true,
+                        };
+                        if valid {
+                            let got: Vec<u64> = set.range((s, e)).collect();
+                            let want: Vec<u64> = model.range((s, e)).copied().collect();
+                            assert_eq!(got, want, "{s:?}..{e:?}");
+                        } else {
+                            assert_eq!(set.range((s, e)).count(), 0);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
