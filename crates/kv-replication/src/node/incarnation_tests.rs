@@ -326,3 +326,121 @@ fn a_listing_leaves_out_what_a_node_holds_of_keys_it_does_not_own() {
         "listed a key b:1 does not own"
     );
 }
+
+/// A listing's answers are judged by the rings they were asked for
+/// under (review of 174f38a): `c:1` answers with a live key it owned when
+/// asked, but before its answer arrives the coordinator learns that
+/// `c:1` has left, and the key's new owners were never asked. Filtered by
+/// the new ring, the key would be left out of a listing it was in.
+#[test]
+fn a_listing_keeps_what_an_owner_answered_after_the_ring_changed() {
+    let s = store();
+    let four = ["a:1", "b:1", "c:1", "d:1"];
+    let key = foreign_key();
+    let mut a = node_among("a:1", &s, &four, 1);
+    let list = ClientOp::List {
+        prefix: Vec::new(),
+        from: 0,
+        after: None,
+        limit: 100,
+    };
+    a.handle_client(T0 + 1, 7, list, &s);
+    let out = drain(&mut a);
+    let op = match sends_to(&out, "c:1").as_slice() {
+        [PeerMsg::ListPage { op, .. }] => *op,
+        other => panic!("{other:?}"),
+    };
+    // b:1 tells a:1 that c:1 has left.
+    let mut left = members(&four);
+    for d in &mut left {
+        if d.id == "c:1" {
+            d.status = Status::Left;
+            d.incarnation += 1;
+        }
+        d.heartbeat = T0 + 2;
+    }
+    let before = a.ring_id();
+    let gossip = PeerMsg::Gossip {
+        members: left,
+        clock: T0 + 2,
+        number: node_number("b:1"),
+    };
+    a.handle_message(T0 + 2, "b:1", gossip, &s);
+    drain(&mut a);
+    assert_ne!(a.ring_id(), before, "the ring changed");
+    let live = Stamped {
+        version: Ver { ts: 5_000, node: 9 },
+        value: Some(b"live".to_vec()),
+        expires_at: None,
+    };
+    let mut got = Vec::new();
+    for (from, entries) in [("c:1", vec![(key.clone(), live)]), ("d:1", vec![])] {
+        let reply = PeerMsg::ListReply {
+            op,
+            entries,
+            next: None,
+        };
+        a.handle_message(T0 + 3, from, reply, &s);
+        got.extend(replies(&drain(&mut a)));
+    }
+    assert_eq!(
+        got,
+        vec![ClientReply::Keys {
+            keys: vec![key],
+            next: None
+        }],
+        "a live key c:1 answered was left out"
+    );
+}
+
+/// A replica whose ring stays different refuses every read: the read is
+/// started again a few times at once, then waits for its other replicas
+/// (review of 174f38a: each refusal restarted it as a new operation with
+/// a fresh count, at network speed, throwing the other answers away).
+#[test]
+fn a_read_refused_again_and_again_stops_restarting_and_completes() {
+    let s = store();
+    let four = ["a:1", "b:1", "c:1", "d:1"];
+    let key = foreign_key();
+    let mut a = node_among("a:1", &s, &four, 1);
+    a.handle_client(T0 + 1, 7, ClientOp::Get { key: key.clone() }, &s);
+    let mut out = drain(&mut a);
+    let mut reads_to_c = 0;
+    for i in 0..50 {
+        let Some(op) = sends_to(&out, "c:1").iter().find_map(|m| match m {
+            PeerMsg::Read { op, .. } => Some(*op),
+            _ => None,
+        }) else {
+            break;
+        };
+        reads_to_c += 1;
+        let refusal = PeerMsg::RingDiffers {
+            op,
+            members: members(&four),
+            ack: None,
+        };
+        a.handle_message(T0 + 2 + i, "c:1", refusal, &s);
+        out = drain(&mut a);
+    }
+    assert!(
+        reads_to_c <= 10,
+        "{reads_to_c} reads sent to c:1 for 50 refusals"
+    );
+    // The read still waits: b:1 and d:1 answer it.
+    let op = sends_to(&out, "b:1")
+        .iter()
+        .chain(sends_to(&out, "d:1").iter())
+        .find_map(|m| match m {
+            PeerMsg::Read { op, .. } => Some(*op),
+            _ => None,
+        });
+    let op = op
+        .or_else(|| a.pending.keys().next().copied())
+        .expect("a read pending");
+    let mut got = Vec::new();
+    for from in ["b:1", "d:1"] {
+        a.handle_message(T0 + 100, from, PeerMsg::ReadReply { op, state: None }, &s);
+        got.extend(replies(&drain(&mut a)));
+    }
+    assert_eq!(got, vec![ClientReply::Value(None)], "the GET completes");
+}

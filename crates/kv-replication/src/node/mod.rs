@@ -111,8 +111,9 @@ pub struct Node {
     hints: BTreeMap<(NodeId, Vec<u8>), Hint>,
     /// Hint deliveries in flight, by the op number their ack carries.
     hint_ops: BTreeMap<u64, (NodeId, Vec<u8>, Ver)>,
-    /// Op numbers for hint deliveries count down from a random point of
-    /// the upper half (never reused, apart from client operations' numbers).
+    /// Op numbers for hint deliveries count down from a random point at
+    /// or above 2^64 − 2^62 (never reused, apart from client operations'
+    /// numbers).
     next_hint_op: u64,
     /// Messages refused for a timestamp too far ahead, and when that was
     /// last logged.
@@ -196,6 +197,7 @@ impl Node {
             resume = s.stream.clone();
         }
         let heard_peer = members.current().len() <= 1;
+        let (first_op, first_hint_op) = write::first_ops(seed);
         let mut n = Node {
             number: cfg.number.unwrap_or_else(|| node_number(&cfg.id)),
             read_ring: Ring::new(cfg.vnodes),
@@ -215,7 +217,7 @@ impl Node {
             floor_waiting: VecDeque::new(),
             rng: seed | 1,
             pending: BTreeMap::new(),
-            next_op: write::first_ops(seed).0,
+            next_op: first_op,
             last_gossip: 0,
             // The first round soon after a start: a node back from an
             // outage is the one most likely to miss writes.
@@ -227,7 +229,7 @@ impl Node {
             seeds: Vec::new(),
             hints: BTreeMap::new(),
             hint_ops: BTreeMap::new(),
-            next_hint_op: write::first_ops(seed).1,
+            next_hint_op: first_hint_op,
             refused_far: 0,
             last_far_log: None,
             last_now: now,

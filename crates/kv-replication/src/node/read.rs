@@ -86,6 +86,7 @@ impl Node {
         let work = Work::List {
             limit,
             pages: Vec::new(),
+            ring: self.ring_id(),
         };
         // Each key's replicas among the nodes that answer must overlap its
         // last write quorum: with at most W - 1 nodes silent, at least
@@ -249,15 +250,23 @@ impl Node {
         entries: Vec<(Vec<u8>, Stamped)>,
         next: Option<Vec<u8>>,
     ) {
-        if !self.pending.contains_key(&op) {
+        let Some(p) = self.pending.get(&op) else {
             return;
-        }
+        };
         // Only what `from` holds of keys it owns (in the read or the write
         // ring) counts: between the end of a rebalance and its cleanup it
         // still holds ranges it gave away, whose deletes the owners may
-        // since have purged.
+        // since have purged. Judged by the rings the pages were asked for
+        // under: after a ring change the old owners' answers are what the
+        // listing has (the new owners were not asked), so they count.
+        let asked_under = match &p.work {
+            Work::List { ring, .. } => Some(*ring),
+            _ => None,
+        };
         let mut entries = entries;
-        entries.retain(|(k, _)| self.owns(from, k));
+        if asked_under == Some(self.ring_id()) {
+            entries.retain(|(k, _)| self.owns(from, k));
+        }
         let Some(p) = self.answer(op, from) else {
             return;
         };

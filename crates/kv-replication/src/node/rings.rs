@@ -204,9 +204,9 @@ impl Node {
         // Carried on at once a few times (one round trip each normally
         // converges); past that, rings that stay different (a table
         // restored from an old backup, say) would make every operation
-        // bounce at network speed: it is carried on at each tick instead
-        // ([`Node::retry_refused`]), until the rings agree or its deadline
-        // passes.
+        // bounce at network speed: a write is carried on at each tick
+        // instead ([`Node::retry_refused`]), until the rings agree or its
+        // deadline passes; a read waits for its other replicas.
         let refusals = self.ring_refusals.entry(op).or_insert(0);
         *refusals += 1;
         if *refusals <= MAX_RING_RETRIES {
@@ -214,13 +214,21 @@ impl Node {
         }
     }
 
-    /// Each tick: carries on the operations refused for a different ring
+    /// Each tick: carries on the writes refused for a different ring
     /// more often than they are carried on at once. (The refusals already
     /// took the replica out of the write's sends and set its groups to
     /// the current ones, so no regroup would ever ask that replica again.)
     pub(super) fn retry_refused(&mut self, now: u64, store: &dyn ReplicaStore) {
+        // Writes only: a read restarted keeps no answers, so restarting
+        // it at every tick could keep it from ever completing; past the
+        // limit it waits for the other replicas instead.
+        let writes = |op: &u64| {
+            self.pending
+                .get(op)
+                .is_some_and(|p| matches!(p.work, Work::Write { .. }))
+        };
         let ops: Vec<u64> = (self.ring_refusals.iter())
-            .filter(|&(op, n)| *n > MAX_RING_RETRIES && self.pending.contains_key(op))
+            .filter(|&(op, n)| *n > MAX_RING_RETRIES && writes(op))
             .map(|(op, _)| *op)
             .collect();
         for op in ops {
@@ -240,7 +248,16 @@ impl Node {
             Work::Read { key, tries, .. } => {
                 let (key, tries, client, deadline) = (key.clone(), *tries, p.client, p.deadline);
                 self.pending.remove(&op);
-                self.send_read(now, deadline, client, key, tries, store)
+                let refusals = self.ring_refusals.remove(&op);
+                let next = self.next_op;
+                self.send_read(now, deadline, client, key, tries, store);
+                // The read starts again as a new operation: it keeps its
+                // count of refusals, so that a replica whose ring stays
+                // different stops restarting it after a few (it then
+                // waits for the other replicas' answers or its deadline).
+                if let Some(n) = refusals.filter(|_| self.pending.contains_key(&next)) {
+                    self.ring_refusals.insert(next, n);
+                }
             }
             Work::Write { .. } => self.dispatch_write(now, op, store),
             Work::List { .. } => {} // not restarted: the client asks again

@@ -59,6 +59,9 @@ pub(super) enum Work {
     List {
         limit: u32,
         pages: Vec<Page>,
+        /// The ring id the pages were asked for under: answers are
+        /// filtered by ownership only while it is still this node's.
+        ring: u64,
     },
 }
 
@@ -515,7 +518,7 @@ impl Node {
                 version, existed, ..
             } => ClientReply::Written { version, existed },
             Work::Read { best, .. } => ClientReply::Value(best),
-            Work::List { limit, pages } => merge_pages(pages, limit),
+            Work::List { limit, pages, .. } => merge_pages(pages, limit),
         };
         self.reply(p.client, reply);
     }
@@ -568,7 +571,8 @@ pub(super) fn union(groups: &Groups) -> Vec<NodeId> {
 
 /// The first numbers of a node's client operations and of its hint
 /// deliveries, drawn from `seed`: client operations count up from a
-/// random point below 2^62, hint deliveries down from one above 2^63, so
+/// random point below 2^62, hint deliveries down from one at or above
+/// 2^64 − 2^62, so
 /// the two never meet (2^62 operations) and a restarted node's numbers
 /// are unrelated to its previous incarnation's. A late answer to an old
 /// request then matches no new one (the odds per
