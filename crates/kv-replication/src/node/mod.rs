@@ -51,6 +51,7 @@ pub use self::config::{Config, Planted, DEFAULT_MAX_CLOCK_OFFSET};
 pub use self::front::{arrive, Arrival, ReplicaView};
 pub use self::output::{Hint, MemberInfo, Output, Persisted};
 pub use self::replica::{apply_entries, serve_replica};
+pub use self::write::splitmix64;
 
 use self::read::{Page, READ_TRIES};
 use self::rebalancing::StreamPageInfo;
@@ -425,7 +426,12 @@ impl Node {
         // A replica request: served as the drivers serve it where it
         // arrives (with what this node knows now); what that refuses is
         // refused below, and logged.
-        let msg = match front::arrive(store, &self.own_view(now), msg) {
+        let arrival = if front::is_request(&msg) {
+            front::arrive(store, &self.own_view(now), msg)
+        } else {
+            front::Arrival::ToNode(msg)
+        };
+        let msg = match arrival {
             front::Arrival::Served { reply, observed } => {
                 if let Some(ts) = observed {
                     self.observe(ts);
@@ -678,17 +684,6 @@ impl Node {
         };
         rounds.min(cleanup)
     }
-}
-
-/// The next number of a splitmix64 generator: small, fast, and the same on
-/// every platform, so that seeded runs replay (the node's own choices,
-/// and the simulator in the test tree).
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The version node number of a node id.

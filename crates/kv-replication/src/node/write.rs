@@ -585,3 +585,14 @@ pub(super) fn first_ops(seed: u64) -> (u64, u64) {
     let hints = u64::MAX - (splitmix64(&mut state) >> 2);
     (ops, hints)
 }
+
+/// The next number of a splitmix64 generator: small, fast, and the same on
+/// every platform, so that seeded runs replay (the node's own choices,
+/// and the simulator in the test tree).
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
