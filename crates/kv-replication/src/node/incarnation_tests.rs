@@ -286,37 +286,23 @@ fn a_listing_leaves_out_what_a_node_holds_of_keys_it_does_not_own() {
         .find(|k| !owners(&four, k).contains(&"b:1".to_string()))
         .expect("some key");
     let mut a = node_among("a:1", &s, &four, 1);
-    let list = ClientOp::List {
-        prefix: Vec::new(),
-        from: 0,
-        after: None,
-        limit: 100,
-    };
-    a.handle_client(T0 + 1, 7, list, &s);
-    let out = drain(&mut a);
-    let op = match sends_to(&out, "b:1").as_slice() {
-        [PeerMsg::ListPage { op, .. }] => *op,
-        other => panic!("{other:?}"),
-    };
+    let op = start_listing(&mut a, &s, "b:1");
     let ghost = Stamped {
         version: Ver { ts: 5_000, node: 9 },
         value: Some(b"deleted long ago".to_vec()),
         expires_at: None,
     };
-    let mut got = Vec::new();
-    for (from, entries) in [
-        ("b:1", vec![(key.clone(), ghost)]),
-        ("c:1", vec![]),
-        ("d:1", vec![]),
-    ] {
-        let reply = PeerMsg::ListReply {
-            op,
-            entries,
-            next: None,
-        };
-        a.handle_message(T0 + 2, from, reply, &s);
-        got.extend(replies(&drain(&mut a)));
-    }
+    let got = answer_listing(
+        &mut a,
+        &s,
+        T0 + 2,
+        op,
+        [
+            ("b:1", vec![(key.clone(), ghost)]),
+            ("c:1", vec![]),
+            ("d:1", vec![]),
+        ],
+    );
     assert_eq!(
         got,
         vec![ClientReply::Keys {
@@ -338,18 +324,7 @@ fn a_listing_keeps_what_an_owner_answered_after_the_ring_changed() {
     let four = ["a:1", "b:1", "c:1", "d:1"];
     let key = foreign_key();
     let mut a = node_among("a:1", &s, &four, 1);
-    let list = ClientOp::List {
-        prefix: Vec::new(),
-        from: 0,
-        after: None,
-        limit: 100,
-    };
-    a.handle_client(T0 + 1, 7, list, &s);
-    let out = drain(&mut a);
-    let op = match sends_to(&out, "c:1").as_slice() {
-        [PeerMsg::ListPage { op, .. }] => *op,
-        other => panic!("{other:?}"),
-    };
+    let op = start_listing(&mut a, &s, "c:1");
     // b:1 tells a:1 that c:1 has left.
     let mut left = members(&four);
     for d in &mut left {
@@ -373,16 +348,13 @@ fn a_listing_keeps_what_an_owner_answered_after_the_ring_changed() {
         value: Some(b"live".to_vec()),
         expires_at: None,
     };
-    let mut got = Vec::new();
-    for (from, entries) in [("c:1", vec![(key.clone(), live)]), ("d:1", vec![])] {
-        let reply = PeerMsg::ListReply {
-            op,
-            entries,
-            next: None,
-        };
-        a.handle_message(T0 + 3, from, reply, &s);
-        got.extend(replies(&drain(&mut a)));
-    }
+    let got = answer_listing(
+        &mut a,
+        &s,
+        T0 + 3,
+        op,
+        [("c:1", vec![(key.clone(), live)]), ("d:1", vec![])],
+    );
     assert_eq!(
         got,
         vec![ClientReply::Keys {
@@ -443,4 +415,42 @@ fn a_read_refused_again_and_again_stops_restarting_and_completes() {
         got.extend(replies(&drain(&mut a)));
     }
     assert_eq!(got, vec![ClientReply::Value(None)], "the GET completes");
+}
+
+/// `a` starts a listing of every key; its op, as sent to `peer`.
+fn start_listing(a: &mut Node, s: &dyn ReplicaStore, peer: &str) -> u64 {
+    let list = ClientOp::List {
+        prefix: Vec::new(),
+        from: 0,
+        after: None,
+        limit: 100,
+    };
+    a.handle_client(T0 + 1, 7, list, s);
+    let out = drain(a);
+    match sends_to(&out, peer).as_slice() {
+        [PeerMsg::ListPage { op, .. }] => *op,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Each node answers listing `op` of `a` with its entries, at `now`;
+/// what `a` replies to the client.
+fn answer_listing(
+    a: &mut Node,
+    s: &dyn ReplicaStore,
+    now: u64,
+    op: u64,
+    answers: impl IntoIterator<Item = (&'static str, Vec<(Vec<u8>, Stamped)>)>,
+) -> Vec<ClientReply> {
+    let mut got = Vec::new();
+    for (from, entries) in answers {
+        let reply = PeerMsg::ListReply {
+            op,
+            entries,
+            next: None,
+        };
+        a.handle_message(now, from, reply, s);
+        got.extend(replies(&drain(a)));
+    }
+    got
 }
