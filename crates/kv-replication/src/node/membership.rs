@@ -218,7 +218,7 @@ impl Node {
         let moving = self
             .members
             .with_status(&[Status::Joining, Status::Leaving]);
-        (self.transition != 0 || !moving.is_empty()).then_some(AdminError::Busy { moving })
+        (self.transition.is_some() || !moving.is_empty()).then_some(AdminError::Busy { moving })
     }
 
     pub(super) fn change_status(&mut self, node: &str, status: Status) {

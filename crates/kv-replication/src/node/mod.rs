@@ -69,7 +69,7 @@ pub struct Node {
     /// Members that will hold them (joining, normal).
     write_ring: Ring,
     /// 0, or the hash of the rebalance under way (the two rings).
-    transition: u64,
+    transition: Option<u64>,
     /// What the rebalance under way moves.
     plan: rebalance::Plan,
     /// Receiving this node's new ranges.
@@ -77,7 +77,7 @@ pub struct Node {
     /// A saved stream to resume, from before a restart.
     resume: Option<StreamSave>,
     /// The rebalance whose ranges this node has all.
-    synced: u64,
+    synced: Option<u64>,
     /// Since when every live member knows the rebalance under way.
     converged_since: Option<u64>,
     /// Whether a peer has been heard from since the start (a restarted
@@ -205,11 +205,11 @@ impl Node {
             write_ring: Ring::new(cfg.vnodes),
             cfg,
             members,
-            transition: 0,
+            transition: None,
             plan: rebalance::Plan::default(),
             stream: None,
             resume,
-            synced: 0,
+            synced: None,
             converged_since: None,
             heard_peer,
             hlc: Hlc::starting_above(floor),
@@ -255,7 +255,7 @@ impl Node {
         };
         n.numbers.insert(n.number, n.cfg.id.clone());
         if let Some(d) = n.members.digest(&n.cfg.id) {
-            n.synced = d.synced;
+            n.synced = (d.synced != 0).then_some(d.synced);
         }
         n.recompute_rings();
         // At a start, a stream under way resumes where it was: only what
@@ -380,7 +380,7 @@ impl Node {
         };
         let read = self.prefs(&self.read_ring, key);
         let read_need = need(read.len());
-        if self.transition != 0 {
+        if self.transition.is_some() {
             let next = self.prefs(&self.write_ring, key);
             if next != read {
                 let next_need = need(next.len());
@@ -647,7 +647,7 @@ impl Node {
     pub fn poll_timeout(&self) -> u64 {
         let busy = !self.pending.is_empty()
             || !self.floor_waiting.is_empty()
-            || self.transition != 0
+            || self.transition.is_some()
             || self.stream.is_some()
             || self.resume.is_some()
             || self.regroup_due

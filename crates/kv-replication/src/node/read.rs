@@ -240,7 +240,7 @@ impl Node {
     /// a rebalance, in the write ring.
     fn owns(&self, node: &str, key: &[u8]) -> bool {
         let holds = |ring: &Ring| ring.preference_list(key, self.n_of(ring)).contains(&node);
-        holds(&self.read_ring) || (self.transition != 0 && holds(&self.write_ring))
+        holds(&self.read_ring) || (self.transition.is_some() && holds(&self.write_ring))
     }
 
     pub(super) fn on_list_reply(

@@ -13,6 +13,12 @@ pub(super) struct StreamPageInfo {
     pub(super) progress: u32,
 }
 
+/// A transition id as peers see it (gossip digests, stream requests): 0
+/// for none (ids are odd).
+pub(super) fn wire(transition: Option<u64>) -> u64 {
+    transition.unwrap_or(0)
+}
+
 /// How long a failed cleanup (or its snapshot) waits before it is tried
 /// again (ms).
 const CLEANUP_RETRY: u64 = 5000;
@@ -98,7 +104,7 @@ impl Node {
     pub(super) fn owned_ranges(&self) -> Vec<(u64, u64)> {
         let me = &self.cfg.id;
         let mut owned = crate::ownership::owned(&self.read_ring, self.n_of(&self.read_ring), me);
-        if self.transition != 0 {
+        if self.transition.is_some() {
             let n = self.n_of(&self.write_ring);
             owned.extend(crate::ownership::owned(&self.write_ring, n, me));
         }
@@ -180,14 +186,12 @@ impl Node {
 
     /// Whether a rebalance is under way (as far as this node knows).
     pub fn rebalancing(&self) -> bool {
-        self.transition != 0
+        self.transition.is_some()
     }
 
     /// The rebalance under way, seen from this node, if any.
     pub fn progress(&self, now: u64) -> Option<Progress> {
-        if self.transition == 0 {
-            return None;
-        }
+        let transition = self.transition?;
         let mut p = Progress {
             joining: self.members.with_status(&[Status::Joining]),
             leaving: self.members.with_status(&[Status::Leaving]),
@@ -201,7 +205,7 @@ impl Node {
         };
         if let Some(saved) = self.resume.as_ref().filter(|_| self.stream.is_none()) {
             // Resuming after a restart: what was received before counts.
-            if saved.transition == self.transition {
+            if saved.transition == transition {
                 p.bytes = saved.bytes;
                 p.keys = saved.keys;
                 p.ranges = (self.plan.gains.len(), 0);
@@ -237,7 +241,7 @@ impl Node {
             .filter(|g| {
                 self.members
                     .digest(g)
-                    .is_none_or(|d| d.synced != self.transition)
+                    .is_none_or(|d| d.synced != wire(self.transition))
             })
             .cloned()
             .collect();
@@ -275,7 +279,7 @@ impl Node {
             .filter(|id| {
                 self.members
                     .digest(id)
-                    .is_none_or(|d| d.view != self.transition)
+                    .is_none_or(|d| d.view != wire(self.transition))
             })
             .collect()
     }
@@ -295,7 +299,7 @@ impl Node {
                 self.change_status(&me, Status::Joining);
             }
         }
-        if self.transition == 0 {
+        if self.transition.is_none() {
             return;
         }
         if !self.lagging(now).is_empty() {
@@ -342,9 +346,9 @@ impl Node {
     /// acknowledged under the old ring has landed before the copy starts
     /// (later ones reach this node directly).
     fn receive_ranges(&mut self, now: u64) {
-        if self.synced == self.transition {
+        let Some(transition) = self.transition.filter(|t| self.synced != Some(*t)) else {
             return;
-        }
+        };
         let Some(since) = self.converged_since else {
             return;
         };
@@ -378,7 +382,7 @@ impl Node {
                     }
                 }
             }
-            let mut st = Stream::new(self.transition, plan, self.resume.as_ref(), up);
+            let mut st = Stream::new(transition, plan, self.resume.as_ref(), up);
             st.planted_any_source_done = self.cfg.planted.any_source_done;
             let resumed = st.resumed();
             self.log(Event::RebalanceReceiving {
@@ -424,7 +428,7 @@ impl Node {
         }
         for (id, ranges, cursor) in asks {
             let msg = PeerMsg::StreamReq {
-                transition: self.transition,
+                transition,
                 ranges,
                 cursor,
                 max_bytes: page,
@@ -533,7 +537,8 @@ impl Node {
         self.log(line);
         self.synced = self.transition;
         self.resume = None;
-        self.members.set_mine(self.transition, self.synced);
+        self.members
+            .set_mine(wire(self.transition), wire(self.synced));
         self.persist();
         self.tell_everyone();
     }

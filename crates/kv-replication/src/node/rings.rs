@@ -1,6 +1,7 @@
 //! Recomputing the rings on membership changes, fencing stale-ring requests,
 //! and retrying operations after a ring change.
 
+use super::rebalancing::wire;
 use super::*;
 
 /// How many refusals for a differing ring an operation is carried on
@@ -18,7 +19,7 @@ impl Node {
         }
         let joining = self.members.with_status(&[Status::Joining]);
         let leaving = self.members.with_status(&[Status::Leaving]);
-        if self.transition == 0 {
+        if self.transition.is_none() {
             self.stats.rebalances_done += 1;
             self.log(Event::RebalanceOver {
                 ring: self.read_ring.nodes().to_vec(),
@@ -38,12 +39,9 @@ impl Node {
     pub(super) fn recompute_rings_quietly(&mut self) {
         let read = self.members.with_status(&[Status::Normal, Status::Leaving]);
         let write = self.members.with_status(&[Status::Joining, Status::Normal]);
-        let transition = if read == write {
-            0
-        } else {
-            let text = format!("{read:?}{write:?}");
-            xxhash_rust::xxh3::xxh3_64(text.as_bytes()) | 1
-        };
+        // A rebalance's id: the ring id of its two rings (odd, never the
+        // 0 that stands for none on the wire).
+        let transition = (read != write).then(|| crate::membership::ring_id(&read, &write));
         if self.read_ring.nodes() != read.as_slice() {
             self.read_ring = Ring::with_nodes(self.cfg.vnodes, &read);
             self.settled_since = None;
@@ -63,7 +61,7 @@ impl Node {
             self.converged_since = None;
             self.stream = None;
             self.plan = rebalance::Plan::default();
-            if transition != 0 {
+            if let Some(transition) = transition {
                 let (nr, nw) = (self.n_of(&self.read_ring), self.n_of(&self.write_ring));
                 let r = self.cfg.read_quorum;
                 self.plan = rebalance::plan(
@@ -75,9 +73,9 @@ impl Node {
                     |n| quorum_of(r, n),
                 );
                 if self.plan.gains.is_empty() || !self.cfg.stream_ranges {
-                    self.synced = transition;
+                    self.synced = Some(transition);
                 }
-                if self.synced != transition && self.cfg.planted.forget_gained {
+                if self.synced != Some(transition) && self.cfg.planted.forget_gained {
                     let gained = self
                         .plan
                         .gains
@@ -97,7 +95,8 @@ impl Node {
             // without them, before anything is written there.
             job.keep(&self.owned_ranges());
         }
-        self.members.set_mine(self.transition, self.synced);
+        self.members
+            .set_mine(wire(self.transition), wire(self.synced));
     }
 
     /// A request from `from` whose coordinator's ring id is `ring`: the
