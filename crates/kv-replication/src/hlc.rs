@@ -1,51 +1,75 @@
 //! A hybrid logical clock: timestamps close to physical time that never go
 //! backwards and always exceed every timestamp observed. Nothing in it
 //! wraps: a clock that reaches `u64::MAX` issues no more timestamps.
+//!
+//! Two units meet here: clocks and offsets are read in milliseconds
+//! ([`Millis`]), versions are stamped in microseconds ([`Micros`]). The
+//! functions that take both take them as these types, so that one cannot
+//! be passed for the other.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A wall-clock reading (since the Unix epoch) or a span of time, in
+/// milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub u64);
+
+/// A version's timestamp (since the Unix epoch), in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Micros(pub u64);
+
+impl Millis {
+    /// The same time in microseconds (`u64::MAX` at most: nothing wraps).
+    pub fn to_micros(self) -> Micros {
+        Micros(self.0.saturating_mul(1000))
+    }
+
+    /// `self + other`, at most `u64::MAX` ms.
+    pub fn saturating_add(self, other: Millis) -> Millis {
+        Millis(self.0.saturating_add(other.0))
+    }
+}
 
 /// The clock. Timestamps are in microseconds-since-epoch units; when
 /// physical time lags what has been seen or issued, the clock counts on by
 /// one per timestamp.
 #[derive(Clone, Debug, Default)]
 pub struct Hlc {
-    last: u64,
+    last: Micros,
 }
 
 impl Hlc {
     /// A clock that issues only timestamps above `floor`.
-    pub fn starting_above(floor: u64) -> Hlc {
+    pub fn starting_above(floor: Micros) -> Hlc {
         Hlc { last: floor }
     }
 
-    /// A fresh timestamp for a local event at time `now_ms`, above every
+    /// A fresh timestamp for a local event at time `now`, above every
     /// one issued or observed; `None` once the clock is at `u64::MAX` (it
     /// cannot go higher, and a repeated timestamp would not be unique).
-    pub fn tick(&mut self, now_ms: u64) -> Option<u64> {
-        let next = self.last.checked_add(1)?;
-        self.last = now_ms.saturating_mul(1000).max(next);
-        Some(self.last)
+    pub fn tick(&mut self, now: Millis) -> Option<Micros> {
+        self.tick_capped(now, Micros(u64::MAX))
     }
 
-    /// [`Hlc::tick`] with the physical part held at or below `cap` (µs):
+    /// [`Hlc::tick`] with the physical part held at or below `cap`:
     /// a wall clock read beyond `cap` (one stepped hours ahead of the
     /// cluster's time) counts for no more than `cap`, so that the clock
     /// counts on by one from where it is instead of leaping to it. `None`
     /// only once the clock cannot go higher.
-    pub fn tick_capped(&mut self, now_ms: u64, cap: u64) -> Option<u64> {
-        let next = self.last.checked_add(1)?;
-        self.last = now_ms.saturating_mul(1000).min(cap).max(next);
+    pub fn tick_capped(&mut self, now: Millis, cap: Micros) -> Option<Micros> {
+        let next = Micros(self.last.0.checked_add(1)?);
+        self.last = now.to_micros().min(cap).max(next);
         Some(self.last)
     }
 
     /// Takes note of a timestamp from elsewhere.
-    pub fn observe(&mut self, ts: u64) {
+    pub fn observe(&mut self, ts: Micros) {
         self.last = self.last.max(ts);
     }
 
     /// The last timestamp issued or observed.
-    pub fn last(&self) -> u64 {
+    pub fn last(&self) -> Micros {
         self.last
     }
 }
@@ -181,27 +205,27 @@ impl SharedClock {
     }
 }
 
-/// Whether timestamp `ts` (µs) is more than `max_offset_ms` ahead of the
-/// wall clock `now_ms`: such a timestamp comes from a clock too far off,
-/// or a forged message, and must be neither stored nor observed.
-pub fn too_far_ahead(ts: u64, now_ms: u64, max_offset_ms: u64) -> bool {
-    ts > now_ms.saturating_add(max_offset_ms).saturating_mul(1000)
+/// Whether timestamp `ts` is more than `max_offset` ahead of the clock
+/// reading `now`: such a timestamp comes from a clock too far off, or a
+/// forged message, and must be neither stored nor observed.
+pub fn too_far_ahead(ts: Micros, now: Millis, max_offset: Millis) -> bool {
+    ts > now.saturating_add(max_offset).to_micros()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{too_far_ahead, Hlc, PeerClocks, SharedClock};
+    use super::{too_far_ahead, Hlc, Micros, Millis, PeerClocks, SharedClock};
 
     #[test]
     fn monotonic_and_above_observed() {
         let mut c = Hlc::default();
-        let a = c.tick(10);
-        let b = c.tick(10);
+        let a = c.tick(Millis(10));
+        let b = c.tick(Millis(10));
         assert!(b > a);
-        c.observe(1_000_000_000);
-        assert!(c.tick(11) > Some(1_000_000_000));
+        c.observe(Micros(1_000_000_000));
+        assert!(c.tick(Millis(11)) > Some(Micros(1_000_000_000)));
         let mut d = Hlc::starting_above(c.last());
-        assert!(d.tick(0) > Some(c.last()));
+        assert!(d.tick(Millis(0)) > Some(c.last()));
     }
 
     /// Nothing wraps: near the top the clock stops issuing timestamps
@@ -209,17 +233,19 @@ mod tests {
     #[test]
     fn saturates_instead_of_wrapping() {
         let mut c = Hlc::default();
-        c.observe(u64::MAX - 1);
-        assert_eq!(c.tick(5), Some(u64::MAX));
-        assert_eq!(c.tick(5), None);
-        assert_eq!(c.last(), u64::MAX);
+        c.observe(Micros(u64::MAX - 1));
+        assert_eq!(c.tick(Millis(5)), Some(Micros(u64::MAX)));
+        assert_eq!(c.tick(Millis(5)), None);
+        assert_eq!(c.last(), Micros(u64::MAX));
         let mut far = Hlc::default();
-        assert_eq!(far.tick(u64::MAX), Some(u64::MAX));
-        assert_eq!(far.tick(u64::MAX), None);
-        assert!(too_far_ahead(u64::MAX - 1, 1_000, 500));
-        assert!(!too_far_ahead(1_400_000, 1_000, 500));
-        assert!(too_far_ahead(1_500_001, 1_000, 500));
-        assert!(!too_far_ahead(u64::MAX, u64::MAX, 500));
+        assert_eq!(far.tick(Millis(u64::MAX)), Some(Micros(u64::MAX)));
+        assert_eq!(far.tick(Millis(u64::MAX)), None);
+        let far_ahead = |ts, now| too_far_ahead(Micros(ts), Millis(now), Millis(500));
+        assert!(far_ahead(u64::MAX - 1, 1_000));
+        assert!(!far_ahead(1_400_000, 1_000));
+        assert!(!far_ahead(1_500_000, 1_000));
+        assert!(far_ahead(1_500_001, 1_000));
+        assert!(!far_ahead(u64::MAX, u64::MAX));
     }
 
     /// A wall clock read beyond the cap (stepped hours ahead) does not
@@ -227,17 +253,18 @@ mod tests {
     #[test]
     fn a_capped_tick_never_leaps_past_the_cap() {
         let mut c = Hlc::default();
-        assert_eq!(c.tick_capped(1_000, 5_000_000), Some(1_000_000));
+        let mut tick = |now, cap| c.tick_capped(Millis(now), Micros(cap)).map(|t| t.0);
+        assert_eq!(tick(1_000, 5_000_000), Some(1_000_000));
         // Stepped two hours ahead: held at the cap, then counting on.
         let hours = 1_000 + 2 * 3600 * 1000;
-        assert_eq!(c.tick_capped(hours, 1_500_000), Some(1_500_000));
-        assert_eq!(c.tick_capped(hours, 1_500_000), Some(1_500_001));
+        assert_eq!(tick(hours, 1_500_000), Some(1_500_000));
+        assert_eq!(tick(hours, 1_500_000), Some(1_500_001));
         // The cap moves on with the cluster's time; the clock follows.
-        assert_eq!(c.tick_capped(hours, 1_600_000), Some(1_600_000));
+        assert_eq!(tick(hours, 1_600_000), Some(1_600_000));
         // Stepped back: counts on by one, never backwards.
-        assert_eq!(c.tick_capped(500, 1_700_000), Some(1_600_001));
-        assert_eq!(c.tick_capped(u64::MAX, u64::MAX), Some(u64::MAX));
-        assert_eq!(c.tick_capped(u64::MAX, u64::MAX), None);
+        assert_eq!(tick(500, 1_700_000), Some(1_600_001));
+        assert_eq!(tick(u64::MAX, u64::MAX), Some(u64::MAX));
+        assert_eq!(tick(u64::MAX, u64::MAX), None);
     }
 
     /// The trusted time follows the median clock: neither this node's

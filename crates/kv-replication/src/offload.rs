@@ -38,6 +38,7 @@
 use kv_types::ReplicaStore;
 
 use crate::anti_entropy::{AeOutcome, AeTask, AntiEntropy};
+use crate::hlc::{Micros, Millis};
 use crate::msg::Stamped;
 use crate::node::apply_entries;
 use crate::ownership::CleanupJob;
@@ -83,9 +84,9 @@ pub fn run_ae_fenced(
 /// replicated write: such a timestamp comes from a clock far off or a
 /// forged message, and stored it would freeze the key. How many it
 /// dropped.
-pub fn refuse_far_ahead(entries: &mut Vec<(Vec<u8>, Stamped)>, now: u64, max: u64) -> usize {
+pub fn refuse_far_ahead(entries: &mut Vec<(Vec<u8>, Stamped)>, now: Millis, max: Millis) -> usize {
     let before = entries.len();
-    entries.retain(|(_, s)| !crate::hlc::too_far_ahead(s.version.ts, now, max));
+    entries.retain(|(_, s)| !crate::hlc::too_far_ahead(Micros(s.version.ts), now, max));
     before - entries.len()
 }
 
@@ -131,7 +132,10 @@ mod tests {
             (b"a".to_vec(), stamped(1_500_000)),
             (b"b".to_vec(), stamped(1_500_001)),
         ];
-        assert_eq!(refuse_far_ahead(&mut entries, 1_000, 500), 1);
+        assert_eq!(
+            refuse_far_ahead(&mut entries, Millis(1_000), Millis(500)),
+            1
+        );
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].0, b"a".to_vec());
     }

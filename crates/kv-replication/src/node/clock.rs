@@ -55,22 +55,24 @@ impl Node {
         let ts = if self.cfg.offload_floor {
             // Where the clock is: its last timestamp, or the physical
             // time if that is later.
-            let at = now.saturating_mul(1000).min(cap).max(self.hlc.last());
+            let at = now.saturating_mul(1000).min(cap).max(self.hlc.last().0);
             if at.saturating_add(lead / 2) >= self.floor_asked {
                 self.ask_floor(at.saturating_add(lead));
             }
             let limit = self.floor.saturating_sub(1);
-            if self.hlc.last() == u64::MAX {
+            if self.hlc.last() == Micros(u64::MAX) {
                 return Err(NoStamp::Exhausted);
             }
             // Writes already waiting go first.
-            if self.hlc.last() >= limit || !self.floor_waiting.is_empty() {
+            if self.hlc.last() >= Micros(limit) || !self.floor_waiting.is_empty() {
                 return Err(NoStamp::FloorPending);
             }
             // Above the clock's last, so at most `limit`.
-            (self.hlc.tick_capped(now, cap.min(limit))).ok_or(NoStamp::Exhausted)?
+            let ts = self.hlc.tick_capped(Millis(now), Micros(cap.min(limit)));
+            ts.ok_or(NoStamp::Exhausted)?.0
         } else {
-            let ts = self.hlc.tick_capped(now, cap).ok_or(NoStamp::Exhausted)?;
+            let ts = self.hlc.tick_capped(Millis(now), Micros(cap));
+            let ts = ts.ok_or(NoStamp::Exhausted)?.0;
             if ts >= self.floor {
                 self.floor = ts.saturating_add(lead);
                 self.persist();
@@ -177,7 +179,8 @@ impl Node {
         };
         // What `too_far_ahead` decides, without copying this node's id
         // for every write that is within bounds.
-        if (self.clock_bound()).is_none_or(|max| !crate::hlc::too_far_ahead(ts, clock, max)) {
+        let far = |max| crate::hlc::too_far_ahead(Micros(ts), Millis(clock), Millis(max));
+        if (self.clock_bound()).is_none_or(|max| !far(max)) {
             return false;
         }
         let me = self.cfg.id.clone();
@@ -188,7 +191,7 @@ impl Node {
     /// says not to). Callers check it with [`Node::too_far_ahead`] first.
     pub(super) fn observe(&mut self, ts: u64) {
         if !self.cfg.planted.no_hlc_observe {
-            self.hlc.observe(ts);
+            self.hlc.observe(Micros(ts));
         }
     }
 
@@ -291,7 +294,7 @@ impl Node {
             return false;
         };
         let clock = self.check_clock(now);
-        if !crate::hlc::too_far_ahead(ts, clock, max) {
+        if !crate::hlc::too_far_ahead(Micros(ts), Millis(clock), Millis(max)) {
             return false;
         }
         self.refused_far += 1;

@@ -106,7 +106,8 @@ fn serve(
         _ => None,
     };
     if let Some(ts) = write_ts.filter(|_| !view.planted.no_clock_bound) {
-        if crate::hlc::too_far_ahead(ts, view.clock_ms, view.max_offset_ms) {
+        let (clock, max) = (Millis(view.clock_ms), Millis(view.max_offset_ms));
+        if crate::hlc::too_far_ahead(Micros(ts), clock, max) {
             return None;
         }
     }

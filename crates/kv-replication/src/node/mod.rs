@@ -12,7 +12,7 @@ use kv_types::ReplicaStore;
 use crate::admin_error::AdminError;
 use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
 use crate::event::{Event, Refused};
-use crate::hlc::Hlc;
+use crate::hlc::{Hlc, Micros, Millis};
 use crate::membership::{MemberState, Membership};
 use crate::msg::{
     ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver, MAX_LIST_PAGE,
@@ -212,7 +212,7 @@ impl Node {
             synced: None,
             converged_since: None,
             heard_peer,
-            hlc: Hlc::starting_above(floor),
+            hlc: Hlc::starting_above(Micros(floor)),
             floor,
             floor_asked: floor,
             floor_waiting: VecDeque::new(),

@@ -180,8 +180,9 @@ impl Node {
     /// [`crate::offload::refuse_far_ahead`]): the clock timestamps are
     /// checked against and the maximum clock offset, as for a page the
     /// node applies itself; `None` if no offset is in force.
-    pub fn stream_clock_bound(&self, now: u64) -> Option<(u64, u64)> {
-        self.clock_bound().map(|max| (self.check_clock(now), max))
+    pub fn stream_clock_bound(&self, now: u64) -> Option<(Millis, Millis)> {
+        self.clock_bound()
+            .map(|max| (Millis(self.check_clock(now)), Millis(max)))
     }
 
     /// Whether a rebalance is under way (as far as this node knows).
@@ -460,8 +461,11 @@ impl Node {
         }
         let bound = self.clock_bound();
         let clock = self.check_clock(now);
-        let far =
-            |s: &Stamped| bound.is_some_and(|m| crate::hlc::too_far_ahead(s.version.ts, clock, m));
+        let far = |s: &Stamped| {
+            bound.is_some_and(|m| {
+                crate::hlc::too_far_ahead(Micros(s.version.ts), Millis(clock), Millis(m))
+            })
+        };
         let kept: Vec<(Vec<u8>, Stamped)>;
         let entries = if entries.iter().any(|(_, s)| far(s)) {
             kept = entries.iter().filter(|(_, s)| !far(s)).cloned().collect();
@@ -484,7 +488,7 @@ impl Node {
             return; // asked again after the retry interval
         };
         if !self.cfg.planted.no_hlc_observe {
-            self.hlc.observe(max_ts);
+            self.hlc.observe(Micros(max_ts));
         }
         src.cursor = page.next;
         src.asked_at = None;

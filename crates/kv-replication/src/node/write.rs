@@ -197,7 +197,7 @@ impl Node {
     fn clock_exhausted(&mut self, client: u64, key: Vec<u8>, tries: u32, newer: Option<Ver>) {
         self.log(Event::ClockExhausted {
             key,
-            last: self.hlc.last(),
+            last: self.hlc.last().0,
         });
         let newer = newer.unwrap_or(Ver {
             ts: u64::MAX,

@@ -339,8 +339,9 @@ fn refuse_far_ahead(
     entries: &mut Vec<(Vec<u8>, kv_replication::Stamped)>,
     now: u64,
 ) {
-    let max = shared.config.max_clock_offset_ms;
-    let n = kv_replication::offload::refuse_far_ahead(entries, now, max) as u64;
+    use kv_replication::hlc::Millis;
+    let max = Millis(shared.config.max_clock_offset_ms);
+    let n = kv_replication::offload::refuse_far_ahead(entries, Millis(now), max) as u64;
     if n == 0 {
         return;
     }
@@ -352,7 +353,7 @@ fn refuse_far_ahead(
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
-        log::warn!("refused {n} streamed entries from {from}: timestamps beyond the maximum clock offset ({max} ms) ahead of this node's clock; {total} refused so far");
+        log::warn!("refused {n} streamed entries from {from}: timestamps beyond the maximum clock offset ({} ms) ahead of this node's clock; {total} refused so far", max.0);
     }
 }
 
