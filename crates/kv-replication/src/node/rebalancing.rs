@@ -185,6 +185,19 @@ impl Node {
             .map(|max| (Millis(self.check_clock(now)), Millis(max)))
     }
 
+    /// Whether this node has nothing left to forget: no rebalance under
+    /// way, no cleanup due, running or owing its snapshot, no gained
+    /// range to forget, and its data not given up. Its store should then
+    /// hold no key of a range it does not own (the simulator checks it).
+    pub fn cleaned_up(&self) -> bool {
+        self.transition.is_none()
+            && !self.cleanup_due
+            && self.cleanup_job.is_none()
+            && !self.snapshot_owed
+            && self.forget_gained.is_empty()
+            && self.stale.is_none()
+    }
+
     /// Whether a rebalance is under way (as far as this node knows).
     pub fn rebalancing(&self) -> bool {
         self.transition.is_some()

@@ -128,6 +128,11 @@ impl Sim {
                     }
                     // The published ring id is the node's own: the
                     // simulator publishes it at once.
+                    let epoch = if self.cfg.unfenced_pages {
+                        node.ring_id()
+                    } else {
+                        epoch
+                    };
                     let Some(ts) = apply_page_fenced(&n.store, node.ring_id(), epoch, entries)
                     else {
                         self.report.pages_fenced += 1;

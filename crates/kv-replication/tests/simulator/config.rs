@@ -91,6 +91,11 @@ pub struct SimConfig {
     /// appliers and cleanup thread do (see `appliers.rs`); `None`: for
     /// half the seeds, chosen by the seed.
     pub appliers: Option<bool>,
+    /// Planted in the appliers' model: a stream page is applied under the
+    /// ring id the node has when it runs, not the one it was received
+    /// under (no fence), so a page of a range the node gave away meanwhile
+    /// is stored after its cleanup.
+    pub unfenced_pages: bool,
     /// Whether nodes hand their clock floor out to be saved in the
     /// background, each save lasting a while (as the server does); off:
     /// it rides in their state, saved at once (the runs from before).
@@ -131,6 +136,7 @@ impl Default for SimConfig {
             stream_page: 256,
             far_future_clock: false,
             appliers: None,
+            unfenced_pages: false,
             floor_saves: true,
         }
     }
@@ -173,6 +179,9 @@ pub struct Report {
     pub pages_fenced: usize,
     /// Cleanups run off the nodes' driving threads.
     pub offloaded_cleanups: usize,
+    /// Nodes checked for ghost data after healing (finished with their
+    /// cleanups, see `check_no_ghosts`).
+    pub ghost_checks: usize,
 }
 
 /// One client operation in [`Report::history`]. Times are the simulation's

@@ -164,6 +164,7 @@ impl Sim {
         self.check_reads();
         self.check_acks();
         self.check_converged();
+        self.check_no_ghosts();
         self.final_reads();
         if self.cfg.final_writes {
             self.final_writes();
