@@ -152,41 +152,31 @@ fn a_store_reopened_with_an_unused_spare_segment_keeps_every_write() {
         logs.sort();
         logs
     };
+    let put = |store: &Store, keys: std::ops::Range<u32>| {
+        for i in keys {
+            let key = format!("k{i}");
+            store.put(key.as_bytes(), value(i).as_bytes()).expect("put");
+        }
+    };
+    let check = |store: &Store, keys: std::ops::Range<u32>, when: &str| {
+        for i in keys {
+            let got = store.get(format!("k{i}").as_bytes());
+            assert_eq!(got.as_deref(), Some(value(i).as_bytes()), "k{i} {when}");
+        }
+    };
     let store = Store::open(opts()).expect("open");
     // About 55 KiB: past three quarters of the first segment, so the
     // snapshot thread makes the second one, and short of rotating.
-    for i in 0..54 {
-        store
-            .put(format!("k{i}").as_bytes(), value(i).as_bytes())
-            .expect("put");
-    }
+    put(&store, 0..54);
     store.wait_background_idle();
     assert_eq!(segments().len(), 2, "no spare was made: {:?}", segments());
     drop(store);
     // Reopened: the unused spare is an empty segment; the new log starts
     // after it. Then past the next rotation, and reopened again.
     let store = Store::open(opts()).expect("reopen");
-    for i in 0..54 {
-        let got = store.get(format!("k{i}").as_bytes());
-        assert_eq!(
-            got.as_deref(),
-            Some(value(i).as_bytes()),
-            "k{i} after reopening"
-        );
-    }
-    for i in 54..200 {
-        store
-            .put(format!("k{i}").as_bytes(), value(i).as_bytes())
-            .expect("put");
-    }
+    check(&store, 0..54, "after reopening");
+    put(&store, 54..200);
     drop(store);
     let store = Store::open(opts()).expect("reopen");
-    for i in 0..200 {
-        let got = store.get(format!("k{i}").as_bytes());
-        assert_eq!(
-            got.as_deref(),
-            Some(value(i).as_bytes()),
-            "k{i} after the second reopening"
-        );
-    }
+    check(&store, 0..200, "after the second reopening");
 }
