@@ -439,8 +439,8 @@ impl Config {
 /// loop per core, two loops, redis-benchmark and the background threads
 /// share two cores, so a loop often waits for a core with its clients'
 /// replies. SET at P=1 (200,000 requests, 50 clients): two loops spent
-/// 3.7 us of CPU and 4.4-7.7 us of run-queue wait a request, one loop
-/// 3.3 us and 2.8-5.4 us, redis-server 3.2 us and 2.8-2.9 us; earlier,
+/// 3.7-5.5 us of CPU and 4.4-9.7 us of run-queue wait a request, one loop
+/// 3.3-4.6 us and 2.8-5.4 us, redis-server 3.2-4.4 us and 2.8-5.6 us; earlier,
 /// quiet runs had p99 1.47/1.54 ms (GET/SET) with two loops against
 /// Redis's 0.72/0.96 and 0.66/1.09 ms with one loop against 0.70/1.08.
 /// A core left over also serves the acceptor, the store's fsync and
