@@ -63,7 +63,8 @@ pub struct Config {
     #[arg(long, hide = true, value_parser = parse_bytes)]
     pub wal_segment_bytes: Option<u64>,
 
-    /// Event-loop threads (default: the number of cores).
+    /// Event-loop threads (default: one fewer than the cores this process
+    /// may run on, at least 1).
     #[arg(long)]
     pub threads: Option<usize>,
 
@@ -393,10 +394,12 @@ impl Config {
         self.tls_port.map(|p| SocketAddr::new(self.bind, p))
     }
 
-    /// Event-loop threads to run.
+    /// Event-loop threads to run: `--threads`, or [`default_loops`] of
+    /// the cores this process may run on.
     pub fn worker_threads(&self) -> usize {
+        let cores = || std::thread::available_parallelism().map_or(1, |n| n.get());
         self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .unwrap_or_else(|| default_loops(cores()))
             .max(1)
     }
 
@@ -427,6 +430,23 @@ impl Config {
             .saturating_add(self.max_key_bytes)
             .saturating_add(1024)
     }
+}
+
+/// Event loops to run by default on `cores` cores: one fewer, at least 1.
+///
+/// Measured on the 2-core benchmark machine with redis-benchmark beside
+/// the server (docs/performance.md, "Tail latency against Redis"): with a
+/// loop per core, two loops, redis-benchmark and the background threads
+/// share two cores, so a loop often waits for a core with its clients'
+/// replies. SET at P=1 (200,000 requests, 50 clients): two loops spent
+/// 3.7-5.5 us of CPU and 4.4-9.7 us of run-queue wait a request, one loop
+/// 3.3-4.6 us and 2.8-5.4 us, redis-server 3.2-4.4 us and 2.8-5.6 us; earlier,
+/// quiet runs had p99 1.47/1.54 ms (GET/SET) with two loops against
+/// Redis's 0.72/0.96 and 0.66/1.09 ms with one loop against 0.70/1.08.
+/// A core left over also serves the acceptor, the store's fsync and
+/// snapshot threads and the kernel's network work. `--threads` overrides.
+pub fn default_loops(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
 }
 
 /// Sets `value` from `file` (named by `flag` in errors) or, when neither
@@ -505,6 +525,19 @@ fn parse_max_key_bytes(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On two cores one event loop runs by default (a loop per core made
+    /// the loops wait for a core beside a local client); `--threads` wins.
+    #[test]
+    fn one_core_is_left_to_everything_but_the_event_loops() {
+        assert_eq!(default_loops(1), 1);
+        assert_eq!(default_loops(2), 1);
+        assert_eq!(default_loops(8), 7);
+        let parse = |args: &[&str]| Config::try_parse_from(args).map(|c| c.worker_threads());
+        assert_eq!(parse(&["kv-server", "--threads", "2"]).ok(), Some(2));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(parse(&["kv-server"]).ok(), Some(default_loops(cores)));
+    }
 
     /// A key longer than Redis allows is refused at the flag: the store's
     /// files hold keys of at most 1 GiB − 1.

@@ -41,12 +41,13 @@ impl Store {
         self.inner.log.as_ref().map_or(0, Log::waiters)
     }
 
-    /// Blocks until no background snapshot is requested or running (for
+    /// Blocks until no background snapshot (or spare segment) is requested
+    /// or running (for
     /// tests that must see the files a snapshot leaves).
     #[doc(hidden)]
     pub fn wait_background_idle(&self) {
         let mut bg = self.inner.bg.lock();
-        while !bg.shutdown && (bg.snapshot_wanted || bg.snapshot_loop_busy) {
+        while !bg.shutdown && (bg.snapshot_wanted || bg.spare_wanted || bg.snapshot_loop_busy) {
             self.inner.bg_idle.wait(&mut bg);
         }
     }
@@ -137,6 +138,16 @@ impl Inner {
         self.map.expire_all_due(self.now_ms(), EXPIRE_BATCH)
     }
 
+    /// Asks the snapshot thread to create the log's next segment now, off
+    /// the write path.
+    pub(super) fn request_spare(&self) {
+        let mut bg = self.bg.lock();
+        if !bg.spare_wanted {
+            bg.spare_wanted = true;
+            self.bg_changed.notify_all();
+        }
+    }
+
     pub(super) fn request_snapshot(&self) {
         let mut bg = self.bg.lock();
         if !bg.snapshot_wanted && !bg.snapshot_running {
@@ -172,16 +183,21 @@ impl Inner {
     fn snapshot_loop(&self) {
         let mut bg = self.bg.lock();
         loop {
-            while !bg.shutdown && !bg.snapshot_wanted {
+            while !bg.shutdown && !bg.snapshot_wanted && !bg.spare_wanted {
                 self.bg_changed.wait(&mut bg);
             }
             if bg.shutdown {
                 return;
             }
+            let (snapshot, spare) = (bg.snapshot_wanted, bg.spare_wanted);
             bg.snapshot_wanted = false;
+            bg.spare_wanted = false;
             bg.snapshot_loop_busy = true;
             drop(bg);
-            let result = self.snapshot();
+            if spare {
+                self.prepare_spare();
+            }
+            let result = if snapshot { self.snapshot() } else { Ok(()) };
             bg = self.bg.lock();
             bg.snapshot_loop_busy = false;
             if let Err(e) = result {
@@ -208,6 +224,15 @@ impl Inner {
         bg.last_snapshot_duration = started.elapsed();
         bg.tombstones_purged += written.purged;
         Ok(())
+    }
+
+    /// Creates the log's next segment ahead of need. A failure (a full
+    /// disk, say) is not reported here: the rotation then creates the
+    /// segment itself, as it did before spares, and reports it.
+    fn prepare_spare(&self) {
+        if let Some(log) = &self.log {
+            let _ = log.prepare_spare();
+        }
     }
 
     fn write_snapshot(&self, log: &Log) -> Result<snapshot::Written> {

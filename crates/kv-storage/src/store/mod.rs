@@ -42,6 +42,9 @@ pub struct Store {
 struct Background {
     shutdown: bool,
     snapshot_wanted: bool,
+    /// An append found the log's current segment three quarters full: the snapshot
+    /// thread creates the next one ahead of need (`Log::prepare_spare`).
+    spare_wanted: bool,
     snapshot_running: bool,
     /// The snapshot thread is between taking a request and finishing it.
     snapshot_loop_busy: bool,

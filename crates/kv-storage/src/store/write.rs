@@ -190,6 +190,9 @@ impl Inner {
             if a.snapshot_due {
                 self.request_snapshot();
             }
+            if a.spare_due {
+                self.request_spare();
+            }
             end = a.end;
         }
         Ok((Some(version), end))
