@@ -629,7 +629,7 @@ fn step(conn: &mut Conn<Stream>, shared: &Shared, readable: bool) -> io::Result<
         conn.on_readable(shared)?;
     }
     conn.flush()?;
-    if conn.wants_read() && conn.has_input() {
+    if conn.wants_input() && conn.has_input() {
         conn.process(shared);
         conn.flush()?;
     }

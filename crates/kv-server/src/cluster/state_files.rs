@@ -214,6 +214,16 @@ pub(super) fn with_saved_floor(saved: Option<Persisted>, dir: &Path) -> Option<P
     })
 }
 
+/// Test-only: `KV_TEST_FLOOR_SAVE_DELAY_MS=N` makes each clock floor
+/// save take N ms more, as on a disk slow to sync, so that writes wait
+/// for the floor (`tests/cluster/order.rs`).
+fn slow_floor_saves() -> Option<Duration> {
+    std::env::var("KV_TEST_FLOOR_SAVE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}
+
 /// Saves the clock floors the node asks for ([`FLOOR_FILE`]) off the
 /// cluster thread, and reports each saved one back to it
 /// ([`ToCluster::FloorSaved`]): the node stamps versions only below the
@@ -228,6 +238,7 @@ pub(super) fn start_floor_writer(
 ) -> io::Result<(Sender<u64>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel::<u64>();
     let path = dir.join(FLOOR_FILE);
+    let slow = slow_floor_saves();
     let t = std::thread::Builder::new()
         .name("kv-floor".into())
         .spawn(move || {
@@ -235,6 +246,9 @@ pub(super) fn start_floor_writer(
                 return;
             };
             loop {
+                if let Some(d) = slow {
+                    std::thread::sleep(d);
+                }
                 while let Ok(later) = rx.try_recv() {
                     floor = floor.max(later);
                 }

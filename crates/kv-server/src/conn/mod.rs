@@ -80,10 +80,12 @@ enum Proto {
     Native,
 }
 
+mod order;
 mod outbox;
 mod peer;
 mod route;
 
+use order::InFlight;
 use outbox::{Outbox, Timed};
 
 /// A client connection's state.
@@ -122,6 +124,9 @@ pub struct Conn<S> {
     read_paused: bool,
     /// What the connection counts against (see [`crate::admission`]).
     admission: Admission,
+    /// Its commands in the cluster's hands, for their order (see
+    /// `order.rs`).
+    in_flight: InFlight,
 }
 
 impl<S: Read + Write + HalfClose> Conn<S> {
@@ -147,6 +152,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             discarded: 0,
             read_paused: false,
             admission: Admission::Uncounted,
+            in_flight: InFlight::default(),
         }
     }
 
@@ -206,8 +212,15 @@ impl<S: Read + Write + HalfClose> Conn<S> {
 
     /// Whether the loop should watch for readability.
     pub fn wants_read(&self) -> bool {
+        !self.peer_closed && self.wants_input()
+    }
+
+    /// Whether buffered requests may be taken now (also after the client
+    /// half-closed: a command held back for an earlier one runs once that
+    /// one is answered).
+    pub fn wants_input(&self) -> bool {
         !self.closing
-            && !self.peer_closed
+            && !self.in_flight.holding
             && self.out.held() < HIGH_WATER
             && self.out.weight() < MAX_IN_FLIGHT
     }
@@ -239,6 +252,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// A reply from the cluster for request `seq`; `failed` if it is an
     /// error. The command's figures count the time since it arrived.
     pub fn complete(&mut self, shared: &Shared, seq: u64, bytes: Vec<u8>, failed: bool) {
+        self.in_flight.answered(seq);
         if let Some(t) = self.out.complete(seq, bytes) {
             let took = t.started.elapsed();
             let worker = self.route.worker;
@@ -376,7 +390,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
     /// under the high-water mark.
     pub fn process(&mut self, shared: &Shared) {
         let mut used = 0;
-        while self.wants_read_or_closing_input() && used < self.rbuf.len() {
+        while self.wants_input() && used < self.rbuf.len() {
             let step = match self.proto {
                 Proto::Unknown => {
                     self.proto = if self.rbuf[used] == native::MAGIC[0] {
@@ -422,11 +436,6 @@ impl<S: Read + Write + HalfClose> Conn<S> {
             self.rbuf = Vec::new();
             self.parser.reset();
         }
-    }
-
-    /// Whether more buffered requests may be taken now.
-    fn wants_read_or_closing_input(&self) -> bool {
-        !self.closing && self.out.held() < HIGH_WATER && self.out.weight() < MAX_IN_FLIGHT
     }
 
     /// Writes buffered replies until done or the socket would block.

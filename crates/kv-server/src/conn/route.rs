@@ -9,6 +9,7 @@ use kv_proto::native::{self, ErrorKind, ProtoError, Request, Response};
 use kv_proto::resp::{self, Limits};
 use kv_replication::ClientOp;
 
+use super::order::Touch;
 use super::{
     Conn, HalfClose, Proto, Timed, MAX_CLIENTS_REACHED, MAX_IN_FLIGHT, UNAUTHENTICATED_MAX_ARGS,
     UNAUTHENTICATED_MAX_BULK, UNAUTHENTICATED_MAX_FRAME,
@@ -69,29 +70,55 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         });
     }
 
-    /// Hands a client operation to the cluster; its reply comes later.
-    fn forward(&mut self, shared: &Shared, timed: Option<Timed>, op: ClientOp, reply: ReplyTo) {
-        self.send_to_cluster(shared, (timed, 1), |route| ToCluster::Client {
+    /// Hands a client operation to the cluster, its reply to come later;
+    /// false (nothing sent) if it must wait for an earlier command of
+    /// this connection on its key (see `order.rs`).
+    fn forward(
+        &mut self,
+        shared: &Shared,
+        timed: impl FnOnce() -> Option<Timed>,
+        op: ClientOp,
+        reply: ReplyTo,
+    ) -> bool {
+        let touch = op_key(&op).map_or(Touch::All, Touch::key);
+        self.send_in_order(shared, (timed, 1), touch, |route| ToCluster::Client {
             route,
             op,
             reply,
-        });
+        })
+    }
+
+    /// [`Conn::send_to_cluster`] for a command touching `touch`, unless it
+    /// must wait for an earlier command of this connection (false).
+    fn send_in_order(
+        &mut self,
+        shared: &Shared,
+        (timed, weight): (impl FnOnce() -> Option<Timed>, usize),
+        touch: Touch,
+        work: impl FnOnce(Route) -> ToCluster,
+    ) -> bool {
+        if self.in_flight.must_wait(&touch) {
+            return false;
+        }
+        if let Some(seq) = self.send_to_cluster(shared, (timed(), weight), work) {
+            self.in_flight.sent(seq, touch);
+        }
+        true
     }
 
     /// Sends the cluster thread work whose reply takes the next place in
-    /// this connection's reply order.
+    /// this connection's reply order; its sequence number.
     fn send_to_cluster(
         &mut self,
         shared: &Shared,
         (timed, weight): (Option<Timed>, usize),
         work: impl FnOnce(Route) -> ToCluster,
-    ) {
-        let Some(cluster) = shared.cluster.get() else {
-            return;
-        };
+    ) -> Option<u64> {
+        let cluster = shared.cluster.get()?;
         shared.count_command();
         let seq = self.out.later(timed, weight);
         cluster.send(work(Route { seq, ..self.route }));
+        Some(seq)
     }
 
     /// One RESP command at `rbuf[at..]`: `Some(bytes used)`, or `None` if
@@ -115,10 +142,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         let rbuf = std::mem::take(&mut self.rbuf);
         let result = match self.parser.parse(&rbuf[at..], &limits) {
             Ok(None) => None,
-            Ok(Some((args, used))) => {
-                self.resp_command(shared, &args);
-                Some(used)
-            }
+            // A command held back for an earlier one is parsed again
+            // once that one is answered (the parser keeps nothing of a
+            // whole command).
+            Ok(Some((args, used))) => self.resp_command(shared, &args).then_some(used),
             Err(e) => {
                 resp_cmd::error(self.out.now(), &format!("ERR {e}"));
                 self.protocol_error(shared);
@@ -129,7 +156,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         result
     }
 
-    fn resp_command(&mut self, shared: &Shared, args: &[Cow<'_, [u8]>]) {
+    /// Runs or routes one RESP command; false if it must wait for an
+    /// earlier command of this connection (it stays in the read buffer).
+    fn resp_command(&mut self, shared: &Shared, args: &[Cow<'_, [u8]>]) -> bool {
         let clustered = shared.cluster.get().is_some_and(|c| c.is_clustered());
         // A transaction begun before this node joined a cluster goes on
         // queueing; EXEC then refuses it.
@@ -140,21 +169,21 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 Timed::start(Protocol::Resp, &name)
             };
             match resp_cluster_op(shared, proto, args, self.out.now()) {
-                ClusterRoute::Forward(op, reply) => {
-                    return self.forward(shared, timed(), op, reply)
-                }
+                ClusterRoute::Forward(op, reply) => return self.forward(shared, timed, op, reply),
                 ClusterRoute::ForwardMulti(multi) => {
                     let weight = multi.ops.len().max(1);
-                    return self.send_to_cluster(shared, (timed(), weight), |route| {
+                    let touch = Touch::keys(multi.ops.iter().filter_map(op_key));
+                    return self.send_in_order(shared, (timed, weight), touch, |route| {
                         ToCluster::Multi { route, multi }
                     });
                 }
                 ClusterRoute::Listing(listing) => {
                     let work = |route| ToCluster::Listing { route, listing };
-                    return self.send_to_cluster(shared, (timed(), MAX_IN_FLIGHT), work);
+                    let weight = (timed, MAX_IN_FLIGHT);
+                    return self.send_in_order(shared, weight, Touch::All, work);
                 }
                 // Never run locally what the cluster refused.
-                ClusterRoute::Refused => return,
+                ClusterRoute::Refused => return true,
                 ClusterRoute::NotCoordinated => {}
             }
             if resp_refused_in_cluster(args, self.out.now()) {
@@ -162,7 +191,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                     // What the client pipelined after MULTI must not run.
                     self.session.tx = Some(resp_tx::Queued::refused_on_cluster());
                 }
-                return;
+                return true;
             }
         }
         let run = |session: &mut Session, out: &mut Vec<u8>| {
@@ -173,6 +202,7 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         {
             self.closing = true;
         }
+        true
     }
 
     /// The native preamble.
@@ -219,10 +249,9 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         let decoded = native::decode_frame::<Request>(&self.rbuf[at..], max);
         match decoded {
             Ok(None) => None,
-            Ok(Some((frame, used))) => {
-                self.native_request(shared, frame.id, frame.body);
-                Some(used)
-            }
+            Ok(Some((frame, used))) => self
+                .native_request(shared, frame.id, frame.body)
+                .then_some(used),
             Err(e) => {
                 let kind = match e {
                     ProtoError::FrameTooLarge { .. } => ErrorKind::TooLarge,
@@ -236,14 +265,17 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         }
     }
 
-    fn native_request(&mut self, shared: &Shared, id: u64, req: Request) {
+    /// Runs or routes one native request; false if it must wait for an
+    /// earlier request of this connection (it stays in the read buffer).
+    fn native_request(&mut self, shared: &Shared, id: u64, req: Request) -> bool {
         let handshake = matches!(req, Request::PeerHello { .. } | Request::PeerProof { .. });
         if self.admission.is_probation() && !handshake {
             shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
             let why = format!("{MAX_CLIENTS_REACHED} (only peers may connect now)");
             let r = Response::error(ErrorKind::Refused, why);
             native::encode_frame(self.out.now(), id, &r);
-            return self.protocol_error(shared);
+            self.protocol_error(shared);
+            return true;
         }
         match req {
             Request::PeerHello {
@@ -262,11 +294,12 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 if clustered && self.session.authenticated {
                     match native_cluster_op(shared, id, &req) {
                         Some(Ok((op, reply))) => {
-                            let timed = Timed::start(Protocol::Native, native_cmd::label(&req));
+                            let timed = || Timed::start(Protocol::Native, native_cmd::label(&req));
                             return self.forward(shared, timed, op, reply);
                         }
                         Some(Err(refusal)) => {
-                            return native::encode_frame(self.out.now(), id, &refusal)
+                            native::encode_frame(self.out.now(), id, &refusal);
+                            return true;
                         }
                         None => {}
                     }
@@ -280,6 +313,16 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                 }
             }
         }
+        true
+    }
+}
+
+/// The key of a cluster operation (`None`: a listing, which touches
+/// every key).
+fn op_key(op: &ClientOp) -> Option<&[u8]> {
+    match op {
+        ClientOp::Get { key } | ClientOp::Put { key, .. } | ClientOp::Delete { key } => Some(key),
+        ClientOp::List { .. } => None,
     }
 }
 

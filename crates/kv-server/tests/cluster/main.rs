@@ -12,6 +12,7 @@ use redis::Commands;
 
 mod floor;
 mod membership;
+mod order;
 mod rebalance;
 mod repair;
 mod restart;
