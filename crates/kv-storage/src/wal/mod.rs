@@ -174,7 +174,13 @@ impl Log {
             other => {
                 if let Some(s) = other {
                     // Too small for this record: make way for one that fits.
-                    s.remove(&*self.vfs)?;
+                    // If its file stays, so does the spare: a segment created
+                    // here would find the file there and fail, now and at
+                    // every later rotation.
+                    if let Err((s, e)) = s.remove(&*self.vfs) {
+                        *spare = Some(s);
+                        return Err(e);
+                    }
                 }
                 let capacity = self.segment_bytes.max(SEGMENT_HEADER as u64 + need);
                 Segment::create(&*self.vfs, &self.dir, id, capacity)?

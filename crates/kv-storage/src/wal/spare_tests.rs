@@ -395,3 +395,93 @@ fn power_cuts_among_spares_and_snapshots_keep_every_acknowledged_write() {
         }
     }
 }
+
+/// The simulated file system, with removals that fail while `fail_remove`
+/// is set (a read-only remount, say).
+#[derive(Debug, Default)]
+struct NoRemove {
+    fs: SimFs,
+    fail_remove: std::sync::atomic::AtomicBool,
+}
+
+impl Vfs for NoRemove {
+    fn kind(&self, path: &Path) -> io::Result<Kind> {
+        self.fs.kind(path)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.fs.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<(String, Kind)>> {
+        self.fs.list(dir)
+    }
+    fn lock(&self, dir: &Path) -> io::Result<DirLock> {
+        self.fs.lock(dir)
+    }
+    fn create_log(&self, path: &Path, capacity: u64) -> io::Result<Box<dyn LogFile>> {
+        self.fs.create_log(path, capacity)
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
+        self.fs.create(path)
+    }
+    fn read(&self, path: &Path) -> io::Result<FileBytes> {
+        self.fs.read(path)
+    }
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.fs.truncate(path, len)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        if self.fail_remove.load(Ordering::Acquire) {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        self.fs.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.fs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.fs.sync_dir(dir)
+    }
+}
+
+/// A record too large for the spare makes the rotation delete the spare
+/// and create a larger segment. If the deletion fails, the write gets the
+/// error, and the log must still rotate once removal works again (it used
+/// to lose track of the spare's file and fail every rotation after with
+/// "File exists", so that no write and no snapshot could succeed again).
+#[test]
+fn a_spare_that_cannot_be_removed_does_not_block_later_rotations() {
+    let vfs = Arc::new(NoRemove::default());
+    vfs.fs.create_dir_all(Path::new("/data")).expect("mkdir");
+    let log = Log::create(
+        vfs.clone(),
+        PathBuf::from("/data"),
+        1,
+        SEGMENT,
+        SnapshotTrigger::Manual,
+        0,
+        (0, 0),
+    )
+    .expect("create log");
+    let mut i = 0;
+    while !log.append(&record_bytes(i)).expect("append").spare_due {
+        i += 1;
+    }
+    log.prepare_spare().expect("prepare spare");
+    let mut big = Vec::new();
+    let version = Version {
+        timestamp: 1 << 40,
+        node: 1,
+    };
+    record::encode(&mut big, b"big", Some(&[b'b'; 100 << 10]), version, 0);
+    vfs.fail_remove.store(true, Ordering::Release);
+    let err = log
+        .append(&big)
+        .err()
+        .expect("the spare could not be removed");
+    assert!(err.to_string().contains("remove log segment"), "{err}");
+    vfs.fail_remove.store(false, Ordering::Release);
+    log.append(&big)
+        .expect("the big record once removal works again");
+    assert_eq!(log.current.load(Ordering::Acquire), 2);
+    assert_eq!(log.rotate_for_snapshot().expect("rotate"), 3);
+}
