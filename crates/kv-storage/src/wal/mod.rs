@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::options::SnapshotTrigger;
 use crate::vfs::{SharedVfs, Vfs};
 use group::SyncState;
@@ -177,7 +177,8 @@ impl Log {
                     // If its file stays, so does the spare: a segment created
                     // here would find the file there and fail, now and at
                     // every later rotation.
-                    if let Err((s, e)) = s.remove(&*self.vfs) {
+                    let removed = self.vfs.remove(&s.path);
+                    if let Err(e) = removed.ctx("remove log segment", &s.path) {
                         *spare = Some(s);
                         return Err(e);
                     }

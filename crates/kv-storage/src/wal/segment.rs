@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::vfs::{self, LogFile, Vfs};
 use crate::wal::record::u64_at;
 
@@ -172,17 +172,6 @@ impl Segment {
     pub(crate) fn write_synced_mark(&self, offset: u64) {
         self.file
             .write_at(MARK as u64, &mark_bytes(self.id, offset));
-    }
-
-    /// Deletes the file of a segment never appended to (a spare too small
-    /// for the record at hand), so that a new one can take its id. On
-    /// failure the segment comes back with the error: its file is still
-    /// there.
-    pub(crate) fn remove(self, vfs: &dyn Vfs) -> std::result::Result<(), (Segment, Error)> {
-        match vfs.remove(&self.path).ctx("remove log segment", &self.path) {
-            Ok(()) => Ok(()),
-            Err(e) => Err((self, e)),
-        }
     }
 
     /// Whether `len` more bytes fit after `offset`.
