@@ -252,6 +252,23 @@ fn check_all(store: &Store, n: u32, when: &str) {
     }
 }
 
+/// Puts `image` in spare segment `id` of the crashed `fs` (if its name
+/// survived the crash) and opens the store in strict mode: it must open,
+/// reporting no truncation as corruption.
+fn open_with_spare(fs: &SimFs, id: u64, image: &[u8], d: Durability, case: &str) -> Store {
+    let spare = Path::new("/data").join(super::segment::segment_name(id));
+    if fs.contents(&spare).is_some() {
+        overwrite(fs, &spare, image);
+    }
+    let store = Store::open(sim_opts(fs, d)).unwrap_or_else(|e| panic!("{case}: open failed: {e}"));
+    let report = store.recovery_report();
+    assert!(
+        report.truncations.iter().all(|t| !t.corruption),
+        "{case}: reported as corruption: {report}"
+    );
+    store
+}
+
 /// A power cut while the spare was being made (its name durable, its
 /// bytes not) leaves a clean end of the log: the store opens in strict
 /// mode with every acknowledged write of the active segment, reports no
@@ -264,15 +281,7 @@ fn a_spare_torn_by_a_power_cut_is_a_clean_end_of_the_log() {
         let store = store_with_spare(&fs, 58);
         let crashed = fs.crash(&Crash::DropUnsynced);
         drop(store);
-        let spare = Path::new("/data").join(super::segment::segment_name(2));
-        overwrite(&crashed, &spare, &image);
-        let store = Store::open(sim_opts(&crashed, Durability::Always))
-            .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
-        let report = store.recovery_report();
-        assert!(
-            report.truncations.iter().all(|t| !t.corruption),
-            "{what}: reported as corruption: {report}"
-        );
+        let store = open_with_spare(&crashed, 2, &image, Durability::Always, what);
         check_all(
             &store,
             58,
@@ -322,17 +331,8 @@ fn a_torn_tail_before_a_spare_is_cut_as_a_torn_tail() {
             }
             let crashed = fs.crash(&Crash::Torn(seed));
             drop(store);
-            let spare = Path::new("/data").join(super::segment::segment_name(4));
-            if crashed.contents(&spare).is_some() {
-                overwrite(&crashed, &spare, &image);
-            }
-            let store = Store::open(sim_opts(&crashed, Durability::No))
-                .unwrap_or_else(|e| panic!("seed {seed}, spare {what}: open failed: {e}"));
-            let report = store.recovery_report();
-            assert!(
-                report.truncations.iter().all(|t| !t.corruption),
-                "seed {seed}, spare {what}: reported as corruption: {report}"
-            );
+            let case = format!("seed {seed}, spare {what}");
+            let store = open_with_spare(&crashed, 4, &image, Durability::No, &case);
             check_all(&store, synced, &format!("seed {seed}, spare {what}"));
         }
     }
