@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::options::SnapshotTrigger;
 use crate::vfs::{SharedVfs, Vfs};
 use group::SyncState;
@@ -174,7 +174,14 @@ impl Log {
             other => {
                 if let Some(s) = other {
                     // Too small for this record: make way for one that fits.
-                    s.remove(&*self.vfs)?;
+                    // If its file stays, so does the spare: a segment created
+                    // here would find the file there and fail, now and at
+                    // every later rotation.
+                    let removed = self.vfs.remove(&s.path);
+                    if let Err(e) = removed.ctx("remove log segment", &s.path) {
+                        *spare = Some(s);
+                        return Err(e);
+                    }
                 }
                 let capacity = self.segment_bytes.max(SEGMENT_HEADER as u64 + need);
                 Segment::create(&*self.vfs, &self.dir, id, capacity)?

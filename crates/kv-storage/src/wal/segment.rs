@@ -174,14 +174,6 @@ impl Segment {
             .write_at(MARK as u64, &mark_bytes(self.id, offset));
     }
 
-    /// Deletes the file of a segment never appended to (a spare too small
-    /// for the record at hand), so that a new one can take its id.
-    pub(crate) fn remove(self, vfs: &dyn Vfs) -> Result<()> {
-        let path = self.path.clone();
-        drop(self);
-        vfs.remove(&path).ctx("remove log segment", &path)
-    }
-
     /// Whether `len` more bytes fit after `offset`.
     pub(crate) fn fits(&self, offset: u64, len: u64) -> bool {
         offset + len <= self.capacity
