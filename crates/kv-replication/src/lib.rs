@@ -30,7 +30,10 @@
 //! let mut node = Node::new(Config::new("127.0.0.1:7001"), 1_000, None, &store, 42);
 //! // A one-node cluster: the node is the only replica.
 //! node.handle_client(1_000, 1, ClientOp::Put { key: b"k".to_vec(), value: b"v".to_vec(), expires_at: None }, &store);
-//! let replies: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+//! // Its own copy is a message to itself ([`Output::Local`]), served here
+//! // at once ([`Node::poll_serving`]; a server holds the answer until the
+//! // write is durable).
+//! let replies: Vec<Output> = std::iter::from_fn(|| node.poll_serving(1_000, &store)).collect();
 //! assert!(replies.iter().any(|o| matches!(o, Output::Reply { id: 1, reply: ClientReply::Written { .. } })));
 //! assert_eq!(store.get(b"k").as_deref(), Some(&b"v"[..]));
 //! ```
@@ -53,6 +56,7 @@ pub mod stats;
 pub use admin_error::AdminError;
 pub use anti_entropy::{AeOutcome, AeTask, AntiEntropy};
 pub use event::{Event, Refused};
+pub use kv_types::DurableTicket;
 pub use membership::MemberState;
 pub use msg::{
     ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver, MAX_LIST_PAGE,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use kv_ring::Ring;
-use kv_types::ReplicaStore;
+use kv_types::{DurableTicket, ReplicaStore};
 
 use crate::admin_error::AdminError;
 use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
@@ -26,6 +26,7 @@ mod front;
 mod hints;
 mod membership;
 mod output;
+mod own;
 mod read;
 mod rebalancing;
 mod replica;
@@ -55,7 +56,9 @@ pub use self::write::splitmix64;
 
 use self::read::{Page, READ_TRIES};
 use self::rebalancing::StreamPageInfo;
-use self::replica::{apply_local, list_local, merge_pages, read_local};
+#[cfg(test)]
+use self::replica::list_local;
+use self::replica::merge_pages;
 use self::write::{met, met_write, quorum_of, union, Groups, Pending, Work, WriteValue};
 
 /// A cluster node's logic. Feed it inputs (`handle_*`), then drain
@@ -301,6 +304,11 @@ impl Node {
             }
             other => other,
         };
+        // Its own replica is reached through the same messages, served by
+        // the driver as a peer's (see [`Output::Local`]).
+        if to == self.cfg.id {
+            return self.out.push_back(Output::Local(msg));
+        }
         self.out.push_back(Output::Send { to, msg });
     }
 
@@ -407,7 +415,7 @@ impl Node {
         self.inline_cleanup(now, store);
         self.on_message(now, from, msg, store);
         self.inline_cleanup(now, store);
-        self.regroup_pending(now, store);
+        self.regroup_pending(now);
     }
 
     fn on_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &dyn ReplicaStore) {
@@ -426,13 +434,19 @@ impl Node {
         // A replica request: served as the drivers serve it where it
         // arrives (with what this node knows now); what that refuses is
         // refused below, and logged.
-        let arrival = if front::is_request(&msg) {
-            front::arrive(store, &self.own_view(now), msg)
+        // Served durably here: the node cannot hold a reply for a ticket.
+        // Its own requests are not served again: its driver served them
+        // with this node's view, and what it refused (or failed to store)
+        // is refused below.
+        let arrival = if front::is_request(&msg) && from != self.cfg.id {
+            front::arrive_as(store, &self.own_view(now), msg, false)
         } else {
             front::Arrival::ToNode(msg)
         };
         let msg = match arrival {
-            front::Arrival::Served { reply, observed } => {
+            front::Arrival::Served {
+                reply, observed, ..
+            } => {
                 if let Some(ts) = observed {
                     self.observe(ts);
                 }
@@ -466,17 +480,26 @@ impl Node {
                     | PeerMsg::AePull { .. }
             )
         {
-            return; // nothing of the old data leaves before the check
+            // Nothing of the old data leaves before the check (its own
+            // copy of a write, refused, is stored nowhere).
+            return self.own_request_refused(now, from, &msg);
         }
+        // Its own store's answers are what it holds: not checked.
+        let theirs = from != self.cfg.id;
         let far = match &msg {
             PeerMsg::Replicate { version, .. } => Some((version.ts, Refused::Write)),
-            PeerMsg::ReadReply { state: Some(s), .. } => Some((s.version.ts, Refused::ReadReply)),
-            PeerMsg::ReplicateAck { newer: Some(v), .. } => Some((v.ts, Refused::WriteAck)),
+            PeerMsg::ReadReply { state: Some(s), .. } if theirs => {
+                Some((s.version.ts, Refused::ReadReply))
+            }
+            PeerMsg::ReplicateAck { newer: Some(v), .. } if theirs => {
+                Some((v.ts, Refused::WriteAck))
+            }
             _ => None,
         };
         if let Some((ts, what)) = far {
             if self.too_far_ahead(now, from, ts, what) {
-                return; // neither stored, observed nor counted
+                // Neither stored, observed nor counted.
+                return self.own_request_refused(now, from, &msg);
             }
         }
         match msg {
@@ -514,17 +537,17 @@ impl Node {
             }
             PeerMsg::Invite => self.on_invite(now, from),
             PeerMsg::ReplicateAck { op, existed, newer } => {
-                self.on_write_ack(now, op, from, existed, newer, store)
+                self.on_write_ack(now, op, from, existed, newer)
             }
             PeerMsg::ReadReply { op, state } => {
                 if let Some(s) = &state {
                     self.observe(s.version.ts);
                 }
-                self.on_read_reply(op, from, state, store);
+                self.on_read_reply(op, from, state);
             }
             PeerMsg::ListReply { op, entries, next } => self.on_list_reply(op, from, entries, next),
             PeerMsg::RingDiffers { op, members, ack } => {
-                self.on_ring_differs(now, from, op, &members, ack, store)
+                self.on_ring_differs(now, from, op, &members, ack)
             }
             // Nested envelopes: not sent by any node.
             PeerMsg::InRing { .. } | PeerMsg::OnRing { .. } => {}
@@ -596,8 +619,8 @@ impl Node {
         }
         self.rebalance_tick(now);
         self.inline_cleanup(now, store);
-        self.regroup_pending(now, store);
-        self.retry_refused(now, store);
+        self.regroup_pending(now);
+        self.retry_refused(now);
         self.log_state_changes(now);
         let pending = &self.pending;
         self.ring_refusals.retain(|op, _| pending.contains_key(op));
