@@ -44,6 +44,8 @@ mod front_tests;
 #[cfg(test)]
 mod incarnation_tests;
 #[cfg(test)]
+mod own_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod write_path_tests;

@@ -573,10 +573,7 @@ fn a_write_that_left_a_hint_is_not_re_stamped() {
 /// been read, so the write must not be re-stamped.
 #[test]
 fn a_write_whose_own_copy_failed_is_not_re_stamped() {
-    let s = FailsAfterApplying {
-        inner: store(),
-        fail_next: std::sync::atomic::AtomicBool::new(false),
-    };
+    let s = FailsAfterApplying::new(false);
     // A key of a:1, b:1, c:1 among four members, and of a:1, b:1, e:1
     // once e:1 is one.
     let four = ["a:1", "b:1", "c:1", "d:1"];
