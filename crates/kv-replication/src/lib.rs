@@ -12,9 +12,22 @@
 //! storage engine. It never opens a socket, starts a thread, sleeps or
 //! reads a clock, and draws randomness from a seed: the same code runs
 //! under `kv-server` and under the deterministic simulator of this crate's
-//! tests (`tests/simulator/`, run by `tests/sim.rs`). The port's writes are
-//! still synchronous: a write it applies returns once the store has made
-//! it as durable as its policy says, on the calling thread.
+//! tests (`tests/simulator/`, run by `tests/sim.rs`).
+//!
+//! The coordinator's own replica is one of its replicas, reached through
+//! the same messages as its peers: its copy of a write, its part of a read
+//! or a listing and a read repair of its own copy are
+//! [`Output::Local`] messages that the driver serves through [`arrive`],
+//! the entry point it serves peers' requests with, and whose answers it
+//! hands back with [`Node::handle_message`] from the node's own id.
+//! Persist before reply is in the types: `arrive` serves a write inside
+//! the port's [`kv_types::ReplicaStore::deferring`] scope, and
+//! [`Arrival::Served`] carries the [`DurableTicket`] the answer must wait
+//! for, so a driver lets it go (to a peer, or back to its node) only once
+//! the store reports it durable, asking for one flush per pass for all of
+//! them. The node's other store calls (rebalance pages, anti-entropy,
+//! cleanups) are still synchronous: such a write returns once the store
+//! has made it as durable as its policy says, on the calling thread.
 //!
 //! What it does: membership by gossip with heartbeats and incarnations
 //! ([`membership`]); keys placed on a [`kv_ring::Ring`]; every write
