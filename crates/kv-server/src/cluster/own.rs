@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 
+use kv_replication::node::ReplicaView;
 use kv_replication::{Arrival, DurableTicket, PeerMsg};
 
 use super::thread::ClusterThread;
@@ -29,8 +30,17 @@ impl ClusterThread {
     /// the node, which refuses it for itself.
     pub(super) fn serve_own(&mut self, now: u64, msg: PeerMsg) {
         let store = &self.shared.store;
-        let me = self.handle.id.clone();
-        let view = self.node.replica_view(now);
+        let me = &self.handle.id;
+        // The node's view as its event loops see it: its ring and whether
+        // it serves read now, the cluster's time as published this pass
+        // (what `serve_peer` checks a peer's write against).
+        let view = ReplicaView {
+            ring: self.node.ring_id(),
+            serving: self.node.serves_peers(),
+            clock_ms: self.handle.clock.now(now),
+            max_offset_ms: self.shared.config.max_clock_offset_ms,
+            planted: Default::default(),
+        };
         match kv_replication::arrive(store, &view, msg) {
             Arrival::Served {
                 reply,
@@ -41,11 +51,11 @@ impl ClusterThread {
                     self.node.observe_timestamp(now, ts);
                 }
                 match durable {
-                    None => self.node.handle_message(now, &me, reply, store),
+                    None => self.node.handle_message(now, me, reply, store),
                     Some(ticket) => self.own.held.push_back((ticket, reply)),
                 }
             }
-            Arrival::ToNode(msg) => self.node.handle_message(now, &me, msg, store),
+            Arrival::ToNode(msg) => self.node.handle_message(now, me, msg, store),
         }
     }
 
@@ -53,7 +63,6 @@ impl ClusterThread {
     /// whose fsync failed is dropped: the write is not acknowledged by
     /// this replica (the store is read-only from then on).
     pub(super) fn settle_own(&mut self, now: u64) {
-        let me = self.handle.id.clone();
         let mut failed = 0;
         while let Some((ticket, _)) = self.own.held.front() {
             let durable = self.shared.store.is_durable((*ticket).into());
@@ -66,7 +75,7 @@ impl ClusterThread {
             match durable {
                 Ok(_) => self
                     .node
-                    .handle_message(now, &me, reply, &self.shared.store),
+                    .handle_message(now, &self.handle.id, reply, &self.shared.store),
                 Err(_) => failed += 1,
             }
         }
