@@ -12,9 +12,22 @@
 //! storage engine. It never opens a socket, starts a thread, sleeps or
 //! reads a clock, and draws randomness from a seed: the same code runs
 //! under `kv-server` and under the deterministic simulator of this crate's
-//! tests (`tests/simulator/`, run by `tests/sim.rs`). The port's writes are
-//! still synchronous: a write it applies returns once the store has made
-//! it as durable as its policy says, on the calling thread.
+//! tests (`tests/simulator/`, run by `tests/sim.rs`).
+//!
+//! The coordinator's own replica is one of its replicas, reached through
+//! the same messages as its peers: its copy of a write, its part of a read
+//! or a listing and a read repair of its own copy are
+//! [`Output::Local`] messages that the driver serves through [`arrive`],
+//! the entry point it serves peers' requests with, and whose answers it
+//! hands back with [`Node::handle_message`] from the node's own id.
+//! Persist before reply is in the types: `arrive` serves a write inside
+//! the port's [`kv_types::ReplicaStore::deferring`] scope, and
+//! [`Arrival::Served`] carries the [`DurableTicket`] the answer must wait
+//! for, so a driver lets it go (to a peer, or back to its node) only once
+//! the store reports it durable, asking for one flush per pass for all of
+//! them. The node's other store calls (rebalance pages, anti-entropy,
+//! cleanups) are still synchronous: such a write returns once the store
+//! has made it as durable as its policy says, on the calling thread.
 //!
 //! What it does: membership by gossip with heartbeats and incarnations
 //! ([`membership`]); keys placed on a [`kv_ring::Ring`]; every write
@@ -30,7 +43,10 @@
 //! let mut node = Node::new(Config::new("127.0.0.1:7001"), 1_000, None, &store, 42);
 //! // A one-node cluster: the node is the only replica.
 //! node.handle_client(1_000, 1, ClientOp::Put { key: b"k".to_vec(), value: b"v".to_vec(), expires_at: None }, &store);
-//! let replies: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+//! // Its own copy is a message to itself ([`Output::Local`]), served here
+//! // at once ([`Node::poll_serving`]; a server holds the answer until the
+//! // write is durable).
+//! let replies: Vec<Output> = std::iter::from_fn(|| node.poll_serving(1_000, &store)).collect();
 //! assert!(replies.iter().any(|o| matches!(o, Output::Reply { id: 1, reply: ClientReply::Written { .. } })));
 //! assert_eq!(store.get(b"k").as_deref(), Some(&b"v"[..]));
 //! ```
@@ -53,6 +69,7 @@ pub mod stats;
 pub use admin_error::AdminError;
 pub use anti_entropy::{AeOutcome, AeTask, AntiEntropy};
 pub use event::{Event, Refused};
+pub use kv_types::DurableTicket;
 pub use membership::MemberState;
 pub use msg::{
     ClientOp, ClientReply, Digest, NodeId, PeerMsg, Stamped, Status, Ver, MAX_LIST_PAGE,

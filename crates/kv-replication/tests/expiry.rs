@@ -91,7 +91,7 @@ fn a_coordinated_put_stores_its_expiry() {
         expires_at: Some(FAR),
     };
     node.handle_client(1_000, 1, op, &s);
-    while node.poll_output().is_some() {}
+    while node.poll_serving(1_000, &s).is_some() {}
     assert_eq!(s.get_versioned(b"k").and_then(|v| v.expires_at), Some(FAR));
     assert!(s.ttl(b"k").flatten().is_some());
 }

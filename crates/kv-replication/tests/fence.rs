@@ -48,12 +48,13 @@ fn node(id: &str, number: u32, members: Vec<Digest>, s: &Store) -> Node {
         number: 2,
     };
     n.handle_message(T0, "b", hello, s);
-    drain(&mut n);
+    drain(&mut n, s);
     n
 }
 
-fn drain(n: &mut Node) -> Vec<Output> {
-    std::iter::from_fn(|| n.poll_output()).collect()
+/// `n`'s outputs, its messages to itself served from `s` on the way.
+fn drain(n: &mut Node, s: &Store) -> Vec<Output> {
+    std::iter::from_fn(|| n.poll_serving(T0, s)).collect()
 }
 
 fn sends(outs: &[Output], to: &str) -> Vec<PeerMsg> {
@@ -103,19 +104,19 @@ fn a_coordinator_on_a_different_ring_is_refused_and_both_converge() {
     a.handle_client(T0 + 1, 7, ClientOp::Get { key: b"k".to_vec() }, &sa);
     let mut refused = 0;
     let mut answer = None;
-    let mut to_c: Vec<PeerMsg> = sends(&drain(&mut a), "c");
+    let mut to_c: Vec<PeerMsg> = sends(&drain(&mut a, &sa), "c");
     for round in 0..20 {
         let now = T0 + 2 + round;
         let mut to_a = Vec::new();
         for m in to_c.drain(..) {
             c.handle_message(now, "a", m, &sc);
-            let outs = drain(&mut c);
+            let outs = drain(&mut c, &sc);
             to_a.extend(sends(&outs, "a"));
         }
         refused += to_a.iter().filter(|m| is_refusal(m)).count();
         for m in to_a {
             a.handle_message(now, "c", m, &sa);
-            let outs = drain(&mut a);
+            let outs = drain(&mut a, &sa);
             to_c.extend(sends(&outs, "c"));
             for o in outs {
                 if let Output::Reply { id: 7, reply } = o {
@@ -170,19 +171,19 @@ fn a_refused_write_does_not_move_the_clock() {
         expires_at: None,
     };
     a.handle_client(ahead, 1, put(b"k"), &sa);
-    let to_c = sends(&drain(&mut a), "c");
+    let to_c = sends(&drain(&mut a, &sa), "c");
     assert!(!to_c.is_empty());
     for m in to_c {
         c.handle_message(T0, "a", m, &sc);
     }
     assert!(
-        sends(&drain(&mut c), "a").iter().any(is_refusal),
+        sends(&drain(&mut c, &sc), "a").iter().any(is_refusal),
         "c refuses a's write (rings differ)"
     );
     // c now coordinates a write of its own: its version must not carry
     // the refused write's timestamp.
     c.handle_client(T0 + 1, 2, put(b"other"), &sc);
-    let stamped: Vec<Ver> = drain(&mut c)
+    let stamped: Vec<Ver> = drain(&mut c, &sc)
         .iter()
         .filter_map(|o| match o {
             Output::Send {
@@ -271,7 +272,7 @@ fn given_away_ranges_are_kept_until_every_live_member_is_on_the_ring() {
         now += 100;
         b_says(&mut c, now, 77);
         c.handle_tick(now, &s);
-        drain(&mut c);
+        drain(&mut c, &s);
     }
     assert_eq!(held(&s), KEYS, "c forgot ranges while b still rebalances");
     // b is done.
@@ -281,7 +282,7 @@ fn given_away_ranges_are_kept_until_every_live_member_is_on_the_ring() {
         now += 100;
         b_says(&mut c, now, 0);
         c.handle_tick(now, &s);
-        let outs = drain(&mut c);
+        let outs = drain(&mut c, &s);
         if now < settled + timeout {
             assert_eq!(held(&s), KEYS, "forgotten within a request timeout");
         }
@@ -306,7 +307,7 @@ fn a_failed_cleanup_snapshot_is_retried() {
     while now < T0 + 2 * timeout {
         now += 100;
         c.handle_tick(now, &s);
-        drain(&mut c);
+        drain(&mut c, &s);
     }
     let kept = held(&s);
     assert!(kept < KEYS, "the cleanup ran (in memory)");
@@ -314,7 +315,7 @@ fn a_failed_cleanup_snapshot_is_retried() {
     while now < T0 + 20 * timeout {
         now += 100;
         c.handle_tick(now, &s);
-        drain(&mut c);
+        drain(&mut c, &s);
     }
     drop(c);
     drop(s);

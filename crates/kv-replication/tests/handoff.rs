@@ -94,8 +94,9 @@ impl Cluster {
 
     /// Moves `id`'s outputs to the network and the reply and log lists.
     fn collect(&mut self, id: &str) {
-        let (n, _) = self.nodes.get_mut(id).expect("node");
-        let outs: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
+        let (n, s) = self.nodes.get_mut(id).expect("node");
+        let now = self.now;
+        let outs: Vec<Output> = std::iter::from_fn(|| n.poll_serving(now, s)).collect();
         for o in outs {
             match o {
                 Output::Send { to, msg } => self.queue.push_back((id.to_string(), to, msg)),

@@ -43,7 +43,7 @@ fn an_idle_node_sleeps_until_its_next_gossip_round() {
         },
         &store,
     );
-    while n.poll_output().is_some() {}
+    while n.poll_serving(now, &store).is_some() {}
     assert!(n.poll_timeout() > now);
 }
 

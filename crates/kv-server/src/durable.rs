@@ -29,6 +29,10 @@ pub enum Wire {
     Resp,
     /// A native response frame to the request with this id.
     Native(u64),
+    /// Peer messages (answers to replica requests): one whose write failed
+    /// to become durable is not sent at all, so the write is not
+    /// acknowledged (the coordinator's deadline answers for it).
+    Peer,
 }
 
 impl Wire {
@@ -41,6 +45,7 @@ impl Wire {
             Wire::Native(id) => {
                 native::encode_frame(&mut out, id, &crate::native_cmd::storage_error(e))
             }
+            Wire::Peer => {}
         }
         out
     }

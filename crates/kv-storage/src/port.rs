@@ -3,7 +3,8 @@
 //! error turned into its message.
 
 use kv_types::{
-    ListPage, RangePage, RangesGuard, ReplicaStore, StoreError, StreamCursor, Version, Versioned,
+    DurableTicket, ListPage, RangePage, RangesGuard, ReplicaStore, StoreError, StreamCursor,
+    Version, Versioned,
 };
 
 use crate::error::Error;
@@ -12,6 +13,12 @@ use crate::store::Store;
 impl From<Error> for StoreError {
     fn from(e: Error) -> StoreError {
         StoreError::new(e.to_string())
+    }
+}
+
+impl From<DurableTicket> for crate::durable::Ticket {
+    fn from(t: DurableTicket) -> crate::durable::Ticket {
+        crate::durable::Ticket(t.0)
     }
 }
 
@@ -99,6 +106,18 @@ impl ReplicaStore for Store {
 
     fn flush(&self) -> Result<(), StoreError> {
         Ok(Store::flush(self)?)
+    }
+
+    fn deferring(&self, f: &mut dyn FnMut()) -> Option<DurableTicket> {
+        Store::deferring(self, f).ticket.map(|t| DurableTicket(t.0))
+    }
+
+    fn is_durable(&self, ticket: DurableTicket) -> Result<bool, StoreError> {
+        Ok(Store::is_durable(self, ticket.into())?)
+    }
+
+    fn request_durable(&self, ticket: DurableTicket) {
+        Store::request_durable(self, ticket.into())
     }
 }
 

@@ -31,7 +31,7 @@ mod ranges;
 mod version;
 
 pub use listing::{ListPage, StreamCursor};
-pub use port::{RangesGuard, ReplicaStore, StoreError};
+pub use port::{DurableTicket, RangesGuard, ReplicaStore, StoreError};
 pub use ranges::{key_position, range_of, range_of_key, RangeKey, RangePage};
 pub use version::{Version, Versioned};
 

@@ -62,6 +62,16 @@ impl Deref for RangesGuard<'_> {
     }
 }
 
+/// How far a store's log must be on stable storage before writes made
+/// in a [`ReplicaStore::deferring`] scope are durable (a position in the
+/// store's log). The greater of two tickets covers the smaller.
+///
+/// A reply that reports such a write must be held until
+/// [`ReplicaStore::is_durable`] says its ticket is durable.
+#[must_use = "a deferred write is not durable: hold what reports it until the ticket is"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DurableTicket(pub u64);
+
 /// The store operations of a replica: what `kv-replication` asks of the
 /// local store. Callable from any thread (`Sync`); each method is one
 /// operation of the store, atomic per key.
@@ -69,8 +79,9 @@ impl Deref for RangesGuard<'_> {
 /// Durability: a method that writes returns once its write is as durable
 /// as the store's durability policy promises for any write (under an
 /// fsync-always policy, on stable storage; otherwise surviving the death
-/// of the process), unless its own documentation says more. A store
-/// without persistence has nothing to make durable.
+/// of the process), unless its own documentation says more, or it runs
+/// inside [`ReplicaStore::deferring`]. A store without persistence has
+/// nothing to make durable.
 pub trait ReplicaStore: Sync {
     /// The key's current version, value and expiry, tombstones included
     /// (an expired value reads as a tombstone with its expiry).
@@ -167,4 +178,30 @@ pub trait ReplicaStore: Sync {
     /// Makes every write so far durable on stable storage, whatever the
     /// durability policy.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Runs `f`, in which this store's writes on this thread do not wait
+    /// for stable storage: each is applied (readable) and returns at once,
+    /// and the ticket returned (`None`: nothing to wait for, as under a
+    /// policy that does not fsync every write, or with no persistence)
+    /// says how far the store must be durable before anything that
+    /// reports those writes is let go. The default runs `f` as it is:
+    /// its writes are durable when they return.
+    fn deferring(&self, f: &mut dyn FnMut()) -> Option<DurableTicket> {
+        f();
+        None
+    }
+
+    /// Whether the writes `ticket` was given for are durable: `Ok(false)`
+    /// while they may yet be, an error once they never will be (a failed
+    /// fsync). Never blocks on the disk.
+    fn is_durable(&self, ticket: DurableTicket) -> Result<bool, StoreError> {
+        let _ = ticket;
+        Ok(true)
+    }
+
+    /// Asks the store to make itself durable up to `ticket` (one flush for
+    /// every ticket asked for so far: a group commit), and returns at once.
+    fn request_durable(&self, ticket: DurableTicket) {
+        let _ = ticket;
+    }
 }

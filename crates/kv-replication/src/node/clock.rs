@@ -107,7 +107,7 @@ impl Node {
     /// [`Output::SaveFloor`]): the node may stamp versions below it, and
     /// the writes that waited for it are stamped and sent now, in the
     /// order they came.
-    pub fn floor_saved(&mut self, now: u64, floor: u64, store: &dyn ReplicaStore) {
+    pub fn floor_saved(&mut self, now: u64, floor: u64) {
         self.last_now = self.last_now.max(now);
         if floor <= self.floor {
             return;
@@ -115,9 +115,7 @@ impl Node {
         self.floor = floor;
         for w in std::mem::take(&mut self.floor_waiting) {
             let value = (w.value, w.expires_at);
-            self.send_write(
-                now, w.deadline, w.client, w.key, value, w.tries, w.newer, store,
-            );
+            self.send_write(now, w.deadline, w.client, w.key, value, w.tries, w.newer);
         }
     }
 

@@ -1,17 +1,50 @@
 //! Test support: a storage port whose writes can fail after they took
-//! effect, as a write whose fsync failed after it reached the map does.
+//! effect, as a write whose fsync failed after it reached the map does,
+//! and whose deferred writes become durable only when a test says so.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kv_storage::Store;
-use kv_types::ReplicaStore;
+use kv_types::{DurableTicket, ReplicaStore};
 
 /// A store whose next versioned write is applied (readable) but then
 /// reported failed, as a write whose fsync failed after it reached the
-/// map would be.
+/// map would be. Writes in its [`ReplicaStore::deferring`] scope each
+/// take the next ticket, durable once [`FailsAfterApplying::make_durable`]
+/// says so.
 pub(super) struct FailsAfterApplying {
     /// The store that does the work.
     pub(super) inner: Store,
     /// Whether the next versioned write reports a failure.
-    pub(super) fail_next: std::sync::atomic::AtomicBool,
+    pub(super) fail_next: AtomicBool,
+    /// Whether writes in a deferring scope wait for a ticket.
+    pub(super) defer: AtomicBool,
+    /// The last ticket handed out.
+    issued: AtomicU64,
+    /// Tickets up to this one are durable.
+    durable: AtomicU64,
+    /// Whether a deferring scope wrote.
+    wrote: AtomicBool,
+}
+
+impl FailsAfterApplying {
+    /// Over an in-memory store, deferring writes if `defer`.
+    pub(super) fn new(defer: bool) -> FailsAfterApplying {
+        FailsAfterApplying {
+            inner: Store::open(kv_storage::Options::in_memory()).expect("in-memory store"),
+            fail_next: AtomicBool::new(false),
+            defer: AtomicBool::new(defer),
+            issued: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            wrote: AtomicBool::new(false),
+        }
+    }
+
+    /// Every ticket handed out so far is durable.
+    pub(super) fn make_durable(&self) {
+        let issued = self.issued.load(Ordering::SeqCst);
+        self.durable.store(issued, Ordering::SeqCst);
+    }
 }
 
 impl ReplicaStore for FailsAfterApplying {
@@ -29,6 +62,7 @@ impl ReplicaStore for FailsAfterApplying {
         expires_at: Option<u64>,
     ) -> Result<bool, kv_types::StoreError> {
         let applied = ReplicaStore::apply_with_expiry(&self.inner, key, value, version, expires_at);
+        self.wrote.store(true, Ordering::SeqCst);
         if self
             .fail_next
             .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -93,5 +127,15 @@ impl ReplicaStore for FailsAfterApplying {
     }
     fn flush(&self) -> Result<(), kv_types::StoreError> {
         ReplicaStore::flush(&self.inner)
+    }
+    fn deferring(&self, f: &mut dyn FnMut()) -> Option<DurableTicket> {
+        self.wrote.store(false, Ordering::SeqCst);
+        f();
+        let wrote = self.wrote.swap(false, Ordering::SeqCst);
+        (wrote && self.defer.load(Ordering::SeqCst))
+            .then(|| DurableTicket(self.issued.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+    fn is_durable(&self, ticket: DurableTicket) -> Result<bool, kv_types::StoreError> {
+        Ok(ticket.0 <= self.durable.load(Ordering::SeqCst))
     }
 }

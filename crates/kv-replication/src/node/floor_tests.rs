@@ -69,7 +69,7 @@ impl Driver {
                     _ => {}
                 }
             }
-            out = drain(n);
+            out = drain(n, s);
         }
     }
 
@@ -86,8 +86,8 @@ impl Driver {
         self.asked = left;
         for (f, _) in done {
             self.saved = self.saved.max(f);
-            n.floor_saved(now, f, s);
-            let out = drain(n);
+            n.floor_saved(now, f);
+            let out = drain(n, s);
             self.take(n, s, now, out);
         }
     }
@@ -132,10 +132,10 @@ fn no_version_at_or_above_the_saved_floor_leaves_the_node() {
         let now = T0 + i;
         d.report(&mut n, &s, now, now.saturating_sub(40));
         n.handle_client(now, i, put(i), &s);
-        let out = drain(&mut n);
+        let out = drain(&mut n, &s);
         d.take(&mut n, &s, now, out);
         n.handle_tick(now, &s);
-        let out = drain(&mut n);
+        let out = drain(&mut n, &s);
         d.take(&mut n, &s, now, out);
     }
     let end = T0 + 2000;
@@ -165,7 +165,7 @@ fn writes_are_answered_while_a_floor_save_is_outstanding() {
     for i in 0..1000 {
         let now = T0 + i;
         n.handle_client(now, i, put(i), &s);
-        let out = drain(&mut n);
+        let out = drain(&mut n, &s);
         let before = d.written.len();
         d.take(&mut n, &s, now, out);
         let held = d.asked.iter().any(|(f, _)| *f > d.saved);
@@ -208,13 +208,13 @@ fn a_write_waiting_for_the_floor_times_out() {
     let s = store();
     let (mut n, mut d) = offloading(&s);
     n.handle_client(T0, 7, put(7), &s);
-    let out = drain(&mut n);
+    let out = drain(&mut n, &s);
     d.take(&mut n, &s, T0, out);
     assert!(d.written.is_empty() && d.failed.is_empty());
     assert!(n.poll_timeout() <= T0, "a waiting write needs ticks");
     let late = T0 + Config::new("a:1").request_timeout;
     n.handle_tick(late, &s);
-    let out = drain(&mut n);
+    let out = drain(&mut n, &s);
     d.take(&mut n, &s, late, out);
     assert!(d.problems.is_empty(), "{:?}", d.problems);
     assert!(

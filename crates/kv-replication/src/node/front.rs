@@ -33,14 +33,24 @@ pub struct ReplicaView {
 #[derive(Debug)]
 pub enum Arrival {
     /// A replica request served from the store: `reply` goes back on the
-    /// link it came from, and `observed`, the timestamp of a write it
-    /// stored, is for the node's clock to observe
-    /// ([`Node::observe_timestamp`]).
+    /// link it came from (or, for a node's own copy, to
+    /// [`Node::handle_message`] with the node's own id as the sender), and
+    /// `observed`, the timestamp of a write it stored, is for the node's
+    /// clock to observe ([`Node::observe_timestamp`]).
+    ///
+    /// Persist before reply: when `durable` is `Some`, the write the reply
+    /// reports is applied but not yet durable, and the reply must be held
+    /// until [`ReplicaStore::is_durable`] says the ticket is (ask for it
+    /// with [`ReplicaStore::request_durable`], one flush for every reply
+    /// held in a pass). If the store reports that the ticket never will be
+    /// durable, the reply is dropped: the write is not acknowledged.
     Served {
-        /// The answer to send back to the peer.
+        /// The answer to send back once `durable` is.
         reply: PeerMsg,
         /// A timestamp the node's clock must observe.
         observed: Option<u64>,
+        /// What the store must make durable before `reply` may go.
+        durable: Option<DurableTicket>,
     },
     /// For the node: hand it to [`Node::handle_message`].
     ToNode(PeerMsg),
@@ -53,9 +63,36 @@ pub enum Arrival {
 /// write is not too far ahead of the cluster's time. Everything else
 /// goes to the node, which answers the rest and refuses (and logs) what
 /// this refused, as it sees fit with what it knows then.
+///
+/// A write is served in the store's [`ReplicaStore::deferring`] scope: it
+/// does not wait for an fsync on the caller's thread, and the ticket it
+/// needs comes back in [`Arrival::Served`].
 pub fn arrive(store: &dyn ReplicaStore, view: &ReplicaView, msg: PeerMsg) -> Arrival {
-    match serve(store, view, &msg) {
-        Some((reply, observed)) => Arrival::Served { reply, observed },
+    arrive_as(store, view, msg, true)
+}
+
+/// [`arrive`], its writes deferred (`defer`) or durable when served (the
+/// node's own slow path, which cannot hold a reply: `durable` is then
+/// `None`).
+pub(super) fn arrive_as(
+    store: &dyn ReplicaStore,
+    view: &ReplicaView,
+    msg: PeerMsg,
+    defer: bool,
+) -> Arrival {
+    let mut served = None;
+    let durable = if defer {
+        store.deferring(&mut || served = serve(store, view, &msg))
+    } else {
+        served = serve(store, view, &msg);
+        None
+    };
+    match served {
+        Some((reply, observed)) => Arrival::Served {
+            reply,
+            observed,
+            durable,
+        },
         None => Arrival::ToNode(msg),
     }
 }

@@ -64,6 +64,7 @@ fn a_write_on_the_nodes_ring_is_served_with_its_timestamp() {
         Arrival::Served {
             reply: PeerMsg::ReplicateAck { op: 7, .. },
             observed,
+            ..
         } => assert_eq!(observed, Some((NOW + 100) * 1000)),
         other => panic!("not served: {other:?}"),
     }

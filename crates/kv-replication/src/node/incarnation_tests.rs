@@ -3,7 +3,7 @@
 //! no longer owns its key, and a write refused for a newer ring too often
 //! to be carried on at once.
 
-use super::write_path_tests::{owners, replies};
+use super::write_path_tests::{drain, owners, replies};
 use super::*;
 use kv_storage::{Options, Store};
 
@@ -33,12 +33,8 @@ fn node_among(id: &str, s: &dyn ReplicaStore, ids: &[&str], seed: u64) -> Node {
         number: node_number("b:1"),
     };
     n.handle_message(T0, "b:1", gossip, s);
-    drain(&mut n);
+    drain(&mut n, s);
     n
-}
-
-fn drain(n: &mut Node) -> Vec<Output> {
-    std::iter::from_fn(|| n.poll_output()).collect()
 }
 
 fn unwrap_ring(msg: &PeerMsg) -> &PeerMsg {
@@ -83,7 +79,7 @@ fn a_reply_to_the_previous_incarnation_answers_a_new_request() {
     // The old incarnation of a:1 asks b:1 for k1 (op 1), then dies.
     let mut old = node_among("a:1", &sa, &three, 1);
     old.handle_client(T0 + 1, 7, ClientOp::Get { key: k1.clone() }, &sa);
-    let out = drain(&mut old);
+    let out = drain(&mut old, &sa);
     let read = sends_to(&out, "b:1")[0].clone();
     let stale = serve_replica(&sb, &read).expect("b:1 answers");
     drop(old);
@@ -92,9 +88,9 @@ fn a_reply_to_the_previous_incarnation_answers_a_new_request() {
     // the restart).
     let mut a = node_among("a:1", &sa, &three, 2);
     a.handle_client(T0 + 500, 8, ClientOp::Get { key: k2.clone() }, &sa);
-    drain(&mut a);
+    drain(&mut a, &sa);
     a.handle_message(T0 + 501, "b:1", stale, &sa);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &sa);
     let got = replies(&out);
     let k2_now = sa.get_versioned(&k2);
     assert!(
@@ -142,7 +138,7 @@ fn a_hint_is_delivered_to_a_replica_that_no_longer_owns_the_key() {
     for id in ["b:1", "c:1"] {
         a.handle_message(t1, id, beat(id, t1, &four), &s);
     }
-    drain(&mut a);
+    drain(&mut a, &s);
     assert_eq!(a.members.state("d:1", t1), Some(MemberState::Down));
     a.handle_client(
         t1,
@@ -154,7 +150,7 @@ fn a_hint_is_delivered_to_a_replica_that_no_longer_owns_the_key() {
         },
         &s,
     );
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     assert!(
         out.iter()
             .any(|o| matches!(o, Output::StoreHint(h) if h.target == "d:1")),
@@ -164,7 +160,7 @@ fn a_hint_is_delivered_to_a_replica_that_no_longer_owns_the_key() {
     // belongs to b:1, c:1 and e:1.
     let t2 = t1 + 100;
     a.handle_message(t2, "b:1", beat("b:1", t2, &five), &s);
-    drain(&mut a);
+    drain(&mut a, &s);
     assert_eq!(
         owners(&five, &key),
         {
@@ -177,10 +173,10 @@ fn a_hint_is_delivered_to_a_replica_that_no_longer_owns_the_key() {
     // d:1 is back; the next gossip round delivers hints.
     let t3 = t2 + 100;
     a.handle_message(t3, "d:1", beat("d:1", t3, &five), &s);
-    drain(&mut a);
+    drain(&mut a, &s);
     let t4 = t3 + 1_000;
     a.handle_tick(t4, &s);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     let to_d: Vec<PeerMsg> = out
         .iter()
         .filter_map(|o| match o {
@@ -233,7 +229,7 @@ fn a_write_refused_too_often_is_never_asked_again() {
         },
         &s,
     );
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     let op = match sends_to(&out, "b:1").as_slice() {
         [PeerMsg::Replicate { op, .. }] => *op,
         other => panic!("{other:?}"),
@@ -246,7 +242,7 @@ fn a_write_refused_too_often_is_never_asked_again() {
     let mut asked_again = 0;
     for i in 0..9 {
         a.handle_message(T0 + 2 + i, "b:1", refusal.clone(), &s);
-        asked_again = sends_to(&drain(&mut a), "b:1")
+        asked_again = sends_to(&drain(&mut a, &s), "b:1")
             .iter()
             .filter(|m| matches!(m, PeerMsg::Replicate { .. }))
             .count();
@@ -262,7 +258,7 @@ fn a_write_refused_too_often_is_never_asked_again() {
     let mut answer = Vec::new();
     for t in (T0 + 30..T0 + 12_000).step_by(50) {
         a.handle_tick(t, &s);
-        let out = drain(&mut a);
+        let out = drain(&mut a, &s);
         to_b += sends_to(&out, "b:1")
             .iter()
             .filter(|m| matches!(m, PeerMsg::Replicate { .. }))
@@ -341,7 +337,7 @@ fn a_listing_keeps_what_an_owner_answered_after_the_ring_changed() {
         number: node_number("b:1"),
     };
     a.handle_message(T0 + 2, "b:1", gossip, &s);
-    drain(&mut a);
+    drain(&mut a, &s);
     assert_ne!(a.ring_id(), before, "the ring changed");
     let live = Stamped {
         version: Ver { ts: 5_000, node: 9 },
@@ -376,7 +372,7 @@ fn a_read_refused_again_and_again_stops_restarting_and_completes() {
     let key = foreign_key();
     let mut a = node_among("a:1", &s, &four, 1);
     a.handle_client(T0 + 1, 7, ClientOp::Get { key: key.clone() }, &s);
-    let mut out = drain(&mut a);
+    let mut out = drain(&mut a, &s);
     let mut reads_to_c = 0;
     for i in 0..50 {
         let Some(op) = sends_to(&out, "c:1").iter().find_map(|m| match m {
@@ -392,7 +388,7 @@ fn a_read_refused_again_and_again_stops_restarting_and_completes() {
             ack: None,
         };
         a.handle_message(T0 + 2 + i, "c:1", refusal, &s);
-        out = drain(&mut a);
+        out = drain(&mut a, &s);
     }
     assert!(
         reads_to_c <= 10,
@@ -412,7 +408,7 @@ fn a_read_refused_again_and_again_stops_restarting_and_completes() {
     let mut got = Vec::new();
     for from in ["b:1", "d:1"] {
         a.handle_message(T0 + 100, from, PeerMsg::ReadReply { op, state: None }, &s);
-        got.extend(replies(&drain(&mut a)));
+        got.extend(replies(&drain(&mut a, &s)));
     }
     assert_eq!(got, vec![ClientReply::Value(None)], "the GET completes");
 }
@@ -426,7 +422,7 @@ fn start_listing(a: &mut Node, s: &dyn ReplicaStore, peer: &str) -> u64 {
         limit: 100,
     };
     a.handle_client(T0 + 1, 7, list, s);
-    let out = drain(a);
+    let out = drain(a, s);
     match sends_to(&out, peer).as_slice() {
         [PeerMsg::ListPage { op, .. }] => *op,
         other => panic!("{other:?}"),
@@ -450,7 +446,7 @@ fn answer_listing(
             next: None,
         };
         a.handle_message(now, from, reply, s);
-        got.extend(replies(&drain(a)));
+        got.extend(replies(&drain(a, s)));
     }
     got
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use kv_ring::Ring;
-use kv_types::ReplicaStore;
+use kv_types::{DurableTicket, ReplicaStore};
 
 use crate::admin_error::AdminError;
 use crate::anti_entropy::{self, AeOutcome, AeTask, AeView, AeWork, AntiEntropy};
@@ -24,8 +24,10 @@ mod clock;
 mod config;
 mod front;
 mod hints;
+mod inbox;
 mod membership;
 mod output;
+mod own;
 mod read;
 mod rebalancing;
 mod replica;
@@ -43,6 +45,8 @@ mod front_tests;
 #[cfg(test)]
 mod incarnation_tests;
 #[cfg(test)]
+mod own_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod write_path_tests;
@@ -55,7 +59,9 @@ pub use self::write::splitmix64;
 
 use self::read::{Page, READ_TRIES};
 use self::rebalancing::StreamPageInfo;
-use self::replica::{apply_local, list_local, merge_pages, read_local};
+#[cfg(test)]
+use self::replica::list_local;
+use self::replica::merge_pages;
 use self::write::{met, met_write, quorum_of, union, Groups, Pending, Work, WriteValue};
 
 /// A cluster node's logic. Feed it inputs (`handle_*`), then drain
@@ -301,6 +307,11 @@ impl Node {
             }
             other => other,
         };
+        // Its own replica is reached through the same messages, served by
+        // the driver as a peer's (see [`Output::Local`]).
+        if to == self.cfg.id {
+            return self.out.push_back(Output::Local(msg));
+        }
         self.out.push_back(Output::Send { to, msg });
     }
 
@@ -402,139 +413,14 @@ impl Node {
         self.members.ring_id()
     }
 
-    /// A message from node `from`.
+    /// A message from node `from`: a peer's, or, from this node's own id,
+    /// the answer to (or the refusal of) one of its [`Output::Local`]
+    /// messages.
     pub fn handle_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &dyn ReplicaStore) {
         self.inline_cleanup(now, store);
         self.on_message(now, from, msg, store);
         self.inline_cleanup(now, store);
-        self.regroup_pending(now, store);
-    }
-
-    fn on_message(&mut self, now: u64, from: &str, msg: PeerMsg, store: &dyn ReplicaStore) {
-        self.last_now = self.last_now.max(now);
-        if let PeerMsg::Gossip { number, .. } = &msg {
-            self.check_number(from, *number);
-        }
-        if self.duplicates.contains(from) || self.stale.is_some() {
-            return; // refused: its versions could tie with another node's
-        }
-        if let PeerMsg::Gossip { clock, .. } = &msg {
-            if !self.contact_from(now, from, *clock) {
-                return;
-            }
-        }
-        // A replica request: served as the drivers serve it where it
-        // arrives (with what this node knows now); what that refuses is
-        // refused below, and logged.
-        let arrival = if front::is_request(&msg) {
-            front::arrive(store, &self.own_view(now), msg)
-        } else {
-            front::Arrival::ToNode(msg)
-        };
-        let msg = match arrival {
-            front::Arrival::Served { reply, observed } => {
-                if let Some(ts) = observed {
-                    self.observe(ts);
-                }
-                return self.send(from, reply);
-            }
-            front::Arrival::ToNode(msg) => msg,
-        };
-        let msg = match msg {
-            // The old envelope: its sum says nothing of the ring.
-            PeerMsg::InRing { request, .. } => match self.fence(now, from, 0, *request, store) {
-                Some(request) => request,
-                None => return,
-            },
-            PeerMsg::OnRing { ring, request } => {
-                match self.fence(now, from, ring, *request, store) {
-                    Some(request) => request,
-                    None => return,
-                }
-            }
-            other => other,
-        };
-        if self.contact_check
-            && matches!(
-                msg,
-                PeerMsg::Read { .. }
-                    | PeerMsg::Replicate { .. }
-                    | PeerMsg::ListPage { .. }
-                    | PeerMsg::StreamReq { .. }
-                    | PeerMsg::AeDigest { .. }
-                    | PeerMsg::AeKeys { .. }
-                    | PeerMsg::AePull { .. }
-            )
-        {
-            return; // nothing of the old data leaves before the check
-        }
-        let far = match &msg {
-            PeerMsg::Replicate { version, .. } => Some((version.ts, Refused::Write)),
-            PeerMsg::ReadReply { state: Some(s), .. } => Some((s.version.ts, Refused::ReadReply)),
-            PeerMsg::ReplicateAck { newer: Some(v), .. } => Some((v.ts, Refused::WriteAck)),
-            _ => None,
-        };
-        if let Some((ts, what)) = far {
-            if self.too_far_ahead(now, from, ts, what) {
-                return; // neither stored, observed nor counted
-            }
-        }
-        match msg {
-            PeerMsg::Gossip {
-                members,
-                clock,
-                number: _,
-            } => {
-                self.note_peer_clock(now, from, clock);
-                self.on_gossip(now, from, &members)
-            }
-            // Served by `arrive` above, unless the store failed (no answer).
-            PeerMsg::Replicate { .. }
-            | PeerMsg::Read { .. }
-            | PeerMsg::ListPage { .. }
-            | PeerMsg::StreamReq { .. } => {}
-            PeerMsg::StreamPage {
-                transition,
-                cursor,
-                entries,
-                keys,
-                bytes,
-                next,
-                progress,
-            } => {
-                let page = StreamPageInfo {
-                    transition,
-                    cursor,
-                    keys,
-                    bytes,
-                    next,
-                    progress,
-                };
-                self.on_stream_page(now, from, page, &entries, store)
-            }
-            PeerMsg::Invite => self.on_invite(now, from),
-            PeerMsg::ReplicateAck { op, existed, newer } => {
-                self.on_write_ack(now, op, from, existed, newer, store)
-            }
-            PeerMsg::ReadReply { op, state } => {
-                if let Some(s) = &state {
-                    self.observe(s.version.ts);
-                }
-                self.on_read_reply(op, from, state, store);
-            }
-            PeerMsg::ListReply { op, entries, next } => self.on_list_reply(op, from, entries, next),
-            PeerMsg::RingDiffers { op, members, ack } => {
-                self.on_ring_differs(now, from, op, &members, ack, store)
-            }
-            // Nested envelopes: not sent by any node.
-            PeerMsg::InRing { .. } | PeerMsg::OnRing { .. } => {}
-            msg @ (PeerMsg::AeDigest { .. }
-            | PeerMsg::AeKeys { .. }
-            | PeerMsg::AePull { .. }
-            | PeerMsg::AeValues { .. }) => {
-                self.dispatch_ae(now, AeWork::Message(from.to_string(), msg), store)
-            }
-        }
+        self.regroup_pending(now);
     }
 
     /// Logs each member that went suspect or down, came back, or left
@@ -596,8 +482,8 @@ impl Node {
         }
         self.rebalance_tick(now);
         self.inline_cleanup(now, store);
-        self.regroup_pending(now, store);
-        self.retry_refused(now, store);
+        self.regroup_pending(now);
+        self.retry_refused(now);
         self.log_state_changes(now);
         let pending = &self.pending;
         self.ring_refusals.retain(|op, _| pending.contains_key(op));

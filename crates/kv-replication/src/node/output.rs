@@ -13,6 +13,20 @@ pub enum Output {
         /// The message.
         msg: PeerMsg,
     },
+    /// A message for this node's own replica of a key (its copy of a
+    /// write or read repair, its part of a read or a listing), or an
+    /// answer to itself (a ring refusal of its own copy): what it would
+    /// send a peer, ring envelope included. Serve it exactly as a peer's
+    /// message: through [`crate::arrive`] with [`Node::replica_view`];
+    /// hand a [`crate::Arrival::Served`] reply, once its `durable` ticket
+    /// is durable, to [`Node::handle_message`] with this node's own id as
+    /// the sender (and its `observed` timestamp to
+    /// [`Node::observe_timestamp`]), or hand a
+    /// [`crate::Arrival::ToNode`] message there the same way. Like a
+    /// peer link, it is answered at most once, and lost in a crash.
+    /// [`Node::serve_own`] does all of that at once for drivers whose
+    /// writes need not be held (tests, in-memory stores).
+    Local(PeerMsg),
     /// Answer the client operation `id`.
     Reply {
         /// The id the driver gave the operation.

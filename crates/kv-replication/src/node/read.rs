@@ -12,15 +12,9 @@ pub(super) type Page = (Vec<(Vec<u8>, Stamped)>, Option<Vec<u8>>);
 pub(super) const READ_TRIES: u32 = 3;
 
 impl Node {
-    pub(super) fn start_read(
-        &mut self,
-        now: u64,
-        client: u64,
-        key: Vec<u8>,
-        store: &dyn ReplicaStore,
-    ) {
+    pub(super) fn start_read(&mut self, now: u64, client: u64, key: Vec<u8>) {
         let deadline = now + self.cfg.request_timeout;
-        self.send_read(now, deadline, client, key, 1, store);
+        self.send_read(now, deadline, client, key, 1);
     }
 
     /// Sends round `tries` of a read's queries (a retry keeps the first
@@ -32,7 +26,6 @@ impl Node {
         client: u64,
         key: Vec<u8>,
         tries: u32,
-        store: &dyn ReplicaStore,
     ) {
         let groups = self.groups(&key, false);
         let replicas = union(&groups);
@@ -51,19 +44,12 @@ impl Node {
             if crate::membership::is_ghost(&node) {
                 continue; // never up, never answers: its ranges are rebuilt
             }
-            if node == self.cfg.id {
-                let state = read_local(store, &key);
-                let me = self.cfg.id.clone();
-                self.on_read_reply(op, &me, state, store);
-            } else {
-                self.send(
-                    &node,
-                    PeerMsg::Read {
-                        op,
-                        key: key.clone(),
-                    },
-                );
-            }
+            // Its own copy too, through the driver ([`Output::Local`]).
+            let msg = PeerMsg::Read {
+                op,
+                key: key.clone(),
+            };
+            self.send_to(node, msg);
         }
     }
 
@@ -73,7 +59,6 @@ impl Node {
         client: u64,
         (prefix, from, after): (Vec<u8>, u64, Option<Vec<u8>>),
         limit: u32,
-        store: &dyn ReplicaStore,
     ) {
         let limit = limit.clamp(1, MAX_LIST_PAGE);
         let mut nodes: Vec<NodeId> = self.read_ring.nodes().to_vec();
@@ -95,30 +80,18 @@ impl Node {
         let needed = nodes.len().saturating_sub(w - 1).max(1);
         let op = self.new_op(now, client, vec![(nodes.clone(), needed)], work);
         for node in nodes {
-            if node == self.cfg.id {
-                let (entries, next) = list_local(store, &prefix, from, after.as_deref(), limit);
-                let me = self.cfg.id.clone();
-                self.on_list_reply(op, &me, entries, next);
-            } else {
-                let msg = PeerMsg::ListPage {
-                    op,
-                    prefix: prefix.clone(),
-                    from,
-                    after: after.clone(),
-                    limit,
-                };
-                self.send(&node, msg);
-            }
+            let msg = PeerMsg::ListPage {
+                op,
+                prefix: prefix.clone(),
+                from,
+                after: after.clone(),
+                limit,
+            };
+            self.send_to(node, msg);
         }
     }
 
-    pub(super) fn on_read_reply(
-        &mut self,
-        op: u64,
-        from: &str,
-        state: Option<Stamped>,
-        store: &dyn ReplicaStore,
-    ) {
+    pub(super) fn on_read_reply(&mut self, op: u64, from: &str, state: Option<Stamped>) {
         let Some(p) = self.answer(op, from) else {
             return;
         };
@@ -142,7 +115,7 @@ impl Node {
             }
         }
         if met(&p.groups, &p.answered) {
-            self.conclude_read(op, store);
+            self.conclude_read(op);
         }
     }
 
@@ -151,7 +124,7 @@ impl Node {
     /// only once W hold it (blocking read repair: two quorum reads in a row
     /// never go backwards). Otherwise answer now and repair stale replicas
     /// in the background.
-    fn conclude_read(&mut self, op: u64, store: &dyn ReplicaStore) {
+    fn conclude_read(&mut self, op: u64) {
         let (wq, read_repair) = (self.cfg.write_quorum, self.cfg.read_repair);
         let Some(p) = self.pending.get_mut(&op) else {
             return;
@@ -196,7 +169,7 @@ impl Node {
         };
         let repair_op = if blocking { op } else { 0 };
         for node in stale {
-            self.repair(repair_op, &node, &key, &newest, store);
+            self.repair(repair_op, &node, &key, &newest);
         }
         if !blocking {
             self.finish(op);
@@ -204,36 +177,17 @@ impl Node {
     }
 
     /// Writes `newest` to a stale replica (acks count toward `op`, 0: none).
-    pub(super) fn repair(
-        &mut self,
-        op: u64,
-        node: &str,
-        key: &[u8],
-        newest: &Stamped,
-        store: &dyn ReplicaStore,
-    ) {
+    pub(super) fn repair(&mut self, op: u64, node: &str, key: &[u8], newest: &Stamped) {
         self.stats.read_repairs += 1;
-        if node == self.cfg.id {
-            let (value, expires_at) = (newest.value.as_deref(), newest.expires_at);
-            if let Some((was_live, newer)) =
-                apply_local(store, key, value, newest.version, expires_at)
-            {
-                // A repair's replica holds `newest` (or something newer,
-                // which makes the read ask again).
-                let me = self.cfg.id.clone();
-                let now = self.last_now;
-                self.on_write_ack(now, op, &me, was_live, newer, store);
-            }
-        } else {
-            let msg = PeerMsg::Replicate {
-                op,
-                key: key.to_vec(),
-                value: newest.value.clone(),
-                version: newest.version,
-                expires_at: newest.expires_at,
-            };
-            self.send(node, msg);
-        }
+        // To this node too, through the driver ([`Output::Local`]).
+        let msg = PeerMsg::Replicate {
+            op,
+            key: key.to_vec(),
+            value: newest.value.clone(),
+            version: newest.version,
+            expires_at: newest.expires_at,
+        };
+        self.send(node, msg);
     }
 
     /// Whether `node` is a replica of `key` in the read ring or, during

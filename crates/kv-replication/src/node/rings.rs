@@ -161,7 +161,6 @@ impl Node {
         op: u64,
         members: &[Digest],
         ack: Option<Box<PeerMsg>>,
-        store: &dyn ReplicaStore,
     ) {
         self.on_gossip(now, from, members);
         // The refusing replica is asked again (once per refusal: the others
@@ -189,7 +188,7 @@ impl Node {
         if let Some(PeerMsg::ReplicateAck { existed, newer, .. }) = ack.as_deref() {
             let far = newer.is_some_and(|v| self.too_far_ahead(now, from, v.ts, Refused::WriteAck));
             if !far {
-                self.on_write_ack(now, op, from, *existed, *newer, store);
+                self.on_write_ack(now, op, from, *existed, *newer);
             } else if let Some(Pending {
                 work: Work::Write { maybe_stored, .. },
                 ..
@@ -209,7 +208,7 @@ impl Node {
         let refusals = self.ring_refusals.entry(op).or_insert(0);
         *refusals += 1;
         if *refusals <= MAX_RING_RETRIES {
-            self.retry_op(now, op, store);
+            self.retry_op(now, op);
         }
     }
 
@@ -217,7 +216,7 @@ impl Node {
     /// more often than they are carried on at once. (The refusals already
     /// took the replica out of the write's sends and set its groups to
     /// the current ones, so no regroup would ever ask that replica again.)
-    pub(super) fn retry_refused(&mut self, now: u64, store: &dyn ReplicaStore) {
+    pub(super) fn retry_refused(&mut self, now: u64) {
         // Writes only: a read restarted keeps no answers, so restarting
         // it at every tick could keep it from ever completing; past the
         // limit it waits for the other replicas instead.
@@ -231,7 +230,7 @@ impl Node {
             .map(|(op, _)| *op)
             .collect();
         for op in ops {
-            self.retry_op(now, op, store);
+            self.retry_op(now, op);
         }
     }
 
@@ -239,7 +238,7 @@ impl Node {
     /// starts again (with its deadline); a write keeps its version (so
     /// that it never takes effect twice) and is sent to every replica of
     /// its new groups that has not answered.
-    fn retry_op(&mut self, now: u64, op: u64, store: &dyn ReplicaStore) {
+    fn retry_op(&mut self, now: u64, op: u64) {
         let Some(p) = self.pending.get(&op) else {
             return;
         };
@@ -249,7 +248,7 @@ impl Node {
                 self.pending.remove(&op);
                 let refusals = self.ring_refusals.remove(&op);
                 let next = self.next_op;
-                self.send_read(now, deadline, client, key, tries, store);
+                self.send_read(now, deadline, client, key, tries);
                 // The read starts again as a new operation: it keeps its
                 // count of refusals, so that a replica whose ring stays
                 // different stops restarting it after a few (it then
@@ -258,14 +257,14 @@ impl Node {
                     self.ring_refusals.insert(next, n);
                 }
             }
-            Work::Write { .. } => self.dispatch_write(now, op, store),
+            Work::Write { .. } => self.dispatch_write(now, op),
             Work::List { .. } => {} // not restarted: the client asks again
         }
     }
 
     /// After the rings changed: every pending read or write whose replica
     /// groups changed starts again under the new ones.
-    pub(super) fn regroup_pending(&mut self, now: u64, store: &dyn ReplicaStore) {
+    pub(super) fn regroup_pending(&mut self, now: u64) {
         if !std::mem::take(&mut self.regroup_due) || self.cfg.planted.no_ring_fence {
             return;
         }
@@ -280,7 +279,7 @@ impl Node {
             .map(|(op, _)| *op)
             .collect();
         for op in stale {
-            self.retry_op(now, op, store);
+            self.retry_op(now, op);
         }
     }
 }

@@ -101,15 +101,15 @@ impl Node {
                 key,
                 value,
                 expires_at,
-            } => self.start_write(now, id, key, (Some(value), expires_at), store),
-            ClientOp::Delete { key } => self.start_write(now, id, key, (None, None), store),
-            ClientOp::Get { key } => self.start_read(now, id, key, store),
+            } => self.start_write(now, id, key, (Some(value), expires_at)),
+            ClientOp::Delete { key } => self.start_write(now, id, key, (None, None)),
+            ClientOp::Get { key } => self.start_read(now, id, key),
             ClientOp::List {
                 prefix,
                 from,
                 after,
                 limit,
-            } => self.start_list(now, id, (prefix, from, after), limit, store),
+            } => self.start_list(now, id, (prefix, from, after), limit),
         }
     }
 
@@ -129,16 +129,9 @@ impl Node {
         op
     }
 
-    fn start_write(
-        &mut self,
-        now: u64,
-        client: u64,
-        key: Vec<u8>,
-        value: WriteValue,
-        store: &dyn ReplicaStore,
-    ) {
+    fn start_write(&mut self, now: u64, client: u64, key: Vec<u8>, value: WriteValue) {
         let deadline = now + self.cfg.request_timeout;
-        self.send_write(now, deadline, client, key, value, 1, None, store);
+        self.send_write(now, deadline, client, key, value, 1, None);
     }
 
     /// Stamps a write (try number `tries`) and sends it to its replicas.
@@ -153,7 +146,6 @@ impl Node {
         (value, expires_at): WriteValue,
         tries: u32,
         newer: Option<Ver>,
-        store: &dyn ReplicaStore,
     ) {
         let version = match self.stamp(now) {
             Ok(version) => version,
@@ -190,7 +182,7 @@ impl Node {
         if let Some(p) = self.pending.get_mut(&op) {
             p.deadline = deadline;
         }
-        self.dispatch_write(now, op, store);
+        self.dispatch_write(now, op);
     }
 
     /// The clock cannot go any higher: write `client` fails as a conflict.
@@ -216,7 +208,7 @@ impl Node {
     /// [`PeerMsg::RingDiffers`]) go through here, so that a write is sent to
     /// each replica once per epoch, however many replicas refused it.
     /// Finishes the write if its new groups are already met.
-    pub(super) fn dispatch_write(&mut self, now: u64, op: u64, store: &dyn ReplicaStore) {
+    pub(super) fn dispatch_write(&mut self, now: u64, op: u64) {
         let epoch = self.ring_id();
         let me = self.cfg.id.clone();
         let Some(p) = self.pending.get(&op) else {
@@ -259,21 +251,19 @@ impl Node {
                 if p.answered.contains(r) || sent.get(r) == Some(&epoch) {
                     continue;
                 }
-                // Its own store too: a local apply that failed may have
-                // left the version readable all the same.
+                // Its own store too: a local copy that was never
+                // answered (a failed apply) may have left the version
+                // readable all the same.
                 resent |= sent.contains_key(r);
-                if *r == me {
-                    local = true;
-                } else {
-                    let msg = PeerMsg::Replicate {
-                        op,
-                        key: key.clone(),
-                        value: value.clone(),
-                        version,
-                        expires_at: *expires_at,
-                    };
-                    sends.push((r.clone(), msg));
-                }
+                local |= *r == me;
+                let msg = PeerMsg::Replicate {
+                    op,
+                    key: key.clone(),
+                    value: value.clone(),
+                    version,
+                    expires_at: *expires_at,
+                };
+                sends.push((r.clone(), msg));
             }
         }
         // A replica sent it under another ring that is no longer waited
@@ -285,6 +275,7 @@ impl Node {
         let refuse_own = local && self.own_copy_too_far_ahead(now, version.ts);
         if refuse_own {
             asked.remove(&me);
+            sends.retain(|(r, _)| *r != me);
         }
         let Some(p) = self.pending.get_mut(&op) else {
             return;
@@ -305,22 +296,17 @@ impl Node {
         // A hint may land on its replica (and be read there) before the
         // write is decided, and its delivery is no answer to the write.
         *maybe_stored |= resent || dropped || !hints.is_empty();
+        // Its own copy, like a peer's, is sent (to itself, through the
+        // driver: [`Output::Local`]) and recorded as sent; one refused as
+        // too far ahead is neither: it was stored nowhere, and must not
+        // count as a copy that may have landed when the write is
+        // dispatched again. One its driver refuses is taken out again
+        // when the refusal comes back ([`Node::own_request_refused`]).
         for (r, _) in &sends {
             sent.insert(r.clone(), epoch);
         }
-        // Its own copy is sent only when applied: one refused as too far
-        // ahead was stored nowhere, and must not count as a copy that may
-        // have landed when the write is dispatched again.
-        if local && !refuse_own {
-            sent.insert(me.clone(), epoch);
-        }
         *waits_for = asked;
         let hinted = (!hints.is_empty()).then(|| (key.clone(), value.clone(), *expires_at));
-        // The store does not see the messages: applying the own copy
-        // before they are queued changes nothing a peer or client sees.
-        let applied = (local && !refuse_own)
-            .then(|| apply_local(store, key, value.as_deref(), version, *expires_at))
-            .flatten();
         if let Some((key, value, expires_at)) = hinted {
             for r in hints {
                 self.add_hint(now, r, &key, (value.clone(), expires_at), version);
@@ -328,9 +314,6 @@ impl Node {
         }
         for (r, msg) in sends {
             self.send_to(r, msg);
-        }
-        if let Some((existed, newer)) = applied {
-            self.on_write_ack(now, op, &me, existed, newer, store);
         }
         // The new groups may already be met by what was stored.
         let met_now = self.pending.get(&op).is_some_and(|p| match &p.work {
@@ -358,7 +341,6 @@ impl Node {
         from: &str,
         was_live: bool,
         newer: Option<Ver>,
-        store: &dyn ReplicaStore,
     ) {
         if let Some((target, key, version)) = self.hint_ops.remove(&op) {
             if target == from {
@@ -377,9 +359,6 @@ impl Node {
                 version,
                 newer: seen_newer,
                 stored,
-                asked,
-                tries,
-                maybe_stored,
                 ..
             } => {
                 if !p.answered.insert(from.to_string()) {
@@ -388,7 +367,7 @@ impl Node {
                 let lost = newer.filter(|n| *n > *version && !planted_no_restamp);
                 if let (Some(n), true) = (lost, planted_eager_restamp) {
                     *seen_newer = (*seen_newer).max(Some(n));
-                    return self.restamp(now, op, n, store);
+                    return self.restamp(now, op, n);
                 }
                 match lost {
                     // The write lost on this replica: it is not the newest
@@ -399,33 +378,7 @@ impl Node {
                         *existed |= was_live;
                     }
                 }
-                if met(&p.groups, stored) {
-                    // W replicas held nothing newer when it landed, so no
-                    // write acknowledged before this one began is newer
-                    // (quorums intersect): an OK is true, even if another
-                    // replica reported a newer, concurrent write.
-                    return self.finish(op);
-                }
-                let all_answered = asked.iter().all(|r| p.answered.contains(r));
-                let (Some(n), true) = (*seen_newer, all_answered) else {
-                    return;
-                };
-                if stored.is_empty() && !*maybe_stored {
-                    // No replica stored this version, so no read can have
-                    // seen it: stamp it again above what they hold.
-                    return self.restamp(now, op, n, store);
-                }
-                // Some replicas stored it, so a read may have returned it:
-                // writing the value again under a new version could make
-                // it appear twice around a newer write (not linearizable).
-                // It sits below the newer write, which replaces it, and
-                // the client hears that the write did not win.
-                // The clock takes note, so that a retry stamps above it.
-                let tries = *tries;
-                let client = p.client;
-                self.pending.remove(&op);
-                self.observe(n.ts);
-                self.reply(client, ClientReply::Conflict { newer: n, tries });
+                self.decide_write(now, op);
             }
             // A read repair's write landed: done once a write quorum, or
             // every replica that answered, holds the newest version.
@@ -460,7 +413,7 @@ impl Node {
                         return self.reply(client, reply);
                     }
                     let now = now.max(self.last_now);
-                    return self.send_read(now, deadline, client, key, tries + 1, store);
+                    return self.send_read(now, deadline, client, key, tries + 1);
                 }
                 let fresh = holders.insert(from.to_string());
                 let everyone = seen.iter().all(|(n, _)| holders.contains(n));
@@ -476,7 +429,7 @@ impl Node {
     /// version: drop this try and stamp the write again above `newer`
     /// (the clock takes note of it), or fail it as a conflict after
     /// [`WRITE_TRIES`] versions.
-    fn restamp(&mut self, now: u64, op: u64, newer: Ver, store: &dyn ReplicaStore) {
+    pub(super) fn restamp(&mut self, now: u64, op: u64, newer: Ver) {
         let Some(p) = self.pending.remove(&op) else {
             return;
         };
@@ -505,7 +458,6 @@ impl Node {
             (value, expires_at),
             tries + 1,
             Some(newer),
-            store,
         );
     }
 

@@ -52,12 +52,24 @@ pub(super) fn coordinator_with(
         number: node_number("b:1"),
     };
     n.handle_message(T0, "b:1", gossip, s);
-    let out = drain(&mut n);
+    let out = drain(&mut n, s);
     (n, out)
 }
 
-pub(super) fn drain(n: &mut Node) -> Vec<Output> {
-    std::iter::from_fn(|| n.poll_output()).collect()
+/// `n`'s outputs, its messages to itself ([`Output::Local`]) served from
+/// `s` as a driver serves them (and what that outputs drained too).
+pub(super) fn drain(n: &mut Node, s: &dyn ReplicaStore) -> Vec<Output> {
+    let mut out = Vec::new();
+    while let Some(o) = n.poll_output() {
+        match o {
+            Output::Local(msg) => {
+                let now = n.last_now;
+                n.serve_own(now, msg, s);
+            }
+            o => out.push(o),
+        }
+    }
+    out
 }
 
 /// The `Replicate` requests among `out`, by destination, with their op.
@@ -116,7 +128,7 @@ fn all_hold_newer(
             newer: Some(newer),
         };
         n.handle_message(now, from, lost, s);
-        out.extend(drain(n));
+        out.extend(drain(n, s));
     }
     out
 }
@@ -191,7 +203,7 @@ fn refusals_for_a_newer_ring_resend_once_per_replica() {
     let s = store();
     let mut a = coordinator(&s);
     a.handle_client(T0 + 1, 7, put(b"k"), &s);
-    let first = replicates(&drain(&mut a));
+    let first = replicates(&drain(&mut a, &s));
     assert_eq!(first.len(), 2, "{first:?}");
     let op = first[0].1;
     // The replicas know of a fourth member, waiting to join: a newer
@@ -209,7 +221,7 @@ fn refusals_for_a_newer_ring_resend_once_per_replica() {
             ack: None,
         };
         a.handle_message(T0 + 2, from, msg, &s);
-        resent.extend(replicates(&drain(&mut a)));
+        resent.extend(replicates(&drain(&mut a, &s)));
     }
     resent.sort();
     assert_eq!(
@@ -238,7 +250,7 @@ fn answers_from_the_old_group_do_not_decide_a_regrouped_write() {
         .expect("some key");
     let mut a = coordinator(&s);
     a.handle_client(T0 + 1, 7, put(&key), &s);
-    let sent = replicates(&drain(&mut a));
+    let sent = replicates(&drain(&mut a, &s));
     let op = sent[0].1;
     let newer = Ver {
         ts: pending_version(&a, op).ts + 1_000,
@@ -262,14 +274,14 @@ fn answers_from_the_old_group_do_not_decide_a_regrouped_write() {
         number: node_number("c:1"),
     };
     a.handle_message(T0 + 3, "c:1", gossip, &s);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     assert!(
         replicates(&out).contains(&("d:1".to_string(), op)),
         "{out:?}"
     );
     // c:1 holds the newer version too; d:1 has not answered yet.
     a.handle_message(T0 + 4, "c:1", lost(op), &s);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     assert_eq!(replies(&out), vec![], "decided before d:1 answered");
     // d:1 stores it: a:1 and d:1 are a write quorum of the new group.
     let ack = PeerMsg::ReplicateAck {
@@ -278,7 +290,7 @@ fn answers_from_the_old_group_do_not_decide_a_regrouped_write() {
         newer: None,
     };
     a.handle_message(T0 + 5, "d:1", ack, &s);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     assert!(
         matches!(replies(&out).as_slice(), [ClientReply::Written { .. }]),
         "{out:?}"
@@ -306,7 +318,7 @@ fn an_ack_carried_in_a_refusal_counts_against_the_current_groups() {
         .expect("some key");
     let mut a = coordinator(&s);
     a.handle_client(T0 + 1, 7, put(&key), &s);
-    let sent = replicates(&drain(&mut a));
+    let sent = replicates(&drain(&mut a, &s));
     let op = sent[0].1;
     // b:1 is on the five-member ring, owns the key there, stores the
     // write and refuses with its ack.
@@ -325,7 +337,7 @@ fn an_ack_carried_in_a_refusal_counts_against_the_current_groups() {
         ack: Some(Box::new(ack)),
     };
     a.handle_message(T0 + 2, "b:1", refusal, &s);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     assert_eq!(
         replies(&out),
         vec![],
@@ -374,11 +386,11 @@ fn a_refusing_replica_that_owns_the_key_stores_the_write_and_its_ack_counts() {
         stream: None,
     };
     let mut b = Node::new(Config::new("b:1"), T0, Some(saved), &sb, 2);
-    drain(&mut b);
+    drain(&mut b, &sb);
     assert_ne!(a.ring_id(), b.ring_id());
 
     a.handle_client(T0 + 1, 7, put(&key), &s);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     let to_b = out
         .into_iter()
         .find_map(|o| match o {
@@ -393,7 +405,7 @@ fn a_refusing_replica_that_owns_the_key_stores_the_write_and_its_ack_counts() {
     let stored = sb
         .get_versioned(&key)
         .expect("b:1 stores the write it owns");
-    let refusal = drain(&mut b)
+    let refusal = drain(&mut b, &sb)
         .into_iter()
         .find_map(|o| match o {
             Output::Send {
@@ -414,7 +426,7 @@ fn a_refusing_replica_that_owns_the_key_stores_the_write_and_its_ack_counts() {
     // a:1's copy and b:1's carried ack are a write quorum: OK at once,
     // with the version b:1 stored, before b:1 is asked again.
     a.handle_message(T0 + 3, "b:1", refusal, &s);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     assert_eq!(
         replies(&out),
         vec![ClientReply::Written {
@@ -444,7 +456,7 @@ fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second
     let key = key_moving(["b:1", "c:1", "d:1"], ["b:1", "d:1", "e:1"]);
     let mut a = coordinator_among(&s, &four);
     a.handle_client(T0 + 1, 7, put(&key), &s);
-    let mut first = replicates(&drain(&mut a));
+    let mut first = replicates(&drain(&mut a, &s));
     first.sort();
     let to: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(to, ["b:1", "c:1", "d:1"], "{first:?}");
@@ -453,7 +465,7 @@ fn a_write_sent_again_after_a_regroup_is_not_re_stamped_on_answers_to_the_second
     // b:1 stored the write, but its ack never came; c:1 and d:1 never got
     // it. e:1 becomes a member: the key moves from c:1 to e:1.
     e_joins(&mut a, &s, T0 + 300);
-    let mut again = replicates(&drain(&mut a));
+    let mut again = replicates(&drain(&mut a, &s));
     again.sort();
     let to: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(to, ["b:1", "d:1", "e:1"], "sent again under the new ring");
@@ -501,10 +513,10 @@ fn a_write_that_left_a_hint_is_not_re_stamped() {
     for id in ["b:1", "c:1"] {
         a.handle_message(t1, id, beat(id, t1), &s);
     }
-    drain(&mut a);
+    drain(&mut a, &s);
     assert_eq!(a.members.state("d:1", t1), Some(MemberState::Down));
     a.handle_client(t1, 7, put(&key), &s);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     let mut sent = replicates(&out);
     sent.sort();
     let to: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
@@ -520,10 +532,10 @@ fn a_write_that_left_a_hint_is_not_re_stamped() {
     // stores it.
     let t2 = t1 + 10;
     a.handle_message(t2, "d:1", beat("d:1", t2), &s);
-    drain(&mut a);
+    drain(&mut a, &s);
     let t3 = t1 + 1_000;
     a.handle_tick(t3, &s);
-    let out = drain(&mut a);
+    let out = drain(&mut a, &s);
     let hinted = versioned_replicates(&out)
         .into_iter()
         .find_map(|(to, op, v)| (to == "d:1" && v == version).then_some(op))
@@ -534,7 +546,7 @@ fn a_write_that_left_a_hint_is_not_re_stamped() {
         newer: None,
     };
     a.handle_message(t3 + 1, "d:1", stored, &s);
-    drain(&mut a);
+    drain(&mut a, &s);
     // b:1 and c:1 hold a newer version.
     let newer = Ver {
         ts: version.ts + 1_000,
@@ -561,10 +573,7 @@ fn a_write_that_left_a_hint_is_not_re_stamped() {
 /// been read, so the write must not be re-stamped.
 #[test]
 fn a_write_whose_own_copy_failed_is_not_re_stamped() {
-    let s = FailsAfterApplying {
-        inner: store(),
-        fail_next: std::sync::atomic::AtomicBool::new(false),
-    };
+    let s = FailsAfterApplying::new(false);
     // A key of a:1, b:1, c:1 among four members, and of a:1, b:1, e:1
     // once e:1 is one.
     let four = ["a:1", "b:1", "c:1", "d:1"];
@@ -572,7 +581,7 @@ fn a_write_whose_own_copy_failed_is_not_re_stamped() {
     let mut a = coordinator_among(&s, &four);
     s.fail_next.store(true, std::sync::atomic::Ordering::SeqCst);
     a.handle_client(T0 + 1, 7, put(&key), &s);
-    let mut first = replicates(&drain(&mut a));
+    let mut first = replicates(&drain(&mut a, &s));
     first.sort();
     let to: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(to, ["b:1", "c:1"], "{first:?}");
@@ -593,7 +602,7 @@ fn a_write_whose_own_copy_failed_is_not_re_stamped() {
         .expect("newer write");
     // e:1 becomes a member: the key moves from c:1 to e:1.
     e_joins(&mut a, &s, T0 + 300);
-    let again = replicates(&drain(&mut a));
+    let again = replicates(&drain(&mut a, &s));
     let to: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(to, ["e:1"], "sent to the new replica only");
     let out = all_hold_newer(&mut a, &s, T0 + 310, op, &["e:1"], newer);
@@ -619,7 +628,7 @@ fn a_plain_write_behind_a_newer_version_is_still_re_stamped() {
     let key = foreign_key();
     let mut a = coordinator_among(&s, &four);
     a.handle_client(T0 + 1, 7, put(&key), &s);
-    let mut sent = replicates(&drain(&mut a));
+    let mut sent = replicates(&drain(&mut a, &s));
     sent.sort();
     let to: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(to, ["b:1", "c:1", "d:1"], "{sent:?}");

@@ -46,7 +46,7 @@ impl Sim {
             let clock = self.clock(i);
             let n = &mut self.nodes[i];
             if let Some(node) = n.node.as_mut() {
-                node.floor_saved(clock, floor, &n.store);
+                node.floor_saved(clock, floor);
             }
             self.drain(i);
         }

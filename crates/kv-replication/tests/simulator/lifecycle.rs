@@ -189,6 +189,7 @@ impl Sim {
             };
             match out {
                 Output::Send { to, msg } => self.send(i, &to, msg),
+                Output::Local(msg) => self.serve_own(i, msg),
                 Output::Reply { id, reply } => {
                     if std::env::var_os("KV_SIM_DEBUG").is_some() {
                         eprintln!("{} {} reply {id} {reply:?}", self.now, self.nodes[i].id);
@@ -283,6 +284,33 @@ impl Sim {
         }
     }
 
+    /// Node `i`'s message to its own replica, served as a server's
+    /// cluster thread serves it: through `arrive`, as a peer's, the
+    /// answer (or the refused message) handed back to the node from
+    /// itself. The simulated store is in memory: a write is durable when
+    /// applied, so the answer goes back at once (a crash between the two
+    /// cannot happen here, as it cannot within one pass of the thread).
+    fn serve_own(&mut self, i: usize, msg: PeerMsg) {
+        let now = self.clock(i);
+        let n = &mut self.nodes[i];
+        let Some(node) = n.node.as_mut() else { return };
+        let me = n.id.clone();
+        match kv_replication::arrive(&n.store, &node.replica_view(now), msg) {
+            Arrival::Served {
+                reply,
+                observed,
+                durable,
+            } => {
+                assert!(durable.is_none(), "an in-memory store defers nothing");
+                if let Some(ts) = observed {
+                    node.observe_timestamp(now, ts);
+                }
+                node.handle_message(now, &me, reply, &n.store);
+            }
+            Arrival::ToNode(msg) => node.handle_message(now, &me, msg, &n.store),
+        }
+    }
+
     pub(super) fn deliver(&mut self, m: Message) {
         if self.cut[m.from][m.to] {
             return;
@@ -298,7 +326,9 @@ impl Sim {
         // it arrives, its answer sent back on the link and its timestamp
         // observed by the node; the rest goes to the node.
         match kv_replication::arrive(&n.store, &node.replica_view(now), msg) {
-            Arrival::Served { reply, observed } => {
+            Arrival::Served {
+                reply, observed, ..
+            } => {
                 if let Some(ts) = observed {
                     node.observe_timestamp(now, ts);
                 }

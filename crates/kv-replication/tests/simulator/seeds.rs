@@ -35,6 +35,15 @@ pub fn seeds_after(first: u64) -> Vec<u64> {
         .collect()
 }
 
+/// Seeds `first..=last` (the one replayed with `KV_SIM_SEED`): a
+/// planted-bug search pinned beyond the usual seeds.
+pub fn seeds_in(first: u64, last: u64) -> Vec<u64> {
+    if let Some(s) = env("KV_SIM_SEED") {
+        return vec![s];
+    }
+    (first..=last).collect()
+}
+
 /// Shard `k`'s part of the main run's seeds.
 pub fn shard_seeds(k: u64) -> Vec<u64> {
     if env("KV_SIM_SEED").is_some() {

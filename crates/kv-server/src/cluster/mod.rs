@@ -11,6 +11,7 @@
 mod handle;
 mod links;
 mod messages;
+mod own;
 mod reply;
 mod state_files;
 #[cfg(test)]
@@ -218,6 +219,12 @@ pub fn start(
         applier_threads.push(t);
         Some(tx)
     };
+    // The node's own copies held for durability are handed back once a
+    // flush is done (see `own`).
+    let waker = handle.waker.clone();
+    shared
+        .store
+        .on_durable(Arc::new(move || drop(waker.wake())));
     let h = handle.clone();
     let batch_cap = crate::peer_batch::cap(&c);
     let thread = std::thread::Builder::new()
@@ -249,6 +256,7 @@ pub fn start(
                 batch_cap,
                 contact_writer,
                 floor_writer,
+                own: Default::default(),
             };
             if !plant_serve_before_peer() {
                 t.publish(now_ms());

@@ -62,6 +62,8 @@ pub(super) struct ClusterThread {
     /// Where the clock floors the node asks for go to be saved (`None`:
     /// without persistence, where nothing is saved).
     pub(super) floor_writer: Option<Sender<u64>>,
+    /// Answers to the node's own copies of writes, held until durable.
+    pub(super) own: super::own::OwnHeld,
 }
 
 /// The CLUSTER text: this node's view of the membership.
@@ -139,6 +141,8 @@ impl ClusterThread {
                 Err(e) => return Err(e),
             }
             let now = now_ms();
+            // The node's own copies made durable since the last pass.
+            self.settle_own(now);
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     continue;
@@ -210,6 +214,8 @@ impl ClusterThread {
                 self.give_up_waiting();
             }
             self.flush_all(now, &mut down_until);
+            // One flush for the node's own copies of this pass.
+            self.request_own_durable();
         }
         Ok(())
     }
@@ -291,7 +297,7 @@ impl ClusterThread {
             ToCluster::PeerUp(_) => {}
             ToCluster::AntiEntropyDone(outcome) => self.node.anti_entropy_done(outcome),
             ToCluster::CleanupDone(result) => self.node.cleanup_done(now, result),
-            ToCluster::FloorSaved(floor) => self.node.floor_saved(now, floor, store),
+            ToCluster::FloorSaved(floor) => self.node.floor_saved(now, floor),
         }
     }
 
@@ -330,6 +336,7 @@ impl ClusterThread {
                         down_until.insert(to, now + RECONNECT_AFTER_MS);
                     }
                 }
+                Output::Local(msg) => self.serve_own(now, msg),
                 Output::Reply { id, reply } => self.reply(id, reply),
                 Output::Event(event) => log::info!("{event}"),
                 Output::AntiEntropy(task) => {
@@ -377,7 +384,7 @@ impl ClusterThread {
                             log::warn!("the clock floor writer has stopped");
                         }
                     }
-                    None => self.node.floor_saved(now, floor, &self.shared.store),
+                    None => self.node.floor_saved(now, floor),
                 },
                 Output::RejoinFresh(why) => self.rejoin_fresh(&why),
                 Output::StoreHint(h) => {

@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 
 use kv_proto::native::{self, ErrorKind, Request, Response};
 use kv_replication::node::ReplicaView;
-use kv_replication::{Arrival, PeerMsg};
+use kv_replication::{Arrival, DurableTicket, PeerMsg};
 
 use super::{Conn, HalfClose};
 use crate::admission;
 use crate::cluster::ToCluster;
+use crate::durable::Wire;
 use crate::state::Shared;
 
 impl<S: Read + Write + HalfClose> Conn<S> {
@@ -149,10 +150,12 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         };
         match postcard::from_bytes::<PeerMsg>(payload) {
             Ok(msg) => {
-                if let Some(reply) = serve_peer(shared, cluster, &from, msg) {
+                if let Some((reply, durable)) = serve_peer(shared, cluster, &from, msg) {
                     match postcard::to_allocvec(&reply) {
                         Ok(payload) => {
-                            native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
+                            let mut frame = Vec::new();
+                            native::encode_frame(&mut frame, 0, &Request::Peer { payload });
+                            self.answer_peer(frame, durable);
                         }
                         Err(e) => log::warn!("cannot encode a reply to {from}: {e}"),
                     }
@@ -175,6 +178,10 @@ impl<S: Read + Write + HalfClose> Conn<S> {
         let batched = self.preamble_flags & native::FLAG_PEER_BATCH != 0;
         let cap = crate::peer_batch::cap(&shared.config);
         let mut replies = Vec::new();
+        // The batch's answers, in frames, and the furthest durability
+        // ticket of the writes they report: they go out together once it
+        // is durable.
+        let (mut frames, mut durable) = (Vec::new(), None);
         for msg in crate::peer_batch::Messages::new(payload) {
             let msg = match msg {
                 Ok(msg) => msg,
@@ -184,35 +191,56 @@ impl<S: Read + Write + HalfClose> Conn<S> {
                     break;
                 }
             };
-            let Some(reply) = serve_peer(shared, cluster, &from, msg) else {
+            let Some((reply, ticket)) = serve_peer(shared, cluster, &from, msg) else {
                 continue;
             };
+            durable = durable.max(ticket);
             let encoded = if batched {
-                crate::peer_batch::push_capped(self.out.now(), &mut replies, &reply, cap)
+                crate::peer_batch::push_capped(&mut frames, &mut replies, &reply, cap)
             } else {
-                postcard::to_allocvec(&reply).map(|payload| {
-                    native::encode_frame(self.out.now(), 0, &Request::Peer { payload })
-                })
+                postcard::to_allocvec(&reply)
+                    .map(|payload| native::encode_frame(&mut frames, 0, &Request::Peer { payload }))
             };
             if let Err(e) = encoded {
                 log::warn!("cannot encode a reply to {from}: {e}");
             }
         }
-        crate::peer_batch::seal(self.out.now(), &mut replies);
+        crate::peer_batch::seal(&mut frames, &mut replies);
+        self.answer_peer(frames, durable);
+    }
+
+    /// Sends `frames`, answers to a peer's replica requests, now; or, if
+    /// the writes they report need an fsync first (`--fsync always`),
+    /// holds them in their place in the reply order until `durable` is
+    /// durable, as a client's write reply is held (the loop asks for one
+    /// flush per pass; a failed fsync drops them: the writes are not
+    /// acknowledged).
+    fn answer_peer(&mut self, frames: Vec<u8>, durable: Option<DurableTicket>) {
+        if frames.is_empty() {
+            return;
+        }
+        match durable {
+            None => self.out.now().extend_from_slice(&frames),
+            Some(ticket) => {
+                let seq = self.out.later(None, 1);
+                self.parked.park(seq, ticket.into(), frames, Wire::Peer);
+            }
+        }
     }
 }
 
 /// One message from peer `from`: a replica request is answered here (the
-/// reply returned, to go back on this connection); anything else, and
-/// every message before a restarted node checked how long it was away,
-/// goes to the cluster thread. A thin adapter over
-/// [`kv_replication::arrive`], the entry point the simulator drives too.
+/// reply returned, to go back on this connection once the ticket, if
+/// any, is durable); anything else, and every message before a restarted
+/// node checked how long it was away, goes to the cluster thread. A thin
+/// adapter over [`kv_replication::arrive`], the entry point the simulator
+/// and the cluster thread (for the node's own copies) drive too.
 fn serve_peer(
     shared: &Shared,
     cluster: &crate::cluster::ClusterHandle,
     from: &str,
     msg: PeerMsg,
-) -> Option<PeerMsg> {
+) -> Option<(PeerMsg, Option<DurableTicket>)> {
     // Replica requests are answered here, on this connection; only
     // coordination goes through the cluster thread. The ring's read lock
     // is held until the request is applied (see `ClusterHandle::ring`).
@@ -233,13 +261,17 @@ fn serve_peer(
         kv_replication::arrive(&shared.store, &view, msg)
     };
     match arrival {
-        Arrival::Served { reply, observed } => {
+        Arrival::Served {
+            reply,
+            observed,
+            durable,
+        } => {
             // Only a write served here moves the clock (a refused one does
             // not; one too far ahead is not served, and the node logs it).
             if let Some(ts) = observed {
                 cluster.observed.fetch_max(ts, Ordering::AcqRel);
             }
-            Some(reply)
+            Some((reply, durable))
         }
         Arrival::ToNode(msg) => {
             cluster.send(ToCluster::Peer {
@@ -476,7 +508,7 @@ mod tests {
         assert_eq!(rx.try_iter().count(), 1, "it goes to the cluster thread");
         let near = serve_peer(&shared, &handle, "127.0.0.2:1", write(b"near", wall - hour));
         assert!(
-            matches!(near, Some(PeerMsg::ReplicateAck { .. })),
+            matches!(near, Some((PeerMsg::ReplicateAck { .. }, None))),
             "{near:?}"
         );
         assert_eq!(shared.store.get(b"near"), Some(b"v".to_vec()));

@@ -11,6 +11,7 @@ use kv_testkit::{wait_for, ServerProc};
 use redis::Commands;
 
 mod floor;
+mod fsync;
 mod membership;
 mod order;
 mod rebalance;

@@ -1,0 +1,173 @@
+//! The coordinator's own replica, reached through messages to itself
+//! ([`Output::Local`]): its answer counts only once its driver hands it
+//! back (a server's once the write is durable), and a copy refused on the
+//! way is known to be stored nowhere.
+
+use super::failing_store::FailsAfterApplying;
+use super::write_path_tests::{coordinator_with, drain, replies, versioned_replicates, T0};
+use super::*;
+
+type Held = Vec<(DurableTicket, PeerMsg)>;
+
+/// A driver's pass over node `n` and its store `s` at `now`: hands `n`
+/// the held answers whose writes are durable, then serves `n`'s messages
+/// to itself through [`arrive`], holding each write's answer until its
+/// ticket is durable (unless `release_early`, a driver bug planted to
+/// show that the checks catch it). Returns its other outputs.
+fn pass(
+    n: &mut Node,
+    s: &FailsAfterApplying,
+    now: u64,
+    held: &mut Held,
+    release_early: bool,
+) -> Vec<Output> {
+    let me = n.id().to_string();
+    let (ready, waiting): (Held, Held) = std::mem::take(held)
+        .into_iter()
+        .partition(|(t, _)| s.is_durable(*t) == Ok(true));
+    *held = waiting;
+    for (_, reply) in ready {
+        n.handle_message(now, &me, reply, s);
+    }
+    let mut got = Vec::new();
+    while let Some(o) = n.poll_output() {
+        match o {
+            Output::Local(msg) => match arrive(s, &n.replica_view(now), msg) {
+                Arrival::Served {
+                    reply,
+                    durable: Some(t),
+                    ..
+                } if !release_early => held.push((t, reply)),
+                Arrival::Served { reply, .. } => n.handle_message(now, &me, reply, s),
+                Arrival::ToNode(msg) => n.handle_message(now, &me, msg, s),
+            },
+            o => got.push(o),
+        }
+    }
+    got
+}
+
+fn put(key: &[u8]) -> ClientOp {
+    ClientOp::Put {
+        key: key.to_vec(),
+        value: b"v".to_vec(),
+        expires_at: None,
+    }
+}
+
+/// A PUT coordinated by a cluster of one (W = 1: its own copy is the
+/// quorum) over a store whose writes become durable only when told: the
+/// client replies before the store made it durable, and after.
+fn one_node_put(release_early: bool) -> (Vec<ClientReply>, Vec<ClientReply>) {
+    let s = FailsAfterApplying::new(true);
+    let mut n = Node::new(Config::new("a:1"), T0, None, &s, 1);
+    let mut held = Held::new();
+    pass(&mut n, &s, T0, &mut held, release_early);
+    n.handle_client(T0 + 1, 7, put(b"k"), &s);
+    let before = replies(&pass(&mut n, &s, T0 + 1, &mut held, release_early));
+    assert!(s.inner.get(b"k").is_some(), "the own copy is applied");
+    s.make_durable();
+    let after = replies(&pass(&mut n, &s, T0 + 2, &mut held, release_early));
+    (before, after)
+}
+
+/// Persist before reply: the own copy's answer, held by the driver until
+/// durable, is what lets the write be acknowledged (before, the node
+/// applied its copy inline and answered at once: `before` held the OK).
+#[test]
+fn the_coordinator_answers_only_once_its_own_copy_is_durable() {
+    let (before, after) = one_node_put(false);
+    assert_eq!(before, vec![], "answered before its own copy was durable");
+    assert!(
+        matches!(after.as_slice(), [ClientReply::Written { .. }]),
+        "{after:?}"
+    );
+    // A driver that hands the answer back before it is durable is caught
+    // by the same check.
+    let (early, _) = one_node_put(true);
+    assert!(
+        matches!(early.as_slice(), [ClientReply::Written { .. }]),
+        "the planted early release was not seen: {early:?}"
+    );
+}
+
+/// With N = 3 and W = 2, one peer's ack and the own copy's answer make
+/// the quorum: not before the own copy is durable.
+#[test]
+fn a_quorum_that_needs_the_own_copy_waits_for_it_to_be_durable() {
+    let s = FailsAfterApplying::new(true);
+    let (mut a, _) = coordinator_with(&s, &["a:1", "b:1", "c:1"], Config::new("a:1"));
+    let mut held = Held::new();
+    a.handle_client(T0 + 1, 7, put(b"k"), &s);
+    let out = pass(&mut a, &s, T0 + 1, &mut held, false);
+    assert_eq!(replies(&out), vec![]);
+    let op = versioned_replicates(&out)
+        .first()
+        .map(|(_, op, _)| *op)
+        .expect("sent to its peers");
+    let ack = PeerMsg::ReplicateAck {
+        op,
+        existed: false,
+        newer: None,
+    };
+    a.handle_message(T0 + 2, "b:1", ack, &s);
+    let got = replies(&pass(&mut a, &s, T0 + 2, &mut held, false));
+    assert_eq!(got, vec![], "b:1 alone is no write quorum");
+    assert_eq!(held.len(), 1, "the own copy's answer is held");
+    s.make_durable();
+    let got = replies(&pass(&mut a, &s, T0 + 3, &mut held, false));
+    assert!(
+        matches!(got.as_slice(), [ClientReply::Written { .. }]),
+        "{got:?}"
+    );
+}
+
+/// Its own copy comes back refused (its driver's clock stepped back, so
+/// the write is too far ahead of the cluster's time): it is stored
+/// nowhere, so once both peers answer that they hold a newer version the
+/// write is stamped again, not left waiting for an answer that never
+/// comes, nor failed as a write that may have landed.
+#[test]
+fn a_refused_own_copy_is_stored_nowhere_and_the_write_is_stamped_again() {
+    let s = FailsAfterApplying::new(false);
+    let (mut a, _) = coordinator_with(&s, &["a:1", "b:1", "c:1"], Config::new("a:1"));
+    a.handle_client(T0 + 1, 7, put(b"k"), &s);
+    let out: Vec<Output> = std::iter::from_fn(|| a.poll_output()).collect();
+    let own = out.iter().find_map(|o| match o {
+        Output::Local(m) => Some(m.clone()),
+        _ => None,
+    });
+    let own = own.expect("its own copy goes out as a message to itself");
+    let sent = versioned_replicates(&out);
+    let (_, op, version) = sent.first().cloned().expect("sent to its peers");
+    let newer = Ver {
+        ts: version.ts + 1_000,
+        node: 1,
+    };
+    for from in ["b:1", "c:1"] {
+        let lost = PeerMsg::ReplicateAck {
+            op,
+            existed: true,
+            newer: Some(newer),
+        };
+        a.handle_message(T0 + 2, from, lost, &s);
+    }
+    assert_eq!(
+        replies(&drain(&mut a, &s)),
+        vec![],
+        "waits for its own copy"
+    );
+    let stepped_back = T0 - 10 * DEFAULT_MAX_CLOCK_OFFSET;
+    let view = a.replica_view(stepped_back);
+    let Arrival::ToNode(refused) = arrive(&s, &view, own) else {
+        panic!("served a copy too far ahead");
+    };
+    a.handle_message(stepped_back, "a:1", refused, &s);
+    let out = drain(&mut a, &s);
+    assert_eq!(s.inner.get(b"k"), None, "stored");
+    let again = versioned_replicates(&out);
+    assert!(
+        again.len() == 2 && again.iter().all(|(_, _, v)| *v > newer),
+        "not stamped again above {newer:?}: {out:?}"
+    );
+}
