@@ -203,7 +203,10 @@ fn review_a_listing_whose_own_page_meets_a_ring_change_is_still_answered() {
     // Control: without a ring change, the own page answers the listing.
     a.handle_client(later, 1, list_all(), &s);
     let got = replies(&drain(&mut a, &s));
-    assert!(matches!(got.as_slice(), [ClientReply::Keys { .. }]), "{got:?}");
+    assert!(
+        matches!(got.as_slice(), [ClientReply::Keys { .. }]),
+        "{got:?}"
+    );
     // The same listing, with a ring change before its own page is served.
     a.handle_client(later, 2, list_all(), &s);
     let ring = a.ring_id();
