@@ -236,116 +236,6 @@ fn review_a_listing_whose_own_page_meets_a_ring_change_is_still_answered() {
     );
 }
 
-/// A real store under `--fsync always` whose next write that finds a
-/// version at least as new already held is raced, right after, by
-/// another thread's deferred write of a newer version (an event loop
-/// serving a peer's copy): the ticket of that write is kept.
-struct Raced {
-    inner: kv_storage::Store,
-    race: std::sync::atomic::AtomicBool,
-    newer: kv_types::Version,
-    raced: std::sync::Mutex<Option<DurableTicket>>,
-}
-
-impl ReplicaStore for Raced {
-    fn get_versioned(&self, key: &[u8]) -> Option<kv_types::Versioned> {
-        self.inner.get_versioned(key)
-    }
-    fn contains_key(&self, key: &[u8]) -> bool {
-        self.inner.contains_key(key)
-    }
-    fn apply_with_expiry(
-        &self,
-        key: &[u8],
-        value: Option<&[u8]>,
-        version: kv_types::Version,
-        expires_at: Option<u64>,
-    ) -> Result<bool, kv_types::StoreError> {
-        let r = ReplicaStore::apply_with_expiry(&self.inner, key, value, version, expires_at);
-        if r == Ok(false) && self.race.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            std::thread::scope(|t| {
-                t.spawn(|| {
-                    let mut write = || {
-                        let _ = ReplicaStore::apply_with_expiry(
-                            &self.inner,
-                            key,
-                            Some(b"v2"),
-                            self.newer,
-                            None,
-                        );
-                    };
-                    *self.raced.lock().expect("lock") =
-                        ReplicaStore::deferring(&self.inner, &mut write);
-                });
-            });
-        }
-        r
-    }
-    fn max_timestamp(&self) -> u64 {
-        self.inner.max_timestamp()
-    }
-    fn list_page_versioned(
-        &self,
-        prefix: &[u8],
-        from: u64,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> kv_types::ListPage<kv_types::Versioned> {
-        ReplicaStore::list_page_versioned(&self.inner, prefix, from, after, limit)
-    }
-    fn stream_page(
-        &self,
-        from: kv_types::StreamCursor,
-        max_bytes: usize,
-        want: &dyn Fn(&[u8]) -> bool,
-    ) -> (
-        Vec<(Vec<u8>, kv_types::Versioned)>,
-        Option<kv_types::StreamCursor>,
-    ) {
-        ReplicaStore::stream_page(&self.inner, from, max_bytes, want)
-    }
-    fn shard_count(&self) -> usize {
-        ReplicaStore::shard_count(&self.inner)
-    }
-    fn track_ranges(&self, bounds: &[u64]) {
-        ReplicaStore::track_ranges(&self.inner, bounds)
-    }
-    fn range_hashes(&self) -> Vec<u64> {
-        ReplicaStore::range_hashes(&self.inner)
-    }
-    fn range_page(
-        &self,
-        range: usize,
-        from: u64,
-        until: u64,
-        max_keys: usize,
-        max_bytes: usize,
-    ) -> kv_types::RangePage {
-        ReplicaStore::range_page(&self.inner, range, from, until, max_keys, max_bytes)
-    }
-    fn drop_ranges(&self, ranges: &[(u64, u64)]) -> Result<usize, kv_types::StoreError> {
-        ReplicaStore::drop_ranges(&self.inner, ranges)
-    }
-    fn drop_ranges_while<'a>(
-        &self,
-        ranges: &'a dyn Fn() -> kv_types::RangesGuard<'a>,
-    ) -> Result<usize, kv_types::StoreError> {
-        ReplicaStore::drop_ranges_while(&self.inner, ranges)
-    }
-    fn snapshot(&self) -> Result<(), kv_types::StoreError> {
-        ReplicaStore::snapshot(&self.inner)
-    }
-    fn flush(&self) -> Result<(), kv_types::StoreError> {
-        ReplicaStore::flush(&self.inner)
-    }
-    fn deferring(&self, f: &mut dyn FnMut()) -> Option<DurableTicket> {
-        ReplicaStore::deferring(&self.inner, f)
-    }
-    fn is_durable(&self, ticket: DurableTicket) -> Result<bool, kv_types::StoreError> {
-        ReplicaStore::is_durable(&self.inner, ticket)
-    }
-}
-
 /// Review (persist before reply, "newer held"): a copy that finds a newer
 /// version held answers with the version it reads after its write was
 /// refused ([`replica::apply_local`]), but its ticket covers only the log
@@ -358,12 +248,8 @@ fn review_a_newer_held_answer_waits_for_the_version_it_reports() {
     let dir = std::env::temp_dir().join(format!("kv-review-own-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let opts = kv_storage::Options::new(&dir).durability(kv_storage::Durability::Always);
-    let s = Raced {
-        inner: kv_storage::Store::open(opts).expect("open"),
-        race: std::sync::atomic::AtomicBool::new(true),
-        newer: kv_types::Version::new(300, 3),
-        raced: std::sync::Mutex::new(None),
-    };
+    let s = FailsAfterApplying::over(kv_storage::Store::open(opts).expect("open"), true, true);
+    s.race.lock().expect("race").0 = Some(kv_types::Version::new(300, 3));
     // v1 held, durable (a blocking write).
     ReplicaStore::apply_with_expiry(
         &s.inner,
@@ -390,7 +276,7 @@ fn review_a_newer_held_answer_waits_for_the_version_it_reports() {
     let Arrival::Served { reply, durable, .. } = arrive(&s, &view, msg) else {
         panic!("not served");
     };
-    let raced = *s.raced.lock().expect("lock");
+    let raced = s.race.lock().expect("race").1;
     let _ = std::fs::remove_dir_all(&dir);
     let PeerMsg::ReplicateAck { newer: Some(n), .. } = reply else {
         panic!("not a newer-held answer: {reply:?}");
