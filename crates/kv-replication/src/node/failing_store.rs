@@ -3,6 +3,7 @@
 //! and whose deferred writes become durable only when a test says so.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use kv_storage::Store;
 use kv_types::{DurableTicket, ReplicaStore};
@@ -25,19 +26,53 @@ pub(super) struct FailsAfterApplying {
     durable: AtomicU64,
     /// Whether a deferring scope wrote.
     wrote: AtomicBool,
+    /// Tickets are the inner store's own (a store with a log), not ones
+    /// made durable by [`FailsAfterApplying::make_durable`].
+    real_tickets: bool,
+    /// A newer version that another thread writes, deferred, right after
+    /// the next write this store refuses (as an event loop serving a
+    /// peer's copy may), and the ticket that write got.
+    pub(super) race: Mutex<(Option<kv_types::Version>, Option<DurableTicket>)>,
 }
 
 impl FailsAfterApplying {
     /// Over an in-memory store, deferring writes if `defer`.
     pub(super) fn new(defer: bool) -> FailsAfterApplying {
+        let inner = Store::open(kv_storage::Options::in_memory()).expect("in-memory store");
+        FailsAfterApplying::over(inner, defer, false)
+    }
+
+    /// Over `inner`, deferring writes if `defer`, with `inner`'s own
+    /// tickets if `real_tickets`.
+    pub(super) fn over(inner: Store, defer: bool, real_tickets: bool) -> FailsAfterApplying {
         FailsAfterApplying {
-            inner: Store::open(kv_storage::Options::in_memory()).expect("in-memory store"),
+            inner,
             fail_next: AtomicBool::new(false),
             defer: AtomicBool::new(defer),
             issued: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             wrote: AtomicBool::new(false),
+            real_tickets,
+            race: Mutex::new((None, None)),
         }
+    }
+
+    /// The race set up in `race`, if this refused write runs it.
+    fn run_race(&self, key: &[u8], refused: bool) {
+        let mut race = self.race.lock().expect("race");
+        let Some(newer) = race.0.take().filter(|_| refused) else {
+            return;
+        };
+        let inner = &self.inner;
+        race.1 = std::thread::scope(|t| {
+            let other = t.spawn(|| {
+                let mut write = || {
+                    let _ = ReplicaStore::apply_with_expiry(inner, key, Some(b"v2"), newer, None);
+                };
+                ReplicaStore::deferring(inner, &mut write)
+            });
+            other.join().ok().flatten()
+        });
     }
 
     /// Every ticket handed out so far is durable.
@@ -62,6 +97,7 @@ impl ReplicaStore for FailsAfterApplying {
         expires_at: Option<u64>,
     ) -> Result<bool, kv_types::StoreError> {
         let applied = ReplicaStore::apply_with_expiry(&self.inner, key, value, version, expires_at);
+        self.run_race(key, applied == Ok(false));
         self.wrote.store(true, Ordering::SeqCst);
         if self
             .fail_next
@@ -129,6 +165,9 @@ impl ReplicaStore for FailsAfterApplying {
         ReplicaStore::flush(&self.inner)
     }
     fn deferring(&self, f: &mut dyn FnMut()) -> Option<DurableTicket> {
+        if self.real_tickets {
+            return ReplicaStore::deferring(&self.inner, f);
+        }
         self.wrote.store(false, Ordering::SeqCst);
         f();
         let wrote = self.wrote.swap(false, Ordering::SeqCst);
@@ -136,6 +175,9 @@ impl ReplicaStore for FailsAfterApplying {
             .then(|| DurableTicket(self.issued.fetch_add(1, Ordering::SeqCst) + 1))
     }
     fn is_durable(&self, ticket: DurableTicket) -> Result<bool, kv_types::StoreError> {
+        if self.real_tickets {
+            return ReplicaStore::is_durable(&self.inner, ticket);
+        }
         Ok(ticket.0 <= self.durable.load(Ordering::SeqCst))
     }
 }

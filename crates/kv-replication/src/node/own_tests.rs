@@ -171,3 +171,119 @@ fn a_refused_own_copy_is_stored_nowhere_and_the_write_is_stamped_again() {
         "not stamped again above {newer:?}: {out:?}"
     );
 }
+
+fn list_all() -> ClientOp {
+    ClientOp::List {
+        prefix: Vec::new(),
+        from: 0,
+        after: None,
+        limit: 10,
+    }
+}
+
+/// Review (own copy, ring change between emit and serve): `a:1` in a
+/// cluster of `a:1`, `b:1` lists while `b:1` is down (its own copy is the
+/// only one asked). A gossip that changes the ring arrives in the same
+/// pass, after the listing's message to itself was emitted and before
+/// the driver serves it (in a server: a peer's gossip forwarded by an
+/// event loop behind the client's LIST in the same channel batch, or a
+/// tick's rebalance). Before `own`, the own page was read inline and the
+/// listing answered; now the own page is refused for its ring, and a
+/// listing is never restarted ([`Node::retry_op`]): it waits for its
+/// deadline.
+#[test]
+fn review_a_listing_whose_own_page_meets_a_ring_change_is_still_answered() {
+    let s = FailsAfterApplying::new(false);
+    let (mut a, _) = coordinator_with(&s, &["a:1", "b:1"], Config::new("a:1"));
+    // b:1 goes down (no gossip from it for long enough).
+    let later = T0 + 60_000;
+    a.handle_tick(later, &s);
+    drain(&mut a, &s);
+    assert!(!a.members.is_up("b:1", later), "b:1 still up");
+    // Control: without a ring change, the own page answers the listing.
+    a.handle_client(later, 1, list_all(), &s);
+    let got = replies(&drain(&mut a, &s));
+    assert!(
+        matches!(got.as_slice(), [ClientReply::Keys { .. }]),
+        "{got:?}"
+    );
+    // The same listing, with a ring change before its own page is served.
+    a.handle_client(later, 2, list_all(), &s);
+    let ring = a.ring_id();
+    let members = vec![
+        Digest::new("a:1", Status::Normal),
+        Digest::new("b:1", Status::Normal),
+        Digest::new("c:1", Status::Joining),
+    ];
+    let gossip = PeerMsg::Gossip {
+        members,
+        clock: later,
+        number: node_number("c:1"),
+    };
+    a.handle_message(later, "c:1", gossip, &s);
+    assert_ne!(a.ring_id(), ring, "the ring did not change");
+    let got = replies(&drain(&mut a, &s));
+    let deadline = later + a.cfg.request_timeout + 1;
+    let at_deadline = if got.is_empty() {
+        a.handle_tick(deadline, &s);
+        replies(&drain(&mut a, &s))
+    } else {
+        Vec::new()
+    };
+    assert!(
+        matches!(got.as_slice(), [ClientReply::Keys { .. }]),
+        "the listing was not answered in its pass: {got:?}; at its deadline: {at_deadline:?}"
+    );
+}
+
+/// Review (persist before reply, "newer held"): a copy that finds a newer
+/// version held answers with the version it reads after its write was
+/// refused ([`replica::apply_local`]), but its ticket covers only the log
+/// as it was when the store refused it. A newer write that lands between
+/// the two (another thread's, deferred, not yet durable) is reported
+/// under a ticket that does not cover it: the answer may go before what
+/// it reports is durable.
+#[test]
+fn review_a_newer_held_answer_waits_for_the_version_it_reports() {
+    let dir = std::env::temp_dir().join(format!("kv-review-own-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = kv_storage::Options::new(&dir).durability(kv_storage::Durability::Always);
+    let s = FailsAfterApplying::over(kv_storage::Store::open(opts).expect("open"), true, true);
+    s.race.lock().expect("race").0 = Some(kv_types::Version::new(300, 3));
+    // v1 held, durable (a blocking write).
+    ReplicaStore::apply_with_expiry(
+        &s.inner,
+        b"k",
+        Some(b"v1"),
+        kv_types::Version::new(200, 2),
+        None,
+    )
+    .expect("v1");
+    let view = ReplicaView {
+        ring: 0,
+        serving: true,
+        clock_ms: T0,
+        max_offset_ms: DEFAULT_MAX_CLOCK_OFFSET,
+        planted: Default::default(),
+    };
+    let msg = PeerMsg::Replicate {
+        op: 9,
+        key: b"k".to_vec(),
+        value: Some(b"v0".to_vec()),
+        version: Ver { ts: 100, node: 1 },
+        expires_at: None,
+    };
+    let Arrival::Served { reply, durable, .. } = arrive(&s, &view, msg) else {
+        panic!("not served");
+    };
+    let raced = s.race.lock().expect("race").1;
+    let _ = std::fs::remove_dir_all(&dir);
+    let PeerMsg::ReplicateAck { newer: Some(n), .. } = reply else {
+        panic!("not a newer-held answer: {reply:?}");
+    };
+    assert_eq!(n, Ver { ts: 300, node: 3 }, "reports the raced version");
+    assert!(
+        durable >= raced,
+        "the answer reports {n:?}, written at ticket {raced:?}, but waits only for {durable:?}"
+    );
+}

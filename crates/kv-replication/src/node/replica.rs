@@ -118,6 +118,17 @@ pub(super) fn apply_local(
     // a newer one; versions only grow, so what it holds now is at least
     // what beat this write.
     let held = store.get_versioned(key).map(|v| Ver::from(v.version));
+    // What is reported must be covered by what the answer waits for (a
+    // write refused waits for the log as it was then): a newer write may
+    // have landed since, not yet durable. Refused again, the write waits
+    // for the log as it is now, past the record of what was read.
+    if held.is_some_and(|h| h > version)
+        && store
+            .apply_with_expiry(key, value, version.into(), expires_at)
+            .ok()?
+    {
+        return Some((was_live, None)); // what was held is gone: stored
+    }
     Some((was_live, held.filter(|h| *h > version)))
 }
 

@@ -123,6 +123,17 @@ impl Node {
         if ring == self.members.ring_id() || self.cfg.planted.no_ring_fence {
             return Some(request);
         }
+        // This node's own page of a listing asked under the old ring: a
+        // listing is not restarted, and counts pages asked under an old
+        // ring as they are ([`Node::on_list_reply`]), so its own store
+        // answers it (refused, the listing would wait for its deadline).
+        if from == self.cfg.id && matches!(request, PeerMsg::ListPage { .. }) && self.serves_peers()
+        {
+            if let Some(reply) = serve_replica(store, &request) {
+                self.send(from, reply);
+            }
+            return None;
+        }
         let mut ack = None;
         if let PeerMsg::Replicate { key, version, .. } = &request {
             let mine = union(&self.groups(key, true)).contains(&self.cfg.id);
